@@ -1,0 +1,18 @@
+//! Wire types of the Burrow REST API (`shared/api.md`), shared by burrowd, the typed client
+//! and the CLI, plus the OpenAPI document that describes them.
+//!
+//! This crate owns shapes and input validation of names only. It never performs I/O.
+
+#![forbid(unsafe_code)]
+
+mod names;
+mod types;
+
+pub use names::{CheckpointId, NameError, SandboxName};
+pub use types::*;
+
+/// The OpenAPI document of the API this build serves.
+pub const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
+
+/// Version of the Burrow build.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

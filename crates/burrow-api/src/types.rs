@@ -1,0 +1,372 @@
+//! Request and response bodies, as `shared/api.md` lists them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::SandboxName;
+
+/// Lifecycle state of a sandbox as clients see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxStatus {
+    Creating,
+    Running,
+    Sleeping,
+    Stopped,
+    Failed,
+    Destroyed,
+}
+
+impl SandboxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Running => "running",
+            Self::Sleeping => "sleeping",
+            Self::Stopped => "stopped",
+            Self::Failed => "failed",
+            Self::Destroyed => "destroyed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "creating" => Self::Creating,
+            "running" => Self::Running,
+            "sleeping" => Self::Sleeping,
+            "stopped" => Self::Stopped,
+            "failed" => Self::Failed,
+            "destroyed" => Self::Destroyed,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for SandboxStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which isolation engine runs a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Container,
+    Vm,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Container => "container",
+            Self::Vm => "vm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "container" => Some(Self::Container),
+            "vm" => Some(Self::Vm),
+            _ => None,
+        }
+    }
+}
+
+/// Who may use a sandbox's URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UrlAuth {
+    #[default]
+    Private,
+    Public,
+}
+
+/// `POST /v1/sandboxes`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    pub name: SandboxName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ForkSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_gb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_auth: Option<UrlAuth>,
+}
+
+impl Default for SandboxName {
+    fn default() -> Self {
+        // Only for `..Default::default()` in struct literals; never valid on its own.
+        SandboxName::parse("unnamed").expect("valid literal")
+    }
+}
+
+/// Where a fork comes from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ForkSource {
+    pub sandbox: SandboxName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+}
+
+/// `PATCH /v1/sandboxes/{name}`: every field optional; absent = unchanged.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PatchSandbox {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_auth: Option<UrlAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_gb: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+/// Resources and policy of a sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SandboxConfig {
+    pub cpus: f64,
+    pub memory_mb: u64,
+    pub disk_gb: u64,
+    pub pids: u64,
+    pub idle_timeout_s: u64,
+    pub url_auth: UrlAuth,
+}
+
+/// A sandbox ("burrow").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sandbox {
+    pub id: String,
+    pub name: String,
+    pub status: SandboxStatus,
+    pub engine: EngineKind,
+    pub image: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_active_at: String,
+    pub url: String,
+    pub config: SandboxConfig,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ForkSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+}
+
+/// `GET /v1/sandboxes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxList {
+    pub sandboxes: Vec<Sandbox>,
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /v1/sandboxes/{name}/exec`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub cmd: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
+    /// Extension: per-stream output cap in bytes (default 16 MiB, at most 64 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+}
+
+/// Result of a one-shot exec.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExecResult {
+    pub exit_code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_b64: Option<String>,
+    /// Extension: true when output went past the cap and was cut.
+    #[serde(default)]
+    pub stdout_truncated: bool,
+    #[serde(default)]
+    pub stderr_truncated: bool,
+    pub timed_out: bool,
+    pub duration_ms: u64,
+}
+
+/// WebSocket binary frame stream bytes (`[stream][payload]`).
+pub mod ws_stream {
+    pub const STDIN: u8 = 0;
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+    pub const STDIN_EOF: u8 = 4;
+}
+
+/// WebSocket text frames, both directions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum WsControl {
+    /// Server → client, first frame.
+    Session {
+        id: String,
+        #[serde(default)]
+        pid: Option<u32>,
+        #[serde(default)]
+        tty: bool,
+    },
+    /// Server → client, last frame before a normal close.
+    Exit {
+        exit_code: i32,
+        #[serde(default)]
+        signal: Option<String>,
+    },
+    /// Server → client when the session cannot go on (the exit frame still follows when known).
+    Error { code: String, message: String },
+    /// Client → server.
+    Resize { cols: u16, rows: u16 },
+    /// Client → server, signal name (`TERM`, `SIGINT`, …) or number.
+    Signal { signal: String },
+}
+
+/// An image sandboxes are created from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Image {
+    pub name: String,
+    /// `ready`, `building` or `failed`.
+    pub status: String,
+    pub created_at: String,
+    pub size_bytes: u64,
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `GET /v1/images`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageList {
+    pub images: Vec<Image>,
+}
+
+/// `GET /v1/version`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: String,
+    pub api: String,
+    pub agent_protocol: u32,
+    pub engines: Vec<EngineInfo>,
+    pub default_engine: EngineKind,
+    pub pool: String,
+}
+
+/// What an engine can do on this host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineInfo {
+    pub kind: EngineKind,
+    pub available: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The error envelope: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// Signal names used on the wire, without the `SIG` prefix.
+pub fn signal_name(num: i32) -> String {
+    const NAMES: [&str; 32] = [
+        "", "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE",
+        "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM",
+        "PROF", "WINCH", "IO", "PWR", "SYS",
+    ];
+    match usize::try_from(num).ok().and_then(|i| NAMES.get(i)) {
+        Some(n) if !n.is_empty() => (*n).to_owned(),
+        _ => num.to_string(),
+    }
+}
+
+/// Parses `TERM`, `SIGTERM`, `sigterm` or `15`.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let up = s.to_ascii_uppercase();
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    (1..32).find(|&n| signal_name(n) == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_round_trip() {
+        assert_eq!(parse_signal("TERM"), Some(15));
+        assert_eq!(parse_signal("sigint"), Some(2));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("NOPE"), None);
+        assert_eq!(parse_signal("0"), None);
+        assert_eq!(signal_name(9), "KILL");
+    }
+
+    #[test]
+    fn create_rejects_unknown_fields_and_bad_names() {
+        let err = serde_json::from_str::<CreateSandbox>(r#"{"name":"Bad"}"#).unwrap_err();
+        assert!(err.to_string().contains("not a DNS label"), "{err}");
+        let err = serde_json::from_str::<CreateSandbox>(r#"{"name":"ok","bogus":1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn ws_control_shapes() {
+        let exit = serde_json::to_value(WsControl::Exit { exit_code: 0, signal: None }).unwrap();
+        assert_eq!(exit, serde_json::json!({"type": "exit", "exit_code": 0, "signal": null}));
+        let r: WsControl = serde_json::from_str(r#"{"type":"resize","cols":80,"rows":24}"#).unwrap();
+        assert_eq!(r, WsControl::Resize { cols: 80, rows: 24 });
+    }
+}

@@ -1,0 +1,86 @@
+//! Isolation engines. An engine knows how to start a sandbox's agent (PID 1) isolated, stop
+//! it, report whether it runs, and give the host a byte stream to the agent. Nothing else:
+//! exec, files and services go through the agent, once, for every engine.
+//!
+//! Engines are synchronous (they drive runc/QEMU processes); callers run them on blocking
+//! threads.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use burrow_api::EngineKind;
+
+/// Everything an engine needs to start one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// Stable id (`sb-…`), used for runtime names; never the user-facing name.
+    pub id: String,
+    /// Hostname inside the sandbox (the sandbox name).
+    pub hostname: String,
+    /// The sandbox's root tree (containers) on the pool.
+    pub rootfs: PathBuf,
+    /// Per-sandbox runtime directory on the host, outside the sandbox's filesystem: the
+    /// engine keeps its bundle, the agent socket and the agent log here.
+    pub run_dir: PathBuf,
+    pub resources: Resources,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resources {
+    /// CPU bandwidth in cores (0.5 = half a core).
+    pub cpus: f64,
+    pub memory_mb: u64,
+    pub pids: u64,
+}
+
+/// What the runtime says about a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeStatus {
+    /// Its init (the agent) runs; `pid` is the host pid.
+    Running { pid: u32 },
+    /// Frozen (cgroup freezer).
+    Paused { pid: u32 },
+    /// Known to the runtime but not running (exited).
+    Stopped,
+    /// Unknown to the runtime.
+    Missing,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("engine {0} is not available on this host: {1}")]
+    Unavailable(&'static str, String),
+    #[error("{cmd} failed: {detail}")]
+    Command { cmd: String, detail: String },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid sandbox spec: {0}")]
+    Spec(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// The engine-specific part of a sandbox's life.
+pub trait Engine: Send + Sync + std::fmt::Debug {
+    fn kind(&self) -> EngineKind;
+    /// Starts the sandbox's agent as its init. When this returns Ok, the agent socket
+    /// (`agent_socket`) accepts connections (the listening socket is created by the engine
+    /// on the host before the sandbox starts, and handed to the agent).
+    fn start(&self, spec: &SandboxSpec) -> Result<()>;
+    /// Stops every process of the sandbox and releases runtime resources (not its disk).
+    /// `grace` is how long processes get after SIGTERM. Idempotent: stopping a stopped or
+    /// unknown sandbox is Ok.
+    fn stop(&self, id: &str, grace: Duration) -> Result<()>;
+    fn status(&self, id: &str) -> Result<RuntimeStatus>;
+    /// Ids of every sandbox the runtime knows (running or not), for reconciliation.
+    fn list(&self) -> Result<Vec<String>>;
+    /// Host path of the agent channel's unix socket for sandbox `id`.
+    fn agent_socket(&self, run_dir: &std::path::Path) -> PathBuf {
+        run_dir.join("agent.sock")
+    }
+}

@@ -1,0 +1,86 @@
+//! The storage pool owns every byte of sandbox and image data on disk.
+//!
+//! Layout under the pool root: `images/<name>` (read-only volumes), `sandboxes/<id>` (one
+//! writable volume each: the root tree for containers), `checkpoints/<sandbox-id>/<vN>`
+//! (read-only snapshots). On btrfs every volume is a subvolume and `snapshot` is O(1); the
+//! `dir` fallback copies whole trees and says loudly that it is slow.
+//!
+//! This crate never knows about sandboxes' state, the database or engines: it is handed
+//! paths inside its root and does exactly the disk operation asked.
+
+use std::path::{Path, PathBuf};
+
+/// What kind of pool to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    /// btrfs if the data dir is btrfs, else a loop-backed btrfs file; `dir` only if btrfs
+    /// cannot be used at all (no kernel support or no btrfs-progs).
+    Auto,
+    Btrfs,
+    Dir,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub kind: PoolKind,
+    /// Size of the sparse loop file when one has to be created.
+    pub loop_size_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("volume {0} does not exist")]
+    NotFound(PathBuf),
+    #[error("volume {0} already exists")]
+    Exists(PathBuf),
+    #[error("path {0} is outside the pool")]
+    OutsidePool(PathBuf),
+    #[error("the pool is full: {0}")]
+    NoSpace(String),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{cmd} failed: {detail}")]
+    Command { cmd: String, detail: String },
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// The operations every pool driver offers. All paths are absolute and inside `root()`.
+pub trait Pool: Send + Sync + std::fmt::Debug {
+    /// `btrfs` or `dir`, for `GET /v1/version` and logs.
+    fn kind_name(&self) -> &'static str;
+    /// The directory under which `images/`, `sandboxes/` and `checkpoints/` live.
+    fn root(&self) -> &Path;
+    /// Creates a new, empty, writable volume at `path` (parent dirs are created).
+    fn create_volume(&self, path: &Path) -> Result<()>;
+    /// Makes `dst` a copy of `src` (btrfs: a snapshot, O(1)). `dst` must not exist.
+    fn snapshot(&self, src: &Path, dst: &Path, readonly: bool) -> Result<()>;
+    /// Deletes the volume at `path`. Deleting a missing volume is Ok (idempotent).
+    fn delete_volume(&self, path: &Path) -> Result<()>;
+    /// Marks a volume read-only or writable.
+    fn set_readonly(&self, path: &Path, readonly: bool) -> Result<()>;
+    /// Whether `path` is a volume of this pool.
+    fn is_volume(&self, path: &Path) -> bool;
+    /// Bytes used by the volume (exclusive where the driver can tell, else apparent size).
+    fn volume_size(&self, path: &Path) -> Result<u64>;
+}
+
+impl dyn Pool {
+    pub fn images_dir(&self) -> PathBuf {
+        self.root().join("images")
+    }
+    pub fn sandboxes_dir(&self) -> PathBuf {
+        self.root().join("sandboxes")
+    }
+    pub fn image_path(&self, name: &str) -> PathBuf {
+        self.images_dir().join(name)
+    }
+    pub fn sandbox_path(&self, id: &str) -> PathBuf {
+        self.sandboxes_dir().join(id)
+    }
+}
