@@ -1,3 +1,271 @@
-fn main() {
-    println!("Hello, world!");
+//! burrow-agent: PID 1 of every sandbox.
+//!
+//! This file owns the command line, the runtime and the listening socket: it serves the
+//! agent protocol on every accepted connection (the host may disconnect and reconnect at
+//! any time; processes keep running), reaps zombies, and turns SIGTERM into a graceful
+//! shutdown. Behaviour lives in the modules: `spawn` (starting processes), `session` (one
+//! exec stream), `reaper` (waiting), `shutdown`, `user` (passwd/group), `sys` (syscalls).
+
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+mod sys;
+
+mod reaper;
+mod service;
+mod session;
+mod shutdown;
+mod spawn;
+mod user;
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::fs::FileTypeExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use burrow_agent_proto::{AgentServer, MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::Stream;
+
+use crate::reaper::Reaper;
+use crate::service::AgentService;
+use crate::shutdown::{DEFAULT_GRACE, Shutdown};
+
+/// The fd runc passes with `--preserve-fds 1` (the first fd after stdio).
+const DEFAULT_LISTEN_FD: RawFd = 3;
+/// After a shutdown, how long open connections get to finish before the agent exits anyway.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+/// HTTP/2 receive windows of the agent (bounds host → agent data in flight, i.e. stdin).
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+const USAGE: &str = "usage: burrow-agent [--listen-fd N | --listen PATH | --version]\n\
+    \n  --listen-fd N   serve on the already listening unix socket at fd N (default: 3)\
+    \n  --listen PATH   create a unix socket at PATH and serve on it\
+    \n  --version       print the agent and protocol versions";
+
+#[derive(Debug, PartialEq, Eq)]
+enum Listen {
+    Fd(RawFd),
+    Path(PathBuf),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    Serve(Listen),
+    Version,
+    Help,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AgentError {
+    #[error("invalid arguments: {0}")]
+    Usage(String),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] io::Error),
+    #[error("fd {fd} is not a usable listening unix socket")]
+    ListenFd {
+        fd: RawFd,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot listen on {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot install signal handlers")]
+    Signals(#[source] io::Error),
+    #[error("gRPC server failed")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, AgentError> {
+    let mut args = args.into_iter();
+    let mut listen = None;
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| {
+            args.next().ok_or_else(|| AgentError::Usage(format!("{flag} needs a value")))
+        };
+        let next = match arg.to_str() {
+            Some("--version" | "-V") => return Ok(Command::Version),
+            Some("--help" | "-h") => return Ok(Command::Help),
+            Some("--listen-fd") => {
+                let v = value("--listen-fd")?;
+                let fd = v
+                    .to_str()
+                    .and_then(|s| s.parse::<RawFd>().ok())
+                    .filter(|fd| *fd >= 0)
+                    .ok_or_else(|| AgentError::Usage(format!("bad fd {v:?}")))?;
+                Listen::Fd(fd)
+            }
+            Some("--listen") => Listen::Path(PathBuf::from(value("--listen")?)),
+            _ => return Err(AgentError::Usage(format!("unexpected argument {arg:?}"))),
+        };
+        if listen.replace(next).is_some() {
+            return Err(AgentError::Usage("give only one of --listen-fd and --listen".into()));
+        }
+    }
+    Ok(Command::Serve(listen.unwrap_or(Listen::Fd(DEFAULT_LISTEN_FD))))
+}
+
+fn main() -> ExitCode {
+    let result = parse_args(std::env::args_os().skip(1)).and_then(|cmd| match cmd {
+        Command::Version => {
+            println!("burrow-agent {} (protocol {PROTOCOL_VERSION})", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Help => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Command::Serve(listen) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(4)
+            .enable_all()
+            .build()
+            .map_err(AgentError::Runtime)?
+            .block_on(serve(listen)),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let mut msg = format!("burrow-agent: {err}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("{msg}");
+            if matches!(err, AgentError::Usage(_)) {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bind(listen: &Listen) -> Result<UnixListener, AgentError> {
+    let std_listener = match listen {
+        Listen::Fd(fd) => {
+            sys::adopt_listener(*fd).map_err(|source| AgentError::ListenFd { fd: *fd, source })?
+        }
+        Listen::Path(path) => {
+            let bind_err = |source| AgentError::Bind { path: path.clone(), source };
+            // A stale socket from an earlier run would make bind fail; anything else is kept.
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                std::fs::remove_file(path).map_err(bind_err)?;
+            }
+            let l = std::os::unix::net::UnixListener::bind(path).map_err(bind_err)?;
+            l.set_nonblocking(true).map_err(bind_err)?;
+            l
+        }
+    };
+    UnixListener::from_std(std_listener).map_err(|source| AgentError::Bind { path: PathBuf::new(), source })
+}
+
+async fn serve(listen: Listen) -> Result<(), AgentError> {
+    // The reaper (and its SIGCHLD handler) must exist before anything is spawned.
+    let reaper = Reaper::start().map_err(AgentError::Signals)?;
+    if std::process::id() != 1 {
+        // Off PID 1, orphans of our sessions would escape to the host's init; adopt them.
+        let _ = sys::set_child_subreaper();
+    }
+    let listener = bind(&listen)?;
+    let shutdown = Shutdown::new(Arc::clone(&reaper));
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
+    let on_term = Arc::clone(&shutdown);
+    tokio::spawn(async move {
+        if sigterm.recv().await.is_some() {
+            on_term.run(DEFAULT_GRACE).await;
+        }
+    });
+
+    let mut done = shutdown.done();
+    let stop = async move {
+        let _ = done.wait_for(|d| *d).await;
+    };
+    let service = AgentServer::new(AgentService::new(reaper, Arc::clone(&shutdown)))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let server = tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .add_service(service)
+        .serve_with_incoming_shutdown(Incoming::new(listener), stop);
+
+    let mut done = shutdown.done();
+    let result = tokio::select! {
+        r = server => r.map_err(AgentError::Serve),
+        // Hosts may keep connections open; do not let them hold up the exit for long.
+        () = async { let _ = done.wait_for(|d| *d).await; tokio::time::sleep(EXIT_GRACE).await } => Ok(()),
+    };
+    if let Listen::Path(path) = &listen {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// Accepted connections, backing off briefly after an accept error (e.g. EMFILE) instead
+/// of spinning, and never ending on one.
+struct Incoming {
+    listener: UnixListener,
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Incoming {
+    fn new(listener: UnixListener) -> Self {
+        Self { listener, backoff: None }
+    }
+}
+
+impl Stream for Incoming {
+    type Item = io::Result<UnixStream>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(backoff) = self.backoff.as_mut() {
+            ready!(backoff.as_mut().poll(cx));
+            self.backoff = None;
+        }
+        match ready!(self.listener.poll_accept(cx)) {
+            Ok((stream, _)) => Poll::Ready(Some(Ok(stream))),
+            Err(e) => {
+                eprintln!("burrow-agent: accept failed: {e}");
+                self.backoff = Some(Box::pin(tokio::time::sleep(Duration::from_millis(50))));
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, AgentError> {
+        parse_args(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn cli() {
+        assert_eq!(parse(&[]).unwrap(), Command::Serve(Listen::Fd(3)));
+        assert_eq!(parse(&["--listen-fd", "7"]).unwrap(), Command::Serve(Listen::Fd(7)));
+        assert_eq!(parse(&["--listen", "/x"]).unwrap(), Command::Serve(Listen::Path("/x".into())));
+        assert_eq!(parse(&["--version"]).unwrap(), Command::Version);
+        assert!(parse(&["--listen-fd"]).is_err());
+        assert!(parse(&["--listen-fd", "-1"]).is_err());
+        assert!(parse(&["--listen", "/x", "--listen-fd", "3"]).is_err());
+        assert!(parse(&["--bogus"]).is_err());
+    }
 }

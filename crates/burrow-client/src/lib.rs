@@ -1,14 +1,21 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Typed client of the Burrow REST API (`shared/api.md`).
+//!
+//! It talks to burrowd over its unix socket (no token) or over TCP (bearer token), maps the error
+//! envelope to [`ClientError::Api`], and runs interactive exec sessions over WebSocket
+//! ([`ExecStream`]). It owns transport and wire mapping only: no terminal handling, no printing,
+//! no CLI concerns.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+#![forbid(unsafe_code)]
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+mod client;
+mod error;
+mod exec_stream;
+pub mod paths;
+mod transport;
+
+pub use burrow_api as api;
+pub use client::Client;
+pub use error::ClientError;
+pub use exec_stream::{ExecEvent, ExecOutput, ExecReceiver, ExecSender, ExecStream, ExecStreamOptions};
+pub use hyper::Method;
+pub use transport::{DEFAULT_SOCKET, Target};

@@ -1,14 +1,21 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The sandbox manager: the one transport-neutral entry point that burrowd's HTTP layer,
+//! in-process tests and (later) other front ends call. It owns the lifecycle state machine,
+//! the SQLite state store, images, reconciliation after a restart, and exec through the
+//! agent channel.
+//!
+//! It never parses HTTP and never shells out to runc or btrfs itself: engines own
+//! isolation, the pool owns disks.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod config;
+pub mod error;
+mod exec;
+pub mod images;
+mod manager;
+pub mod state;
+pub mod store;
+mod time_util;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use config::Config;
+pub use error::{CoreError, ErrorKind};
+pub use exec::{ExecSession, SessionEvent, StreamExecOptions};
+pub use manager::Manager;

@@ -10,6 +10,10 @@ use std::time::Duration;
 
 pub use burrow_api::EngineKind;
 
+pub mod container;
+
+pub use container::{ContainerConfig, ContainerEngine};
+
 /// Everything an engine needs to start one sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
@@ -61,6 +65,8 @@ pub enum EngineError {
     },
     #[error("invalid sandbox spec: {0}")]
     Spec(String),
+    #[error("engine {engine} does not support {op}")]
+    Unsupported { engine: &'static str, op: &'static str },
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
@@ -79,6 +85,16 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     fn status(&self, id: &str) -> Result<RuntimeStatus>;
     /// Ids of every sandbox the runtime knows (running or not), for reconciliation.
     fn list(&self) -> Result<Vec<String>>;
+    /// Freezes every process of the sandbox (memory kept); for warm sleep and checkpoints.
+    fn freeze(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Err(EngineError::Unsupported { engine: self.kind().as_str(), op: "freeze" })
+    }
+    /// Undoes `freeze`.
+    fn thaw(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Err(EngineError::Unsupported { engine: self.kind().as_str(), op: "thaw" })
+    }
     /// Host path of the agent channel's unix socket for sandbox `id`.
     fn agent_socket(&self, run_dir: &std::path::Path) -> PathBuf {
         run_dir.join("agent.sock")

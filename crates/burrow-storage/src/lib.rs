@@ -10,6 +10,18 @@
 
 use std::path::{Path, PathBuf};
 
+mod btrfs;
+mod confine;
+mod dir;
+mod error;
+pub mod rootfs;
+mod setup;
+mod sys;
+mod walk;
+
+pub use error::{Result, StorageError};
+pub use setup::{open_pool, release_pool};
+
 /// What kind of pool to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolKind {
@@ -27,29 +39,6 @@ pub struct PoolOptions {
     pub loop_size_bytes: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("volume {0} does not exist")]
-    NotFound(PathBuf),
-    #[error("volume {0} already exists")]
-    Exists(PathBuf),
-    #[error("path {0} is outside the pool")]
-    OutsidePool(PathBuf),
-    #[error("the pool is full: {0}")]
-    NoSpace(String),
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{cmd} failed: {detail}")]
-    Command { cmd: String, detail: String },
-}
-
-pub type Result<T, E = StorageError> = std::result::Result<T, E>;
-
 /// The operations every pool driver offers. All paths are absolute and inside `root()`.
 pub trait Pool: Send + Sync + std::fmt::Debug {
     /// `btrfs` or `dir`, for `GET /v1/version` and logs.
@@ -62,11 +51,15 @@ pub trait Pool: Send + Sync + std::fmt::Debug {
     fn snapshot(&self, src: &Path, dst: &Path, readonly: bool) -> Result<()>;
     /// Deletes the volume at `path`. Deleting a missing volume is Ok (idempotent).
     fn delete_volume(&self, path: &Path) -> Result<()>;
-    /// Marks a volume read-only or writable.
+    /// Marks a volume read-only or writable (btrfs: the subvolume flag, enforced by the
+    /// kernel; dir: recorded only).
     fn set_readonly(&self, path: &Path, readonly: bool) -> Result<()>;
+    /// Whether the volume is marked read-only.
+    fn is_readonly(&self, path: &Path) -> Result<bool>;
     /// Whether `path` is a volume of this pool.
     fn is_volume(&self, path: &Path) -> bool;
-    /// Bytes used by the volume (exclusive where the driver can tell, else apparent size).
+    /// Bytes used by the volume. For now always the apparent size (a walk summing file sizes,
+    /// hard links once), not exclusive usage: that needs btrfs qgroups, which are off.
     fn volume_size(&self, path: &Path) -> Result<u64>;
 }
 

@@ -1,3 +1,198 @@
-fn main() {
-    println!("Hello, world!");
+//! `burrowd`: the Burrow daemon (foreground). Serves the REST API on a unix socket (root
+//! only, no token) and on TCP (bearer token), over the sandbox manager.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use burrow_core::{Config, Manager};
+use burrow_storage::PoolKind;
+use burrowd::{AppState, Transport, router};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "burrowd", version, about = "The Burrow daemon: persistent, isolated sandboxes")]
+struct Args {
+    /// Where state, the storage pool and runtime files live.
+    #[arg(long, env = "BURROW_DATA_DIR", default_value = "/var/lib/burrow")]
+    data_dir: PathBuf,
+    /// Unix socket to serve on (root only, no token).
+    #[arg(long, env = "BURROW_SOCKET_PATH", default_value = "/run/burrow/burrowd.sock")]
+    socket: PathBuf,
+    /// TCP address to serve on (bearer token). Port 0 picks a free port; the bound address
+    /// is written to DATA_DIR/burrowd.addr.
+    #[arg(long, env = "BURROW_LISTEN", default_value = "127.0.0.1:7440")]
+    listen: SocketAddr,
+    /// The static burrow-agent binary. Default: next to burrowd, or the musl build in the
+    /// same target dir.
+    #[arg(long, env = "BURROW_AGENT_BIN")]
+    agent_bin: Option<PathBuf>,
+    #[arg(long, env = "BURROW_RUNC", default_value = "runc")]
+    runc: PathBuf,
+    /// Storage pool: auto (btrfs, loop-backed if needed), btrfs, or dir (slow full copies).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "btrfs", "dir"])]
+    pool: String,
+    /// Size of the loop-backed btrfs pool file when one is created, in GiB (sparse).
+    #[arg(long, default_value_t = 64)]
+    pool_size_gb: u64,
+    /// Cache of built image root trees, shared by every daemon on this host.
+    #[arg(long, env = "BURROW_IMAGE_CACHE", default_value = "/var/cache/burrow/images")]
+    image_cache: PathBuf,
+    /// Host uid that root in every sandbox maps to.
+    #[arg(long, default_value_t = 2_000_000)]
+    uid_base: u32,
+    #[arg(long, default_value = "localhost")]
+    base_domain: String,
+    #[arg(long, env = "BURROW_DEBIAN_MIRROR")]
+    debian_mirror: Option<String>,
+    /// Test mode: on SIGTERM/SIGINT destroy every sandbox, release the pool and remove the
+    /// data dir. Never use it for real data.
+    #[arg(long, hide = true)]
+    ephemeral: bool,
+}
+
+fn find_agent(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().context("locating burrowd's own executable")?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    let profile = dir.file_name().map(|s| s.to_owned()).unwrap_or_default();
+    let mut candidates = vec![dir.join("burrow-agent")];
+    if let Some(target) = dir.parent() {
+        candidates.insert(0, target.join("x86_64-unknown-linux-musl").join(&profile).join("burrow-agent"));
+    }
+    candidates.push(PathBuf::from("/usr/local/lib/burrow/burrow-agent"));
+    candidates.push(PathBuf::from("/usr/lib/burrow/burrow-agent"));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("burrow-agent binary not found next to burrowd; pass --agent-bin (build it with scripts/build.sh)")
+}
+
+fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context(format!("reading {}", path.display())),
+    }
+    let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let tmp = data_dir.join(".admin.token.tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(token)
+}
+
+async fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            bail!("another burrowd is already serving on {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let l = tokio::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BURROW_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("burrowd must run as root (it creates namespaces, cgroups and btrfs subvolumes)");
+    }
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let data_dir = args.data_dir.canonicalize()?;
+
+    let mut cfg = Config::with_data_dir(data_dir.clone());
+    cfg.agent_bin = find_agent(args.agent_bin)?;
+    cfg.runc_bin = args.runc;
+    cfg.pool_kind = match args.pool.as_str() {
+        "btrfs" => PoolKind::Btrfs,
+        "dir" => PoolKind::Dir,
+        _ => PoolKind::Auto,
+    };
+    cfg.pool_size_bytes = args.pool_size_gb << 30;
+    cfg.image_cache_dir = args.image_cache;
+    cfg.uid_base = args.uid_base;
+    cfg.base_domain = args.base_domain;
+    cfg.debian_mirror = args.debian_mirror;
+
+    let unix = bind_unix(&args.socket).await?;
+    let tcp = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let addr = tcp.local_addr()?;
+    cfg.public_port = addr.port();
+    std::fs::write(data_dir.join("burrowd.addr"), addr.to_string())?;
+
+    let mgr = Manager::open(cfg).await.map_err(|e| anyhow::anyhow!(burrow_core::error::chain(&e)))?;
+    let token = admin_token(&data_dir)?;
+    let state = AppState { mgr: mgr.clone(), admin_token: Arc::new(token) };
+
+    tracing::info!(socket = %args.socket.display(), tcp = %addr, data_dir = %data_dir.display(), "burrowd serving");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serve_unix = {
+        let mut rx = stop_rx.clone();
+        axum::serve(unix, router(state.clone(), Transport::Unix))
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })
+            .into_future()
+    };
+    let serve_tcp = {
+        let mut rx = stop_rx.clone();
+        axum::serve(tcp, router(state.clone(), Transport::Tcp))
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })
+            .into_future()
+    };
+    let unix_task = tokio::spawn(serve_unix);
+    let tcp_task = tokio::spawn(serve_tcp);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down; sandboxes keep running");
+    let _ = stop_tx.send(true);
+    // Open WebSocket sessions would hold graceful shutdown forever; bound it.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        let _ = unix_task.await;
+        let _ = tcp_task.await;
+    })
+    .await;
+    let _ = std::fs::remove_file(&args.socket);
+    if args.ephemeral {
+        tracing::info!("ephemeral: destroying every sandbox and the data dir");
+        if let Err(e) = mgr.destroy_all().await {
+            tracing::error!(error = %burrow_core::error::chain(&e), "destroying sandboxes");
+        }
+        drop(state);
+        if let Err(e) = burrow_storage::release_pool(&data_dir) {
+            tracing::error!(error = %e, "releasing the pool");
+        }
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    Ok(())
 }

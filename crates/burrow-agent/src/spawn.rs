@@ -1,0 +1,304 @@
+//! Turns an `ExecStart` into a running process: validates argv, environment, working
+//! directory and user, resolves the executable through `PATH`, and forks it in its own
+//! session with pipes or a pty.
+//!
+//! Every reason an exec can be refused is an [`ExecError`], mapped to a gRPC status in
+//! exactly one place ([`ExecError::into_status`]). This module never waits for processes
+//! (the reaper does) and never touches the exec stream (the session does).
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use burrow_agent_proto::v1::ExecStart;
+use tokio::sync::oneshot;
+use tonic::Status;
+
+use crate::reaper::Reaper;
+use crate::sys::{self, Credentials, ExitStatus};
+use crate::user::{self, Identity, UserError};
+
+/// `PATH` used when the request's environment has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const DEFAULT_COLS: u16 = 80;
+const DEFAULT_ROWS: u16 = 24;
+
+/// Why an exec request was refused before a process existed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("argv must not be empty")]
+    EmptyArgv,
+    #[error("invalid environment variable name '{0}'")]
+    BadEnvName(String),
+    #[error("working directory '{0}' does not exist")]
+    NoCwd(String),
+    #[error("working directory '{0}' is not a directory")]
+    CwdNotDir(String),
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error("executable '{0}' not found in PATH")]
+    NotInPath(String),
+    #[error("executable '{0}' does not exist")]
+    NoSuchFile(String),
+    #[error("'{0}' is not executable")]
+    NotExecutable(String),
+    #[error("terminal size {cols}x{rows} is out of range")]
+    BadSize { cols: u32, rows: u32 },
+    #[error("cannot create a pseudo-terminal")]
+    Pty(#[source] io::Error),
+    #[error("cannot start '{program}'")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ExecError {
+    /// The one mapping from exec errors to gRPC statuses.
+    pub fn into_status(self) -> Status {
+        let msg = error_chain(&self);
+        match &self {
+            Self::EmptyArgv
+            | Self::BadEnvName(_)
+            | Self::NoCwd(_)
+            | Self::CwdNotDir(_)
+            | Self::User(_)
+            | Self::BadSize { .. } => Status::invalid_argument(msg),
+            Self::NotInPath(_) | Self::NoSuchFile(_) => Status::not_found(msg),
+            Self::NotExecutable(_) => Status::permission_denied(msg),
+            Self::Spawn { source, .. } => match source.kind() {
+                io::ErrorKind::NotFound => Status::not_found(msg),
+                io::ErrorKind::PermissionDenied => Status::permission_denied(msg),
+                io::ErrorKind::InvalidInput => Status::invalid_argument(msg),
+                _ => Status::internal(msg),
+            },
+            Self::Pty(_) => Status::internal(msg),
+        }
+    }
+}
+
+/// `error: cause: cause` for one-line status messages.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// A validated exec request, ready to fork.
+#[derive(Debug)]
+pub struct ExecSpec {
+    program: PathBuf,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    identity: Identity,
+    /// `Some((cols, rows))` in TTY mode.
+    tty: Option<(u16, u16)>,
+    stdin: bool,
+}
+
+/// Validates a start message against this system (the sandbox's root filesystem).
+pub fn prepare(start: ExecStart) -> Result<ExecSpec, ExecError> {
+    let argv = start.argv;
+    let Some(argv0) = argv.first().cloned() else {
+        return Err(ExecError::EmptyArgv);
+    };
+    let mut env = Vec::with_capacity(start.env.len() + 3);
+    for var in start.env {
+        if var.name.is_empty() || var.name.contains(['=', '\0']) {
+            return Err(ExecError::BadEnvName(var.name));
+        }
+        env.push((var.name, var.value));
+    }
+    let identity = user::resolve_local(&start.user)?;
+
+    let cwd = if start.cwd.is_empty() {
+        identity.home.clone().filter(|h| h.is_dir()).unwrap_or_else(|| PathBuf::from("/"))
+    } else {
+        let cwd = PathBuf::from(&start.cwd);
+        match std::fs::metadata(&cwd) {
+            Ok(m) if m.is_dir() => cwd,
+            Ok(_) => return Err(ExecError::CwdNotDir(start.cwd)),
+            Err(_) => return Err(ExecError::NoCwd(start.cwd)),
+        }
+    };
+
+    let has = |name: &str| env.iter().any(|(n, _)| n == name);
+    let mut extra = Vec::new();
+    if !has("HOME") {
+        let home = identity.home.as_deref().unwrap_or(Path::new("/"));
+        extra.push(("HOME".to_owned(), home.to_string_lossy().into_owned()));
+    }
+    if let Some(name) = &identity.name {
+        for var in ["USER", "LOGNAME"] {
+            if !has(var) {
+                extra.push((var.to_owned(), name.clone()));
+            }
+        }
+    }
+    env.extend(extra);
+
+    let path_var = env.iter().rev().find(|(n, _)| n == "PATH").map(|(_, v)| v.as_str());
+    let program = resolve_program(&argv0, path_var.unwrap_or(DEFAULT_PATH), &cwd)?;
+
+    let tty = if start.tty {
+        let dim = |v: u32, default: u16| if v == 0 { Some(default) } else { u16::try_from(v).ok() };
+        match (dim(start.cols, DEFAULT_COLS), dim(start.rows, DEFAULT_ROWS)) {
+            (Some(c), Some(r)) => Some((c, r)),
+            _ => return Err(ExecError::BadSize { cols: start.cols, rows: start.rows }),
+        }
+    } else {
+        None
+    };
+
+    Ok(ExecSpec { program, argv, env, cwd, identity, tty, stdin: start.stdin })
+}
+
+fn is_executable(m: &std::fs::Metadata) -> bool {
+    m.is_file() && m.permissions().mode() & 0o111 != 0
+}
+
+/// Finds the file to exec for `argv0`: a path when it contains `/`, else a `PATH` search.
+fn resolve_program(argv0: &str, path: &str, cwd: &Path) -> Result<PathBuf, ExecError> {
+    if argv0.contains('/') {
+        let candidate = cwd.join(argv0);
+        return match std::fs::metadata(&candidate) {
+            Ok(m) if is_executable(&m) => Ok(candidate),
+            Ok(_) => Err(ExecError::NotExecutable(argv0.to_owned())),
+            Err(_) => Err(ExecError::NoSuchFile(argv0.to_owned())),
+        };
+    }
+    if argv0.is_empty() {
+        return Err(ExecError::NotInPath(argv0.to_owned()));
+    }
+    let mut found_non_executable = false;
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = cwd.join(dir).join(argv0);
+        match std::fs::metadata(&candidate) {
+            Ok(m) if is_executable(&m) => return Ok(candidate),
+            Ok(m) if m.is_file() => found_non_executable = true,
+            _ => {}
+        }
+    }
+    if found_non_executable {
+        Err(ExecError::NotExecutable(argv0.to_owned()))
+    } else {
+        Err(ExecError::NotInPath(argv0.to_owned()))
+    }
+}
+
+/// A freshly started process and the agent's ends of its stdio.
+pub struct Spawned {
+    pub pid: i32,
+    pub exit: oneshot::Receiver<ExitStatus>,
+    /// stdout pipe, or the pty master in TTY mode.
+    pub stdout: OwnedFd,
+    /// stderr pipe; `None` in TTY mode.
+    pub stderr: Option<OwnedFd>,
+    /// stdin pipe, or a second handle on the pty master; `None` when stdin is `/dev/null`.
+    pub stdin: Option<OwnedFd>,
+    pub tty: bool,
+}
+
+/// Forks the process described by `spec` in its own session.
+pub fn spawn(reaper: &Reaper, spec: ExecSpec) -> Result<Spawned, ExecError> {
+    let mut cmd = Command::new(&spec.program);
+    cmd.arg0(&spec.argv[0])
+        .args(&spec.argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(n, v)| (n, v)))
+        .current_dir(&spec.cwd);
+
+    let pty = match spec.tty {
+        Some((cols, rows)) => Some(sys::open_pty(cols, rows).map_err(ExecError::Pty)?),
+        None => None,
+    };
+    let master = match pty {
+        Some(pty) => {
+            let dup = |fd: &OwnedFd| fd.try_clone().map_err(ExecError::Pty);
+            cmd.stdin(Stdio::from(dup(&pty.slave)?))
+                .stdout(Stdio::from(dup(&pty.slave)?))
+                .stderr(Stdio::from(pty.slave));
+            Some(pty.master)
+        }
+        None => {
+            cmd.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            None
+        }
+    };
+
+    let creds = if spec.identity.uid == sys::euid() && sys::euid() != 0 {
+        // Not root and asked to stay who we are: nothing to switch (host tests as non-root).
+        None
+    } else {
+        Some(Credentials {
+            uid: spec.identity.uid,
+            gid: spec.identity.gid,
+            groups: spec.identity.groups.clone(),
+        })
+    };
+    sys::configure_child(&mut cmd, master.is_some(), creds);
+
+    let program = spec.argv[0].clone();
+    let (mut child, exit) =
+        reaper.spawn(&mut cmd).map_err(|source| ExecError::Spawn { program, source })?;
+    // Drops our copies of the pty slave: the master must see EOF/EIO once the process
+    // (and whatever inherited the terminal) is gone.
+    drop(cmd);
+    let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+
+    let (stdout, stderr, stdin) = match master {
+        Some(master) => {
+            let writer = master.try_clone().ok();
+            (master, None, writer)
+        }
+        None => {
+            let stdout = child.stdout.take().map(OwnedFd::from);
+            let stderr = child.stderr.take().map(OwnedFd::from);
+            let stdin = child.stdin.take().map(OwnedFd::from);
+            (stdout.expect("Stdio::piped() always yields a handle"), stderr, stdin)
+        }
+    };
+    for fd in [Some(&stdout), stderr.as_ref(), stdin.as_ref()].into_iter().flatten() {
+        // Failing here would only make reads block a runtime thread; it cannot happen for
+        // fresh pipes and ptys.
+        let _ = sys::set_nonblocking(fd.as_fd());
+    }
+    Ok(Spawned { pid, exit, stdout, stderr, stdin, tty: spec.tty.is_some() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_search_and_errors() {
+        let cwd = Path::new("/");
+        assert_eq!(resolve_program("sh", DEFAULT_PATH, cwd).unwrap().file_name().unwrap(), "sh");
+        assert!(matches!(
+            resolve_program("definitely-not-here-xyz", DEFAULT_PATH, cwd),
+            Err(ExecError::NotInPath(_))
+        ));
+        assert!(matches!(resolve_program("/nope/x", DEFAULT_PATH, cwd), Err(ExecError::NoSuchFile(_))));
+        assert!(matches!(resolve_program("/etc/passwd", DEFAULT_PATH, cwd), Err(ExecError::NotExecutable(_))));
+        assert!(matches!(resolve_program("passwd", "/etc", cwd), Err(ExecError::NotExecutable(_))));
+    }
+
+    #[test]
+    fn error_messages_name_the_executable() {
+        let st = ExecError::NotInPath("foo".into()).into_status();
+        assert_eq!(st.code(), tonic::Code::NotFound);
+        assert_eq!(st.message(), "executable 'foo' not found in PATH");
+    }
+}

@@ -1,0 +1,242 @@
+//! Every raw syscall and ioctl the agent makes: ptys, terminal size, sessions, credentials,
+//! `waitpid`, `kill`, `sync`, and adopting the listening socket handed over by the host.
+//!
+//! This is the only module allowed to contain `unsafe`; everything above it is safe code.
+//! It owns no state and makes no policy decisions (who to kill, when to reap).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::sys::socket::{getsockopt, sockopt};
+use nix::sys::stat::{Mode, SFlag, fstat};
+
+/// How a process ended, as reported by `waitpid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// `exit(code)`.
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+}
+
+/// Reaps one terminated child without blocking.
+///
+/// `Ok(None)` means no child has terminated yet; `ECHILD` (no children at all) is also
+/// reported as `Ok(None)`.
+pub fn reap_one() -> io::Result<Option<(i32, ExitStatus)>> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid, writable c_int for the duration of the call.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid > 0 {
+            let exit = if libc::WIFSIGNALED(status) {
+                ExitStatus::Signaled(libc::WTERMSIG(status))
+            } else {
+                ExitStatus::Exited(libc::WEXITSTATUS(status))
+            };
+            return Ok(Some((pid, exit)));
+        }
+        if pid == 0 {
+            return Ok(None);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ECHILD) => return Ok(None),
+            _ => return Err(err),
+        }
+    }
+}
+
+fn kill_raw(target: libc::pid_t, signal: i32) -> io::Result<()> {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::kill(target, signal) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Sends `signal` to every process of process group `pgid`.
+pub fn kill_group(pgid: i32, signal: i32) -> io::Result<()> {
+    if pgid <= 1 {
+        // -0 and -1 would mean "our own group" and "every process": never what a caller wants.
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    kill_raw(-pgid, signal)
+}
+
+/// Whether process group `pgid` still has at least one member (zombies included).
+pub fn group_alive(pgid: i32) -> bool {
+    !matches!(kill_group(pgid, 0), Err(e) if e.raw_os_error() == Some(libc::ESRCH))
+}
+
+/// Sends `signal` to every process this process may signal except itself (`kill(-1)`).
+///
+/// Only sensible when the agent is PID 1 of its own pid namespace (or a VM's init).
+pub fn kill_all(signal: i32) -> io::Result<()> {
+    kill_raw(-1, signal)
+}
+
+/// Whether any process other than ourselves is left to signal (see [`kill_all`]).
+pub fn any_other_process() -> bool {
+    !matches!(kill_all(0), Err(e) if e.raw_os_error() == Some(libc::ESRCH))
+}
+
+/// Whether `signal` is a signal number the kernel accepts (0 excluded).
+pub fn valid_signal(signal: i32) -> bool {
+    (1..=libc::SIGRTMAX()).contains(&signal)
+}
+
+/// Flushes all filesystems.
+pub fn sync() {
+    nix::unistd::sync();
+}
+
+/// Makes orphaned descendants re-parent to us (so we reap them) when we are not PID 1.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer argument and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Takes ownership of an inherited, already listening unix socket (`--listen-fd`).
+///
+/// Verifies it really is a listening socket and marks it close-on-exec so that no
+/// sandbox process inherits the agent channel.
+pub fn adopt_listener(fd: RawFd) -> io::Result<std::os::unix::net::UnixListener> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: only borrowed for the checks below; fcntl(F_GETFD) proves it is open first.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    fcntl(borrowed, FcntlArg::F_GETFD)?;
+    let st = fstat(borrowed)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a socket"));
+    }
+    if !getsockopt(&borrowed, sockopt::AcceptConn)? {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket is not listening"));
+    }
+    fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    // SAFETY: the fd is open (checked above), was handed to us by our parent for our
+    // exclusive use, and nothing else in this process owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let listener = std::os::unix::net::UnixListener::from(owned);
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Puts a file descriptor in non-blocking mode (for tokio's `AsyncFd`).
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// Bytes that can be read from `fd` right now without blocking (`FIONREAD`).
+pub fn readable_bytes(fd: BorrowedFd<'_>) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which is valid and writable.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc == 0 { usize::try_from(n).unwrap_or(0) } else { 0 }
+}
+
+/// A new pseudo-terminal pair, both ends close-on-exec.
+pub struct Pty {
+    pub master: OwnedFd,
+    pub slave: OwnedFd,
+}
+
+/// Opens a pty pair and sets its initial window size.
+pub fn open_pty(cols: u16, rows: u16) -> io::Result<Pty> {
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    nix::pty::grantpt(&master)?;
+    nix::pty::unlockpt(&master)?;
+    let name = nix::pty::ptsname_r(&master)?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let master = OwnedFd::from(master);
+    set_window_size(master.as_fd(), cols, rows)?;
+    Ok(Pty { master, slave })
+}
+
+/// Sets a terminal's window size (`TIOCSWINSZ`); the kernel sends SIGWINCH to its foreground group.
+pub fn set_window_size(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<()> {
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which points to a live value.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The terminal's current end-of-file character (VEOF, normally ^D).
+pub fn eof_char(fd: BorrowedFd<'_>) -> u8 {
+    nix::sys::termios::tcgetattr(fd)
+        .map(|t| t.control_chars[libc::VEOF])
+        .unwrap_or(0x04)
+}
+
+/// Credentials a child switches to before exec.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// Arranges for the child of `cmd` to start its own session (so it leads its own process
+/// group), optionally take its stdin as controlling terminal, and drop to `creds`.
+///
+/// Runs in the forked child after std has set up stdio and the working directory.
+pub fn configure_child(cmd: &mut Command, controlling_tty: bool, creds: Option<Credentials>) {
+    let setup = move || -> io::Result<()> {
+        // Only async-signal-safe calls below: this runs between fork and exec.
+        // SAFETY: setsid takes no arguments.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: TIOCSCTTY on fd 0 (the pty slave, dup'ed there by std) takes an int argument.
+        if controlling_tty && unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if let Some(c) = &creds {
+            // SAFETY: the pointer and length describe `c.groups`, which outlives the call;
+            // gid_t is u32 on Linux.
+            if unsafe { libc::setgroups(c.groups.len(), c.groups.as_ptr()) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: setgid takes a plain integer.
+            if unsafe { libc::setgid(c.gid) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: setuid takes a plain integer.
+            if unsafe { libc::setuid(c.uid) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only makes async-signal-safe syscalls and does not allocate
+    // (the groups vector was built before fork), as required between fork and exec.
+    unsafe {
+        cmd.pre_exec(setup);
+    }
+}
+
+/// Effective uid of the agent.
+pub fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Registers an owned fd (already non-blocking) with tokio's reactor.
+pub fn async_fd(
+    fd: OwnedFd,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` is open, owned exclusively, and always returns the same raw fd
+    // until it is dropped together with the `AsyncFd`.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }.map_err(io::Error::from)
+}

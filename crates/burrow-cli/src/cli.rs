@@ -1,0 +1,212 @@
+//! Command-line syntax (clap derive). Parsing only; behaviour lives in `cmd/`.
+
+use burrow_api::{EngineKind, SandboxName};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::bench::BenchArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "burrow",
+    version,
+    about = "Persistent, isolated sandboxes: the command-line client of burrowd",
+    after_help = "burrow finds the daemon through BURROW_SOCKET (a unix socket path), or BURROW_URL and \
+                  BURROW_TOKEN (TCP), else the socket /run/burrow/burrowd.sock."
+)]
+pub struct Cli {
+    /// Print the server's JSON instead of human-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a sandbox.
+    Create(CreateArgs),
+    /// List sandboxes.
+    #[command(visible_alias = "list")]
+    Ls(LsArgs),
+    /// Show one sandbox.
+    Info(NameArg),
+    /// Delete sandboxes (and their checkpoints).
+    #[command(visible_alias = "delete")]
+    Rm(RmArgs),
+    /// Start a stopped sandbox.
+    Start(NameArg),
+    /// Stop a sandbox (processes end, disk is kept).
+    Stop(NameArg),
+    /// Restart a sandbox.
+    Restart(NameArg),
+    /// Put a sandbox to sleep (frozen, memory kept).
+    Sleep(NameArg),
+    /// Wake a sleeping sandbox.
+    Wake(NameArg),
+    /// Run a command in a sandbox; exit status is the command's.
+    Exec(ExecArgs),
+    /// Open an interactive shell in a sandbox (bash, else sh).
+    #[command(visible_alias = "shell")]
+    Console(NameArg),
+    /// List images.
+    Images(ImagesArgs),
+    /// Show client and server versions.
+    Version,
+    /// Measure the daemon's performance.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// Sandbox name.
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Sandbox name (a DNS label: lowercase letters, digits and '-').
+    pub name: SandboxName,
+    /// Image to create it from (default: the server's, "base").
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Fork from another sandbox's checkpoint (SB:vN) or its current state (SB).
+    #[arg(long, value_name = "SB[:vN]")]
+    pub from: Option<String>,
+    /// Isolation engine (default: the server's).
+    #[arg(long, value_enum)]
+    pub engine: Option<EngineArg>,
+    /// CPUs (may be fractional).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory limit in MiB.
+    #[arg(long, value_name = "MB")]
+    pub memory: Option<u64>,
+    /// Disk size in GiB.
+    #[arg(long, value_name = "GB")]
+    pub disk: Option<u64>,
+    /// Environment variable for every process in the sandbox (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = parse_kv)]
+    pub env: Vec<(String, String)>,
+    /// Label (repeatable).
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_kv)]
+    pub labels: Vec<(String, String)>,
+    /// Seconds without activity before the sandbox sleeps.
+    #[arg(long, value_name = "S")]
+    pub idle_timeout: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EngineArg {
+    Container,
+    Vm,
+}
+
+impl From<EngineArg> for EngineKind {
+    fn from(e: EngineArg) -> Self {
+        match e {
+            EngineArg::Container => EngineKind::Container,
+            EngineArg::Vm => EngineKind::Vm,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only sandboxes whose name starts with this.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Only sandboxes with this label (repeatable; all must match).
+    #[arg(long = "label", value_name = "K=V", value_parser = parse_kv)]
+    pub labels: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Sandbox names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Do not fail for sandboxes that do not exist.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Sandbox name.
+    pub name: String,
+    /// Allocate a pseudo-terminal (the local terminal goes raw when -i is given too).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Forward stdin to the command.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Environment variable (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = parse_kv)]
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// User to run as.
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Kill the command after this many seconds.
+    #[arg(long, value_name = "S")]
+    pub timeout: Option<f64>,
+    /// The command and its arguments (after `--`).
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    #[command(subcommand)]
+    pub command: Option<ImagesCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// List images (the default).
+    Ls,
+}
+
+/// `K=V` → `(K, V)`; the value may contain `=`.
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("'{s}' is not of the form KEY=VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exec_argv_after_double_dash() {
+        let cli = Cli::try_parse_from(["burrow", "exec", "dev", "-t", "-e", "A=1=2", "--", "ls", "-la"]).unwrap();
+        let Command::Exec(a) = cli.command else { panic!() };
+        assert!(a.tty && !a.interactive);
+        assert_eq!(a.env, vec![("A".to_owned(), "1=2".to_owned())]);
+        assert_eq!(a.cmd, ["ls", "-la"]);
+        let cli = Cli::try_parse_from(["burrow", "--json", "exec", "dev", "echo", "-n", "hi"]).unwrap();
+        assert!(cli.json);
+        let Command::Exec(a) = cli.command else { panic!() };
+        assert_eq!(a.cmd, ["echo", "-n", "hi"]);
+    }
+
+    #[test]
+    fn kv_and_names() {
+        assert!(parse_kv("=x").is_err());
+        assert!(parse_kv("x").is_err());
+        assert_eq!(parse_kv("a=").unwrap(), ("a".into(), "".into()));
+        assert!(Cli::try_parse_from(["burrow", "create", "Bad_Name"]).is_err());
+        assert!(Cli::try_parse_from(["burrow", "create", "ok", "--engine", "vm", "--json"]).is_ok());
+    }
+}

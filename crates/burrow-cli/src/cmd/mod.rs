@@ -1,0 +1,6 @@
+//! One module per group of commands.
+
+pub mod exec;
+pub mod images;
+pub mod sandbox;
+pub mod version;

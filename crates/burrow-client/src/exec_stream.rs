@@ -1,0 +1,327 @@
+//! Interactive exec over WebSocket (`GET /v1/sandboxes/{name}/exec`).
+//!
+//! Binary frames are `[stream byte][payload]` (`burrow_api::ws_stream`); text frames are
+//! [`WsControl`] JSON. The server always sends an exit frame before a normal close, so a stream
+//! that ends without one is reported as [`ClientError::NoExitFrame`], never as success.
+
+use std::sync::Arc;
+
+use burrow_api::{WsControl, ws_stream};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use hyper::body::Bytes;
+use hyper::header::AUTHORIZATION;
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{WebSocketStream, client_async};
+
+use crate::paths::Query;
+use crate::transport::Stream;
+use crate::{Client, ClientError};
+
+/// What to run and how, as the WebSocket query carries it.
+#[derive(Debug, Clone, Default)]
+pub struct ExecStreamOptions {
+    /// argv; the first element is the program.
+    pub cmd: Vec<String>,
+    /// Run under a pseudo-terminal (output arrives on stdout only).
+    pub tty: bool,
+    /// The client will send stdin; without it the process gets an empty stdin.
+    pub stdin: bool,
+    pub cwd: Option<String>,
+    /// Extra environment, in order (`env=K=V` repeated).
+    pub env: Vec<(String, String)>,
+    /// Initial terminal size (TTY only).
+    pub cols: Option<u16>,
+    pub rows: Option<u16>,
+    /// Extension: user to run as (`user=`), as in the one-shot exec body.
+    pub user: Option<String>,
+    /// How long the process may outlive the connection.
+    pub detach_timeout_s: Option<u64>,
+}
+
+impl ExecStreamOptions {
+    /// Runs `cmd` with no stdin and no TTY.
+    pub fn new<I, S>(cmd: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self { cmd: cmd.into_iter().map(Into::into).collect(), ..Self::default() }
+    }
+
+    pub(crate) fn query(&self) -> Query {
+        let mut q = Query::new();
+        for a in &self.cmd {
+            q.push("cmd", a);
+        }
+        q.push("tty", bool_str(self.tty));
+        q.push("stdin", bool_str(self.stdin));
+        q.push_opt("cwd", self.cwd.as_deref());
+        for (k, v) in &self.env {
+            q.push("env", format!("{k}={v}"));
+        }
+        q.push_opt("cols", self.cols.map(|c| c.to_string()));
+        q.push_opt("rows", self.rows.map(|r| r.to_string()));
+        q.push_opt("user", self.user.as_deref());
+        q.push_opt("detach_timeout_s", self.detach_timeout_s.map(|t| t.to_string()));
+        q
+    }
+}
+
+fn bool_str(b: bool) -> &'static str {
+    if b { "true" } else { "false" }
+}
+
+/// Something the server sent on an exec stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecEvent {
+    /// First event: the session was created.
+    Session { id: String, pid: Option<u32>, tty: bool },
+    Stdout(Bytes),
+    Stderr(Bytes),
+    /// The session cannot go on; an `Exit` still follows when the status is known.
+    Error { code: String, message: String },
+    /// Last event: the process ended. `signal` is set when it was killed by one.
+    Exit { exit_code: i32, signal: Option<String> },
+}
+
+type WsStream = WebSocketStream<Stream>;
+
+/// An open exec session. Use [`ExecStream::split`] to send and receive from different tasks.
+#[derive(Debug)]
+pub struct ExecStream {
+    sender: ExecSender,
+    receiver: ExecReceiver,
+}
+
+/// Sending half of an exec stream. Clones share the connection.
+#[derive(Debug, Clone)]
+pub struct ExecSender {
+    sink: Arc<Mutex<SplitSink<WsStream, Message>>>,
+}
+
+/// Receiving half of an exec stream.
+#[derive(Debug)]
+pub struct ExecReceiver {
+    stream: SplitStream<WsStream>,
+    exited: bool,
+}
+
+/// Everything an exec stream produced, from [`ExecStream::collect`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecOutput {
+    pub session_id: Option<String>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+    pub signal: Option<String>,
+    /// `Error` events, as `code: message`.
+    pub errors: Vec<String>,
+}
+
+impl ExecStream {
+    pub(crate) async fn connect(client: &Client, path: &str) -> Result<Self, ClientError> {
+        let mut req = client
+            .uri("ws", path)
+            .into_client_request()
+            .map_err(|e| ClientError::Config(format!("cannot build WebSocket request: {e}")))?;
+        if let Some(auth) = client.auth_header()? {
+            req.headers_mut().insert(AUTHORIZATION, auth);
+        }
+        let io = client.target().connect().await.map_err(|e| client.connect_error(e))?;
+        let (ws, _resp) = client_async(req, io).await.map_err(|e| match e {
+            WsError::Http(resp) => {
+                let body = resp.body().as_deref().unwrap_or_default();
+                ClientError::from_response(resp.status().as_u16(), body)
+            }
+            other => ClientError::WebSocket(format!("handshake with burrowd failed: {other}")),
+        })?;
+        let (sink, stream) = ws.split();
+        Ok(Self {
+            sender: ExecSender { sink: Arc::new(Mutex::new(sink)) },
+            receiver: ExecReceiver { stream, exited: false },
+        })
+    }
+
+    /// A handle for sending stdin, resizes and signals.
+    pub fn sender(&self) -> ExecSender {
+        self.sender.clone()
+    }
+
+    pub fn split(self) -> (ExecSender, ExecReceiver) {
+        (self.sender, self.receiver)
+    }
+
+    /// See [`ExecReceiver::next_event`].
+    pub async fn next_event(&mut self) -> Result<Option<ExecEvent>, ClientError> {
+        self.receiver.next_event().await
+    }
+
+    pub async fn send_stdin(&self, data: &[u8]) -> Result<(), ClientError> {
+        self.sender.send_stdin(data).await
+    }
+
+    pub async fn close_stdin(&self) -> Result<(), ClientError> {
+        self.sender.close_stdin().await
+    }
+
+    pub async fn resize(&self, cols: u16, rows: u16) -> Result<(), ClientError> {
+        self.sender.resize(cols, rows).await
+    }
+
+    pub async fn signal(&self, signal: &str) -> Result<(), ClientError> {
+        self.sender.signal(signal).await
+    }
+
+    /// Reads the stream to the end, buffering all output.
+    pub async fn collect(mut self) -> Result<ExecOutput, ClientError> {
+        let mut out = ExecOutput::default();
+        while let Some(ev) = self.receiver.next_event().await? {
+            match ev {
+                ExecEvent::Session { id, .. } => out.session_id = Some(id),
+                ExecEvent::Stdout(b) => out.stdout.extend_from_slice(&b),
+                ExecEvent::Stderr(b) => out.stderr.extend_from_slice(&b),
+                ExecEvent::Error { code, message } => out.errors.push(format!("{code}: {message}")),
+                ExecEvent::Exit { exit_code, signal } => {
+                    out.exit_code = exit_code;
+                    out.signal = signal;
+                }
+            }
+        }
+        let _ = self.sender.close().await;
+        Ok(out)
+    }
+}
+
+impl ExecSender {
+    /// Sends bytes to the process's stdin (or terminal).
+    pub async fn send_stdin(&self, data: &[u8]) -> Result<(), ClientError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut frame = Vec::with_capacity(data.len() + 1);
+        frame.push(ws_stream::STDIN);
+        frame.extend_from_slice(data);
+        self.send(Message::Binary(frame.into())).await
+    }
+
+    /// Closes the process's stdin (EOF).
+    pub async fn close_stdin(&self) -> Result<(), ClientError> {
+        self.send(Message::Binary(Bytes::from_static(&[ws_stream::STDIN_EOF]))).await
+    }
+
+    /// Tells the server the terminal's new size.
+    pub async fn resize(&self, cols: u16, rows: u16) -> Result<(), ClientError> {
+        self.control(&WsControl::Resize { cols, rows }).await
+    }
+
+    /// Sends a signal (`TERM`, `SIGINT`, `9`, …) to the process.
+    pub async fn signal(&self, signal: &str) -> Result<(), ClientError> {
+        self.control(&WsControl::Signal { signal: signal.to_owned() }).await
+    }
+
+    /// Starts a normal close of the connection.
+    pub async fn close(&self) -> Result<(), ClientError> {
+        let mut sink = self.sink.lock().await;
+        match sink.close().await {
+            Ok(()) | Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Ok(()),
+            Err(e) => Err(ClientError::WebSocket(e.to_string())),
+        }
+    }
+
+    async fn control(&self, msg: &WsControl) -> Result<(), ClientError> {
+        self.send(Message::Text(serde_json::to_string(msg)?.into())).await
+    }
+
+    async fn send(&self, msg: Message) -> Result<(), ClientError> {
+        self.sink.lock().await.send(msg).await.map_err(|e| match e {
+            WsError::ConnectionClosed | WsError::AlreadyClosed => {
+                ClientError::WebSocket("the session's connection is closed".into())
+            }
+            e => ClientError::WebSocket(e.to_string()),
+        })
+    }
+}
+
+impl ExecReceiver {
+    /// The next event; `Ok(None)` after the exit event. A connection that ends before the exit
+    /// event is [`ClientError::NoExitFrame`].
+    pub async fn next_event(&mut self) -> Result<Option<ExecEvent>, ClientError> {
+        if self.exited {
+            return Ok(None);
+        }
+        loop {
+            let msg = match self.stream.next().await {
+                None => return Err(ClientError::NoExitFrame),
+                Some(Ok(m)) => m,
+                Some(Err(e)) => return Err(map_read_error(e)),
+            };
+            match msg {
+                Message::Binary(b) => match b.first() {
+                    Some(&ws_stream::STDOUT) => return Ok(Some(ExecEvent::Stdout(b.slice(1..)))),
+                    Some(&ws_stream::STDERR) => return Ok(Some(ExecEvent::Stderr(b.slice(1..)))),
+                    // Unknown streams are skipped so newer servers can add some.
+                    _ => continue,
+                },
+                Message::Text(t) => match serde_json::from_str::<WsControl>(t.as_str()) {
+                    Ok(WsControl::Session { id, pid, tty }) => {
+                        return Ok(Some(ExecEvent::Session { id, pid, tty }));
+                    }
+                    Ok(WsControl::Exit { exit_code, signal }) => {
+                        self.exited = true;
+                        return Ok(Some(ExecEvent::Exit { exit_code, signal }));
+                    }
+                    Ok(WsControl::Error { code, message }) => {
+                        return Ok(Some(ExecEvent::Error { code, message }));
+                    }
+                    // Client-bound only by mistake, or a frame type this client does not know.
+                    Ok(WsControl::Resize { .. } | WsControl::Signal { .. }) | Err(_) => continue,
+                },
+                Message::Close(_) => return Err(ClientError::NoExitFrame),
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            }
+        }
+    }
+
+    /// True once the exit event was received.
+    pub fn exited(&self) -> bool {
+        self.exited
+    }
+}
+
+fn map_read_error(e: WsError) -> ClientError {
+    match e {
+        WsError::ConnectionClosed
+        | WsError::AlreadyClosed
+        | WsError::Io(_)
+        | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => ClientError::NoExitFrame,
+        e => ClientError::WebSocket(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_encoding() {
+        let opts = ExecStreamOptions {
+            cmd: vec!["sh".into(), "-c".into(), "echo 'a b' && x=1".into()],
+            tty: true,
+            stdin: false,
+            cwd: Some("/tmp/my dir".into()),
+            env: vec![("A".into(), "1=2".into()), ("B".into(), "ü&".into())],
+            cols: Some(80),
+            rows: Some(24),
+            ..Default::default()
+        };
+        assert_eq!(
+            opts.query().as_str(),
+            "cmd=sh&cmd=-c&cmd=echo%20%27a%20b%27%20%26%26%20x%3D1&tty=true&stdin=false&cwd=%2Ftmp%2Fmy%20dir\
+             &env=A%3D1%3D2&env=B%3D%C3%BC%26&cols=80&rows=24"
+        );
+    }
+}

@@ -1,0 +1,86 @@
+//! Daemon configuration with embedded defaults. Everything has a default so that
+//! `burrowd` with no arguments runs on a fresh machine.
+
+use std::path::PathBuf;
+
+use burrow_storage::PoolKind;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Where built image root trees (tarballs) are cached, shared by every daemon on the host.
+    pub image_cache_dir: PathBuf,
+    pub pool_kind: PoolKind,
+    pub pool_size_bytes: u64,
+    pub agent_bin: PathBuf,
+    pub runc_bin: PathBuf,
+    /// Host uid that root of every sandbox maps to (user namespace).
+    pub uid_base: u32,
+    pub uid_count: u32,
+    /// Name of this daemon's cgroup parent (unique per data dir).
+    pub cgroup_parent: String,
+    pub base_domain: String,
+    /// Port used when printing sandbox URLs.
+    pub public_port: u16,
+    pub defaults: SandboxDefaults,
+    /// Debian mirror for building the base image; None = mmdebstrap's default.
+    pub debian_mirror: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxDefaults {
+    pub cpus: f64,
+    pub memory_mb: u64,
+    pub disk_gb: u64,
+    pub pids: u64,
+    pub idle_timeout_s: u64,
+}
+
+impl Default for SandboxDefaults {
+    fn default() -> Self {
+        Self { cpus: 1.0, memory_mb: 1024, disk_gb: 10, pids: 4096, idle_timeout_s: 60 }
+    }
+}
+
+impl Config {
+    pub fn with_data_dir(data_dir: PathBuf) -> Self {
+        let cgroup_parent = format!("burrow-{:08x}", fnv1a(data_dir.to_string_lossy().as_bytes()) as u32);
+        Self {
+            image_cache_dir: PathBuf::from("/var/cache/burrow/images"),
+            pool_kind: PoolKind::Auto,
+            pool_size_bytes: 64 << 30,
+            agent_bin: PathBuf::from("burrow-agent"),
+            runc_bin: PathBuf::from("runc"),
+            uid_base: 2_000_000,
+            uid_count: 65536,
+            cgroup_parent,
+            base_domain: "localhost".to_owned(),
+            public_port: 7440,
+            defaults: SandboxDefaults::default(),
+            debian_mirror: None,
+            data_dir,
+        }
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("state.db")
+    }
+
+    pub fn runc_root(&self) -> PathBuf {
+        self.data_dir.join("runc")
+    }
+}
+
+/// A stable short hash (FNV-1a), for names derived from paths.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}

@@ -1,0 +1,124 @@
+//! The core's typed errors. burrowd maps `ErrorKind` to an HTTP status in exactly one place.
+
+use burrow_api::SandboxStatus;
+
+/// What went wrong, as a client should understand it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Malformed input (400).
+    BadRequest,
+    /// Well-formed but invalid values (422).
+    Invalid,
+    NotFound,
+    /// Name taken, illegal state transition, resource in use (409).
+    Conflict,
+    /// Gone for good (410), e.g. a finished session.
+    Gone,
+    TooLarge,
+    /// The engine or the agent cannot serve now (503).
+    Unavailable,
+    /// Disk full (507).
+    NoSpace,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what} '{name}' does not exist")]
+    NotFound { what: &'static str, name: String },
+    #[error("sandbox '{0}' already exists")]
+    NameTaken(String),
+    #[error("cannot {action} sandbox '{name}': it is {from}")]
+    IllegalTransition { name: String, action: &'static str, from: SandboxStatus },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("storage pool is full: {0}")]
+    NoSpace(String),
+    #[error("agent of sandbox '{name}' failed: {detail}")]
+    Agent { name: String, detail: String },
+    #[error("engine: {0}")]
+    Engine(#[from] burrow_engine::EngineError),
+    #[error("storage: {0}")]
+    Storage(burrow_storage::StorageError),
+    #[error("state store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<burrow_storage::StorageError> for CoreError {
+    fn from(e: burrow_storage::StorageError) -> Self {
+        match e {
+            burrow_storage::StorageError::NoSpace(m) => CoreError::NoSpace(m),
+            other => CoreError::Storage(other),
+        }
+    }
+}
+
+impl CoreError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::BadRequest(_) => ErrorKind::BadRequest,
+            Self::Invalid(_) => ErrorKind::Invalid,
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::NameTaken(_) | Self::IllegalTransition { .. } | Self::Conflict(_) => ErrorKind::Conflict,
+            Self::Gone(_) => ErrorKind::Gone,
+            Self::TooLarge(_) => ErrorKind::TooLarge,
+            Self::Unavailable(_) | Self::Agent { .. } => ErrorKind::Unavailable,
+            Self::NoSpace(_) => ErrorKind::NoSpace,
+            Self::Engine(burrow_engine::EngineError::Unavailable(..)) => ErrorKind::Unavailable,
+            Self::Engine(_) | Self::Storage(_) | Self::Store(_) | Self::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Stable machine-readable code for the error envelope.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Invalid(_) => "invalid",
+            Self::NotFound { .. } => "not_found",
+            Self::NameTaken(_) => "name_taken",
+            Self::IllegalTransition { .. } => "illegal_transition",
+            Self::Conflict(_) => "conflict",
+            Self::Gone(_) => "gone",
+            Self::TooLarge(_) => "too_large",
+            Self::Unavailable(_) => "unavailable",
+            Self::Agent { .. } => "agent_unavailable",
+            Self::NoSpace(_) => "no_space",
+            Self::Engine(burrow_engine::EngineError::Unavailable(..)) => "engine_unavailable",
+            Self::Engine(_) => "engine_error",
+            Self::Storage(_) => "storage_error",
+            Self::Store(_) => "store_error",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    pub fn not_found(what: &'static str, name: impl Into<String>) -> Self {
+        Self::NotFound { what, name: name.into() }
+    }
+}
+
+/// The whole `source()` chain in one line, for logs and 500 messages.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

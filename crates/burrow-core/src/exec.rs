@@ -1,0 +1,323 @@
+//! Exec through the agent channel: streaming sessions (for the WebSocket API) and the
+//! one-shot collector (for `POST …/exec`).
+//!
+//! The host never trusts the agent: message sizes are bounded by the channel, collected
+//! output is capped, waits are bounded, and a stream that ends without an exit status is
+//! reported as an agent failure rather than invented.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use burrow_agent_proto::AgentClient;
+use burrow_agent_proto::v1::{EnvVar, ExecInput, ExecOutput, ExecStart, Resize, exec_input, exec_output};
+use burrow_api::{ExecResult, signal_name};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::CoreError;
+
+/// How a streaming exec is started.
+#[derive(Debug, Clone, Default)]
+pub struct StreamExecOptions {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub user: Option<String>,
+    pub tty: bool,
+    pub cols: u16,
+    pub rows: u16,
+    pub stdin: bool,
+}
+
+/// What a session produces, in order; `Exited` is always last when the process was known
+/// to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exited { exit_code: i32, signal: Option<i32> },
+}
+
+/// A running process in a sandbox.
+#[derive(Debug)]
+pub struct ExecSession {
+    pub id: String,
+    pub pid: u32,
+    pub sandbox: String,
+    input: SessionInput,
+    output: tonic::Streaming<ExecOutput>,
+    exited: bool,
+}
+
+/// The input half of a session; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SessionInput {
+    tx: mpsc::Sender<ExecInput>,
+}
+
+impl SessionInput {
+    async fn send(&self, kind: exec_input::Kind) -> Result<(), CoreError> {
+        self.tx
+            .send(ExecInput { kind: Some(kind) })
+            .await
+            .map_err(|_| CoreError::Gone("the process has already exited".into()))
+    }
+    pub async fn stdin(&self, data: Vec<u8>) -> Result<(), CoreError> {
+        self.send(exec_input::Kind::Stdin(data)).await
+    }
+    pub async fn close_stdin(&self) -> Result<(), CoreError> {
+        self.send(exec_input::Kind::StdinEof(true)).await
+    }
+    pub async fn resize(&self, cols: u16, rows: u16) -> Result<(), CoreError> {
+        self.send(exec_input::Kind::Resize(Resize { cols: cols.into(), rows: rows.into() })).await
+    }
+    pub async fn signal(&self, sig: i32) -> Result<(), CoreError> {
+        self.send(exec_input::Kind::Signal(sig)).await
+    }
+}
+
+/// The output half of a session.
+#[derive(Debug)]
+pub struct SessionOutput {
+    sandbox: String,
+    output: tonic::Streaming<ExecOutput>,
+    exited: bool,
+}
+
+impl SessionOutput {
+    /// The next event; `Ok(None)` after `Exited`. A stream that ends without `Exited` is
+    /// an agent error.
+    pub async fn next(&mut self) -> Result<Option<SessionEvent>, CoreError> {
+        next_event(&self.sandbox, &mut self.output, &mut self.exited).await
+    }
+}
+
+async fn next_event(
+    sandbox: &str,
+    output: &mut tonic::Streaming<ExecOutput>,
+    exited: &mut bool,
+) -> Result<Option<SessionEvent>, CoreError> {
+    if *exited {
+        return Ok(None);
+    }
+    loop {
+        let msg = output.message().await.map_err(|s| agent_status(sandbox, s))?;
+        let Some(msg) = msg else {
+            return Err(CoreError::Agent {
+                name: sandbox.to_owned(),
+                detail: "the process's output ended without an exit status (agent restarted or sandbox stopped)"
+                    .into(),
+            });
+        };
+        match msg.kind {
+            Some(exec_output::Kind::Stdout(b)) => return Ok(Some(SessionEvent::Stdout(b))),
+            Some(exec_output::Kind::Stderr(b)) => return Ok(Some(SessionEvent::Stderr(b))),
+            Some(exec_output::Kind::Exited(e)) => {
+                *exited = true;
+                let signal = (e.signal > 0).then_some(e.signal);
+                return Ok(Some(SessionEvent::Exited { exit_code: e.exit_code, signal }));
+            }
+            // A second `started` or an empty message: ignore, the agent is not trusted to
+            // be well-formed but it cannot make us misreport.
+            Some(exec_output::Kind::Started(_)) | None => continue,
+        }
+    }
+}
+
+impl ExecSession {
+    pub fn input(&self) -> SessionInput {
+        self.input.clone()
+    }
+
+    pub async fn next(&mut self) -> Result<Option<SessionEvent>, CoreError> {
+        next_event(&self.sandbox, &mut self.output, &mut self.exited).await
+    }
+
+    pub fn split(self) -> (SessionInput, SessionOutput) {
+        (self.input, SessionOutput { sandbox: self.sandbox, output: self.output, exited: self.exited })
+    }
+}
+
+/// Maps an agent's gRPC status to the error a client should see. Statuses the agent uses
+/// for bad requests (missing binary, bad cwd or user) are the caller's fault (422); the
+/// rest mean the agent or channel failed (503).
+pub(crate) fn agent_status(sandbox: &str, s: tonic::Status) -> CoreError {
+    use tonic::Code;
+    // Bound what a hostile agent can put in our error messages.
+    let msg: String = s.message().chars().take(512).collect();
+    match s.code() {
+        Code::NotFound | Code::InvalidArgument | Code::PermissionDenied | Code::FailedPrecondition => {
+            CoreError::Invalid(msg)
+        }
+        _ => CoreError::Agent { name: sandbox.to_owned(), detail: format!("{:?}: {msg}", s.code()) },
+    }
+}
+
+pub(crate) async fn start_session(
+    mut client: AgentClient<Channel>,
+    sandbox: &str,
+    opts: StreamExecOptions,
+) -> Result<ExecSession, CoreError> {
+    if opts.argv.is_empty() {
+        return Err(CoreError::Invalid("cmd must name a program (argv is empty)".into()));
+    }
+    let (tx, rx) = mpsc::channel(64);
+    let start = ExecStart {
+        argv: opts.argv,
+        env: opts.env.into_iter().map(|(name, value)| EnvVar { name, value }).collect(),
+        cwd: opts.cwd.unwrap_or_default(),
+        user: opts.user.unwrap_or_default(),
+        tty: opts.tty,
+        cols: opts.cols.into(),
+        rows: opts.rows.into(),
+        stdin: opts.stdin,
+    };
+    tx.send(ExecInput { kind: Some(exec_input::Kind::Start(start)) })
+        .await
+        .map_err(|_| CoreError::Internal("exec input channel closed".into()))?;
+    let call = client.exec(ReceiverStream::new(rx));
+    let resp = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .map_err(|_| CoreError::Agent { name: sandbox.into(), detail: "no answer to exec within 30 s".into() })?
+        .map_err(|s| agent_status(sandbox, s))?;
+    let mut output = resp.into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(30), output.message())
+        .await
+        .map_err(|_| CoreError::Agent { name: sandbox.into(), detail: "process did not start within 30 s".into() })?
+        .map_err(|s| agent_status(sandbox, s))?;
+    let pid = match first.and_then(|m| m.kind) {
+        Some(exec_output::Kind::Started(s)) => s.pid,
+        _ => {
+            return Err(CoreError::Agent {
+                name: sandbox.into(),
+                detail: "agent did not confirm the process start".into(),
+            });
+        }
+    };
+    Ok(ExecSession {
+        id: new_session_id(),
+        pid,
+        sandbox: sandbox.to_owned(),
+        input: SessionInput { tx },
+        output,
+        exited: false,
+    })
+}
+
+fn new_session_id() -> String {
+    format!("s-{:016x}", rand::random::<u64>())
+}
+
+/// Default and maximum per-stream output cap of one-shot exec.
+pub const DEFAULT_OUTPUT_CAP: usize = 16 << 20;
+pub const MAX_OUTPUT_CAP: usize = 64 << 20;
+
+/// Runs a session to completion, feeding `stdin` and collecting capped output.
+pub(crate) async fn collect(
+    session: ExecSession,
+    stdin: Option<Vec<u8>>,
+    timeout: Option<Duration>,
+    cap: usize,
+) -> Result<ExecResult, CoreError> {
+    let started = Instant::now();
+    let (input, mut output) = session.split();
+    if let Some(data) = stdin {
+        let input = input.clone();
+        tokio::spawn(async move {
+            for chunk in data.chunks(64 * 1024) {
+                if input.stdin(chunk.to_vec()).await.is_err() {
+                    return;
+                }
+            }
+            let _ = input.close_stdin().await;
+        });
+    }
+    let mut out = Capped::new(cap);
+    let mut err = Capped::new(cap);
+    let mut timed_out = false;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let (exit_code, signal) = loop {
+        let ev = match deadline {
+            Some(d) if !timed_out => match tokio::time::timeout_at(d, output.next()).await {
+                Ok(ev) => ev?,
+                Err(_) => {
+                    timed_out = true;
+                    // Kill the whole process group, then keep reading to the exit status.
+                    let _ = input.signal(libc::SIGKILL).await;
+                    continue;
+                }
+            },
+            _ => output.next().await?,
+        };
+        match ev {
+            Some(SessionEvent::Stdout(b)) => out.push(&b),
+            Some(SessionEvent::Stderr(b)) => err.push(&b),
+            Some(SessionEvent::Exited { exit_code, signal }) => break (exit_code, signal),
+            None => return Err(CoreError::Internal("session ended twice".into())),
+        }
+    };
+    drop(input);
+    let (stdout, stdout_b64) = out.encode();
+    let (stderr, stderr_b64) = err.encode();
+    Ok(ExecResult {
+        exit_code,
+        signal: signal.map(signal_name),
+        stdout,
+        stderr,
+        stdout_b64,
+        stderr_b64,
+        stdout_truncated: out.truncated,
+        stderr_truncated: err.truncated,
+        timed_out,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+struct Capped {
+    buf: Vec<u8>,
+    cap: usize,
+    truncated: bool,
+}
+
+impl Capped {
+    fn new(cap: usize) -> Self {
+        Self { buf: Vec::new(), cap, truncated: false }
+    }
+    fn push(&mut self, b: &[u8]) {
+        let room = self.cap - self.buf.len();
+        if b.len() > room {
+            self.truncated = true;
+        }
+        self.buf.extend_from_slice(&b[..b.len().min(room)]);
+    }
+    /// Text when the bytes are UTF-8; otherwise lossy text plus the exact bytes in base64.
+    fn encode(&self) -> (String, Option<String>) {
+        match std::str::from_utf8(&self.buf) {
+            Ok(s) => (s.to_owned(), None),
+            Err(_) => (
+                String::from_utf8_lossy(&self.buf).into_owned(),
+                Some(base64::engine::general_purpose::STANDARD.encode(&self.buf)),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capped_output_truncates_and_encodes() {
+        let mut c = Capped::new(4);
+        c.push(b"ab");
+        c.push(b"cdef");
+        assert!(c.truncated);
+        assert_eq!(c.encode(), ("abcd".into(), None));
+        let mut c = Capped::new(10);
+        c.push(&[0xff, b'a']);
+        let (text, b64) = c.encode();
+        assert_eq!(text, "\u{fffd}a");
+        assert_eq!(b64.as_deref(), Some("/2E="));
+    }
+}

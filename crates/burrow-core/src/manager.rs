@@ -1,0 +1,702 @@
+//! The sandbox manager: every operation on sandboxes, crash-safe (intent, work, commit),
+//! serialised per sandbox, and reconciled with disk and runtime on start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use burrow_agent_proto::AgentClient;
+use burrow_api::{
+    CreateSandbox, EngineInfo, EngineKind, ExecRequest, ExecResult, Image, PatchSandbox, Sandbox, SandboxConfig,
+    SandboxList, SandboxStatus, UrlAuth, VersionInfo,
+};
+use burrow_engine::{Engine, Resources, RuntimeStatus, SandboxSpec};
+use burrow_storage::Pool;
+use tonic::transport::Channel;
+
+use crate::error::chain;
+use crate::exec::{self, ExecSession, StreamExecOptions};
+use crate::images::ImageService;
+use crate::state::{Action, valid_transition};
+use crate::store::{Intent, SandboxRecord, Store, StoreError};
+use crate::time_util::now_rfc3339;
+use crate::{Config, CoreError};
+
+type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+/// How long sandbox processes get between SIGTERM and SIGKILL on stop.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug)]
+pub struct Manager {
+    cfg: Config,
+    store: Arc<Store>,
+    pool: Arc<dyn Pool>,
+    engine: Arc<dyn Engine>,
+    images: ImageService,
+    agents: Mutex<HashMap<String, AgentClient<Channel>>>,
+    op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Runs blocking engine/pool work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| CoreError::Internal(format!("worker panicked: {e}")))?
+}
+
+impl Manager {
+    /// Opens (or creates) the daemon's state, pool and engine, and reconciles them.
+    pub async fn open(cfg: Config) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| CoreError::Internal(format!("creating {}: {e}", cfg.data_dir.display())))?;
+        std::fs::create_dir_all(cfg.run_dir())
+            .map_err(|e| CoreError::Internal(format!("creating {}: {e}", cfg.run_dir().display())))?;
+        let store = Arc::new(Store::open(&cfg.db_path())?);
+        let pool_opts = burrow_storage::PoolOptions { kind: cfg.pool_kind, loop_size_bytes: cfg.pool_size_bytes };
+        let data_dir = cfg.data_dir.clone();
+        let pool: Arc<dyn Pool> =
+            blocking(move || Ok(Arc::from(burrow_storage::open_pool(&data_dir, &pool_opts)?))).await?;
+        let engine_cfg = burrow_engine::container::ContainerConfig {
+            runc_bin: cfg.runc_bin.clone(),
+            runc_root: cfg.runc_root(),
+            agent_bin: cfg.agent_bin.clone(),
+            uid_base: cfg.uid_base,
+            uid_count: cfg.uid_count,
+            cgroup_parent: cfg.cgroup_parent.clone(),
+            init_args: None,
+        };
+        let engine: Arc<dyn Engine> = Arc::new(burrow_engine::container::ContainerEngine::new(engine_cfg)?);
+        let images = ImageService::new(cfg.clone(), store.clone(), pool.clone());
+        let mgr = Arc::new(Self {
+            cfg,
+            store,
+            pool,
+            engine,
+            images,
+            agents: Mutex::new(HashMap::new()),
+            op_locks: Mutex::new(HashMap::new()),
+        });
+        mgr.reconcile().await?;
+        mgr.images.ensure_base_in_background();
+        Ok(mgr)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn version(&self) -> VersionInfo {
+        VersionInfo {
+            version: burrow_api::VERSION.to_owned(),
+            api: "v1".to_owned(),
+            agent_protocol: burrow_agent_proto::PROTOCOL_VERSION,
+            engines: vec![
+                EngineInfo { kind: EngineKind::Container, available: true, detail: Some("runc".into()) },
+                EngineInfo {
+                    kind: EngineKind::Vm,
+                    available: false,
+                    detail: Some("the vm engine is not built yet".into()),
+                },
+            ],
+            default_engine: EngineKind::Container,
+            pool: self.pool.kind_name().to_owned(),
+        }
+    }
+
+    fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.op_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id.to_owned()).or_default().clone()
+    }
+
+    fn record(&self, name: &str) -> Result<SandboxRecord> {
+        burrow_api::SandboxName::parse(name).map_err(|e| CoreError::BadRequest(e.to_string()))?;
+        match self.store.sandbox_by_name(name)? {
+            Some(r) if r.intent != Some(Intent::Destroy) => Ok(r),
+            _ => Err(CoreError::not_found("sandbox", name)),
+        }
+    }
+
+    fn view(&self, r: &SandboxRecord) -> Sandbox {
+        Sandbox {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            status: r.status,
+            engine: r.engine,
+            image: r.image.clone(),
+            created_at: r.created_at.clone(),
+            updated_at: r.updated_at.clone(),
+            last_active_at: r.last_active_at.clone(),
+            url: format!("http://{}.{}:{}/", r.name, self.cfg.base_domain, self.cfg.public_port),
+            config: r.config.clone(),
+            env: r.env.clone(),
+            labels: r.labels.clone(),
+            parent: r.parent.clone(),
+            failure_reason: r.failure_reason.clone(),
+        }
+    }
+
+    fn spec(&self, r: &SandboxRecord) -> SandboxSpec {
+        SandboxSpec {
+            id: r.id.clone(),
+            hostname: r.name.clone(),
+            rootfs: self.pool.sandbox_path(&r.id),
+            run_dir: self.run_dir(&r.id),
+            resources: Resources { cpus: r.config.cpus, memory_mb: r.config.memory_mb, pids: r.config.pids },
+        }
+    }
+
+    fn run_dir(&self, id: &str) -> PathBuf {
+        self.cfg.run_dir().join(id)
+    }
+
+    // ----- queries -------------------------------------------------------------------
+
+    pub fn get(&self, name: &str) -> Result<Sandbox> {
+        Ok(self.view(&self.record(name)?))
+    }
+
+    pub fn list(
+        &self,
+        prefix: &str,
+        labels: &[(String, String)],
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<SandboxList> {
+        let limit = limit.unwrap_or(100).clamp(1, 1000);
+        let mut out = Vec::new();
+        let mut after = cursor.map(str::to_owned);
+        // Label filters are applied after the page query; keep paging until the page is full.
+        loop {
+            let page = self.store.list_sandboxes(prefix, after.as_deref(), limit + 1)?;
+            let exhausted = page.len() <= limit as usize;
+            for r in page.into_iter().take(limit as usize) {
+                after = Some(r.name.clone());
+                if r.intent == Some(Intent::Destroy) {
+                    continue;
+                }
+                if labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)) {
+                    out.push(self.view(&r));
+                    if out.len() == limit as usize {
+                        let more = !exhausted || self.store.list_sandboxes(prefix, after.as_deref(), 1)?.len() == 1;
+                        return Ok(SandboxList { sandboxes: out, next_cursor: more.then(|| after.unwrap_or_default()) });
+                    }
+                }
+            }
+            if exhausted {
+                return Ok(SandboxList { sandboxes: out, next_cursor: None });
+            }
+        }
+    }
+
+    pub fn images(&self) -> Result<Vec<Image>> {
+        self.images.list()
+    }
+
+    // ----- create / delete -------------------------------------------------------------
+
+    pub async fn create(&self, req: CreateSandbox) -> Result<Sandbox> {
+        let name = req.name.to_string();
+        if req.from.is_some() {
+            return Err(CoreError::Invalid(
+                "forking ('from') is not available in this version: it arrives with checkpoints".into(),
+            ));
+        }
+        let engine = req.engine.unwrap_or(EngineKind::Container);
+        if engine == EngineKind::Vm {
+            return Err(CoreError::Unavailable(
+                "engine 'vm' is not available on this host; use engine 'container'".into(),
+            ));
+        }
+        let d = &self.cfg.defaults;
+        let config = SandboxConfig {
+            cpus: req.cpus.unwrap_or(d.cpus),
+            memory_mb: req.memory_mb.unwrap_or(d.memory_mb),
+            disk_gb: req.disk_gb.unwrap_or(d.disk_gb),
+            pids: req.pids.unwrap_or(d.pids),
+            idle_timeout_s: req.idle_timeout_s.unwrap_or(d.idle_timeout_s),
+            url_auth: req.url_auth.unwrap_or(UrlAuth::Private),
+        };
+        validate_config(&config)?;
+        validate_env(&req.env)?;
+        validate_labels(&req.labels)?;
+        if self.store.sandbox_by_name(&name)?.is_some() {
+            return Err(CoreError::NameTaken(name));
+        }
+        let image = req.image.clone().unwrap_or_else(|| "base".to_owned());
+        let image_path = self.images.wait_ready(&image).await?;
+
+        let now = now_rfc3339();
+        let mut rec = SandboxRecord {
+            id: format!("sb-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+            name: name.clone(),
+            status: SandboxStatus::Creating,
+            intent: Some(Intent::Create),
+            engine,
+            image,
+            created_at: now.clone(),
+            updated_at: now.clone(),
+            last_active_at: now,
+            config,
+            env: req.env,
+            labels: req.labels,
+            parent: None,
+            failure_reason: None,
+        };
+        // Intent first: a crash from here on leaves a row that reconciliation cleans up.
+        self.store.insert_sandbox(&rec).map_err(|e| match e {
+            StoreError::Unique(_) => CoreError::NameTaken(name.clone()),
+            e => e.into(),
+        })?;
+        let lock = self.op_lock(&rec.id);
+        let _guard = lock.lock().await;
+        match self.provision(&rec, image_path).await {
+            Ok(()) => {
+                rec.status = SandboxStatus::Running;
+                rec.intent = None;
+                rec.updated_at = now_rfc3339();
+                self.store.update_sandbox(&rec)?;
+                tracing::info!(sandbox = %rec.name, id = %rec.id, "created");
+                Ok(self.view(&rec))
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %rec.name, error = %chain(&e), "create failed; cleaning up");
+                if let Err(ce) = self.teardown(&rec).await {
+                    tracing::error!(sandbox = %rec.name, error = %chain(&ce), "cleanup after failed create");
+                } else {
+                    self.store.delete_sandbox(&rec.id)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn provision(&self, rec: &SandboxRecord, image_path: PathBuf) -> Result<()> {
+        let pool = self.pool.clone();
+        let dst = pool.sandbox_path(&rec.id);
+        blocking(move || Ok(pool.snapshot(&image_path, &dst, false)?)).await?;
+        self.boot(rec).await
+    }
+
+    /// Starts the engine and waits for the agent's handshake.
+    async fn boot(&self, rec: &SandboxRecord) -> Result<()> {
+        let spec = self.spec(rec);
+        std::fs::create_dir_all(&spec.run_dir)
+            .map_err(|e| CoreError::Internal(format!("creating {}: {e}", spec.run_dir.display())))?;
+        let engine = self.engine.clone();
+        blocking(move || Ok(engine.start(&spec)?)).await?;
+        self.connect_agent(rec).await?;
+        Ok(())
+    }
+
+    async fn connect_agent(&self, rec: &SandboxRecord) -> Result<AgentClient<Channel>> {
+        let sock = self.engine.agent_socket(&self.run_dir(&rec.id));
+        let conn = burrow_agent_proto::client::connect_unix(&sock, AGENT_CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| CoreError::Agent { name: rec.name.clone(), detail: chain(&e) })?;
+        let client = conn.client;
+        self.agents.lock().unwrap_or_else(|p| p.into_inner()).insert(rec.id.clone(), client.clone());
+        Ok(client)
+    }
+
+    async fn agent(&self, rec: &SandboxRecord) -> Result<AgentClient<Channel>> {
+        let cached = self.agents.lock().unwrap_or_else(|p| p.into_inner()).get(&rec.id).cloned();
+        match cached {
+            Some(c) => Ok(c),
+            None => self.connect_agent(rec).await,
+        }
+    }
+
+    fn forget_agent(&self, id: &str) {
+        self.agents.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// Stops the runtime and removes the disk and runtime dir of a sandbox. Idempotent.
+    async fn teardown(&self, rec: &SandboxRecord) -> Result<()> {
+        self.forget_agent(&rec.id);
+        let engine = self.engine.clone();
+        let pool = self.pool.clone();
+        let id = rec.id.clone();
+        let run_dir = self.run_dir(&rec.id);
+        blocking(move || {
+            engine.stop(&id, Duration::ZERO)?;
+            pool.delete_volume(&pool.sandbox_path(&id))?;
+            match std::fs::remove_dir_all(&run_dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(CoreError::Internal(format!("removing {}: {e}", run_dir.display()))),
+            }
+        })
+        .await
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        let mut rec = self.record(name)?;
+        let lock = self.op_lock(&rec.id);
+        let _guard = lock.lock().await;
+        let mut rec2 = self.store.sandbox_by_name(name)?.ok_or_else(|| CoreError::not_found("sandbox", name))?;
+        if rec2.id != rec.id {
+            return Err(CoreError::not_found("sandbox", name));
+        }
+        rec2.intent = Some(Intent::Destroy);
+        rec2.updated_at = now_rfc3339();
+        self.store.update_sandbox(&rec2)?;
+        rec = rec2;
+        self.teardown(&rec).await?;
+        self.store.delete_sandbox(&rec.id)?;
+        self.op_locks.lock().unwrap_or_else(|p| p.into_inner()).remove(&rec.id);
+        tracing::info!(sandbox = %rec.name, id = %rec.id, "destroyed");
+        Ok(())
+    }
+
+    // ----- lifecycle -------------------------------------------------------------------
+
+    pub async fn action(&self, name: &str, action: Action) -> Result<Sandbox> {
+        let rec = self.record(name)?;
+        let lock = self.op_lock(&rec.id);
+        let _guard = lock.lock().await;
+        // Re-read under the lock: another operation may have changed it meanwhile.
+        let mut rec = self.record(name)?;
+        let to = valid_transition(&rec.name, rec.status, action)?;
+        match (rec.status, action) {
+            (SandboxStatus::Running, Action::Start | Action::Wake) => {}
+            (SandboxStatus::Stopped, Action::Stop) => {}
+            (SandboxStatus::Sleeping, Action::Sleep) => {}
+            (SandboxStatus::Running, Action::Sleep) => self.freeze(&rec, true).await?,
+            (SandboxStatus::Sleeping, Action::Wake | Action::Start) => self.freeze(&rec, false).await?,
+            (_, Action::Stop) => self.halt(&rec).await?,
+            (_, Action::Start) => self.boot_or_fail(&mut rec).await?,
+            (_, Action::Restart) => {
+                self.halt(&rec).await?;
+                self.boot_or_fail(&mut rec).await?;
+            }
+            (from, action) => {
+                return Err(CoreError::IllegalTransition { name: rec.name, action: action.as_str(), from });
+            }
+        }
+        rec.status = to;
+        rec.failure_reason = None;
+        rec.updated_at = now_rfc3339();
+        self.store.update_sandbox(&rec)?;
+        tracing::info!(sandbox = %rec.name, status = %rec.status, "{}", action.as_str());
+        Ok(self.view(&rec))
+    }
+
+    async fn freeze(&self, rec: &SandboxRecord, freeze: bool) -> Result<()> {
+        let engine = self.engine.clone();
+        let id = rec.id.clone();
+        blocking(move || Ok(if freeze { engine.freeze(&id)? } else { engine.thaw(&id)? })).await
+    }
+
+    async fn halt(&self, rec: &SandboxRecord) -> Result<()> {
+        self.forget_agent(&rec.id);
+        let engine = self.engine.clone();
+        let id = rec.id.clone();
+        blocking(move || Ok(engine.stop(&id, STOP_GRACE)?)).await
+    }
+
+    /// Boots a sandbox; on failure records `failed` with the reason and returns the error.
+    async fn boot_or_fail(&self, rec: &mut SandboxRecord) -> Result<()> {
+        if let Err(e) = self.boot(rec).await {
+            let _ = self.halt(rec).await;
+            rec.status = SandboxStatus::Failed;
+            rec.failure_reason = Some(chain(&e));
+            rec.updated_at = now_rfc3339();
+            self.store.update_sandbox(rec)?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub async fn patch(&self, name: &str, p: PatchSandbox) -> Result<Sandbox> {
+        let rec = self.record(name)?;
+        let lock = self.op_lock(&rec.id);
+        let _guard = lock.lock().await;
+        let mut rec = self.record(name)?;
+        let mut cfg = rec.config.clone();
+        if let Some(v) = p.cpus {
+            cfg.cpus = v;
+        }
+        if let Some(v) = p.memory_mb {
+            cfg.memory_mb = v;
+        }
+        if let Some(v) = p.disk_gb {
+            cfg.disk_gb = v;
+        }
+        if let Some(v) = p.pids {
+            cfg.pids = v;
+        }
+        if let Some(v) = p.idle_timeout_s {
+            cfg.idle_timeout_s = v;
+        }
+        if let Some(v) = p.url_auth {
+            cfg.url_auth = v;
+        }
+        validate_config(&cfg)?;
+        if let Some(env) = &p.env {
+            validate_env(env)?;
+        }
+        if let Some(labels) = &p.labels {
+            validate_labels(labels)?;
+        }
+        // Resource limits of a running sandbox take effect at its next start.
+        rec.config = cfg;
+        if let Some(env) = p.env {
+            rec.env = env;
+        }
+        if let Some(labels) = p.labels {
+            rec.labels = labels;
+        }
+        rec.updated_at = now_rfc3339();
+        self.store.update_sandbox(&rec)?;
+        Ok(self.view(&rec))
+    }
+
+    // ----- exec ------------------------------------------------------------------------
+
+    /// Makes sure the sandbox runs (waking it if asleep) and returns its record.
+    async fn ensure_running(&self, name: &str) -> Result<SandboxRecord> {
+        let rec = self.record(name)?;
+        valid_transition(&rec.name, rec.status, Action::Exec)?;
+        if rec.status == SandboxStatus::Sleeping {
+            self.action(name, Action::Wake).await?;
+            return self.record(name);
+        }
+        Ok(rec)
+    }
+
+    fn touch(&self, rec: &SandboxRecord) {
+        if let Err(e) = self.store.touch_sandbox(&rec.id, &now_rfc3339()) {
+            tracing::warn!(sandbox = %rec.name, error = %e, "recording activity");
+        }
+    }
+
+    fn exec_env(&self, rec: &SandboxRecord, extra: &BTreeMap<String, String>, tty: bool) -> Vec<(String, String)> {
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        env.insert("HOSTNAME".into(), rec.name.clone());
+        env.insert("LANG".into(), "C.UTF-8".into());
+        if tty {
+            env.insert("TERM".into(), "xterm-256color".into());
+        }
+        env.extend(rec.env.clone());
+        env.extend(extra.clone());
+        env.into_iter().collect()
+    }
+
+    pub async fn exec_stream(
+        &self,
+        name: &str,
+        mut opts: StreamExecOptions,
+        extra_env: &BTreeMap<String, String>,
+    ) -> Result<ExecSession> {
+        validate_argv(&opts.argv)?;
+        validate_env(extra_env)?;
+        let rec = self.ensure_running(name).await?;
+        opts.env = self.exec_env(&rec, extra_env, opts.tty);
+        self.touch(&rec);
+        let client = self.agent(&rec).await?;
+        match exec::start_session(client, &rec.name, opts.clone()).await {
+            Err(CoreError::Agent { .. }) => {
+                // The cached channel may be stale (agent restarted): reconnect once.
+                self.forget_agent(&rec.id);
+                let client = self.agent(&rec).await?;
+                exec::start_session(client, &rec.name, opts).await
+            }
+            other => other,
+        }
+    }
+
+    pub async fn exec(&self, name: &str, req: ExecRequest) -> Result<ExecResult> {
+        let stdin = match (&req.stdin, &req.stdin_b64) {
+            (Some(_), Some(_)) => return Err(CoreError::Invalid("give stdin or stdin_b64, not both".into())),
+            (Some(s), None) => Some(s.clone().into_bytes()),
+            (None, Some(b)) => {
+                use base64::Engine as _;
+                Some(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b)
+                        .map_err(|e| CoreError::Invalid(format!("stdin_b64 is not valid base64: {e}")))?,
+                )
+            }
+            (None, None) => None,
+        };
+        let timeout = match req.timeout_s {
+            Some(t) if !(t > 0.0 && t <= 86_400.0) => {
+                return Err(CoreError::Invalid("timeout_s must be > 0 and at most 86400".into()));
+            }
+            Some(t) => Some(Duration::from_secs_f64(t)),
+            None => None,
+        };
+        let cap = match req.max_output_bytes {
+            Some(c) if c == 0 || c as usize > exec::MAX_OUTPUT_CAP => {
+                return Err(CoreError::Invalid(format!(
+                    "max_output_bytes must be between 1 and {}",
+                    exec::MAX_OUTPUT_CAP
+                )));
+            }
+            Some(c) => c as usize,
+            None => exec::DEFAULT_OUTPUT_CAP,
+        };
+        let opts = StreamExecOptions {
+            argv: req.cmd,
+            cwd: req.cwd,
+            user: req.user,
+            stdin: stdin.is_some(),
+            ..Default::default()
+        };
+        let session = self.exec_stream(name, opts, &req.env).await?;
+        exec::collect(session, stdin, timeout, cap).await
+    }
+
+    // ----- reconciliation ----------------------------------------------------------------
+
+    /// Brings DB, disk and runtime into agreement after a start (or crash): finishes or
+    /// undoes half-done operations, adopts running sandboxes, restarts ones that should run
+    /// and do not, and removes runtime containers, volumes and run dirs nobody owns.
+    async fn reconcile(&self) -> Result<()> {
+        let records = self.store.all_sandboxes()?;
+        for mut rec in records.clone() {
+            match rec.intent {
+                Some(Intent::Create) | Some(Intent::Destroy) => {
+                    tracing::warn!(sandbox = %rec.name, intent = ?rec.intent, "finishing interrupted operation: removing");
+                    self.teardown(&rec).await?;
+                    self.store.delete_sandbox(&rec.id)?;
+                    continue;
+                }
+                None => {}
+            }
+            let engine = self.engine.clone();
+            let id = rec.id.clone();
+            let status = blocking(move || Ok(engine.status(&id)?)).await?;
+            let want_running = matches!(rec.status, SandboxStatus::Running | SandboxStatus::Sleeping);
+            match (want_running, status) {
+                (true, RuntimeStatus::Running { .. }) => {
+                    if rec.status == SandboxStatus::Sleeping {
+                        rec.status = SandboxStatus::Running;
+                        self.store.update_sandbox(&rec)?;
+                    }
+                    tracing::info!(sandbox = %rec.name, "adopted running sandbox");
+                }
+                (true, RuntimeStatus::Paused { .. }) => {
+                    if rec.status == SandboxStatus::Running {
+                        let _ = self.freeze(&rec, false).await;
+                    }
+                    tracing::info!(sandbox = %rec.name, status = %rec.status, "adopted sandbox");
+                }
+                (true, _) => {
+                    tracing::warn!(sandbox = %rec.name, "sandbox should run but does not; starting it");
+                    let _ = self.halt(&rec).await;
+                    rec.status = SandboxStatus::Running;
+                    if self.boot_or_fail(&mut rec).await.is_ok() {
+                        rec.updated_at = now_rfc3339();
+                        self.store.update_sandbox(&rec)?;
+                    }
+                }
+                (false, RuntimeStatus::Missing) => {}
+                (false, _) => {
+                    let _ = self.halt(&rec).await;
+                }
+            }
+        }
+        let known: std::collections::HashSet<String> = self.store.all_sandboxes()?.into_iter().map(|r| r.id).collect();
+        // Runtime containers nobody owns.
+        let engine = self.engine.clone();
+        let listed = blocking(move || Ok(engine.list()?)).await?;
+        for id in listed.into_iter().filter(|id| !known.contains(id)) {
+            tracing::warn!(id, "removing orphaned runtime container");
+            let engine = self.engine.clone();
+            blocking(move || Ok(engine.stop(&id, Duration::ZERO)?)).await?;
+        }
+        // Volumes and run dirs nobody owns.
+        for dir in [self.pool.sandboxes_dir(), self.cfg.run_dir()] {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let id = entry.file_name().to_string_lossy().into_owned();
+                if known.contains(&id) {
+                    continue;
+                }
+                tracing::warn!(path = %entry.path().display(), "removing orphaned sandbox data");
+                if dir == self.pool.sandboxes_dir() {
+                    let pool = self.pool.clone();
+                    let p = entry.path();
+                    blocking(move || Ok(pool.delete_volume(&p)?)).await?;
+                } else {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Destroys every sandbox and releases the pool (for ephemeral test daemons).
+    pub async fn destroy_all(&self) -> Result<()> {
+        for rec in self.store.all_sandboxes()? {
+            if let Err(e) = self.teardown(&rec).await {
+                tracing::warn!(sandbox = %rec.name, error = %chain(&e), "teardown");
+            }
+            self.store.delete_sandbox(&rec.id)?;
+        }
+        Ok(())
+    }
+}
+
+fn validate_config(c: &SandboxConfig) -> Result<()> {
+    if !(c.cpus > 0.0 && c.cpus <= 256.0) {
+        return Err(CoreError::Invalid(format!("cpus must be > 0 and at most 256, got {}", c.cpus)));
+    }
+    if !(32..=1 << 22).contains(&c.memory_mb) {
+        return Err(CoreError::Invalid(format!("memory_mb must be between 32 and 4194304, got {}", c.memory_mb)));
+    }
+    if !(1..=1 << 16).contains(&c.disk_gb) {
+        return Err(CoreError::Invalid(format!("disk_gb must be between 1 and 65536, got {}", c.disk_gb)));
+    }
+    if !(16..=1 << 22).contains(&c.pids) {
+        return Err(CoreError::Invalid(format!("pids must be between 16 and 4194304, got {}", c.pids)));
+    }
+    Ok(())
+}
+
+fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
+    for (k, v) in env {
+        let ok = !k.is_empty()
+            && k.len() <= 256
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok {
+            return Err(CoreError::Invalid(format!(
+                "environment variable name '{}' is invalid: use letters, digits and '_', not starting with a digit",
+                k.chars().take(64).collect::<String>()
+            )));
+        }
+        if v.contains('\0') {
+            return Err(CoreError::Invalid(format!("environment variable '{k}' contains a NUL byte")));
+        }
+    }
+    Ok(())
+}
+
+fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    if labels.len() > 64 {
+        return Err(CoreError::Invalid("at most 64 labels".into()));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > 63 || v.len() > 255 || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(CoreError::Invalid(format!(
+                "label '{}' is invalid: keys 1-63 chars without '=', values up to 255 chars",
+                k.chars().take(64).collect::<String>()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn validate_argv(argv: &[String]) -> Result<()> {
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(CoreError::Invalid("cmd must name a program: argv is empty".into()));
+    }
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err(CoreError::Invalid("cmd arguments must not contain NUL bytes".into()));
+    }
+    Ok(())
+}

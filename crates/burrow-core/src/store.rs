@@ -1,0 +1,407 @@
+//! The state store: SQLite (embedded), schema under versioned migrations.
+//!
+//! The store only persists and queries records. It holds no policy: the manager decides
+//! what to write and in which order (intent first, work, then commit).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use burrow_api::{EngineKind, ForkSource, SandboxConfig, SandboxStatus};
+use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("migrating the state database: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("corrupt record {what}: {detail}")]
+    Corrupt { what: String, detail: String },
+    #[error("unique constraint: {0}")]
+    Unique(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// An operation in flight on a sandbox, written before the work starts so that a crash
+/// leaves a record of what to finish or undo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    Create,
+    Destroy,
+}
+
+impl Intent {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Destroy => "destroy",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "create" => Some(Self::Create),
+            "destroy" => Some(Self::Destroy),
+            _ => None,
+        }
+    }
+}
+
+/// A sandbox as stored.
+#[derive(Debug, Clone)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub name: String,
+    pub status: SandboxStatus,
+    pub intent: Option<Intent>,
+    pub engine: EngineKind,
+    pub image: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_active_at: String,
+    pub config: SandboxConfig,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub parent: Option<ForkSource>,
+    pub failure_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRecord {
+    pub name: String,
+    pub status: String,
+    pub created_at: String,
+    pub size_bytes: u64,
+    pub source: String,
+    pub message: Option<String>,
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(
+        "CREATE TABLE sandboxes (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            status TEXT NOT NULL,
+            intent TEXT,
+            engine TEXT NOT NULL,
+            image TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            last_active_at TEXT NOT NULL,
+            config TEXT NOT NULL,
+            env TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            parent TEXT,
+            failure_reason TEXT
+        );
+        CREATE TABLE images (
+            name TEXT PRIMARY KEY,
+            status TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            message TEXT
+        );
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    )])
+}
+
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const SANDBOX_COLS: &str = "id, name, status, intent, engine, image, created_at, updated_at, last_active_at, \
+                            config, env, labels, parent, failure_reason";
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut conn = Connection::open(path)?;
+        // WAL + NORMAL: durable across a daemon crash (the OS has the pages), fast commits.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations().to_latest(&mut conn)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    pub fn open_in_memory() -> Result<Self> {
+        let mut conn = Connection::open_in_memory()?;
+        migrations().to_latest(&mut conn)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn)
+    }
+
+    pub fn insert_sandbox(&self, r: &SandboxRecord) -> Result<()> {
+        self.with(|c| {
+            let res = c.execute(
+                &format!("INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"),
+                params![
+                    r.id,
+                    r.name,
+                    r.status.as_str(),
+                    r.intent.map(Intent::as_str),
+                    r.engine.as_str(),
+                    r.image,
+                    r.created_at,
+                    r.updated_at,
+                    r.last_active_at,
+                    to_json(&r.config),
+                    to_json(&r.env),
+                    to_json(&r.labels),
+                    r.parent.as_ref().map(to_json),
+                    r.failure_reason,
+                ],
+            );
+            match res {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, msg)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    Err(StoreError::Unique(msg.unwrap_or_default()))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// Writes every mutable field of `r` (matched by id).
+    pub fn update_sandbox(&self, r: &SandboxRecord) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE sandboxes SET status=?2, intent=?3, updated_at=?4, last_active_at=?5, config=?6, env=?7, \
+                 labels=?8, failure_reason=?9 WHERE id=?1",
+                params![
+                    r.id,
+                    r.status.as_str(),
+                    r.intent.map(Intent::as_str),
+                    r.updated_at,
+                    r.last_active_at,
+                    to_json(&r.config),
+                    to_json(&r.env),
+                    to_json(&r.labels),
+                    r.failure_reason,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn touch_sandbox(&self, id: &str, last_active_at: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute("UPDATE sandboxes SET last_active_at=?2 WHERE id=?1", params![id, last_active_at])?;
+            Ok(())
+        })
+    }
+
+    pub fn delete_sandbox(&self, id: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM sandboxes WHERE id=?1", params![id])?;
+            Ok(())
+        })
+    }
+
+    pub fn sandbox_by_name(&self, name: &str) -> Result<Option<SandboxRecord>> {
+        self.with(|c| {
+            c.query_row(&format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE name=?1"), params![name], row_raw)
+                .optional()?
+                .map(RawSandbox::decode)
+                .transpose()
+        })
+    }
+
+    pub fn all_sandboxes(&self) -> Result<Vec<SandboxRecord>> {
+        self.list_sandboxes("", None, u32::MAX)
+    }
+
+    /// Sandboxes ordered by name, with `name` starting with `prefix` and greater than `after`.
+    pub fn list_sandboxes(&self, prefix: &str, after: Option<&str>, limit: u32) -> Result<Vec<SandboxRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {SANDBOX_COLS} FROM sandboxes WHERE substr(name, 1, length(?1)) = ?1 AND name > ?2 \
+                 ORDER BY name LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(params![prefix, after.unwrap_or(""), i64::from(limit)], row_raw)?;
+            rows.map(|r| RawSandbox::decode(r?)).collect()
+        })
+    }
+
+    pub fn upsert_image(&self, r: &ImageRecord) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO images (name, status, created_at, size_bytes, source, message) VALUES (?1,?2,?3,?4,?5,?6)
+                 ON CONFLICT(name) DO UPDATE SET status=excluded.status, size_bytes=excluded.size_bytes,
+                 source=excluded.source, message=excluded.message",
+                params![r.name, r.status, r.created_at, r.size_bytes as i64, r.source, r.message],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn image(&self, name: &str) -> Result<Option<ImageRecord>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT name, status, created_at, size_bytes, source, message FROM images WHERE name=?1",
+                params![name],
+                image_row,
+            )
+            .optional()?)
+        })
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRecord>> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT name, status, created_at, size_bytes, source, message FROM images ORDER BY name")?;
+            let rows = stmt.query_map([], image_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    pub fn delete_image(&self, name: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM images WHERE name=?1", params![name])?;
+            Ok(())
+        })
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.with(|c| Ok(c.query_row("SELECT value FROM meta WHERE key=?1", params![key], |r| r.get(0)).optional()?))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                params![key, value],
+            )?;
+            Ok(())
+        })
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("store types always serialize")
+}
+
+fn image_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRecord> {
+    Ok(ImageRecord {
+        name: r.get(0)?,
+        status: r.get(1)?,
+        created_at: r.get(2)?,
+        size_bytes: r.get::<_, i64>(3)?.max(0) as u64,
+        source: r.get(4)?,
+        message: r.get(5)?,
+    })
+}
+
+/// Columns as read, before validation.
+struct RawSandbox {
+    cols: [Option<String>; 14],
+}
+
+fn row_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawSandbox> {
+    let mut cols: [Option<String>; 14] = Default::default();
+    for (i, c) in cols.iter_mut().enumerate() {
+        *c = r.get(i)?;
+    }
+    Ok(RawSandbox { cols })
+}
+
+impl RawSandbox {
+    fn decode(self) -> Result<SandboxRecord> {
+        let [id, name, status, intent, engine, image, created, updated, active, config, env, labels, parent, reason] =
+            self.cols;
+        let id = id.unwrap_or_default();
+        let bad = |detail: String| StoreError::Corrupt { what: format!("sandbox {id}"), detail };
+        let status = status.as_deref().and_then(SandboxStatus::parse).ok_or_else(|| bad("status".into()))?;
+        let engine = engine.as_deref().and_then(EngineKind::parse).ok_or_else(|| bad("engine".into()))?;
+        let json = |what: &str, s: Option<String>| -> Result<serde_json::Value> {
+            serde_json::from_str(s.as_deref().unwrap_or("null")).map_err(|e| bad(format!("{what}: {e}")))
+        };
+        Ok(SandboxRecord {
+            name: name.unwrap_or_default(),
+            status,
+            intent: intent.as_deref().and_then(Intent::parse),
+            engine,
+            image: image.unwrap_or_default(),
+            created_at: created.unwrap_or_default(),
+            updated_at: updated.unwrap_or_default(),
+            last_active_at: active.unwrap_or_default(),
+            config: serde_json::from_value(json("config", config)?).map_err(|e| bad(format!("config: {e}")))?,
+            env: serde_json::from_value(json("env", env)?).map_err(|e| bad(format!("env: {e}")))?,
+            labels: serde_json::from_value(json("labels", labels)?).map_err(|e| bad(format!("labels: {e}")))?,
+            parent: serde_json::from_value(json("parent", parent)?).map_err(|e| bad(format!("parent: {e}")))?,
+            failure_reason: reason,
+            id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burrow_api::UrlAuth;
+
+    fn rec(id: &str, name: &str) -> SandboxRecord {
+        SandboxRecord {
+            id: id.into(),
+            name: name.into(),
+            status: SandboxStatus::Creating,
+            intent: Some(Intent::Create),
+            engine: EngineKind::Container,
+            image: "base".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            last_active_at: "2026-01-01T00:00:00Z".into(),
+            config: SandboxConfig {
+                cpus: 1.0,
+                memory_mb: 512,
+                disk_gb: 1,
+                pids: 100,
+                idle_timeout_s: 60,
+                url_auth: UrlAuth::Private,
+            },
+            env: BTreeMap::from([("A".into(), "1".into())]),
+            labels: BTreeMap::new(),
+            parent: None,
+            failure_reason: None,
+        }
+    }
+
+    #[test]
+    fn round_trip_unique_and_list() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_sandbox(&rec("sb-1", "b")).unwrap();
+        s.insert_sandbox(&rec("sb-2", "a")).unwrap();
+        s.insert_sandbox(&rec("sb-3", "ab")).unwrap();
+        assert!(matches!(s.insert_sandbox(&rec("sb-4", "a")), Err(StoreError::Unique(_))));
+        let mut r = s.sandbox_by_name("a").unwrap().unwrap();
+        assert_eq!(r.env["A"], "1");
+        assert_eq!(r.intent, Some(Intent::Create));
+        r.status = SandboxStatus::Running;
+        r.intent = None;
+        s.update_sandbox(&r).unwrap();
+        let r = s.sandbox_by_name("a").unwrap().unwrap();
+        assert_eq!((r.status, r.intent), (SandboxStatus::Running, None));
+        let names: Vec<_> = s.list_sandboxes("a", None, 10).unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["a", "ab"]);
+        let names: Vec<_> = s.list_sandboxes("", Some("a"), 1).unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["ab"]);
+        s.delete_sandbox("sb-2").unwrap();
+        assert!(s.sandbox_by_name("a").unwrap().is_none());
+    }
+
+    #[test]
+    fn prefix_with_like_metacharacters_is_literal() {
+        let s = Store::open_in_memory().unwrap();
+        s.insert_sandbox(&rec("sb-1", "abc")).unwrap();
+        assert!(s.list_sandboxes("%", None, 10).unwrap().is_empty());
+        assert!(s.list_sandboxes("_bc", None, 10).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,350 @@
+//! The `container` engine: the sandbox's agent runs as PID 1 of a runc container with its own
+//! pid, mount, ipc, uts, network, user and cgroup namespaces, root mapped to an unprivileged
+//! host uid range, a seccomp allowlist and cgroup limits (v1 or v2 hosts).
+//!
+//! The agent channel: the engine creates the agent's listening unix socket on the host
+//! (`run_dir/agent.sock`, outside the sandbox's filesystem) and hands the listening fd to the
+//! agent through runc (`--preserve-fds`); the host connects by path, now or after a restart.
+//! Containers are started detached and never are children of the daemon: they outlive it
+//! and are adopted on the next start (`list`, `status`).
+//!
+//! This module must never run anything inside a sandbox: that is the agent's job.
+
+pub mod oci;
+pub mod runc;
+pub mod seccomp;
+mod sys;
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::{Engine, EngineError, EngineKind, Result, RuntimeStatus, SandboxSpec};
+use runc::{RunArgs, Runc};
+
+/// How long the sandbox's init gets to die after SIGKILL before `runc delete --force` is
+/// left to finish the job.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// cgroup v1 controllers the engine limits (and runc creates a directory in).
+const V1_CONTROLLERS: &[&str] = &["cpu", "memory", "pids", "devices", "freezer"];
+
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// The runc binary; a bare name is looked up on PATH.
+    pub runc_bin: PathBuf,
+    /// runc's state directory (`--root`). One per daemon, so several daemons can coexist.
+    pub runc_root: PathBuf,
+    /// The static `burrow-agent` binary on the host, bind-mounted into every sandbox.
+    pub agent_bin: PathBuf,
+    /// First host uid (and gid) of the range sandbox ids map to; uid 0 inside is `uid_base`.
+    pub uid_base: u32,
+    pub uid_count: u32,
+    /// cgroup (relative to every hierarchy's root) under which sandboxes get theirs.
+    pub cgroup_parent: String,
+    /// Replaces the agent's command line as the sandbox's init. Tests only: without the
+    /// agent nothing answers on the agent socket.
+    pub init_args: Option<Vec<String>>,
+}
+
+impl ContainerConfig {
+    /// Defaults for everything but where runc keeps state and where the agent is.
+    pub fn new(runc_root: impl Into<PathBuf>, agent_bin: impl Into<PathBuf>) -> Self {
+        Self {
+            runc_bin: PathBuf::from("runc"),
+            runc_root: runc_root.into(),
+            agent_bin: agent_bin.into(),
+            uid_base: 2_000_000,
+            uid_count: 65536,
+            cgroup_parent: "burrow".to_owned(),
+            init_args: None,
+        }
+    }
+}
+
+/// Which cgroup hierarchy the host uses (runc picks the same way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    /// Legacy or hybrid: one hierarchy per controller under `/sys/fs/cgroup/<controller>`.
+    V1,
+    /// Unified hierarchy mounted at `/sys/fs/cgroup`.
+    V2,
+}
+
+#[derive(Debug)]
+pub struct ContainerEngine {
+    cfg: ContainerConfig,
+    runc: Runc,
+    cgroups: CgroupVersion,
+    limit_swap: bool,
+    nofile: u64,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> EngineError + 'a {
+    move |source| EngineError::Io { op, path: path.to_owned(), source }
+}
+
+fn unavailable(why: String) -> EngineError {
+    EngineError::Unavailable("container", why)
+}
+
+/// `name` as given if it contains a slash, else the first executable of that name on PATH.
+fn find_executable(name: &Path) -> Option<PathBuf> {
+    let is_exec = |p: &Path| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if name.components().count() > 1 || name.is_absolute() {
+        return is_exec(name).then(|| name.to_owned());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| is_exec(p))
+}
+
+/// Writes `data` to `path` through a temporary file and a rename, so readers never see a
+/// partial file.
+fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true).mode(mode);
+    let mut f = opts.open(&tmp).map_err(io_err("create", &tmp))?;
+    io::Write::write_all(&mut f, data).map_err(io_err("write", &tmp))?;
+    // The sandbox's root reads /etc/hosts and /etc/hostname through their bind mounts.
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", &tmp))?;
+    fs::rename(&tmp, path).map_err(io_err("rename", path))
+}
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+impl ContainerEngine {
+    /// Checks that runc and the agent binary are usable and prepares runc's state directory.
+    pub fn new(cfg: ContainerConfig) -> Result<Self> {
+        let runc_bin = find_executable(&cfg.runc_bin)
+            .ok_or_else(|| unavailable(format!("runc not found ({})", cfg.runc_bin.display())))?;
+        if !fs::metadata(&cfg.agent_bin).is_ok_and(|m| m.is_file()) {
+            return Err(unavailable(format!("agent binary {} not found", cfg.agent_bin.display())));
+        }
+        // A bind-mount source must be absolute.
+        let agent_bin = fs::canonicalize(&cfg.agent_bin).map_err(io_err("resolve", &cfg.agent_bin))?;
+        let parent_ok = !cfg.cgroup_parent.trim_matches('/').is_empty()
+            && cfg.cgroup_parent.split('/').all(|c| c != "..")
+            && cfg.cgroup_parent.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+        if !parent_ok {
+            return Err(EngineError::Spec(format!("cgroup_parent {:?}", cfg.cgroup_parent)));
+        }
+        if cfg.uid_count == 0 || cfg.uid_base.checked_add(cfg.uid_count).is_none() {
+            return Err(EngineError::Spec(format!("uid range {}+{}", cfg.uid_base, cfg.uid_count)));
+        }
+
+        let runc = Runc::new(runc_bin, cfg.runc_root.clone());
+        let version = runc.version().map_err(|e| unavailable(format!("runc does not run: {e}")))?;
+        fs::create_dir_all(&cfg.runc_root).map_err(io_err("create", &cfg.runc_root))?;
+        fs::set_permissions(&cfg.runc_root, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("chmod", &cfg.runc_root))?;
+
+        let cgroups = if sys::is_cgroup2_unified(Path::new(CGROUP_ROOT)) {
+            CgroupVersion::V2
+        } else {
+            CgroupVersion::V1
+        };
+        // v2: runc skips a swap limit of "no swap" where swap accounting is off. v1: the
+        // memsw files only exist with swap accounting, and runc fails without them.
+        let limit_swap = match cgroups {
+            CgroupVersion::V2 => true,
+            CgroupVersion::V1 => Path::new(CGROUP_ROOT).join("memory/memory.memsw.limit_in_bytes").exists(),
+        };
+        let nofile = oci::NOFILE.min(sys::nr_open());
+        tracing::debug!(%version, ?cgroups, limit_swap, "container engine ready");
+        Ok(Self { cfg: ContainerConfig { agent_bin, ..cfg }, runc, cgroups, limit_swap, nofile })
+    }
+
+    pub fn config(&self) -> &ContainerConfig {
+        &self.cfg
+    }
+
+    pub fn cgroup_version(&self) -> CgroupVersion {
+        self.cgroups
+    }
+
+    /// The host directories of sandbox `id`'s cgroup (one per v1 controller, one on v2).
+    pub fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
+        let rel = oci::cgroup_path(&self.cfg.cgroup_parent, id);
+        let rel = rel.strip_prefix("/").unwrap_or(&rel);
+        match self.cgroups {
+            CgroupVersion::V2 => vec![Path::new(CGROUP_ROOT).join(rel)],
+            CgroupVersion::V1 => {
+                V1_CONTROLLERS.iter().map(|c| Path::new(CGROUP_ROOT).join(c).join(rel)).collect()
+            }
+        }
+    }
+
+    /// The OCI configuration `start` would write for `spec`.
+    pub fn oci_config(&self, spec: &SandboxSpec) -> Result<oci_spec::runtime::Spec> {
+        oci::build(
+            spec,
+            &oci::ConfigInputs {
+                agent_bin: &self.cfg.agent_bin,
+                init_args: self.cfg.init_args.clone().unwrap_or_else(oci::agent_args),
+                uid_base: self.cfg.uid_base,
+                uid_count: self.cfg.uid_count,
+                cgroup_parent: &self.cfg.cgroup_parent,
+                nofile: self.nofile,
+                limit_swap: self.limit_swap,
+                hostname_file: spec.run_dir.join("hostname"),
+                hosts_file: spec.run_dir.join("hosts"),
+            },
+        )
+    }
+
+    /// Writes the bundle and the files the sandbox bind-mounts into `spec.run_dir`.
+    fn prepare_run_dir(&self, spec: &SandboxSpec) -> Result<PathBuf> {
+        if !spec.rootfs.is_dir() {
+            return Err(EngineError::Spec(format!("rootfs {} is not a directory", spec.rootfs.display())));
+        }
+        let config = self.oci_config(spec)?;
+        let run_dir = &spec.run_dir;
+        let bundle = run_dir.join("bundle");
+        fs::create_dir_all(&bundle).map_err(io_err("create", &bundle))?;
+        // runc's init opens bind-mount sources from inside the user namespace, as the
+        // sandbox's root: it must be able to traverse the run dir, not list it.
+        for dir in [run_dir, &bundle] {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o711)).map_err(io_err("chmod", dir))?;
+        }
+        write_atomic(&run_dir.join("hostname"), format!("{}\n", spec.hostname).as_bytes(), 0o644)?;
+        write_atomic(&run_dir.join("hosts"), oci::hosts_file(&spec.hostname).as_bytes(), 0o644)?;
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| EngineError::Spec(e.to_string()))?;
+        write_atomic(&bundle.join("config.json"), &json, 0o600)?;
+        Ok(bundle)
+    }
+
+    fn launch(&self, spec: &SandboxSpec, bundle: &Path) -> Result<()> {
+        let run_dir = &spec.run_dir;
+        let sock = self.agent_socket(run_dir);
+        let pid_file = run_dir.join("init.pid");
+        let runc_log = run_dir.join("runc.log");
+        let agent_log = run_dir.join("agent.log");
+        for stale in [&sock, &pid_file, &runc_log] {
+            remove_if_exists(stale)?;
+        }
+        let listen_fd = sys::listen_unix(&sock).map_err(io_err("listen", &sock))?;
+        let output = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&agent_log)
+            .map_err(io_err("open", &agent_log))?;
+        self.runc.run_detached(RunArgs {
+            id: &spec.id,
+            bundle,
+            pid_file: &pid_file,
+            log_file: &runc_log,
+            listen_fd,
+            output,
+            output_path: &agent_log,
+            nofile: self.nofile,
+        })
+    }
+
+    /// Container state of `id`, as runc reports it.
+    fn state(&self, id: &str) -> Result<Option<runc::State>> {
+        self.runc.state(id)
+    }
+
+    /// Signals the init of a running container and waits for it to exit: TERM and `grace`,
+    /// then KILL.
+    fn terminate(&self, st: &runc::State, grace: Duration) -> Result<()> {
+        // Opened before any signal, so the pid cannot be recycled under us.
+        let Some(pidfd) = sys::pidfd_open(st.pid).map_err(io_err("pidfd_open", Path::new("/proc")))? else {
+            return Ok(());
+        };
+        if st.status == "paused" {
+            // A frozen init cannot act on TERM. If thawing fails, KILL and delete still work.
+            if let Err(e) = self.runc.resume(&st.id) {
+                tracing::warn!(id = st.id, error = %e, "resume before stop failed");
+            }
+        }
+        let wait = |d| sys::wait_pidfd(&pidfd, d).map_err(io_err("poll", Path::new("pidfd")));
+        if !grace.is_zero() && self.runc.kill(&st.id, "TERM")? && wait(grace)? {
+            return Ok(());
+        }
+        if self.runc.kill(&st.id, "KILL")? && !wait(KILL_WAIT)? {
+            tracing::warn!(id = st.id, pid = st.pid, "init still alive after SIGKILL; deleting anyway");
+        }
+        Ok(())
+    }
+}
+
+impl Engine for ContainerEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Container
+    }
+
+    fn start(&self, spec: &SandboxSpec) -> Result<()> {
+        oci::validate(spec)?;
+        if let Some(st) = self.state(&spec.id)? {
+            if matches!(st.status.as_str(), "running" | "paused") {
+                return Err(EngineError::Command {
+                    cmd: format!("start {}", spec.id),
+                    detail: format!("already {} (pid {})", st.status, st.pid),
+                });
+            }
+            // A leftover of an earlier run (exited, or a `runc run` that died half-way).
+            self.runc.delete_force(&spec.id)?;
+        }
+        let bundle = self.prepare_run_dir(spec)?;
+        if let Err(e) = self.launch(spec, &bundle) {
+            // Leave nothing half-created behind; the error that matters is the launch's.
+            if let Err(clean) = self.runc.delete_force(&spec.id) {
+                tracing::warn!(id = spec.id, error = %clean, "cleanup after failed start");
+            }
+            let _ = remove_if_exists(&self.agent_socket(&spec.run_dir));
+            return Err(e);
+        }
+        tracing::debug!(id = spec.id, "container started");
+        Ok(())
+    }
+
+    fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        let Some(st) = self.state(id)? else { return Ok(()) };
+        if matches!(st.status.as_str(), "running" | "paused") {
+            self.terminate(&st, grace)?;
+        }
+        self.runc.delete_force(id)?;
+        // The bundle is `run_dir/bundle`.
+        if let Some(run_dir) = st.bundle.parent() {
+            remove_if_exists(&self.agent_socket(run_dir))?;
+        }
+        tracing::debug!(id, "container stopped");
+        Ok(())
+    }
+
+    fn status(&self, id: &str) -> Result<RuntimeStatus> {
+        Ok(match self.state(id)? {
+            None => RuntimeStatus::Missing,
+            Some(st) => match st.status.as_str() {
+                "running" => RuntimeStatus::Running { pid: st.pid },
+                "paused" => RuntimeStatus::Paused { pid: st.pid },
+                // `created`/`creating`: runc never got to start the agent.
+                _ => RuntimeStatus::Stopped,
+            },
+        })
+    }
+
+    fn list(&self) -> Result<Vec<String>> {
+        self.runc.list()
+    }
+
+    fn freeze(&self, id: &str) -> Result<()> {
+        self.runc.pause(id)
+    }
+
+    fn thaw(&self, id: &str) -> Result<()> {
+        self.runc.resume(id)
+    }
+}
+

@@ -1,0 +1,102 @@
+//! Raw system calls of the container engine, in one place: pidfds, waiting on them, and the
+//! fd plumbing done between fork and exec of runc. Everything else in the engine is safe
+//! code built on these few functions.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
+use nix::sys::stat::{Mode, fchmod};
+
+/// A pidfd for `pid`, or `None` when no such process exists (already reaped).
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<Option<OwnedFd>> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: pidfd_open takes a pid and a flags word and returns a new fd or -1; it does not
+    // touch our memory.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        return if err.raw_os_error() == Some(libc::ESRCH) { Ok(None) } else { Err(err) };
+    }
+    let fd = RawFd::try_from(ret).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Waits until the process behind `pidfd` has exited (the pidfd becomes readable), at most
+/// `timeout`. Returns whether it exited.
+pub(crate) fn wait_pidfd(pidfd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Round up so that a sub-millisecond remainder still waits instead of spinning.
+        let ms = u32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u32::MAX);
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+            Ok(0) if left.is_zero() => return Ok(false),
+            Ok(0) => continue,
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Creates a listening unix stream socket at `path`, mode 0600 from the start (the socket
+/// inode's mode is set before `bind`, which creates the file with it), close-on-exec.
+pub(crate) fn listen_unix(path: &Path) -> io::Result<OwnedFd> {
+    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    fchmod(&fd, Mode::from_bits_truncate(0o600))?;
+    let addr = UnixAddr::new(path)?;
+    bind(fd.as_raw_fd(), &addr)?;
+    listen(&fd, Backlog::new(128)?)?;
+    Ok(fd)
+}
+
+/// Arranges for `fd` to be fd 3 (without close-on-exec) in the child `cmd` spawns, and for
+/// the child's RLIMIT_NOFILE to be `nofile` (soft and hard), so that runc can hand both to the
+/// container: raising a hard limit needs CAP_SYS_RESOURCE in the initial user namespace, which
+/// runc's init no longer has once it is inside the sandbox's user namespace.
+pub(crate) fn pass_fd_as_3(cmd: &mut Command, fd: RawFd, nofile: u64) {
+    let lim = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+    // SAFETY: the closure runs between fork and exec, so it only makes async-signal-safe
+    // system calls (dup2, fcntl, setrlimit) on values captured by copy; it allocates nothing
+    // and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            const TARGET: RawFd = 3;
+            if fd == TARGET {
+                // dup2 onto itself keeps FD_CLOEXEC; clear it by hand.
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, TARGET) < 0 {
+                // dup2 leaves the new descriptor without FD_CLOEXEC.
+                return Err(io::Error::last_os_error());
+            }
+            // Best effort: when it fails, runc reports the rlimit error itself.
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        });
+    }
+}
+
+/// The largest RLIMIT_NOFILE the kernel allows (`fs.nr_open`).
+pub(crate) fn nr_open() -> u64 {
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024 * 1024)
+}
+
+/// Whether `/sys/fs/cgroup` is a pure cgroup v2 (unified) hierarchy.
+pub(crate) fn is_cgroup2_unified(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+}

@@ -1,0 +1,157 @@
+//! The btrfs driver: every volume is a subvolume, every snapshot is a btrfs snapshot (O(1)).
+//!
+//! Owns the mapping from `Pool` operations to subvolume ioctls (`sys.rs`). It never mounts or
+//! formats anything (that is `setup.rs`) and never walks into a volume except to find nested
+//! subvolumes a sandbox made itself, which must go before their parent can be deleted.
+//!
+//! Quotas (qgroups) are deliberately not enabled: they make every snapshot and delete pay for
+//! accounting. Per-sandbox disk limits will need them (or `btrfs quota` simple mode on newer
+//! kernels); until then `volume_size` is an apparent-size walk.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::AtFlags;
+use nix::sys::stat::{FileStat, SFlag, fstat, fstatat};
+
+use crate::confine::{PoolRoot, resolve_error};
+use crate::error::{Result, StorageError};
+use crate::{Pool, sys, walk};
+
+#[derive(Debug)]
+pub(crate) struct BtrfsPool {
+    root: PoolRoot,
+}
+
+fn is_subvol_root(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+        && st.st_ino == sys::BTRFS_SUBVOL_ROOT_INO
+}
+
+impl BtrfsPool {
+    pub(crate) fn new(root: &Path) -> Result<Self> {
+        Ok(Self {
+            root: PoolRoot::open(root)?,
+        })
+    }
+
+    /// Opens an existing volume, refusing directories that are not subvolume roots.
+    fn open_volume(&self, path: &Path) -> Result<OwnedFd> {
+        let fd = self.root.open_dir(path)?;
+        let st = fstat(&fd).map_err(|e| StorageError::errno("stat", path, e))?;
+        if !is_subvol_root(&st) {
+            return Err(StorageError::NotVolume(path.to_owned()));
+        }
+        Ok(fd)
+    }
+
+    fn destroy(&self, path: &Path, parent: &OwnedFd, name: &std::ffi::OsStr) -> Result<()> {
+        let mut cleared_readonly = false;
+        let mut removed_nested = false;
+        loop {
+            match sys::snap_destroy(parent.as_fd(), name) {
+                Ok(()) => return Ok(()),
+                Err(Errno::ENOENT) => return Ok(()),
+                // Read-only subvolumes can refuse removal of nested ones; clearing the flag
+                // is done only on failure because SETFLAGS commits a transaction.
+                Err(Errno::EPERM | Errno::EROFS | Errno::EACCES) if !cleared_readonly => {
+                    cleared_readonly = true;
+                    self.set_readonly(path, false)?;
+                }
+                // A sandbox may create subvolumes inside its own tree (no privilege needed);
+                // btrfs refuses to delete a subvolume that still contains others.
+                Err(Errno::ENOTEMPTY) if !removed_nested => {
+                    removed_nested = true;
+                    if self.is_readonly(path)? {
+                        self.set_readonly(path, false)?;
+                        cleared_readonly = true;
+                    }
+                    for nested in walk::nested_subvolumes(path)? {
+                        self.delete_volume(&nested)?;
+                    }
+                }
+                Err(e) => return Err(StorageError::errno("delete subvolume", path, e)),
+            }
+        }
+    }
+
+    pub(crate) fn is_readonly(&self, path: &Path) -> Result<bool> {
+        let fd = self.open_volume(path)?;
+        let flags = sys::subvol_flags(fd.as_fd())
+            .map_err(|e| StorageError::errno("get subvolume flags", path, e))?;
+        Ok(flags & sys::BTRFS_SUBVOL_RDONLY != 0)
+    }
+}
+
+impl Pool for BtrfsPool {
+    fn kind_name(&self) -> &'static str {
+        "btrfs"
+    }
+
+    fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    fn create_volume(&self, path: &Path) -> Result<()> {
+        let (parent, name) = self.root.open_parent(path, true)?;
+        sys::subvol_create(parent.as_fd(), &name).map_err(|e| match e {
+            Errno::EEXIST => StorageError::Exists(path.to_owned()),
+            e => StorageError::errno("create subvolume", path, e),
+        })
+    }
+
+    fn snapshot(&self, src: &Path, dst: &Path, readonly: bool) -> Result<()> {
+        let src_fd = self.open_volume(src)?;
+        let (parent, name) = self.root.open_parent(dst, true)?;
+        sys::snap_create(parent.as_fd(), src_fd.as_fd(), &name, readonly).map_err(|e| match e {
+            Errno::EEXIST => StorageError::Exists(dst.to_owned()),
+            e => StorageError::errno("snapshot subvolume", dst, e),
+        })
+    }
+
+    fn delete_volume(&self, path: &Path) -> Result<()> {
+        let (parent, name) = match self.root.open_parent(path, false) {
+            Err(StorageError::NotFound(_)) => return Ok(()),
+            r => r?,
+        };
+        let st = match fstatat(parent.as_fd(), name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(resolve_error("stat", path, e)),
+        };
+        if !is_subvol_root(&st) {
+            return Err(StorageError::NotVolume(path.to_owned()));
+        }
+        self.destroy(path, &parent, &name)
+    }
+
+    fn set_readonly(&self, path: &Path, readonly: bool) -> Result<()> {
+        let fd = self.open_volume(path)?;
+        let flags = sys::subvol_flags(fd.as_fd())
+            .map_err(|e| StorageError::errno("get subvolume flags", path, e))?;
+        let new = if readonly {
+            flags | sys::BTRFS_SUBVOL_RDONLY
+        } else {
+            flags & !sys::BTRFS_SUBVOL_RDONLY
+        };
+        if new == flags {
+            return Ok(());
+        }
+        sys::set_subvol_flags(fd.as_fd(), new)
+            .map_err(|e| StorageError::errno("set subvolume flags", path, e))
+    }
+
+    fn is_readonly(&self, path: &Path) -> Result<bool> {
+        BtrfsPool::is_readonly(self, path)
+    }
+
+    fn is_volume(&self, path: &Path) -> bool {
+        self.open_volume(path).is_ok()
+    }
+
+    fn volume_size(&self, path: &Path) -> Result<u64> {
+        self.open_volume(path)?;
+        walk::apparent_size(path)
+    }
+}

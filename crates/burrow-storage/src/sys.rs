@@ -1,0 +1,224 @@
+//! Every raw ioctl and libc call of this crate, behind small safe functions.
+//!
+//! Owns: the btrfs subvolume ioctls (create, snapshot, destroy, get/set flags) and the
+//! `l*xattr` calls used to carry file capabilities and ACLs across `lchown`. Nothing outside
+//! this module contains `unsafe`. Functions here take already-resolved fds and single path
+//! components; confining paths to the pool is the caller's job (`confine.rs`).
+//!
+//! The btrfs ioctls are used instead of the `btrfs` CLI because a process spawn costs more
+//! than the operation itself (a snapshot is ~1 ms).
+
+use std::ffi::{CStr, OsStr};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+
+const BTRFS_IOCTL_MAGIC: u8 = 0x94;
+/// `BTRFS_PATH_NAME_MAX` from `linux/btrfs.h`.
+const BTRFS_PATH_NAME_MAX: usize = 4087;
+/// `BTRFS_SUBVOL_NAME_MAX` from `linux/btrfs.h`.
+const BTRFS_SUBVOL_NAME_MAX: usize = 4039;
+/// Subvolume flag: read-only (`BTRFS_SUBVOL_RDONLY`).
+pub const BTRFS_SUBVOL_RDONLY: u64 = 1 << 1;
+/// The inode number of every subvolume's root directory (`BTRFS_FIRST_FREE_OBJECTID`).
+pub const BTRFS_SUBVOL_ROOT_INO: u64 = 256;
+
+/// `struct btrfs_ioctl_vol_args`.
+#[repr(C)]
+struct VolArgs {
+    fd: i64,
+    name: [u8; BTRFS_PATH_NAME_MAX + 1],
+}
+
+/// `struct btrfs_ioctl_vol_args_v2` (the `size`/`qgroup_inherit` union is kept zeroed).
+#[repr(C)]
+struct VolArgsV2 {
+    fd: i64,
+    transid: u64,
+    flags: u64,
+    unused: [u64; 4],
+    name: [u8; BTRFS_SUBVOL_NAME_MAX + 1],
+}
+
+// The kernel encodes the struct size in the ioctl number; a layout mistake would make every
+// call fail with ENOTTY, so pin the sizes at compile time.
+const _: () = assert!(std::mem::size_of::<VolArgs>() == 4096);
+const _: () = assert!(std::mem::size_of::<VolArgsV2>() == 4096);
+
+nix::ioctl_write_ptr!(btrfs_ioc_subvol_create, BTRFS_IOCTL_MAGIC, 14, VolArgs);
+nix::ioctl_write_ptr!(btrfs_ioc_snap_destroy, BTRFS_IOCTL_MAGIC, 15, VolArgs);
+nix::ioctl_write_ptr!(btrfs_ioc_snap_create_v2, BTRFS_IOCTL_MAGIC, 23, VolArgsV2);
+nix::ioctl_read!(btrfs_ioc_subvol_getflags, BTRFS_IOCTL_MAGIC, 25, u64);
+nix::ioctl_write_ptr!(btrfs_ioc_subvol_setflags, BTRFS_IOCTL_MAGIC, 26, u64);
+
+/// Copies a single path component into a NUL-terminated kernel name buffer.
+fn fill_name<const N: usize>(buf: &mut [u8; N], name: &OsStr) -> nix::Result<()> {
+    let bytes = name.as_bytes();
+    // N - 1: the kernel requires the terminating NUL inside the buffer.
+    if bytes.is_empty() || bytes.len() > N - 1 || bytes.contains(&0) || bytes.contains(&b'/') {
+        return Err(Errno::EINVAL);
+    }
+    buf[..bytes.len()].copy_from_slice(bytes);
+    Ok(())
+}
+
+fn vol_args(name: &OsStr) -> nix::Result<Box<VolArgs>> {
+    // Boxed: 4 KiB structs do not belong on small thread stacks.
+    let mut args = Box::new(VolArgs {
+        fd: 0,
+        name: [0; BTRFS_PATH_NAME_MAX + 1],
+    });
+    fill_name(&mut args.name, name)?;
+    Ok(args)
+}
+
+/// Creates an empty subvolume `name` in the directory `parent`.
+pub fn subvol_create(parent: BorrowedFd<'_>, name: &OsStr) -> nix::Result<()> {
+    let args = vol_args(name)?;
+    // SAFETY: `parent` is a valid open fd for the duration of the call and `args` points to a
+    // fully initialised `btrfs_ioctl_vol_args` with a NUL-terminated name; the kernel only
+    // reads it.
+    unsafe { btrfs_ioc_subvol_create(parent.as_raw_fd(), &*args) }.map(drop)
+}
+
+/// Snapshots the subvolume open at `src` as `name` in the directory `dst_parent`.
+pub fn snap_create(
+    dst_parent: BorrowedFd<'_>,
+    src: BorrowedFd<'_>,
+    name: &OsStr,
+    readonly: bool,
+) -> nix::Result<()> {
+    let mut args = Box::new(VolArgsV2 {
+        fd: i64::from(src.as_raw_fd()),
+        transid: 0,
+        flags: if readonly { BTRFS_SUBVOL_RDONLY } else { 0 },
+        unused: [0; 4],
+        name: [0; BTRFS_SUBVOL_NAME_MAX + 1],
+    });
+    fill_name(&mut args.name, name)?;
+    // SAFETY: both fds are valid for the duration of the call; `args` is a fully initialised
+    // `btrfs_ioctl_vol_args_v2` (zeroed qgroup_inherit pointer, NUL-terminated name) that the
+    // kernel only reads.
+    unsafe { btrfs_ioc_snap_create_v2(dst_parent.as_raw_fd(), &*args) }.map(drop)
+}
+
+/// Deletes the subvolume `name` in the directory `parent`, even when it is not empty.
+pub fn snap_destroy(parent: BorrowedFd<'_>, name: &OsStr) -> nix::Result<()> {
+    let args = vol_args(name)?;
+    // SAFETY: `parent` is a valid open fd and `args` a fully initialised, NUL-terminated
+    // `btrfs_ioctl_vol_args` that the kernel only reads.
+    unsafe { btrfs_ioc_snap_destroy(parent.as_raw_fd(), &*args) }.map(drop)
+}
+
+/// Reads the subvolume flags of the subvolume whose root directory is open at `vol`.
+pub fn subvol_flags(vol: BorrowedFd<'_>) -> nix::Result<u64> {
+    let mut flags: u64 = 0;
+    // SAFETY: `vol` is a valid open fd and `flags` is a writable u64, the exact type the
+    // kernel writes for BTRFS_IOC_SUBVOL_GETFLAGS.
+    unsafe { btrfs_ioc_subvol_getflags(vol.as_raw_fd(), &mut flags) }?;
+    Ok(flags)
+}
+
+/// Replaces the subvolume flags of the subvolume whose root directory is open at `vol`.
+pub fn set_subvol_flags(vol: BorrowedFd<'_>, flags: u64) -> nix::Result<()> {
+    // SAFETY: `vol` is a valid open fd and `&flags` points to a u64 the kernel only reads.
+    unsafe { btrfs_ioc_subvol_setflags(vol.as_raw_fd(), &flags) }.map(drop)
+}
+
+/// Lists the extended attribute names of `path` (not following a final symlink), as
+/// NUL-separated names.
+pub fn llistxattr(path: &CStr) -> nix::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: `path` is NUL-terminated and `buf` is writable for `buf.len()` bytes.
+        let n = unsafe { libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        match Errno::result(n) {
+            Ok(n) => {
+                buf.truncate(n as usize);
+                return Ok(buf);
+            }
+            Err(Errno::ERANGE) => grow(&mut buf)?,
+            Err(Errno::ENOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads the extended attribute `name` of `path` (not following a final symlink).
+pub fn lgetxattr(path: &CStr, name: &CStr) -> nix::Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: `path` and `name` are NUL-terminated and `buf` is writable for `buf.len()`
+        // bytes.
+        let n = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        match Errno::result(n) {
+            Ok(n) => {
+                buf.truncate(n as usize);
+                return Ok(Some(buf));
+            }
+            Err(Errno::ERANGE) => grow(&mut buf)?,
+            Err(Errno::ENODATA) | Err(Errno::ENOTSUP) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sets the extended attribute `name` of `path` (not following a final symlink).
+pub fn lsetxattr(path: &CStr, name: &CStr, value: &[u8]) -> nix::Result<()> {
+    // SAFETY: `path` and `name` are NUL-terminated and `value` is readable for its length.
+    let r = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Removes the extended attribute `name` of `path`; a missing attribute is not an error.
+pub fn lremovexattr(path: &CStr, name: &CStr) -> nix::Result<()> {
+    // SAFETY: `path` and `name` are NUL-terminated.
+    let r = unsafe { libc::lremovexattr(path.as_ptr(), name.as_ptr()) };
+    match Errno::result(r) {
+        Ok(_) | Err(Errno::ENODATA) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Xattr values and name lists are capped at 64 KiB by the VFS.
+fn grow(buf: &mut Vec<u8>) -> nix::Result<()> {
+    if buf.len() >= 1 << 16 {
+        return Err(Errno::E2BIG);
+    }
+    buf.resize(buf.len() * 4, 0);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_single_components_that_fit() {
+        let mut buf = [0u8; 8];
+        assert!(fill_name(&mut buf, OsStr::new("abc")).is_ok());
+        assert_eq!(&buf[..4], b"abc\0");
+        let mut buf = [0u8; 8];
+        assert_eq!(fill_name(&mut buf, OsStr::new("1234567")), Ok(()));
+        let mut buf = [0u8; 8];
+        assert_eq!(fill_name(&mut buf, OsStr::new("12345678")), Err(Errno::EINVAL));
+        assert_eq!(fill_name(&mut buf, OsStr::new("a/b")), Err(Errno::EINVAL));
+        assert_eq!(fill_name(&mut buf, OsStr::new("")), Err(Errno::EINVAL));
+    }
+}

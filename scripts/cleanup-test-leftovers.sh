@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Removes what a crashed or killed test run may have left behind: test daemons, their runc
+# containers, mounts and loop devices. Touches only /var/tmp/burrow-test-* data dirs.
+set -uo pipefail
+pkill -TERM -f 'burrowd --data-dir /var/tmp/burrow-test-' 2>/dev/null || true
+for root in /var/tmp/burrow-test-*/data/runc; do
+  [ -d "$root" ] || continue
+  for id in $(runc --root "$root" list -q 2>/dev/null); do
+    runc --root "$root" delete --force "$id" >/dev/null 2>&1 || true
+  done
+done
+for m in $(awk '$2 ~ /^\/var\/tmp\/burrow-test-/ {print $2}' /proc/mounts | sort -r); do
+  umount -l "$m" 2>/dev/null || true
+done
+for l in $(losetup -nO NAME,BACK-FILE 2>/dev/null | awk '$2 ~ /burrow-test-/ {print $1}'); do
+  losetup -d "$l" 2>/dev/null || true
+done
+rm -rf /var/tmp/burrow-test-* 2>/dev/null || true

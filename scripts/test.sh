@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Sets up the host, builds, checks formatting and lints, and runs the whole test suite
+# against real runc, btrfs and SQLite. Exit status is the suite's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+# Reuse compiled dependencies between runs on the same machine.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/burrow/target}
+export CARGO_TERM_COLOR=never
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> build"
+bash scripts/build.sh debug
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "==> tests"
+status=0
+cargo test --workspace --no-fail-fast -- --test-threads=4 2>&1 | tee /tmp/burrow-test.log || status=$?
+bash scripts/cleanup-test-leftovers.sh || true
+passed=$(grep -Eo '^test result: .*' /tmp/burrow-test.log | awk '{p+=$4; f+=$6} END {print p+0}')
+failed=$(grep -Eo '^test result: .*' /tmp/burrow-test.log | awk '{p+=$4; f+=$6} END {print f+0}')
+echo "$passed passed, $failed failed"
+exit $status
