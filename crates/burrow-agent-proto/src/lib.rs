@@ -11,6 +11,9 @@ pub mod v1 {
     tonic::include_proto!("burrow.agent.v1");
 }
 
+pub mod client;
+
+pub use client::{ConnectError, Connection, connect_unix};
 pub use v1::agent_client::AgentClient;
 pub use v1::agent_server::{Agent, AgentServer};
 

@@ -93,7 +93,8 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, Agent
     let mut listen = None;
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| {
-            args.next().ok_or_else(|| AgentError::Usage(format!("{flag} needs a value")))
+            args.next()
+                .ok_or_else(|| AgentError::Usage(format!("{flag} needs a value")))
         };
         let next = match arg.to_str() {
             Some("--version" | "-V") => return Ok(Command::Version),
@@ -111,7 +112,9 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, Agent
             _ => return Err(AgentError::Usage(format!("unexpected argument {arg:?}"))),
         };
         if listen.replace(next).is_some() {
-            return Err(AgentError::Usage("give only one of --listen-fd and --listen".into()));
+            return Err(AgentError::Usage(
+                "give only one of --listen-fd and --listen".into(),
+            ));
         }
     }
     Ok(Command::Serve(listen.unwrap_or(Listen::Fd(DEFAULT_LISTEN_FD))))
@@ -120,7 +123,10 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, Agent
 fn main() -> ExitCode {
     let result = parse_args(std::env::args_os().skip(1)).and_then(|cmd| match cmd {
         Command::Version => {
-            println!("burrow-agent {} (protocol {PROTOCOL_VERSION})", env!("CARGO_PKG_VERSION"));
+            println!(
+                "burrow-agent {} (protocol {PROTOCOL_VERSION})",
+                env!("CARGO_PKG_VERSION")
+            );
             Ok(())
         }
         Command::Help => {
@@ -160,7 +166,10 @@ fn bind(listen: &Listen) -> Result<UnixListener, AgentError> {
             sys::adopt_listener(*fd).map_err(|source| AgentError::ListenFd { fd: *fd, source })?
         }
         Listen::Path(path) => {
-            let bind_err = |source| AgentError::Bind { path: path.clone(), source };
+            let bind_err = |source| AgentError::Bind {
+                path: path.clone(),
+                source,
+            };
             // A stale socket from an earlier run would make bind fail; anything else is kept.
             if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
                 std::fs::remove_file(path).map_err(bind_err)?;
@@ -170,7 +179,10 @@ fn bind(listen: &Listen) -> Result<UnixListener, AgentError> {
             l
         }
     };
-    UnixListener::from_std(std_listener).map_err(|source| AgentError::Bind { path: PathBuf::new(), source })
+    UnixListener::from_std(std_listener).map_err(|source| AgentError::Bind {
+        path: PathBuf::new(),
+        source,
+    })
 }
 
 async fn serve(listen: Listen) -> Result<(), AgentError> {
@@ -225,7 +237,10 @@ struct Incoming {
 
 impl Incoming {
     fn new(listener: UnixListener) -> Self {
-        Self { listener, backoff: None }
+        Self {
+            listener,
+            backoff: None,
+        }
     }
 }
 
@@ -260,8 +275,14 @@ mod tests {
     #[test]
     fn cli() {
         assert_eq!(parse(&[]).unwrap(), Command::Serve(Listen::Fd(3)));
-        assert_eq!(parse(&["--listen-fd", "7"]).unwrap(), Command::Serve(Listen::Fd(7)));
-        assert_eq!(parse(&["--listen", "/x"]).unwrap(), Command::Serve(Listen::Path("/x".into())));
+        assert_eq!(
+            parse(&["--listen-fd", "7"]).unwrap(),
+            Command::Serve(Listen::Fd(7))
+        );
+        assert_eq!(
+            parse(&["--listen", "/x"]).unwrap(),
+            Command::Serve(Listen::Path("/x".into()))
+        );
         assert_eq!(parse(&["--version"]).unwrap(), Command::Version);
         assert!(parse(&["--listen-fd"]).is_err());
         assert!(parse(&["--listen-fd", "-1"]).is_err());

@@ -43,13 +43,18 @@ impl Agent for AgentService {
 
     type ExecStream = ReceiverStream<Result<ExecOutput, Status>>;
 
-    async fn exec(&self, request: Request<Streaming<ExecInput>>) -> Result<Response<Self::ExecStream>, Status> {
+    async fn exec(
+        &self,
+        request: Request<Streaming<ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
         if self.shutdown.is_started() {
             return Err(Status::unavailable("the sandbox is shutting down"));
         }
         let mut input = request.into_inner();
         let start = match input.message().await? {
-            Some(ExecInput { kind: Some(exec_input::Kind::Start(start)) }) => start,
+            Some(ExecInput {
+                kind: Some(exec_input::Kind::Start(start)),
+            }) => start,
             Some(_) => return Err(Status::invalid_argument("the first exec message must be `start`")),
             None => return Err(Status::invalid_argument("exec stream ended before `start`")),
         };
@@ -58,10 +63,13 @@ impl Agent for AgentService {
 
         let (tx, rx) = mpsc::channel(session::OUTPUT_QUEUE);
         let started = ExecOutput {
-            kind: Some(exec_output::Kind::Started(Started { pid: u32::try_from(proc.pid).unwrap_or(0) })),
+            kind: Some(exec_output::Kind::Started(Started {
+                pid: u32::try_from(proc.pid).unwrap_or(0),
+            })),
         };
         // The channel is new and empty, so `started` is queued first, before any output.
-        tx.try_send(Ok(started)).map_err(|_| Status::internal("exec output queue unavailable"))?;
+        tx.try_send(Ok(started))
+            .map_err(|_| Status::internal("exec output queue unavailable"))?;
         tokio::spawn(session::run(proc, input, tx, Arc::clone(&self.reaper)));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -56,16 +56,32 @@ fn output(kind: exec_output::Kind) -> Result<ExecOutput, Status> {
 
 /// Drives the session until the process has exited and `exited` was queued.
 pub async fn run(proc: Spawned, mut input: Streaming<ExecInput>, tx: OutputSender, reaper: Arc<Reaper>) {
-    let Spawned { pid, mut exit, stdout, stderr, stdin, tty } = proc;
+    let Spawned {
+        pid,
+        mut exit,
+        stdout,
+        stderr,
+        stdin,
+        tty,
+    } = proc;
     let (exited_tx, exited_rx) = watch::channel(None::<Instant>);
 
     let mut pumps = Vec::with_capacity(2);
-    pumps.push(tokio::spawn(pump(stdout, Stream::Stdout, tx.clone(), exited_rx.clone())));
+    pumps.push(tokio::spawn(pump(
+        stdout,
+        Stream::Stdout,
+        tx.clone(),
+        exited_rx.clone(),
+    )));
     if let Some(stderr) = stderr {
         pumps.push(tokio::spawn(pump(stderr, Stream::Stderr, tx.clone(), exited_rx)));
     }
     // A second handle on the pty master serves resizes; the writer task owns stdin.
-    let resize_fd = if tty { stdin.as_ref().and_then(|fd| fd.try_clone().ok()) } else { None };
+    let resize_fd = if tty {
+        stdin.as_ref().and_then(|fd| fd.try_clone().ok())
+    } else {
+        None
+    };
     let mut stdin_tx = stdin.map(|fd| {
         let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
         tokio::spawn(write_stdin(fd, tty, stdin_rx));
@@ -116,7 +132,9 @@ pub async fn run(proc: Spawned, mut input: Streaming<ExecInput>, tx: OutputSende
         ExitStatus::Signaled(sig) => (-1, sig),
     };
     // Every pump has finished, so nothing can be queued after this: `exited` is last.
-    let _ = tx.send(output(exec_output::Kind::Exited(Exited { exit_code, signal }))).await;
+    let _ = tx
+        .send(output(exec_output::Kind::Exited(Exited { exit_code, signal })))
+        .await;
     reaper.forget_group_if_empty(pid);
 }
 

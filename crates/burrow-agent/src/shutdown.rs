@@ -33,7 +33,12 @@ pub struct Shutdown {
 impl Shutdown {
     pub fn new(reaper: Arc<Reaper>) -> Arc<Self> {
         let (done, _) = watch::channel(false);
-        Arc::new(Self { reaper, started: AtomicBool::new(false), running: Mutex::new(false), done })
+        Arc::new(Self {
+            reaper,
+            started: AtomicBool::new(false),
+            running: Mutex::new(false),
+            done,
+        })
     }
 
     /// Whether a shutdown has begun (new execs are refused from then on).
@@ -78,7 +83,11 @@ impl Shutdown {
     async fn wait_all_gone(&self, pid1: bool, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
-            let any_left = if pid1 { sys::any_other_process() } else { !self.reaper.live_groups().is_empty() };
+            let any_left = if pid1 {
+                sys::any_other_process()
+            } else {
+                !self.reaper.live_groups().is_empty()
+            };
             if !any_left {
                 return true;
             }

@@ -122,7 +122,11 @@ pub fn prepare(start: ExecStart) -> Result<ExecSpec, ExecError> {
     let identity = user::resolve_local(&start.user)?;
 
     let cwd = if start.cwd.is_empty() {
-        identity.home.clone().filter(|h| h.is_dir()).unwrap_or_else(|| PathBuf::from("/"))
+        identity
+            .home
+            .clone()
+            .filter(|h| h.is_dir())
+            .unwrap_or_else(|| PathBuf::from("/"))
     } else {
         let cwd = PathBuf::from(&start.cwd);
         match std::fs::metadata(&cwd) {
@@ -147,20 +151,43 @@ pub fn prepare(start: ExecStart) -> Result<ExecSpec, ExecError> {
     }
     env.extend(extra);
 
-    let path_var = env.iter().rev().find(|(n, _)| n == "PATH").map(|(_, v)| v.as_str());
+    let path_var = env
+        .iter()
+        .rev()
+        .find(|(n, _)| n == "PATH")
+        .map(|(_, v)| v.as_str());
     let program = resolve_program(&argv0, path_var.unwrap_or(DEFAULT_PATH), &cwd)?;
 
     let tty = if start.tty {
-        let dim = |v: u32, default: u16| if v == 0 { Some(default) } else { u16::try_from(v).ok() };
+        let dim = |v: u32, default: u16| {
+            if v == 0 {
+                Some(default)
+            } else {
+                u16::try_from(v).ok()
+            }
+        };
         match (dim(start.cols, DEFAULT_COLS), dim(start.rows, DEFAULT_ROWS)) {
             (Some(c), Some(r)) => Some((c, r)),
-            _ => return Err(ExecError::BadSize { cols: start.cols, rows: start.rows }),
+            _ => {
+                return Err(ExecError::BadSize {
+                    cols: start.cols,
+                    rows: start.rows,
+                });
+            }
         }
     } else {
         None
     };
 
-    Ok(ExecSpec { program, argv, env, cwd, identity, tty, stdin: start.stdin })
+    Ok(ExecSpec {
+        program,
+        argv,
+        env,
+        cwd,
+        identity,
+        tty,
+        stdin: start.stdin,
+    })
 }
 
 fn is_executable(m: &std::fs::Metadata) -> bool {
@@ -251,8 +278,9 @@ pub fn spawn(reaper: &Reaper, spec: ExecSpec) -> Result<Spawned, ExecError> {
     sys::configure_child(&mut cmd, master.is_some(), creds);
 
     let program = spec.argv[0].clone();
-    let (mut child, exit) =
-        reaper.spawn(&mut cmd).map_err(|source| ExecError::Spawn { program, source })?;
+    let (mut child, exit) = reaper
+        .spawn(&mut cmd)
+        .map_err(|source| ExecError::Spawn { program, source })?;
     // Drops our copies of the pty slave: the master must see EOF/EIO once the process
     // (and whatever inherited the terminal) is gone.
     drop(cmd);
@@ -267,15 +295,29 @@ pub fn spawn(reaper: &Reaper, spec: ExecSpec) -> Result<Spawned, ExecError> {
             let stdout = child.stdout.take().map(OwnedFd::from);
             let stderr = child.stderr.take().map(OwnedFd::from);
             let stdin = child.stdin.take().map(OwnedFd::from);
-            (stdout.expect("Stdio::piped() always yields a handle"), stderr, stdin)
+            (
+                stdout.expect("Stdio::piped() always yields a handle"),
+                stderr,
+                stdin,
+            )
         }
     };
-    for fd in [Some(&stdout), stderr.as_ref(), stdin.as_ref()].into_iter().flatten() {
+    for fd in [Some(&stdout), stderr.as_ref(), stdin.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         // Failing here would only make reads block a runtime thread; it cannot happen for
         // fresh pipes and ptys.
         let _ = sys::set_nonblocking(fd.as_fd());
     }
-    Ok(Spawned { pid, exit, stdout, stderr, stdin, tty: spec.tty.is_some() })
+    Ok(Spawned {
+        pid,
+        exit,
+        stdout,
+        stderr,
+        stdin,
+        tty: spec.tty.is_some(),
+    })
 }
 
 #[cfg(test)]
@@ -285,14 +327,29 @@ mod tests {
     #[test]
     fn path_search_and_errors() {
         let cwd = Path::new("/");
-        assert_eq!(resolve_program("sh", DEFAULT_PATH, cwd).unwrap().file_name().unwrap(), "sh");
+        assert_eq!(
+            resolve_program("sh", DEFAULT_PATH, cwd)
+                .unwrap()
+                .file_name()
+                .unwrap(),
+            "sh"
+        );
         assert!(matches!(
             resolve_program("definitely-not-here-xyz", DEFAULT_PATH, cwd),
             Err(ExecError::NotInPath(_))
         ));
-        assert!(matches!(resolve_program("/nope/x", DEFAULT_PATH, cwd), Err(ExecError::NoSuchFile(_))));
-        assert!(matches!(resolve_program("/etc/passwd", DEFAULT_PATH, cwd), Err(ExecError::NotExecutable(_))));
-        assert!(matches!(resolve_program("passwd", "/etc", cwd), Err(ExecError::NotExecutable(_))));
+        assert!(matches!(
+            resolve_program("/nope/x", DEFAULT_PATH, cwd),
+            Err(ExecError::NoSuchFile(_))
+        ));
+        assert!(matches!(
+            resolve_program("/etc/passwd", DEFAULT_PATH, cwd),
+            Err(ExecError::NotExecutable(_))
+        ));
+        assert!(matches!(
+            resolve_program("passwd", "/etc", cwd),
+            Err(ExecError::NotExecutable(_))
+        ));
     }
 
     #[test]

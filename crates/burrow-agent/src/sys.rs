@@ -54,7 +54,11 @@ pub fn reap_one() -> io::Result<Option<(i32, ExitStatus)>> {
 fn kill_raw(target: libc::pid_t, signal: i32) -> io::Result<()> {
     // SAFETY: kill(2) takes plain integers and touches no memory of ours.
     let rc = unsafe { libc::kill(target, signal) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Sends `signal` to every process of process group `pgid`.
@@ -97,7 +101,11 @@ pub fn sync() {
 pub fn set_child_subreaper() -> io::Result<()> {
     // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer argument and touches no memory.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Takes ownership of an inherited, already listening unix socket (`--listen-fd`).
@@ -116,7 +124,10 @@ pub fn adopt_listener(fd: RawFd) -> io::Result<std::os::unix::net::UnixListener>
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a socket"));
     }
     if !getsockopt(&borrowed, sockopt::AcceptConn)? {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket is not listening"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket is not listening",
+        ));
     }
     fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
     // SAFETY: the fd is open (checked above), was handed to us by our parent for our
@@ -139,7 +150,11 @@ pub fn readable_bytes(fd: BorrowedFd<'_>) -> usize {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one c_int through the pointer, which is valid and writable.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
-    if rc == 0 { usize::try_from(n).unwrap_or(0) } else { 0 }
+    if rc == 0 {
+        usize::try_from(n).unwrap_or(0)
+    } else {
+        0
+    }
 }
 
 /// A new pseudo-terminal pair, both ends close-on-exec.
@@ -166,10 +181,19 @@ pub fn open_pty(cols: u16, rows: u16) -> io::Result<Pty> {
 
 /// Sets a terminal's window size (`TIOCSWINSZ`); the kernel sends SIGWINCH to its foreground group.
 pub fn set_window_size(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<()> {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads one `winsize` through the pointer, which points to a live value.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The terminal's current end-of-file character (VEOF, normally ^D).
@@ -232,10 +256,7 @@ pub fn euid() -> u32 {
 }
 
 /// Registers an owned fd (already non-blocking) with tokio's reactor.
-pub fn async_fd(
-    fd: OwnedFd,
-    interest: tokio::io::Interest,
-) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+pub fn async_fd(fd: OwnedFd, interest: tokio::io::Interest) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: an `OwnedFd` is open, owned exclusively, and always returns the same raw fd
     // until it is dropped together with the `AsyncFd`.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }.map_err(io::Error::from)

@@ -66,7 +66,11 @@ fn group_entries(group: &str) -> impl Iterator<Item = GroupEntry<'_>> {
 }
 
 fn numeric(s: &str) -> Option<u32> {
-    if s.bytes().all(|b| b.is_ascii_digit()) { s.parse().ok() } else { None }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// Resolves `spec` (empty = root) given the contents of passwd and group files.
@@ -85,7 +89,9 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, UserEr
                 .ok_or_else(|| UserError::UnknownUser(user_part.to_owned()))?,
         ),
     };
-    let uid = entry.as_ref().map_or_else(|| numeric(user_part).unwrap_or(0), |e| e.uid);
+    let uid = entry
+        .as_ref()
+        .map_or_else(|| numeric(user_part).unwrap_or(0), |e| e.uid);
     // Like Docker: a numeric uid without a passwd entry gets gid 0 unless one is given.
     let mut gid = entry.as_ref().map_or(0, |e| e.gid);
     if let Some(g) = group_part.filter(|g| !g.is_empty()) {
@@ -107,10 +113,19 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, UserEr
             }
         }
     }
-    let home = entry.as_ref().filter(|e| !e.home.is_empty()).map(|e| PathBuf::from(e.home));
+    let home = entry
+        .as_ref()
+        .filter(|e| !e.home.is_empty())
+        .map(|e| PathBuf::from(e.home));
     let name = name.or_else(|| (uid == 0).then(|| "root".to_owned()));
     let home = home.or_else(|| (uid == 0).then(|| PathBuf::from("/root")));
-    Ok(Identity { uid, gid, groups, name, home })
+    Ok(Identity {
+        uid,
+        gid,
+        groups,
+        name,
+        home,
+    })
 }
 
 /// Resolves `spec` against this system's `/etc/passwd` and `/etc/group` (missing files are
@@ -154,7 +169,10 @@ mod tests {
     #[test]
     fn numeric_uid_known_and_unknown() {
         let id = resolve("65534", PASSWD, GROUP).unwrap();
-        assert_eq!((id.uid, id.gid, id.name.as_deref()), (65534, 65534, Some("nobody")));
+        assert_eq!(
+            (id.uid, id.gid, id.name.as_deref()),
+            (65534, 65534, Some("nobody"))
+        );
         let id = resolve("4242", PASSWD, GROUP).unwrap();
         assert_eq!((id.uid, id.gid, id.groups.as_slice()), (4242, 0, &[0][..]));
         assert_eq!((id.name, id.home), (None, None));
@@ -170,7 +188,13 @@ mod tests {
 
     #[test]
     fn unknown_names_are_errors() {
-        assert_eq!(resolve("mallory", PASSWD, GROUP), Err(UserError::UnknownUser("mallory".into())));
-        assert_eq!(resolve("alice:nope", PASSWD, GROUP), Err(UserError::UnknownGroup("nope".into())));
+        assert_eq!(
+            resolve("mallory", PASSWD, GROUP),
+            Err(UserError::UnknownUser("mallory".into()))
+        );
+        assert_eq!(
+            resolve("alice:nope", PASSWD, GROUP),
+            Err(UserError::UnknownGroup("nope".into()))
+        );
     }
 }

@@ -16,7 +16,10 @@ pub struct App {
 
 impl App {
     pub fn from_env(json: bool) -> anyhow::Result<Self> {
-        Ok(Self { client: Client::from_env()?, json })
+        Ok(Self {
+            client: Client::from_env()?,
+            json,
+        })
     }
 
     /// Calls the API and returns its JSON untouched, so `--json` prints exactly what the server

@@ -154,7 +154,12 @@ pub struct ExecArgs {
     #[arg(long, value_name = "S")]
     pub timeout: Option<f64>,
     /// The command and its arguments (after `--`).
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub cmd: Vec<String>,
 }
 
@@ -190,7 +195,8 @@ mod tests {
 
     #[test]
     fn exec_argv_after_double_dash() {
-        let cli = Cli::try_parse_from(["burrow", "exec", "dev", "-t", "-e", "A=1=2", "--", "ls", "-la"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["burrow", "exec", "dev", "-t", "-e", "A=1=2", "--", "ls", "-la"]).unwrap();
         let Command::Exec(a) = cli.command else { panic!() };
         assert!(a.tty && !a.interactive);
         assert_eq!(a.env, vec![("A".to_owned(), "1=2".to_owned())]);

@@ -95,8 +95,10 @@ pub fn error_chain(e: &anyhow::Error) -> String {
 }
 
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
 }
 
 #[cfg(test)]
@@ -105,7 +107,13 @@ mod tests {
 
     #[test]
     fn tables_align() {
-        let t = table(&["NAME", "STATUS"], &[vec!["a-long-name".into(), "running".into()], vec!["b".into(), "".into()]]);
+        let t = table(
+            &["NAME", "STATUS"],
+            &[
+                vec!["a-long-name".into(), "running".into()],
+                vec!["b".into(), "".into()],
+            ],
+        );
         assert_eq!(t, "NAME          STATUS\na-long-name   running\nb\n");
     }
 

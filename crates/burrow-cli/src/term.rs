@@ -73,7 +73,12 @@ pub fn size() -> Option<(u16, u16)> {
 }
 
 fn fd_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
-    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes exactly one `winsize` through the pointer, which points to a live
     // local of that type; `fd` is a valid descriptor for the duration of the call.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };

@@ -62,8 +62,9 @@ impl Client {
 
     pub fn with_target(target: Target) -> Self {
         let target = Arc::new(target);
-        let http = HttpClient::builder(TokioExecutor::new())
-            .build(Connector { target: target.clone() });
+        let http = HttpClient::builder(TokioExecutor::new()).build(Connector {
+            target: target.clone(),
+        });
         Self { target, http }
     }
 
@@ -99,7 +100,12 @@ impl Client {
 
     /// Sends `body` as JSON (if any) and decodes a JSON answer into `T`. An empty answer
     /// (`204 No Content`) decodes as JSON `null`, so `T = ()` or `Option<_>` fits it.
-    pub async fn request_json<T, B>(&self, method: Method, path: &str, body: Option<&B>) -> Result<T, ClientError>
+    pub async fn request_json<T, B>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError>
     where
         T: DeserializeOwned,
         B: Serialize + ?Sized,
@@ -147,21 +153,29 @@ impl Client {
 
     /// Full URI of `path` for this target; `scheme` is `http` or `ws`.
     pub(crate) fn uri(&self, scheme: &str, path: &str) -> String {
-        format!("{scheme}://{}{}{path}", self.target.authority(), self.target.base_path())
+        format!(
+            "{scheme}://{}{}{path}",
+            self.target.authority(),
+            self.target.base_path()
+        )
     }
 
     pub(crate) fn auth_header(&self) -> Result<Option<HeaderValue>, ClientError> {
         self.target
             .token()
             .map(|t| {
-                HeaderValue::from_str(&format!("Bearer {t}"))
-                    .map_err(|_| ClientError::Config("BURROW_TOKEN contains characters not allowed in a header".into()))
+                HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+                    ClientError::Config("BURROW_TOKEN contains characters not allowed in a header".into())
+                })
             })
             .transpose()
     }
 
     pub(crate) fn connect_error(&self, source: std::io::Error) -> ClientError {
-        ClientError::Connect { target: (*self.target).clone(), source }
+        ClientError::Connect {
+            target: (*self.target).clone(),
+            source,
+        }
     }
 
     fn map_http_error(&self, e: hyper_util::client::legacy::Error) -> ClientError {
@@ -176,14 +190,19 @@ impl Client {
             }
             return self.connect_error(std::io::Error::other(chain(&e)));
         }
-        ClientError::Transport { target: (*self.target).clone(), message: chain(&e) }
+        ClientError::Transport {
+            target: (*self.target).clone(),
+            message: chain(&e),
+        }
     }
 
     // ---- typed endpoints ----
 
     /// `GET /healthz`: Ok when the daemon answers 2xx.
     pub async fn health(&self) -> Result<(), ClientError> {
-        self.request_bytes(Method::GET, paths::HEALTH, None, Bytes::new()).await.map(drop)
+        self.request_bytes(Method::GET, paths::HEALTH, None, Bytes::new())
+            .await
+            .map(drop)
     }
 
     /// `GET /v1/version`.
@@ -204,7 +223,8 @@ impl Client {
         limit: Option<u32>,
         cursor: Option<&str>,
     ) -> Result<SandboxList, ClientError> {
-        self.get_json(&paths::list_sandboxes(prefix, labels, limit, cursor)).await
+        self.get_json(&paths::list_sandboxes(prefix, labels, limit, cursor))
+            .await
     }
 
     /// `GET /v1/sandboxes`, following `next_cursor` to the end.
@@ -216,7 +236,9 @@ impl Client {
         let mut all = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let page = self.list_sandboxes(prefix, labels, None, cursor.as_deref()).await?;
+            let page = self
+                .list_sandboxes(prefix, labels, None, cursor.as_deref())
+                .await?;
             let progressed = !page.sandboxes.is_empty();
             all.extend(page.sandboxes);
             match page.next_cursor {
@@ -234,22 +256,27 @@ impl Client {
 
     /// `PATCH /v1/sandboxes/{name}`.
     pub async fn patch_sandbox(&self, name: &str, patch: &PatchSandbox) -> Result<Sandbox, ClientError> {
-        self.request_json(Method::PATCH, &paths::sandbox(name), Some(patch)).await
+        self.request_json(Method::PATCH, &paths::sandbox(name), Some(patch))
+            .await
     }
 
     /// `DELETE /v1/sandboxes/{name}`.
     pub async fn delete_sandbox(&self, name: &str) -> Result<(), ClientError> {
-        self.request_bytes(Method::DELETE, &paths::sandbox(name), None, Bytes::new()).await.map(drop)
+        self.request_bytes(Method::DELETE, &paths::sandbox(name), None, Bytes::new())
+            .await
+            .map(drop)
     }
 
     /// `POST /v1/sandboxes/{name}/{action}` with action one of start, stop, restart, sleep, wake.
     pub async fn sandbox_action(&self, name: &str, action: &str) -> Result<Sandbox, ClientError> {
-        self.request_json(Method::POST, &paths::sandbox_action(name, action), None::<&()>).await
+        self.request_json(Method::POST, &paths::sandbox_action(name, action), None::<&()>)
+            .await
     }
 
     /// `POST /v1/sandboxes/{name}/exec`: runs to completion and returns the collected output.
     pub async fn exec(&self, name: &str, req: &ExecRequest) -> Result<ExecResult, ClientError> {
-        self.request_json(Method::POST, &paths::exec(name), Some(req)).await
+        self.request_json(Method::POST, &paths::exec(name), Some(req))
+            .await
     }
 
     /// `GET /v1/images`.
@@ -265,7 +292,11 @@ impl Client {
 }
 
 fn decode<T: DeserializeOwned>(status: StatusCode, body: &[u8]) -> Result<T, ClientError> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"null" } else { body };
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"null"
+    } else {
+        body
+    };
     serde_json::from_slice(body).map_err(|e| ClientError::Decode {
         status: status.as_u16(),
         message: format!("{e} in {}", String::from_utf8_lossy(&body[..body.len().min(200)])),

@@ -8,7 +8,11 @@ use crate::Target;
 pub enum ClientError {
     /// The server answered with an error envelope (`{"error": {"code", "message"}}`).
     #[error("{message}")]
-    Api { status: u16, code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
 
     /// The daemon could not be reached at all.
     #[error(
@@ -66,7 +70,11 @@ impl ClientError {
     /// Builds the error for a non-success response: the envelope when there is one, else the raw body.
     pub(crate) fn from_response(status: u16, body: &[u8]) -> Self {
         match serde_json::from_slice::<burrow_api::ErrorBody>(body) {
-            Ok(env) => Self::Api { status, code: env.error.code, message: env.error.message },
+            Ok(env) => Self::Api {
+                status,
+                code: env.error.code,
+                message: env.error.message,
+            },
             Err(_) => {
                 let text = String::from_utf8_lossy(body);
                 let text = text.trim();
@@ -75,7 +83,11 @@ impl ClientError {
                 } else {
                     format!("HTTP {status}: {}", truncate(text, 500))
                 };
-                Self::Api { status, code: fallback_code(status).to_owned(), message }
+                Self::Api {
+                    status,
+                    code: fallback_code(status).to_owned(),
+                    message,
+                }
             }
         }
     }
@@ -110,7 +122,10 @@ mod tests {
 
     #[test]
     fn envelope_and_plain_bodies() {
-        let e = ClientError::from_response(404, br#"{"error":{"code":"not_found","message":"sandbox 'x' does not exist"}}"#);
+        let e = ClientError::from_response(
+            404,
+            br#"{"error":{"code":"not_found","message":"sandbox 'x' does not exist"}}"#,
+        );
         assert_eq!(e.to_string(), "sandbox 'x' does not exist");
         assert_eq!(e.code(), Some("not_found"));
         assert_eq!(e.status(), Some(404));

@@ -49,7 +49,10 @@ impl ExecStreamOptions {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Self { cmd: cmd.into_iter().map(Into::into).collect(), ..Self::default() }
+        Self {
+            cmd: cmd.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
     }
 
     pub(crate) fn query(&self) -> Query {
@@ -79,13 +82,23 @@ fn bool_str(b: bool) -> &'static str {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExecEvent {
     /// First event: the session was created.
-    Session { id: String, pid: Option<u32>, tty: bool },
+    Session {
+        id: String,
+        pid: Option<u32>,
+        tty: bool,
+    },
     Stdout(Bytes),
     Stderr(Bytes),
     /// The session cannot go on; an `Exit` still follows when the status is known.
-    Error { code: String, message: String },
+    Error {
+        code: String,
+        message: String,
+    },
     /// Last event: the process ended. `signal` is set when it was killed by one.
-    Exit { exit_code: i32, signal: Option<String> },
+    Exit {
+        exit_code: i32,
+        signal: Option<String>,
+    },
 }
 
 type WsStream = WebSocketStream<Stream>;
@@ -131,7 +144,11 @@ impl ExecStream {
         if let Some(auth) = client.auth_header()? {
             req.headers_mut().insert(AUTHORIZATION, auth);
         }
-        let io = client.target().connect().await.map_err(|e| client.connect_error(e))?;
+        let io = client
+            .target()
+            .connect()
+            .await
+            .map_err(|e| client.connect_error(e))?;
         let (ws, _resp) = client_async(req, io).await.map_err(|e| match e {
             WsError::Http(resp) => {
                 let body = resp.body().as_deref().unwrap_or_default();
@@ -141,8 +158,13 @@ impl ExecStream {
         })?;
         let (sink, stream) = ws.split();
         Ok(Self {
-            sender: ExecSender { sink: Arc::new(Mutex::new(sink)) },
-            receiver: ExecReceiver { stream, exited: false },
+            sender: ExecSender {
+                sink: Arc::new(Mutex::new(sink)),
+            },
+            receiver: ExecReceiver {
+                stream,
+                exited: false,
+            },
         })
     }
 
@@ -210,7 +232,8 @@ impl ExecSender {
 
     /// Closes the process's stdin (EOF).
     pub async fn close_stdin(&self) -> Result<(), ClientError> {
-        self.send(Message::Binary(Bytes::from_static(&[ws_stream::STDIN_EOF]))).await
+        self.send(Message::Binary(Bytes::from_static(&[ws_stream::STDIN_EOF])))
+            .await
     }
 
     /// Tells the server the terminal's new size.
@@ -220,7 +243,10 @@ impl ExecSender {
 
     /// Sends a signal (`TERM`, `SIGINT`, `9`, …) to the process.
     pub async fn signal(&self, signal: &str) -> Result<(), ClientError> {
-        self.control(&WsControl::Signal { signal: signal.to_owned() }).await
+        self.control(&WsControl::Signal {
+            signal: signal.to_owned(),
+        })
+        .await
     }
 
     /// Starts a normal close of the connection.

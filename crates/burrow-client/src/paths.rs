@@ -6,7 +6,11 @@
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// Everything but RFC 3986 unreserved characters is escaped, in path segments and query values alike.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Percent-encodes one path segment or query component.
 pub fn encode(s: &str) -> String {
@@ -41,7 +45,11 @@ impl Query {
 
     /// `path` followed by `?query` when the query is not empty.
     pub fn apply(&self, path: &str) -> String {
-        if self.0.is_empty() { path.to_owned() } else { format!("{path}?{}", self.0) }
+        if self.0.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{}", self.0)
+        }
     }
 
     pub fn as_str(&self) -> &str {

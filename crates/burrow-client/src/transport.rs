@@ -62,8 +62,14 @@ impl Target {
             None => format!("{}:80", authority.as_str()),
         };
         let base_path = uri.path().trim_end_matches('/').to_owned();
-        let token = token.filter(|t| !t.trim().is_empty()).map(|t| t.trim().to_owned());
-        Ok(Self::Tcp { authority, base_path, token })
+        let token = token
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| t.trim().to_owned());
+        Ok(Self::Tcp {
+            authority,
+            base_path,
+            token,
+        })
     }
 
     /// `Authority` for request URIs: the real host for TCP, a placeholder for unix sockets.
@@ -105,7 +111,9 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Unix(p) => write!(f, "unix socket {}", p.display()),
-            Self::Tcp { authority, base_path, .. } => write!(f, "http://{authority}{base_path}"),
+            Self::Tcp {
+                authority, base_path, ..
+            } => write!(f, "http://{authority}{base_path}"),
         }
     }
 }
@@ -115,7 +123,11 @@ impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Unix(p) => f.debug_tuple("Unix").field(p).finish(),
-            Self::Tcp { authority, base_path, token } => f
+            Self::Tcp {
+                authority,
+                base_path,
+                token,
+            } => f
                 .debug_struct("Tcp")
                 .field("authority", authority)
                 .field("base_path", base_path)
@@ -226,7 +238,12 @@ mod tests {
         assert_eq!(t.authority(), "burrow.example:80");
         assert_eq!(t.base_path(), "/api");
         assert_eq!(t.token(), None);
-        assert!(Target::tcp("https://x:1", None).unwrap_err().to_string().contains("https"));
+        assert!(
+            Target::tcp("https://x:1", None)
+                .unwrap_err()
+                .to_string()
+                .contains("https")
+        );
         assert!(Target::tcp("127.0.0.1:7440", None).is_err());
     }
 }

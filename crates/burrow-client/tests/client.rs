@@ -36,24 +36,43 @@ fn sandbox_json(name: &str) -> serde_json::Value {
 }
 
 fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, axum::Json(json!({"error": {"code": code, "message": message}}))).into_response()
+    (
+        status,
+        axum::Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
 }
 
 async fn get_sandbox(Path(name): Path<String>) -> Response {
     if name == "missing" {
-        return api_error(StatusCode::NOT_FOUND, "not_found", "sandbox 'missing' does not exist");
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "sandbox 'missing' does not exist",
+        );
     }
     axum::Json(sandbox_json(&name)).into_response()
 }
 
 async fn create(State(seen): State<Seen>, headers: HeaderMap, body: String) -> Response {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     seen.push(format!("create ct={ct} body={body}"));
     if ct != "application/json" {
-        return api_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "need JSON");
+        return api_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "need JSON",
+        );
     }
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    (StatusCode::CREATED, axum::Json(sandbox_json(v["name"].as_str().unwrap()))).into_response()
+    (
+        StatusCode::CREATED,
+        axum::Json(sandbox_json(v["name"].as_str().unwrap())),
+    )
+        .into_response()
 }
 
 async fn list(State(seen): State<Seen>, RawQuery(q): RawQuery) -> Response {
@@ -62,8 +81,10 @@ async fn list(State(seen): State<Seen>, RawQuery(q): RawQuery) -> Response {
 }
 
 async fn exec_once(Path(_name): Path<String>, axum::Json(req): axum::Json<ExecRequest>) -> Response {
-    axum::Json(json!({"exit_code": 0, "stdout": req.cmd.join(" "), "stderr": "", "timed_out": false,
-                      "duration_ms": 1}))
+    axum::Json(
+        json!({"exit_code": 0, "stdout": req.cmd.join(" "), "stderr": "", "timed_out": false,
+                      "duration_ms": 1}),
+    )
     .into_response()
 }
 
@@ -74,7 +95,11 @@ async fn exec_ws(
     ws: WebSocketUpgrade,
 ) -> Response {
     if name == "missing" {
-        return api_error(StatusCode::NOT_FOUND, "not_found", "sandbox 'missing' does not exist");
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "sandbox 'missing' does not exist",
+        );
     }
     let q = q.unwrap_or_default();
     seen.push(format!("exec {q}"));
@@ -83,7 +108,9 @@ async fn exec_ws(
 }
 
 async fn send_ctl(ws: &mut WebSocket, c: WsControl) {
-    ws.send(Message::Text(serde_json::to_string(&c).unwrap().into())).await.unwrap();
+    ws.send(Message::Text(serde_json::to_string(&c).unwrap().into()))
+        .await
+        .unwrap();
 }
 
 async fn send_bin(ws: &mut WebSocket, stream: u8, data: &[u8]) {
@@ -96,7 +123,15 @@ async fn send_bin(ws: &mut WebSocket, stream: u8, data: &[u8]) {
 /// `cmd=noexit`: session and some output, then a close with no exit frame.
 /// `cmd=drop`: session, then the connection just goes away.
 async fn session(mut ws: WebSocket, mode: String, seen: Seen) {
-    send_ctl(&mut ws, WsControl::Session { id: "s1".into(), pid: Some(42), tty: false }).await;
+    send_ctl(
+        &mut ws,
+        WsControl::Session {
+            id: "s1".into(),
+            pid: Some(42),
+            tty: false,
+        },
+    )
+    .await;
     match mode.as_str() {
         "cmd=echo" => {
             while let Some(Ok(msg)) = ws.recv().await {
@@ -110,7 +145,14 @@ async fn session(mut ws: WebSocket, mode: String, seen: Seen) {
                 }
             }
             send_bin(&mut ws, ws_stream::STDERR, b"bye").await;
-            send_ctl(&mut ws, WsControl::Exit { exit_code: 3, signal: None }).await;
+            send_ctl(
+                &mut ws,
+                WsControl::Exit {
+                    exit_code: 3,
+                    signal: None,
+                },
+            )
+            .await;
             let _ = ws.send(Message::Close(None)).await;
         }
         "cmd=noexit" => {
@@ -144,7 +186,11 @@ async fn error_envelope_becomes_api_error() {
     let (_dir, client, _) = serve().await;
     let err = client.get_sandbox("missing").await.unwrap_err();
     match &err {
-        ClientError::Api { status, code, message } => {
+        ClientError::Api {
+            status,
+            code,
+            message,
+        } => {
             assert_eq!(*status, 404);
             assert_eq!(code, "not_found");
             assert_eq!(message, "sandbox 'missing' does not exist");
@@ -167,20 +213,38 @@ async fn typed_calls_204_and_content_type() {
         .await
         .unwrap();
     let created = client
-        .create_sandbox(&CreateSandbox { name: SandboxName::parse("new").unwrap(), ..Default::default() })
+        .create_sandbox(&CreateSandbox {
+            name: SandboxName::parse("new").unwrap(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(created.name, "new");
-    let list = client.list_sandboxes(Some("a b"), &[("team".into(), "x=y".into())], Some(5), None).await.unwrap();
+    let list = client
+        .list_sandboxes(Some("a b"), &[("team".into(), "x=y".into())], Some(5), None)
+        .await
+        .unwrap();
     assert_eq!(list.sandboxes.len(), 1);
     let res = client
-        .exec("dev", &ExecRequest { cmd: vec!["echo".into(), "hi".into()], ..Default::default() })
+        .exec(
+            "dev",
+            &ExecRequest {
+                cmd: vec!["echo".into(), "hi".into()],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(res.stdout, "echo hi");
     let seen = seen.all();
-    assert!(seen.contains(&r#"create ct=application/json body={"name":"new"}"#.to_string()), "{seen:?}");
-    assert!(seen.contains(&"list prefix=a%20b&label=team%3Dx%3Dy&limit=5".to_string()), "{seen:?}");
+    assert!(
+        seen.contains(&r#"create ct=application/json body={"name":"new"}"#.to_string()),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&"list prefix=a%20b&label=team%3Dx%3Dy&limit=5".to_string()),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]
@@ -190,8 +254,14 @@ async fn connect_error_names_the_socket() {
     assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("/nonexistent/burrowd.sock"), "{msg}");
-    assert!(msg.contains("BURROW_SOCKET") && msg.contains("BURROW_URL"), "{msg}");
-    let err = client.exec_stream("x", ExecStreamOptions::new(["true"])).await.unwrap_err();
+    assert!(
+        msg.contains("BURROW_SOCKET") && msg.contains("BURROW_URL"),
+        "{msg}"
+    );
+    let err = client
+        .exec_stream("x", ExecStreamOptions::new(["true"]))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
 }
 
@@ -210,12 +280,19 @@ async fn exec_stream_query_and_events() {
     let mut s = client.exec_stream("dev", opts).await.unwrap();
     assert_eq!(
         s.next_event().await.unwrap(),
-        Some(ExecEvent::Session { id: "s1".into(), pid: Some(42), tty: false })
+        Some(ExecEvent::Session {
+            id: "s1".into(),
+            pid: Some(42),
+            tty: false
+        })
     );
     s.resize(120, 40).await.unwrap();
     s.signal("INT").await.unwrap();
     s.send_stdin(b"hello\0\xff").await.unwrap();
-    assert_eq!(s.next_event().await.unwrap(), Some(ExecEvent::Stdout((&b"hello\0\xff"[..]).into())));
+    assert_eq!(
+        s.next_event().await.unwrap(),
+        Some(ExecEvent::Stdout((&b"hello\0\xff"[..]).into()))
+    );
     s.send_stdin(b"more").await.unwrap();
     s.close_stdin().await.unwrap();
     let out = s.collect().await.unwrap();
@@ -232,26 +309,47 @@ async fn exec_stream_query_and_events() {
         ),
         "{seen:?}"
     );
-    assert!(seen.contains(&r#"ctl {"type":"resize","cols":120,"rows":40}"#.to_string()), "{seen:?}");
-    assert!(seen.contains(&r#"ctl {"type":"signal","signal":"INT"}"#.to_string()), "{seen:?}");
+    assert!(
+        seen.contains(&r#"ctl {"type":"resize","cols":120,"rows":40}"#.to_string()),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&r#"ctl {"type":"signal","signal":"INT"}"#.to_string()),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]
 async fn exec_stream_without_exit_frame_is_an_error() {
     let (_dir, client, _) = serve().await;
-    let mut s = client.exec_stream("dev", ExecStreamOptions::new(["noexit"])).await.unwrap();
-    assert!(matches!(s.next_event().await.unwrap(), Some(ExecEvent::Session { .. })));
-    assert_eq!(s.next_event().await.unwrap(), Some(ExecEvent::Stdout((&b"partial"[..]).into())));
+    let mut s = client
+        .exec_stream("dev", ExecStreamOptions::new(["noexit"]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.next_event().await.unwrap(),
+        Some(ExecEvent::Session { .. })
+    ));
+    assert_eq!(
+        s.next_event().await.unwrap(),
+        Some(ExecEvent::Stdout((&b"partial"[..]).into()))
+    );
     assert!(matches!(s.next_event().await, Err(ClientError::NoExitFrame)));
 
-    let s = client.exec_stream("dev", ExecStreamOptions::new(["drop"])).await.unwrap();
+    let s = client
+        .exec_stream("dev", ExecStreamOptions::new(["drop"]))
+        .await
+        .unwrap();
     assert!(matches!(s.collect().await, Err(ClientError::NoExitFrame)));
 }
 
 #[tokio::test]
 async fn exec_stream_handshake_error_is_api_error() {
     let (_dir, client, _) = serve().await;
-    let err = client.exec_stream("missing", ExecStreamOptions::new(["true"])).await.unwrap_err();
+    let err = client
+        .exec_stream("missing", ExecStreamOptions::new(["true"]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some("not_found"), "{err:?}");
     assert_eq!(err.to_string(), "sandbox 'missing' does not exist");
 }

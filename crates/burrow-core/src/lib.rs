@@ -9,6 +9,7 @@
 pub mod config;
 pub mod error;
 mod exec;
+pub mod fault;
 pub mod images;
 mod manager;
 pub mod state;

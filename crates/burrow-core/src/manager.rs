@@ -275,7 +275,10 @@ impl Manager {
         let pool = self.pool.clone();
         let dst = pool.sandbox_path(&rec.id);
         blocking(move || Ok(pool.snapshot(&image_path, &dst, false)?)).await?;
-        self.boot(rec).await
+        crate::fault::point("create.after_snapshot");
+        self.boot(rec).await?;
+        crate::fault::point("create.after_boot");
+        Ok(())
     }
 
     /// Starts the engine and waits for the agent's handshake.
@@ -342,6 +345,7 @@ impl Manager {
         rec2.updated_at = now_rfc3339();
         self.store.update_sandbox(&rec2)?;
         rec = rec2;
+        crate::fault::point("delete.after_intent");
         self.teardown(&rec).await?;
         self.store.delete_sandbox(&rec.id)?;
         self.op_locks.lock().unwrap_or_else(|p| p.into_inner()).remove(&rec.id);

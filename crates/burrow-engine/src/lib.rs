@@ -88,12 +88,18 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     /// Freezes every process of the sandbox (memory kept); for warm sleep and checkpoints.
     fn freeze(&self, id: &str) -> Result<()> {
         let _ = id;
-        Err(EngineError::Unsupported { engine: self.kind().as_str(), op: "freeze" })
+        Err(EngineError::Unsupported {
+            engine: self.kind().as_str(),
+            op: "freeze",
+        })
     }
     /// Undoes `freeze`.
     fn thaw(&self, id: &str) -> Result<()> {
         let _ = id;
-        Err(EngineError::Unsupported { engine: self.kind().as_str(), op: "thaw" })
+        Err(EngineError::Unsupported {
+            engine: self.kind().as_str(),
+            op: "thaw",
+        })
     }
     /// Host path of the agent channel's unix socket for sandbox `id`.
     fn agent_socket(&self, run_dir: &std::path::Path) -> PathBuf {

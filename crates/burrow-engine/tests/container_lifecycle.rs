@@ -13,7 +13,11 @@ use burrow_engine::{Engine, EngineError, Resources, RuntimeStatus};
 use support::*;
 
 /// An init that exits on TERM (a PID 1 without a handler ignores it).
-const GRACEFUL_INIT: &[&str] = &["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1000 & wait $!; done"];
+const GRACEFUL_INIT: &[&str] = &[
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM; while :; do sleep 1000 & wait $!; done",
+];
 
 #[test]
 fn start_status_stop() {
@@ -29,7 +33,15 @@ fn start_status_stop() {
     assert!(t.engine.list().unwrap().contains(&sb.spec.id));
     // The init is not our child and does not die with us: its parent is not this process.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let ppid: u32 = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let ppid: u32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_ne!(ppid, std::process::id());
 
     let sock = sb.spec.run_dir.join("agent.sock");
@@ -62,7 +74,10 @@ fn unknown_ids_are_missing_and_stop_is_ok() {
         return;
     }
     let t = TestEngine::with_init(GRACEFUL_INIT);
-    assert_eq!(t.engine.status("sb-never-created").unwrap(), RuntimeStatus::Missing);
+    assert_eq!(
+        t.engine.status("sb-never-created").unwrap(),
+        RuntimeStatus::Missing
+    );
     t.engine.stop("sb-never-created", Duration::from_secs(1)).unwrap();
     assert!(t.engine.list().unwrap().is_empty());
 }
@@ -81,7 +96,10 @@ fn start_stop_start_again() {
     let second = t.start(spec);
     assert_ne!(second.pid(), pid1);
     // Starting a running sandbox again is refused, and leaves it running.
-    assert!(matches!(t.engine.start(&second.spec), Err(EngineError::Command { .. })));
+    assert!(matches!(
+        t.engine.start(&second.spec),
+        Err(EngineError::Command { .. })
+    ));
     second.pid();
 }
 
@@ -112,20 +130,32 @@ fn init_holds_the_listening_socket_at_fd_3() {
     let sb = t.start(t.spec("sock", SMALL));
     let pid = sb.pid();
     let fd3 = std::fs::read_link(format!("/proc/{pid}/fd/3")).unwrap();
-    assert!(fd3.to_string_lossy().starts_with("socket:["), "fd 3 is {}", fd3.display());
+    assert!(
+        fd3.to_string_lossy().starts_with("socket:["),
+        "fd 3 is {}",
+        fd3.display()
+    );
     let sock = sb.spec.run_dir.join("agent.sock");
     let mode = std::fs::metadata(&sock).unwrap();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
     // The socket is the one the init holds: connecting succeeds (queued in its backlog).
     UnixStream::connect(&sock).unwrap();
     // The host keeps no copy of it.
-    let ours = std::fs::read_dir("/proc/self/fd").unwrap().filter_map(|e| std::fs::read_link(e.unwrap().path()).ok());
+    let ours = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok());
     let inode = fd3.to_string_lossy().into_owned();
     assert!(ours.into_iter().all(|l| l.to_string_lossy() != inode));
 }
 
 fn read_trim(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).trim().to_owned()
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .to_owned()
 }
 
 #[test]
@@ -134,16 +164,30 @@ fn cgroup_limits_are_applied() {
         return;
     }
     let t = TestEngine::with_init(GRACEFUL_INIT);
-    let sb = t.start(t.spec("limited", Resources { cpus: 0.5, memory_mb: 64, pids: 64 }));
+    let sb = t.start(t.spec(
+        "limited",
+        Resources {
+            cpus: 0.5,
+            memory_mb: 64,
+            pids: 64,
+        },
+    ));
     sb.pid();
     let dirs = t.engine.cgroup_dirs(sb.id());
     let file = |ctrl: &str, name: &str| match t.engine.cgroup_version() {
         CgroupVersion::V2 => dirs[0].join(name),
-        CgroupVersion::V1 => dirs.iter().find(|d| d.starts_with(format!("/sys/fs/cgroup/{ctrl}"))).unwrap().join(name),
+        CgroupVersion::V1 => dirs
+            .iter()
+            .find(|d| d.starts_with(format!("/sys/fs/cgroup/{ctrl}")))
+            .unwrap()
+            .join(name),
     };
     match t.engine.cgroup_version() {
         CgroupVersion::V1 => {
-            assert_eq!(read_trim(&file("memory", "memory.limit_in_bytes")), (64 << 20).to_string());
+            assert_eq!(
+                read_trim(&file("memory", "memory.limit_in_bytes")),
+                (64 << 20).to_string()
+            );
             assert_eq!(read_trim(&file("cpu", "cpu.cfs_quota_us")), "50000");
             assert_eq!(read_trim(&file("cpu", "cpu.cfs_period_us")), "100000");
         }
@@ -163,8 +207,13 @@ fn failed_start_reports_runcs_error_and_leaves_nothing() {
     let t = TestEngine::with_init(&["/no/such/init"]);
     let spec = t.spec("broken", SMALL);
     let err = t.engine.start(&spec).unwrap_err();
-    let EngineError::Command { detail, .. } = &err else { panic!("unexpected error {err}") };
-    assert!(detail.contains("/no/such/init"), "error lacks runc's reason: {detail}");
+    let EngineError::Command { detail, .. } = &err else {
+        panic!("unexpected error {err}")
+    };
+    assert!(
+        detail.contains("/no/such/init"),
+        "error lacks runc's reason: {detail}"
+    );
     assert_eq!(t.engine.status(&spec.id).unwrap(), RuntimeStatus::Missing);
     assert!(!spec.run_dir.join("agent.sock").exists());
 }

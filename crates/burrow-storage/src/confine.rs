@@ -24,7 +24,9 @@ pub(crate) struct PoolRoot {
 
 fn how(flags: OFlag) -> OpenHow {
     OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        // RESOLVE_NO_SYMLINKS also covers the final component (ELOOP), so no O_NOFOLLOW,
+        // which would turn a symlink into a confusing ENOTDIR with O_DIRECTORY.
+        .flags(flags | OFlag::O_CLOEXEC)
         .resolve(
             ResolveFlag::RESOLVE_BENEATH
                 | ResolveFlag::RESOLVE_NO_SYMLINKS
@@ -103,6 +105,8 @@ pub(crate) fn resolve_error(op: &'static str, path: &Path, e: Errno) -> StorageE
     match e {
         Errno::ENOENT => StorageError::NotFound(path.to_owned()),
         Errno::EXDEV | Errno::ELOOP => StorageError::OutsidePool(path.to_owned()),
+        // A file where a directory should be.
+        Errno::ENOTDIR => StorageError::NotVolume(path.to_owned()),
         e => StorageError::errno(op, path, e),
     }
 }

@@ -39,6 +39,7 @@ pub struct Daemon {
     pub socket: PathBuf,
     child: Mutex<Option<Child>>,
     addr: Mutex<Option<SocketAddr>>,
+    env: Mutex<Vec<(String, String)>>,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -47,12 +48,35 @@ impl Daemon {
     /// Starts a daemon with a fresh data dir and waits until it serves.
     pub fn start() -> Daemon {
         let dir = tempfile::Builder::new().prefix("burrow-test-").tempdir_in("/var/tmp").expect("tempdir");
+        // Sandbox root (an unprivileged host uid) must traverse to its root tree.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
         let data_dir = dir.path().join("data");
         let socket = dir.path().join("burrowd.sock");
         let log = dir.path().join("burrowd.log");
-        let d = Daemon { data_dir, socket, child: Mutex::new(None), addr: Mutex::new(None), log, _dir: dir };
+        let d = Daemon {
+            data_dir,
+            socket,
+            child: Mutex::new(None),
+            addr: Mutex::new(None),
+            env: Mutex::new(Vec::new()),
+            log,
+            _dir: dir,
+        };
         d.spawn();
         d
+    }
+
+    /// Sets extra environment for the next (re)start, e.g. `BURROW_FAULT`.
+    pub fn set_env(&self, env: &[(&str, &str)]) {
+        *self.env.lock().unwrap() = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+
+    /// Whether the daemon process is still alive (it may have aborted at a fault point).
+    pub fn wait_exit(&self) -> Option<std::process::ExitStatus> {
+        let mut guard = self.child.lock().unwrap();
+        let status = guard.as_mut().map(|c| c.wait().expect("wait"));
+        *guard = None;
+        status
     }
 
     fn spawn(&self) {
@@ -71,6 +95,9 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
+        for (k, v) in self.env.lock().unwrap().iter() {
+            cmd.env(k, v);
+        }
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours;
         // it makes the daemon get SIGTERM (ephemeral cleanup) when the thread that spawned it
         // ends, which for `shared()` is a keeper thread that lives as long as the test process.

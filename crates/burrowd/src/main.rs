@@ -121,7 +121,9 @@ async fn main() -> anyhow::Result<()> {
         bail!("burrowd must run as root (it creates namespaces, cgroups and btrfs subvolumes)");
     }
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
-    std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    // 0711: sandbox root (an unprivileged host uid) must traverse to its root tree, but may
+    // not list the data dir. Secrets in it (admin.token, state.db) are 0600 themselves.
+    std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o711))?;
     let data_dir = args.data_dir.canonicalize()?;
 
     let mut cfg = Config::with_data_dir(data_dir.clone());

@@ -19,7 +19,14 @@ async fn ls(app: &App) -> anyhow::Result<u8> {
         let rows: Vec<Vec<String>> = list
             .images
             .iter()
-            .map(|i| vec![i.name.clone(), i.status.clone(), output::size(i.size_bytes), output::age(&i.created_at)])
+            .map(|i| {
+                vec![
+                    i.name.clone(),
+                    i.status.clone(),
+                    output::size(i.size_bytes),
+                    output::age(&i.created_at),
+                ]
+            })
             .collect();
         print(&output::table(&["NAME", "STATUS", "SIZE", "CREATED"], &rows))
     })?;

@@ -6,7 +6,7 @@ use burrow_api::{CreateSandbox, ForkSource, Sandbox, SandboxList, SandboxName};
 use burrow_client::{ClientError, Method, paths};
 use serde_json::{Value, json};
 
-use crate::app::{App, decode};
+use crate::app::App;
 use crate::cli::{CreateArgs, LsArgs, RmArgs};
 use crate::output::{self, print};
 
@@ -26,7 +26,15 @@ pub async fn create(app: &App, a: CreateArgs) -> anyhow::Result<u8> {
         ..Default::default()
     };
     let v = app.call(Method::POST, paths::SANDBOXES, Some(&req)).await?;
-    app.emit(v, |s: Sandbox| print(&format!("{}: {} ({}, {})\n", s.name, s.status, s.engine.as_str(), s.image)))?;
+    app.emit(v, |s: Sandbox| {
+        print(&format!(
+            "{}: {} ({}, {})\n",
+            s.name,
+            s.status,
+            s.engine.as_str(),
+            s.image
+        ))
+    })?;
     Ok(0)
 }
 
@@ -40,7 +48,10 @@ fn parse_from(s: &str) -> anyhow::Result<ForkSource> {
     if let Some(cp) = cp {
         burrow_api::CheckpointId::parse(cp).map_err(|e| anyhow::anyhow!("--from {s}: {e}"))?;
     }
-    Ok(ForkSource { sandbox, checkpoint: cp.map(str::to_owned) })
+    Ok(ForkSource {
+        sandbox,
+        checkpoint: cp.map(str::to_owned),
+    })
 }
 
 pub async fn ls(app: &App, a: LsArgs) -> anyhow::Result<u8> {
@@ -76,7 +87,10 @@ pub async fn ls(app: &App, a: LsArgs) -> anyhow::Result<u8> {
                 ]
             })
             .collect();
-        print(&output::table(&["NAME", "STATUS", "ENGINE", "IMAGE", "CREATED"], &rows))
+        print(&output::table(
+            &["NAME", "STATUS", "ENGINE", "IMAGE", "CREATED"],
+            &rows,
+        ))
     })?;
     Ok(0)
 }
@@ -108,21 +122,37 @@ fn render_info(s: &Sandbox) -> String {
         kv("Forked from", &from);
     }
     kv("URL", &s.url);
-    kv("Created", &format!("{} ({})", s.created_at, output::age(&s.created_at)));
+    kv(
+        "Created",
+        &format!("{} ({})", s.created_at, output::age(&s.created_at)),
+    );
     kv("Updated", &s.updated_at);
-    kv("Last active", &format!("{} ({})", s.last_active_at, output::age(&s.last_active_at)));
+    kv(
+        "Last active",
+        &format!("{} ({})", s.last_active_at, output::age(&s.last_active_at)),
+    );
     let c = &s.config;
     kv("CPUs", &c.cpus.to_string());
     kv("Memory", &format!("{} MiB", c.memory_mb));
     kv("Disk", &format!("{} GiB", c.disk_gb));
     kv("PIDs", &c.pids.to_string());
     kv("Idle timeout", &format!("{} s", c.idle_timeout_s));
-    kv("URL auth", if c.url_auth == burrow_api::UrlAuth::Public { "public" } else { "private" });
+    kv(
+        "URL auth",
+        if c.url_auth == burrow_api::UrlAuth::Public {
+            "public"
+        } else {
+            "private"
+        },
+    );
     let pairs = |m: &std::collections::BTreeMap<String, String>| {
         if m.is_empty() {
             "-".to_owned()
         } else {
-            m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     };
     kv("Labels", &pairs(&s.labels));
@@ -158,7 +188,9 @@ pub async fn rm(app: &App, a: RmArgs) -> anyhow::Result<u8> {
 }
 
 pub async fn action(app: &App, name: &str, action: &str) -> anyhow::Result<u8> {
-    let v = app.call::<()>(Method::POST, &paths::sandbox_action(name, action), None).await?;
+    let v = app
+        .call::<()>(Method::POST, &paths::sandbox_action(name, action), None)
+        .await?;
     app.emit(v, |s: Sandbox| print(&format!("{}: {}\n", s.name, s.status)))?;
     Ok(0)
 }
@@ -166,6 +198,7 @@ pub async fn action(app: &App, name: &str, action: &str) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::app::decode;
 
     #[test]
     fn fork_sources() {

@@ -29,8 +29,6 @@ use runc::{RunArgs, Runc};
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// cgroup v1 controllers the engine limits (and runc creates a directory in).
-const V1_CONTROLLERS: &[&str] = &["cpu", "memory", "pids", "devices", "freezer"];
 
 #[derive(Debug, Clone)]
 pub struct ContainerConfig {
@@ -84,7 +82,11 @@ pub struct ContainerEngine {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> EngineError + 'a {
-    move |source| EngineError::Io { op, path: path.to_owned(), source }
+    move |source| EngineError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn unavailable(why: String) -> EngineError {
@@ -93,12 +95,15 @@ fn unavailable(why: String) -> EngineError {
 
 /// `name` as given if it contains a slash, else the first executable of that name on PATH.
 fn find_executable(name: &Path) -> Option<PathBuf> {
-    let is_exec = |p: &Path| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let is_exec =
+        |p: &Path| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if name.components().count() > 1 || name.is_absolute() {
         return is_exec(name).then(|| name.to_owned());
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| is_exec(p))
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_exec(p))
 }
 
 /// Writes `data` to `path` through a temporary file and a rename, so readers never see a
@@ -127,22 +132,36 @@ impl ContainerEngine {
         let runc_bin = find_executable(&cfg.runc_bin)
             .ok_or_else(|| unavailable(format!("runc not found ({})", cfg.runc_bin.display())))?;
         if !fs::metadata(&cfg.agent_bin).is_ok_and(|m| m.is_file()) {
-            return Err(unavailable(format!("agent binary {} not found", cfg.agent_bin.display())));
+            return Err(unavailable(format!(
+                "agent binary {} not found",
+                cfg.agent_bin.display()
+            )));
         }
         // A bind-mount source must be absolute.
         let agent_bin = fs::canonicalize(&cfg.agent_bin).map_err(io_err("resolve", &cfg.agent_bin))?;
         let parent_ok = !cfg.cgroup_parent.trim_matches('/').is_empty()
             && cfg.cgroup_parent.split('/').all(|c| c != "..")
-            && cfg.cgroup_parent.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+            && cfg
+                .cgroup_parent
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
         if !parent_ok {
-            return Err(EngineError::Spec(format!("cgroup_parent {:?}", cfg.cgroup_parent)));
+            return Err(EngineError::Spec(format!(
+                "cgroup_parent {:?}",
+                cfg.cgroup_parent
+            )));
         }
         if cfg.uid_count == 0 || cfg.uid_base.checked_add(cfg.uid_count).is_none() {
-            return Err(EngineError::Spec(format!("uid range {}+{}", cfg.uid_base, cfg.uid_count)));
+            return Err(EngineError::Spec(format!(
+                "uid range {}+{}",
+                cfg.uid_base, cfg.uid_count
+            )));
         }
 
         let runc = Runc::new(runc_bin, cfg.runc_root.clone());
-        let version = runc.version().map_err(|e| unavailable(format!("runc does not run: {e}")))?;
+        let version = runc
+            .version()
+            .map_err(|e| unavailable(format!("runc does not run: {e}")))?;
         fs::create_dir_all(&cfg.runc_root).map_err(io_err("create", &cfg.runc_root))?;
         fs::set_permissions(&cfg.runc_root, fs::Permissions::from_mode(0o700))
             .map_err(io_err("chmod", &cfg.runc_root))?;
@@ -156,11 +175,19 @@ impl ContainerEngine {
         // memsw files only exist with swap accounting, and runc fails without them.
         let limit_swap = match cgroups {
             CgroupVersion::V2 => true,
-            CgroupVersion::V1 => Path::new(CGROUP_ROOT).join("memory/memory.memsw.limit_in_bytes").exists(),
+            CgroupVersion::V1 => Path::new(CGROUP_ROOT)
+                .join("memory/memory.memsw.limit_in_bytes")
+                .exists(),
         };
-        let nofile = oci::NOFILE.min(sys::nr_open());
+        let nofile = oci::NOFILE.min(sys::max_nofile());
         tracing::debug!(%version, ?cgroups, limit_swap, "container engine ready");
-        Ok(Self { cfg: ContainerConfig { agent_bin, ..cfg }, runc, cgroups, limit_swap, nofile })
+        Ok(Self {
+            cfg: ContainerConfig { agent_bin, ..cfg },
+            runc,
+            cgroups,
+            limit_swap,
+            nofile,
+        })
     }
 
     pub fn config(&self) -> &ContainerConfig {
@@ -171,14 +198,26 @@ impl ContainerEngine {
         self.cgroups
     }
 
-    /// The host directories of sandbox `id`'s cgroup (one per v1 controller, one on v2).
+    /// Where sandbox `id`'s cgroup lives on the host: one directory on v2; on v1 one per
+    /// mounted hierarchy (runc creates it in all of them, and in the unified one of a hybrid
+    /// host).
     pub fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
         let rel = oci::cgroup_path(&self.cfg.cgroup_parent, id);
         let rel = rel.strip_prefix("/").unwrap_or(&rel);
         match self.cgroups {
             CgroupVersion::V2 => vec![Path::new(CGROUP_ROOT).join(rel)],
             CgroupVersion::V1 => {
-                V1_CONTROLLERS.iter().map(|c| Path::new(CGROUP_ROOT).join(c).join(rel)).collect()
+                let Ok(entries) = fs::read_dir(CGROUP_ROOT) else {
+                    return Vec::new();
+                };
+                let mut dirs: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok())
+                    // `cpu,cpuacct`-style co-mounts appear once as a directory, then as symlinks.
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path().join(rel))
+                    .collect();
+                dirs.sort();
+                dirs
             }
         }
     }
@@ -204,7 +243,10 @@ impl ContainerEngine {
     /// Writes the bundle and the files the sandbox bind-mounts into `spec.run_dir`.
     fn prepare_run_dir(&self, spec: &SandboxSpec) -> Result<PathBuf> {
         if !spec.rootfs.is_dir() {
-            return Err(EngineError::Spec(format!("rootfs {} is not a directory", spec.rootfs.display())));
+            return Err(EngineError::Spec(format!(
+                "rootfs {} is not a directory",
+                spec.rootfs.display()
+            )));
         }
         let config = self.oci_config(spec)?;
         let run_dir = &spec.run_dir;
@@ -215,8 +257,16 @@ impl ContainerEngine {
         for dir in [run_dir, &bundle] {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o711)).map_err(io_err("chmod", dir))?;
         }
-        write_atomic(&run_dir.join("hostname"), format!("{}\n", spec.hostname).as_bytes(), 0o644)?;
-        write_atomic(&run_dir.join("hosts"), oci::hosts_file(&spec.hostname).as_bytes(), 0o644)?;
+        write_atomic(
+            &run_dir.join("hostname"),
+            format!("{}\n", spec.hostname).as_bytes(),
+            0o644,
+        )?;
+        write_atomic(
+            &run_dir.join("hosts"),
+            oci::hosts_file(&spec.hostname).as_bytes(),
+            0o644,
+        )?;
         let json = serde_json::to_vec_pretty(&config).map_err(|e| EngineError::Spec(e.to_string()))?;
         write_atomic(&bundle.join("config.json"), &json, 0o600)?;
         Ok(bundle)
@@ -273,7 +323,11 @@ impl ContainerEngine {
             return Ok(());
         }
         if self.runc.kill(&st.id, "KILL")? && !wait(KILL_WAIT)? {
-            tracing::warn!(id = st.id, pid = st.pid, "init still alive after SIGKILL; deleting anyway");
+            tracing::warn!(
+                id = st.id,
+                pid = st.pid,
+                "init still alive after SIGKILL; deleting anyway"
+            );
         }
         Ok(())
     }
@@ -347,4 +401,3 @@ impl Engine for ContainerEngine {
         self.runc.resume(id)
     }
 }
-

@@ -63,8 +63,13 @@ pub const MASKED_PATHS: &[&str] = &[
     "/sys/devices/virtual/powercap",
 ];
 
-pub const READONLY_PATHS: &[&str] =
-    &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// oci-spec's builders only fail for a missing field without default; ours all have one.
 pub(crate) const BUILDER_INFALLIBLE: &str = "oci-spec builder with defaults for every field";
@@ -90,7 +95,11 @@ pub struct ConfigInputs<'a> {
 
 /// The agent's command line.
 pub fn agent_args() -> Vec<String> {
-    vec![AGENT_PATH.to_owned(), "--listen-fd".to_owned(), LISTEN_FD.to_string()]
+    vec![
+        AGENT_PATH.to_owned(),
+        "--listen-fd".to_owned(),
+        LISTEN_FD.to_string(),
+    ]
 }
 
 /// `/etc/hosts` of a sandbox.
@@ -105,17 +114,27 @@ pub fn validate(spec: &SandboxSpec) -> Result<()> {
         !s.is_empty()
             && s.len() <= 128
             && !s.starts_with(['.', '-'])
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
     };
     if !id_ok(&spec.id) {
-        return bad(format!("id {:?}: want 1-128 of [A-Za-z0-9_.-], not starting with . or -", spec.id));
+        return bad(format!(
+            "id {:?}: want 1-128 of [A-Za-z0-9_.-], not starting with . or -",
+            spec.id
+        ));
     }
     let host_ok = !spec.hostname.is_empty()
         && spec.hostname.len() <= 63
         && !spec.hostname.starts_with('-')
-        && spec.hostname.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        && spec
+            .hostname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !host_ok {
-        return bad(format!("hostname {:?}: want a DNS label (1-63 of [A-Za-z0-9-])", spec.hostname));
+        return bad(format!(
+            "hostname {:?}: want a DNS label (1-63 of [A-Za-z0-9-])",
+            spec.hostname
+        ));
     }
     if !spec.rootfs.is_absolute() || !spec.run_dir.is_absolute() {
         return bad("rootfs and run_dir must be absolute paths".to_owned());
@@ -156,15 +175,35 @@ fn mounts(inp: &ConfigInputs<'_>) -> Vec<Mount> {
     }
     vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
         mount("/dev/pts", "devpts", "devpts", &devpts),
-        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
         // The sandbox has its own network namespace, owned by its user namespace, so the
         // kernel lets it mount a sysfs (showing only its own network devices).
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
-        mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"]),
-        mount(AGENT_DIR, "tmpfs", "tmpfs", &["nosuid", "nodev", "noexec", "mode=755", "size=1m"]),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
+        mount(
+            AGENT_DIR,
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "nodev", "noexec", "mode=755", "size=1m"],
+        ),
         bind_ro(AGENT_PATH, inp.agent_bin),
         bind_ro("/etc/hostname", &inp.hostname_file),
         bind_ro("/etc/hosts", &inp.hosts_file),
@@ -244,7 +283,13 @@ fn devices() -> Vec<LinuxDevice> {
     ]
 }
 
-fn dev_rule(allow: bool, typ: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str) -> LinuxDeviceCgroup {
+fn dev_rule(
+    allow: bool,
+    typ: LinuxDeviceType,
+    major: Option<i64>,
+    minor: Option<i64>,
+    access: &str,
+) -> LinuxDeviceCgroup {
     let mut r = LinuxDeviceCgroup::default();
     r.set_allow(allow);
     r.set_typ(Some(typ));
@@ -263,7 +308,17 @@ fn device_rules() -> Vec<LinuxDeviceCgroup> {
         dev_rule(true, C, None, None, "m"),
         dev_rule(true, B, None, None, "m"),
     ];
-    for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (10, 200)] {
+    for (major, minor) in [
+        (1, 3),
+        (1, 5),
+        (1, 7),
+        (1, 8),
+        (1, 9),
+        (5, 0),
+        (5, 1),
+        (5, 2),
+        (10, 200),
+    ] {
         rules.push(dev_rule(true, C, Some(major), Some(minor), "rwm"));
     }
     rules.push(dev_rule(true, C, Some(136), None, "rwm"));
@@ -354,7 +409,11 @@ mod tests {
             hostname: "my-box".into(),
             rootfs: "/data/sandboxes/sb-1234/root".into(),
             run_dir: "/data/run/sb-1234".into(),
-            resources: Resources { cpus: 1.5, memory_mb: 512, pids: 256 },
+            resources: Resources {
+                cpus: 1.5,
+                memory_mb: 512,
+                pids: 256,
+            },
         }
     }
 
@@ -388,14 +447,22 @@ mod tests {
     fn process_is_the_agent_as_unprivileged_root() {
         let j = json();
         let p = &j["process"];
-        assert_eq!(p["args"], serde_json::json!(["/.burrow/agent", "--listen-fd", "3"]));
+        assert_eq!(
+            p["args"],
+            serde_json::json!(["/.burrow/agent", "--listen-fd", "3"])
+        );
         assert_eq!(p["cwd"], "/");
         assert_eq!(p["user"]["uid"], 0);
         assert_eq!(p["user"]["gid"], 0);
         assert_eq!(p["noNewPrivileges"], true);
         assert_eq!(p["terminal"], false);
         assert_eq!(p["oomScoreAdj"], 0);
-        let env: Vec<&str> = p["env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let env: Vec<&str> = p["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
         assert!(env.contains(&"HOSTNAME=my-box") && env.contains(&"container=burrow"));
         assert!(env.iter().any(|e| e.starts_with("PATH=/")));
         assert_eq!(p["rlimits"][0]["type"], "RLIMIT_NOFILE");
@@ -412,24 +479,42 @@ mod tests {
             .collect();
         want.sort();
         for set in ["bounding", "effective", "permitted"] {
-            let mut got: Vec<String> =
-                caps[set].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+            let mut got: Vec<String> = caps[set]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect();
             got.sort();
             assert_eq!(got, want, "{set}");
         }
         assert!(caps.get("ambient").is_none() && caps.get("inheritable").is_none());
         assert_eq!(want.len(), 14);
-        assert!(!want.iter().any(|c| c == "CAP_SYS_ADMIN" || c == "CAP_SYS_PTRACE" || c == "CAP_NET_ADMIN"));
+        assert!(
+            !want
+                .iter()
+                .any(|c| c == "CAP_SYS_ADMIN" || c == "CAP_SYS_PTRACE" || c == "CAP_NET_ADMIN")
+        );
     }
 
     #[test]
     fn namespaces_and_id_mappings() {
         let j = json();
-        let mut ns: Vec<&str> =
-            j["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
+        let mut ns: Vec<&str> = j["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap())
+            .collect();
         ns.sort();
         assert_eq!(ns, ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"]);
-        assert!(j["linux"]["namespaces"].as_array().unwrap().iter().all(|n| n.get("path").is_none()));
+        assert!(
+            j["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n.get("path").is_none())
+        );
         for key in ["uidMappings", "gidMappings"] {
             assert_eq!(
                 j["linux"][key],
@@ -445,7 +530,12 @@ mod tests {
     fn mounts_include_agent_and_system_filesystems() {
         let j = json();
         let mounts = j["mounts"].as_array().unwrap();
-        let find = |dest: &str| mounts.iter().find(|m| m["destination"] == dest).unwrap_or_else(|| panic!("{dest}"));
+        let find = |dest: &str| {
+            mounts
+                .iter()
+                .find(|m| m["destination"] == dest)
+                .unwrap_or_else(|| panic!("{dest}"))
+        };
         for (dest, typ) in [
             ("/proc", "proc"),
             ("/dev", "tmpfs"),
@@ -465,7 +555,12 @@ mod tests {
         assert_eq!(find("/etc/hosts")["source"], "/data/run/sb-1234/hosts");
         assert_eq!(find("/etc/hostname")["source"], "/data/run/sb-1234/hostname");
         assert!(find("/sys")["options"].as_array().unwrap().contains(&"ro".into()));
-        assert!(find("/dev/pts")["options"].as_array().unwrap().contains(&"gid=5".into()));
+        assert!(
+            find("/dev/pts")["options"]
+                .as_array()
+                .unwrap()
+                .contains(&"gid=5".into())
+        );
         // Parents come before children.
         let pos = |d: &str| mounts.iter().position(|m| m["destination"] == d).unwrap();
         assert!(pos("/dev") < pos("/dev/pts") && pos("/.burrow") < pos("/.burrow/agent"));
@@ -475,11 +570,23 @@ mod tests {
     fn masked_and_readonly_paths() {
         let j = json();
         let masked = j["linux"]["maskedPaths"].as_array().unwrap();
-        for p in ["/proc/kcore", "/proc/keys", "/sys/firmware", "/proc/sched_debug", "/sys/devices/virtual/powercap"] {
+        for p in [
+            "/proc/kcore",
+            "/proc/keys",
+            "/sys/firmware",
+            "/proc/sched_debug",
+            "/sys/devices/virtual/powercap",
+        ] {
             assert!(masked.contains(&p.into()), "{p}");
         }
         let ro = j["linux"]["readonlyPaths"].as_array().unwrap();
-        for p in ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"] {
+        for p in [
+            "/proc/sys",
+            "/proc/sysrq-trigger",
+            "/proc/irq",
+            "/proc/bus",
+            "/proc/fs",
+        ] {
             assert!(ro.contains(&p.into()), "{p}");
         }
     }
@@ -494,7 +601,10 @@ mod tests {
         assert_eq!(r["memory"]["limit"], 512 * 1024 * 1024);
         assert_eq!(r["memory"]["swap"], 512 * 1024 * 1024);
         assert_eq!(r["pids"]["limit"], 256);
-        assert_eq!(r["devices"][0], serde_json::json!({ "allow": false, "type": "a", "access": "rwm" }));
+        assert_eq!(
+            r["devices"][0],
+            serde_json::json!({ "allow": false, "type": "a", "access": "rwm" })
+        );
 
         let mut no_swap = inputs();
         no_swap.limit_swap = false;
@@ -510,21 +620,24 @@ mod tests {
 
     #[test]
     fn rejects_bad_specs() {
-        let cases: Vec<Box<dyn Fn(&mut SandboxSpec)>> = vec![
-            Box::new(|s| s.id = "../x".into()),
-            Box::new(|s| s.id = String::new()),
-            Box::new(|s| s.hostname = "a b".into()),
-            Box::new(|s| s.hostname = "x".repeat(64)),
-            Box::new(|s| s.rootfs = "relative".into()),
-            Box::new(|s| s.resources.cpus = f64::NAN),
-            Box::new(|s| s.resources.cpus = 0.0),
-            Box::new(|s| s.resources.memory_mb = 0),
-            Box::new(|s| s.resources.pids = 0),
+        let cases: [fn(&mut SandboxSpec); 9] = [
+            |s| s.id = "../x".into(),
+            |s| s.id = String::new(),
+            |s| s.hostname = "a b".into(),
+            |s| s.hostname = "x".repeat(64),
+            |s| s.rootfs = "relative".into(),
+            |s| s.resources.cpus = f64::NAN,
+            |s| s.resources.cpus = 0.0,
+            |s| s.resources.memory_mb = 0,
+            |s| s.resources.pids = 0,
         ];
         for (i, break_it) in cases.iter().enumerate() {
             let mut s = spec();
             break_it(&mut s);
-            assert!(matches!(build(&s, &inputs()), Err(EngineError::Spec(_))), "case {i}");
+            assert!(
+                matches!(build(&s, &inputs()), Err(EngineError::Spec(_))),
+                "case {i}"
+            );
         }
     }
 }

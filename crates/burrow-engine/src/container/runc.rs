@@ -76,11 +76,14 @@ impl Runc {
 
     /// Runs `runc --root <root> <args>` to completion, capturing its output.
     fn output(&self, args: &[&str]) -> Result<Output> {
-        self.command().args(args).output().map_err(|source| EngineError::Io {
-            op: "spawn",
-            path: self.bin.clone(),
-            source,
-        })
+        self.command()
+            .args(args)
+            .output()
+            .map_err(|source| EngineError::Io {
+                op: "spawn",
+                path: self.bin.clone(),
+                source,
+            })
     }
 
     /// Like `output`, but a non-zero exit becomes `EngineError::Command`.
@@ -89,21 +92,33 @@ impl Runc {
         if out.status.success() {
             Ok(out)
         } else {
-            Err(EngineError::Command { cmd: self.describe(args), detail: failure_detail(&out) })
+            Err(EngineError::Command {
+                cmd: self.describe(args),
+                detail: failure_detail(&out),
+            })
         }
     }
 
     pub fn version(&self) -> Result<String> {
         let out = self.checked(&["--version"])?;
-        Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_owned())
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned())
     }
 
     /// `runc run --detach`: creates and starts the container; returns once its init runs.
     /// The init is not our child: runc exits and the kernel reparents it.
     pub fn run_detached(&self, a: RunArgs<'_>) -> Result<()> {
         let mut cmd = self.command();
-        cmd.arg("--log").arg(a.log_file).args(["--log-format", "text", "run", "--detach", "--bundle"]);
-        cmd.arg(a.bundle).arg("--pid-file").arg(a.pid_file).args(["--preserve-fds", "1", a.id]);
+        cmd.arg("--log")
+            .arg(a.log_file)
+            .args(["--log-format", "text", "run", "--detach", "--bundle"]);
+        cmd.arg(a.bundle)
+            .arg("--pid-file")
+            .arg(a.pid_file)
+            .args(["--preserve-fds", "1", a.id]);
         let stderr = a.output.try_clone().map_err(|source| EngineError::Io {
             op: "dup",
             path: a.log_file.to_owned(),
@@ -111,7 +126,11 @@ impl Runc {
         })?;
         cmd.stdout(a.output).stderr(stderr);
         sys::pass_fd_as_3(&mut cmd, a.listen_fd.as_raw_fd(), a.nofile);
-        let status = cmd.status().map_err(|source| EngineError::Io { op: "spawn", path: self.bin.clone(), source });
+        let status = cmd.status().map_err(|source| EngineError::Io {
+            op: "spawn",
+            path: self.bin.clone(),
+            source,
+        });
         // The listening fd now lives in the sandbox's init (or nowhere, on failure).
         drop(a.listen_fd);
         let status = status?;
@@ -137,12 +156,17 @@ impl Runc {
             if is_not_found(&stderr) {
                 return Ok(None);
             }
-            return Err(EngineError::Command { cmd: self.describe(&["state", id]), detail: failure_detail(&out) });
+            return Err(EngineError::Command {
+                cmd: self.describe(&["state", id]),
+                detail: failure_detail(&out),
+            });
         }
-        serde_json::from_slice(&out.stdout).map(Some).map_err(|e| EngineError::Command {
-            cmd: self.describe(&["state", id]),
-            detail: format!("unparsable output: {e}"),
-        })
+        serde_json::from_slice(&out.stdout)
+            .map(Some)
+            .map_err(|e| EngineError::Command {
+                cmd: self.describe(&["state", id]),
+                detail: format!("unparsable output: {e}"),
+            })
     }
 
     /// Ids of every container under our root.
@@ -152,10 +176,11 @@ impl Runc {
         }
         let out = self.checked(&["list", "--format", "json"])?;
         // runc prints `null` when there are none.
-        let entries: Option<Vec<ListEntry>> = serde_json::from_slice(&out.stdout).map_err(|e| EngineError::Command {
-            cmd: self.describe(&["list"]),
-            detail: format!("unparsable output: {e}"),
-        })?;
+        let entries: Option<Vec<ListEntry>> =
+            serde_json::from_slice(&out.stdout).map_err(|e| EngineError::Command {
+                cmd: self.describe(&["list"]),
+                detail: format!("unparsable output: {e}"),
+            })?;
         Ok(entries.unwrap_or_default().into_iter().map(|e| e.id).collect())
     }
 
@@ -166,10 +191,16 @@ impl Runc {
             return Ok(true);
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
-        if is_not_found(&stderr) || stderr.contains("not running") || stderr.contains("process already finished") {
+        if is_not_found(&stderr)
+            || stderr.contains("not running")
+            || stderr.contains("process already finished")
+        {
             return Ok(false);
         }
-        Err(EngineError::Command { cmd: self.describe(&["kill", id, signal]), detail: failure_detail(&out) })
+        Err(EngineError::Command {
+            cmd: self.describe(&["kill", id, signal]),
+            detail: failure_detail(&out),
+        })
     }
 
     /// `runc delete --force`: kills what is left and removes the container's state and cgroups.
@@ -179,7 +210,10 @@ impl Runc {
         if out.status.success() || is_not_found(&String::from_utf8_lossy(&out.stderr)) {
             return Ok(());
         }
-        Err(EngineError::Command { cmd: self.describe(&["delete", "--force", id]), detail: failure_detail(&out) })
+        Err(EngineError::Command {
+            cmd: self.describe(&["delete", "--force", id]),
+            detail: failure_detail(&out),
+        })
     }
 
     pub fn pause(&self, id: &str) -> Result<()> {
@@ -208,11 +242,14 @@ fn last(s: &str, max: usize) -> &str {
 /// The last `max` bytes of a text file, for error messages ("" when unreadable).
 pub fn tail(path: &Path, max: usize) -> String {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = File::open(path) else { return String::new() };
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let max = u64::try_from(max).unwrap_or(u64::MAX);
     let mut buf = Vec::new();
-    if f.seek(SeekFrom::Start(len.saturating_sub(max))).is_err() || f.take(max).read_to_end(&mut buf).is_err() {
+    if f.seek(SeekFrom::Start(len.saturating_sub(max))).is_err() || f.take(max).read_to_end(&mut buf).is_err()
+    {
         return String::new();
     }
     String::from_utf8_lossy(&buf).trim().to_owned()

@@ -18,6 +18,7 @@ use oci_spec::runtime::{
 /// Syscalls allowed unconditionally. Docker's default list, plus `ptrace`,
 /// `process_vm_readv`/`writev` (safe inside a user+pid namespace on kernels >= 4.8, as Docker
 /// does), `arch_prctl`/`modify_ldt` (x86) and `chroot` (we keep CAP_SYS_CHROOT).
+#[rustfmt::skip]
 const ALLOWED: &[&str] = &[
     "accept", "accept4", "access", "adjtimex", "alarm", "bind", "brk", "capget", "capset", "chdir",
     "chmod", "chown", "chown32", "clock_adjtime", "clock_adjtime64", "clock_getres",
@@ -30,50 +31,48 @@ const ALLOWED: &[&str] = &[
     "fcntl", "fcntl64", "fdatasync", "fgetxattr", "flistxattr", "flock", "fork", "fremovexattr",
     "fsetxattr", "fstat", "fstat64", "fstatat64", "fstatfs", "fstatfs64", "fsync", "ftruncate",
     "ftruncate64", "futex", "futex_requeue", "futex_time64", "futex_wait", "futex_waitv",
-    "futex_wake", "futimesat", "getcpu", "getcwd", "getdents", "getdents64", "getegid",
-    "getegid32", "geteuid", "geteuid32", "getgid", "getgid32", "getgroups", "getgroups32",
-    "getitimer", "getpeername", "getpgid", "getpgrp", "getpid", "getppid", "getpriority",
-    "getrandom", "getresgid", "getresgid32", "getresuid", "getresuid32", "getrlimit",
-    "get_robust_list", "getrusage", "getsid", "getsockname", "getsockopt", "get_thread_area",
-    "gettid", "gettimeofday", "getuid", "getuid32", "getxattr", "inotify_add_watch",
-    "inotify_init", "inotify_init1", "inotify_rm_watch", "io_cancel", "ioctl", "io_destroy",
-    "io_getevents", "io_pgetevents", "io_pgetevents_time64", "ioprio_get", "ioprio_set",
-    "io_setup", "io_submit", "io_uring_enter", "io_uring_register", "io_uring_setup", "ipc",
-    "kill", "landlock_add_rule", "landlock_create_ruleset", "landlock_restrict_self", "lchown",
-    "lchown32", "lgetxattr", "link", "linkat", "listen", "listxattr", "llistxattr", "_llseek",
-    "lremovexattr", "lseek", "lsetxattr", "lstat", "lstat64", "madvise", "map_shadow_stack",
-    "membarrier", "memfd_create", "memfd_secret", "mincore", "mkdir", "mkdirat", "mknod",
-    "mknodat", "mlock", "mlock2", "mlockall", "mmap", "mmap2", "mprotect", "mq_getsetattr",
-    "mq_notify", "mq_open", "mq_timedreceive", "mq_timedreceive_time64", "mq_timedsend",
-    "mq_timedsend_time64", "mq_unlink", "mremap", "msgctl", "msgget", "msgrcv", "msgsnd", "msync",
-    "munlock", "munlockall", "munmap", "name_to_handle_at", "nanosleep", "newfstatat",
-    "_newselect", "open", "openat", "openat2", "pause", "pidfd_open", "pidfd_send_signal", "pipe",
-    "pipe2", "pkey_alloc", "pkey_free", "pkey_mprotect", "poll", "ppoll", "ppoll_time64", "prctl",
-    "pread64", "preadv", "preadv2", "prlimit64", "process_mrelease", "pselect6",
-    "pselect6_time64", "pwrite64", "pwritev", "pwritev2", "read", "readahead", "readlink",
-    "readlinkat", "readv", "recv", "recvfrom", "recvmmsg", "recvmmsg_time64", "recvmsg",
-    "remap_file_pages", "removexattr", "rename", "renameat", "renameat2", "restart_syscall",
-    "rmdir", "rseq", "rt_sigaction", "rt_sigpending", "rt_sigprocmask", "rt_sigqueueinfo",
-    "rt_sigreturn", "rt_sigsuspend", "rt_sigtimedwait", "rt_sigtimedwait_time64",
-    "rt_tgsigqueueinfo", "sched_getaffinity", "sched_getattr", "sched_getparam",
-    "sched_get_priority_max", "sched_get_priority_min", "sched_getscheduler",
-    "sched_rr_get_interval", "sched_rr_get_interval_time64", "sched_setaffinity",
-    "sched_setattr", "sched_setparam", "sched_setscheduler", "sched_yield", "seccomp", "select",
-    "semctl", "semget", "semop", "semtimedop", "semtimedop_time64", "send", "sendfile",
-    "sendfile64", "sendmmsg", "sendmsg", "sendto", "setfsgid", "setfsgid32", "setfsuid",
-    "setfsuid32", "setgid", "setgid32", "setgroups", "setgroups32", "setitimer", "setpgid",
-    "setpriority", "setregid", "setregid32", "setresgid", "setresgid32", "setresuid",
-    "setresuid32", "setreuid", "setreuid32", "setrlimit", "set_robust_list", "setsid",
-    "setsockopt", "set_thread_area", "set_tid_address", "setuid", "setuid32", "setxattr", "shmat",
-    "shmctl", "shmdt", "shmget", "shutdown", "sigaltstack", "signalfd", "signalfd4", "sigprocmask",
-    "sigreturn", "socketcall", "socketpair", "splice", "stat", "stat64", "statfs", "statfs64",
-    "statx", "symlink", "symlinkat", "sync", "sync_file_range", "syncfs", "sysinfo", "tee",
-    "tgkill", "time", "timer_create", "timer_delete", "timer_getoverrun", "timer_gettime",
-    "timer_gettime64", "timer_settime", "timer_settime64", "timerfd_create", "timerfd_gettime",
-    "timerfd_gettime64", "timerfd_settime", "timerfd_settime64", "times", "tkill", "truncate",
-    "truncate64", "ugetrlimit", "umask", "uname", "unlink", "unlinkat", "utime", "utimensat",
-    "utimensat_time64", "utimes", "vfork", "vmsplice", "wait4", "waitid", "waitpid", "write",
-    "writev",
+    "futex_wake", "futimesat", "getcpu", "getcwd", "getdents", "getdents64", "getegid", "getegid32",
+    "geteuid", "geteuid32", "getgid", "getgid32", "getgroups", "getgroups32", "getitimer",
+    "getpeername", "getpgid", "getpgrp", "getpid", "getppid", "getpriority", "getrandom",
+    "getresgid", "getresgid32", "getresuid", "getresuid32", "getrlimit", "get_robust_list",
+    "getrusage", "getsid", "getsockname", "getsockopt", "get_thread_area", "gettid", "gettimeofday",
+    "getuid", "getuid32", "getxattr", "inotify_add_watch", "inotify_init", "inotify_init1",
+    "inotify_rm_watch", "io_cancel", "ioctl", "io_destroy", "io_getevents", "io_pgetevents",
+    "io_pgetevents_time64", "ioprio_get", "ioprio_set", "io_setup", "io_submit", "io_uring_enter",
+    "io_uring_register", "io_uring_setup", "ipc", "kill", "landlock_add_rule",
+    "landlock_create_ruleset", "landlock_restrict_self", "lchown", "lchown32", "lgetxattr", "link",
+    "linkat", "listen", "listxattr", "llistxattr", "_llseek", "lremovexattr", "lseek", "lsetxattr",
+    "lstat", "lstat64", "madvise", "map_shadow_stack", "membarrier", "memfd_create", "memfd_secret",
+    "mincore", "mkdir", "mkdirat", "mknod", "mknodat", "mlock", "mlock2", "mlockall", "mmap",
+    "mmap2", "mprotect", "mq_getsetattr", "mq_notify", "mq_open", "mq_timedreceive",
+    "mq_timedreceive_time64", "mq_timedsend", "mq_timedsend_time64", "mq_unlink", "mremap",
+    "msgctl", "msgget", "msgrcv", "msgsnd", "msync", "munlock", "munlockall", "munmap",
+    "name_to_handle_at", "nanosleep", "newfstatat", "_newselect", "open", "openat", "openat2",
+    "pause", "pidfd_open", "pidfd_send_signal", "pipe", "pipe2", "pkey_alloc", "pkey_free",
+    "pkey_mprotect", "poll", "ppoll", "ppoll_time64", "prctl", "pread64", "preadv", "preadv2",
+    "prlimit64", "process_mrelease", "pselect6", "pselect6_time64", "pwrite64", "pwritev",
+    "pwritev2", "read", "readahead", "readlink", "readlinkat", "readv", "recv", "recvfrom",
+    "recvmmsg", "recvmmsg_time64", "recvmsg", "remap_file_pages", "removexattr", "rename",
+    "renameat", "renameat2", "restart_syscall", "rmdir", "rseq", "rt_sigaction", "rt_sigpending",
+    "rt_sigprocmask", "rt_sigqueueinfo", "rt_sigreturn", "rt_sigsuspend", "rt_sigtimedwait",
+    "rt_sigtimedwait_time64", "rt_tgsigqueueinfo", "sched_getaffinity", "sched_getattr",
+    "sched_getparam", "sched_get_priority_max", "sched_get_priority_min", "sched_getscheduler",
+    "sched_rr_get_interval", "sched_rr_get_interval_time64", "sched_setaffinity", "sched_setattr",
+    "sched_setparam", "sched_setscheduler", "sched_yield", "seccomp", "select", "semctl", "semget",
+    "semop", "semtimedop", "semtimedop_time64", "send", "sendfile", "sendfile64", "sendmmsg",
+    "sendmsg", "sendto", "setfsgid", "setfsgid32", "setfsuid", "setfsuid32", "setgid", "setgid32",
+    "setgroups", "setgroups32", "setitimer", "setpgid", "setpriority", "setregid", "setregid32",
+    "setresgid", "setresgid32", "setresuid", "setresuid32", "setreuid", "setreuid32", "setrlimit",
+    "set_robust_list", "setsid", "setsockopt", "set_thread_area", "set_tid_address", "setuid",
+    "setuid32", "setxattr", "shmat", "shmctl", "shmdt", "shmget", "shutdown", "sigaltstack",
+    "signalfd", "signalfd4", "sigprocmask", "sigreturn", "socketcall", "socketpair", "splice",
+    "stat", "stat64", "statfs", "statfs64", "statx", "symlink", "symlinkat", "sync",
+    "sync_file_range", "syncfs", "sysinfo", "tee", "tgkill", "time", "timer_create", "timer_delete",
+    "timer_getoverrun", "timer_gettime", "timer_gettime64", "timer_settime", "timer_settime64",
+    "timerfd_create", "timerfd_gettime", "timerfd_gettime64", "timerfd_settime",
+    "timerfd_settime64", "times", "tkill", "truncate", "truncate64", "ugetrlimit", "umask", "uname",
+    "unlink", "unlinkat", "utime", "utimensat", "utimensat_time64", "utimes", "vfork", "vmsplice",
+    "wait4", "waitid", "waitpid", "write", "writev",
     // Docker allows these from kernel 4.8 on: ptrace can no longer bypass seccomp there, and
     // the user and pid namespaces confine what can be traced.
     "ptrace", "process_vm_readv", "process_vm_writev",
@@ -121,12 +120,24 @@ fn allow_if(name: &str, index: usize, op: LinuxSeccompOperator, value: u64, valu
 /// The filter for a sandbox's processes.
 pub fn profile() -> LinuxSeccomp {
     let mut syscalls = vec![rule(ALLOWED, LinuxSeccompAction::ScmpActAllow)];
-    syscalls.push(allow_if("socket", 0, LinuxSeccompOperator::ScmpCmpNe, AF_VSOCK, 0));
+    syscalls.push(allow_if(
+        "socket",
+        0,
+        LinuxSeccompOperator::ScmpCmpNe,
+        AF_VSOCK,
+        0,
+    ));
     for &p in PERSONALITIES {
         syscalls.push(allow_if("personality", 0, LinuxSeccompOperator::ScmpCmpEq, p, 0));
     }
     // clone without namespace flags only: (flags & MASK) == 0.
-    syscalls.push(allow_if("clone", 0, LinuxSeccompOperator::ScmpCmpMaskedEq, CLONE_NAMESPACE_MASK, 0));
+    syscalls.push(allow_if(
+        "clone",
+        0,
+        LinuxSeccompOperator::ScmpCmpMaskedEq,
+        CLONE_NAMESPACE_MASK,
+        0,
+    ));
     // clone3 passes its flags in memory, out of seccomp's reach: answer ENOSYS so that libcs
     // fall back to clone, whose flags we can check.
     let mut clone3 = rule(&["clone3"], LinuxSeccompAction::ScmpActErrno);
@@ -136,7 +147,11 @@ pub fn profile() -> LinuxSeccomp {
     let mut seccomp = LinuxSeccomp::default();
     seccomp.set_default_action(LinuxSeccompAction::ScmpActErrno);
     seccomp.set_default_errno_ret(Some(EPERM));
-    seccomp.set_architectures(Some(vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]));
+    seccomp.set_architectures(Some(vec![
+        Arch::ScmpArchX86_64,
+        Arch::ScmpArchX86,
+        Arch::ScmpArchX32,
+    ]));
     seccomp.set_syscalls(Some(syscalls));
     seccomp
 }
@@ -187,14 +202,55 @@ mod tests {
     fn dangerous_syscalls_are_denied() {
         let p = profile();
         for name in [
-            "keyctl", "add_key", "request_key", "bpf", "init_module", "finit_module", "delete_module",
-            "kexec_load", "kexec_file_load", "perf_event_open", "mount", "umount", "umount2",
-            "pivot_root", "unshare", "setns", "open_by_handle_at", "userfaultfd", "reboot", "swapon",
-            "swapoff", "iopl", "ioperm", "syslog", "acct", "settimeofday", "clock_settime",
-            "sethostname", "setdomainname", "fsopen", "fsmount", "move_mount", "open_tree", "quotactl",
-            "lookup_dcookie", "vhangup", "kcmp", "pidfd_getfd", "nfsservctl", "uselib", "ustat",
-            "sysfs", "_sysctl", "get_kernel_syms", "query_module", "create_module", "mbind",
-            "set_mempolicy", "name_not_a_syscall",
+            "keyctl",
+            "add_key",
+            "request_key",
+            "bpf",
+            "init_module",
+            "finit_module",
+            "delete_module",
+            "kexec_load",
+            "kexec_file_load",
+            "perf_event_open",
+            "mount",
+            "umount",
+            "umount2",
+            "pivot_root",
+            "unshare",
+            "setns",
+            "open_by_handle_at",
+            "userfaultfd",
+            "reboot",
+            "swapon",
+            "swapoff",
+            "iopl",
+            "ioperm",
+            "syslog",
+            "acct",
+            "settimeofday",
+            "clock_settime",
+            "sethostname",
+            "setdomainname",
+            "fsopen",
+            "fsmount",
+            "move_mount",
+            "open_tree",
+            "quotactl",
+            "lookup_dcookie",
+            "vhangup",
+            "kcmp",
+            "pidfd_getfd",
+            "nfsservctl",
+            "uselib",
+            "ustat",
+            "sysfs",
+            "_sysctl",
+            "get_kernel_syms",
+            "query_module",
+            "create_module",
+            "mbind",
+            "set_mempolicy",
+            "name_not_a_syscall",
         ] {
             assert_eq!(verdict(&p, name, 0), Err(EPERM), "{name} must be denied");
         }
@@ -204,9 +260,26 @@ mod tests {
     fn common_syscalls_are_allowed() {
         let p = profile();
         for name in [
-            "read", "write", "openat", "close", "execve", "fork", "vfork", "wait4", "mmap", "futex",
-            "epoll_wait", "ptrace", "chroot", "socketpair", "setuid", "getdents64", "statx", "kill",
-            "prctl", "pidfd_open",
+            "read",
+            "write",
+            "openat",
+            "close",
+            "execve",
+            "fork",
+            "vfork",
+            "wait4",
+            "mmap",
+            "futex",
+            "epoll_wait",
+            "ptrace",
+            "chroot",
+            "socketpair",
+            "setuid",
+            "getdents64",
+            "statx",
+            "kill",
+            "prctl",
+            "pidfd_open",
         ] {
             assert_eq!(verdict(&p, name, 0), Ok(()), "{name} must be allowed");
         }
@@ -238,7 +311,11 @@ mod tests {
             libc::CLONE_NEWIPC,
             libc::CLONE_NEWCGROUP,
         ] {
-            assert_eq!(verdict(&p, "clone", (fork_flags | ns) as u64), Err(EPERM), "clone with {ns:#x}");
+            assert_eq!(
+                verdict(&p, "clone", (fork_flags | ns) as u64),
+                Err(EPERM),
+                "clone with {ns:#x}"
+            );
         }
         assert_eq!(verdict(&p, "clone3", 0), Err(ENOSYS));
     }

@@ -22,7 +22,11 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<Option<OwnedFd>> {
     let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if ret < 0 {
         let err = io::Error::last_os_error();
-        return if err.raw_os_error() == Some(libc::ESRCH) { Ok(None) } else { Err(err) };
+        return if err.raw_os_error() == Some(libc::ESRCH) {
+            Ok(None)
+        } else {
+            Err(err)
+        };
     }
     let fd = RawFd::try_from(ret).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
@@ -51,7 +55,12 @@ pub(crate) fn wait_pidfd(pidfd: &OwnedFd, timeout: Duration) -> io::Result<bool>
 /// Creates a listening unix stream socket at `path`, mode 0600 from the start (the socket
 /// inode's mode is set before `bind`, which creates the file with it), close-on-exec.
 pub(crate) fn listen_unix(path: &Path) -> io::Result<OwnedFd> {
-    let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     fchmod(&fd, Mode::from_bits_truncate(0o600))?;
     let addr = UnixAddr::new(path)?;
     bind(fd.as_raw_fd(), &addr)?;
@@ -64,7 +73,10 @@ pub(crate) fn listen_unix(path: &Path) -> io::Result<OwnedFd> {
 /// container: raising a hard limit needs CAP_SYS_RESOURCE in the initial user namespace, which
 /// runc's init no longer has once it is inside the sandbox's user namespace.
 pub(crate) fn pass_fd_as_3(cmd: &mut Command, fd: RawFd, nofile: u64) {
-    let lim = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+    let lim = libc::rlimit {
+        rlim_cur: nofile,
+        rlim_max: nofile,
+    };
     // SAFETY: the closure runs between fork and exec, so it only makes async-signal-safe
     // system calls (dup2, fcntl, setrlimit) on values captured by copy; it allocates nothing
     // and takes no locks.
@@ -88,12 +100,27 @@ pub(crate) fn pass_fd_as_3(cmd: &mut Command, fd: RawFd, nofile: u64) {
     }
 }
 
-/// The largest RLIMIT_NOFILE the kernel allows (`fs.nr_open`).
-pub(crate) fn nr_open() -> u64 {
-    std::fs::read_to_string("/proc/sys/fs/nr_open")
+/// The largest RLIMIT_NOFILE this process can hand to runc: the kernel's maximum
+/// (`fs.nr_open`) with CAP_SYS_RESOURCE, else our own hard limit.
+pub(crate) fn max_nofile() -> u64 {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(1024 * 1024)
+        .unwrap_or(1024 * 1024);
+    let can_raise = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .is_some_and(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+        });
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((_, hard)) if !can_raise => hard.min(nr_open),
+        _ => nr_open,
+    }
 }
 
 /// Whether `/sys/fs/cgroup` is a pure cgroup v2 (unified) hierarchy.

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
+
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +18,7 @@ pub const UID_BASE: u32 = 2_000_000;
 pub const BUSYBOX: &str = "/bin/busybox";
 
 /// Whether this host can run the real tests (root, runc, busybox-static). When not, the test
-/// prints why and passes: these tests belong to CI hosts set up for them.
+/// prints why and passes, unless BURROW_TEST_STRICT is set (CI hosts set up for them).
 pub fn host_ready() -> bool {
     let why = if !nix::unistd::geteuid().is_root() {
         "not root"
@@ -25,8 +27,30 @@ pub fn host_ready() -> bool {
     } else {
         return true;
     };
+    skip(why)
+}
+
+fn skip(why: &str) -> bool {
+    assert!(
+        std::env::var_os("BURROW_TEST_STRICT").is_none(),
+        "cannot run: {why}"
+    );
     eprintln!("skipping: {why}");
     false
+}
+
+/// An engine running the real agent, when the host and the agent build are ready.
+pub fn agent_engine() -> Option<TestEngine> {
+    if !host_ready() {
+        return None;
+    }
+    match agent_bin() {
+        Some(bin) => Some(TestEngine::with_agent(&bin)),
+        None => {
+            skip("agent not built (cargo build -p burrow-agent --target x86_64-unknown-linux-musl)");
+            None
+        }
+    }
 }
 
 /// lchown every entry under `root` (and `root`) to `uid`:`uid`.
@@ -44,11 +68,16 @@ pub fn chown_tree(root: &Path, uid: u32) {
 /// A minimal root tree: static busybox with its applet links, /etc/passwd and /etc/group,
 /// the usual empty directories, owned by the sandbox's root (host `uid_base`).
 pub fn busybox_rootfs(root: &Path, uid_base: u32) {
-    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "proc", "sys", "dev", "tmp", "var/tmp"] {
+    for dir in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "root", "proc", "sys", "dev", "tmp", "var/tmp",
+    ] {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
     std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-    let list = std::process::Command::new(BUSYBOX).arg("--list-full").output().unwrap();
+    let list = std::process::Command::new(BUSYBOX)
+        .arg("--list-full")
+        .output()
+        .unwrap();
     for applet in String::from_utf8(list.stdout).unwrap().lines() {
         let link = root.join(applet);
         if applet != "bin/busybox" && !link.exists() {
@@ -71,7 +100,11 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A unique sandbox id for this test process.
 pub fn unique_id(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// One engine with private runc root and cgroup parent, in a temporary directory.
@@ -92,7 +125,10 @@ pub fn agent_bin() -> Option<PathBuf> {
 impl TestEngine {
     /// An engine whose sandboxes run `init` (an argv inside the busybox root) instead of the agent.
     pub fn with_init(init: &[&str]) -> Self {
-        Self::build(Path::new(BUSYBOX), Some(init.iter().map(|s| (*s).to_owned()).collect()))
+        Self::build(
+            Path::new(BUSYBOX),
+            Some(init.iter().map(|s| (*s).to_owned()).collect()),
+        )
     }
 
     pub fn with_agent(agent: &Path) -> Self {
@@ -100,12 +136,15 @@ impl TestEngine {
     }
 
     fn build(agent_bin: &Path, init_args: Option<Vec<String>>) -> Self {
-        let dir = tempfile::Builder::new().prefix("burrow-eng-").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("burrow-eng-")
+            .tempdir_in("/tmp")
+            .unwrap();
         // The sandbox's root (an unprivileged host uid) must traverse to its root tree.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let mut cfg = ContainerConfig::new(dir.path().join("runc"), agent_bin);
         cfg.uid_base = UID_BASE;
-        cfg.cgroup_parent = format!("burrow-test-{}", std::process::id());
+        cfg.cgroup_parent = unique_id("burrow-test");
         cfg.init_args = init_args;
         let engine = Arc::new(ContainerEngine::new(cfg).unwrap());
         Self { engine, dir }
@@ -119,18 +158,42 @@ impl TestEngine {
         std::fs::create_dir_all(&rootfs).unwrap();
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o711)).unwrap();
         busybox_rootfs(&rootfs, UID_BASE);
-        SandboxSpec { id, hostname: name.to_owned(), rootfs, run_dir: base.join("run"), resources }
+        SandboxSpec {
+            id,
+            hostname: name.to_owned(),
+            rootfs,
+            run_dir: base.join("run"),
+            resources,
+        }
     }
 
     /// Starts `spec`; the returned guard stops it on drop.
     pub fn start(&self, spec: SandboxSpec) -> Running {
-        let guard = Running { engine: self.engine.clone(), spec };
+        let guard = Running {
+            engine: self.engine.clone(),
+            spec,
+        };
         self.engine.start(&guard.spec).unwrap();
         guard
     }
 }
 
-pub const SMALL: Resources = Resources { cpus: 1.0, memory_mb: 256, pids: 128 };
+impl Drop for TestEngine {
+    fn drop(&mut self) {
+        // runc removes each sandbox's cgroup; the per-engine parent is ours to remove.
+        for dir in self.engine.cgroup_dirs("x") {
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
+}
+
+pub const SMALL: Resources = Resources {
+    cpus: 1.0,
+    memory_mb: 256,
+    pids: 128,
+};
 
 /// A started sandbox; stopped (KILL) when dropped, whatever the test's outcome.
 pub struct Running {
@@ -148,6 +211,11 @@ impl Running {
             RuntimeStatus::Running { pid } => pid,
             other => panic!("{} is {other:?}; agent log: {}", self.id(), self.log()),
         }
+    }
+
+    /// Connects to the sandbox's agent (handshake included).
+    pub fn agent(&self) -> agent::Agent {
+        agent::Agent::connect(&self.engine.agent_socket(&self.spec.run_dir))
     }
 
     pub fn log(&self) -> String {
@@ -176,5 +244,8 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
 pub fn host_uids(pid: u32) -> Vec<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect()
+    line.split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap())
+        .collect()
 }

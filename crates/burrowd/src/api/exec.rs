@@ -84,7 +84,6 @@ async fn bridge(socket: WebSocket, session: burrow_core::ExecSession, tty: bool)
     if tx.send(text(&hello)).await.is_err() {
         return;
     }
-    let mut input = Some(input);
     let end = loop {
         tokio::select! {
             ev = output.next() => match ev {
@@ -100,13 +99,13 @@ async fn bridge(socket: WebSocket, session: burrow_core::ExecSession, tty: bool)
                 Ok(None) => break Err(("internal".to_owned(), "session ended twice".to_owned())),
                 Err(e) => break Err((e.code().to_owned(), burrow_core::error::chain(&e))),
             },
-            msg = rx.next(), if input.is_some() => {
+            msg = rx.next() => {
                 let Some(Ok(msg)) = msg else {
                     // The client went away: dropping the input ends the agent call, which
                     // kills the process group.
                     return;
                 };
-                let Some(inp) = input.as_ref() else { continue };
+                let inp = &input;
                 let res = match msg {
                     Message::Binary(b) if !b.is_empty() => match b[0] {
                         ws_stream::STDIN => inp.stdin(b[1..].to_vec()).await,

@@ -1,0 +1,190 @@
+//! Host side of the agent channel: connect over a unix socket, handshake, check the version.
+//!
+//! The host never trusts the agent: connecting and the handshake are bounded in time, and
+//! every message is bounded in size ([`MAX_MESSAGE_BYTES`]). Per-call deadlines of later
+//! calls are the caller's business (exec sessions legitimately last for hours).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::v1::{HelloReply, HelloRequest};
+use crate::{AgentClient, MAX_MESSAGE_BYTES, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
+
+/// HTTP/2 receive windows on the host: how much agent output may be in flight, per exec
+/// stream and per connection. Large enough for full-speed output, small enough to bound
+/// what one sandbox makes the host buffer.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// A connected, version-checked agent.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub client: AgentClient<Channel>,
+    /// The agent's answer to the handshake.
+    pub hello: HelloReply,
+}
+
+/// Why connecting to an agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to the agent at {path}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("the agent at {path} did not complete the handshake within {timeout:?}")]
+    Timeout { path: PathBuf, timeout: Duration },
+    #[error("the agent at {path} refused the handshake")]
+    Hello {
+        path: PathBuf,
+        #[source]
+        source: tonic::Status,
+    },
+    #[error(
+        "the agent speaks protocol version {agent}, but this host requires at least {min} (host speaks {host})"
+    )]
+    ProtocolTooOld { agent: u32, min: u32, host: u32 },
+}
+
+/// Connects to the agent listening on the unix socket `path` and performs the `Hello`
+/// handshake, all within `timeout`.
+pub async fn connect_unix(path: &Path, timeout: Duration) -> Result<Connection, ConnectError> {
+    match tokio::time::timeout(timeout, connect_and_hello(path)).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::Timeout {
+            path: path.to_owned(),
+            timeout,
+        }),
+    }
+}
+
+async fn connect_and_hello(path: &Path) -> Result<Connection, ConnectError> {
+    let socket = path.to_owned();
+    let connector = tower::service_fn(move |_: Uri| {
+        let socket = socket.clone();
+        async move { UnixStream::connect(socket).await.map(TokioIo::new) }
+    });
+    // The URI is required by the API but never resolved: the connector picks the socket.
+    let channel = Endpoint::from_static("http://burrow-agent")
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .connect_with_connector(connector)
+        .await
+        .map_err(|source| ConnectError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut client = AgentClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let hello = client
+        .hello(HelloRequest {
+            protocol_version: PROTOCOL_VERSION,
+            host_version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+        .await
+        .map_err(|source| ConnectError::Hello {
+            path: path.to_owned(),
+            source,
+        })?
+        .into_inner();
+    if hello.protocol_version < MIN_PROTOCOL_VERSION {
+        return Err(ConnectError::ProtocolTooOld {
+            agent: hello.protocol_version,
+            min: MIN_PROTOCOL_VERSION,
+            host: PROTOCOL_VERSION,
+        });
+    }
+    Ok(Connection { client, hello })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{ExecInput, ExecOutput, ShutdownReply, ShutdownRequest};
+    use crate::{Agent, AgentServer};
+    use tokio_stream::wrappers::UnixListenerStream;
+    use tonic::{Request, Response, Status, Streaming};
+
+    /// An agent that answers Hello with a fixed protocol version and nothing else.
+    struct FakeAgent(u32);
+
+    #[tonic::async_trait]
+    impl Agent for FakeAgent {
+        async fn hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+            Ok(Response::new(HelloReply {
+                protocol_version: self.0,
+                agent_version: "fake".into(),
+                pid: 1,
+            }))
+        }
+        type ExecStream = tokio_stream::Empty<Result<ExecOutput, Status>>;
+        async fn exec(&self, _: Request<Streaming<ExecInput>>) -> Result<Response<Self::ExecStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn shutdown(&self, _: Request<ShutdownRequest>) -> Result<Response<ShutdownReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+    }
+
+    fn serve_fake(dir: &tempfile::TempDir, version: u32) -> PathBuf {
+        let path = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AgentServer::new(FakeAgent(version)))
+                .serve_with_incoming(UnixListenerStream::new(listener)),
+        );
+        path
+    }
+
+    #[tokio::test]
+    async fn accepts_current_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = serve_fake(&dir, PROTOCOL_VERSION);
+        let conn = connect_unix(&path, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(conn.hello.protocol_version, PROTOCOL_VERSION);
+        assert_eq!(conn.hello.agent_version, "fake");
+    }
+
+    #[tokio::test]
+    async fn refuses_old_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = serve_fake(&dir, MIN_PROTOCOL_VERSION - 1);
+        let err = connect_unix(&path, Duration::from_secs(10)).await.unwrap_err();
+        assert!(
+            matches!(err, ConnectError::ProtocolTooOld { agent, min, .. } if agent == MIN_PROTOCOL_VERSION - 1 && min == MIN_PROTOCOL_VERSION),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("version {}", MIN_PROTOCOL_VERSION - 1)),
+            "{msg}"
+        );
+        assert!(msg.contains(&format!("at least {MIN_PROTOCOL_VERSION}")), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn silent_agent_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mute.sock");
+        // Accepts connections (the kernel does, via the backlog) but never speaks HTTP/2.
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let err = connect_unix(&path, Duration::from_millis(300)).await.unwrap_err();
+        assert!(matches!(err, ConnectError::Timeout { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn missing_socket_is_a_connect_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = connect_unix(&dir.path().join("none.sock"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::Connect { .. }), "{err:?}");
+    }
+}

@@ -1,0 +1,342 @@
+//! The btrfs driver on a real loop-backed btrfs: volumes, snapshots, read-only, crash reuse,
+//! confinement and a full pool.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+
+use burrow_storage::{PoolKind, StorageError, release_pool};
+use common::{MIB, TestPool, is_root, loops_of, mounts_at};
+
+#[test]
+fn create_snapshot_delete() {
+    if !is_root() {
+        return;
+    }
+    let t = TestPool::btrfs();
+    let pool = t.pool();
+    assert_eq!(pool.kind_name(), "btrfs");
+    let vol = t.path("sandboxes/a");
+    pool.create_volume(&vol).unwrap();
+    assert!(pool.is_volume(&vol));
+    assert_eq!(std::fs::metadata(&vol).unwrap().ino(), 256);
+    assert!(matches!(pool.create_volume(&vol), Err(StorageError::Exists(_))));
+    std::fs::write(vol.join("hello"), b"world").unwrap();
+    assert_eq!(pool.volume_size(&vol).unwrap(), 5);
+
+    let snap = t.path("checkpoints/a/v1");
+    pool.snapshot(&vol, &snap, false).unwrap();
+    assert!(pool.is_volume(&snap));
+    assert_eq!(std::fs::read(snap.join("hello")).unwrap(), b"world");
+    assert!(matches!(pool.snapshot(&vol, &snap, false), Err(StorageError::Exists(_))));
+
+    // A plain directory is not a volume and cannot be snapshotted.
+    std::fs::create_dir(vol.join("plain")).unwrap();
+    assert!(!pool.is_volume(&vol.join("plain")));
+    assert!(matches!(
+        pool.snapshot(&vol.join("plain"), &t.path("x"), false),
+        Err(StorageError::NotVolume(_))
+    ));
+    assert!(matches!(
+        pool.snapshot(&t.path("missing"), &t.path("x"), false),
+        Err(StorageError::NotFound(_))
+    ));
+
+    pool.delete_volume(&snap).unwrap();
+    pool.delete_volume(&vol).unwrap();
+    assert!(!vol.exists() && !snap.exists());
+    // Idempotent, also when a parent is missing.
+    pool.delete_volume(&vol).unwrap();
+    pool.delete_volume(&t.path("nothing/here")).unwrap();
+}
+
+#[test]
+fn snapshot_is_independent_both_ways() {
+    if !is_root() {
+        return;
+    }
+    let t = TestPool::btrfs();
+    let pool = t.pool();
+    let src = t.path("sandboxes/src");
+    let dst = t.path("sandboxes/dst");
+    pool.create_volume(&src).unwrap();
+    std::fs::write(src.join("shared"), b"v1").unwrap();
+    pool.snapshot(&src, &dst, false).unwrap();
+
+    std::fs::write(src.join("shared"), b"changed in src").unwrap();
+    std::fs::write(src.join("only-src"), b"x").unwrap();
+    std::fs::write(dst.join("only-dst"), b"y").unwrap();
+    std::fs::remove_file(dst.join("shared")).unwrap();
+
+    assert_eq!(std::fs::read(src.join("shared")).unwrap(), b"changed in src");
+    assert!(!src.join("only-dst").exists());
+    assert!(!dst.join("shared").exists());
+    assert!(!dst.join("only-src").exists());
+    assert_eq!(std::fs::read(dst.join("only-dst")).unwrap(), b"y");
+}
+
+#[test]
+fn readonly_snapshots_refuse_writes_and_can_be_deleted() {
+    if !is_root() {
+        return;
+    }
+    let t = TestPool::btrfs();
+    let pool = t.pool();
+    let src = t.path("sandboxes/s");
+    pool.create_volume(&src).unwrap();
+    std::fs::write(src.join("f"), b"data").unwrap();
+    let ro = t.path("checkpoints/s/v1");
+    pool.snapshot(&src, &ro, true).unwrap();
+    assert!(pool.is_readonly(&ro).unwrap());
+    assert!(!pool.is_readonly(&src).unwrap());
+
+    let err = std::fs::write(ro.join("new"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    let err = std::fs::write(ro.join("f"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+
+    // Toggling works both ways.
+    pool.set_readonly(&ro, false).unwrap();
+    std::fs::write(ro.join("new"), b"x").unwrap();
+    pool.set_readonly(&ro, true).unwrap();
+    assert!(std::fs::write(ro.join("new2"), b"x").is_err());
+    pool.set_readonly(&ro, true).unwrap();
+
+    // A writable snapshot of a read-only one (restore/fork) is writable.
+    let fork = t.path("sandboxes/fork");
+    pool.snapshot(&ro, &fork, false).unwrap();
+    std::fs::write(fork.join("f"), b"forked").unwrap();
+    assert_eq!(std::fs::read(ro.join("f")).unwrap(), b"data");
+
+    pool.delete_volume(&ro).unwrap();
+    assert!(!ro.exists());
+}
+
+#[test]
+fn deleting_the_source_keeps_the_snapshot() {
+    if !is_root() {
+        return;
+    }
+    let t = TestPool::btrfs();
+    let pool = t.pool();
+    let src = t.path("sandboxes/s");
+    pool.create_volume(&src).unwrap();
+    let payload: Vec<u8> = (0..4 * MIB as usize).map(|i| (i % 251) as u8).collect();
+    std::fs::create_dir_all(src.join("deep/dir")).unwrap();
+    std::fs::write(src.join("deep/dir/blob"), &payload).unwrap();
+    let snap = t.path("checkpoints/s/v1");
+    pool.snapshot(&src, &snap, true).unwrap();
+    pool.delete_volume(&src).unwrap();
+    assert!(!src.exists());
+    assert_eq!(std::fs::read(snap.join("deep/dir/blob")).unwrap(), payload);
+}
+
+#[test]
+fn nested_subvolumes_are_deleted_with_their_parent() {
+    if !is_root() {
+        return;
+    }
+    let t = TestPool::btrfs();
+    let pool = t.pool();
+    let vol = t.path("sandboxes/n");
+    pool.create_volume(&vol).unwrap();
+    // What a sandbox could do itself with `btrfs subvolume create` inside its tree.
+    pool.create_volume(&vol.join("inner")).unwrap();
+    pool.create_volume(&vol.join("inner/deeper")).unwrap();
+    std::fs::write(vol.join("inner/deeper/f"), b"x").unwrap();
+    pool.set_readonly(&vol, true).unwrap();
+    pool.delete_volume(&vol).unwrap();
+    assert!(!vol.exists());
+}
+
+#[test]
+fn reopen_after_crash_reuses_the_mount() {
+    if !is_root() {
+        return;
+    }
+    let mut t = TestPool::btrfs();
+    let vol = t.path("sandboxes/keep");
+    t.pool().create_volume(&vol).unwrap();
+    std::fs::write(vol.join("f"), b"survives").unwrap();
+    let root = t.pool().root().to_owned();
+    let before = mounts_at(&root);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let loops = loops_of(&t.image());
+    assert_eq!(loops.len(), 1, "{loops:?}");
+
+    // Drop without release, as a crashed daemon would.
+    t.reopen(PoolKind::Btrfs, 1024 * MIB);
+    assert_eq!(mounts_at(&root), before, "the mount must be reused, not stacked");
+    assert_eq!(loops_of(&t.image()), loops);
+    assert_eq!(std::fs::read(vol.join("f")).unwrap(), b"survives");
+    assert!(t.pool().is_volume(&vol));
+
+    // After an unmount (e.g. a reboot of the mount, the loop device left attached) the
+    // existing loop device is mounted again rather than a second one attached.
+    t.close();
+    nix::mount::umount(&root).unwrap();
+    t.reopen(PoolKind::Auto, 1024 * MIB);
+    assert_eq!(t.pool().kind_name(), "btrfs");
+    assert_eq!(loops_of(&t.image()), loops);
+    assert_eq!(std::fs::read(vol.join("f")).unwrap(), b"survives");
+}
+
+#[test]
+fn release_is_complete_and_idempotent() {
+    if !is_root() {
+        return;
+    }
+    let t = TestPool::btrfs();
+    let root = t.pool().root().to_owned();
+    let image = t.image();
+    let data_dir = t.data_dir.path().to_owned();
+    drop(t);
+    assert!(mounts_at(&root).is_empty());
+    // The data dir is gone with the guard; releasing again is still fine.
+    release_pool(&data_dir).unwrap();
+    assert!(!image.exists());
+
+    let t = TestPool::btrfs();
+    let image = t.image();
+    let root = t.pool().root().to_owned();
+    // Releasing while the handle is still open (busy) detaches lazily.
+    release_pool(t.data_dir.path()).unwrap();
+    release_pool(t.data_dir.path()).unwrap();
+    assert!(mounts_at(&root).is_empty());
+    drop(t);
+    assert!(loops_of(&image).is_empty());
+}
+
+#[test]
+fn pools_in_parallel() {
+    if !is_root() {
+        return;
+    }
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let t = TestPool::btrfs();
+                let pool = t.pool();
+                let vol = t.path(&format!("sandboxes/p{i}"));
+                pool.create_volume(&vol).unwrap();
+                std::fs::write(vol.join("id"), i.to_string()).unwrap();
+                for n in 0..10 {
+                    pool.snapshot(&vol, &t.path(&format!("checkpoints/p{i}/v{n}")), true)
+                        .unwrap();
+                }
+                assert_eq!(
+                    std::fs::read_to_string(t.path(&format!("checkpoints/p{i}/v9/id"))).unwrap(),
+                    i.to_string()
+                );
+                let root = pool.root().to_owned();
+                (t, root)
+            })
+        })
+        .collect();
+    let pools: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let images: Vec<_> = pools.iter().map(|(t, _)| loops_of(&t.image())).collect();
+    for (i, a) in images.iter().enumerate() {
+        assert_eq!(a.len(), 1);
+        for b in &images[i + 1..] {
+            assert_ne!(a, b, "two pools share a loop device");
+        }
+    }
+    for (t, root) in pools {
+        drop(t);
+        assert!(mounts_at(&root).is_empty());
+    }
+}
+
+#[test]
+fn paths_outside_the_pool_are_refused() {
+    if !is_root() {
+        return;
+    }
+    let t = TestPool::btrfs();
+    let pool = t.pool();
+    let outside = tempfile::tempdir_in("/var/tmp").unwrap();
+    let vol = t.path("sandboxes/v");
+    pool.create_volume(&vol).unwrap();
+    // A sandbox plants a symlink to the host inside its own tree.
+    std::os::unix::fs::symlink(outside.path(), vol.join("escape")).unwrap();
+    std::os::unix::fs::symlink("/", t.path("sandboxes/root-link")).unwrap();
+
+    let bad = [
+        t.path("sandboxes/../../etc-copy"),
+        t.path("../x"),
+        pool.root().to_owned(),
+        vol.join("escape/new"),
+        t.path("sandboxes/root-link/tmp/x"),
+        std::path::PathBuf::from("/var/tmp/not-in-pool"),
+        std::path::PathBuf::from("sandboxes/relative"),
+    ];
+    for p in &bad {
+        let outside_err = |r: Result<(), StorageError>| matches!(r, Err(StorageError::OutsidePool(_)));
+        assert!(outside_err(pool.create_volume(p)), "create {p:?}");
+        assert!(outside_err(pool.snapshot(&vol, p, false)), "snapshot to {p:?}");
+        assert!(outside_err(pool.delete_volume(p)), "delete {p:?}");
+        assert!(outside_err(pool.set_readonly(p, true)), "set_readonly {p:?}");
+        assert!(!pool.is_volume(p));
+    }
+    assert!(matches!(
+        pool.snapshot(&t.path("sandboxes/root-link"), &t.path("x"), false),
+        Err(StorageError::OutsidePool(_))
+    ));
+    assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+}
+
+#[test]
+fn full_pool_reports_no_space() {
+    if !is_root() {
+        return;
+    }
+    let t = TestPool::new(PoolKind::Btrfs, 300 * MIB);
+    let pool = t.pool();
+    let small = t.path("sandboxes/small");
+    pool.create_volume(&small).unwrap();
+    std::fs::write(small.join("f"), b"small").unwrap();
+    let vol = t.path("sandboxes/big");
+    pool.create_volume(&vol).unwrap();
+
+    // Write until btrfs says no; the write must fail with ENOSPC, which the crate maps to
+    // NoSpace wherever it meets it.
+    let path = vol.join("fill");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0xa5u8; MIB as usize];
+    let mut written = 0u64;
+    let err = loop {
+        if let Err(e) = file.write_all(&chunk) {
+            break e;
+        }
+        written += MIB;
+        assert!(written <= 400 * MIB, "a 300 MiB pool took {written} bytes");
+    };
+    drop(file);
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    eprintln!("pool full after {} MiB", written / MIB);
+
+    // Metadata has its own reserve, so btrfs normally still creates subvolumes and snapshots
+    // on a data-full pool; either way the outcome is success or NoSpace with nothing left
+    // half-made.
+    let after = t.path("sandboxes/after");
+    let snap = t.path("checkpoints/small/v1");
+    for (op, r, dst) in [
+        ("create", pool.create_volume(&after), &after),
+        ("snapshot", pool.snapshot(&small, &snap, true), &snap),
+    ] {
+        eprintln!("{op} on a full pool: {r:?}");
+        match r {
+            Ok(()) => assert!(pool.is_volume(dst)),
+            Err(StorageError::NoSpace(_)) => assert!(!dst.exists()),
+            Err(e) => panic!("{op} on a full pool: unexpected {e}"),
+        }
+    }
+
+    // Space comes back once the data goes (freed at the next commit, which syncfs forces).
+    // Nothing else references the fill file; a deleted *subvolume* would only give its space
+    // back after the background cleaner ran.
+    std::fs::remove_file(&path).unwrap();
+    nix::unistd::syncfs(std::fs::File::open(pool.root()).unwrap()).unwrap();
+    std::fs::write(vol.join("again"), vec![1u8; 16 * MIB as usize]).unwrap();
+}
