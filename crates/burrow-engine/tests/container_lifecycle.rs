@@ -19,6 +19,16 @@ const GRACEFUL_INIT: &[&str] = &[
     "trap 'exit 0' TERM; while :; do sleep 1000 & wait $!; done",
 ];
 
+/// Waits until GRACEFUL_INIT has installed its TERM trap (it has forked its first sleep);
+/// a TERM before that would be ignored and the stop would have to wait out its grace.
+fn wait_graceful(sb: &Running) {
+    let pid = sb.pid();
+    let children = format!("/proc/{pid}/task/{pid}/children");
+    wait_for("init's trap", Duration::from_secs(30), || {
+        std::fs::read_to_string(&children).is_ok_and(|c| !c.trim().is_empty())
+    });
+}
+
 #[test]
 fn start_status_stop() {
     if !host_ready() {
@@ -26,6 +36,7 @@ fn start_status_stop() {
     }
     let t = TestEngine::with_init(GRACEFUL_INIT);
     let sb = t.start(t.spec("alpha", SMALL));
+    wait_graceful(&sb);
     let pid = sb.pid();
 
     // Root inside is uid_base outside.
@@ -90,6 +101,7 @@ fn start_stop_start_again() {
     let t = TestEngine::with_init(GRACEFUL_INIT);
     let spec = t.spec("again", SMALL);
     let first = t.start(spec.clone());
+    wait_graceful(&first);
     let pid1 = first.pid();
     t.engine.stop(first.id(), Duration::from_secs(30)).unwrap();
     drop(first);
@@ -110,6 +122,7 @@ fn freeze_and_thaw() {
     }
     let t = TestEngine::with_init(GRACEFUL_INIT);
     let sb = t.start(t.spec("frosty", SMALL));
+    wait_graceful(&sb);
     let pid = sb.pid();
     t.engine.freeze(sb.id()).unwrap();
     assert_eq!(t.engine.status(sb.id()).unwrap(), RuntimeStatus::Paused { pid });

@@ -117,14 +117,11 @@ impl Daemon {
     /// very first daemon on a host builds the base image tarball; later ones import it).
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(600);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         loop {
             if let Some(status) = self.child.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("burrowd exited during start ({status}); log:\n{}", self.log_text());
             }
-            let ok = rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(2), self.client().health()).await.is_ok_and(|r| r.is_ok())
-            });
+            let ok = healthz_blocking(&self.socket);
             if ok {
                 let addr = std::fs::read_to_string(self.data_dir.join("burrowd.addr")).expect("burrowd.addr");
                 *self.addr.lock().unwrap() = Some(addr.trim().parse().expect("addr"));
@@ -194,6 +191,19 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// A blocking `GET /healthz` (usable from inside or outside an async runtime).
+fn healthz_blocking(socket: &Path) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: burrow\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200")
 }
 
 /// One daemon shared by every test of a test binary. It is spawned from a thread that
