@@ -8,6 +8,8 @@ bash scripts/setup.sh
 # Reuse compiled dependencies between runs on the same machine.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/cache/burrow/target}
 export CARGO_TERM_COLOR=never
+# Tests that find a prerequisite missing must fail, not skip.
+export BURROW_TEST_STRICT=1
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

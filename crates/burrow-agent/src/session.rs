@@ -82,12 +82,18 @@ pub async fn run(proc: Spawned, mut input: Streaming<ExecInput>, tx: OutputSende
     } else {
         None
     };
-    let mut stdin_tx = stdin.map(|fd| {
-        let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
-        tokio::spawn(write_stdin(fd, tty, stdin_rx));
-        stdin_tx
-    });
+    let (mut stdin_tx, writer) = match stdin {
+        Some(fd) => {
+            let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
+            (Some(stdin_tx), Some(tokio::spawn(write_stdin(fd, tty, stdin_rx))))
+        }
+        None => (None, None),
+    };
 
+    // Input for stdin waits here while the writer is busy, so that a process that never reads
+    // its stdin cannot keep the loop from seeing its exit. (Later input, signals included,
+    // waits behind it: the input stream is ordered.)
+    let mut pending_stdin: Option<StdinMsg> = None;
     let mut host_gone = false;
     let mut kill_at: Option<Instant> = None;
     let status = loop {
@@ -98,12 +104,29 @@ pub async fn run(proc: Spawned, mut input: Streaming<ExecInput>, tx: OutputSende
             }
         };
         tokio::select! {
+            // Exit first: once reaped, the pid may be reused, so no signal may follow it.
+            biased;
             status = &mut exit => {
                 // The reaper never drops a waiter before sending; treat it as a kill.
                 break status.unwrap_or(ExitStatus::Signaled(libc::SIGKILL));
             }
-            msg = input.message(), if !host_gone => match msg {
-                Ok(Some(msg)) => handle_input(pid, msg, &mut stdin_tx, resize_fd.as_ref()).await,
+            permit = reserve(stdin_tx.clone()), if pending_stdin.is_some() => {
+                let forwarded = match (permit, pending_stdin.take()) {
+                    (Ok(permit), Some(msg)) => {
+                        permit.send(msg);
+                        true
+                    }
+                    _ => false,
+                };
+                if !forwarded {
+                    // The writer stopped (the process closed its stdin): drop further input.
+                    stdin_tx = None;
+                }
+            }
+            msg = input.message(), if !host_gone && pending_stdin.is_none() => match msg {
+                Ok(Some(msg)) => {
+                    pending_stdin = handle_input(pid, msg, resize_fd.as_ref()).filter(|_| stdin_tx.is_some());
+                }
                 // The host ended its side or the call was cancelled: nobody will ever read
                 // this process's output, so it must not outlive the call.
                 Ok(None) | Err(_) => {
@@ -123,7 +146,11 @@ pub async fn run(proc: Spawned, mut input: Streaming<ExecInput>, tx: OutputSende
     };
 
     let _ = exited_tx.send(Some(Instant::now()));
+    // A writer blocked on a terminal still held open by a descendant would never finish.
     drop(stdin_tx);
+    if let Some(writer) = writer {
+        writer.abort();
+    }
     for pump in pumps {
         let _ = pump.await;
     }
@@ -149,26 +176,19 @@ fn hang_up(pid: i32, tty: bool) -> Option<Instant> {
     }
 }
 
-async fn handle_input(
-    pid: i32,
-    msg: ExecInput,
-    stdin_tx: &mut Option<mpsc::Sender<StdinMsg>>,
-    resize_fd: Option<&OwnedFd>,
-) {
+/// Waits for room in the stdin queue (forever when there is no stdin).
+async fn reserve(tx: Option<mpsc::Sender<StdinMsg>>) -> Result<mpsc::OwnedPermit<StdinMsg>, ()> {
+    match tx {
+        Some(tx) => tx.reserve_owned().await.map_err(|_| ()),
+        None => Err(()),
+    }
+}
+
+/// Applies one input message; returns what has to be forwarded to stdin, if anything.
+fn handle_input(pid: i32, msg: ExecInput, resize_fd: Option<&OwnedFd>) -> Option<StdinMsg> {
     match msg.kind {
-        Some(exec_input::Kind::Stdin(data)) => {
-            if let Some(tx) = stdin_tx
-                && tx.send(StdinMsg::Data(data)).await.is_err()
-            {
-                // The writer stopped (process closed its stdin): drop further input.
-                *stdin_tx = None;
-            }
-        }
-        Some(exec_input::Kind::StdinEof(true)) => {
-            if let Some(tx) = stdin_tx {
-                let _ = tx.send(StdinMsg::Eof).await;
-            }
-        }
+        Some(exec_input::Kind::Stdin(data)) => return Some(StdinMsg::Data(data)),
+        Some(exec_input::Kind::StdinEof(true)) => return Some(StdinMsg::Eof),
         Some(exec_input::Kind::Resize(r)) => {
             if let (Some(fd), Ok(cols), Ok(rows)) = (resize_fd, u16::try_from(r.cols), u16::try_from(r.rows))
                 && cols > 0
@@ -184,6 +204,7 @@ async fn handle_input(
         // stream has started, so they cannot be refused with a status.
         _ => {}
     }
+    None
 }
 
 /// Reads one output fd into the response stream until EOF, or until the rules after the
@@ -235,13 +256,9 @@ async fn pump(fd: OwnedFd, stream: Stream, tx: OutputSender, mut exited: watch::
 async fn read_chunk(fd: &AsyncFd<OwnedFd>) -> Option<Vec<u8>> {
     loop {
         let mut guard = fd.readable().await.ok()?;
-        let mut buf = vec![0u8; CHUNK];
-        match guard.try_io(|inner| nix::unistd::read(inner.get_ref(), &mut buf).map_err(io::Error::from)) {
-            Ok(Ok(0)) => return None,
-            Ok(Ok(n)) => {
-                buf.truncate(n);
-                return Some(buf);
-            }
+        match guard.try_io(|inner| sys::read_chunk(inner.get_ref().as_fd(), CHUNK)) {
+            Ok(Ok(buf)) if buf.is_empty() => return None,
+            Ok(Ok(buf)) => return Some(buf),
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
             Ok(Err(_)) => return None,
             Err(_would_block) => continue,

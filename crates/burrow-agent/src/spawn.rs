@@ -25,6 +25,8 @@ use crate::user::{self, Identity, UserError};
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const DEFAULT_COLS: u16 = 80;
 const DEFAULT_ROWS: u16 = 24;
+/// Kernel buffer of stdout/stderr pipes (the default is 64 KiB).
+const OUTPUT_PIPE_BYTES: i32 = 1024 * 1024;
 
 /// Why an exec request was refused before a process existed.
 #[derive(Debug, thiserror::Error)]
@@ -295,6 +297,9 @@ pub fn spawn(reaper: &Reaper, spec: ExecSpec) -> Result<Spawned, ExecError> {
             let stdout = child.stdout.take().map(OwnedFd::from);
             let stderr = child.stderr.take().map(OwnedFd::from);
             let stdin = child.stdin.take().map(OwnedFd::from);
+            for fd in [stdout.as_ref(), stderr.as_ref()].into_iter().flatten() {
+                sys::grow_pipe(fd.as_fd(), OUTPUT_PIPE_BYTES);
+            }
             (
                 stdout.expect("Stdio::piped() always yields a handle"),
                 stderr,

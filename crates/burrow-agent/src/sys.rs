@@ -145,6 +145,25 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Reads up to `max` bytes from `fd` into a new vector, without zero-filling it first
+/// (output is forwarded at hundreds of MB/s; a memset per chunk is measurable).
+pub fn read_chunk(fd: BorrowedFd<'_>, max: usize) -> io::Result<Vec<u8>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(max);
+    // SAFETY: the pointer and length describe the vector's allocated, uninitialised spare
+    // capacity; read(2) writes at most `max` bytes there and we only expose what it wrote.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), max) };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: read(2) initialised exactly `n <= max` bytes at the start of the buffer.
+    unsafe { buf.set_len(n) };
+    Ok(buf)
+}
+
+/// Grows a pipe's kernel buffer so a fast writer is not stopped at every 64 KiB while the
+/// agent forwards the previous chunk. Best effort: the size is only a throughput hint.
+pub fn grow_pipe(fd: BorrowedFd<'_>, bytes: i32) {
+    let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(bytes));
+}
+
 /// Bytes that can be read from `fd` right now without blocking (`FIONREAD`).
 pub fn readable_bytes(fd: BorrowedFd<'_>) -> usize {
     let mut n: libc::c_int = 0;
@@ -260,4 +279,34 @@ pub fn async_fd(fd: OwnedFd, interest: tokio::io::Interest) -> io::Result<tokio:
     // SAFETY: an `OwnedFd` is open, owned exclusively, and always returns the same raw fd
     // until it is dropped together with the `AsyncFd`.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }.map_err(io::Error::from)
+}
+
+/// Marks every inherited fd above stderr close-on-exec, so nothing the agent was started
+/// with (other than stdio) reaches sandbox processes. Call before creating any fd.
+pub fn cloexec_inherited_fds() {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only changes fd flags; it reads no
+    // memory of ours.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return;
+    }
+    // Kernels before 5.11: walk /proc/self/fd instead (best effort; no /proc, nothing to do).
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a number that may or may not be open is harmless (EBADF at worst).
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
 }

@@ -467,3 +467,93 @@ async fn shutdown_rpc_kills_stubborn_processes() {
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+#[tokio::test]
+async fn exit_is_reported_while_stdin_is_blocked() {
+    let mut agent = Agent::start();
+    let mut conn = agent.connect().await;
+    // A descendant keeps stdin open without reading it, so stdin input piles up.
+    let mut exec = open(
+        &mut conn,
+        ExecStart {
+            stdin: true,
+            ..start(&["sh", "-c", "sleep 100 <&0 & echo $!; exec sleep 100"])
+        },
+    )
+    .await
+    .unwrap();
+    let bg = exec.read_until("\n").await.trim().to_owned();
+    let main_pid = exec.pid;
+    let input = exec.input.clone();
+    let flood = tokio::spawn(async move {
+        for _ in 0..256 {
+            if input
+                .send(common::input(exec_input::Kind::Stdin(vec![b'x'; 64 * 1024])))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    // The agent has stopped taking input once our queue stays full.
+    wait_for("stdin to back up", || exec.input.capacity() == 0).await;
+    let out = run(&mut conn, start(&["kill", "-9", &main_pid.to_string()])).await;
+    assert_eq!(out.exit_code, 0);
+    let out = tokio::time::timeout(PATIENCE, exec.finish())
+        .await
+        .expect("exit not reported");
+    assert_eq!((out.exit_code, out.signal), (-1, 9));
+    flood.abort();
+    run(&mut conn, start(&["kill", "-9", &bg])).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_an_inherited_listening_fd_and_leaves_it_alone() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+
+    let mut agent = Agent::start_with(|sock| {
+        // The host creates and owns the listening socket (like burrowd with runc).
+        let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
+        let mut cmd = std::process::Command::new(AGENT);
+        let setup = move || {
+            // SAFETY: dup2 is async-signal-safe; `fd` stays open in the parent until spawn
+            // returns (the listener is moved into this closure).
+            if unsafe { libc::dup2(listener.as_raw_fd(), 3) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        // SAFETY: the closure only calls dup2 between fork and exec.
+        unsafe { cmd.pre_exec(setup) };
+        cmd // no flag: fd 3 is the default
+    });
+    let mut conn = agent.connect().await;
+    let out = run(
+        &mut conn,
+        start(&["sh", "-c", "ls -l /proc/self/fd >&2; ls /proc/self/fd"]),
+    )
+    .await;
+    let fds: Vec<&str> = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
+    assert_eq!(
+        fds,
+        ["0", "1", "2", "3"],
+        "agent fds leaked into the process: {}",
+        String::from_utf8_lossy(&out.stderr)
+    ); // 3 = ls's own dir fd
+    drop(conn);
+    let pid = nix::unistd::Pid::from_raw(agent.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let exit = tokio::task::block_in_place(|| agent.child.wait()).unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        agent.socket.exists(),
+        "the agent removed a socket it did not create"
+    );
+}

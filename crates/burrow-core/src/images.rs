@@ -37,6 +37,7 @@ pub const BASE_PACKAGES: &[&str] = &[
     "ncurses-base",
     "ncurses-term",
     "locales",
+    "netbase",
 ];
 
 pub const READY: &str = "ready";

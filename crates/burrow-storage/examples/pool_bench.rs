@@ -26,17 +26,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let tar = PathBuf::from(args.next().ok_or("usage: pool_bench ROOTFS.tar [RUNS]")?);
     let runs: usize = args.next().map(|r| r.parse()).transpose()?.unwrap_or(20);
-    let data_dir = tempfile::Builder::new().prefix("burrow-bench-").tempdir_in("/var/tmp")?;
+    let data_dir = tempfile::Builder::new()
+        .prefix("burrow-bench-")
+        .tempdir_in("/var/tmp")?;
     let result = bench(&tar, runs, data_dir.path());
     release_pool(data_dir.path())?;
     result
 }
 
-fn bench(tar: &std::path::Path, runs: usize, data_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
-    let opts = PoolOptions { kind: PoolKind::Auto, loop_size_bytes: 8 << 30 };
+fn bench(
+    tar: &std::path::Path,
+    runs: usize,
+    data_dir: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let opts = PoolOptions {
+        kind: PoolKind::Auto,
+        loop_size_bytes: 8 << 30,
+    };
     let t = Instant::now();
     let pool = open_pool(data_dir, &opts)?;
-    println!("open_pool (mkfs + losetup + mount): {} ({})", ms(t.elapsed()), pool.kind_name());
+    println!(
+        "open_pool (mkfs + losetup + mount): {} ({})",
+        ms(t.elapsed()),
+        pool.kind_name()
+    );
 
     let image = pool.image_path("debian");
     pool.create_volume(&image)?;
@@ -50,7 +63,7 @@ fn bench(tar: &std::path::Path, runs: usize, data_dir: &std::path::Path) -> Resu
     println!("apparent size: {} MB", pool.volume_size(&image)? / 1_000_000);
     let t = Instant::now();
     pool.set_readonly(&image, true)?;
-    println!("set_readonly (first commit, flushes the extracted data): {}", ms(t.elapsed()));
+    println!("set_readonly (commits a transaction): {}", ms(t.elapsed()));
 
     let (mut snap, mut ro, mut del, mut create) = (vec![], vec![], vec![], vec![]);
     for i in 0..runs {
@@ -74,8 +87,14 @@ fn bench(tar: &std::path::Path, runs: usize, data_dir: &std::path::Path) -> Resu
             del.push(t.elapsed());
         }
     }
-    println!("snapshot image -> sandbox (writable), median of {runs}: {}", ms(median(snap)));
-    println!("snapshot sandbox -> checkpoint (read-only, 1 MiB dirty), median of {runs}: {}", ms(median(ro)));
+    println!(
+        "snapshot image -> sandbox (writable), median of {runs}: {}",
+        ms(median(snap))
+    );
+    println!(
+        "snapshot sandbox -> checkpoint (read-only, 1 MiB dirty), median of {runs}: {}",
+        ms(median(ro))
+    );
     println!("create_volume, median of {runs}: {}", ms(median(create)));
     println!("delete_volume, median of {}: {}", del.len(), ms(median(del)));
     Ok(())

@@ -78,8 +78,8 @@ impl BtrfsPool {
 
     pub(crate) fn is_readonly(&self, path: &Path) -> Result<bool> {
         let fd = self.open_volume(path)?;
-        let flags = sys::subvol_flags(fd.as_fd())
-            .map_err(|e| StorageError::errno("get subvolume flags", path, e))?;
+        let flags =
+            sys::subvol_flags(fd.as_fd()).map_err(|e| StorageError::errno("get subvolume flags", path, e))?;
         Ok(flags & sys::BTRFS_SUBVOL_RDONLY != 0)
     }
 }
@@ -128,8 +128,8 @@ impl Pool for BtrfsPool {
 
     fn set_readonly(&self, path: &Path, readonly: bool) -> Result<()> {
         let fd = self.open_volume(path)?;
-        let flags = sys::subvol_flags(fd.as_fd())
-            .map_err(|e| StorageError::errno("get subvolume flags", path, e))?;
+        let flags =
+            sys::subvol_flags(fd.as_fd()).map_err(|e| StorageError::errno("get subvolume flags", path, e))?;
         let new = if readonly {
             flags | sys::BTRFS_SUBVOL_RDONLY
         } else {

@@ -60,8 +60,7 @@ impl PoolRoot {
     pub(crate) fn relative<'a>(&self, path: &'a Path) -> Result<&'a Path> {
         let outside = || StorageError::OutsidePool(path.to_owned());
         let rel = path.strip_prefix(&self.path).map_err(|_| outside())?;
-        if rel.as_os_str().is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_)))
-        {
+        if rel.as_os_str().is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_))) {
             return Err(outside());
         }
         Ok(rel)

@@ -6,7 +6,9 @@
 //! data dir happens to be on a reflink-capable filesystem (XFS). Copies are written to a
 //! hidden temporary name and renamed, so a failed or interrupted snapshot leaves no volume.
 //!
-//! Read-only is recorded, not enforced: an xattr on the volume's top directory
+//! Any directory inside the root counts as a volume (there is no subvolume to tell them
+//! apart), so `is_volume` is true for `images/` itself too; callers only ask about paths they
+//! made. Read-only is recorded, not enforced: an xattr on the volume's top directory
 //! (`trusted.*`, which a sandbox's namespaced root cannot touch) remembers the flag so
 //! `is_readonly` answers; enforcing it would need an immutable-attribute walk of every file.
 
@@ -79,12 +81,10 @@ impl Pool for DirPool {
 
     fn create_volume(&self, path: &Path) -> Result<()> {
         let (parent, name) = self.root.open_parent(path, true)?;
-        mkdirat(parent.as_fd(), name.as_os_str(), Mode::from_bits_truncate(0o755)).map_err(
-            |e| match e {
-                Errno::EEXIST => StorageError::Exists(path.to_owned()),
-                e => StorageError::errno("create directory", path, e),
-            },
-        )
+        mkdirat(parent.as_fd(), name.as_os_str(), Mode::from_bits_truncate(0o755)).map_err(|e| match e {
+            Errno::EEXIST => StorageError::Exists(path.to_owned()),
+            e => StorageError::errno("create directory", path, e),
+        })
     }
 
     fn snapshot(&self, src: &Path, dst: &Path, readonly: bool) -> Result<()> {
@@ -108,16 +108,20 @@ impl Pool for DirPool {
             let _ = std::fs::remove_dir_all(&tmp);
             let detail = String::from_utf8_lossy(&out.stderr).trim().to_owned();
             if detail.contains("No space left") || detail.contains("Disk quota exceeded") {
-                return Err(StorageError::NoSpace(format!("copy {} to {}: {detail}", src.display(), dst.display())));
+                return Err(StorageError::NoSpace(format!(
+                    "copy {} to {}: {detail}",
+                    src.display(),
+                    dst.display()
+                )));
             }
             return Err(StorageError::Command {
                 cmd: format!("cp -a {} {}", src.display(), tmp.display()),
                 detail,
             });
         }
-        let finish = self
-            .mark_readonly(&tmp, readonly)
-            .and_then(|()| std::fs::rename(&tmp, dst).map_err(|e| StorageError::io("rename snapshot to", dst, e)));
+        let finish = self.mark_readonly(&tmp, readonly).and_then(|()| {
+            std::fs::rename(&tmp, dst).map_err(|e| StorageError::io("rename snapshot to", dst, e))
+        });
         if let Err(e) = finish {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);

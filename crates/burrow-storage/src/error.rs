@@ -68,7 +68,10 @@ mod tests {
     fn enospc_and_edquot_are_no_space() {
         for e in [Errno::ENOSPC, Errno::EDQUOT] {
             let err = StorageError::errno("write", Path::new("/p/x"), e);
-            assert!(matches!(err, StorageError::NoSpace(ref m) if m.contains("/p/x")), "{err}");
+            assert!(
+                matches!(err, StorageError::NoSpace(ref m) if m.contains("/p/x")),
+                "{err}"
+            );
         }
         let err = StorageError::errno("write", Path::new("/p/x"), Errno::EIO);
         assert!(matches!(err, StorageError::Io { op: "write", .. }));

@@ -28,14 +28,18 @@ pub enum PoolKind {
     /// btrfs if the data dir is btrfs, else a loop-backed btrfs file; `dir` only if btrfs
     /// cannot be used at all (no kernel support or no btrfs-progs).
     Auto,
+    /// btrfs (direct or loop-backed) or an error; never the slow fallback.
     Btrfs,
+    /// Plain directories and full copies, even where btrfs would work.
     Dir,
 }
 
+/// How `open_pool` picks and sizes the pool.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
     pub kind: PoolKind,
-    /// Size of the sparse loop file when one has to be created.
+    /// Size of the sparse loop file when one has to be created (ignored afterwards: an
+    /// existing `pool.img` keeps its size).
     pub loop_size_bytes: u64,
 }
 
@@ -75,5 +79,12 @@ impl dyn Pool {
     }
     pub fn sandbox_path(&self, id: &str) -> PathBuf {
         self.sandboxes_dir().join(id)
+    }
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.root().join("checkpoints")
+    }
+    /// `checkpoints/<sandbox-id>/<version>`.
+    pub fn checkpoint_path(&self, sandbox_id: &str, version: &str) -> PathBuf {
+        self.checkpoints_dir().join(sandbox_id).join(version)
     }
 }

@@ -112,13 +112,12 @@ fn read_entry(path: &Path, meta: &std::fs::Metadata, uid_base: u32, count: u32) 
     if !symlink {
         let names = sys::llistxattr(&c).map_err(|e| StorageError::errno("list xattrs", path, e))?;
         for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-            let (key, shift): (&'static CStr, ShiftXattr) =
-                match name {
-                    n if n == XATTR_CAPS.to_bytes() => (XATTR_CAPS, shift_caps),
-                    n if n == XATTR_ACL_ACCESS.to_bytes() => (XATTR_ACL_ACCESS, shift_acl),
-                    n if n == XATTR_ACL_DEFAULT.to_bytes() => (XATTR_ACL_DEFAULT, shift_acl),
-                    _ => continue,
-                };
+            let (key, shift): (&'static CStr, ShiftXattr) = match name {
+                n if n == XATTR_CAPS.to_bytes() => (XATTR_CAPS, shift_caps),
+                n if n == XATTR_ACL_ACCESS.to_bytes() => (XATTR_ACL_ACCESS, shift_acl),
+                n if n == XATTR_ACL_DEFAULT.to_bytes() => (XATTR_ACL_DEFAULT, shift_acl),
+                _ => continue,
+            };
             let value = sys::lgetxattr(&c, key).map_err(|e| StorageError::errno("read xattr", path, e))?;
             if let Some(v) = value {
                 xattrs.push((key, shift(path, v, uid_base, count)?));
@@ -168,11 +167,14 @@ pub fn shift_ownership(root: &Path, uid_base: u32, count: u32) -> Result<()> {
             count,
         });
     }
-    let root_meta =
-        std::fs::symlink_metadata(root).map_err(|e| StorageError::io("stat", root, e))?;
+    let root_meta = std::fs::symlink_metadata(root).map_err(|e| StorageError::io("stat", root, e))?;
     let mut entries = vec![read_entry(root, &root_meta, uid_base, count)?];
     let mut seen_links = HashSet::new();
-    let mut dirs = if root_meta.is_dir() { vec![root.to_owned()] } else { Vec::new() };
+    let mut dirs = if root_meta.is_dir() {
+        vec![root.to_owned()]
+    } else {
+        Vec::new()
+    };
     while let Some(dir) = dirs.pop() {
         let list = std::fs::read_dir(&dir).map_err(|e| StorageError::io("read directory", &dir, e))?;
         for item in list {
@@ -311,9 +313,10 @@ pub fn build_debian_rootfs(
             tail.push_back(line);
         }
     }
-    let status = child
-        .wait()
-        .map_err(|e| StorageError::Command { cmd: shown.clone(), detail: e.to_string() })?;
+    let status = child.wait().map_err(|e| StorageError::Command {
+        cmd: shown.clone(),
+        detail: e.to_string(),
+    })?;
     if !status.success() {
         return Err(StorageError::Command {
             cmd: shown,
@@ -342,13 +345,19 @@ mod tests {
     #[test]
     fn acl_ids_shift_and_are_range_checked() {
         let mut acl = 2u32.to_le_bytes().to_vec();
-        for (tag, id) in [(0x01u16, u32::MAX), (ACL_USER, 5), (ACL_GROUP, 7), (0x20, u32::MAX)] {
+        for (tag, id) in [
+            (0x01u16, u32::MAX),
+            (ACL_USER, 5),
+            (ACL_GROUP, 7),
+            (0x20, u32::MAX),
+        ] {
             acl.extend_from_slice(&tag.to_le_bytes());
             acl.extend_from_slice(&7u16.to_le_bytes());
             acl.extend_from_slice(&id.to_le_bytes());
         }
         let out = shift_acl(Path::new("/x"), acl.clone(), 1000, 65536).unwrap();
-        let id_at = |v: &[u8], i: usize| u32::from_le_bytes(v[4 + i * 8 + 4..4 + i * 8 + 8].try_into().unwrap());
+        let id_at =
+            |v: &[u8], i: usize| u32::from_le_bytes(v[4 + i * 8 + 4..4 + i * 8 + 8].try_into().unwrap());
         assert_eq!(id_at(&out, 0), u32::MAX);
         assert_eq!(id_at(&out, 1), 1005);
         assert_eq!(id_at(&out, 2), 1007);
@@ -362,6 +371,9 @@ mod tests {
         let out = shift_caps(Path::new("/x"), v3, 100_000, 65536).unwrap();
         assert_eq!(u32::from_le_bytes(out[20..24].try_into().unwrap()), 100_000);
         let v2 = vec![1u8; 20];
-        assert_eq!(shift_caps(Path::new("/x"), v2.clone(), 100_000, 65536).unwrap(), v2);
+        assert_eq!(
+            shift_caps(Path::new("/x"), v2.clone(), 100_000, 65536).unwrap(),
+            v2
+        );
     }
 }

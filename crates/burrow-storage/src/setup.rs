@@ -37,13 +37,11 @@ const POOL_LOCK: &str = "pool.lock";
 /// An existing `pool.img` that fails to mount is an error even with `Auto`: falling back would
 /// silently hide every existing volume.
 pub fn open_pool(data_dir: &Path, opts: &PoolOptions) -> Result<Box<dyn Pool>> {
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| StorageError::io("create data dir", data_dir, e))?;
-    let data_dir = std::fs::canonicalize(data_dir)
-        .map_err(|e| StorageError::io("resolve data dir", data_dir, e))?;
+    std::fs::create_dir_all(data_dir).map_err(|e| StorageError::io("create data dir", data_dir, e))?;
+    let data_dir =
+        std::fs::canonicalize(data_dir).map_err(|e| StorageError::io("resolve data dir", data_dir, e))?;
     let pool_dir = data_dir.join(POOL_DIR);
-    std::fs::create_dir_all(&pool_dir)
-        .map_err(|e| StorageError::io("create pool dir", &pool_dir, e))?;
+    std::fs::create_dir_all(&pool_dir).map_err(|e| StorageError::io("create pool dir", &pool_dir, e))?;
     let _lock = lock(&data_dir)?;
 
     if opts.kind == PoolKind::Dir {
@@ -106,8 +104,7 @@ fn lock(data_dir: &Path) -> Result<Flock<File>> {
         .write(true)
         .open(&path)
         .map_err(|e| StorageError::io("open lock", &path, e))?;
-    Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| StorageError::errno("lock", &path, e))
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| StorageError::errno("lock", &path, e))
 }
 
 fn is_btrfs(path: &Path) -> Result<bool> {
@@ -120,7 +117,9 @@ fn setup_btrfs(data_dir: &Path, pool_dir: &Path, opts: &PoolOptions) -> Result<(
     // administrator mounted on the pool dir.
     if is_btrfs(pool_dir)? {
         match mount_at(pool_dir)? {
-            Some(m) => tracing::info!(pool = %pool_dir.display(), source = %m.source, "reusing mounted btrfs pool"),
+            Some(m) => {
+                tracing::info!(pool = %pool_dir.display(), source = %m.source, "reusing mounted btrfs pool")
+            }
             None => tracing::info!(pool = %pool_dir.display(), "data dir is on btrfs, using it directly"),
         }
         return Ok(());
@@ -178,8 +177,7 @@ fn make_image(image: &Path, size: u64) -> Result<()> {
             tmp.display(),
             String::from_utf8_lossy(&o.stderr).trim()
         ))),
-        Ok(_) => std::fs::rename(&tmp, image)
-            .map_err(|e| StorageError::io("rename pool image to", image, e)),
+        Ok(_) => std::fs::rename(&tmp, image).map_err(|e| StorageError::io("rename pool image to", image, e)),
     };
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -202,6 +200,8 @@ fn attach_and_mount(image: &Path, pool_dir: &Path) -> Result<()> {
             (PathBuf::from(out.trim()), true)
         }
     };
+    // No nosuid/nodev: sandboxes' root trees carry setuid binaries, and flags set here would
+    // be locked on the bind mounts made from inside a user namespace.
     let mounted = nix::mount::mount(
         Some(dev.as_path()),
         pool_dir,
@@ -229,7 +229,11 @@ fn loop_devices_of(image: &Path) -> Result<Vec<PathBuf>> {
     let out = run(Command::new("losetup")
         .args(["--noheadings", "--output", "NAME", "--associated"])
         .arg(image))?;
-    Ok(out.lines().map(|l| PathBuf::from(l.trim())).filter(|p| !p.as_os_str().is_empty()).collect())
+    Ok(out
+        .lines()
+        .map(|l| PathBuf::from(l.trim()))
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect())
 }
 
 fn run(cmd: &mut Command) -> Result<String> {
@@ -285,10 +289,7 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {

@@ -151,14 +151,7 @@ pub fn lgetxattr(path: &CStr, name: &CStr) -> nix::Result<Option<Vec<u8>>> {
     loop {
         // SAFETY: `path` and `name` are NUL-terminated and `buf` is writable for `buf.len()`
         // bytes.
-        let n = unsafe {
-            libc::lgetxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
+        let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         match Errno::result(n) {
             Ok(n) => {
                 buf.truncate(n as usize);

@@ -29,7 +29,10 @@ fn create_snapshot_delete() {
     pool.snapshot(&vol, &snap, false).unwrap();
     assert!(pool.is_volume(&snap));
     assert_eq!(std::fs::read(snap.join("hello")).unwrap(), b"world");
-    assert!(matches!(pool.snapshot(&vol, &snap, false), Err(StorageError::Exists(_))));
+    assert!(matches!(
+        pool.snapshot(&vol, &snap, false),
+        Err(StorageError::Exists(_))
+    ));
 
     // A plain directory is not a volume and cannot be snapshotted.
     std::fs::create_dir(vol.join("plain")).unwrap();

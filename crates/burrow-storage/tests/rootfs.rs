@@ -61,11 +61,23 @@ fn shift_maps_ids_and_keeps_special_bits() {
 
     assert_eq!(owner(&root), (BASE, BASE));
     assert_eq!(owner(&su), (BASE, BASE));
-    assert_eq!(std::fs::metadata(&su).unwrap().mode() & 0o7777, 0o4755, "setuid kept");
+    assert_eq!(
+        std::fs::metadata(&su).unwrap().mode() & 0o7777,
+        0o4755,
+        "setuid kept"
+    );
     assert_eq!(owner(&sg), (BASE, BASE + 42));
-    assert_eq!(std::fs::metadata(&sg).unwrap().mode() & 0o7777, 0o2755, "setgid kept");
+    assert_eq!(
+        std::fs::metadata(&sg).unwrap().mode() & 0o7777,
+        0o2755,
+        "setgid kept"
+    );
     assert_eq!(owner(&root.join("home")), (BASE + 1000, BASE + 1000));
-    assert_eq!(owner(&root.join("usr/bin/su-hardlink")), (BASE, BASE), "shifted once");
+    assert_eq!(
+        owner(&root.join("usr/bin/su-hardlink")),
+        (BASE, BASE),
+        "shifted once"
+    );
     assert_eq!(owner(&root.join("escape")), (BASE, BASE));
     assert_eq!(owner(&outside), (0, 0), "symlink target untouched");
     assert_eq!(std::fs::read_link(root.join("escape")).unwrap(), outside);
@@ -135,4 +147,64 @@ fn extract_reports_tar_errors() {
     extract_tar(&tar, &dest).unwrap();
     let m = std::fs::metadata(dest.join("s")).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (7, 8, 0o4711));
+}
+
+/// Needs a Debian mirror and ~20 s: `cargo test -p burrow-storage -- --ignored`.
+#[test]
+#[ignore = "downloads Debian packages"]
+fn build_debian_rootfs_then_extract_and_shift() {
+    use burrow_storage::rootfs::{DEFAULT_DEBIAN_PACKAGES, build_debian_rootfs};
+    if !is_root() {
+        return;
+    }
+    let dir = scratch();
+    let tar = dir.path().join("cache/bookworm.tar");
+    let mut lines = Vec::new();
+    build_debian_rootfs(&tar, "bookworm", DEFAULT_DEBIAN_PACKAGES, None, &mut |l| {
+        lines.push(l.to_owned())
+    })
+    .unwrap();
+    assert!(lines.iter().any(|l| l.contains("success")), "{lines:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, vec![std::ffi::OsString::from("bookworm.tar")]);
+
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    extract_tar(&tar, &root).unwrap();
+    shift_ownership(&root, BASE, COUNT).unwrap();
+    assert_eq!(owner(&root.join("usr/bin/bash")), (BASE, BASE));
+    assert_eq!(
+        std::fs::metadata(root.join("usr/bin/su")).unwrap().mode() & 0o4000,
+        0o4000
+    );
+    assert!(root.join("usr/share/terminfo/x/xterm").exists() || root.join("lib/terminfo/x/xterm").exists());
+    assert!(root.join("etc/services").exists());
+}
+
+#[test]
+fn build_failure_leaves_no_partial_tarball() {
+    use burrow_storage::rootfs::build_debian_rootfs;
+    if !is_root() {
+        return;
+    }
+    let dir = scratch();
+    let tar = dir.path().join("bad.tar");
+    let mut seen = 0;
+    let err = build_debian_rootfs(
+        &tar,
+        "no-such-suite-burrow",
+        &[],
+        Some("http://127.0.0.1:9/debian"),
+        &mut |_| seen += 1,
+    )
+    .unwrap_err();
+    assert!(matches!(err, StorageError::Command { .. }), "{err}");
+    assert!(seen > 0, "mmdebstrap's stderr was not streamed");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "left files behind"
+    );
 }

@@ -238,6 +238,9 @@ fn process(hostname: &str, inp: &ConfigInputs<'_>) -> Process {
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
         format!("HOSTNAME={hostname}"),
         "container=burrow".to_owned(),
+        // The agent's allocator (mimalloc, musl builds) commits arenas lazily with this, so
+        // an idle agent stays well under a MiB. Processes it runs get their own env.
+        "MIMALLOC_ARENA_EAGER_COMMIT=0".to_owned(),
     ]));
     p.set_cwd(PathBuf::from("/"));
     p.set_capabilities(Some(c));

@@ -32,10 +32,7 @@ impl TestPool {
             .tempdir_in("/var/tmp")
             .expect("create data dir");
         // The guard exists before the pool is opened, so a half-made mount is still released.
-        let mut guard = TestPool {
-            pool: None,
-            data_dir,
-        };
+        let mut guard = TestPool { pool: None, data_dir };
         guard.reopen(kind, size);
         guard
     }
