@@ -46,7 +46,7 @@ pub enum ClientError {
     WebSocket(String),
 
     /// The exec stream closed before the server sent the exit frame, so the exit status is unknown.
-    #[error("exec stream closed without an exit status (connection to burrowd lost)")]
+    #[error("the exec stream closed without an exit status")]
     NoExitFrame,
 }
 

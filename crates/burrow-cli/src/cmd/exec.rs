@@ -8,7 +8,7 @@ use base64::Engine as _;
 use burrow_api::{ExecRequest, ExecResult, parse_signal};
 use burrow_client::{ClientError, ExecEvent, ExecSender, ExecStreamOptions, Method, paths};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::app::{App, decode};
@@ -20,12 +20,19 @@ use crate::term::{self, RawMode};
 const KILL_GRACE: Duration = Duration::from_secs(10);
 /// Local Ctrl-C presses forwarded before burrow gives up waiting (non-TTY sessions).
 const MAX_INTERRUPTS: u32 = 3;
+/// How long the command gets to exit after burrow forwarded its own SIGTERM or SIGHUP to it.
+const SIGNAL_GRACE: Duration = Duration::from_secs(3);
+/// End of transmission: what a terminal sends for Ctrl-D.
+const EOT: u8 = 0x04;
+/// How long a TTY session's Ctrl-D at stdin EOF waits for the program's first output.
+const EOT_WAIT: Duration = Duration::from_secs(1);
 
 pub async fn exec(app: &App, a: ExecArgs) -> anyhow::Result<u8> {
     if app.json {
         return exec_once(app, a).await;
     }
     let timeout = a.timeout.map(parse_timeout).transpose()?;
+    warn_if_no_terminal(a.tty);
     let session = Session::new(&a, timeout);
     let mut stdin = a.interactive.then(term::spawn_stdin_reader);
     match session.run(app, &a.name, &mut stdin, false).await? {
@@ -46,6 +53,7 @@ pub async fn console(app: &App, name: &str) -> anyhow::Result<u8> {
         timeout: None,
         cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
     };
+    warn_if_no_terminal(true);
     let mut stdin = Some(term::spawn_stdin_reader());
     let bash = args(&["bash", "-l"]);
     match Session::new(&bash, None).run(app, name, &mut stdin, true).await? {
@@ -94,6 +102,12 @@ async fn exec_once(app: &App, a: ExecArgs) -> anyhow::Result<u8> {
     Ok(exit_status(res.exit_code, res.signal.as_deref()))
 }
 
+fn warn_if_no_terminal(tty: bool) {
+    if tty && !term::stdin_is_tty() {
+        term::eprint_line("warning: -t given but stdin is not a terminal; leaving the local terminal as is");
+    }
+}
+
 fn parse_timeout(s: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s)
         .ok()
@@ -126,11 +140,6 @@ struct Session {
 impl Session {
     fn new(a: &ExecArgs, timeout: Option<Duration>) -> Self {
         let stdin_tty = term::stdin_is_tty();
-        if a.tty && !stdin_tty {
-            term::eprint_line(
-                "warning: -t given but stdin is not a terminal; leaving the local terminal as is",
-            );
-        }
         let size = if a.tty { term::size() } else { None };
         let opts = ExecStreamOptions {
             cmd: a.cmd.clone(),
@@ -182,9 +191,11 @@ impl Session {
             None
         };
 
+        let (seen_tx, seen_rx) = watch::channel(false);
         let pump = stdin.take().map(|input| {
             let (stop_tx, stop_rx) = oneshot::channel();
-            (stop_tx, tokio::spawn(pump_stdin(input, tx.clone(), stop_rx)))
+            let tty = self.opts.tty.then_some(seen_rx);
+            (stop_tx, tokio::spawn(pump_stdin(input, tx.clone(), tty, stop_rx)))
         });
         let resize =
             (self.opts.tty && self.opts.cols.is_some()).then(|| tokio::spawn(forward_resizes(tx.clone())));
@@ -195,7 +206,9 @@ impl Session {
         let mut interrupts = 0;
         let mut deadline = self.timeout.map(|t| Instant::now() + t);
         let mut killed = false;
-        let mut state = Output::default();
+        // Set when burrow itself was asked to stop: (give up at, exit status then).
+        let mut quit_at: Option<(Instant, u8)> = None;
+        let mut state = Output::new(seen_tx);
 
         let result = loop {
             tokio::select! {
@@ -218,8 +231,19 @@ impl Session {
                     }
                     let _ = tx.signal("INT").await;
                 }
-                _ = sigterm.recv() => { let _ = tx.signal("TERM").await; }
-                _ = sighup.recv() => { let _ = tx.signal("HUP").await; }
+                // Pass our own termination on, but do not let a command that ignores it (an
+                // interactive shell ignores TERM) make burrow unkillable.
+                _ = sigterm.recv() => {
+                    let _ = tx.signal("TERM").await;
+                    quit_at.get_or_insert((Instant::now() + SIGNAL_GRACE, 128 + 15));
+                }
+                _ = sighup.recv() => {
+                    let _ = tx.signal("HUP").await;
+                    quit_at.get_or_insert((Instant::now() + SIGNAL_GRACE, 128 + 1));
+                }
+                _ = sleep_until(quit_at.map(|q| q.0)) => {
+                    break Ok(Outcome::Exited(quit_at.map_or(1, |q| q.1)));
+                }
                 _ = sleep_until(deadline) => {
                     if killed {
                         break Err(anyhow::anyhow!("the command was killed after --timeout but reported no exit status"));
@@ -248,14 +272,24 @@ impl Session {
 }
 
 /// Where output goes, and what the session saw so far.
-#[derive(Default)]
 struct Output {
     got_output: bool,
+    /// Told when the first stdout arrives.
+    first_output: watch::Sender<bool>,
     stdout_closed: bool,
     not_found: Option<String>,
 }
 
 impl Output {
+    fn new(first_output: watch::Sender<bool>) -> Self {
+        Self {
+            got_output: false,
+            first_output,
+            stdout_closed: false,
+            not_found: None,
+        }
+    }
+
     /// Handles one event; `Some` when the session is over.
     async fn handle(
         &mut self,
@@ -267,6 +301,9 @@ impl Output {
         match ev {
             ExecEvent::Session { .. } => {}
             ExecEvent::Stdout(b) => {
+                if !self.got_output {
+                    self.first_output.send_replace(true);
+                }
                 self.got_output = true;
                 if !self.stdout_closed && write_all(&mut std::io::stdout().lock(), &b).is_err() {
                     // Like a local pipeline: the writer learns its reader went away.
@@ -321,10 +358,12 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Forwards stdin chunks, then stdin EOF, until `stop`; returns the reader for reuse.
+/// Forwards stdin chunks, then stdin EOF, until `stop`; returns the reader for reuse. `tty`
+/// (TTY sessions) tells when the program first wrote output.
 async fn pump_stdin(
     mut input: mpsc::Receiver<Vec<u8>>,
     tx: ExecSender,
+    mut tty: Option<watch::Receiver<bool>>,
     mut stop: oneshot::Receiver<()>,
 ) -> mpsc::Receiver<Vec<u8>> {
     loop {
@@ -337,6 +376,14 @@ async fn pump_stdin(
                     }
                 }
                 None => {
+                    // A pty has no EOF of its own: end input the way a terminal user does, with
+                    // Ctrl-D, so `echo cmd | burrow exec -t -i …` ends.
+                    // A Ctrl-D typed before the program set up its terminal (a shell switching
+                    // to raw mode) is lost, so give it until its first output, briefly.
+                    if let Some(seen) = tty.as_mut() {
+                        let _ = tokio::time::timeout(EOT_WAIT, seen.wait_for(|s| *s)).await;
+                        let _ = tx.send_stdin(&[EOT]).await;
+                    }
                     let _ = tx.close_stdin().await;
                     let _ = stop.await;
                     break;
@@ -386,6 +433,7 @@ mod tests {
             "bash"
         ));
         assert!(!looks_not_found("sandbox 'dev' not found", "bash"));
+        assert!(looks_not_found("executable 'bash' not found in PATH", "bash"));
         assert!(!looks_not_found("bash: permission denied", "bash"));
     }
 
