@@ -109,9 +109,15 @@ mod tests {
             assert!(SandboxName::parse(ok).is_ok(), "{ok}");
         }
         assert_eq!(SandboxName::parse(""), Err(NameError::Empty));
-        assert!(matches!(SandboxName::parse(&"a".repeat(64)), Err(NameError::TooLong(_))));
+        assert!(matches!(
+            SandboxName::parse(&"a".repeat(64)),
+            Err(NameError::TooLong(_))
+        ));
         for bad in ["Dev", "-a", "a-", "../x", "a_b", "a.b", "a b", "ü", "a/b"] {
-            assert!(matches!(SandboxName::parse(bad), Err(NameError::Invalid(_))), "{bad}");
+            assert!(
+                matches!(SandboxName::parse(bad), Err(NameError::Invalid(_))),
+                "{bad}"
+            );
         }
     }
 

@@ -320,9 +320,9 @@ pub struct ErrorDetail {
 /// Signal names used on the wire, without the `SIG` prefix.
 pub fn signal_name(num: i32) -> String {
     const NAMES: [&str; 32] = [
-        "", "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE",
-        "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM",
-        "PROF", "WINCH", "IO", "PWR", "SYS",
+        "", "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+        "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU",
+        "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
     ];
     match usize::try_from(num).ok().and_then(|i| NAMES.get(i)) {
         Some(n) if !n.is_empty() => (*n).to_owned(),
@@ -364,8 +364,15 @@ mod tests {
 
     #[test]
     fn ws_control_shapes() {
-        let exit = serde_json::to_value(WsControl::Exit { exit_code: 0, signal: None }).unwrap();
-        assert_eq!(exit, serde_json::json!({"type": "exit", "exit_code": 0, "signal": null}));
+        let exit = serde_json::to_value(WsControl::Exit {
+            exit_code: 0,
+            signal: None,
+        })
+        .unwrap();
+        assert_eq!(
+            exit,
+            serde_json::json!({"type": "exit", "exit_code": 0, "signal": null})
+        );
         let r: WsControl = serde_json::from_str(r#"{"type":"resize","cols":80,"rows":24}"#).unwrap();
         assert_eq!(r, WsControl::Resize { cols: 80, rows: 24 });
     }

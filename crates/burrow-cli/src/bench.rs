@@ -1,14 +1,305 @@
 //! `burrow bench`: the project's performance benchmark (design.md, "Performance targets").
 //!
-//! Placeholder: the measurements are still to be written.
+//! Measures through the public API, as a user would see it: time to interactive (create →
+//! first exec result), exec round trip of `true` (one-shot JSON and WebSocket), exec stdout
+//! throughput, and the floor of the same machine: a bare `runc run` of a trivial container.
+//! Writes every sample and the medians to a JSON file and prints a table.
 
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use burrow_api::{CreateSandbox, ExecRequest, SandboxName};
+use burrow_client::{ExecEvent, ExecStreamOptions};
 use clap::Args;
+use serde_json::json;
 
 use crate::app::App;
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Samples per latency figure (throughput uses a fifth of it, at least 3).
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench-results/bench.json")]
+    pub out: PathBuf,
+    /// Bytes of stdout per throughput sample.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub stream_bytes: u64,
+    /// Skip the bare-runc floor (it needs root, runc and busybox-static on this host).
+    #[arg(long)]
+    pub no_floor: bool,
+}
 
-pub async fn run(_app: &App, _args: BenchArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("burrow bench is not implemented yet")
+struct Figure {
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    target: Option<(&'static str, f64)>,
+    samples: Vec<f64>,
+}
+
+impl Figure {
+    fn median(&self) -> f64 {
+        let mut s = self.samples.clone();
+        s.sort_by(|a, b| a.total_cmp(b));
+        if s.is_empty() {
+            return f64::NAN;
+        }
+        let m = s.len() / 2;
+        if s.len() % 2 == 0 {
+            (s[m - 1] + s[m]) / 2.0
+        } else {
+            s[m]
+        }
+    }
+    fn pct(&self, p: f64) -> f64 {
+        let mut s = self.samples.clone();
+        s.sort_by(|a, b| a.total_cmp(b));
+        if s.is_empty() {
+            return f64::NAN;
+        }
+        s[((s.len() as f64 - 1.0) * p).round() as usize]
+    }
+    fn verdict(&self) -> &'static str {
+        match self.target {
+            Some(("<=", t)) if self.median() <= t => "meets",
+            Some((">=", t)) if self.median() >= t => "meets",
+            Some(_) => "misses",
+            None => "",
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub async fn run(app: &App, args: BenchArgs) -> anyhow::Result<u8> {
+    let c = &app.client;
+    let runs = args.runs.max(3);
+    let prefix = format!("bench-{:x}", std::process::id());
+    let mut figures = Vec::new();
+
+    // Time to interactive: create → first exec result.
+    let mut tti = Vec::new();
+    for i in 0..runs {
+        let name = format!("{prefix}-t{i}");
+        let req = CreateSandbox {
+            name: SandboxName::parse(&name)?,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        c.create_sandbox(&req).await?;
+        let r = c
+            .exec(
+                &name,
+                &ExecRequest {
+                    cmd: vec!["true".into()],
+                    ..Default::default()
+                },
+            )
+            .await?;
+        tti.push(ms(t.elapsed()));
+        anyhow::ensure!(r.exit_code == 0, "exec true failed in {name}");
+        c.delete_sandbox(&name).await?;
+    }
+    figures.push(Figure {
+        key: "tti_ms",
+        label: "create → first exec result",
+        unit: "ms",
+        target: Some(("<=", 50.0)),
+        samples: tti,
+    });
+
+    // Exec round trips in one running burrow.
+    let name = format!("{prefix}-x");
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&name)?,
+        ..Default::default()
+    })
+    .await?;
+    let result = exec_figures(app, &name, runs, args.stream_bytes, &mut figures).await;
+    let _ = c.delete_sandbox(&name).await;
+    result?;
+
+    if !args.no_floor {
+        match runc_floor(runs) {
+            Ok(samples) => figures.push(Figure {
+                key: "runc_run_floor_ms",
+                label: "floor: bare `runc run` of a trivial container",
+                unit: "ms",
+                target: None,
+                samples,
+            }),
+            Err(e) => eprintln!("skipping the runc floor: {e:#}"),
+        }
+    }
+
+    let version = c.version().await?;
+    let results = json!({
+        "date": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?,
+        "host": {
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        },
+        "burrow": version,
+        "runs": runs,
+        "figures": figures.iter().map(|f| json!({
+            "key": f.key, "label": f.label, "unit": f.unit,
+            "median": f.median(), "p10": f.pct(0.1), "p90": f.pct(0.9),
+            "target": f.target.map(|(op, t)| format!("{op} {t}")),
+            "verdict": f.verdict(), "samples": f.samples,
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, serde_json::to_vec_pretty(&results)?)?;
+    if app.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        println!(
+            "{:<46} {:>10} {:>10} {:>10}  {:<10} verdict",
+            "figure", "median", "p10", "p90", "target"
+        );
+        for f in &figures {
+            let target = f.target.map(|(op, t)| format!("{op} {t}")).unwrap_or_default();
+            println!(
+                "{:<46} {:>10.2} {:>10.2} {:>10.2}  {:<10} {}",
+                format!("{} ({})", f.label, f.unit),
+                f.median(),
+                f.pct(0.1),
+                f.pct(0.9),
+                target,
+                f.verdict()
+            );
+        }
+        eprintln!("results written to {}", args.out.display());
+    }
+    Ok(0)
+}
+
+async fn exec_figures(
+    app: &App,
+    name: &str,
+    runs: usize,
+    stream_bytes: u64,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
+    let c = &app.client;
+    let t_req = ExecRequest {
+        cmd: vec!["true".into()],
+        ..Default::default()
+    };
+    for _ in 0..5 {
+        c.exec(name, &t_req).await?; // warm-up
+    }
+    let n = runs * 10;
+    let mut once = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        c.exec(name, &t_req).await?;
+        once.push(ms(t.elapsed()));
+    }
+    figures.push(Figure {
+        key: "exec_true_ms",
+        label: "exec `true` round trip (POST …/exec)",
+        unit: "ms",
+        target: Some(("<=", 3.0)),
+        samples: once,
+    });
+    let mut ws = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = c
+            .exec_stream(name, ExecStreamOptions::new(["true"]))
+            .await?
+            .collect()
+            .await?;
+        ws.push(ms(t.elapsed()));
+        anyhow::ensure!(out.exit_code == 0, "true failed");
+    }
+    figures.push(Figure {
+        key: "exec_true_ws_ms",
+        label: "exec `true` round trip (WebSocket)",
+        unit: "ms",
+        target: Some(("<=", 3.0)),
+        samples: ws,
+    });
+    let mut tput = Vec::new();
+    for _ in 0..(runs / 5).max(3) {
+        let cmd = ["head", "-c", &stream_bytes.to_string(), "/dev/zero"].map(str::to_owned);
+        let mut s = c.exec_stream(name, ExecStreamOptions::new(cmd)).await?;
+        let t = Instant::now();
+        let mut got = 0u64;
+        loop {
+            match s.next_event().await? {
+                Some(ExecEvent::Stdout(b)) => got += b.len() as u64,
+                Some(ExecEvent::Exit { .. }) | None => break,
+                Some(_) => {}
+            }
+        }
+        anyhow::ensure!(got == stream_bytes, "received {got} of {stream_bytes} bytes");
+        tput.push(got as f64 / 1e6 / t.elapsed().as_secs_f64());
+    }
+    figures.push(Figure {
+        key: "exec_stdout_mb_s",
+        label: "exec stdout throughput (WebSocket)",
+        unit: "MB/s",
+        target: Some((">=", 500.0)),
+        samples: tput,
+    });
+    Ok(())
+}
+
+/// A bare `runc run` of a busybox `true` container: what the machine costs before Burrow
+/// adds anything (no user namespace, no agent, no snapshot).
+fn runc_floor(runs: usize) -> anyhow::Result<Vec<f64>> {
+    use anyhow::Context;
+    let busybox = Path::new("/bin/busybox");
+    anyhow::ensure!(
+        busybox.exists(),
+        "/bin/busybox not found (apt-get install busybox-static)"
+    );
+    let dir = tempdir()?;
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin"))?;
+    std::fs::copy(busybox, rootfs.join("bin/busybox"))?;
+    let st = std::process::Command::new("runc")
+        .arg("spec")
+        .current_dir(&dir)
+        .status()
+        .context("runc spec")?;
+    anyhow::ensure!(st.success(), "runc spec failed");
+    let cfg_path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg_path)?)?;
+    cfg["process"]["args"] = json!(["/bin/busybox", "true"]);
+    cfg["process"]["terminal"] = json!(false);
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg)?)?;
+    let root = dir.join("state");
+    let mut samples = Vec::new();
+    for i in 0..runs {
+        let id = format!("burrow-bench-floor-{}-{i}", std::process::id());
+        let t = Instant::now();
+        let st = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["run", "--bundle"])
+            .arg(&dir)
+            .arg(&id)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .context("runc run")?;
+        samples.push(ms(t.elapsed()));
+        anyhow::ensure!(st.success(), "runc run failed");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(samples)
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("burrow-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
 }

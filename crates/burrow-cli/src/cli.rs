@@ -167,6 +167,10 @@ pub struct ExecArgs {
 pub struct ImagesArgs {
     #[command(subcommand)]
     pub command: Option<ImagesCommand>,
+    /// Wait until image NAME is ready (printing its progress), then list images. Fails if
+    /// the image fails to build.
+    #[arg(long, value_name = "NAME")]
+    pub wait: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

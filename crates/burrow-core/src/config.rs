@@ -38,13 +38,22 @@ pub struct SandboxDefaults {
 
 impl Default for SandboxDefaults {
     fn default() -> Self {
-        Self { cpus: 1.0, memory_mb: 1024, disk_gb: 10, pids: 4096, idle_timeout_s: 60 }
+        Self {
+            cpus: 1.0,
+            memory_mb: 1024,
+            disk_gb: 10,
+            pids: 4096,
+            idle_timeout_s: 60,
+        }
     }
 }
 
 impl Config {
     pub fn with_data_dir(data_dir: PathBuf) -> Self {
-        let cgroup_parent = format!("burrow-{:08x}", fnv1a(data_dir.to_string_lossy().as_bytes()) as u32);
+        let cgroup_parent = format!(
+            "burrow-{:08x}",
+            fnv1a(data_dir.to_string_lossy().as_bytes()) as u32
+        );
         Self {
             image_cache_dir: PathBuf::from("/var/cache/burrow/images"),
             pool_kind: PoolKind::Auto,

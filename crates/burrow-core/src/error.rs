@@ -33,7 +33,11 @@ pub enum CoreError {
     #[error("sandbox '{0}' already exists")]
     NameTaken(String),
     #[error("cannot {action} sandbox '{name}': it is {from}")]
-    IllegalTransition { name: String, action: &'static str, from: SandboxStatus },
+    IllegalTransition {
+        name: String,
+        action: &'static str,
+        from: SandboxStatus,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -104,7 +108,10 @@ impl CoreError {
     }
 
     pub fn not_found(what: &'static str, name: impl Into<String>) -> Self {
-        Self::NotFound { what, name: name.into() }
+        Self::NotFound {
+            what,
+            name: name.into(),
+        }
     }
 }
 

@@ -70,7 +70,11 @@ impl SessionInput {
         self.send(exec_input::Kind::StdinEof(true)).await
     }
     pub async fn resize(&self, cols: u16, rows: u16) -> Result<(), CoreError> {
-        self.send(exec_input::Kind::Resize(Resize { cols: cols.into(), rows: rows.into() })).await
+        self.send(exec_input::Kind::Resize(Resize {
+            cols: cols.into(),
+            rows: rows.into(),
+        }))
+        .await
     }
     pub async fn signal(&self, sig: i32) -> Result<(), CoreError> {
         self.send(exec_input::Kind::Signal(sig)).await
@@ -106,8 +110,9 @@ async fn next_event(
         let Some(msg) = msg else {
             return Err(CoreError::Agent {
                 name: sandbox.to_owned(),
-                detail: "the process's output ended without an exit status (agent restarted or sandbox stopped)"
-                    .into(),
+                detail:
+                    "the process's output ended without an exit status (agent restarted or sandbox stopped)"
+                        .into(),
             });
         };
         match msg.kind {
@@ -116,7 +121,10 @@ async fn next_event(
             Some(exec_output::Kind::Exited(e)) => {
                 *exited = true;
                 let signal = (e.signal > 0).then_some(e.signal);
-                return Ok(Some(SessionEvent::Exited { exit_code: e.exit_code, signal }));
+                return Ok(Some(SessionEvent::Exited {
+                    exit_code: e.exit_code,
+                    signal,
+                }));
             }
             // A second `started` or an empty message: ignore, the agent is not trusted to
             // be well-formed but it cannot make us misreport.
@@ -135,7 +143,14 @@ impl ExecSession {
     }
 
     pub fn split(self) -> (SessionInput, SessionOutput) {
-        (self.input, SessionOutput { sandbox: self.sandbox, output: self.output, exited: self.exited })
+        (
+            self.input,
+            SessionOutput {
+                sandbox: self.sandbox,
+                output: self.output,
+                exited: self.exited,
+            },
+        )
     }
 }
 
@@ -150,7 +165,10 @@ pub(crate) fn agent_status(sandbox: &str, s: tonic::Status) -> CoreError {
         Code::NotFound | Code::InvalidArgument | Code::PermissionDenied | Code::FailedPrecondition => {
             CoreError::Invalid(msg)
         }
-        _ => CoreError::Agent { name: sandbox.to_owned(), detail: format!("{:?}: {msg}", s.code()) },
+        _ => CoreError::Agent {
+            name: sandbox.to_owned(),
+            detail: format!("{:?}: {msg}", s.code()),
+        },
     }
 }
 
@@ -160,12 +178,18 @@ pub(crate) async fn start_session(
     opts: StreamExecOptions,
 ) -> Result<ExecSession, CoreError> {
     if opts.argv.is_empty() {
-        return Err(CoreError::Invalid("cmd must name a program (argv is empty)".into()));
+        return Err(CoreError::Invalid(
+            "cmd must name a program (argv is empty)".into(),
+        ));
     }
     let (tx, rx) = mpsc::channel(64);
     let start = ExecStart {
         argv: opts.argv,
-        env: opts.env.into_iter().map(|(name, value)| EnvVar { name, value }).collect(),
+        env: opts
+            .env
+            .into_iter()
+            .map(|(name, value)| EnvVar { name, value })
+            .collect(),
         cwd: opts.cwd.unwrap_or_default(),
         user: opts.user.unwrap_or_default(),
         tty: opts.tty,
@@ -173,18 +197,26 @@ pub(crate) async fn start_session(
         rows: opts.rows.into(),
         stdin: opts.stdin,
     };
-    tx.send(ExecInput { kind: Some(exec_input::Kind::Start(start)) })
-        .await
-        .map_err(|_| CoreError::Internal("exec input channel closed".into()))?;
+    tx.send(ExecInput {
+        kind: Some(exec_input::Kind::Start(start)),
+    })
+    .await
+    .map_err(|_| CoreError::Internal("exec input channel closed".into()))?;
     let call = client.exec(ReceiverStream::new(rx));
     let resp = tokio::time::timeout(Duration::from_secs(30), call)
         .await
-        .map_err(|_| CoreError::Agent { name: sandbox.into(), detail: "no answer to exec within 30 s".into() })?
+        .map_err(|_| CoreError::Agent {
+            name: sandbox.into(),
+            detail: "no answer to exec within 30 s".into(),
+        })?
         .map_err(|s| agent_status(sandbox, s))?;
     let mut output = resp.into_inner();
     let first = tokio::time::timeout(Duration::from_secs(30), output.message())
         .await
-        .map_err(|_| CoreError::Agent { name: sandbox.into(), detail: "process did not start within 30 s".into() })?
+        .map_err(|_| CoreError::Agent {
+            name: sandbox.into(),
+            detail: "process did not start within 30 s".into(),
+        })?
         .map_err(|s| agent_status(sandbox, s))?;
     let pid = match first.and_then(|m| m.kind) {
         Some(exec_output::Kind::Started(s)) => s.pid,
@@ -282,7 +314,11 @@ struct Capped {
 
 impl Capped {
     fn new(cap: usize) -> Self {
-        Self { buf: Vec::new(), cap, truncated: false }
+        Self {
+            buf: Vec::new(),
+            cap,
+            truncated: false,
+        }
     }
     fn push(&mut self, b: &[u8]) {
         let room = self.cap - self.buf.len();

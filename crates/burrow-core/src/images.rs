@@ -54,7 +54,12 @@ pub struct ImageService {
 
 impl ImageService {
     pub fn new(cfg: Config, store: Arc<Store>, pool: Arc<dyn Pool>) -> Self {
-        Self { cfg, store, pool, changed: watch::channel(0).0 }
+        Self {
+            cfg,
+            store,
+            pool,
+            changed: watch::channel(0).0,
+        }
     }
 
     pub fn list(&self) -> Result<Vec<Image>, CoreError> {
@@ -95,7 +100,9 @@ impl ImageService {
                 }
                 Some(_) => {
                     if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
-                        return Err(CoreError::Unavailable(format!("image '{name}' is still being built")));
+                        return Err(CoreError::Unavailable(format!(
+                            "image '{name}' is still being built"
+                        )));
                     }
                 }
             }
@@ -130,7 +137,12 @@ impl ImageService {
         let pool = self.pool.clone();
         let this_store = self.store.clone();
         let changed = self.changed.clone();
-        let svc = ImageService { cfg, store: this_store, pool, changed };
+        let svc = ImageService {
+            cfg,
+            store: this_store,
+            pool,
+            changed,
+        };
         tokio::task::spawn_blocking(move || match svc.build_base() {
             Ok(size) => {
                 tracing::info!(size, "base image ready");
@@ -152,7 +164,12 @@ impl ImageService {
         self.pool.create_volume(&tmp)?;
         self.set("base", BUILDING, 0, Some("extracting the root tree".into()));
         burrow_storage::rootfs::extract_tar(&tar, &tmp)?;
-        self.set("base", BUILDING, 0, Some("shifting ownership to the sandbox uid range".into()));
+        self.set(
+            "base",
+            BUILDING,
+            0,
+            Some("shifting ownership to the sandbox uid range".into()),
+        );
         burrow_storage::rootfs::shift_ownership(&tmp, self.cfg.uid_base, self.cfg.uid_count)?;
         std::fs::create_dir_all(tmp.join(".burrow"))
             .map_err(|e| CoreError::Internal(format!("creating /.burrow in the image: {e}")))?;
@@ -172,7 +189,8 @@ impl ImageService {
     /// lock makes concurrent daemons build it once.
     fn base_tarball(&self) -> Result<PathBuf, CoreError> {
         let dir = &self.cfg.image_cache_dir;
-        std::fs::create_dir_all(dir).map_err(|e| CoreError::Internal(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CoreError::Internal(format!("creating {}: {e}", dir.display())))?;
         let key = fnv1a(format!("{BASE_SUITE}:{}", BASE_PACKAGES.join(",")).as_bytes());
         let tar = dir.join(format!("base-{BASE_SUITE}-{key:016x}.tar"));
         let lock_path = dir.join(format!("base-{BASE_SUITE}.lock"));
@@ -188,7 +206,12 @@ impl ImageService {
             return Ok(tar);
         }
         tracing::info!(path = %tar.display(), "building the base image with mmdebstrap (once per host)");
-        self.set("base", BUILDING, 0, Some("downloading Debian packages (mmdebstrap)".into()));
+        self.set(
+            "base",
+            BUILDING,
+            0,
+            Some("downloading Debian packages (mmdebstrap)".into()),
+        );
         let mut progress = |line: &str| {
             tracing::info!(target: "burrow::image", "mmdebstrap: {line}");
         };
@@ -207,7 +230,9 @@ impl ImageService {
 pub fn is_plain_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
         && !name.starts_with('.')
         && Path::new(name).components().count() == 1
 }

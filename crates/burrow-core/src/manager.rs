@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use burrow_agent_proto::AgentClient;
 use burrow_api::{
-    CreateSandbox, EngineInfo, EngineKind, ExecRequest, ExecResult, Image, PatchSandbox, Sandbox, SandboxConfig,
-    SandboxList, SandboxStatus, UrlAuth, VersionInfo,
+    CreateSandbox, EngineInfo, EngineKind, ExecRequest, ExecResult, Image, PatchSandbox, Sandbox,
+    SandboxConfig, SandboxList, SandboxStatus, UrlAuth, VersionInfo,
 };
 use burrow_engine::{Engine, Resources, RuntimeStatus, SandboxSpec};
 use burrow_storage::Pool;
@@ -42,7 +42,9 @@ pub struct Manager {
 
 /// Runs blocking engine/pool work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| CoreError::Internal(format!("worker panicked: {e}")))?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CoreError::Internal(format!("worker panicked: {e}")))?
 }
 
 impl Manager {
@@ -53,7 +55,10 @@ impl Manager {
         std::fs::create_dir_all(cfg.run_dir())
             .map_err(|e| CoreError::Internal(format!("creating {}: {e}", cfg.run_dir().display())))?;
         let store = Arc::new(Store::open(&cfg.db_path())?);
-        let pool_opts = burrow_storage::PoolOptions { kind: cfg.pool_kind, loop_size_bytes: cfg.pool_size_bytes };
+        let pool_opts = burrow_storage::PoolOptions {
+            kind: cfg.pool_kind,
+            loop_size_bytes: cfg.pool_size_bytes,
+        };
         let data_dir = cfg.data_dir.clone();
         let pool: Arc<dyn Pool> =
             blocking(move || Ok(Arc::from(burrow_storage::open_pool(&data_dir, &pool_opts)?))).await?;
@@ -92,7 +97,11 @@ impl Manager {
             api: "v1".to_owned(),
             agent_protocol: burrow_agent_proto::PROTOCOL_VERSION,
             engines: vec![
-                EngineInfo { kind: EngineKind::Container, available: true, detail: Some("runc".into()) },
+                EngineInfo {
+                    kind: EngineKind::Container,
+                    available: true,
+                    detail: Some("runc".into()),
+                },
                 EngineInfo {
                     kind: EngineKind::Vm,
                     available: false,
@@ -127,7 +136,10 @@ impl Manager {
             created_at: r.created_at.clone(),
             updated_at: r.updated_at.clone(),
             last_active_at: r.last_active_at.clone(),
-            url: format!("http://{}.{}:{}/", r.name, self.cfg.base_domain, self.cfg.public_port),
+            url: format!(
+                "http://{}.{}:{}/",
+                r.name, self.cfg.base_domain, self.cfg.public_port
+            ),
             config: r.config.clone(),
             env: r.env.clone(),
             labels: r.labels.clone(),
@@ -142,7 +154,11 @@ impl Manager {
             hostname: r.name.clone(),
             rootfs: self.pool.sandbox_path(&r.id),
             run_dir: self.run_dir(&r.id),
-            resources: Resources { cpus: r.config.cpus, memory_mb: r.config.memory_mb, pids: r.config.pids },
+            resources: Resources {
+                cpus: r.config.cpus,
+                memory_mb: r.config.memory_mb,
+                pids: r.config.pids,
+            },
         }
     }
 
@@ -178,13 +194,20 @@ impl Manager {
                 if labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)) {
                     out.push(self.view(&r));
                     if out.len() == limit as usize {
-                        let more = !exhausted || self.store.list_sandboxes(prefix, after.as_deref(), 1)?.len() == 1;
-                        return Ok(SandboxList { sandboxes: out, next_cursor: more.then(|| after.unwrap_or_default()) });
+                        let more =
+                            !exhausted || self.store.list_sandboxes(prefix, after.as_deref(), 1)?.len() == 1;
+                        return Ok(SandboxList {
+                            sandboxes: out,
+                            next_cursor: more.then(|| after.unwrap_or_default()),
+                        });
                     }
                 }
             }
             if exhausted {
-                return Ok(SandboxList { sandboxes: out, next_cursor: None });
+                return Ok(SandboxList {
+                    sandboxes: out,
+                    next_cursor: None,
+                });
             }
         }
     }
@@ -274,7 +297,9 @@ impl Manager {
     async fn provision(&self, rec: &SandboxRecord, image_path: PathBuf) -> Result<()> {
         let pool = self.pool.clone();
         let dst = pool.sandbox_path(&rec.id);
+        let t = std::time::Instant::now();
         blocking(move || Ok(pool.snapshot(&image_path, &dst, false)?)).await?;
+        tracing::debug!(sandbox = %rec.name, ms = t.elapsed().as_secs_f64() * 1e3, "snapshot");
         crate::fault::point("create.after_snapshot");
         self.boot(rec).await?;
         crate::fault::point("create.after_boot");
@@ -287,8 +312,16 @@ impl Manager {
         std::fs::create_dir_all(&spec.run_dir)
             .map_err(|e| CoreError::Internal(format!("creating {}: {e}", spec.run_dir.display())))?;
         let engine = self.engine.clone();
+        let t = std::time::Instant::now();
         blocking(move || Ok(engine.start(&spec)?)).await?;
+        let started = t.elapsed();
         self.connect_agent(rec).await?;
+        tracing::debug!(
+            sandbox = %rec.name,
+            engine_ms = started.as_secs_f64() * 1e3,
+            agent_ms = (t.elapsed() - started).as_secs_f64() * 1e3,
+            "booted"
+        );
         Ok(())
     }
 
@@ -296,14 +329,25 @@ impl Manager {
         let sock = self.engine.agent_socket(&self.run_dir(&rec.id));
         let conn = burrow_agent_proto::client::connect_unix(&sock, AGENT_CONNECT_TIMEOUT)
             .await
-            .map_err(|e| CoreError::Agent { name: rec.name.clone(), detail: chain(&e) })?;
+            .map_err(|e| CoreError::Agent {
+                name: rec.name.clone(),
+                detail: chain(&e),
+            })?;
         let client = conn.client;
-        self.agents.lock().unwrap_or_else(|p| p.into_inner()).insert(rec.id.clone(), client.clone());
+        self.agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rec.id.clone(), client.clone());
         Ok(client)
     }
 
     async fn agent(&self, rec: &SandboxRecord) -> Result<AgentClient<Channel>> {
-        let cached = self.agents.lock().unwrap_or_else(|p| p.into_inner()).get(&rec.id).cloned();
+        let cached = self
+            .agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&rec.id)
+            .cloned();
         match cached {
             Some(c) => Ok(c),
             None => self.connect_agent(rec).await,
@@ -327,7 +371,10 @@ impl Manager {
             match std::fs::remove_dir_all(&run_dir) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(CoreError::Internal(format!("removing {}: {e}", run_dir.display()))),
+                Err(e) => Err(CoreError::Internal(format!(
+                    "removing {}: {e}",
+                    run_dir.display()
+                ))),
             }
         })
         .await
@@ -337,7 +384,10 @@ impl Manager {
         let mut rec = self.record(name)?;
         let lock = self.op_lock(&rec.id);
         let _guard = lock.lock().await;
-        let mut rec2 = self.store.sandbox_by_name(name)?.ok_or_else(|| CoreError::not_found("sandbox", name))?;
+        let mut rec2 = self
+            .store
+            .sandbox_by_name(name)?
+            .ok_or_else(|| CoreError::not_found("sandbox", name))?;
         if rec2.id != rec.id {
             return Err(CoreError::not_found("sandbox", name));
         }
@@ -348,7 +398,10 @@ impl Manager {
         crate::fault::point("delete.after_intent");
         self.teardown(&rec).await?;
         self.store.delete_sandbox(&rec.id)?;
-        self.op_locks.lock().unwrap_or_else(|p| p.into_inner()).remove(&rec.id);
+        self.op_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rec.id);
         tracing::info!(sandbox = %rec.name, id = %rec.id, "destroyed");
         Ok(())
     }
@@ -375,7 +428,11 @@ impl Manager {
                 self.boot_or_fail(&mut rec).await?;
             }
             (from, action) => {
-                return Err(CoreError::IllegalTransition { name: rec.name, action: action.as_str(), from });
+                return Err(CoreError::IllegalTransition {
+                    name: rec.name,
+                    action: action.as_str(),
+                    from,
+                });
             }
         }
         rec.status = to;
@@ -389,7 +446,15 @@ impl Manager {
     async fn freeze(&self, rec: &SandboxRecord, freeze: bool) -> Result<()> {
         let engine = self.engine.clone();
         let id = rec.id.clone();
-        blocking(move || Ok(if freeze { engine.freeze(&id)? } else { engine.thaw(&id)? })).await
+        blocking(move || {
+            if freeze {
+                engine.freeze(&id)?;
+            } else {
+                engine.thaw(&id)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn halt(&self, rec: &SandboxRecord) -> Result<()> {
@@ -475,9 +540,17 @@ impl Manager {
         }
     }
 
-    fn exec_env(&self, rec: &SandboxRecord, extra: &BTreeMap<String, String>, tty: bool) -> Vec<(String, String)> {
+    fn exec_env(
+        &self,
+        rec: &SandboxRecord,
+        extra: &BTreeMap<String, String>,
+        tty: bool,
+    ) -> Vec<(String, String)> {
         let mut env: BTreeMap<String, String> = BTreeMap::new();
-        env.insert("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        env.insert(
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
         env.insert("HOSTNAME".into(), rec.name.clone());
         env.insert("LANG".into(), "C.UTF-8".into());
         if tty {
@@ -527,7 +600,9 @@ impl Manager {
         };
         let timeout = match req.timeout_s {
             Some(t) if !(t > 0.0 && t <= 86_400.0) => {
-                return Err(CoreError::Invalid("timeout_s must be > 0 and at most 86400".into()));
+                return Err(CoreError::Invalid(
+                    "timeout_s must be > 0 and at most 86400".into(),
+                ));
             }
             Some(t) => Some(Duration::from_secs_f64(t)),
             None => None,
@@ -603,7 +678,8 @@ impl Manager {
                 }
             }
         }
-        let known: std::collections::HashSet<String> = self.store.all_sandboxes()?.into_iter().map(|r| r.id).collect();
+        let known: std::collections::HashSet<String> =
+            self.store.all_sandboxes()?.into_iter().map(|r| r.id).collect();
         // Runtime containers nobody owns.
         let engine = self.engine.clone();
         let listed = blocking(move || Ok(engine.list()?)).await?;
@@ -614,7 +690,9 @@ impl Manager {
         }
         // Volumes and run dirs nobody owns.
         for dir in [self.pool.sandboxes_dir(), self.cfg.run_dir()] {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let id = entry.file_name().to_string_lossy().into_owned();
                 if known.contains(&id) {
@@ -647,16 +725,28 @@ impl Manager {
 
 fn validate_config(c: &SandboxConfig) -> Result<()> {
     if !(c.cpus > 0.0 && c.cpus <= 256.0) {
-        return Err(CoreError::Invalid(format!("cpus must be > 0 and at most 256, got {}", c.cpus)));
+        return Err(CoreError::Invalid(format!(
+            "cpus must be > 0 and at most 256, got {}",
+            c.cpus
+        )));
     }
     if !(32..=1 << 22).contains(&c.memory_mb) {
-        return Err(CoreError::Invalid(format!("memory_mb must be between 32 and 4194304, got {}", c.memory_mb)));
+        return Err(CoreError::Invalid(format!(
+            "memory_mb must be between 32 and 4194304, got {}",
+            c.memory_mb
+        )));
     }
     if !(1..=1 << 16).contains(&c.disk_gb) {
-        return Err(CoreError::Invalid(format!("disk_gb must be between 1 and 65536, got {}", c.disk_gb)));
+        return Err(CoreError::Invalid(format!(
+            "disk_gb must be between 1 and 65536, got {}",
+            c.disk_gb
+        )));
     }
     if !(16..=1 << 22).contains(&c.pids) {
-        return Err(CoreError::Invalid(format!("pids must be between 16 and 4194304, got {}", c.pids)));
+        return Err(CoreError::Invalid(format!(
+            "pids must be between 16 and 4194304, got {}",
+            c.pids
+        )));
     }
     Ok(())
 }
@@ -674,7 +764,9 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
             )));
         }
         if v.contains('\0') {
-            return Err(CoreError::Invalid(format!("environment variable '{k}' contains a NUL byte")));
+            return Err(CoreError::Invalid(format!(
+                "environment variable '{k}' contains a NUL byte"
+            )));
         }
     }
     Ok(())
@@ -685,7 +777,13 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
         return Err(CoreError::Invalid("at most 64 labels".into()));
     }
     for (k, v) in labels {
-        if k.is_empty() || k.len() > 63 || v.len() > 255 || k.contains('=') || k.contains('\0') || v.contains('\0') {
+        if k.is_empty()
+            || k.len() > 63
+            || v.len() > 255
+            || k.contains('=')
+            || k.contains('\0')
+            || v.contains('\0')
+        {
             return Err(CoreError::Invalid(format!(
                 "label '{}' is invalid: keys 1-63 chars without '=', values up to 255 chars",
                 k.chars().take(64).collect::<String>()
@@ -697,10 +795,14 @@ fn validate_labels(labels: &BTreeMap<String, String>) -> Result<()> {
 
 fn validate_argv(argv: &[String]) -> Result<()> {
     if argv.is_empty() || argv[0].is_empty() {
-        return Err(CoreError::Invalid("cmd must name a program: argv is empty".into()));
+        return Err(CoreError::Invalid(
+            "cmd must name a program: argv is empty".into(),
+        ));
     }
     if argv.iter().any(|a| a.contains('\0')) {
-        return Err(CoreError::Invalid("cmd arguments must not contain NUL bytes".into()));
+        return Err(CoreError::Invalid(
+            "cmd arguments must not contain NUL bytes".into(),
+        ));
     }
     Ok(())
 }

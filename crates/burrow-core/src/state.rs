@@ -54,7 +54,13 @@ pub fn valid_transition(name: &str, from: SandboxStatus, action: Action) -> Resu
         (Running | Sleeping, Action::Sleep) => Sleeping,
         (Running | Sleeping, Action::Wake) => Running,
         (Running | Sleeping, Action::Exec) => Running,
-        _ => return Err(CoreError::IllegalTransition { name: name.to_owned(), action: action.as_str(), from }),
+        _ => {
+            return Err(CoreError::IllegalTransition {
+                name: name.to_owned(),
+                action: action.as_str(),
+                from,
+            });
+        }
     };
     Ok(to)
 }
@@ -78,7 +84,10 @@ mod tests {
             (Destroyed, Action::Start),
         ] {
             let err = valid_transition("a", from, action).unwrap_err();
-            assert!(matches!(err, CoreError::IllegalTransition { .. }), "{from:?} {action:?}");
+            assert!(
+                matches!(err, CoreError::IllegalTransition { .. }),
+                "{from:?} {action:?}"
+            );
             assert_eq!(err.kind(), crate::ErrorKind::Conflict);
         }
     }

@@ -130,13 +130,17 @@ impl Store {
             let p = format!("{}{suffix}", path.display());
             let _ = std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600));
         }
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
     }
 
     pub fn open_in_memory() -> Result<Self> {
         let mut conn = Connection::open_in_memory()?;
         migrations().to_latest(&mut conn)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
@@ -199,7 +203,10 @@ impl Store {
 
     pub fn touch_sandbox(&self, id: &str, last_active_at: &str) -> Result<()> {
         self.with(|c| {
-            c.execute("UPDATE sandboxes SET last_active_at=?2 WHERE id=?1", params![id, last_active_at])?;
+            c.execute(
+                "UPDATE sandboxes SET last_active_at=?2 WHERE id=?1",
+                params![id, last_active_at],
+            )?;
             Ok(())
         })
     }
@@ -213,10 +220,14 @@ impl Store {
 
     pub fn sandbox_by_name(&self, name: &str) -> Result<Option<SandboxRecord>> {
         self.with(|c| {
-            c.query_row(&format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE name=?1"), params![name], row_raw)
-                .optional()?
-                .map(RawSandbox::decode)
-                .transpose()
+            c.query_row(
+                &format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE name=?1"),
+                params![name],
+                row_raw,
+            )
+            .optional()?
+            .map(RawSandbox::decode)
+            .transpose()
         })
     }
 
@@ -225,7 +236,12 @@ impl Store {
     }
 
     /// Sandboxes ordered by name, with `name` starting with `prefix` and greater than `after`.
-    pub fn list_sandboxes(&self, prefix: &str, after: Option<&str>, limit: u32) -> Result<Vec<SandboxRecord>> {
+    pub fn list_sandboxes(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SandboxRecord>> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {SANDBOX_COLS} FROM sandboxes WHERE substr(name, 1, length(?1)) = ?1 AND name > ?2 \
@@ -261,8 +277,9 @@ impl Store {
 
     pub fn images(&self) -> Result<Vec<ImageRecord>> {
         self.with(|c| {
-            let mut stmt =
-                c.prepare("SELECT name, status, created_at, size_bytes, source, message FROM images ORDER BY name")?;
+            let mut stmt = c.prepare(
+                "SELECT name, status, created_at, size_bytes, source, message FROM images ORDER BY name",
+            )?;
             let rows = stmt.query_map([], image_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
@@ -276,7 +293,12 @@ impl Store {
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        self.with(|c| Ok(c.query_row("SELECT value FROM meta WHERE key=?1", params![key], |r| r.get(0)).optional()?))
+        self.with(|c| {
+            Ok(
+                c.query_row("SELECT value FROM meta WHERE key=?1", params![key], |r| r.get(0))
+                    .optional()?,
+            )
+        })
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
@@ -320,12 +342,35 @@ fn row_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawSandbox> {
 
 impl RawSandbox {
     fn decode(self) -> Result<SandboxRecord> {
-        let [id, name, status, intent, engine, image, created, updated, active, config, env, labels, parent, reason] =
-            self.cols;
+        let [
+            id,
+            name,
+            status,
+            intent,
+            engine,
+            image,
+            created,
+            updated,
+            active,
+            config,
+            env,
+            labels,
+            parent,
+            reason,
+        ] = self.cols;
         let id = id.unwrap_or_default();
-        let bad = |detail: String| StoreError::Corrupt { what: format!("sandbox {id}"), detail };
-        let status = status.as_deref().and_then(SandboxStatus::parse).ok_or_else(|| bad("status".into()))?;
-        let engine = engine.as_deref().and_then(EngineKind::parse).ok_or_else(|| bad("engine".into()))?;
+        let bad = |detail: String| StoreError::Corrupt {
+            what: format!("sandbox {id}"),
+            detail,
+        };
+        let status = status
+            .as_deref()
+            .and_then(SandboxStatus::parse)
+            .ok_or_else(|| bad("status".into()))?;
+        let engine = engine
+            .as_deref()
+            .and_then(EngineKind::parse)
+            .ok_or_else(|| bad("engine".into()))?;
         let json = |what: &str, s: Option<String>| -> Result<serde_json::Value> {
             serde_json::from_str(s.as_deref().unwrap_or("null")).map_err(|e| bad(format!("{what}: {e}")))
         };
@@ -338,10 +383,13 @@ impl RawSandbox {
             created_at: created.unwrap_or_default(),
             updated_at: updated.unwrap_or_default(),
             last_active_at: active.unwrap_or_default(),
-            config: serde_json::from_value(json("config", config)?).map_err(|e| bad(format!("config: {e}")))?,
+            config: serde_json::from_value(json("config", config)?)
+                .map_err(|e| bad(format!("config: {e}")))?,
             env: serde_json::from_value(json("env", env)?).map_err(|e| bad(format!("env: {e}")))?,
-            labels: serde_json::from_value(json("labels", labels)?).map_err(|e| bad(format!("labels: {e}")))?,
-            parent: serde_json::from_value(json("parent", parent)?).map_err(|e| bad(format!("parent: {e}")))?,
+            labels: serde_json::from_value(json("labels", labels)?)
+                .map_err(|e| bad(format!("labels: {e}")))?,
+            parent: serde_json::from_value(json("parent", parent)?)
+                .map_err(|e| bad(format!("parent: {e}")))?,
             failure_reason: reason,
             id,
         })
@@ -385,7 +433,10 @@ mod tests {
         s.insert_sandbox(&rec("sb-1", "b")).unwrap();
         s.insert_sandbox(&rec("sb-2", "a")).unwrap();
         s.insert_sandbox(&rec("sb-3", "ab")).unwrap();
-        assert!(matches!(s.insert_sandbox(&rec("sb-4", "a")), Err(StoreError::Unique(_))));
+        assert!(matches!(
+            s.insert_sandbox(&rec("sb-4", "a")),
+            Err(StoreError::Unique(_))
+        ));
         let mut r = s.sandbox_by_name("a").unwrap().unwrap();
         assert_eq!(r.env["A"], "1");
         assert_eq!(r.intent, Some(Intent::Create));
@@ -394,9 +445,19 @@ mod tests {
         s.update_sandbox(&r).unwrap();
         let r = s.sandbox_by_name("a").unwrap().unwrap();
         assert_eq!((r.status, r.intent), (SandboxStatus::Running, None));
-        let names: Vec<_> = s.list_sandboxes("a", None, 10).unwrap().into_iter().map(|r| r.name).collect();
+        let names: Vec<_> = s
+            .list_sandboxes("a", None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
         assert_eq!(names, ["a", "ab"]);
-        let names: Vec<_> = s.list_sandboxes("", Some("a"), 1).unwrap().into_iter().map(|r| r.name).collect();
+        let names: Vec<_> = s
+            .list_sandboxes("", Some("a"), 1)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
         assert_eq!(names, ["ab"]);
         s.delete_sandbox("sb-2").unwrap();
         assert!(s.sandbox_by_name("a").unwrap().is_none());

@@ -47,7 +47,10 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon with a fresh data dir and waits until it serves.
     pub fn start() -> Daemon {
-        let dir = tempfile::Builder::new().prefix("burrow-test-").tempdir_in("/var/tmp").expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("burrow-test-")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
         // Sandbox root (an unprivileged host uid) must traverse to its root tree.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
         let data_dir = dir.path().join("data");
@@ -80,7 +83,11 @@ impl Daemon {
     }
 
     fn spawn(&self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("daemon log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("daemon log");
         let mut cmd = Command::new(bin_dir().join("burrowd"));
         cmd.arg("--data-dir")
             .arg(&self.data_dir)
@@ -107,7 +114,9 @@ impl Daemon {
                 Ok(())
             });
         }
-        let child = cmd.spawn().expect("spawning burrowd (build it first: cargo build)");
+        let child = cmd
+            .spawn()
+            .expect("spawning burrowd (build it first: cargo build)");
         *self.child.lock().unwrap() = Some(child);
         let _ = std::fs::remove_file(self.data_dir.join("burrowd.addr"));
         self.wait_ready();
@@ -118,8 +127,17 @@ impl Daemon {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
-            if let Some(status) = self.child.lock().unwrap().as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("burrowd exited during start ({status}); log:\n{}", self.log_text());
+            if let Some(status) = self
+                .child
+                .lock()
+                .unwrap()
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "burrowd exited during start ({status}); log:\n{}",
+                    self.log_text()
+                );
             }
             let ok = healthz_blocking(&self.socket);
             if ok {
@@ -127,7 +145,11 @@ impl Daemon {
                 *self.addr.lock().unwrap() = Some(addr.trim().parse().expect("addr"));
                 return;
             }
-            assert!(Instant::now() < deadline, "burrowd did not become ready; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "burrowd did not become ready; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -145,7 +167,10 @@ impl Daemon {
     }
 
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("admin.token")).expect("admin token").trim().to_owned()
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_owned()
     }
 
     pub fn tcp_client(&self) -> Client {
@@ -155,7 +180,9 @@ impl Daemon {
     /// `burrow` CLI command pointed at this daemon's socket.
     pub fn cli(&self) -> Command {
         let mut c = Command::new(burrow_bin());
-        c.env("BURROW_SOCKET", &self.socket).env_remove("BURROW_URL").env_remove("BURROW_TOKEN");
+        c.env("BURROW_SOCKET", &self.socket)
+            .env_remove("BURROW_URL")
+            .env_remove("BURROW_TOKEN");
         c
     }
 
@@ -181,7 +208,10 @@ impl Daemon {
     /// SIGTERM and wait: the ephemeral daemon destroys its sandboxes and pool.
     pub fn shutdown(&self) {
         if let Some(mut c) = self.child.lock().unwrap().take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::SIGTERM,
+            );
             let _ = c.wait();
         }
     }
@@ -196,9 +226,13 @@ impl Drop for Daemon {
 /// A blocking `GET /healthz` (usable from inside or outside an async runtime).
 fn healthz_blocking(socket: &Path) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else { return false };
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(socket) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: burrow\r\n\r\n").is_err() {
+    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: burrow\r\n\r\n")
+        .is_err()
+    {
         return false;
     }
     let mut buf = Vec::new();
@@ -238,10 +272,16 @@ impl RawResponse {
     }
     /// The `error.code` of an error envelope.
     pub fn error_code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or_default().to_owned()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
     pub fn error_message(&self) -> String {
-        self.json()["error"]["message"].as_str().unwrap_or_default().to_owned()
+        self.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -274,18 +314,35 @@ where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     use http_body_util::{BodyExt, Full};
-    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.expect("handshake");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .expect("handshake");
     tokio::spawn(conn);
-    let mut req = hyper::Request::builder().method(method).uri(path).header("host", "burrow");
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "burrow");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(Full::new(hyper::body::Bytes::from(body))).expect("request");
+    let req = req
+        .body(Full::new(hyper::body::Bytes::from(body)))
+        .expect("request");
     let resp = send.send_request(req).await.expect("send");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes().to_vec();
-    RawResponse { status, headers, body }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// A unique sandbox name for a test.

@@ -13,7 +13,11 @@ use burrowd::{AppState, Transport, router};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "burrowd", version, about = "The Burrow daemon: persistent, isolated sandboxes")]
+#[command(
+    name = "burrowd",
+    version,
+    about = "The Burrow daemon: persistent, isolated sandboxes"
+)]
 struct Args {
     /// Where state, the storage pool and runtime files live.
     #[arg(long, env = "BURROW_DATA_DIR", default_value = "/var/lib/burrow")]
@@ -62,14 +66,19 @@ fn find_agent(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let profile = dir.file_name().map(|s| s.to_owned()).unwrap_or_default();
     let mut candidates = vec![dir.join("burrow-agent")];
     if let Some(target) = dir.parent() {
-        candidates.insert(0, target.join("x86_64-unknown-linux-musl").join(&profile).join("burrow-agent"));
+        candidates.insert(
+            0,
+            target
+                .join("x86_64-unknown-linux-musl")
+                .join(&profile)
+                .join("burrow-agent"),
+        );
     }
     candidates.push(PathBuf::from("/usr/local/lib/burrow/burrow-agent"));
     candidates.push(PathBuf::from("/usr/lib/burrow/burrow-agent"));
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .context("burrow-agent binary not found next to burrowd; pass --agent-bin (build it with scripts/build.sh)")
+    candidates.into_iter().find(|p| p.is_file()).context(
+        "burrow-agent binary not found next to burrowd; pass --agent-bin (build it with scripts/build.sh)",
+    )
 }
 
 fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
@@ -85,7 +94,12 @@ fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(token.as_bytes())?;
         f.sync_all()?;
     }
@@ -120,7 +134,8 @@ async fn main() -> anyhow::Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("burrowd must run as root (it creates namespaces, cgroups and btrfs subvolumes)");
     }
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     // 0711: sandbox root (an unprivileged host uid) must traverse to its root tree, but may
     // not list the data dir. Secrets in it (admin.token, state.db) are 0600 themselves.
     std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o711))?;
@@ -141,14 +156,21 @@ async fn main() -> anyhow::Result<()> {
     cfg.debian_mirror = args.debian_mirror;
 
     let unix = bind_unix(&args.socket).await?;
-    let tcp = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let tcp = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
     let addr = tcp.local_addr()?;
     cfg.public_port = addr.port();
     std::fs::write(data_dir.join("burrowd.addr"), addr.to_string())?;
 
-    let mgr = Manager::open(cfg).await.map_err(|e| anyhow::anyhow!(burrow_core::error::chain(&e)))?;
+    let mgr = Manager::open(cfg)
+        .await
+        .map_err(|e| anyhow::anyhow!(burrow_core::error::chain(&e)))?;
     let token = admin_token(&data_dir)?;
-    let state = AppState { mgr: mgr.clone(), admin_token: Arc::new(token) };
+    let state = AppState {
+        mgr: mgr.clone(),
+        admin_token: Arc::new(token),
+    };
 
     tracing::info!(socket = %args.socket.display(), tcp = %addr, data_dir = %data_dir.display(), "burrowd serving");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

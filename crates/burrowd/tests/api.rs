@@ -10,15 +10,23 @@ use burrow_testkit::{Daemon, raw_tcp, raw_unix, shared, unique_name};
 const JSON: (&str, &str) = ("content-type", "application/json");
 
 fn create_req(name: &str) -> CreateSandbox {
-    CreateSandbox { name: SandboxName::parse(name).unwrap(), ..Default::default() }
+    CreateSandbox {
+        name: SandboxName::parse(name).unwrap(),
+        ..Default::default()
+    }
 }
 
 async fn create(c: &Client, name: &str) -> burrow_api::Sandbox {
-    c.create_sandbox(&create_req(name)).await.unwrap_or_else(|e| panic!("create {name}: {e}"))
+    c.create_sandbox(&create_req(name))
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"))
 }
 
 fn exec_req(cmd: &[&str]) -> ExecRequest {
-    ExecRequest { cmd: cmd.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    ExecRequest {
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
 }
 
 fn api_status(e: &ClientError) -> u16 {
@@ -38,9 +46,14 @@ fn openapi_document_matches_routes() {
             }
         }
     }
-    let served: std::collections::BTreeSet<_> =
-        burrowd::api::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
-    assert_eq!(documented, served, "openapi.yaml and burrowd::api::ROUTES disagree");
+    let served: std::collections::BTreeSet<_> = burrowd::api::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(
+        documented, served,
+        "openapi.yaml and burrowd::api::ROUTES disagree"
+    );
 }
 
 /// The daemon really serves every route in ROUTES (none falls to the 404/405 fallbacks).
@@ -73,8 +86,19 @@ async fn bad_bodies_get_clear_errors() {
     // No content type: 415 that says so (not "name is required").
     let r = raw_unix(s, "POST", "/v1/sandboxes", &[], br#"{"name":"x"}"#.to_vec()).await;
     assert_eq!(r.status, 415);
-    assert!(r.error_message().contains("Content-Type: application/json"), "{}", r.error_message());
-    let r = raw_unix(s, "POST", "/v1/sandboxes", &[("content-type", "text/plain")], b"{}".to_vec()).await;
+    assert!(
+        r.error_message().contains("Content-Type: application/json"),
+        "{}",
+        r.error_message()
+    );
+    let r = raw_unix(
+        s,
+        "POST",
+        "/v1/sandboxes",
+        &[("content-type", "text/plain")],
+        b"{}".to_vec(),
+    )
+    .await;
     assert_eq!(r.status, 415);
     // Not JSON: 400.
     let r = raw_unix(s, "POST", "/v1/sandboxes", &[JSON], b"{name: x".to_vec()).await;
@@ -86,7 +110,14 @@ async fn bad_bodies_get_clear_errors() {
     let r = raw_unix(s, "POST", "/v1/sandboxes", &[JSON], b"{}".to_vec()).await;
     assert_eq!(r.status, 422);
     assert!(r.error_message().contains("name"), "{}", r.error_message());
-    let r = raw_unix(s, "POST", "/v1/sandboxes", &[JSON], br#"{"name":"ok-name","colour":"red"}"#.to_vec()).await;
+    let r = raw_unix(
+        s,
+        "POST",
+        "/v1/sandboxes",
+        &[JSON],
+        br#"{"name":"ok-name","colour":"red"}"#.to_vec(),
+    )
+    .await;
     assert_eq!(r.status, 422);
     assert!(r.error_message().contains("colour"));
     // Huge body: 413.
@@ -110,11 +141,20 @@ async fn invalid_names_are_refused() {
     for bad in ["Dev", "../x", "", "-a", "a_b", &"a".repeat(64), "a.b", "ü"] {
         let body = serde_json::json!({ "name": bad }).to_string().into_bytes();
         let r = raw_unix(&d.socket, "POST", "/v1/sandboxes", &[JSON], body).await;
-        assert_eq!(r.status, 422, "name {bad:?}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            422,
+            "name {bad:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert!(r.error_message().contains("name"), "{}", r.error_message());
     }
     // Bad names in paths: 400, never a lookup on disk.
-    for path in ["/v1/sandboxes/UPPER", "/v1/sandboxes/a_b/start", "/v1/sandboxes/..%2Fetc"] {
+    for path in [
+        "/v1/sandboxes/UPPER",
+        "/v1/sandboxes/a_b/start",
+        "/v1/sandboxes/..%2Fetc",
+    ] {
         let method = if path.ends_with("start") { "POST" } else { "GET" };
         let r = raw_unix(&d.socket, method, path, &[], vec![]).await;
         assert_eq!(r.status, 400, "{path}");
@@ -131,10 +171,24 @@ async fn unknown_sandbox_is_404_everywhere() {
     assert!(e.to_string().contains(&name));
     assert_eq!(api_status(&c.delete_sandbox(&name).await.unwrap_err()), 404);
     for action in ["start", "stop", "restart", "sleep", "wake"] {
-        assert_eq!(api_status(&c.sandbox_action(&name, action).await.unwrap_err()), 404, "{action}");
+        assert_eq!(
+            api_status(&c.sandbox_action(&name, action).await.unwrap_err()),
+            404,
+            "{action}"
+        );
     }
-    assert_eq!(api_status(&c.exec(&name, &exec_req(&["true"])).await.unwrap_err()), 404);
-    assert_eq!(api_status(&c.patch_sandbox(&name, &PatchSandbox::default()).await.unwrap_err()), 404);
+    assert_eq!(
+        api_status(&c.exec(&name, &exec_req(&["true"])).await.unwrap_err()),
+        404
+    );
+    assert_eq!(
+        api_status(
+            &c.patch_sandbox(&name, &PatchSandbox::default())
+                .await
+                .unwrap_err()
+        ),
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -145,14 +199,24 @@ async fn tcp_requires_the_token() {
     assert_eq!(r.status, 200);
     let r = raw_tcp(addr, "GET", "/v1/sandboxes", &[], vec![]).await;
     assert_eq!((r.status, r.error_code().as_str()), (401, "unauthorized"));
-    let r = raw_tcp(addr, "GET", "/v1/sandboxes", &[("authorization", "Bearer nope")], vec![]).await;
+    let r = raw_tcp(
+        addr,
+        "GET",
+        "/v1/sandboxes",
+        &[("authorization", "Bearer nope")],
+        vec![],
+    )
+    .await;
     assert_eq!(r.status, 401);
     let auth = format!("Bearer {}", d.token());
     let r = raw_tcp(addr, "GET", "/v1/sandboxes", &[("authorization", &auth)], vec![]).await;
     assert_eq!(r.status, 200);
     // The token file is private.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(d.data_dir.join("admin.token")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(d.data_dir.join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     // The typed client over TCP works end to end.
     let v = d.tcp_client().version().await.unwrap();
@@ -180,13 +244,19 @@ async fn lifecycle_end_to_end() {
     assert_eq!((api_status(&e), e.code()), (409, Some("name_taken")));
 
     // Sandbox env reaches processes; hostname is the name.
-    let r = c.exec(&name, &exec_req(&["sh", "-c", "echo $GREETING; hostname"])).await.unwrap();
+    let r = c
+        .exec(&name, &exec_req(&["sh", "-c", "echo $GREETING; hostname"]))
+        .await
+        .unwrap();
     assert_eq!(r.stdout, format!("hi\n{name}\n"));
 
     // List with prefix and label filters.
     let l = c.list_sandboxes(Some(&name), &[], None, None).await.unwrap();
     assert_eq!(l.sandboxes.len(), 1);
-    let l = c.list_sandboxes(Some(&name), &[("team".into(), "other".into())], None, None).await.unwrap();
+    let l = c
+        .list_sandboxes(Some(&name), &[("team".into(), "other".into())], None, None)
+        .await
+        .unwrap();
     assert!(l.sandboxes.is_empty());
 
     // Patch labels and env.
@@ -197,37 +267,77 @@ async fn lifecycle_end_to_end() {
     };
     let sb = c.patch_sandbox(&name, &p).await.unwrap();
     assert_eq!(sb.labels["team"], "edge");
-    let r = c.exec(&name, &exec_req(&["sh", "-c", "echo $GREETING"])).await.unwrap();
+    let r = c
+        .exec(&name, &exec_req(&["sh", "-c", "echo $GREETING"]))
+        .await
+        .unwrap();
     assert_eq!(r.stdout, "hello\n");
-    let e = c.patch_sandbox(&name, &PatchSandbox { memory_mb: Some(1), ..Default::default() }).await.unwrap_err();
+    let e = c
+        .patch_sandbox(
+            &name,
+            &PatchSandbox {
+                memory_mb: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
     assert_eq!(api_status(&e), 422);
 
     // A file written survives stop/start (the disk is kept).
-    c.exec(&name, &exec_req(&["sh", "-c", "echo kept > /root/marker"])).await.unwrap();
+    c.exec(&name, &exec_req(&["sh", "-c", "echo kept > /root/marker"]))
+        .await
+        .unwrap();
     let sb = c.sandbox_action(&name, "stop").await.unwrap();
     assert_eq!(sb.status, SandboxStatus::Stopped);
     // Exec on a stopped sandbox: 409, illegal transitions: 409.
     let e = c.exec(&name, &exec_req(&["true"])).await.unwrap_err();
     assert_eq!((api_status(&e), e.code()), (409, Some("illegal_transition")));
-    assert_eq!(api_status(&c.sandbox_action(&name, "sleep").await.unwrap_err()), 409);
-    assert_eq!(api_status(&c.sandbox_action(&name, "wake").await.unwrap_err()), 409);
+    assert_eq!(
+        api_status(&c.sandbox_action(&name, "sleep").await.unwrap_err()),
+        409
+    );
+    assert_eq!(
+        api_status(&c.sandbox_action(&name, "wake").await.unwrap_err()),
+        409
+    );
     // Stop is idempotent.
-    assert_eq!(c.sandbox_action(&name, "stop").await.unwrap().status, SandboxStatus::Stopped);
+    assert_eq!(
+        c.sandbox_action(&name, "stop").await.unwrap().status,
+        SandboxStatus::Stopped
+    );
     let sb = c.sandbox_action(&name, "start").await.unwrap();
     assert_eq!(sb.status, SandboxStatus::Running);
     let r = c.exec(&name, &exec_req(&["cat", "/root/marker"])).await.unwrap();
     assert_eq!(r.stdout, "kept\n");
 
     // Restart gives a fresh process tree (the agent's start time changes) with the same disk.
-    let before = c.exec(&name, &exec_req(&["sh", "-c", "cut -d' ' -f22 /proc/1/stat"])).await.unwrap().stdout;
+    let before = c
+        .exec(&name, &exec_req(&["sh", "-c", "cut -d' ' -f22 /proc/1/stat"]))
+        .await
+        .unwrap()
+        .stdout;
     let sb = c.sandbox_action(&name, "restart").await.unwrap();
     assert_eq!(sb.status, SandboxStatus::Running);
-    let after = c.exec(&name, &exec_req(&["sh", "-c", "cut -d' ' -f22 /proc/1/stat"])).await.unwrap().stdout;
+    let after = c
+        .exec(&name, &exec_req(&["sh", "-c", "cut -d' ' -f22 /proc/1/stat"]))
+        .await
+        .unwrap()
+        .stdout;
     assert_ne!(before, after, "restart must restart PID 1");
-    assert_eq!(c.exec(&name, &exec_req(&["cat", "/root/marker"])).await.unwrap().stdout, "kept\n");
+    assert_eq!(
+        c.exec(&name, &exec_req(&["cat", "/root/marker"]))
+            .await
+            .unwrap()
+            .stdout,
+        "kept\n"
+    );
 
     // Sleep freezes, exec wakes transparently.
-    assert_eq!(c.sandbox_action(&name, "sleep").await.unwrap().status, SandboxStatus::Sleeping);
+    assert_eq!(
+        c.sandbox_action(&name, "sleep").await.unwrap().status,
+        SandboxStatus::Sleeping
+    );
     let r = c.exec(&name, &exec_req(&["echo", "awake"])).await.unwrap();
     assert_eq!(r.stdout, "awake\n");
     assert_eq!(c.get_sandbox(&name).await.unwrap().status, SandboxStatus::Running);
@@ -236,13 +346,19 @@ async fn lifecycle_end_to_end() {
     let id = sb.id.clone();
     c.delete_sandbox(&name).await.unwrap();
     assert_eq!(api_status(&c.get_sandbox(&name).await.unwrap_err()), 404);
-    assert!(!d.data_dir.join("pool/sandboxes").join(&id).exists(), "volume left behind");
+    assert!(
+        !d.data_dir.join("pool/sandboxes").join(&id).exists(),
+        "volume left behind"
+    );
     assert!(!d.data_dir.join("run").join(&id).exists(), "run dir left behind");
     let out = std::process::Command::new("runc")
         .args(["--root", d.data_dir.join("runc").to_str().unwrap(), "list", "-q"])
         .output()
         .unwrap();
-    assert!(!String::from_utf8_lossy(&out.stdout).contains(&id), "runc container left behind");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&id),
+        "runc container left behind"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -256,10 +372,18 @@ async fn list_paginates() {
     let p1 = c.list_sandboxes(Some(&prefix), &[], Some(2), None).await.unwrap();
     assert_eq!(p1.sandboxes.len(), 2);
     let cursor = p1.next_cursor.clone().expect("a next page");
-    let p2 = c.list_sandboxes(Some(&prefix), &[], Some(2), Some(&cursor)).await.unwrap();
+    let p2 = c
+        .list_sandboxes(Some(&prefix), &[], Some(2), Some(&cursor))
+        .await
+        .unwrap();
     assert_eq!(p2.sandboxes.len(), 1);
     assert_eq!(p2.next_cursor, None);
-    let mut names: Vec<_> = p1.sandboxes.iter().chain(&p2.sandboxes).map(|s| s.name.clone()).collect();
+    let mut names: Vec<_> = p1
+        .sandboxes
+        .iter()
+        .chain(&p2.sandboxes)
+        .map(|s| s.name.clone())
+        .collect();
     names.dedup();
     assert_eq!(names.len(), 3);
     for i in 0..3 {
@@ -302,7 +426,10 @@ async fn two_daemons_side_by_side() {
     let name = unique_name("side");
     create(&b.client(), &name).await;
     assert_eq!(api_status(&a.client().get_sandbox(&name).await.unwrap_err()), 404);
-    assert_eq!(b.client().get_sandbox(&name).await.unwrap().status, SandboxStatus::Running);
+    assert_eq!(
+        b.client().get_sandbox(&name).await.unwrap().status,
+        SandboxStatus::Running
+    );
     assert_ne!(a.addr(), b.addr());
     b.shutdown();
     assert!(!b.data_dir.exists(), "ephemeral daemon left its data dir");

@@ -11,22 +11,34 @@ fn runc_ids(data_dir: &Path) -> Vec<String> {
         .args(["--root", data_dir.join("runc").to_str().unwrap(), "list", "-q"])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn dir_entries(p: &Path) -> Vec<String> {
     match std::fs::read_dir(p) {
-        Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
 
 fn req(name: &str) -> CreateSandbox {
-    CreateSandbox { name: SandboxName::parse(name).unwrap(), ..Default::default() }
+    CreateSandbox {
+        name: SandboxName::parse(name).unwrap(),
+        ..Default::default()
+    }
 }
 
 fn sh(script: &str) -> ExecRequest {
-    ExecRequest { cmd: vec!["sh".into(), "-c".into(), script.into()], ..Default::default() }
+    ExecRequest {
+        cmd: vec!["sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -37,7 +49,13 @@ async fn kill9_while_running_loses_nothing() {
     c.create_sandbox(&req(&run)).await.unwrap();
     c.create_sandbox(&req(&stop)).await.unwrap();
     c.sandbox_action(&stop, "stop").await.unwrap();
-    let pid = c.exec(&run, &sh("setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!")).await.unwrap();
+    let pid = c
+        .exec(
+            &run,
+            &sh("setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!"),
+        )
+        .await
+        .unwrap();
     let pid = pid.stdout.trim().to_owned();
 
     d.kill9();
@@ -46,7 +64,10 @@ async fn kill9_while_running_loses_nothing() {
     assert_eq!(c.get_sandbox(&run).await.unwrap().status, SandboxStatus::Running);
     assert_eq!(c.get_sandbox(&stop).await.unwrap().status, SandboxStatus::Stopped);
     // The process started before the crash still runs, and exec works.
-    let r = c.exec(&run, &sh(&format!("kill -0 {pid} && echo alive"))).await.unwrap();
+    let r = c
+        .exec(&run, &sh(&format!("kill -0 {pid} && echo alive")))
+        .await
+        .unwrap();
     assert_eq!(r.stdout, "alive\n");
     // The stopped one starts again.
     c.sandbox_action(&stop, "start").await.unwrap();
@@ -78,13 +99,20 @@ async fn kill9_mid_create_is_cleaned_up() {
         d.restart();
         let half = unique_name("half");
         let err = d.client().create_sandbox(&req(&half)).await.unwrap_err();
-        assert!(err.status().is_none(), "{point}: the daemon should have died mid-create, got {err}");
+        assert!(
+            err.status().is_none(),
+            "{point}: the daemon should have died mid-create, got {err}"
+        );
         let status = d.wait_exit().expect("daemon exit status");
         assert!(!status.success(), "{point}: daemon did not abort");
         d.set_env(&[]);
         d.restart();
         let c = d.client();
-        assert_eq!(c.get_sandbox(&half).await.unwrap_err().status(), Some(404), "{point}");
+        assert_eq!(
+            c.get_sandbox(&half).await.unwrap_err().status(),
+            Some(404),
+            "{point}"
+        );
         assert_eq!(c.get_sandbox(&keep).await.unwrap().status, SandboxStatus::Running);
         assert_no_orphans(&d, std::slice::from_ref(&keep_id)).await;
         // The name is free again.
@@ -104,6 +132,9 @@ async fn kill9_mid_delete_finishes_the_delete() {
     d.wait_exit();
     d.set_env(&[]);
     d.restart();
-    assert_eq!(d.client().get_sandbox(&name).await.unwrap_err().status(), Some(404));
+    assert_eq!(
+        d.client().get_sandbox(&name).await.unwrap_err().status(),
+        Some(404)
+    );
     assert_no_orphans(&d, &[]).await;
 }

@@ -15,7 +15,10 @@ async fn sandbox() -> (Client, String) {
     let name = NAME
         .get_or_init(|| async {
             let name = unique_name("exec");
-            let req = CreateSandbox { name: SandboxName::parse(&name).unwrap(), ..Default::default() };
+            let req = CreateSandbox {
+                name: SandboxName::parse(&name).unwrap(),
+                ..Default::default()
+            };
             d.client().create_sandbox(&req).await.expect("create");
             name
         })
@@ -25,16 +28,28 @@ async fn sandbox() -> (Client, String) {
 }
 
 fn req(cmd: &[&str]) -> ExecRequest {
-    ExecRequest { cmd: cmd.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    ExecRequest {
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_shot_output_exit_codes_and_input() {
     let (c, name) = sandbox().await;
-    let r = c.exec(&name, &req(&["python3", "-c", "print(42)"])).await.unwrap();
+    let r = c
+        .exec(&name, &req(&["python3", "-c", "print(42)"]))
+        .await
+        .unwrap();
     assert_eq!((r.exit_code, r.stdout.as_str(), r.timed_out), (0, "42\n", false));
-    let r = c.exec(&name, &req(&["sh", "-c", "echo out; echo err >&2; exit 3"])).await.unwrap();
-    assert_eq!((r.exit_code, r.stdout.as_str(), r.stderr.as_str()), (3, "out\n", "err\n"));
+    let r = c
+        .exec(&name, &req(&["sh", "-c", "echo out; echo err >&2; exit 3"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.exit_code, r.stdout.as_str(), r.stderr.as_str()),
+        (3, "out\n", "err\n")
+    );
     assert_eq!(r.signal, None);
     let r = c.exec(&name, &req(&["sh", "-c", "kill -KILL $$"])).await.unwrap();
     assert_eq!(r.signal.as_deref(), Some("KILL"));
@@ -57,7 +72,9 @@ async fn one_shot_output_exit_codes_and_input() {
 async fn binary_output_comes_as_base64() {
     let (c, name) = sandbox().await;
     let r = c.exec(&name, &req(&["printf", "\\377\\376ok"])).await.unwrap();
-    let bytes = base64::engine::general_purpose::STANDARD.decode(r.stdout_b64.expect("b64 for non-UTF-8")).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(r.stdout_b64.expect("b64 for non-UTF-8"))
+        .unwrap();
     assert_eq!(bytes, b"\xff\xfeok");
 }
 
@@ -125,9 +142,16 @@ async fn ws_run(c: &Client, name: &str, opts: ExecStreamOptions) -> (Vec<u8>, Ve
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_streams_and_always_ends_with_exit() {
     let (c, name) = sandbox().await;
-    let (out, err, code, _) =
-        ws_run(&c, &name, ExecStreamOptions::new(["sh", "-c", "echo a; echo b >&2; exit 7"])).await;
-    assert_eq!((out.as_slice(), err.as_slice(), code), (&b"a\n"[..], &b"b\n"[..], 7));
+    let (out, err, code, _) = ws_run(
+        &c,
+        &name,
+        ExecStreamOptions::new(["sh", "-c", "echo a; echo b >&2; exit 7"]),
+    )
+    .await;
+    assert_eq!(
+        (out.as_slice(), err.as_slice(), code),
+        (&b"a\n"[..], &b"b\n"[..], 7)
+    );
 
     // stdin and EOF.
     let mut opts = ExecStreamOptions::new(["cat"]);
@@ -139,8 +163,14 @@ async fn websocket_streams_and_always_ends_with_exit() {
     assert_eq!((out.stdout.as_slice(), out.exit_code), (&b"ping"[..], 0));
 
     // Signals reach the process.
-    let mut s = c.exec_stream(&name, ExecStreamOptions::new(["sleep", "100"])).await.unwrap();
-    assert!(matches!(s.next_event().await.unwrap(), Some(ExecEvent::Session { .. })));
+    let mut s = c
+        .exec_stream(&name, ExecStreamOptions::new(["sleep", "100"]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.next_event().await.unwrap(),
+        Some(ExecEvent::Session { .. })
+    ));
     s.signal("TERM").await.unwrap();
     let out = s.collect().await.unwrap();
     assert_eq!(out.signal.as_deref(), Some("TERM"));
@@ -165,7 +195,10 @@ async fn websocket_tty_has_a_terminal_and_resizes() {
                 }
             }
             Some(ExecEvent::Session { .. }) => {}
-            other => panic!("unexpected {other:?}; output so far {:?}", String::from_utf8_lossy(&out)),
+            other => panic!(
+                "unexpected {other:?}; output so far {:?}",
+                String::from_utf8_lossy(&out)
+            ),
         }
     }
     s.resize(120, 40).await.unwrap();
@@ -193,7 +226,11 @@ async fn thousands_of_fast_commands_never_lose_exit_frames() {
         let name = name.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..125 {
-                let cmd = if i % 2 == 0 { vec!["true".to_owned()] } else { vec!["echo".into(), format!("{t}-{i}")] };
+                let cmd = if i % 2 == 0 {
+                    vec!["true".to_owned()]
+                } else {
+                    vec!["echo".into(), format!("{t}-{i}")]
+                };
                 let (out, _, code, _) = ws_run(&c, &name, ExecStreamOptions::new(cmd)).await;
                 assert_eq!(code, 0);
                 if i % 2 == 1 {
@@ -215,7 +252,11 @@ async fn thousands_of_fast_commands_never_lose_exit_frames() {
 #[tokio::test(flavor = "multi_thread")]
 async fn large_output_arrives_complete() {
     let (c, name) = sandbox().await;
-    let (out, _, code, _) =
-        ws_run(&c, &name, ExecStreamOptions::new(["head", "-c", "67108864", "/dev/urandom"])).await;
+    let (out, _, code, _) = ws_run(
+        &c,
+        &name,
+        ExecStreamOptions::new(["head", "-c", "67108864", "/dev/urandom"]),
+    )
+    .await;
     assert_eq!((out.len(), code), (64 << 20, 0));
 }

@@ -5,14 +5,22 @@ use burrow_testkit::burrow_client::Client;
 use burrow_testkit::{shared, unique_name};
 
 async fn make(c: &Client, f: impl FnOnce(&mut CreateSandbox)) -> burrow_api::Sandbox {
-    let mut req = CreateSandbox { name: SandboxName::parse(&unique_name("iso")).unwrap(), ..Default::default() };
+    let mut req = CreateSandbox {
+        name: SandboxName::parse(&unique_name("iso")).unwrap(),
+        ..Default::default()
+    };
     f(&mut req);
     c.create_sandbox(&req).await.expect("create")
 }
 
 async fn sh(c: &Client, name: &str, script: &str) -> ExecResult {
-    let req = ExecRequest { cmd: vec!["sh".into(), "-c".into(), script.into()], ..Default::default() };
-    c.exec(name, &req).await.unwrap_or_else(|e| panic!("exec {script}: {e}"))
+    let req = ExecRequest {
+        cmd: vec!["sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    };
+    c.exec(name, &req)
+        .await
+        .unwrap_or_else(|e| panic!("exec {script}: {e}"))
 }
 
 fn host_uid_of(pid: u32) -> u32 {
@@ -38,11 +46,20 @@ async fn root_inside_is_unprivileged_outside() {
     let r = sh(&c, &sb.name, "id -u; cat /proc/self/uid_map").await;
     let mut lines = r.stdout.lines();
     assert_eq!(lines.next(), Some("0"));
-    let map: Vec<u64> = lines.next().unwrap().split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let map: Vec<u64> = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
     assert_eq!(map[0], 0);
     assert!(map[1] >= 100_000, "root maps to host uid {}", map[1]);
     let pid = agent_host_pid(&d.data_dir, &sb.id);
-    assert_eq!(host_uid_of(pid), map[1] as u32, "the agent runs as the mapped uid on the host");
+    assert_eq!(
+        host_uid_of(pid),
+        map[1] as u32,
+        "the agent runs as the mapped uid on the host"
+    );
     assert_ne!(host_uid_of(pid), 0);
     c.delete_sandbox(&sb.name).await.unwrap();
 }
@@ -59,7 +76,12 @@ async fn host_processes_and_files_are_invisible() {
     let n: u32 = r.stdout.trim().parse().unwrap();
     assert!(n < 10, "sandbox sees {n} processes");
     let daemon_pid = d.pid();
-    let r = sh(&c, &sb.name, &format!("test -e /proc/{daemon_pid}/cmdline && cat /proc/{daemon_pid}/cmdline")).await;
+    let r = sh(
+        &c,
+        &sb.name,
+        &format!("test -e /proc/{daemon_pid}/cmdline && cat /proc/{daemon_pid}/cmdline"),
+    )
+    .await;
     assert!(!r.stdout.contains("burrowd"), "daemon visible: {}", r.stdout);
     // The daemon's data dir and the host's files are not reachable.
     let marker = d.data_dir.join("admin.token");
@@ -67,8 +89,17 @@ async fn host_processes_and_files_are_invisible() {
     assert_ne!(r.exit_code, 0, "the daemon's data dir is reachable: {}", r.stdout);
     assert!(!r.stdout.contains(&d.token()), "admin token readable from inside");
     let r = sh(&c, &sb.name, "ls -a /var/tmp").await;
-    assert!(!r.stdout.contains("burrow-test-"), "host /var/tmp visible: {}", r.stdout);
-    let r = sh(&c, &sb.name, "cat /proc/1/root/etc/hostname; ls /sys/fs/btrfs 2>&1 | head -1").await;
+    assert!(
+        !r.stdout.contains("burrow-test-"),
+        "host /var/tmp visible: {}",
+        r.stdout
+    );
+    let r = sh(
+        &c,
+        &sb.name,
+        "cat /proc/1/root/etc/hostname; ls /sys/fs/btrfs 2>&1 | head -1",
+    )
+    .await;
     assert_eq!(r.stdout.lines().next(), Some(sb.name.as_str()));
     c.delete_sandbox(&sb.name).await.unwrap();
 }
@@ -80,22 +111,35 @@ async fn kernel_interfaces_are_not_writable() {
     let sb = make(&c, |_| {}).await;
     for (what, script) in [
         ("sysrq", "echo h > /proc/sysrq-trigger"),
-        ("sys/kernel", "echo 1 > /sys/kernel/profiling || touch /sys/kernel/x"),
+        (
+            "sys/kernel",
+            "echo 1 > /sys/kernel/profiling || touch /sys/kernel/x",
+        ),
         ("proc/sys", "echo 1 > /proc/sys/kernel/sysrq"),
         ("mknod block", "mknod /tmp/sda b 8 0 && head -c1 /tmp/sda"),
         ("mount", "mount -t tmpfs none /mnt"),
         ("unshare", "unshare -U true"),
         ("kernel modules", "echo > /proc/sys/kernel/modprobe"),
         ("hostname", "hostname evil"),
-        ("keyring", "python3 -c 'import ctypes,sys; l=ctypes.CDLL(None); sys.exit(0 if l.syscall(250, b\"user\", b\"k\", b\"v\", 1, -4) >= 0 else 1)'"),
-        ("bpf", "python3 -c 'import ctypes,sys; l=ctypes.CDLL(None); sys.exit(0 if l.syscall(321, 0, 0, 0) >= 0 else 1)'"),
+        (
+            "keyring",
+            "python3 -c 'import ctypes,sys; l=ctypes.CDLL(None); sys.exit(0 if l.syscall(250, b\"user\", b\"k\", b\"v\", 1, -4) >= 0 else 1)'",
+        ),
+        (
+            "bpf",
+            "python3 -c 'import ctypes,sys; l=ctypes.CDLL(None); sys.exit(0 if l.syscall(321, 0, 0, 0) >= 0 else 1)'",
+        ),
     ] {
         let r = sh(&c, &sb.name, script).await;
         assert_ne!(r.exit_code, 0, "{what} succeeded inside the sandbox: {r:?}");
     }
     let r = sh(&c, &sb.name, "ls /dev").await;
     for dev in ["sda", "vda", "mem", "kmsg", "kvm"] {
-        assert!(!r.stdout.lines().any(|l| l == dev), "/dev/{dev} exists: {}", r.stdout);
+        assert!(
+            !r.stdout.lines().any(|l| l == dev),
+            "/dev/{dev} exists: {}",
+            r.stdout
+        );
     }
     c.delete_sandbox(&sb.name).await.unwrap();
 }
@@ -111,12 +155,28 @@ async fn pids_and_memory_limits_contain_the_sandbox() {
     .await;
     // A fork bomb (bounded: 200 sleepers) hits the pids limit.
     let r = sh(&c, &sb.name, "ok=0; for i in $(seq 200); do sleep 30 2>/dev/null & ok=$((ok+1)); done; sleep 0; ps -e --no-headers | wc -l").await;
-    let n: u32 = r.stdout.trim().lines().last().unwrap_or("0").trim().parse().unwrap_or(0);
+    let n: u32 = r
+        .stdout
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or("0")
+        .trim()
+        .parse()
+        .unwrap_or(0);
     assert!(n <= 64, "{n} processes exceed the limit of 64");
     sh(&c, &sb.name, "pkill sleep; true").await;
     // A memory hog is OOM-killed inside; the agent survives.
-    let r = sh(&c, &sb.name, "python3 -c 'x = bytearray(512 << 20); print(len(x))'").await;
-    assert_ne!(r.exit_code, 0, "allocating 512 MiB under a 128 MiB limit succeeded");
+    let r = sh(
+        &c,
+        &sb.name,
+        "python3 -c 'x = bytearray(512 << 20); print(len(x))'",
+    )
+    .await;
+    assert_ne!(
+        r.exit_code, 0,
+        "allocating 512 MiB under a 128 MiB limit succeeded"
+    );
     assert_eq!(r.stdout, "");
     let r = sh(&c, &sb.name, "echo still here").await;
     assert_eq!(r.stdout, "still here\n");
@@ -131,7 +191,12 @@ async fn sandboxes_cannot_see_each_other() {
     let c = d.client();
     let a = make(&c, |_| {}).await;
     let b = make(&c, |_| {}).await;
-    sh(&c, &a.name, "echo secret > /root/a-only; setsid sleep 300 >/dev/null 2>&1 < /dev/null &").await;
+    sh(
+        &c,
+        &a.name,
+        "echo secret > /root/a-only; setsid sleep 300 >/dev/null 2>&1 < /dev/null &",
+    )
+    .await;
     let r = sh(&c, &b.name, "cat /root/a-only 2>&1; ps -e -o comm --no-headers").await;
     assert!(!r.stdout.contains("secret"));
     assert!(!r.stdout.contains("sleep"), "b sees a's processes: {}", r.stdout);

@@ -9,7 +9,11 @@ use axum::response::{IntoResponse, Response};
 use super::{ApiError, AppState, Transport};
 
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let transport = req.extensions().get::<Transport>().copied().unwrap_or(Transport::Tcp);
+    let transport = req
+        .extensions()
+        .get::<Transport>()
+        .copied()
+        .unwrap_or(Transport::Tcp);
     if transport == Transport::Unix || req.uri().path() == "/healthz" {
         return next.run(req).await;
     }

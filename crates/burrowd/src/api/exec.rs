@@ -36,7 +36,9 @@ fn parse_bool(k: &str, v: &str) -> Result<bool, ApiError> {
     match v {
         "" | "1" | "true" | "yes" => Ok(true),
         "0" | "false" | "no" => Ok(false),
-        _ => Err(bad(format!("query parameter '{k}' must be true or false, got '{v}'"))),
+        _ => Err(bad(format!(
+            "query parameter '{k}' must be true or false, got '{v}'"
+        ))),
     }
 }
 
@@ -47,9 +49,15 @@ pub async fn exec_ws(
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let ws = ws.map_err(|e| {
-        bad(format!("GET …/exec needs a WebSocket upgrade ({e}); use POST …/exec for a one-shot JSON exec"))
+        bad(format!(
+            "GET …/exec needs a WebSocket upgrade ({e}); use POST …/exec for a one-shot JSON exec"
+        ))
     })?;
-    let mut opts = StreamExecOptions { cols: 80, rows: 24, ..Default::default() };
+    let mut opts = StreamExecOptions {
+        cols: 80,
+        rows: 24,
+        ..Default::default()
+    };
     let mut env = BTreeMap::new();
     for (k, v) in query_pairs(q.as_deref())? {
         match k.as_str() {
@@ -59,11 +67,21 @@ pub async fn exec_ws(
             "cwd" => opts.cwd = Some(v),
             "user" => opts.user = Some(v),
             "env" => {
-                let (ek, ev) = v.split_once('=').ok_or_else(|| bad(format!("env '{v}' is not K=V")))?;
+                let (ek, ev) = v
+                    .split_once('=')
+                    .ok_or_else(|| bad(format!("env '{v}' is not K=V")))?;
                 env.insert(ek.to_owned(), ev.to_owned());
             }
-            "cols" => opts.cols = v.parse().map_err(|_| bad(format!("cols '{v}' is not a number")))?,
-            "rows" => opts.rows = v.parse().map_err(|_| bad(format!("rows '{v}' is not a number")))?,
+            "cols" => {
+                opts.cols = v
+                    .parse()
+                    .map_err(|_| bad(format!("cols '{v}' is not a number")))?
+            }
+            "rows" => {
+                opts.rows = v
+                    .parse()
+                    .map_err(|_| bad(format!("rows '{v}' is not a number")))?
+            }
             // Accepted now; sessions outliving their connection arrive with session support.
             "detach_timeout_s" => {}
             other => return Err(bad(format!("unknown query parameter '{other}'"))),
@@ -79,7 +97,11 @@ pub async fn exec_ws(
 
 async fn bridge(socket: WebSocket, session: burrow_core::ExecSession, tty: bool) {
     let (mut tx, mut rx) = socket.split();
-    let hello = WsControl::Session { id: session.id.clone(), pid: Some(session.pid), tty };
+    let hello = WsControl::Session {
+        id: session.id.clone(),
+        pid: Some(session.pid),
+        tty,
+    };
     let (input, mut output) = session.split();
     if tx.send(text(&hello)).await.is_err() {
         return;
@@ -133,12 +155,20 @@ async fn bridge(socket: WebSocket, session: burrow_core::ExecSession, tty: bool)
             if tx.send(text(&exit)).await.is_err() {
                 return;
             }
-            let _ = tx.send(Message::Close(Some(CloseFrame { code: close_code::NORMAL, reason: "".into() }))).await;
+            let _ = tx
+                .send(Message::Close(Some(CloseFrame {
+                    code: close_code::NORMAL,
+                    reason: "".into(),
+                })))
+                .await;
         }
         Err((code, message)) => {
             let _ = tx.send(text(&WsControl::Error { code, message })).await;
             let _ = tx
-                .send(Message::Close(Some(CloseFrame { code: close_code::ERROR, reason: "agent failed".into() })))
+                .send(Message::Close(Some(CloseFrame {
+                    code: close_code::ERROR,
+                    reason: "agent failed".into(),
+                })))
                 .await;
         }
     }

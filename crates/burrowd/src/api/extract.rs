@@ -17,13 +17,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let is_json = ct.as_deref().is_some_and(|ct| {
             let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
             mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
         });
         if !is_json {
-            let got = ct.map(|c| format!(" (got '{c}')")).unwrap_or_else(|| " (none was sent)".into());
+            let got = ct
+                .map(|c| format!(" (got '{c}')"))
+                .unwrap_or_else(|| " (none was sent)".into());
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
@@ -35,10 +41,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "too_large",
-                    format!("request body is larger than the limit of {} bytes", super::MAX_BODY_BYTES),
+                    format!(
+                        "request body is larger than the limit of {} bytes",
+                        super::MAX_BODY_BYTES
+                    ),
                 )
             } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("reading request body: {rej}"))
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("reading request body: {rej}"),
+                )
             }
         })?;
         parse_json(&bytes).map(ApiJson)
@@ -47,19 +60,36 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "request body is empty; expected JSON"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "request body is empty; expected JSON",
+        ));
     }
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
-            Category::Data => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("invalid request: {e}")),
-            _ => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("request body is not valid JSON: {e}")),
+            Category::Data => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("invalid request: {e}"),
+            ),
+            _ => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("request body is not valid JSON: {e}"),
+            ),
         }
     })
 }
 
 /// Parses a raw query string into pairs, keeping repeated keys.
 pub fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or(""))
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("malformed query string: {e}")))
+    serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or("")).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("malformed query string: {e}"),
+        )
+    })
 }

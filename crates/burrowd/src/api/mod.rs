@@ -67,10 +67,16 @@ pub fn router(state: AppState, transport: Transport) -> Router {
         .route("/v1/sandboxes/{name}/restart", post(restart))
         .route("/v1/sandboxes/{name}/sleep", post(sleep))
         .route("/v1/sandboxes/{name}/wake", post(wake))
-        .route("/v1/sandboxes/{name}/exec", post(exec::exec_once).get(exec::exec_ws))
+        .route(
+            "/v1/sandboxes/{name}/exec",
+            post(exec::exec_once).get(exec::exec_ws),
+        )
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
         .layer(axum::Extension(transport))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

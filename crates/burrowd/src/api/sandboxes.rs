@@ -17,7 +17,10 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 pub async fn openapi() -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "application/yaml")], burrow_api::OPENAPI_YAML)
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/yaml")],
+        burrow_api::OPENAPI_YAML,
+    )
 }
 
 pub async fn version(State(s): State<AppState>) -> Json<VersionInfo> {
@@ -25,7 +28,9 @@ pub async fn version(State(s): State<AppState>) -> Json<VersionInfo> {
 }
 
 pub async fn list_images(State(s): State<AppState>) -> Result<Json<ImageList>> {
-    Ok(Json(ImageList { images: s.mgr.images()? }))
+    Ok(Json(ImageList {
+        images: s.mgr.images()?,
+    }))
 }
 
 pub async fn list(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Json<SandboxList>> {
@@ -38,13 +43,21 @@ pub async fn list(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Js
             "prefix" => prefix = v,
             "label" => {
                 let (lk, lv) = v.split_once('=').ok_or_else(|| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("label filter '{v}' is not k=v"))
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("label filter '{v}' is not k=v"),
+                    )
                 })?;
                 labels.push((lk.to_owned(), lv.to_owned()));
             }
             "limit" => {
                 limit = Some(v.parse::<u32>().map_err(|_| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("limit '{v}' is not a number"))
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("limit '{v}' is not a number"),
+                    )
                 })?)
             }
             "cursor" => cursor = Some(v),

@@ -1,0 +1,179 @@
+//! The `burrow` CLI end to end against a real daemon: every command of the foundation, as a
+//! user types it, including a real terminal for `exec -t -i` and `console`.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use burrow_testkit::{shared, unique_name};
+
+fn burrow(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_burrow"));
+    c.args(args)
+        .env("BURROW_SOCKET", &shared().socket)
+        .env_remove("BURROW_URL")
+        .env_remove("BURROW_TOKEN");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    burrow(args).stdin(Stdio::null()).output().expect("run burrow")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "burrow {args:?} failed ({}): {}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Runs a shell command line under a pseudo-terminal (util-linux `script`), feeding `input`.
+fn in_pty(cmdline: &str, input: &str) -> Output {
+    let mut child = Command::new("script")
+        .args(["-qfec", cmdline, "/dev/null"])
+        .env("BURROW_SOCKET", &shared().socket)
+        .env(
+            "PATH",
+            format!("{}:{}", bin_dir(), std::env::var("PATH").unwrap_or_default()),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script(1)");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn bin_dir() -> String {
+    std::path::Path::new(env!("CARGO_BIN_EXE_burrow"))
+        .parent()
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+#[test]
+fn foundation_commands_end_to_end() {
+    let name = unique_name("cli");
+    let out = ok(&[
+        "create",
+        &name,
+        "--memory",
+        "512",
+        "-e",
+        "GREETING=hi",
+        "--label",
+        "team=core",
+    ]);
+    assert!(out.contains(&name), "{out}");
+
+    let out = ok(&["exec", &name, "--", "python3", "-c", "print(42)"]);
+    assert_eq!(out, "42\n");
+    let out = ok(&[
+        "exec",
+        &name,
+        "-e",
+        "X=1",
+        "-w",
+        "/tmp",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING $X; pwd",
+    ]);
+    assert_eq!(out, "hi 1\n/tmp\n");
+    // Exit status is the command's; stderr goes to stderr.
+    let o = run(&["exec", &name, "--", "sh", "-c", "echo oops >&2; exit 7"]);
+    assert_eq!(o.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "oops\n");
+    // stdin with -i.
+    let mut child = burrow(&["exec", "-i", &name, "--", "tr", "a-z", "A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"shout").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!((o.status.code(), o.stdout.as_slice()), (Some(0), &b"SHOUT"[..]));
+
+    let ls = ok(&["ls"]);
+    assert!(ls.contains(&name) && ls.contains("running"), "{ls}");
+    let info: serde_json::Value = serde_json::from_str(&ok(&["info", &name, "--json"])).unwrap();
+    assert_eq!(info["status"], "running");
+    assert_eq!(info["labels"]["team"], "core");
+    assert_eq!(info["config"]["memory_mb"], 512);
+    let ls: serde_json::Value = serde_json::from_str(&ok(&["ls", "--json"])).unwrap();
+    assert!(ls.to_string().contains(&name));
+
+    ok(&["stop", &name]);
+    let info: serde_json::Value = serde_json::from_str(&ok(&["info", &name, "--json"])).unwrap();
+    assert_eq!(info["status"], "stopped");
+    // Exec into a stopped burrow: the server's message, non-zero exit.
+    let o = run(&["exec", &name, "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("stopped"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    ok(&["start", &name]);
+    ok(&["restart", &name]);
+    ok(&["sleep", &name]);
+    assert_eq!(ok(&["exec", &name, "--", "echo", "woke"]), "woke\n");
+    ok(&["rm", &name]);
+    let o = run(&["info", &name]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+}
+
+#[test]
+fn errors_print_the_servers_message() {
+    let o = run(&["create", "Not_A_Name"]);
+    assert_ne!(o.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("DNS label") || err.contains("not a valid"), "{err}");
+    let name = unique_name("dup");
+    ok(&["create", &name]);
+    let o = run(&["create", &name]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+    let o = run(&["exec", &name, "--", "no-such-program"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no-such-program"));
+    ok(&["rm", &name]);
+}
+
+#[test]
+fn exec_tty_and_console_get_a_real_terminal() {
+    let name = unique_name("tty");
+    ok(&["create", &name]);
+    let o = in_pty(
+        &format!("burrow exec -t -i {name} -- sh -c 'tty; stty size; exit 5'"),
+        "",
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("/dev/pts/"), "{text}");
+    assert_eq!(o.status.code(), Some(5), "{text}");
+    // Console: an interactive login shell; what we type runs, `exit` ends it.
+    let o = in_pty(
+        &format!("burrow console {name}"),
+        "echo answer-$((6*7))\nexit 0\n",
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("answer-42"), "{text}");
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    ok(&["rm", &name]);
+}
+
+#[test]
+fn images_lists_base() {
+    let out = ok(&["images", "--wait", "base"]);
+    assert!(out.contains("base") && out.contains("ready"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&ok(&["version", "--json"])).unwrap();
+    assert_eq!(v["server"]["api"], "v1");
+}
