@@ -106,7 +106,7 @@ async fn connect_and_hello(path: &Path) -> Result<Connection, ConnectError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::v1::{ExecInput, ExecOutput, ShutdownReply, ShutdownRequest};
+    use crate::v1::{self, ExecInput, ExecOutput, ShutdownReply, ShutdownRequest};
     use crate::{Agent, AgentServer};
     use tokio_stream::wrappers::UnixListenerStream;
     use tonic::{Request, Response, Status, Streaming};
@@ -128,6 +128,39 @@ mod tests {
             Err(Status::unimplemented("fake"))
         }
         async fn shutdown(&self, _: Request<ShutdownRequest>) -> Result<Response<ShutdownReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        type ReadFileStream = tokio_stream::Empty<Result<v1::FileChunk, Status>>;
+        async fn read_file(&self, _: Request<v1::ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn write_file(
+            &self,
+            _: Request<Streaming<v1::WriteFileInput>>,
+        ) -> Result<Response<v1::WriteFileReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        type ListDirStream = tokio_stream::Empty<Result<v1::ListDirReply, Status>>;
+        async fn list_dir(&self, _: Request<v1::ListDirRequest>) -> Result<Response<Self::ListDirStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn remove(&self, _: Request<v1::RemoveRequest>) -> Result<Response<v1::RemoveReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn rename(&self, _: Request<v1::RenameRequest>) -> Result<Response<v1::RenameReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        type ReadArchiveStream = tokio_stream::Empty<Result<v1::FileChunk, Status>>;
+        async fn read_archive(
+            &self,
+            _: Request<v1::ReadArchiveRequest>,
+        ) -> Result<Response<Self::ReadArchiveStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn write_archive(
+            &self,
+            _: Request<Streaming<v1::WriteArchiveInput>>,
+        ) -> Result<Response<v1::WriteArchiveReply>, Status> {
             Err(Status::unimplemented("fake"))
         }
     }

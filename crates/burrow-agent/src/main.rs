@@ -11,6 +11,7 @@
 #[allow(unsafe_code)]
 mod sys;
 
+mod files;
 mod reaper;
 mod service;
 mod session;
@@ -194,7 +195,24 @@ fn bind(listen: &Listen) -> Result<UnixListener, AgentError> {
     })
 }
 
+/// Where the host shares the in-sandbox API socket, and where sandbox programs look for it.
+const HOST_API_SOCKET: &str = "/.burrow/host/api.sock";
+const API_SOCKET_LINK: &str = "/.burrow/api.sock";
+
+/// As init of a sandbox, points `/.burrow/api.sock` at the host's socket. The host shares a
+/// directory rather than the socket itself so that it can re-create the socket after a
+/// restart; the link keeps the documented path stable.
+fn link_api_socket() {
+    if std::process::id() == 1 && std::path::Path::new("/.burrow/host").is_dir() {
+        let _ = std::fs::remove_file(API_SOCKET_LINK);
+        if let Err(e) = std::os::unix::fs::symlink(HOST_API_SOCKET, API_SOCKET_LINK) {
+            eprintln!("burrow-agent: linking {API_SOCKET_LINK}: {e}");
+        }
+    }
+}
+
 async fn serve(listen: Listen) -> Result<(), AgentError> {
+    link_api_socket();
     // The reaper (and its SIGCHLD handler) must exist before anything is spawned.
     let reaper = Reaper::start().map_err(AgentError::Signals)?;
     if std::process::id() != 1 {

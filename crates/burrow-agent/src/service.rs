@@ -10,6 +10,10 @@ use burrow_agent_proto::v1::{
     ExecInput, ExecOutput, HelloReply, HelloRequest, ShutdownReply, ShutdownRequest, Started, exec_input,
     exec_output,
 };
+use burrow_agent_proto::v1::{
+    ListDirRequest, ReadArchiveRequest, ReadFileRequest, RemoveReply, RemoveRequest, RenameReply, RenameRequest,
+    WriteArchiveInput, WriteArchiveReply, WriteFileInput, WriteFileReply,
+};
 use burrow_agent_proto::{Agent, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::reaper::Reaper;
 use crate::shutdown::{DEFAULT_GRACE, Shutdown};
-use crate::{session, spawn};
+use crate::{files, session, spawn};
 
 /// The agent's service state, shared by all connections.
 pub struct AgentService {
@@ -72,6 +76,55 @@ impl Agent for AgentService {
             .map_err(|_| Status::internal("exec output queue unavailable"))?;
         tokio::spawn(session::run(proc, input, tx, Arc::clone(&self.reaper)));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type ReadFileStream = files::ChunkStream;
+
+    async fn read_file(&self, request: Request<ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
+        files::read_file(request.into_inner().path).await.map(Response::new)
+    }
+
+    async fn write_file(
+        &self,
+        request: Request<Streaming<WriteFileInput>>,
+    ) -> Result<Response<WriteFileReply>, Status> {
+        let size = files::write_file(request.into_inner()).await?;
+        Ok(Response::new(WriteFileReply { size }))
+    }
+
+    type ListDirStream = files::ListStream;
+
+    async fn list_dir(&self, request: Request<ListDirRequest>) -> Result<Response<Self::ListDirStream>, Status> {
+        files::list_dir(request.into_inner().path).await.map(Response::new)
+    }
+
+    async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<RemoveReply>, Status> {
+        let r = request.into_inner();
+        files::remove(r.path, r.recursive).await?;
+        Ok(Response::new(RemoveReply {}))
+    }
+
+    async fn rename(&self, request: Request<RenameRequest>) -> Result<Response<RenameReply>, Status> {
+        let r = request.into_inner();
+        files::rename(r.from, r.to).await?;
+        Ok(Response::new(RenameReply {}))
+    }
+
+    type ReadArchiveStream = files::ChunkStream;
+
+    async fn read_archive(
+        &self,
+        request: Request<ReadArchiveRequest>,
+    ) -> Result<Response<Self::ReadArchiveStream>, Status> {
+        files::read_archive(request.into_inner().path).await.map(Response::new)
+    }
+
+    async fn write_archive(
+        &self,
+        request: Request<Streaming<WriteArchiveInput>>,
+    ) -> Result<Response<WriteArchiveReply>, Status> {
+        let entries = files::write_archive(request.into_inner()).await?;
+        Ok(Response::new(WriteArchiveReply { entries }))
     }
 
     async fn shutdown(&self, request: Request<ShutdownRequest>) -> Result<Response<ShutdownReply>, Status> {

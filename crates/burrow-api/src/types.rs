@@ -180,6 +180,9 @@ pub struct Sandbox {
     pub parent: Option<ForkSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
+    /// Extension: something the owner should know, e.g. how an interrupted restore ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
 }
 
 /// `GET /v1/sandboxes`.
@@ -257,6 +260,9 @@ pub enum WsControl {
         exit_code: i32,
         #[serde(default)]
         signal: Option<String>,
+        /// Extension: why the process ended when the sandbox ended it (stop, restore, …).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Server → client when the session cannot go on (the exit frame still follows when known).
     Error { code: String, message: String },
@@ -264,6 +270,46 @@ pub enum WsControl {
     Resize { cols: u16, rows: u16 },
     /// Client → server, signal name (`TERM`, `SIGINT`, …) or number.
     Signal { signal: String },
+}
+
+/// `POST /v1/sandboxes/{name}/checkpoints`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCheckpoint {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// A checkpoint: a read-only snapshot of a sandbox's whole disk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Checkpoint {
+    pub id: String,
+    pub comment: String,
+    pub created_at: String,
+    /// Apparent size of the captured tree (computed after the snapshot; 0 until known).
+    pub size_bytes: u64,
+    /// `api`, `inside` (from /.burrow/api.sock) or `restore-backup`.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointList {
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// `POST …/checkpoints/{id}/restore`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RestoreResult {
+    pub restored: String,
+    pub backup: String,
+}
+
+/// `POST /v1/images`: a template from a sandbox's checkpoint (or its current state).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateImage {
+    pub name: String,
+    pub from: ForkSource,
 }
 
 /// An image sandboxes are created from.
@@ -340,6 +386,43 @@ pub fn parse_signal(s: &str) -> Option<i32> {
     (1..32).find(|&n| signal_name(n) == name)
 }
 
+/// The type of a directory entry in `GET …/files/list`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// One entry of `GET /v1/sandboxes/{name}/files/list` (lstat: a symlink is listed as such).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileEntry {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: FileKind,
+    pub size: u64,
+    /// Permission bits (`st_mode & 07777`).
+    pub mode: u32,
+    /// Modification time, RFC 3339 UTC.
+    pub mtime: String,
+}
+
+/// `GET /v1/sandboxes/{name}/files/list`, sorted by name.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileList {
+    pub entries: Vec<FileEntry>,
+}
+
+/// `POST /v1/sandboxes/{name}/files/rename`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RenameFile {
+    pub from: String,
+    pub to: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +450,7 @@ mod tests {
         let exit = serde_json::to_value(WsControl::Exit {
             exit_code: 0,
             signal: None,
+            reason: None,
         })
         .unwrap();
         assert_eq!(

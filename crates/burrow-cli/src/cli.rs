@@ -49,12 +49,48 @@ pub enum Command {
     /// Open an interactive shell in a sandbox (bash, else sh).
     #[command(visible_alias = "shell")]
     Console(NameArg),
-    /// List images.
+    /// Save a sandbox's whole disk as a checkpoint (live: processes keep running).
+    Checkpoint(CheckpointArgs),
+    /// List a sandbox's checkpoints.
+    Checkpoints(NameArg),
+    /// Roll a sandbox back to a checkpoint; the replaced state is saved as a new one first.
+    Restore(RestoreArgs),
+    /// Delete a checkpoint.
+    #[command(name = "rm-checkpoint")]
+    RmCheckpoint(RestoreArgs),
+    /// A new sandbox from another's checkpoint (SRC:vN) or current state (SRC).
+    Fork(ForkArgs),
+    /// List images; `images create NAME --from SB[:vN]` makes a template.
     Images(ImagesArgs),
     /// Show client and server versions.
     Version,
     /// Measure the daemon's performance.
     Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// Sandbox name.
+    pub name: String,
+    /// A comment to remember it by.
+    #[arg(short = 'm', long = "message")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Sandbox name.
+    pub name: String,
+    /// Checkpoint id (vN).
+    pub checkpoint: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ForkArgs {
+    /// Source: SANDBOX (its current state) or SANDBOX:vN (a checkpoint).
+    pub source: String,
+    /// Name of the new sandbox.
+    pub name: SandboxName,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +213,15 @@ pub struct ImagesArgs {
 pub enum ImagesCommand {
     /// List images (the default).
     Ls,
+    /// Make a template image from a sandbox's checkpoint or current state.
+    Create {
+        name: String,
+        /// SANDBOX or SANDBOX:vN.
+        #[arg(long)]
+        from: String,
+    },
+    /// Delete an image (refused while a sandbox uses it).
+    Rm { name: String },
 }
 
 /// `K=V` → `(K, V)`; the value may contain `=`.

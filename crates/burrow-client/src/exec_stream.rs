@@ -94,10 +94,12 @@ pub enum ExecEvent {
         code: String,
         message: String,
     },
-    /// Last event: the process ended. `signal` is set when it was killed by one.
+    /// Last event: the process ended. `signal` is set when it was killed by one; `reason`
+    /// when the sandbox ended it (stopped, restored, …).
     Exit {
         exit_code: i32,
         signal: Option<String>,
+        reason: Option<String>,
     },
 }
 
@@ -133,6 +135,8 @@ pub struct ExecOutput {
     pub signal: Option<String>,
     /// `Error` events, as `code: message`.
     pub errors: Vec<String>,
+    /// Why the sandbox ended the process, when it did (stop, restore, …).
+    pub reason: Option<String>,
 }
 
 impl ExecStream {
@@ -207,9 +211,10 @@ impl ExecStream {
                 ExecEvent::Stdout(b) => out.stdout.extend_from_slice(&b),
                 ExecEvent::Stderr(b) => out.stderr.extend_from_slice(&b),
                 ExecEvent::Error { code, message } => out.errors.push(format!("{code}: {message}")),
-                ExecEvent::Exit { exit_code, signal } => {
+                ExecEvent::Exit { exit_code, signal, reason } => {
                     out.exit_code = exit_code;
                     out.signal = signal;
+                    out.reason = reason;
                 }
             }
         }
@@ -296,9 +301,9 @@ impl ExecReceiver {
                     Ok(WsControl::Session { id, pid, tty }) => {
                         return Ok(Some(ExecEvent::Session { id, pid, tty }));
                     }
-                    Ok(WsControl::Exit { exit_code, signal }) => {
+                    Ok(WsControl::Exit { exit_code, signal, reason }) => {
                         self.exited = true;
-                        return Ok(Some(ExecEvent::Exit { exit_code, signal }));
+                        return Ok(Some(ExecEvent::Exit { exit_code, signal, reason }));
                     }
                     Ok(WsControl::Error { code, message }) => {
                         return Ok(Some(ExecEvent::Error { code, message }));

@@ -150,6 +150,7 @@ async fn session(mut ws: WebSocket, mode: String, seen: Seen) {
                 WsControl::Exit {
                     exit_code: 3,
                     signal: None,
+                    reason: None,
                 },
             )
             .await;

@@ -19,6 +19,8 @@ pub enum ErrorKind {
     Unavailable,
     /// Disk full (507).
     NoSpace,
+    /// Not allowed, e.g. a file on a read-only filesystem in a sandbox (403).
+    Forbidden,
     Internal,
 }
 
@@ -48,6 +50,10 @@ pub enum CoreError {
     Unavailable(String),
     #[error("storage pool is full: {0}")]
     NoSpace(String),
+    /// A file operation in a sandbox failed for a reason the caller can act on (missing
+    /// file, wrong type, disk full, ...); `kind` says which.
+    #[error("{message}")]
+    File { kind: ErrorKind, message: String },
     #[error("agent of sandbox '{name}' failed: {detail}")]
     Agent { name: String, detail: String },
     #[error("engine: {0}")]
@@ -80,6 +86,7 @@ impl CoreError {
             Self::TooLarge(_) => ErrorKind::TooLarge,
             Self::Unavailable(_) | Self::Agent { .. } => ErrorKind::Unavailable,
             Self::NoSpace(_) => ErrorKind::NoSpace,
+            Self::File { kind, .. } => *kind,
             Self::Engine(burrow_engine::EngineError::Unavailable(..)) => ErrorKind::Unavailable,
             Self::Engine(_) | Self::Storage(_) | Self::Store(_) | Self::Internal(_) => ErrorKind::Internal,
         }
@@ -99,6 +106,14 @@ impl CoreError {
             Self::Unavailable(_) => "unavailable",
             Self::Agent { .. } => "agent_unavailable",
             Self::NoSpace(_) => "no_space",
+            Self::File { kind, .. } => match kind {
+                ErrorKind::NotFound => "file_not_found",
+                ErrorKind::BadRequest => "bad_path",
+                ErrorKind::Conflict => "file_conflict",
+                ErrorKind::NoSpace => "no_space",
+                ErrorKind::Forbidden => "forbidden",
+                _ => "file_error",
+            },
             Self::Engine(burrow_engine::EngineError::Unavailable(..)) => "engine_unavailable",
             Self::Engine(_) => "engine_error",
             Self::Storage(_) => "storage_error",

@@ -12,3 +12,25 @@ pub fn point(name: &str) {
         std::process::abort();
     }
 }
+
+/// A pause point for tests: with `BURROW_PAUSE=<point>` and `BURROW_PAUSE_FILE=<path>`, the
+/// operation reaching `point` creates the file and waits until the test removes it, so a
+/// test can act while the operation is provably in progress (no timing guesses).
+pub async fn pause(name: &str) {
+    static PAUSE: OnceLock<Option<(String, std::path::PathBuf)>> = OnceLock::new();
+    let p = PAUSE.get_or_init(|| {
+        let point = std::env::var("BURROW_PAUSE").ok().filter(|s| !s.is_empty())?;
+        let file = std::env::var_os("BURROW_PAUSE_FILE")?;
+        Some((point, file.into()))
+    });
+    let Some((point, file)) = p else { return };
+    if point != name {
+        return;
+    }
+    if std::fs::write(file, name).is_err() {
+        return;
+    }
+    while file.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -236,3 +236,81 @@ pub fn is_plain_name(name: &str) -> bool {
         && !name.starts_with('.')
         && Path::new(name).components().count() == 1
 }
+
+impl ImageService {
+    fn record_template(&self, name: &str, source: String, size: u64) -> Result<(), CoreError> {
+        self.store.upsert_image(&ImageRecord {
+            name: name.to_owned(),
+            status: READY.to_owned(),
+            created_at: now_rfc3339(),
+            size_bytes: size,
+            source,
+            message: None,
+        })?;
+        self.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+}
+
+impl crate::Manager {
+    /// A template: a read-only image from a sandbox's checkpoint or current state. New
+    /// sandboxes can be created from it like from `base`.
+    pub async fn create_image(&self, req: burrow_api::CreateImage) -> Result<Image, CoreError> {
+        let name = req.name.clone();
+        if !is_plain_name(&name) {
+            return Err(CoreError::Invalid(format!(
+                "image name '{}' is invalid: use lowercase letters, digits, '-', '_' and '.'",
+                name.chars().take(64).collect::<String>()
+            )));
+        }
+        if self.store.image(&name)?.is_some() {
+            return Err(CoreError::Conflict(format!("image '{name}' already exists")));
+        }
+        let src = self.record(req.from.sandbox.as_str())?;
+        let tmp = self.pool.images_dir().join(format!(".template-{name}"));
+        let final_path = self.pool.image_path(&name);
+        {
+            let pool = self.pool.clone();
+            let tmp = tmp.clone();
+            crate::manager::blocking(move || Ok(pool.delete_volume(&tmp)?)).await?;
+        }
+        self.snapshot_fork_source(&src, req.from.checkpoint.as_deref(), tmp.clone()).await?;
+        let pool = self.pool.clone();
+        crate::manager::blocking(move || {
+            pool.set_readonly(&tmp, true)?;
+            std::fs::rename(&tmp, &final_path)
+                .map_err(|e| CoreError::Internal(format!("renaming the template into place: {e}")))?;
+            Ok(())
+        })
+        .await?;
+        let source = match &req.from.checkpoint {
+            Some(cp) => format!("sandbox {}:{cp}", src.name),
+            None => format!("sandbox {} (live)", src.name),
+        };
+        self.images.record_template(&name, source, 0)?;
+        self.images().map(|l| l.into_iter().find(|i| i.name == name).expect("just recorded"))
+    }
+
+    /// Deletes an image; refused while a sandbox uses it, and for `base`.
+    pub async fn delete_image(&self, name: &str) -> Result<(), CoreError> {
+        if self.store.image(name)?.is_none() {
+            return Err(CoreError::not_found("image", name));
+        }
+        if name == "base" {
+            return Err(CoreError::Conflict("image 'base' is built in and cannot be deleted".into()));
+        }
+        let users: Vec<String> =
+            self.store.all_sandboxes()?.into_iter().filter(|s| s.image == name).map(|s| s.name).collect();
+        if !users.is_empty() {
+            return Err(CoreError::Conflict(format!(
+                "image '{name}' is used by sandbox(es) {}; delete them first",
+                users.join(", ")
+            )));
+        }
+        let pool = self.pool.clone();
+        let path = pool.image_path(name);
+        crate::manager::blocking(move || Ok(pool.delete_volume(&path)?)).await?;
+        self.store.delete_image(name)?;
+        Ok(())
+    }
+}

@@ -6,17 +6,21 @@
 //! It never parses HTTP and never shells out to runc or btrfs itself: engines own
 //! isolation, the pool owns disks.
 
+mod checkpoints;
 pub mod config;
 pub mod error;
 mod exec;
 pub mod fault;
+pub mod files;
 pub mod images;
 mod manager;
 pub mod state;
 pub mod store;
 mod time_util;
 
+pub use checkpoints::CheckpointSource;
 pub use config::Config;
 pub use error::{CoreError, ErrorKind};
 pub use exec::{ExecSession, SessionEvent, StreamExecOptions};
-pub use manager::Manager;
+pub use files::{FileStream, WriteOptions};
+pub use manager::{InsideApiServer, Manager};

@@ -29,19 +29,36 @@ type Result<T, E = CoreError> = std::result::Result<T, E>;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-#[derive(Debug)]
 pub struct Manager {
-    cfg: Config,
-    store: Arc<Store>,
-    pool: Arc<dyn Pool>,
-    engine: Arc<dyn Engine>,
-    images: ImageService,
+    pub(crate) cfg: Config,
+    pub(crate) store: Arc<Store>,
+    pub(crate) pool: Arc<dyn Pool>,
+    pub(crate) engine: Arc<dyn Engine>,
+    pub(crate) images: ImageService,
     agents: Mutex<HashMap<String, AgentClient<Channel>>>,
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Why a sandbox's processes were ended (stop, restore, delete), by sandbox name, so
+    /// sessions that lose their process can tell their client why.
+    end_reasons: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// Sandbox ids with a restore in progress (a second one is refused with 409).
+    pub(crate) restoring: Mutex<std::collections::HashSet<String>>,
+    inside_api: Option<InsideApiServer>,
+    inside_listeners: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager").field("data_dir", &self.cfg.data_dir).finish_non_exhaustive()
+    }
+}
+
+/// Serves the in-sandbox API (`/.burrow/api.sock`) of sandbox `id` on `listener` until
+/// aborted. Installed by the HTTP layer, which owns request parsing.
+pub type InsideApiServer =
+    Arc<dyn Fn(String, std::os::unix::net::UnixListener) -> tokio::task::AbortHandle + Send + Sync>;
+
 /// Runs blocking engine/pool work off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| CoreError::Internal(format!("worker panicked: {e}")))?
@@ -49,7 +66,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 impl Manager {
     /// Opens (or creates) the daemon's state, pool and engine, and reconciles them.
-    pub async fn open(cfg: Config) -> Result<Arc<Self>> {
+    pub async fn open(cfg: Config, inside_api: Option<InsideApiServer>) -> Result<Arc<Self>> {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| CoreError::Internal(format!("creating {}: {e}", cfg.data_dir.display())))?;
         std::fs::create_dir_all(cfg.run_dir())
@@ -81,6 +98,10 @@ impl Manager {
             images,
             agents: Mutex::new(HashMap::new()),
             op_locks: Mutex::new(HashMap::new()),
+            end_reasons: Mutex::new(HashMap::new()),
+            restoring: Mutex::new(Default::default()),
+            inside_api,
+            inside_listeners: Mutex::new(HashMap::new()),
         });
         mgr.reconcile().await?;
         mgr.images.ensure_base_in_background();
@@ -113,12 +134,12 @@ impl Manager {
         }
     }
 
-    fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.op_locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(id.to_owned()).or_default().clone()
     }
 
-    fn record(&self, name: &str) -> Result<SandboxRecord> {
+    pub(crate) fn record(&self, name: &str) -> Result<SandboxRecord> {
         burrow_api::SandboxName::parse(name).map_err(|e| CoreError::BadRequest(e.to_string()))?;
         match self.store.sandbox_by_name(name)? {
             Some(r) if r.intent != Some(Intent::Destroy) => Ok(r),
@@ -126,7 +147,7 @@ impl Manager {
         }
     }
 
-    fn view(&self, r: &SandboxRecord) -> Sandbox {
+    pub(crate) fn view(&self, r: &SandboxRecord) -> Sandbox {
         Sandbox {
             id: r.id.clone(),
             name: r.name.clone(),
@@ -145,6 +166,7 @@ impl Manager {
             labels: r.labels.clone(),
             parent: r.parent.clone(),
             failure_reason: r.failure_reason.clone(),
+            notice: r.notice.clone(),
         }
     }
 
@@ -159,11 +181,77 @@ impl Manager {
                 memory_mb: r.config.memory_mb,
                 pids: r.config.pids,
             },
+            shared_dirs: vec![
+                ("/.burrow/checkpoints".to_owned(), self.pool.checkpoints_dir().join(&r.id)),
+                ("/.burrow/host".to_owned(), self.host_api_dir(&r.id)),
+            ],
         }
     }
 
-    fn run_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn run_dir(&self, id: &str) -> PathBuf {
         self.cfg.run_dir().join(id)
+    }
+
+    /// Host directory whose `api.sock` is the sandbox's `/.burrow/api.sock`. A directory is
+    /// shared (not the socket file) so that burrowd can bind a new socket after a restart.
+    pub fn host_api_dir(&self, id: &str) -> PathBuf {
+        self.run_dir(id).join("host")
+    }
+
+    /// Makes sure burrowd serves the sandbox's `/.burrow/api.sock` (a socket in a host
+    /// directory that the sandbox sees read-only at `/.burrow/host`).
+    pub(crate) fn ensure_inside_api(&self, rec: &SandboxRecord) -> Result<()> {
+        let Some(serve) = &self.inside_api else { return Ok(()) };
+        let mut listeners = self.inside_listeners.lock().unwrap_or_else(|p| p.into_inner());
+        if listeners.get(&rec.id).is_some_and(|h| !h.is_finished()) {
+            return Ok(());
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.host_api_dir(&rec.id);
+        let io = |e: std::io::Error| CoreError::Internal(format!("in-sandbox API socket in {}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+        let sock = dir.join("api.sock");
+        match std::fs::remove_file(&sock) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let listener = std::os::unix::net::UnixListener::bind(&sock).map_err(io)?;
+        listener.set_nonblocking(true).map_err(io)?;
+        // Any process in the sandbox may use it; it only reaches this sandbox's checkpoints.
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).map_err(io)?;
+        listeners.insert(rec.id.clone(), serve(rec.id.clone(), listener));
+        Ok(())
+    }
+
+    fn stop_inside_api(&self, id: &str) {
+        if let Some(h) = self.inside_listeners.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
+            h.abort();
+        }
+    }
+
+    /// The sandbox with id `id` (for the in-sandbox API, whose listener knows only the id).
+    pub fn name_of(&self, id: &str) -> Result<String> {
+        self.store
+            .all_sandboxes()?
+            .into_iter()
+            .find(|r| r.id == id && r.intent != Some(Intent::Destroy))
+            .map(|r| r.name)
+            .ok_or_else(|| CoreError::not_found("sandbox", id))
+    }
+
+    /// Records why the sandbox's processes are about to end.
+    pub(crate) fn set_end_reason(&self, name: &str, reason: String) {
+        let now = std::time::Instant::now();
+        self.end_reasons.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), (reason, now));
+    }
+
+    /// Why the processes of sandbox `name` were ended by the sandbox (stop, restore,
+    /// delete), if that happened after `since` (when the asking session started).
+    pub fn end_reason_since(&self, name: &str, since: std::time::Instant) -> Option<String> {
+        let reasons = self.end_reasons.lock().unwrap_or_else(|p| p.into_inner());
+        reasons.get(name).filter(|(_, at)| *at >= since).map(|(r, _)| r.clone())
     }
 
     // ----- queries -------------------------------------------------------------------
@@ -220,11 +308,16 @@ impl Manager {
 
     pub async fn create(&self, req: CreateSandbox) -> Result<Sandbox> {
         let name = req.name.to_string();
-        if req.from.is_some() {
-            return Err(CoreError::Invalid(
-                "forking ('from') is not available in this version: it arrives with checkpoints".into(),
-            ));
-        }
+        let fork_src = match &req.from {
+            Some(f) => {
+                let src = self.record(f.sandbox.as_str())?;
+                if let Some(cp) = &f.checkpoint {
+                    burrow_api::CheckpointId::parse(cp).map_err(|e| CoreError::Invalid(e.to_string()))?;
+                }
+                Some((src, f.checkpoint.clone()))
+            }
+            None => None,
+        };
         let engine = req.engine.unwrap_or(EngineKind::Container);
         if engine == EngineKind::Vm {
             return Err(CoreError::Unavailable(
@@ -246,8 +339,14 @@ impl Manager {
         if self.store.sandbox_by_name(&name)?.is_some() {
             return Err(CoreError::NameTaken(name));
         }
-        let image = req.image.clone().unwrap_or_else(|| "base".to_owned());
-        let image_path = self.images.wait_ready(&image).await?;
+        let image = match &fork_src {
+            Some((src, _)) => src.image.clone(),
+            None => req.image.clone().unwrap_or_else(|| "base".to_owned()),
+        };
+        let image_path = match &fork_src {
+            Some(_) => None,
+            None => Some(self.images.wait_ready(&image).await?),
+        };
 
         let now = now_rfc3339();
         let mut rec = SandboxRecord {
@@ -263,8 +362,10 @@ impl Manager {
             config,
             env: req.env,
             labels: req.labels,
-            parent: None,
+            parent: req.from.clone(),
             failure_reason: None,
+            next_checkpoint: 0,
+            notice: None,
         };
         // Intent first: a crash from here on leaves a row that reconciliation cleans up.
         self.store.insert_sandbox(&rec).map_err(|e| match e {
@@ -273,7 +374,7 @@ impl Manager {
         })?;
         let lock = self.op_lock(&rec.id);
         let _guard = lock.lock().await;
-        match self.provision(&rec, image_path).await {
+        match self.provision(&rec, image_path, fork_src).await {
             Ok(()) => {
                 rec.status = SandboxStatus::Running;
                 rec.intent = None;
@@ -294,11 +395,20 @@ impl Manager {
         }
     }
 
-    async fn provision(&self, rec: &SandboxRecord, image_path: PathBuf) -> Result<()> {
+    async fn provision(
+        &self,
+        rec: &SandboxRecord,
+        image_path: Option<PathBuf>,
+        fork_src: Option<(SandboxRecord, Option<String>)>,
+    ) -> Result<()> {
         let pool = self.pool.clone();
         let dst = pool.sandbox_path(&rec.id);
         let t = std::time::Instant::now();
-        blocking(move || Ok(pool.snapshot(&image_path, &dst, false)?)).await?;
+        match (image_path, fork_src) {
+            (_, Some((src, cp))) => self.snapshot_fork_source(&src, cp.as_deref(), dst).await?,
+            (Some(image_path), None) => blocking(move || Ok(pool.snapshot(&image_path, &dst, false)?)).await?,
+            (None, None) => return Err(CoreError::Internal("nothing to create the sandbox from".into())),
+        }
         tracing::debug!(sandbox = %rec.name, ms = t.elapsed().as_secs_f64() * 1e3, "snapshot");
         crate::fault::point("create.after_snapshot");
         self.boot(rec).await?;
@@ -307,10 +417,16 @@ impl Manager {
     }
 
     /// Starts the engine and waits for the agent's handshake.
-    async fn boot(&self, rec: &SandboxRecord) -> Result<()> {
+    pub(crate) async fn boot(&self, rec: &SandboxRecord) -> Result<()> {
         let spec = self.spec(rec);
+        // Checkpoints are visible read-only inside at /.burrow/checkpoints.
+        let cp_dir = self.pool.checkpoints_dir().join(&rec.id);
+        std::fs::create_dir_all(&cp_dir)
+            .and_then(|()| std::fs::set_permissions(&cp_dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)))
+            .map_err(|e| CoreError::Internal(format!("creating {}: {e}", cp_dir.display())))?;
         std::fs::create_dir_all(&spec.run_dir)
             .map_err(|e| CoreError::Internal(format!("creating {}: {e}", spec.run_dir.display())))?;
+        self.ensure_inside_api(rec)?;
         let engine = self.engine.clone();
         let t = std::time::Instant::now();
         blocking(move || Ok(engine.start(&spec)?)).await?;
@@ -341,7 +457,7 @@ impl Manager {
         Ok(client)
     }
 
-    async fn agent(&self, rec: &SandboxRecord) -> Result<AgentClient<Channel>> {
+    pub(crate) async fn agent(&self, rec: &SandboxRecord) -> Result<AgentClient<Channel>> {
         let cached = self
             .agents
             .lock()
@@ -354,13 +470,14 @@ impl Manager {
         }
     }
 
-    fn forget_agent(&self, id: &str) {
+    pub(crate) fn forget_agent(&self, id: &str) {
         self.agents.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     /// Stops the runtime and removes the disk and runtime dir of a sandbox. Idempotent.
-    async fn teardown(&self, rec: &SandboxRecord) -> Result<()> {
+    pub(crate) async fn teardown(&self, rec: &SandboxRecord) -> Result<()> {
         self.forget_agent(&rec.id);
+        self.stop_inside_api(&rec.id);
         let engine = self.engine.clone();
         let pool = self.pool.clone();
         let id = rec.id.clone();
@@ -396,7 +513,9 @@ impl Manager {
         self.store.update_sandbox(&rec2)?;
         rec = rec2;
         crate::fault::point("delete.after_intent");
+        self.set_end_reason(&rec.name, format!("sandbox '{}' was deleted", rec.name));
         self.teardown(&rec).await?;
+        self.delete_all_checkpoints(&rec).await?;
         self.store.delete_sandbox(&rec.id)?;
         self.op_locks
             .lock()
@@ -421,9 +540,13 @@ impl Manager {
             (SandboxStatus::Sleeping, Action::Sleep) => {}
             (SandboxStatus::Running, Action::Sleep) => self.freeze(&rec, true).await?,
             (SandboxStatus::Sleeping, Action::Wake | Action::Start) => self.freeze(&rec, false).await?,
-            (_, Action::Stop) => self.halt(&rec).await?,
+            (_, Action::Stop) => {
+                self.set_end_reason(&rec.name, format!("sandbox '{}' was stopped", rec.name));
+                self.halt(&rec).await?
+            }
             (_, Action::Start) => self.boot_or_fail(&mut rec).await?,
             (_, Action::Restart) => {
+                self.set_end_reason(&rec.name, format!("sandbox '{}' was restarted", rec.name));
                 self.halt(&rec).await?;
                 self.boot_or_fail(&mut rec).await?;
             }
@@ -443,7 +566,7 @@ impl Manager {
         Ok(self.view(&rec))
     }
 
-    async fn freeze(&self, rec: &SandboxRecord, freeze: bool) -> Result<()> {
+    pub(crate) async fn freeze(&self, rec: &SandboxRecord, freeze: bool) -> Result<()> {
         let engine = self.engine.clone();
         let id = rec.id.clone();
         blocking(move || {
@@ -457,15 +580,16 @@ impl Manager {
         .await
     }
 
-    async fn halt(&self, rec: &SandboxRecord) -> Result<()> {
+    pub(crate) async fn halt(&self, rec: &SandboxRecord) -> Result<()> {
         self.forget_agent(&rec.id);
+
         let engine = self.engine.clone();
         let id = rec.id.clone();
         blocking(move || Ok(engine.stop(&id, STOP_GRACE)?)).await
     }
 
     /// Boots a sandbox; on failure records `failed` with the reason and returns the error.
-    async fn boot_or_fail(&self, rec: &mut SandboxRecord) -> Result<()> {
+    pub(crate) async fn boot_or_fail(&self, rec: &mut SandboxRecord) -> Result<()> {
         if let Err(e) = self.boot(rec).await {
             let _ = self.halt(rec).await;
             rec.status = SandboxStatus::Failed;
@@ -524,7 +648,7 @@ impl Manager {
     // ----- exec ------------------------------------------------------------------------
 
     /// Makes sure the sandbox runs (waking it if asleep) and returns its record.
-    async fn ensure_running(&self, name: &str) -> Result<SandboxRecord> {
+    pub(crate) async fn ensure_running(&self, name: &str) -> Result<SandboxRecord> {
         let rec = self.record(name)?;
         valid_transition(&rec.name, rec.status, Action::Exec)?;
         if rec.status == SandboxStatus::Sleeping {
@@ -534,7 +658,7 @@ impl Manager {
         Ok(rec)
     }
 
-    fn touch(&self, rec: &SandboxRecord) {
+    pub(crate) fn touch(&self, rec: &SandboxRecord) {
         if let Err(e) = self.store.touch_sandbox(&rec.id, &now_rfc3339()) {
             tracing::warn!(sandbox = %rec.name, error = %e, "recording activity");
         }
@@ -634,16 +758,18 @@ impl Manager {
     /// undoes half-done operations, adopts running sandboxes, restarts ones that should run
     /// and do not, and removes runtime containers, volumes and run dirs nobody owns.
     async fn reconcile(&self) -> Result<()> {
+        self.reconcile_checkpoints().await?;
         let records = self.store.all_sandboxes()?;
         for mut rec in records.clone() {
             match rec.intent {
                 Some(Intent::Create) | Some(Intent::Destroy) => {
                     tracing::warn!(sandbox = %rec.name, intent = ?rec.intent, "finishing interrupted operation: removing");
                     self.teardown(&rec).await?;
+                    self.delete_all_checkpoints(&rec).await?;
                     self.store.delete_sandbox(&rec.id)?;
                     continue;
                 }
-                None => {}
+                Some(Intent::Restore { .. }) | None => {}
             }
             let engine = self.engine.clone();
             let id = rec.id.clone();
@@ -655,12 +781,14 @@ impl Manager {
                         rec.status = SandboxStatus::Running;
                         self.store.update_sandbox(&rec)?;
                     }
+                    self.ensure_inside_api(&rec)?;
                     tracing::info!(sandbox = %rec.name, "adopted running sandbox");
                 }
                 (true, RuntimeStatus::Paused { .. }) => {
                     if rec.status == SandboxStatus::Running {
                         let _ = self.freeze(&rec, false).await;
                     }
+                    self.ensure_inside_api(&rec)?;
                     tracing::info!(sandbox = %rec.name, status = %rec.status, "adopted sandbox");
                 }
                 (true, _) => {
@@ -717,6 +845,7 @@ impl Manager {
             if let Err(e) = self.teardown(&rec).await {
                 tracing::warn!(sandbox = %rec.name, error = %chain(&e), "teardown");
             }
+            let _ = self.delete_all_checkpoints(&rec).await;
             self.store.delete_sandbox(&rec.id)?;
         }
         Ok(())

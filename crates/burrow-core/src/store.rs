@@ -31,20 +31,28 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub enum Intent {
     Create,
     Destroy,
+    /// Restoring checkpoint `target`; the replaced state is saved as checkpoint `backup`.
+    Restore { target: u64, backup: u64 },
 }
 
 impl Intent {
-    fn as_str(self) -> &'static str {
+    fn encode(self) -> String {
         match self {
-            Self::Create => "create",
-            Self::Destroy => "destroy",
+            Self::Create => "create".into(),
+            Self::Destroy => "destroy".into(),
+            Self::Restore { target, backup } => format!("restore:{target}:{backup}"),
         }
     }
     fn parse(s: &str) -> Option<Self> {
         match s {
             "create" => Some(Self::Create),
             "destroy" => Some(Self::Destroy),
-            _ => None,
+            _ => {
+                let mut it = s.strip_prefix("restore:")?.split(':');
+                let target = it.next()?.parse().ok()?;
+                let backup = it.next()?.parse().ok()?;
+                Some(Self::Restore { target, backup })
+            }
         }
     }
 }
@@ -66,6 +74,22 @@ pub struct SandboxRecord {
     pub labels: BTreeMap<String, String>,
     pub parent: Option<ForkSource>,
     pub failure_reason: Option<String>,
+    /// Next checkpoint number; only grows, so ids are never reused.
+    pub next_checkpoint: u64,
+    /// Something the owner should know (e.g. how an interrupted restore ended).
+    pub notice: Option<String>,
+}
+
+/// A checkpoint as stored. `ready == false` means its snapshot is being made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointRecord {
+    pub sandbox_id: String,
+    pub seq: u64,
+    pub comment: String,
+    pub created_at: String,
+    pub size_bytes: u64,
+    pub source: String,
+    pub ready: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,8 +103,9 @@ pub struct ImageRecord {
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        "CREATE TABLE sandboxes (
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE sandboxes (
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL UNIQUE,
             status TEXT NOT NULL,
@@ -105,7 +130,22 @@ fn migrations() -> Migrations<'static> {
             message TEXT
         );
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
-    )])
+        ),
+        M::up(
+            "ALTER TABLE sandboxes ADD COLUMN next_checkpoint INTEGER NOT NULL DEFAULT 0;
+            ALTER TABLE sandboxes ADD COLUMN notice TEXT;
+            CREATE TABLE checkpoints (
+                sandbox_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                comment TEXT NOT NULL,
+                created_at TEXT NOT NULL,
+                size_bytes INTEGER NOT NULL,
+                source TEXT NOT NULL,
+                ready INTEGER NOT NULL,
+                PRIMARY KEY (sandbox_id, seq)
+            );",
+        ),
+    ])
 }
 
 #[derive(Debug)]
@@ -114,7 +154,7 @@ pub struct Store {
 }
 
 const SANDBOX_COLS: &str = "id, name, status, intent, engine, image, created_at, updated_at, last_active_at, \
-                            config, env, labels, parent, failure_reason";
+                            config, env, labels, parent, failure_reason, next_checkpoint, notice";
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self> {
@@ -151,12 +191,12 @@ impl Store {
     pub fn insert_sandbox(&self, r: &SandboxRecord) -> Result<()> {
         self.with(|c| {
             let res = c.execute(
-                &format!("INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)"),
+                &format!("INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
                 params![
                     r.id,
                     r.name,
                     r.status.as_str(),
-                    r.intent.map(Intent::as_str),
+                    r.intent.map(Intent::encode),
                     r.engine.as_str(),
                     r.image,
                     r.created_at,
@@ -167,6 +207,8 @@ impl Store {
                     to_json(&r.labels),
                     r.parent.as_ref().map(to_json),
                     r.failure_reason,
+                    r.next_checkpoint as i64,
+                    r.notice,
                 ],
             );
             match res {
@@ -184,17 +226,19 @@ impl Store {
         self.with(|c| {
             c.execute(
                 "UPDATE sandboxes SET status=?2, intent=?3, updated_at=?4, last_active_at=?5, config=?6, env=?7, \
-                 labels=?8, failure_reason=?9 WHERE id=?1",
+                 labels=?8, failure_reason=?9, next_checkpoint=?10, notice=?11 WHERE id=?1",
                 params![
                     r.id,
                     r.status.as_str(),
-                    r.intent.map(Intent::as_str),
+                    r.intent.map(Intent::encode),
                     r.updated_at,
                     r.last_active_at,
                     to_json(&r.config),
                     to_json(&r.env),
                     to_json(&r.labels),
                     r.failure_reason,
+                    r.next_checkpoint as i64,
+                    r.notice,
                 ],
             )?;
             Ok(())
@@ -292,6 +336,56 @@ impl Store {
         })
     }
 
+    pub fn insert_checkpoint(&self, r: &CheckpointRecord) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO checkpoints (sandbox_id, seq, comment, created_at, size_bytes, source, ready)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                params![r.sandbox_id, r.seq as i64, r.comment, r.created_at, r.size_bytes as i64, r.source, r.ready],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn update_checkpoint(&self, r: &CheckpointRecord) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE checkpoints SET size_bytes=?3, ready=?4 WHERE sandbox_id=?1 AND seq=?2",
+                params![r.sandbox_id, r.seq as i64, r.size_bytes as i64, r.ready],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn delete_checkpoint(&self, sandbox_id: &str, seq: u64) -> Result<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM checkpoints WHERE sandbox_id=?1 AND seq=?2", params![sandbox_id, seq as i64])?;
+            Ok(())
+        })
+    }
+
+    /// Checkpoints of a sandbox (all of them with `sandbox_id == None`), oldest first.
+    pub fn checkpoints(&self, sandbox_id: Option<&str>) -> Result<Vec<CheckpointRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT sandbox_id, seq, comment, created_at, size_bytes, source, ready FROM checkpoints
+                 WHERE ?1 IS NULL OR sandbox_id = ?1 ORDER BY sandbox_id, seq",
+            )?;
+            let rows = stmt.query_map(params![sandbox_id], |r| {
+                Ok(CheckpointRecord {
+                    sandbox_id: r.get(0)?,
+                    seq: r.get::<_, i64>(1)?.max(0) as u64,
+                    comment: r.get(2)?,
+                    created_at: r.get(3)?,
+                    size_bytes: r.get::<_, i64>(4)?.max(0) as u64,
+                    source: r.get(5)?,
+                    ready: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
         self.with(|c| {
             Ok(
@@ -330,6 +424,8 @@ fn image_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRecord> {
 /// Columns as read, before validation.
 struct RawSandbox {
     cols: [Option<String>; 14],
+    next_checkpoint: i64,
+    notice: Option<String>,
 }
 
 fn row_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawSandbox> {
@@ -337,7 +433,7 @@ fn row_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawSandbox> {
     for (i, c) in cols.iter_mut().enumerate() {
         *c = r.get(i)?;
     }
-    Ok(RawSandbox { cols })
+    Ok(RawSandbox { cols, next_checkpoint: r.get(14)?, notice: r.get(15)? })
 }
 
 impl RawSandbox {
@@ -358,6 +454,7 @@ impl RawSandbox {
             parent,
             reason,
         ] = self.cols;
+        let (next_checkpoint, notice) = (self.next_checkpoint.max(0) as u64, self.notice);
         let id = id.unwrap_or_default();
         let bad = |detail: String| StoreError::Corrupt {
             what: format!("sandbox {id}"),
@@ -391,6 +488,8 @@ impl RawSandbox {
             parent: serde_json::from_value(json("parent", parent)?)
                 .map_err(|e| bad(format!("parent: {e}")))?,
             failure_reason: reason,
+            next_checkpoint,
+            notice,
             id,
         })
     }
@@ -424,6 +523,8 @@ mod tests {
             labels: BTreeMap::new(),
             parent: None,
             failure_reason: None,
+            next_checkpoint: 0,
+            notice: None,
         }
     }
 

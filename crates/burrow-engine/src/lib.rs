@@ -27,6 +27,9 @@ pub struct SandboxSpec {
     /// engine keeps its bundle, the agent socket and the agent log here.
     pub run_dir: PathBuf,
     pub resources: Resources,
+    /// Host directories shared read-only with the sandbox, as (path inside, host path):
+    /// its checkpoints and the directory holding its in-sandbox API socket.
+    pub shared_dirs: Vec<(String, PathBuf)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

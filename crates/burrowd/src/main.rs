@@ -163,9 +163,24 @@ async fn main() -> anyhow::Result<()> {
     cfg.public_port = addr.port();
     std::fs::write(data_dir.join("burrowd.addr"), addr.to_string())?;
 
-    let mgr = Manager::open(cfg)
+    // The in-sandbox API (/.burrow/api.sock) of each sandbox, served by this HTTP layer. The
+    // manager calls this while it reconciles, before it exists for us: the served tasks wait
+    // for it on a watch channel.
+    let (mgr_tx, mgr_rx) = tokio::sync::watch::channel::<Option<std::sync::Weak<Manager>>>(None);
+    let inside: burrow_core::InsideApiServer = Arc::new(move |id, listener| {
+        let mut rx = mgr_rx.clone();
+        tokio::spawn(async move {
+            let Ok(listener) = tokio::net::UnixListener::from_std(listener) else { return };
+            let Ok(weak) = rx.wait_for(|m| m.is_some()).await.map(|m| m.clone()) else { return };
+            let Some(mgr) = weak.and_then(|w| w.upgrade()) else { return };
+            let _ = axum::serve(listener, burrowd::api::checkpoints::inside::router(mgr, id)).await;
+        })
+        .abort_handle()
+    });
+    let mgr = Manager::open(cfg, Some(inside))
         .await
         .map_err(|e| anyhow::anyhow!(burrow_core::error::chain(&e)))?;
+    let _ = mgr_tx.send(Some(Arc::downgrade(&mgr)));
     let token = admin_token(&data_dir)?;
     let state = AppState {
         mgr: mgr.clone(),

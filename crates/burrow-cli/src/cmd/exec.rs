@@ -322,7 +322,10 @@ impl Output {
                     term::eprint_line(&format!("error: {message}"));
                 }
             }
-            ExecEvent::Exit { exit_code, signal } => {
+            ExecEvent::Exit { exit_code, signal, reason } => {
+                if let Some(reason) = reason {
+                    eprintln!("burrow: {reason}");
+                }
                 if detect_not_found && !self.got_output && (self.not_found.is_some() || exit_code == 127) {
                     let msg = self
                         .not_found

@@ -13,6 +13,8 @@ pub async fn run(app: &App, a: ImagesArgs) -> anyhow::Result<u8> {
     }
     match a.command.unwrap_or(ImagesCommand::Ls) {
         ImagesCommand::Ls => ls(app).await,
+        ImagesCommand::Create { name, from } => super::checkpoints::create_image(app, &name, &from).await,
+        ImagesCommand::Rm { name } => super::checkpoints::delete_image(app, &name).await,
     }
 }
 

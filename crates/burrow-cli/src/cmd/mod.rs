@@ -1,5 +1,6 @@
 //! One module per group of commands.
 
+pub mod checkpoints;
 pub mod exec;
 pub mod images;
 pub mod sandbox;

@@ -236,6 +236,7 @@ impl ContainerEngine {
                 limit_swap: self.limit_swap,
                 hostname_file: spec.run_dir.join("hostname"),
                 hosts_file: spec.run_dir.join("hosts"),
+                shared_dirs: spec.shared_dirs.clone(),
             },
         )
     }

@@ -91,6 +91,8 @@ pub struct ConfigInputs<'a> {
     /// `run_dir/hostname` and `run_dir/hosts`, bind-mounted at /etc/hostname and /etc/hosts.
     pub hostname_file: PathBuf,
     pub hosts_file: PathBuf,
+    /// Read-only bind mounts (path inside, host path), from `SandboxSpec::shared_dirs`.
+    pub shared_dirs: Vec<(String, PathBuf)>,
 }
 
 /// The agent's command line.
@@ -173,7 +175,7 @@ fn mounts(inp: &ConfigInputs<'_>) -> Vec<Mount> {
     if inp.uid_count > 5 {
         devpts.push("gid=5");
     }
-    vec![
+    let mut all = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         mount(
             "/dev",
@@ -207,7 +209,9 @@ fn mounts(inp: &ConfigInputs<'_>) -> Vec<Mount> {
         bind_ro(AGENT_PATH, inp.agent_bin),
         bind_ro("/etc/hostname", &inp.hostname_file),
         bind_ro("/etc/hosts", &inp.hosts_file),
-    ]
+    ];
+    all.extend(inp.shared_dirs.iter().map(|(dest, src)| bind_ro(dest, src)));
+    all
 }
 
 fn process(hostname: &str, inp: &ConfigInputs<'_>) -> Process {
@@ -417,6 +421,7 @@ mod tests {
                 memory_mb: 512,
                 pids: 256,
             },
+            shared_dirs: Vec::new(),
         }
     }
 
@@ -431,6 +436,7 @@ mod tests {
             limit_swap: true,
             hostname_file: "/data/run/sb-1234/hostname".into(),
             hosts_file: "/data/run/sb-1234/hosts".into(),
+            shared_dirs: Vec::new(),
         }
     }
 

@@ -164,6 +164,7 @@ impl TestEngine {
             rootfs,
             run_dir: base.join("run"),
             resources,
+            shared_dirs: Vec::new(),
         }
     }
 

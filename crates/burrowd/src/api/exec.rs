@@ -92,10 +92,13 @@ pub async fn exec_ws(
         opts.stdin = true;
     }
     let session = s.mgr.exec_stream(&name, opts.clone(), &env).await?;
-    Ok(ws.on_upgrade(move |socket| bridge(socket, session, opts.tty)))
+    let mgr = s.mgr.clone();
+    Ok(ws.on_upgrade(move |socket| bridge(socket, session, opts.tty, mgr)))
 }
 
-async fn bridge(socket: WebSocket, session: burrow_core::ExecSession, tty: bool) {
+async fn bridge(socket: WebSocket, session: burrow_core::ExecSession, tty: bool, mgr: std::sync::Arc<burrow_core::Manager>) {
+    let sandbox = session.sandbox.clone();
+    let started = std::time::Instant::now();
     let (mut tx, mut rx) = socket.split();
     let hello = WsControl::Session {
         id: session.id.clone(),
@@ -116,10 +119,20 @@ async fn bridge(socket: WebSocket, session: burrow_core::ExecSession, tty: bool)
                     if tx.send(Message::Binary(frame(ws_stream::STDERR, &b))).await.is_err() { return; }
                 }
                 Ok(Some(SessionEvent::Exited { exit_code, signal })) => {
-                    break Ok(WsControl::Exit { exit_code, signal: signal.map(signal_name) });
+                    // A process the sandbox's stop/restore ended exits normally (TERM), but
+                    // its client still learns why.
+                    let reason = mgr.end_reason_since(&sandbox, started);
+                    break Ok(WsControl::Exit { exit_code, signal: signal.map(signal_name), reason });
                 }
                 Ok(None) => break Err(("internal".to_owned(), "session ended twice".to_owned())),
-                Err(e) => break Err((e.code().to_owned(), burrow_core::error::chain(&e))),
+                Err(e) => match mgr.end_reason_since(&sandbox, started) {
+                    // The sandbox ended the process (stop, restore, delete): a normal end,
+                    // with the reason, rather than an error.
+                    Some(reason) => {
+                        break Ok(WsControl::Exit { exit_code: -1, signal: Some("KILL".into()), reason: Some(reason) })
+                    }
+                    None => break Err((e.code().to_owned(), burrow_core::error::chain(&e))),
+                },
             },
             msg = rx.next() => {
                 let Some(Ok(msg)) = msg else {

@@ -93,3 +93,26 @@ pub fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError>
         )
     })
 }
+
+/// An optional JSON body: absent (empty) is `None`; present must be valid JSON as for
+/// [`ApiJson`] (a content type is only required when there is a body).
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let has_body = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v.trim() != "0")
+            && (req.headers().contains_key(header::CONTENT_LENGTH)
+                || req.headers().contains_key(header::TRANSFER_ENCODING));
+        if !has_body {
+            return Ok(Self(None));
+        }
+        ApiJson::<T>::from_request(req, state).await.map(|ApiJson(v)| Self(Some(v)))
+    }
+}

@@ -1,9 +1,11 @@
 //! Routes of the REST API (`shared/api.md`), one module per resource.
 
 mod auth;
+pub mod checkpoints;
 pub mod error;
 mod exec;
 mod extract;
+mod files;
 mod sandboxes;
 
 use std::sync::Arc;
@@ -38,6 +40,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/openapi.yaml"),
     ("get", "/v1/version"),
     ("get", "/v1/images"),
+    ("post", "/v1/images"),
+    ("delete", "/v1/images/{name}"),
     ("get", "/v1/sandboxes"),
     ("post", "/v1/sandboxes"),
     ("get", "/v1/sandboxes/{name}"),
@@ -50,6 +54,18 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/sandboxes/{name}/wake"),
     ("post", "/v1/sandboxes/{name}/exec"),
     ("get", "/v1/sandboxes/{name}/exec"),
+    ("get", "/v1/sandboxes/{name}/files"),
+    ("put", "/v1/sandboxes/{name}/files"),
+    ("delete", "/v1/sandboxes/{name}/files"),
+    ("get", "/v1/sandboxes/{name}/files/list"),
+    ("post", "/v1/sandboxes/{name}/files/rename"),
+    ("get", "/v1/sandboxes/{name}/files/archive"),
+    ("put", "/v1/sandboxes/{name}/files/archive"),
+    ("get", "/v1/sandboxes/{name}/checkpoints"),
+    ("post", "/v1/sandboxes/{name}/checkpoints"),
+    ("get", "/v1/sandboxes/{name}/checkpoints/{id}"),
+    ("delete", "/v1/sandboxes/{name}/checkpoints/{id}"),
+    ("post", "/v1/sandboxes/{name}/checkpoints/{id}/restore"),
 ];
 
 /// The API router for one transport.
@@ -59,7 +75,14 @@ pub fn router(state: AppState, transport: Transport) -> Router {
         .route("/healthz", get(healthz))
         .route("/openapi.yaml", get(openapi))
         .route("/v1/version", get(version))
-        .route("/v1/images", get(list_images))
+        .route("/v1/images", get(list_images).post(checkpoints::create_image))
+        .route("/v1/images/{name}", axum::routing::delete(checkpoints::delete_image))
+        .route("/v1/sandboxes/{name}/checkpoints", get(checkpoints::list).post(checkpoints::create))
+        .route(
+            "/v1/sandboxes/{name}/checkpoints/{id}",
+            get(checkpoints::get_one).delete(checkpoints::delete),
+        )
+        .route("/v1/sandboxes/{name}/checkpoints/{id}/restore", post(checkpoints::restore))
         .route("/v1/sandboxes", get(list).post(create))
         .route("/v1/sandboxes/{name}", get(get_one).patch(patch).delete(delete))
         .route("/v1/sandboxes/{name}/start", post(start))
@@ -70,6 +93,22 @@ pub fn router(state: AppState, transport: Transport) -> Router {
         .route(
             "/v1/sandboxes/{name}/exec",
             post(exec::exec_once).get(exec::exec_ws),
+        )
+        // Upload bodies stream to the sandbox's disk: no size limit here (the disk has one).
+        .route(
+            "/v1/sandboxes/{name}/files",
+            get(files::read)
+                .put(files::write)
+                .delete(files::remove)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/sandboxes/{name}/files/list", get(files::list))
+        .route("/v1/sandboxes/{name}/files/rename", post(files::rename))
+        .route(
+            "/v1/sandboxes/{name}/files/archive",
+            get(files::read_archive)
+                .put(files::write_archive)
+                .layer(DefaultBodyLimit::disable()),
         )
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -1,0 +1,369 @@
+//! Checkpoints, restore and forks: whole-disk snapshots of a sandbox, O(1) on btrfs.
+//!
+//! A live checkpoint freezes the sandbox's processes (cgroup freezer) around the snapshot,
+//! so what it captures is a state the processes could observe (no half-done write); the
+//! btrfs snapshot flushes the subvolume's dirty data itself. Restore is never destructive:
+//! the replaced state is first saved as a new checkpoint. Every step is crash-safe: intent
+//! in the store first, then the work, then the commit; `reconcile_checkpoints` finishes or
+//! undoes what a crash interrupted.
+
+use std::path::PathBuf;
+
+use burrow_api::{Checkpoint, CheckpointId, RestoreResult, SandboxStatus};
+
+use crate::manager::{Manager, blocking};
+use crate::store::{CheckpointRecord, Intent, SandboxRecord};
+use crate::time_util::now_rfc3339;
+use crate::CoreError;
+
+type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+const MAX_COMMENT: usize = 1024;
+
+/// Where a checkpoint was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointSource {
+    Api,
+    Inside,
+}
+
+impl CheckpointSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Inside => "inside",
+        }
+    }
+}
+
+fn view(r: &CheckpointRecord) -> Checkpoint {
+    Checkpoint {
+        id: CheckpointId(r.seq).to_string(),
+        comment: r.comment.clone(),
+        created_at: r.created_at.clone(),
+        size_bytes: r.size_bytes,
+        source: r.source.clone(),
+    }
+}
+
+impl Manager {
+    pub(crate) fn checkpoint_path(&self, sandbox_id: &str, seq: u64) -> PathBuf {
+        self.pool.checkpoints_dir().join(sandbox_id).join(CheckpointId(seq).to_string())
+    }
+
+    fn checkpoint_record(&self, rec: &SandboxRecord, id: &str) -> Result<CheckpointRecord> {
+        let cid = CheckpointId::parse(id).map_err(|e| CoreError::BadRequest(e.to_string()))?;
+        self.store
+            .checkpoints(Some(&rec.id))?
+            .into_iter()
+            .find(|c| c.seq == cid.0 && c.ready)
+            .ok_or_else(|| CoreError::not_found("checkpoint", format!("{}:{id}", rec.name)))
+    }
+
+    /// Allocates the next checkpoint number (persisted before use: ids are never reused).
+    fn next_seq(&self, rec: &mut SandboxRecord) -> Result<u64> {
+        let seq = rec.next_checkpoint;
+        rec.next_checkpoint += 1;
+        self.store.update_sandbox(rec)?;
+        Ok(seq)
+    }
+
+    /// Snapshots the sandbox's volume read-only as checkpoint `seq`, freezing its processes
+    /// around the snapshot when it runs. The caller holds the sandbox's op lock.
+    async fn snapshot_checkpoint(
+        &self,
+        rec: &SandboxRecord,
+        seq: u64,
+        comment: String,
+        source: &str,
+    ) -> Result<CheckpointRecord> {
+        let mut cp = CheckpointRecord {
+            sandbox_id: rec.id.clone(),
+            seq,
+            comment,
+            created_at: now_rfc3339(),
+            size_bytes: 0,
+            source: source.to_owned(),
+            ready: false,
+        };
+        self.store.insert_checkpoint(&cp)?;
+        let freeze = rec.status == SandboxStatus::Running;
+        if freeze {
+            self.freeze(rec, true).await?;
+        }
+        let pool = self.pool.clone();
+        let src = pool.sandbox_path(&rec.id);
+        let dst = self.checkpoint_path(&rec.id, seq);
+        let t = std::time::Instant::now();
+        let snap = blocking(move || Ok(pool.snapshot(&src, &dst, true)?)).await;
+        if freeze {
+            // Thaw whatever happened: the processes must never stay frozen by a failed checkpoint.
+            if let Err(e) = self.freeze(rec, false).await {
+                tracing::error!(sandbox = %rec.name, error = %crate::error::chain(&e), "thaw after checkpoint");
+            }
+        }
+        if let Err(e) = snap {
+            let _ = self.store.delete_checkpoint(&rec.id, seq);
+            return Err(e);
+        }
+        crate::fault::point("checkpoint.after_snapshot");
+        tracing::debug!(sandbox = %rec.name, seq, ms = t.elapsed().as_secs_f64() * 1e3, "checkpoint snapshot");
+        cp.ready = true;
+        self.store.update_checkpoint(&cp)?;
+        self.measure_checkpoint_in_background(cp.clone());
+        Ok(cp)
+    }
+
+    /// Fills in `size_bytes` later: walking a big tree takes longer than the snapshot.
+    fn measure_checkpoint_in_background(&self, mut cp: CheckpointRecord) {
+        let pool = self.pool.clone();
+        let store = self.store.clone();
+        let path = self.checkpoint_path(&cp.sandbox_id, cp.seq);
+        tokio::task::spawn_blocking(move || {
+            if let Ok(size) = pool.volume_size(&path) {
+                cp.size_bytes = size;
+                let _ = store.update_checkpoint(&cp);
+            }
+        });
+    }
+
+    pub async fn create_checkpoint(
+        &self,
+        name: &str,
+        comment: Option<String>,
+        source: CheckpointSource,
+    ) -> Result<Checkpoint> {
+        let comment = comment.unwrap_or_default();
+        if comment.len() > MAX_COMMENT {
+            return Err(CoreError::Invalid(format!("comment is longer than {MAX_COMMENT} bytes")));
+        }
+        let rec = self.record(name)?;
+        let lock = self.op_lock(&rec.id);
+        let _guard = lock.lock().await;
+        let mut rec = self.record(name)?;
+        if rec.status == SandboxStatus::Creating {
+            return Err(CoreError::IllegalTransition { name: rec.name, action: "checkpoint", from: rec.status });
+        }
+        let seq = self.next_seq(&mut rec)?;
+        let cp = self.snapshot_checkpoint(&rec, seq, comment, source.as_str()).await?;
+        tracing::info!(sandbox = %rec.name, checkpoint = seq, "checkpoint");
+        Ok(view(&cp))
+    }
+
+    pub fn list_checkpoints(&self, name: &str) -> Result<Vec<Checkpoint>> {
+        let rec = self.record(name)?;
+        Ok(self.store.checkpoints(Some(&rec.id))?.iter().filter(|c| c.ready).map(view).collect())
+    }
+
+    pub fn get_checkpoint(&self, name: &str, id: &str) -> Result<Checkpoint> {
+        let rec = self.record(name)?;
+        Ok(view(&self.checkpoint_record(&rec, id)?))
+    }
+
+    pub async fn delete_checkpoint(&self, name: &str, id: &str) -> Result<()> {
+        let rec = self.record(name)?;
+        let lock = self.op_lock(&rec.id);
+        let _guard = lock.lock().await;
+        let cp = self.checkpoint_record(&rec, id)?;
+        let pool = self.pool.clone();
+        let path = self.checkpoint_path(&rec.id, cp.seq);
+        // Forks and images made from it are independent snapshots: nothing else needs it.
+        blocking(move || Ok(pool.delete_volume(&path)?)).await?;
+        self.store.delete_checkpoint(&rec.id, cp.seq)?;
+        Ok(())
+    }
+
+    /// Replaces the sandbox's disk with checkpoint `id`, after saving the current state as a
+    /// new checkpoint. Processes are stopped; a sandbox that ran runs again afterwards.
+    pub async fn restore(&self, name: &str, id: &str) -> Result<RestoreResult> {
+        let rec = self.record(name)?;
+        if !self.restoring.lock().unwrap_or_else(|p| p.into_inner()).insert(rec.id.clone()) {
+            return Err(CoreError::Conflict(format!("a restore of sandbox '{name}' is already running")));
+        }
+        let result = self.restore_locked(name, id).await;
+        self.restoring.lock().unwrap_or_else(|p| p.into_inner()).remove(&rec.id);
+        result
+    }
+
+    async fn restore_locked(&self, name: &str, id: &str) -> Result<RestoreResult> {
+        let rec = self.record(name)?;
+        let lock = self.op_lock(&rec.id);
+        let _guard = lock.lock().await;
+        let mut rec = self.record(name)?;
+        if rec.status == SandboxStatus::Creating {
+            return Err(CoreError::IllegalTransition { name: rec.name, action: "restore", from: rec.status });
+        }
+        let target = self.checkpoint_record(&rec, id)?;
+        let was_running = matches!(rec.status, SandboxStatus::Running | SandboxStatus::Sleeping);
+        let backup = self.next_seq(&mut rec)?;
+        rec.intent = Some(Intent::Restore { target: target.seq, backup });
+        rec.updated_at = now_rfc3339();
+        self.store.update_sandbox(&rec)?;
+
+        // 1. Stop every process; sessions learn why.
+        self.set_end_reason(&rec.name, format!("sandbox '{}' is being restored to {id}", rec.name));
+        self.halt(&rec).await?;
+        crate::fault::pause("restore.after_stop").await;
+        rec.status = SandboxStatus::Stopped;
+        // 2. Save the state being replaced.
+        let comment = format!("state before restoring {id}");
+        self.snapshot_checkpoint(&rec, backup, comment, "restore-backup").await?;
+        crate::fault::point("restore.after_backup");
+        // 3. Swap volumes: the new one is made aside, then two renames put it in place.
+        let pool = self.pool.clone();
+        let live = pool.sandbox_path(&rec.id);
+        let src = self.checkpoint_path(&rec.id, target.seq);
+        blocking(move || {
+            let new = live.with_extension("new");
+            let old = live.with_extension("old");
+            pool.delete_volume(&new)?;
+            pool.snapshot(&src, &new, false)?;
+            crate::fault::point("restore.before_swap");
+            rename(&live, &old)?;
+            crate::fault::point("restore.mid_swap");
+            rename(&new, &live)?;
+            pool.delete_volume(&old)?;
+            Ok(())
+        })
+        .await?;
+        // 4. Run again if it ran.
+        rec.intent = None;
+        rec.notice = None;
+        if was_running {
+            rec.status = SandboxStatus::Running;
+            if let Err(e) = self.boot_or_fail(&mut rec).await {
+                return Err(e);
+            }
+        }
+        rec.updated_at = now_rfc3339();
+        self.store.update_sandbox(&rec)?;
+        tracing::info!(sandbox = %rec.name, restored = id, backup, "restored");
+        Ok(RestoreResult { restored: id.to_owned(), backup: CheckpointId(backup).to_string() })
+    }
+
+    /// Finishes or undoes checkpoint and restore work a crash interrupted. Runs before the
+    /// sandbox reconciliation, so the volumes are whole when that looks at them.
+    pub(crate) async fn reconcile_checkpoints(&self) -> Result<()> {
+        let sandboxes = self.store.all_sandboxes()?;
+        // Half-made checkpoints: never visible, removed.
+        for cp in self.store.checkpoints(None)? {
+            if !cp.ready {
+                tracing::warn!(sandbox = cp.sandbox_id, seq = cp.seq, "removing half-made checkpoint");
+                let pool = self.pool.clone();
+                let path = self.checkpoint_path(&cp.sandbox_id, cp.seq);
+                blocking(move || Ok(pool.delete_volume(&path)?)).await?;
+                self.store.delete_checkpoint(&cp.sandbox_id, cp.seq)?;
+            }
+        }
+        // Interrupted restores: old state or new state, never a mix, and say which.
+        for mut rec in sandboxes.iter().cloned() {
+            let Some(Intent::Restore { target, backup }) = rec.intent else { continue };
+            let pool = self.pool.clone();
+            let live = pool.sandbox_path(&rec.id);
+            let (new, old) = (live.with_extension("new"), live.with_extension("old"));
+            let (has_live, has_new, has_old) = (pool.is_volume(&live), pool.is_volume(&new), pool.is_volume(&old));
+            let outcome = blocking(move || {
+                Ok(match (has_live, has_new, has_old) {
+                    // Swap done (maybe not cleaned up): the new state.
+                    (true, false, _) if has_old => {
+                        pool.delete_volume(&old)?;
+                        true
+                    }
+                    // Crash between the two renames: finish the swap.
+                    (false, true, true) => {
+                        rename(&new, &live)?;
+                        pool.delete_volume(&old)?;
+                        true
+                    }
+                    // Swap not started: keep the old state.
+                    (true, _, false) => {
+                        pool.delete_volume(&new)?;
+                        false
+                    }
+                    _ => false,
+                })
+            })
+            .await?;
+            let (t, b) = (CheckpointId(target), CheckpointId(backup));
+            let notice = if outcome {
+                format!("a restore to {t} was interrupted by a daemon restart and was completed; the previous state is in {b}")
+            } else {
+                format!("a restore to {t} was interrupted by a daemon restart; the sandbox kept its previous state")
+            };
+            tracing::warn!(sandbox = %rec.name, "{notice}");
+            rec.intent = None;
+            rec.notice = Some(notice);
+            // It was stopped for the restore; reconciliation starts it again if it should run.
+            rec.status = SandboxStatus::Running;
+            self.store.update_sandbox(&rec)?;
+        }
+        // Checkpoint volumes nobody owns.
+        let known: std::collections::HashSet<(String, u64)> =
+            self.store.checkpoints(None)?.into_iter().map(|c| (c.sandbox_id, c.seq)).collect();
+        let ids: std::collections::HashSet<String> = sandboxes.iter().map(|r| r.id.clone()).collect();
+        let Ok(dirs) = std::fs::read_dir(self.pool.checkpoints_dir()) else { return Ok(()) };
+        for dir in dirs.flatten() {
+            let sid = dir.file_name().to_string_lossy().into_owned();
+            let Ok(entries) = std::fs::read_dir(dir.path()) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let owned = CheckpointId::parse(&name).is_ok_and(|c| known.contains(&(sid.clone(), c.0)));
+                if !owned {
+                    tracing::warn!(path = %e.path().display(), "removing orphaned checkpoint volume");
+                    let pool = self.pool.clone();
+                    let p = e.path();
+                    blocking(move || Ok(pool.delete_volume(&p)?)).await?;
+                }
+            }
+            if !ids.contains(&sid) {
+                let _ = std::fs::remove_dir(dir.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every checkpoint of a sandbox (when the sandbox is destroyed).
+    pub(crate) async fn delete_all_checkpoints(&self, rec: &SandboxRecord) -> Result<()> {
+        for cp in self.store.checkpoints(Some(&rec.id))? {
+            let pool = self.pool.clone();
+            let path = self.checkpoint_path(&rec.id, cp.seq);
+            blocking(move || Ok(pool.delete_volume(&path)?)).await?;
+            self.store.delete_checkpoint(&rec.id, cp.seq)?;
+        }
+        let _ = std::fs::remove_dir(self.pool.checkpoints_dir().join(&rec.id));
+        Ok(())
+    }
+
+    /// Snapshots a fork source into `dst`: a checkpoint, or the live state of a sandbox
+    /// (frozen around the snapshot when it runs).
+    pub(crate) async fn snapshot_fork_source(&self, src: &SandboxRecord, checkpoint: Option<&str>, dst: PathBuf) -> Result<()> {
+        let pool = self.pool.clone();
+        match checkpoint {
+            Some(id) => {
+                let cp = self.checkpoint_record(src, id)?;
+                let from = self.checkpoint_path(&src.id, cp.seq);
+                blocking(move || Ok(pool.snapshot(&from, &dst, false)?)).await
+            }
+            None => {
+                let lock = self.op_lock(&src.id);
+                let _guard = lock.lock().await;
+                let src = self.record(&src.name)?;
+                let freeze = src.status == SandboxStatus::Running;
+                if freeze {
+                    self.freeze(&src, true).await?;
+                }
+                let from = pool.sandbox_path(&src.id);
+                let res = blocking(move || Ok(pool.snapshot(&from, &dst, false)?)).await;
+                if freeze {
+                    let _ = self.freeze(&src, false).await;
+                }
+                res
+            }
+        }
+    }
+}
+
+fn rename(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    std::fs::rename(from, to)
+        .map_err(|e| CoreError::Internal(format!("renaming {} to {}: {e}", from.display(), to.display())))
+}
