@@ -146,7 +146,8 @@ pub fn check_path(path: &str) -> Result<PathBuf, FileError> {
 }
 
 fn is_root(path: &Path) -> bool {
-    path.components().all(|c| matches!(c, Component::RootDir | Component::CurDir))
+    path.components()
+        .all(|c| matches!(c, Component::RootDir | Component::CurDir))
 }
 
 fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), FileError> {
@@ -279,7 +280,9 @@ impl Upload {
         if let Some(mode) = header.mode
             && mode > 0o7777
         {
-            return Err(FileError::Invalid(format!("mode {mode:o} is not a permission mode")));
+            return Err(FileError::Invalid(format!(
+                "mode {mode:o} is not a permission mode"
+            )));
         }
         if is_root(&path) || header.path.ends_with('/') {
             return Err(FileError::IsDir(header.path.clone()));
@@ -323,11 +326,16 @@ impl Upload {
     /// Keeps an existing file's owner and mode (unless a mode is given); a new file is the
     /// agent's (the sandbox's root) with the given mode or 0644. Owner first: chown clears
     /// set-id bits.
-    fn set_owner_and_mode(&mut self, existing: Option<&fs::Metadata>, mode: Option<u32>) -> Result<(), FileError> {
+    fn set_owner_and_mode(
+        &mut self,
+        existing: Option<&fs::Metadata>,
+        mode: Option<u32>,
+    ) -> Result<(), FileError> {
         let file = self.file.as_ref().expect("open until commit");
         let path = Path::new(&self.shown);
         if let Some(m) = existing {
-            std::os::unix::fs::fchown(file, Some(m.uid()), Some(m.gid())).map_err(io_err("cannot chown", path))?;
+            std::os::unix::fs::fchown(file, Some(m.uid()), Some(m.gid()))
+                .map_err(io_err("cannot chown", path))?;
         }
         let mode = mode.unwrap_or_else(|| existing.map_or(0o644, |m| m.mode() & 0o7777));
         file.set_permissions(fs::Permissions::from_mode(mode))
@@ -361,13 +369,16 @@ impl Drop for Upload {
     }
 }
 
+/// Where a writer thread reports how it ended.
+type WriterResult<T> = oneshot::Receiver<Result<T, FileError>>;
+
 /// Runs a writer on its own thread, fed by a bounded channel; returns the sender and where
 /// the writer's result arrives. The writer stops at the first error (its receiver is then
 /// dropped, which the feeding loop notices as a failed send).
 fn spawn_writer<T: Send + 'static>(
     name: &str,
     f: impl FnOnce(mpsc::Receiver<Vec<u8>>) -> Result<T, FileError> + Send + 'static,
-) -> Result<(mpsc::Sender<Vec<u8>>, oneshot::Receiver<Result<T, FileError>>), Status> {
+) -> Result<(mpsc::Sender<Vec<u8>>, WriterResult<T>), Status> {
     let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE);
     let (done_tx, done_rx) = oneshot::channel();
     spawn_thread(name, move || {
@@ -747,7 +758,10 @@ mod tests {
         assert!(matches!(check_path("a/b"), Err(FileError::NotAbsolute(_))));
         assert!(matches!(check_path(""), Err(FileError::NotAbsolute(_))));
         assert!(matches!(check_path("/a\0b"), Err(FileError::Nul)));
-        assert!(matches!(check_path(&format!("/{}", "a".repeat(MAX_PATH))), Err(FileError::TooLong)));
+        assert!(matches!(
+            check_path(&format!("/{}", "a".repeat(MAX_PATH))),
+            Err(FileError::TooLong)
+        ));
         assert!(is_root(Path::new("/")) && is_root(Path::new("/.")) && !is_root(Path::new("/a")));
     }
 
@@ -760,10 +774,22 @@ mod tests {
             source: io::Error::from(k),
         };
         assert_eq!(io(io::ErrorKind::NotFound).into_status().code(), Code::NotFound);
-        assert_eq!(io(io::ErrorKind::StorageFull).into_status().code(), Code::ResourceExhausted);
-        assert_eq!(io(io::ErrorKind::QuotaExceeded).into_status().code(), Code::ResourceExhausted);
-        assert_eq!(io(io::ErrorKind::IsADirectory).into_status().code(), Code::FailedPrecondition);
-        assert_eq!(io(io::ErrorKind::PermissionDenied).into_status().code(), Code::PermissionDenied);
+        assert_eq!(
+            io(io::ErrorKind::StorageFull).into_status().code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            io(io::ErrorKind::QuotaExceeded).into_status().code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            io(io::ErrorKind::IsADirectory).into_status().code(),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            io(io::ErrorKind::PermissionDenied).into_status().code(),
+            Code::PermissionDenied
+        );
         assert_eq!(FileError::Nul.into_status().code(), Code::InvalidArgument);
         let escaping = FileError::Archive(io::Error::other("trying to unpack outside of destination path"));
         assert_eq!(escaping.into_status().code(), Code::InvalidArgument);
@@ -780,7 +806,10 @@ mod tests {
         assert_eq!(fs::canonicalize(t).unwrap(), fs::canonicalize(&real).unwrap());
         assert!(m.is_some());
         std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
-        assert!(matches!(resolve_target(&dir.path().join("loop")), Err(FileError::Invalid(_))));
+        assert!(matches!(
+            resolve_target(&dir.path().join("loop")),
+            Err(FileError::Invalid(_))
+        ));
         let (t, m) = resolve_target(&dir.path().join("new")).unwrap();
         assert_eq!(t, dir.path().join("new"));
         assert!(m.is_none());

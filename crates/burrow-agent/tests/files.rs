@@ -109,7 +109,10 @@ async fn write_archive(conn: &mut Connection, dir: &str, tar: Vec<u8>) -> Result
         path: dir.into(),
         mkdir: true,
     }))];
-    msgs.extend(tar.chunks(64 * 1024).map(|c| msg(write_archive_input::Kind::Data(c.to_vec()))));
+    msgs.extend(
+        tar.chunks(64 * 1024)
+            .map(|c| msg(write_archive_input::Kind::Data(c.to_vec()))),
+    );
     msgs.push(msg(write_archive_input::Kind::Done(true)));
     let r = conn.client.write_archive(tokio_stream::iter(msgs)).await;
     r.map(|r| r.into_inner().entries)
@@ -131,15 +134,27 @@ async fn large_binary_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let path = s(&dir.path().join("big.bin"));
     let data = pattern(48 << 20, 7);
-    assert_eq!(write(&mut conn, header(&path, None, false), &data, true).await.unwrap(), data.len() as u64);
+    assert_eq!(
+        write(&mut conn, header(&path, None, false), &data, true)
+            .await
+            .unwrap(),
+        data.len() as u64
+    );
     let back = read(&mut conn, &path).await.unwrap();
     assert_eq!(Sha256::digest(&back), Sha256::digest(&data));
-    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o644);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+        0o644
+    );
     // Empty files and NUL/high bytes.
     let empty = s(&dir.path().join("empty"));
-    write(&mut conn, header(&empty, None, false), b"", true).await.unwrap();
+    write(&mut conn, header(&empty, None, false), b"", true)
+        .await
+        .unwrap();
     assert_eq!(read(&mut conn, &empty).await.unwrap(), b"");
-    write(&mut conn, header(&empty, None, false), b"\0\xff\xfe\n", true).await.unwrap();
+    write(&mut conn, header(&empty, None, false), b"\0\xff\xfe\n", true)
+        .await
+        .unwrap();
     assert_eq!(read(&mut conn, &empty).await.unwrap(), b"\0\xff\xfe\n");
     no_temp_files(dir.path());
 }
@@ -153,9 +168,13 @@ async fn write_semantics() {
 
     // mkdir creates parents; without it a missing parent is NotFound.
     let deep = s(&d.join("a/b/c.txt"));
-    let e = write(&mut conn, header(&deep, None, false), b"x", true).await.unwrap_err();
+    let e = write(&mut conn, header(&deep, None, false), b"x", true)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
-    write(&mut conn, header(&deep, Some(0o600), true), b"x", true).await.unwrap();
+    write(&mut conn, header(&deep, Some(0o600), true), b"x", true)
+        .await
+        .unwrap();
     assert_eq!(std::fs::metadata(&deep).unwrap().mode() & 0o7777, 0o600);
     assert!(d.join("a/b").is_dir());
 
@@ -166,37 +185,70 @@ async fn write_semantics() {
     if is_root() {
         std::os::unix::fs::chown(&f, Some(1234), Some(4321)).unwrap();
     }
-    write(&mut conn, header(&s(&f), None, false), b"new", true).await.unwrap();
+    write(&mut conn, header(&s(&f), None, false), b"new", true)
+        .await
+        .unwrap();
     let m = std::fs::metadata(&f).unwrap();
-    assert_eq!((m.mode() & 0o7777, std::fs::read(&f).unwrap()), (0o751, b"new".to_vec()));
+    assert_eq!(
+        (m.mode() & 0o7777, std::fs::read(&f).unwrap()),
+        (0o751, b"new".to_vec())
+    );
     if is_root() {
         assert_eq!((m.uid(), m.gid()), (1234, 4321));
     }
-    write(&mut conn, header(&s(&f), Some(0o640), false), b"new2", true).await.unwrap();
+    write(&mut conn, header(&s(&f), Some(0o640), false), b"new2", true)
+        .await
+        .unwrap();
     assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o7777, 0o640);
 
     // A final symlink is followed: the link stays, its target changes.
     std::os::unix::fs::symlink("kept", d.join("link")).unwrap();
-    write(&mut conn, header(&s(&d.join("link")), None, false), b"via link", true).await.unwrap();
-    assert!(std::fs::symlink_metadata(d.join("link")).unwrap().file_type().is_symlink());
+    write(
+        &mut conn,
+        header(&s(&d.join("link")), None, false),
+        b"via link",
+        true,
+    )
+    .await
+    .unwrap();
+    assert!(
+        std::fs::symlink_metadata(d.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     assert_eq!(std::fs::read(&f).unwrap(), b"via link");
 
     // Wrong targets and bad paths.
-    let e = write(&mut conn, header(&s(d), None, false), b"x", true).await.unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
-    for bad in ["relative/x", "", "/a\0b"] {
-        let e = write(&mut conn, header(bad, None, false), b"x", true).await.unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}: {e:?}");
-    }
-    let e = write(&mut conn, header(&s(&d.join("m")), Some(0o17777), false), b"x", true)
+    let e = write(&mut conn, header(&s(d), None, false), b"x", true)
         .await
         .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    for bad in ["relative/x", "", "/a\0b"] {
+        let e = write(&mut conn, header(bad, None, false), b"x", true)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}: {e:?}");
+    }
+    let e = write(
+        &mut conn,
+        header(&s(&d.join("m")), Some(0o17777), false),
+        b"x",
+        true,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 
     // An upload that ends without `done` changes nothing and leaves nothing behind.
-    let e = write(&mut conn, header(&s(&f), None, false), &pattern(3 << 20, 1), false)
-        .await
-        .unwrap_err();
+    let e = write(
+        &mut conn,
+        header(&s(&f), None, false),
+        &pattern(3 << 20, 1),
+        false,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::Aborted, "{e:?}");
     assert_eq!(std::fs::read(&f).unwrap(), b"via link");
     assert!(!d.join("never").exists());
@@ -216,7 +268,11 @@ async fn read_errors() {
     let e = read(&mut conn, "etc/passwd").await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     // A FIFO is refused instead of blocking the agent.
-    nix::unistd::mkfifo(&dir.path().join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    nix::unistd::mkfifo(
+        &dir.path().join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
     let e = read(&mut conn, &s(&dir.path().join("fifo"))).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
 }
@@ -245,26 +301,52 @@ async fn list_remove_rename() {
     let names: Vec<_> = entries.iter().map(|e| (e.name.as_str(), e.r#type())).collect();
     assert_eq!(
         names,
-        [("b.txt", FileType::File), ("dangling", FileType::Symlink), ("sub", FileType::Dir)]
+        [
+            ("b.txt", FileType::File),
+            ("dangling", FileType::Symlink),
+            ("sub", FileType::Dir)
+        ]
     );
     assert_eq!(entries[0].size, 5);
     assert!(entries[0].mtime > 1_600_000_000);
 
-    let e = conn.client.list_dir(ListDirRequest { path: s(&d.join("b.txt")) }).await.unwrap_err();
+    let e = conn
+        .client
+        .list_dir(ListDirRequest {
+            path: s(&d.join("b.txt")),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    let e = conn.client.list_dir(ListDirRequest { path: s(&d.join("zz")) }).await.unwrap_err();
+    let e = conn
+        .client
+        .list_dir(ListDirRequest {
+            path: s(&d.join("zz")),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 
     let rename = |from: &Path, to: &Path| RenameRequest {
         from: s(from),
         to: s(to),
     };
-    conn.client.rename(rename(&d.join("b.txt"), &d.join("sub/c.txt"))).await.unwrap();
+    conn.client
+        .rename(rename(&d.join("b.txt"), &d.join("sub/c.txt")))
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(d.join("sub/c.txt")).unwrap(), b"hello");
-    let e = conn.client.rename(rename(&d.join("b.txt"), &d.join("x"))).await.unwrap_err();
+    let e = conn
+        .client
+        .rename(rename(&d.join("b.txt"), &d.join("x")))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 
-    let rm = |p: &Path, recursive| RemoveRequest { path: s(p), recursive };
+    let rm = |p: &Path, recursive| RemoveRequest {
+        path: s(p),
+        recursive,
+    };
     let e = conn.client.remove(rm(&d.join("sub"), false)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     // A symlink is removed, not followed.
@@ -293,22 +375,49 @@ async fn archives_round_trip() {
     let mut names: Vec<String> = tar::Archive::new(&tar[..])
         .entries()
         .unwrap()
-        .map(|e| e.unwrap().path().unwrap().to_string_lossy().trim_end_matches('/').to_owned())
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_owned()
+        })
         .collect();
     names.sort();
     assert_eq!(
         names,
-        ["tree", "tree/a", "tree/a/b", "tree/a/b/nested.bin", "tree/abs-link", "tree/link", "tree/top.sh"]
+        [
+            "tree",
+            "tree/a",
+            "tree/a/b",
+            "tree/a/b/nested.bin",
+            "tree/abs-link",
+            "tree/link",
+            "tree/top.sh"
+        ]
     );
 
     let dst = tempfile::tempdir().unwrap();
     let into = dst.path().join("new/dir");
     assert_eq!(write_archive(&mut conn, &s(&into), tar).await.unwrap(), 7);
     let out = into.join("tree");
-    assert_eq!(std::fs::read(out.join("a/b/nested.bin")).unwrap(), pattern(300_000, 3));
-    assert_eq!(std::fs::read_link(out.join("link")).unwrap(), Path::new("a/b/nested.bin"));
-    assert_eq!(std::fs::read_link(out.join("abs-link")).unwrap(), Path::new("/etc/shadow"));
-    assert_eq!(std::fs::metadata(out.join("top.sh")).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(
+        std::fs::read(out.join("a/b/nested.bin")).unwrap(),
+        pattern(300_000, 3)
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("link")).unwrap(),
+        Path::new("a/b/nested.bin")
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("abs-link")).unwrap(),
+        Path::new("/etc/shadow")
+    );
+    assert_eq!(
+        std::fs::metadata(out.join("top.sh")).unwrap().mode() & 0o7777,
+        0o755
+    );
 
     // A single file archives as one entry named after it.
     let tar = read_archive(&mut conn, &s(&tree.join("top.sh"))).await.unwrap();
@@ -364,7 +473,10 @@ async fn archives_cannot_escape_their_directory() {
     let t = evil_tar(&[(&abs, T::Regular, "", b"confined")]);
     write_archive(&mut conn, &s(&target), t).await.unwrap();
     assert!(!outside.join(&marker).exists());
-    assert_eq!(std::fs::read(target.join(abs.trim_start_matches('/'))).unwrap(), b"confined");
+    assert_eq!(
+        std::fs::read(target.join(abs.trim_start_matches('/'))).unwrap(),
+        b"confined"
+    );
 
     // Symlink first, then a file through it: refused, nothing outside.
     let t = evil_tar(&[
@@ -399,7 +511,9 @@ async fn archives_cannot_escape_their_directory() {
     assert_eq!(std::fs::metadata(outside.join("victim")).unwrap().nlink(), 1);
 
     // Not a tar at all.
-    let e = write_archive(&mut conn, &s(&target), vec![7u8; 4096]).await.unwrap_err();
+    let e = write_archive(&mut conn, &s(&target), vec![7u8; 4096])
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 }
 

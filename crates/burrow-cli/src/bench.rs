@@ -29,11 +29,15 @@ pub struct BenchArgs {
     /// Skip the bare-runc floor (it needs root, runc and busybox-static on this host).
     #[arg(long)]
     pub no_floor: bool,
+    /// Data written in the sandbox before the checkpoint/restore/fork figures, in MB
+    /// (comma-separated); empty to skip them.
+    #[arg(long, default_value = "10,500,2000", value_delimiter = ',')]
+    pub disk_mb: Vec<u64>,
 }
 
 struct Figure {
-    key: &'static str,
-    label: &'static str,
+    key: String,
+    label: String,
     unit: &'static str,
     target: Option<(&'static str, f64)>,
     samples: Vec<f64>,
@@ -105,8 +109,8 @@ pub async fn run(app: &App, args: BenchArgs) -> anyhow::Result<u8> {
         c.delete_sandbox(&name).await?;
     }
     figures.push(Figure {
-        key: "tti_ms",
-        label: "create → first exec result",
+        key: "tti_ms".into(),
+        label: "create → first exec result".into(),
         unit: "ms",
         target: Some(("<=", 50.0)),
         samples: tti,
@@ -123,11 +127,15 @@ pub async fn run(app: &App, args: BenchArgs) -> anyhow::Result<u8> {
     let _ = c.delete_sandbox(&name).await;
     result?;
 
+    for &mb in &args.disk_mb {
+        checkpoint_figures(app, &prefix, mb, runs.min(10), &mut figures).await?;
+    }
+
     if !args.no_floor {
         match runc_floor(runs) {
             Ok(samples) => figures.push(Figure {
-                key: "runc_run_floor_ms",
-                label: "floor: bare `runc run` of a trivial container",
+                key: "runc_run_floor_ms".into(),
+                label: "floor: bare `runc run` of a trivial container".into(),
                 unit: "ms",
                 target: None,
                 samples,
@@ -203,8 +211,8 @@ async fn exec_figures(
         once.push(ms(t.elapsed()));
     }
     figures.push(Figure {
-        key: "exec_true_ms",
-        label: "exec `true` round trip (POST …/exec)",
+        key: "exec_true_ms".into(),
+        label: "exec `true` round trip (POST …/exec)".into(),
         unit: "ms",
         target: Some(("<=", 3.0)),
         samples: once,
@@ -221,8 +229,8 @@ async fn exec_figures(
         anyhow::ensure!(out.exit_code == 0, "true failed");
     }
     figures.push(Figure {
-        key: "exec_true_ws_ms",
-        label: "exec `true` round trip (WebSocket)",
+        key: "exec_true_ws_ms".into(),
+        label: "exec `true` round trip (WebSocket)".into(),
         unit: "ms",
         target: Some(("<=", 3.0)),
         samples: ws,
@@ -244,8 +252,8 @@ async fn exec_figures(
         tput.push(got as f64 / 1e6 / t.elapsed().as_secs_f64());
     }
     figures.push(Figure {
-        key: "exec_stdout_mb_s",
-        label: "exec stdout throughput (WebSocket)",
+        key: "exec_stdout_mb_s".into(),
+        label: "exec stdout throughput (WebSocket)".into(),
         unit: "MB/s",
         target: Some((">=", 500.0)),
         samples: tput,
@@ -302,4 +310,71 @@ fn tempdir() -> anyhow::Result<PathBuf> {
     let d = std::env::temp_dir().join(format!("burrow-bench-{}", std::process::id()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
+}
+
+/// Checkpoint, restore and fork→first exec with `mb` MB written in the sandbox: the
+/// figures must stay flat as `mb` grows (btrfs snapshots are O(1)).
+async fn checkpoint_figures(
+    app: &App,
+    prefix: &str,
+    mb: u64,
+    runs: usize,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
+    use burrow_client::Method;
+    let c = &app.client;
+    let name = format!("{prefix}-c{mb}");
+    c.create_sandbox(&CreateSandbox { name: SandboxName::parse(&name)?, ..Default::default() }).await?;
+    let fill = format!("head -c {}M /dev/urandom > /root/blob && sync", mb);
+    let r = c.exec(&name, &ExecRequest { cmd: vec!["sh".into(), "-c".into(), fill], ..Default::default() }).await?;
+    anyhow::ensure!(r.exit_code == 0, "writing {mb} MB failed: {}", r.stderr);
+    let cps = format!("{}/checkpoints", burrow_client::paths::sandbox(&name));
+    let (mut cp, mut rs, mut fk) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last = String::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let v: serde_json::Value = c.request_json::<_, ()>(Method::POST, &cps, None).await?;
+        cp.push(ms(t.elapsed()));
+        last = v["id"].as_str().unwrap_or_default().to_owned();
+    }
+    for i in 0..runs.min(5) {
+        let t = Instant::now();
+        c.request_json::<serde_json::Value, ()>(Method::POST, &format!("{cps}/{last}/restore"), None).await?;
+        let r = c.exec(&name, &ExecRequest { cmd: vec!["true".into()], ..Default::default() }).await?;
+        rs.push(ms(t.elapsed()));
+        anyhow::ensure!(r.exit_code == 0, "exec after restore {i} failed");
+    }
+    for i in 0..runs.min(5) {
+        let fork = format!("{name}-f{i}");
+        let t = Instant::now();
+        let from = burrow_api::ForkSource { sandbox: SandboxName::parse(&name)?, checkpoint: Some(last.clone()) };
+        c.create_sandbox(&CreateSandbox { name: SandboxName::parse(&fork)?, from: Some(from), ..Default::default() })
+            .await?;
+        c.exec(&fork, &ExecRequest { cmd: vec!["true".into()], ..Default::default() }).await?;
+        fk.push(ms(t.elapsed()));
+        c.delete_sandbox(&fork).await?;
+    }
+    let _ = c.delete_sandbox(&name).await;
+    figures.push(Figure {
+        key: format!("checkpoint_{mb}mb_ms"),
+        label: format!("checkpoint, {mb} MB written"),
+        unit: "ms",
+        target: Some(("<=", 20.0)),
+        samples: cp,
+    });
+    figures.push(Figure {
+        key: format!("restore_{mb}mb_ms"),
+        label: format!("restore → first exec, {mb} MB written"),
+        unit: "ms",
+        target: Some(("<=", 50.0)),
+        samples: rs,
+    });
+    figures.push(Figure {
+        key: format!("fork_{mb}mb_ms"),
+        label: format!("fork → first exec, {mb} MB written"),
+        unit: "ms",
+        target: Some(("<=", 50.0)),
+        samples: fk,
+    });
+    Ok(())
 }

@@ -49,6 +49,9 @@ pub enum Command {
     /// Open an interactive shell in a sandbox (bash, else sh).
     #[command(visible_alias = "shell")]
     Console(NameArg),
+    /// Copy files or directories between this machine and a sandbox (NAME:/path on one side;
+    /// `-` is stdin or stdout).
+    Cp(CpArgs),
     /// Save a sandbox's whole disk as a checkpoint (live: processes keep running).
     Checkpoint(CheckpointArgs),
     /// List a sandbox's checkpoints.
@@ -168,6 +171,17 @@ pub struct RmArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CpArgs {
+    /// A local path, `-` (stdin), or NAME:/path in a sandbox.
+    pub src: String,
+    /// A local path, `-` (stdout), or NAME:/path in a sandbox.
+    pub dst: String,
+    /// Create missing parent directories of a file copied into a sandbox.
+    #[arg(short = 'p', long)]
+    pub parents: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ExecArgs {
     /// Sandbox name.
     pub name: String,
@@ -222,6 +236,30 @@ pub enum ImagesCommand {
     },
     /// Delete an image (refused while a sandbox uses it).
     Rm { name: String },
+    /// Build an image from a Burrowfile (FROM, RUN, ENV, WORKDIR, COPY); steps are cached.
+    Build {
+        name: String,
+        /// The Burrowfile (default: CONTEXT/Burrowfile).
+        #[arg(short = 'f', long = "file")]
+        file: Option<std::path::PathBuf>,
+        /// Directory whose files COPY can use.
+        #[arg(default_value = ".")]
+        context: std::path::PathBuf,
+    },
+    /// Import an OCI image layout or `docker save` archive (tar, optionally compressed).
+    Import {
+        archive: std::path::PathBuf,
+        /// Image name (default: the archive's file name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Pull an image from an OCI registry (plain HTTP for loopback registries only).
+    Pull {
+        reference: String,
+        /// Image name (default: the repository's last component).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 /// `K=V` → `(K, V)`; the value may contain `=`.

@@ -59,6 +59,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Wake(a) => cmd::sandbox::action(&app, &a.name, "wake").await,
         Command::Exec(a) => cmd::exec::exec(&app, a).await,
         Command::Console(a) => cmd::exec::console(&app, &a.name).await,
+        Command::Cp(a) => cmd::cp::run(&app, a).await,
         Command::Checkpoint(a) => cmd::checkpoints::create(&app, &a.name, a.message).await,
         Command::Checkpoints(a) => cmd::checkpoints::list(&app, &a.name).await,
         Command::Restore(a) => cmd::checkpoints::restore(&app, &a.name, &a.checkpoint).await,

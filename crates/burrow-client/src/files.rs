@@ -183,8 +183,7 @@ impl Client {
 
     /// `GET …/files/list?path=`.
     pub async fn list_files(&self, name: &str, path: &str) -> Result<FileList, ClientError> {
-        self.get_json(&files_path(name, "/list", &path_query(path)))
-            .await
+        self.get_json(&files_path(name, "/list", &path_query(path))).await
     }
 
     /// `DELETE …/files?path=&recursive=`.
@@ -234,7 +233,9 @@ impl Client {
 }
 
 fn empty() -> UploadBody {
-    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn streaming<S>(body: S) -> UploadBody

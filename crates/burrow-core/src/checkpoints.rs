@@ -200,15 +200,16 @@ impl Manager {
         rec.updated_at = now_rfc3339();
         self.store.update_sandbox(&rec)?;
 
-        // 1. Stop every process; sessions learn why.
-        self.set_end_reason(&rec.name, format!("sandbox '{}' is being restored to {id}", rec.name));
-        self.halt(&rec).await?;
-        crate::fault::pause("restore.after_stop").await;
-        rec.status = SandboxStatus::Stopped;
-        // 2. Save the state being replaced.
+        // 1. Save the state being replaced (live, like any checkpoint).
         let comment = format!("state before restoring {id}");
         self.snapshot_checkpoint(&rec, backup, comment, "restore-backup").await?;
         crate::fault::point("restore.after_backup");
+        // 2. Stop every process at once: their disk is about to be replaced, so there is
+        //    nothing to shut down gracefully for. Sessions learn why.
+        self.set_end_reason(&rec.name, format!("sandbox '{}' is being restored to {id}", rec.name));
+        self.kill(&rec).await?;
+        crate::fault::pause("restore.after_stop").await;
+        rec.status = SandboxStatus::Stopped;
         // 3. Swap volumes: the new one is made aside, then two renames put it in place.
         let pool = self.pool.clone();
         let live = pool.sandbox_path(&rec.id);

@@ -15,8 +15,8 @@ use std::time::Duration;
 use burrow_agent_proto::AgentClient;
 use burrow_agent_proto::v1::{
     DirEntry, FileChunk, FileType, ListDirRequest, ReadArchiveRequest, ReadFileRequest, RemoveRequest,
-    RenameRequest, WriteArchiveHeader, WriteArchiveInput, WriteFileHeader, WriteFileInput, write_archive_input,
-    write_file_input,
+    RenameRequest, WriteArchiveHeader, WriteArchiveInput, WriteFileHeader, WriteFileInput,
+    write_archive_input, write_file_input,
 };
 use burrow_api::{FileEntry, FileKind, FileList};
 use futures::{Stream, StreamExt};
@@ -61,10 +61,12 @@ pub struct WriteOptions {
 
 /// Checks a path the caller gave: absolute, no NUL, at most [`MAX_PATH`] bytes.
 pub fn check_path(path: &str) -> Result<()> {
-    let bad = |m: String| Err(CoreError::File {
-        kind: ErrorKind::BadRequest,
-        message: m,
-    });
+    let bad = |m: String| {
+        Err(CoreError::File {
+            kind: ErrorKind::BadRequest,
+            message: m,
+        })
+    };
     if path.contains('\0') {
         return bad("path must not contain NUL bytes".into());
     }
@@ -92,7 +94,10 @@ pub fn parse_mode(s: &str) -> Result<u32> {
 /// Maps a status of a file RPC to the error the caller should see.
 fn file_status(sandbox: &str, s: &Status) -> CoreError {
     let msg: String = s.message().chars().take(MAX_AGENT_MESSAGE).collect();
-    let file = |kind| CoreError::File { kind, message: msg.clone() };
+    let file = |kind| CoreError::File {
+        kind,
+        message: msg.clone(),
+    };
     match s.code() {
         Code::NotFound => file(ErrorKind::NotFound),
         Code::InvalidArgument | Code::Aborted | Code::OutOfRange => file(ErrorKind::BadRequest),
@@ -135,7 +140,12 @@ fn rfc3339(secs: i64) -> String {
 
 /// Checks one entry of an agent's listing: a plain file name, nothing else.
 fn entry(sandbox: &str, e: DirEntry) -> Result<FileEntry> {
-    if e.name.is_empty() || e.name.len() > 255 || e.name.contains(['/', '\0']) || e.name == "." || e.name == ".." {
+    if e.name.is_empty()
+        || e.name.len() > 255
+        || e.name.contains(['/', '\0'])
+        || e.name == "."
+        || e.name == ".."
+    {
         return Err(CoreError::Agent {
             name: sandbox.to_owned(),
             detail: "the agent listed an invalid file name".into(),
@@ -173,7 +183,12 @@ enum FeedError {
 }
 
 /// Coalesces the caller's body into messages and sends them, then `done`.
-async fn feed<S, B, E, M>(tx: mpsc::Sender<M>, body: S, data: fn(Vec<u8>) -> M, done: M) -> Result<(), FeedError>
+async fn feed<S, B, E, M>(
+    tx: mpsc::Sender<M>,
+    body: S,
+    data: fn(Vec<u8>) -> M,
+    done: M,
+) -> Result<(), FeedError>
 where
     S: Stream<Item = Result<B, E>> + Send,
     B: AsRef<[u8]>,
@@ -299,7 +314,9 @@ impl Manager {
         check_path(path)?;
         let (rec, stream) = self
             .file_call(name, |mut c| {
-                let req = ReadFileRequest { path: path.to_owned() };
+                let req = ReadFileRequest {
+                    path: path.to_owned(),
+                };
                 async move { c.read_file(req).await }
             })
             .await?;
@@ -307,7 +324,13 @@ impl Manager {
     }
 
     /// `PUT …/files`: replaces the file atomically with the body; returns its size.
-    pub async fn write_file<S, B, E>(&self, name: &str, path: &str, opts: WriteOptions, body: S) -> Result<u64>
+    pub async fn write_file<S, B, E>(
+        &self,
+        name: &str,
+        path: &str,
+        opts: WriteOptions,
+        body: S,
+    ) -> Result<u64>
     where
         S: Stream<Item = Result<B, E>> + Send,
         B: AsRef<[u8]>,
@@ -344,7 +367,9 @@ impl Manager {
         check_path(path)?;
         let (rec, mut stream) = self
             .file_call(name, |mut c| {
-                let req = ListDirRequest { path: path.to_owned() };
+                let req = ListDirRequest {
+                    path: path.to_owned(),
+                };
                 async move { c.list_dir(req).await }
             })
             .await?;
@@ -396,7 +421,9 @@ impl Manager {
         check_path(path)?;
         let (rec, stream) = self
             .file_call(name, |mut c| {
-                let req = ReadArchiveRequest { path: path.to_owned() };
+                let req = ReadArchiveRequest {
+                    path: path.to_owned(),
+                };
                 async move { c.read_archive(req).await }
             })
             .await?;
@@ -480,7 +507,10 @@ mod tests {
             mtime: 0,
         };
         let ok = entry("s", e("a b")).unwrap();
-        assert_eq!((ok.kind, ok.mode, ok.mtime.as_str()), (FileKind::Dir, 0o755, "1970-01-01T00:00:00Z"));
+        assert_eq!(
+            (ok.kind, ok.mode, ok.mtime.as_str()),
+            (FileKind::Dir, 0o755, "1970-01-01T00:00:00Z")
+        );
         for bad in ["", ".", "..", "a/b", "a\0"] {
             assert!(entry("s", e(bad)).is_err(), "{bad:?}");
         }

@@ -40,6 +40,16 @@ pub const BASE_PACKAGES: &[&str] = &[
     "netbase",
 ];
 
+/// What an image says about the sandboxes made from it (from a Burrowfile's ENV and
+/// WORKDIR, or an OCI image's config).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ImageConfig {
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+}
+
 pub const READY: &str = "ready";
 pub const BUILDING: &str = "building";
 pub const FAILED: &str = "failed";
@@ -60,6 +70,17 @@ impl ImageService {
             pool,
             changed: watch::channel(0).0,
         }
+    }
+
+    /// The build config of image `name` (empty when it has none or does not exist).
+    pub fn config(&self, name: &str) -> ImageConfig {
+        self.store
+            .image(name)
+            .ok()
+            .flatten()
+            .and_then(|r| r.config)
+            .and_then(|c| serde_json::from_str(&c).ok())
+            .unwrap_or_default()
     }
 
     pub fn list(&self) -> Result<Vec<Image>, CoreError> {
@@ -117,6 +138,7 @@ impl ImageService {
             size_bytes: size,
             source: format!("debian:{BASE_SUITE} (mmdebstrap)"),
             message,
+            config: None,
         };
         if let Err(e) = self.store.upsert_image(&rec) {
             tracing::error!(image = name, error = %e, "recording image state");
@@ -246,6 +268,7 @@ impl ImageService {
             size_bytes: size,
             source,
             message: None,
+            config: None,
         })?;
         self.changed.send_modify(|v| *v += 1);
         Ok(())

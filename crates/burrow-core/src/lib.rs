@@ -6,6 +6,7 @@
 //! It never parses HTTP and never shells out to runc or btrfs itself: engines own
 //! isolation, the pool owns disks.
 
+pub mod build;
 mod checkpoints;
 pub mod config;
 pub mod error;
@@ -13,6 +14,7 @@ mod exec;
 pub mod fault;
 pub mod files;
 pub mod images;
+pub mod oci;
 mod manager;
 pub mod state;
 pub mod store;

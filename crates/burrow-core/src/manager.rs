@@ -276,7 +276,7 @@ impl Manager {
             let exhausted = page.len() <= limit as usize;
             for r in page.into_iter().take(limit as usize) {
                 after = Some(r.name.clone());
-                if r.intent == Some(Intent::Destroy) {
+                if r.intent == Some(Intent::Destroy) || r.labels.contains_key(crate::build::INTERNAL_LABEL) {
                     continue;
                 }
                 if labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)) {
@@ -307,6 +307,12 @@ impl Manager {
     // ----- create / delete -------------------------------------------------------------
 
     pub async fn create(&self, req: CreateSandbox) -> Result<Sandbox> {
+        self.create_from(req, None).await
+    }
+
+    /// Creates a sandbox; `layer` (image label, volume) overrides the image lookup, for
+    /// image builds that run steps on intermediate layers.
+    pub(crate) async fn create_from(&self, req: CreateSandbox, layer: Option<(String, PathBuf)>) -> Result<Sandbox> {
         let name = req.name.to_string();
         let fork_src = match &req.from {
             Some(f) => {
@@ -339,14 +345,22 @@ impl Manager {
         if self.store.sandbox_by_name(&name)?.is_some() {
             return Err(CoreError::NameTaken(name));
         }
-        let image = match &fork_src {
-            Some((src, _)) => src.image.clone(),
-            None => req.image.clone().unwrap_or_else(|| "base".to_owned()),
+        let image = match (&fork_src, &layer) {
+            (Some((src, _)), _) => src.image.clone(),
+            (None, Some((label, _))) => label.clone(),
+            (None, None) => req.image.clone().unwrap_or_else(|| "base".to_owned()),
         };
-        let image_path = match &fork_src {
-            Some(_) => None,
-            None => Some(self.images.wait_ready(&image).await?),
+        let image_path = match (&fork_src, layer) {
+            (Some(_), _) => None,
+            (None, Some((_, path))) => Some(path),
+            (None, None) => Some(self.images.wait_ready(&image).await?),
         };
+        // An image's ENV (from its build) is the default environment of its sandboxes.
+        let mut env = match &fork_src {
+            Some(_) => BTreeMap::new(),
+            None => self.images.config(&image).env,
+        };
+        env.extend(req.env);
 
         let now = now_rfc3339();
         let mut rec = SandboxRecord {
@@ -360,7 +374,7 @@ impl Manager {
             updated_at: now.clone(),
             last_active_at: now,
             config,
-            env: req.env,
+            env,
             labels: req.labels,
             parent: req.from.clone(),
             failure_reason: None,
@@ -580,6 +594,14 @@ impl Manager {
         .await
     }
 
+    /// Stops every process of the sandbox without a grace period.
+    pub(crate) async fn kill(&self, rec: &SandboxRecord) -> Result<()> {
+        self.forget_agent(&rec.id);
+        let engine = self.engine.clone();
+        let id = rec.id.clone();
+        blocking(move || Ok(engine.stop(&id, Duration::ZERO)?)).await
+    }
+
     pub(crate) async fn halt(&self, rec: &SandboxRecord) -> Result<()> {
         self.forget_agent(&rec.id);
 
@@ -695,6 +717,10 @@ impl Manager {
         validate_env(extra_env)?;
         let rec = self.ensure_running(name).await?;
         opts.env = self.exec_env(&rec, extra_env, opts.tty);
+        if opts.cwd.is_none() {
+            // An image's WORKDIR is the default working directory of its sandboxes.
+            opts.cwd = self.images.config(&rec.image).workdir;
+        }
         self.touch(&rec);
         let client = self.agent(&rec).await?;
         match exec::start_session(client, &rec.name, opts.clone()).await {
@@ -759,6 +785,7 @@ impl Manager {
     /// and do not, and removes runtime containers, volumes and run dirs nobody owns.
     async fn reconcile(&self) -> Result<()> {
         self.reconcile_checkpoints().await?;
+        self.reconcile_builds().await?;
         let records = self.store.all_sandboxes()?;
         for mut rec in records.clone() {
             match rec.intent {

@@ -94,6 +94,8 @@ pub struct CheckpointRecord {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageRecord {
+    /// Build config (JSON of `images::ImageConfig`), when the image has one.
+    pub config: Option<String>,
     pub name: String,
     pub status: String,
     pub created_at: String,
@@ -134,6 +136,7 @@ fn migrations() -> Migrations<'static> {
         M::up(
             "ALTER TABLE sandboxes ADD COLUMN next_checkpoint INTEGER NOT NULL DEFAULT 0;
             ALTER TABLE sandboxes ADD COLUMN notice TEXT;
+            ALTER TABLE images ADD COLUMN config TEXT;
             CREATE TABLE checkpoints (
                 sandbox_id TEXT NOT NULL,
                 seq INTEGER NOT NULL,
@@ -299,10 +302,11 @@ impl Store {
     pub fn upsert_image(&self, r: &ImageRecord) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO images (name, status, created_at, size_bytes, source, message) VALUES (?1,?2,?3,?4,?5,?6)
+                "INSERT INTO images (name, status, created_at, size_bytes, source, message, config)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7)
                  ON CONFLICT(name) DO UPDATE SET status=excluded.status, size_bytes=excluded.size_bytes,
-                 source=excluded.source, message=excluded.message",
-                params![r.name, r.status, r.created_at, r.size_bytes as i64, r.source, r.message],
+                 source=excluded.source, message=excluded.message, config=excluded.config",
+                params![r.name, r.status, r.created_at, r.size_bytes as i64, r.source, r.message, r.config],
             )?;
             Ok(())
         })
@@ -311,7 +315,7 @@ impl Store {
     pub fn image(&self, name: &str) -> Result<Option<ImageRecord>> {
         self.with(|c| {
             Ok(c.query_row(
-                "SELECT name, status, created_at, size_bytes, source, message FROM images WHERE name=?1",
+                "SELECT name, status, created_at, size_bytes, source, message, config FROM images WHERE name=?1",
                 params![name],
                 image_row,
             )
@@ -322,7 +326,7 @@ impl Store {
     pub fn images(&self) -> Result<Vec<ImageRecord>> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT name, status, created_at, size_bytes, source, message FROM images ORDER BY name",
+                "SELECT name, status, created_at, size_bytes, source, message, config FROM images ORDER BY name",
             )?;
             let rows = stmt.query_map([], image_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -418,6 +422,7 @@ fn image_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ImageRecord> {
         size_bytes: r.get::<_, i64>(3)?.max(0) as u64,
         source: r.get(4)?,
         message: r.get(5)?,
+        config: r.get(6)?,
     })
 }
 

@@ -17,7 +17,8 @@ use serde::Deserialize;
 
 use crate::digest::{Expected, Sha256Digest};
 use crate::image::{
-    self, Document, ImageConfig, MAX_CONFIG_BYTES, MAX_INDEX_DEPTH, MAX_MANIFEST_BYTES, Platform, human_size, short,
+    self, Document, ImageConfig, MAX_CONFIG_BYTES, MAX_INDEX_DEPTH, MAX_MANIFEST_BYTES, Platform, human_size,
+    short,
 };
 use crate::layer::{LayerCheck, Rootfs};
 use crate::staging::Staging;
@@ -90,13 +91,22 @@ fn import_oci_layout(
             size: Some(desc.size()),
         };
         let bytes = read_blob_small(source, &expected, MAX_MANIFEST_BYTES)?;
-        match image::parse_document(&bytes, Some(&desc.media_type().to_string()), &format!("manifest {digest}"))? {
+        match image::parse_document(
+            &bytes,
+            Some(desc.media_type().as_ref()),
+            &format!("manifest {digest}"),
+        )? {
             Document::Manifest(m) => break (m, digest),
             Document::Index(i) if depth < MAX_INDEX_DEPTH => {
                 depth += 1;
                 index = i;
             }
-            Document::Index(_) => return Err(OciError::malformed(format!("index {digest}"), "indexes nested too deep")),
+            Document::Index(_) => {
+                return Err(OciError::malformed(
+                    format!("index {digest}"),
+                    "indexes nested too deep",
+                ));
+            }
         }
     };
     let (manifest, manifest_digest) = manifest;
@@ -114,7 +124,11 @@ fn import_oci_layout(
     if parsed.diff_ids.len() != manifest.layers().len() {
         return Err(OciError::malformed(
             format!("image config {config_digest}"),
-            format!("{} diff_ids for {} layers", parsed.diff_ids.len(), manifest.layers().len()),
+            format!(
+                "{} diff_ids for {} layers",
+                parsed.diff_ids.len(),
+                manifest.layers().len()
+            ),
         ));
     }
 
@@ -136,9 +150,15 @@ fn import_oci_layout(
             }),
             diff_id: Some(diff_id),
         };
-        let blob = source.open(&blob_path(&digest)).map_err(|e| missing_blob(e, &digest))?;
+        let blob = source
+            .open(&blob_path(&digest))
+            .map_err(|e| missing_blob(e, &digest))?;
         let stats = rootfs.apply_blob(blob, &check)?;
-        progress(&format!("layer {}/{total} {}: {stats}", i + 1, short(digest.as_str())));
+        progress(&format!(
+            "layer {}/{total} {}: {stats}",
+            i + 1,
+            short(digest.as_str())
+        ));
     }
     rootfs.finish()?;
 
@@ -204,7 +224,11 @@ fn import_docker_save(
     if parsed.diff_ids.len() != entry.layers.len() {
         return Err(OciError::malformed(
             format!("image config {config_digest}"),
-            format!("{} diff_ids for {} layers", parsed.diff_ids.len(), entry.layers.len()),
+            format!(
+                "{} diff_ids for {} layers",
+                parsed.diff_ids.len(),
+                entry.layers.len()
+            ),
         ));
     }
 
@@ -267,26 +291,33 @@ enum Source {
 }
 
 fn open_source(archive: &Path, staging: &Staging, progress: Progress<'_>) -> Result<Source, OciError> {
-    let meta = std::fs::metadata(archive).map_err(|e| OciError::io(format!("opening {}", archive.display()), e))?;
+    let meta =
+        std::fs::metadata(archive).map_err(|e| OciError::io(format!("opening {}", archive.display()), e))?;
     if meta.is_dir() {
         let root = archive
             .canonicalize()
             .map_err(|e| OciError::io(format!("resolving {}", archive.display()), e))?;
         return Ok(Source::Dir(root));
     }
-    let mut file = File::open(archive).map_err(|e| OciError::io(format!("opening {}", archive.display()), e))?;
+    let mut file =
+        File::open(archive).map_err(|e| OciError::io(format!("opening {}", archive.display()), e))?;
     let mut magic = [0u8; 4];
-    let n = read_up_to(&mut file, &mut magic).map_err(|e| OciError::io(format!("reading {}", archive.display()), e))?;
+    let n = read_up_to(&mut file, &mut magic)
+        .map_err(|e| OciError::io(format!("reading {}", archive.display()), e))?;
     file.seek(SeekFrom::Start(0))
         .map_err(|e| OciError::io(format!("reading {}", archive.display()), e))?;
     let compressed: Option<Box<dyn Read>> = if magic[..n].starts_with(&[0x1f, 0x8b]) {
-        Some(Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file.try_clone().map_err(
-            |e| OciError::io("reopening archive", e),
-        )?))))
+        Some(Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(
+            file.try_clone()
+                .map_err(|e| OciError::io("reopening archive", e))?,
+        ))))
     } else if magic[..n] == [0x28, 0xb5, 0x2f, 0xfd] {
         Some(Box::new(
-            zstd::stream::read::Decoder::new(file.try_clone().map_err(|e| OciError::io("reopening archive", e))?)
-                .map_err(|e| OciError::io("starting zstd decoder", e))?,
+            zstd::stream::read::Decoder::new(
+                file.try_clone()
+                    .map_err(|e| OciError::io("reopening archive", e))?,
+            )
+            .map_err(|e| OciError::io("starting zstd decoder", e))?,
         ))
     } else {
         None
@@ -336,9 +367,12 @@ impl Source {
                 // Members must stay inside the layout directory even through symlinks.
                 let real = full.canonicalize().map_err(|_| missing())?;
                 if !real.starts_with(root) {
-                    return Err(OciError::Refused(format!("{path:?} points outside the image directory")));
+                    return Err(OciError::Refused(format!(
+                        "{path:?} points outside the image directory"
+                    )));
                 }
-                let file = File::open(&real).map_err(|e| OciError::io(format!("opening {}", real.display()), e))?;
+                let file =
+                    File::open(&real).map_err(|e| OciError::io(format!("opening {}", real.display()), e))?;
                 Ok(Box::new(file))
             }
             Source::Tar(index) => {

@@ -26,7 +26,11 @@ impl Sha256Digest {
         if algorithm != "sha256" {
             return Err(invalid("only sha256 digests are supported"));
         }
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(invalid("sha256 digest must be 64 lowercase hex characters"));
         }
         Ok(Self(digest.to_owned()))
@@ -55,10 +59,12 @@ impl std::fmt::Display for Sha256Digest {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Incremental sha256 with a byte count.
@@ -192,8 +198,13 @@ mod tests {
         let whole = HashingReader::new(&data[..], exp.size).drain().unwrap();
         exp.check(whole).unwrap();
         let short = HashingReader::new(&data[..5], exp.size).drain().unwrap();
-        assert!(matches!(exp.check(short), Err(OciError::Truncated { actual: 5, .. })));
-        let long = HashingReader::new(&b"hello world!!"[..], exp.size).drain().unwrap();
+        assert!(matches!(
+            exp.check(short),
+            Err(OciError::Truncated { actual: 5, .. })
+        ));
+        let long = HashingReader::new(&b"hello world!!"[..], exp.size)
+            .drain()
+            .unwrap();
         assert!(matches!(exp.check(long), Err(OciError::TooLarge { .. })));
         let bad = HashingReader::new(&b"hello_world"[..], exp.size).drain().unwrap();
         assert!(matches!(exp.check(bad), Err(OciError::DigestMismatch { .. })));

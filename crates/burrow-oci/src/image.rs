@@ -132,13 +132,17 @@ impl FromStr for Platform {
 
 /// An index or a manifest, as found behind a descriptor or a tag.
 pub(crate) enum Document {
-    Index(ImageIndex),
-    Manifest(ImageManifest),
+    Index(Box<ImageIndex>),
+    Manifest(Box<ImageManifest>),
 }
 
 /// Parses a manifest-or-index document. `content_type` (from HTTP, or the descriptor) is a hint; the JSON's
 /// own shape decides.
-pub(crate) fn parse_document(bytes: &[u8], content_type: Option<&str>, what: &str) -> Result<Document, OciError> {
+pub(crate) fn parse_document(
+    bytes: &[u8],
+    content_type: Option<&str>,
+    what: &str,
+) -> Result<Document, OciError> {
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| OciError::malformed(what, e))?;
     let media_type = value
         .get("mediaType")
@@ -154,12 +158,13 @@ pub(crate) fn parse_document(bytes: &[u8], content_type: Option<&str>, what: &st
     }
     if value.get("manifests").is_some() || media_type == OCI_INDEX || media_type == DOCKER_LIST {
         let index: ImageIndex = serde_json::from_value(value).map_err(|e| OciError::malformed(what, e))?;
-        return Ok(Document::Index(index));
+        return Ok(Document::Index(Box::new(index)));
     }
     if value.get("layers").is_some() || media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST {
-        let manifest: ImageManifest = serde_json::from_value(value).map_err(|e| OciError::malformed(what, e))?;
+        let manifest: ImageManifest =
+            serde_json::from_value(value).map_err(|e| OciError::malformed(what, e))?;
         check_manifest_media_types(&manifest, what)?;
-        return Ok(Document::Manifest(manifest));
+        return Ok(Document::Manifest(Box::new(manifest)));
     }
     Err(OciError::UnsupportedMediaType {
         media_type,
@@ -218,11 +223,15 @@ pub(crate) fn select_from_index(
     let mut candidates: Vec<&Descriptor> = index
         .manifests()
         .iter()
-        .filter(|d| is_manifest_type(&d.media_type().to_string()))
+        .filter(|d| is_manifest_type(d.media_type().as_ref()))
         .collect();
     if let Some(image) = image {
         candidates.retain(|d| {
-            ref_name(d).is_some_and(|name| name == image || name.rsplit_once(':').is_some_and(|(_, tag)| tag == image))
+            ref_name(d).is_some_and(|name| {
+                name == image
+                    || name.ends_with(&format!("/{image}"))
+                    || name.rsplit_once(':').is_some_and(|(_, tag)| tag == image)
+            })
         });
         if candidates.is_empty() {
             let names: Vec<&str> = index.manifests().iter().filter_map(ref_name).collect();
@@ -235,7 +244,11 @@ pub(crate) fn select_from_index(
         .iter()
         .copied()
         .filter(|d| match d.platform() {
-            Some(p) => platform.matches(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref()),
+            Some(p) => platform.matches(
+                &p.os().to_string(),
+                &p.architecture().to_string(),
+                p.variant().as_deref(),
+            ),
             None => true,
         })
         .collect();
@@ -274,9 +287,14 @@ pub(crate) struct ParsedConfig {
 }
 
 /// Parses an image config and checks it is for `platform`.
-pub(crate) fn parse_config(bytes: &[u8], platform: &Platform, config_digest: &Sha256Digest) -> Result<ParsedConfig, OciError> {
+pub(crate) fn parse_config(
+    bytes: &[u8],
+    platform: &Platform,
+    config_digest: &Sha256Digest,
+) -> Result<ParsedConfig, OciError> {
     let what = format!("image config {config_digest}");
-    let config: ImageConfiguration = serde_json::from_slice(bytes).map_err(|e| OciError::malformed(&what, e))?;
+    let config: ImageConfiguration =
+        serde_json::from_slice(bytes).map_err(|e| OciError::malformed(&what, e))?;
     let os = config.os().to_string();
     let arch = config.architecture().to_string();
     if !platform.matches(&os, &arch, config.variant().as_deref()) {
@@ -350,7 +368,9 @@ mod tests {
 
     #[test]
     fn refuses_schema1() {
-        let err = parse_document(br#"{"schemaVersion":1,"fsLayers":[]}"#, None, "m").err().unwrap();
+        let err = parse_document(br#"{"schemaVersion":1,"fsLayers":[]}"#, None, "m")
+            .err()
+            .unwrap();
         assert!(matches!(err, OciError::UnsupportedMediaType { .. }), "{err}");
     }
 

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -23,7 +23,7 @@ use filetime::FileTime;
 use tar::EntryType;
 
 use crate::OciError;
-use crate::digest::{Expected, Hasher, HashingReader, Sha256Digest};
+use crate::digest::{Expected, HashingReader, Sha256Digest};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
@@ -136,14 +136,15 @@ impl Rootfs {
         };
 
         let (applied, diff) = {
-            let decoder: Box<dyn Read + '_> = match sniff(&mut buffered).map_err(|e| layer_err(e.to_string()))? {
-                Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut buffered)),
-                Compression::Zstd => Box::new(
-                    zstd::stream::read::Decoder::with_buffer(&mut buffered)
-                        .map_err(|e| layer_err(format!("zstd: {e}")))?,
-                ),
-                Compression::None => Box::new(&mut buffered),
-            };
+            let decoder: Box<dyn Read + '_> =
+                match sniff(&mut buffered).map_err(|e| layer_err(e.to_string()))? {
+                    Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut buffered)),
+                    Compression::Zstd => Box::new(
+                        zstd::stream::read::Decoder::with_buffer(&mut buffered)
+                            .map_err(|e| layer_err(format!("zstd: {e}")))?,
+                    ),
+                    Compression::None => Box::new(&mut buffered),
+                };
             let mut diff = HashingReader::new(decoder, None);
             let applied = self.apply_tar(&mut diff, &check.name);
             // The tar reader stops at the end-of-archive marker; hash the padding after it too.
@@ -184,7 +185,9 @@ impl Rootfs {
         let mut archive = tar::Archive::new(stream);
         let mut stats = LayerStats::default();
         let mut state = LayerState::default();
-        let entries = archive.entries().map_err(|e| layer_err(format!("reading tar: {e}")))?;
+        let entries = archive
+            .entries()
+            .map_err(|e| layer_err(format!("reading tar: {e}")))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| layer_err(format!("reading tar: {e}")))?;
             let raw_path = entry
@@ -222,11 +225,15 @@ impl Rootfs {
         let name_bytes = name.as_bytes();
         if name_bytes.starts_with(WHITEOUT_PREFIX) {
             stats.whiteouts += 1;
-            let Some(parent) = self.resolve_dir(parents, false).map_err(|e| format!("resolving parent: {e}"))? else {
+            let Some(parent) = self
+                .resolve_dir(parents, false)
+                .map_err(|e| format!("resolving parent: {e}"))?
+            else {
                 return Ok(()); // Nothing below to hide.
             };
             if name_bytes == WHITEOUT_OPAQUE {
-                self.make_opaque(&parent, state).map_err(|e| format!("opaque directory: {e}"))?;
+                self.make_opaque(&parent, state)
+                    .map_err(|e| format!("opaque directory: {e}"))?;
             } else if name_bytes.starts_with(WHITEOUT_META_PREFIX) {
                 // Other aufs metadata (.wh..wh.plnk and friends): not content.
                 stats.whiteouts -= 1;
@@ -356,9 +363,15 @@ impl Rootfs {
         Ok(())
     }
 
-    fn set_owner_and_xattrs(&self, path: &Path, meta: &EntryMeta, stats: &mut LayerStats) -> Result<(), String> {
+    fn set_owner_and_xattrs(
+        &self,
+        path: &Path,
+        meta: &EntryMeta,
+        stats: &mut LayerStats,
+    ) -> Result<(), String> {
         if self.chown {
-            std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)).map_err(|e| format!("chown: {e}"))?;
+            std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid))
+                .map_err(|e| format!("chown: {e}"))?;
         }
         set_xattrs(path, meta, stats);
         Ok(())
@@ -505,6 +518,12 @@ fn normalize(path: &Path) -> Result<Vec<OsString>, String> {
 
 fn set_xattrs(path: &Path, meta: &EntryMeta, stats: &mut LayerStats) {
     for (name, value) in &meta.xattrs {
+        // Overlayfs metadata would change the meaning of the tree if it were ever used as an overlay layer.
+        let bytes = name.as_bytes();
+        if bytes.starts_with(b"trusted.overlay.") || bytes.starts_with(b"user.overlay.") {
+            stats.skipped += 1;
+            continue;
+        }
         // Not fatal: tmpfs and some other filesystems refuse user.* or trusted.* attributes.
         if let Err(e) = xattr::set(path, name, value) {
             tracing::debug!(path = %path.display(), name = %name.to_string_lossy(), error = %e, "xattr not set");
@@ -594,11 +613,6 @@ fn sniff(reader: &mut impl BufRead) -> io::Result<Compression> {
     })
 }
 
-/// Hash of a whole stream, for callers that verify before applying.
-pub(crate) fn hash_reader(reader: impl Read, limit: Option<u64>) -> io::Result<Hasher> {
-    HashingReader::new(reader, limit).drain()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,8 +646,14 @@ mod tests {
         std::os::unix::fs::symlink("loop1", root.join("loop2")).unwrap();
         fs::write(root.join("file"), b"x").unwrap();
 
-        assert_eq!(fs_root.resolve_dir(&os(&["bin"]), false).unwrap(), Some(root.join("usr/bin")));
-        assert_eq!(fs_root.resolve_dir(&os(&["up", "usr"]), false).unwrap(), Some(root.join("usr")));
+        assert_eq!(
+            fs_root.resolve_dir(&os(&["bin"]), false).unwrap(),
+            Some(root.join("usr/bin"))
+        );
+        assert_eq!(
+            fs_root.resolve_dir(&os(&["up", "usr"]), false).unwrap(),
+            Some(root.join("usr"))
+        );
         assert_eq!(fs_root.resolve_dir(&os(&["missing"]), false).unwrap(), None);
         assert!(fs_root.resolve_dir(&os(&["loop1"]), true).is_err());
         assert!(fs_root.resolve_dir(&os(&["file", "x"]), true).is_err());
@@ -645,7 +665,10 @@ mod tests {
 
     #[test]
     fn pax_time_parses_fractions() {
-        assert_eq!(parse_pax_time("12.5"), Some(FileTime::from_unix_time(12, 500_000_000)));
+        assert_eq!(
+            parse_pax_time("12.5"),
+            Some(FileTime::from_unix_time(12, 500_000_000))
+        );
         assert_eq!(parse_pax_time("7"), Some(FileTime::from_unix_time(7, 0)));
         assert_eq!(parse_pax_time("x"), None);
     }

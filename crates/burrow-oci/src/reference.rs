@@ -142,12 +142,16 @@ pub(crate) fn authority_is_loopback(authority: &str) -> bool {
 fn validate_tag(tag: &str) -> Result<(), String> {
     let mut chars = tag.chars();
     let ok = tag.len() <= 128
-        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if ok {
         Ok(())
     } else {
-        Err(format!("invalid tag {tag:?} (letters, digits, '_', '.', '-'; at most 128)"))
+        Err(format!(
+            "invalid tag {tag:?} (letters, digits, '_', '.', '-'; at most 128)"
+        ))
     }
 }
 
@@ -168,7 +172,9 @@ fn validate_registry(registry: &str) -> Result<(), String> {
             && host
                 .split('.')
                 .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'))
-            && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
         if !ok {
             return Err(bad());
         }
@@ -225,7 +231,10 @@ mod tests {
         assert_eq!(r.to_string(), "127.0.0.1:5000/team/tool:1");
 
         let r = parse("debian");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("docker.io", "library/debian"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io", "library/debian")
+        );
         assert_eq!(r.tag_or_digest.as_str(), "latest");
         assert_eq!(r.api_authority(), "registry-1.docker.io");
         assert!(!r.is_loopback());

@@ -25,7 +25,8 @@ impl Staging {
         };
         match fs::symlink_metadata(dest) {
             Ok(m) if m.is_dir() => {
-                let mut entries = fs::read_dir(dest).map_err(|e| OciError::io(format!("reading {}", dest.display()), e))?;
+                let mut entries =
+                    fs::read_dir(dest).map_err(|e| OciError::io(format!("reading {}", dest.display()), e))?;
                 if entries.next().is_some() {
                     return Err(bad("exists and is not empty"));
                 }

@@ -1,6 +1,7 @@
 //! One module per group of commands.
 
 pub mod checkpoints;
+pub mod cp;
 pub mod exec;
 pub mod images;
 pub mod sandbox;

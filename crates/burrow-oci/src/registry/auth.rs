@@ -15,7 +15,10 @@ pub(crate) struct Challenge {
 /// Parses a `WWW-Authenticate` header value holding one or more challenges.
 pub(crate) fn parse_challenges(header: &str) -> Vec<Challenge> {
     let mut out: Vec<Challenge> = Vec::new();
-    let mut p = Parser { s: header.as_bytes(), i: 0 };
+    let mut p = Parser {
+        s: header.as_bytes(),
+        i: 0,
+    };
     loop {
         p.skip(|b| b == b' ' || b == b'\t' || b == b',');
         let word = p.token();
@@ -27,7 +30,11 @@ pub(crate) fn parse_challenges(header: &str) -> Vec<Challenge> {
             // `key=value` belonging to the current challenge.
             p.i += 1;
             p.skip(|b| b == b' ' || b == b'\t');
-            let value = if p.peek() == Some(b'"') { p.quoted() } else { p.token() };
+            let value = if p.peek() == Some(b'"') {
+                p.quoted()
+            } else {
+                p.token()
+            };
             if let Some(current) = out.last_mut() {
                 current.params.insert(word.to_ascii_lowercase(), value);
             }

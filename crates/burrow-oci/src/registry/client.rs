@@ -10,7 +10,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, LOCATION, USER_AGENT, WWW_AUTHENTICATE};
+use hyper::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, LOCATION, USER_AGENT, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_rustls::{ConfigBuilderExt as _, HttpsConnector};
 use hyper_util::client::legacy::Client;
@@ -28,7 +30,11 @@ const MAX_REDIRECTS: usize = 5;
 const MAX_TOKEN_BYTES: u64 = 1024 * 1024;
 const MAX_ERROR_BYTES: u64 = 4096;
 /// Query-string encoding: everything but RFC 3986 unreserved characters.
-const QUERY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const QUERY: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
@@ -61,7 +67,9 @@ impl RegistryClient {
         timeout: Duration,
     ) -> Result<Self, OciError> {
         if plain_http && !authority_is_loopback(authority) {
-            return Err(OciError::Refused(format!("plain HTTP to non-loopback registry {authority}")));
+            return Err(OciError::Refused(format!(
+                "plain HTTP to non-loopback registry {authority}"
+            )));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -100,12 +108,21 @@ impl RegistryClient {
     }
 
     fn url(&self, kind: &str, reference: &str) -> Result<Uri, OciError> {
-        let url = format!("{}://{}/v2/{}/{kind}/{reference}", self.scheme, self.authority, self.repository);
-        url.parse().map_err(|e| OciError::Refused(format!("bad URL {url}: {e}")))
+        let url = format!(
+            "{}://{}/v2/{}/{kind}/{reference}",
+            self.scheme, self.authority, self.repository
+        );
+        url.parse()
+            .map_err(|e| OciError::Refused(format!("bad URL {url}: {e}")))
     }
 
     /// `GET /v2/<repo>/manifests/<reference>` with every manifest media type we understand.
-    pub(crate) async fn manifest(&mut self, reference: &str, accept: &str, limit: u64) -> Result<FetchedManifest, OciError> {
+    pub(crate) async fn manifest(
+        &mut self,
+        reference: &str,
+        accept: &str,
+        limit: u64,
+    ) -> Result<FetchedManifest, OciError> {
         let url = self.url("manifests", reference)?;
         let response = self.get(url.clone(), Some(accept)).await?;
         let header = |name: &str| {
@@ -115,7 +132,8 @@ impl RegistryClient {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let content_type = header(CONTENT_TYPE.as_str()).map(|c| c.split(';').next().unwrap_or_default().trim().to_owned());
+        let content_type =
+            header(CONTENT_TYPE.as_str()).map(|c| c.split(';').next().unwrap_or_default().trim().to_owned());
         let digest_header = header("docker-content-digest");
         let bytes = self.read_limited(response, limit, &url.to_string()).await?;
         Ok(FetchedManifest {
@@ -187,7 +205,12 @@ impl RegistryClient {
         }
     }
 
-    async fn read_limited(&self, response: Response<Incoming>, limit: u64, what: &str) -> Result<Vec<u8>, OciError> {
+    async fn read_limited(
+        &self,
+        response: Response<Incoming>,
+        limit: u64,
+        what: &str,
+    ) -> Result<Vec<u8>, OciError> {
         let mut body = response.into_body();
         let mut out = Vec::new();
         while let Some(chunk) = self.next_chunk(&mut body, what).await? {
@@ -218,7 +241,11 @@ impl RegistryClient {
             // Credentials go to the registry itself only, never to a redirect target elsewhere.
             let same_origin = current.authority().map(|a| a.as_str()) == Some(self.authority.as_str())
                 && current.scheme_str() == Some(self.scheme);
-            let auth = if same_origin { self.authorization.clone() } else { None };
+            let auth = if same_origin {
+                self.authorization.clone()
+            } else {
+                None
+            };
             let response = self.send(&current, accept, auth.as_ref()).await?;
             let status = response.status();
             if status.is_success() {
@@ -241,7 +268,9 @@ impl RegistryClient {
             if status.is_redirection() {
                 redirects += 1;
                 if redirects > MAX_REDIRECTS {
-                    return Err(OciError::Refused(format!("{url}: more than {MAX_REDIRECTS} redirects")));
+                    return Err(OciError::Refused(format!(
+                        "{url}: more than {MAX_REDIRECTS} redirects"
+                    )));
                 }
                 let location = response
                     .headers()
@@ -298,7 +327,12 @@ impl RegistryClient {
             let message = first.get("message").and_then(|c| c.as_str()).unwrap_or_default();
             return format!("{code} {message}").trim().to_owned();
         }
-        String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>().trim().to_owned()
+        String::from_utf8_lossy(&bytes)
+            .chars()
+            .take(200)
+            .collect::<String>()
+            .trim()
+            .to_owned()
     }
 
     /// Answers a `401` challenge: fetches a bearer token from the realm, or prepares basic credentials.
@@ -333,9 +367,13 @@ impl RegistryClient {
             if !response.status().is_success() {
                 let status = response.status();
                 let message = self.error_message(response).await;
-                return Err(auth_err(format!("token service answered HTTP {status} {message}")));
+                return Err(auth_err(format!(
+                    "token service answered HTTP {status} {message}"
+                )));
             }
-            let bytes = self.read_limited(response, MAX_TOKEN_BYTES, "token response").await?;
+            let bytes = self
+                .read_limited(response, MAX_TOKEN_BYTES, "token response")
+                .await?;
             let value: serde_json::Value =
                 serde_json::from_slice(&bytes).map_err(|e| auth_err(format!("token response: {e}")))?;
             let token = value
@@ -357,7 +395,10 @@ impl RegistryClient {
             return Ok(());
         }
         let schemes: Vec<&str> = challenges.iter().map(|c| c.scheme.as_str()).collect();
-        Err(auth_err(format!("unsupported authentication scheme(s): {}", schemes.join(", "))))
+        Err(auth_err(format!(
+            "unsupported authentication scheme(s): {}",
+            schemes.join(", ")
+        )))
     }
 
     fn basic_header(&self) -> Option<HeaderValue> {
@@ -416,7 +457,9 @@ mod tests {
             "https://reg.example/storage/x"
         );
         assert_eq!(
-            resolve_redirect(&here, "https://cdn.example/x?sig=1").unwrap().to_string(),
+            resolve_redirect(&here, "https://cdn.example/x?sig=1")
+                .unwrap()
+                .to_string(),
             "https://cdn.example/x?sig=1"
         );
         assert!(resolve_redirect(&here, "http://cdn.example/x").is_err());

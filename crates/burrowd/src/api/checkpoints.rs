@@ -161,3 +161,183 @@ pub mod inside {
         Ok((StatusCode::ACCEPTED, Json(serde_json::json!({"restoring": cp}))).into_response())
     }
 }
+
+/// `POST /v1/images/build?name=NAME[&file=Burrowfile]`, body: a tar of the build context
+/// (`Content-Type: application/x-tar`) holding the Burrowfile. Streams NDJSON progress
+/// when asked; plain JSON (the image) otherwise.
+pub async fn build_image(
+    State(s): State<AppState>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", m);
+    let mut name = None;
+    let mut file = "Burrowfile".to_owned();
+    for (k, v) in super::extract::query_pairs(q.as_deref())? {
+        match k.as_str() {
+            "name" => name = Some(v),
+            "file" => file = v,
+            other => return Err(bad(format!("unknown query parameter '{other}'"))),
+        }
+    }
+    let name = name.ok_or_else(|| bad("query parameter 'name' (the image name) is required".into()))?;
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.starts_with("application/x-tar") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the build context must be a tar with 'Content-Type: application/x-tar'",
+        ));
+    }
+    // Spool the context to a file (bounded), so COPY can read it and nothing stays in memory.
+    let guard = spool(&s, body, "build context", burrow_core::build::MAX_CONTEXT_BYTES).await?;
+    let path = guard.0.clone();
+    let burrowfile = read_from_tar(&path, &file).map_err(bad)?;
+    let mgr = s.mgr.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let op = async move {
+        let _guard = guard;
+        mgr.build_image(&name, &burrowfile, Some(&path), tx).await
+    };
+    if !wants_ndjson(&headers) {
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        return Ok((StatusCode::CREATED, Json(op.await?)).into_response());
+    }
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = done_tx.send(op.await);
+    });
+    let progress = async_stream_lines(rx);
+    let end = futures::stream::once(async move {
+        Ok::<_, std::convert::Infallible>(match done_rx.await {
+            Ok(Ok(img)) => line("complete", serde_json::to_value(img).unwrap_or_default()),
+            Ok(Err(e)) => {
+                let e = ApiError::from(e);
+                line("error", serde_json::json!({"code": e.code, "message": e.message}))
+            }
+            Err(_) => line("error", serde_json::json!({"code": "internal", "message": "build task ended"})),
+        })
+    });
+    Ok(([(header::CONTENT_TYPE, NDJSON)], axum::body::Body::from_stream(progress.chain(end))).into_response())
+}
+
+fn async_stream_lines(
+    rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> impl futures::Stream<Item = Result<String, std::convert::Infallible>> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|m| (Ok(line("info", serde_json::json!(m))), rx))
+    })
+}
+
+fn read_from_tar(path: &std::path::Path, name: &str) -> Result<String, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut ar = tar::Archive::new(f);
+    let want = name.trim_start_matches("./");
+    for e in ar.entries().map_err(|e| format!("the build context is not a tar: {e}"))? {
+        let e = e.map_err(|e| format!("the build context is not a tar: {e}"))?;
+        let p = e.path().map_err(|e| e.to_string())?.to_string_lossy().trim_start_matches("./").to_owned();
+        if p == want {
+            let mut s = String::new();
+            e.take(1 << 20).read_to_string(&mut s).map_err(|e| format!("reading {name}: {e}"))?;
+            return Ok(s);
+        }
+    }
+    Err(format!("the build context has no '{name}'"))
+}
+
+/// Streams a request body to a temporary file in the data dir, refusing more than `limit`
+/// bytes with 413. The file is removed when the returned guard drops.
+async fn spool(s: &AppState, body: axum::body::Body, what: &str, limit: u64) -> Result<TempFile, ApiError> {
+    use std::io::Write;
+    let internal = |e: std::io::Error| ApiError::from(CoreError::Internal(format!("spooling the {what}: {e}")));
+    let dir = s.mgr.config().data_dir.join("tmp");
+    std::fs::create_dir_all(&dir).map_err(internal)?;
+    let guard = TempFile(dir.join(format!("upload-{:016x}", rand::random::<u64>())));
+    let mut f = std::fs::File::create(&guard.0).map_err(internal)?;
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("reading the {what}: {e}")))?;
+        total += chunk.len() as u64;
+        if total > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the {what} is larger than {limit} bytes"),
+            ));
+        }
+        f.write_all(&chunk).map_err(internal)?;
+    }
+    Ok(guard)
+}
+
+/// Largest image archive accepted by `POST /v1/images/import`.
+const MAX_IMPORT_BYTES: u64 = 16 << 30;
+
+/// `POST /v1/images/import?name=NAME`, body: an OCI layout or `docker save` archive.
+pub async fn import_image(
+    State(s): State<AppState>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let mut name = None;
+    for (k, v) in super::extract::query_pairs(q.as_deref())? {
+        match k.as_str() {
+            "name" => name = Some(v),
+            other => {
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("unknown query parameter '{other}'")));
+            }
+        }
+    }
+    let name = name.ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "query parameter 'name' (the image name) is required")
+    })?;
+    let guard = spool(&s, body, "image archive", MAX_IMPORT_BYTES).await?;
+    let mgr = s.mgr.clone();
+    long_op(&headers, StatusCode::CREATED, "import", async move {
+        let r = mgr.import_image(&name, &guard.0).await;
+        drop(guard);
+        r
+    })
+    .await
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullImage {
+    pub reference: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `POST /v1/images/pull` `{reference, name?}`.
+pub async fn pull_image(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<PullImage>,
+) -> Result<Response, ApiError> {
+    let name = match req.name.clone().or_else(|| burrow_core::oci::default_name(&req.reference)) {
+        Some(n) => n,
+        None => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("cannot derive an image name from '{}'; give one in 'name'", req.reference),
+            ));
+        }
+    };
+    let mgr = s.mgr.clone();
+    long_op(&headers, StatusCode::CREATED, "pull", async move { mgr.pull_image(&name, &req.reference).await }).await
+}
+
+/// Removes the spooled context when the build is over.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -56,7 +56,8 @@ fn file_query(raw: Option<&str>, allowed: &[&str]) -> Result<FileQuery> {
             _ => {}
         }
     }
-    q.path = path.ok_or_else(|| bad("query parameter 'path' is required (an absolute path in the sandbox)".into()))?;
+    q.path = path
+        .ok_or_else(|| bad("query parameter 'path' is required (an absolute path in the sandbox)".into()))?;
     Ok(q)
 }
 
@@ -68,7 +69,11 @@ fn stream_response(stream: FileStream, content_type: &'static str) -> Response {
 }
 
 /// `GET /v1/sandboxes/{name}/files?path=`.
-pub async fn read(State(s): State<AppState>, Path(name): Path<String>, RawQuery(q): RawQuery) -> Result<Response> {
+pub async fn read(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response> {
     let q = file_query(q.as_deref(), &[])?;
     let stream = s.mgr.read_file(&name, &q.path).await?;
     Ok(stream_response(stream, "application/octet-stream"))
@@ -93,13 +98,21 @@ pub async fn write(
 }
 
 /// `GET /v1/sandboxes/{name}/files/list?path=`.
-pub async fn list(State(s): State<AppState>, Path(name): Path<String>, RawQuery(q): RawQuery) -> Result<Json<FileList>> {
+pub async fn list(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<FileList>> {
     let q = file_query(q.as_deref(), &[])?;
     Ok(Json(s.mgr.list_files(&name, &q.path).await?))
 }
 
 /// `DELETE /v1/sandboxes/{name}/files?path=&recursive=`.
-pub async fn remove(State(s): State<AppState>, Path(name): Path<String>, RawQuery(q): RawQuery) -> Result<StatusCode> {
+pub async fn remove(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<StatusCode> {
     let q = file_query(q.as_deref(), &["recursive"])?;
     s.mgr.remove_file(&name, &q.path, q.recursive).await?;
     Ok(StatusCode::NO_CONTENT)

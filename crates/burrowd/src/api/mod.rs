@@ -41,6 +41,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/version"),
     ("get", "/v1/images"),
     ("post", "/v1/images"),
+    ("post", "/v1/images/build"),
+    ("post", "/v1/images/import"),
+    ("post", "/v1/images/pull"),
     ("delete", "/v1/images/{name}"),
     ("get", "/v1/sandboxes"),
     ("post", "/v1/sandboxes"),
@@ -76,6 +79,9 @@ pub fn router(state: AppState, transport: Transport) -> Router {
         .route("/openapi.yaml", get(openapi))
         .route("/v1/version", get(version))
         .route("/v1/images", get(list_images).post(checkpoints::create_image))
+        .route("/v1/images/build", post(checkpoints::build_image))
+        .route("/v1/images/import", post(checkpoints::import_image))
+        .route("/v1/images/pull", post(checkpoints::pull_image))
         .route("/v1/images/{name}", axum::routing::delete(checkpoints::delete_image))
         .route("/v1/sandboxes/{name}/checkpoints", get(checkpoints::list).post(checkpoints::create))
         .route(

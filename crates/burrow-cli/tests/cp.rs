@@ -1,0 +1,187 @@
+//! `burrow cp` end to end against a real daemon: files and directory trees both ways,
+//! stdin/stdout, and the `cp -r` naming rules.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use burrow_testkit::{shared, unique_name};
+
+fn burrow(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_burrow"));
+    c.args(args)
+        .env("BURROW_SOCKET", &shared().socket)
+        .env_remove("BURROW_URL")
+        .env_remove("BURROW_TOKEN");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    burrow(args).stdin(Stdio::null()).output().expect("run burrow")
+}
+
+fn ok(args: &[&str]) -> Vec<u8> {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "burrow {args:?} failed ({}): {}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+fn sh(name: &str, script: &str) -> String {
+    String::from_utf8(ok(&["exec", name, "--", "sh", "-c", script])).unwrap()
+}
+
+fn sandbox() -> String {
+    let name = unique_name("cp");
+    ok(&["create", &name]);
+    name
+}
+
+fn tree(root: &Path) {
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    std::fs::write(root.join("top.txt"), b"top\n").unwrap();
+    std::fs::write(
+        root.join("sub/deeper/data.bin"),
+        (0..=255u8).cycle().take(1 << 20).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    std::fs::write(root.join("run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(root.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink("sub/deeper/data.bin", root.join("link")).unwrap();
+}
+
+fn same_tree(a: &Path, b: &Path) {
+    let out = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn files_both_ways_and_stdio() {
+    let name = sandbox();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("bin.dat");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&local, &data).unwrap();
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o640)).unwrap();
+
+    // Into an existing directory: keeps its name (and mode).
+    ok(&["cp", local.to_str().unwrap(), &format!("{name}:/tmp")]);
+    assert_eq!(sh(&name, "stat -c '%s %a' /tmp/bin.dat"), "3000000 640\n");
+    // To a new name, creating parents with -p.
+    ok(&[
+        "cp",
+        "-p",
+        local.to_str().unwrap(),
+        &format!("{name}:/srv/a/b/renamed.dat"),
+    ]);
+
+    // Back: to a file name, and into a directory.
+    let back = dir.path().join("back.dat");
+    ok(&[
+        "cp",
+        &format!("{name}:/srv/a/b/renamed.dat"),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+    let into = dir.path().join("into");
+    std::fs::create_dir(&into).unwrap();
+    ok(&["cp", &format!("{name}:/tmp/bin.dat"), into.to_str().unwrap()]);
+    assert_eq!(std::fs::read(into.join("bin.dat")).unwrap(), data);
+
+    // stdin and stdout.
+    let mut child = burrow(&["cp", "-", &format!("{name}:/tmp/from-stdin")])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped \x00\xff bytes")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        ok(&["cp", &format!("{name}:/tmp/from-stdin"), "-"]),
+        b"piped \x00\xff bytes"
+    );
+
+    // Errors say what is wrong.
+    let o = run(&[
+        "cp",
+        &format!("{name}:/no/such"),
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not exist"),
+        "{o:?}"
+    );
+    let o = run(&["cp", "a", "b"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("NAME:/path"), "{o:?}");
+    ok(&["rm", &name]);
+}
+
+#[test]
+fn directories_both_ways() {
+    let name = sandbox();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("proj");
+    tree(&src);
+
+    // To a new path: takes that name. Into an existing directory: keeps its own.
+    ok(&["cp", src.to_str().unwrap(), &format!("{name}:/srv/copy")]);
+    ok(&["cp", src.to_str().unwrap(), &format!("{name}:/tmp")]);
+    assert_eq!(
+        sh(
+            &name,
+            "readlink /srv/copy/link; /srv/copy/run.sh; cmp /srv/copy/sub/deeper/data.bin /tmp/proj/sub/deeper/data.bin && echo same"
+        ),
+        "sub/deeper/data.bin\nhi\nsame\n"
+    );
+
+    // Back to a new path and into an existing directory.
+    let back = dir.path().join("back");
+    ok(&["cp", &format!("{name}:/srv/copy"), back.to_str().unwrap()]);
+    same_tree(&src, &back);
+    let into = dir.path().join("into");
+    std::fs::create_dir(&into).unwrap();
+    ok(&["cp", &format!("{name}:/tmp/proj"), into.to_str().unwrap()]);
+    same_tree(&src, &into.join("proj"));
+    assert!(
+        std::fs::symlink_metadata(back.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        std::fs::metadata(back.join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
+
+    // A directory to stdout is a tar stream.
+    let tar = ok(&["cp", &format!("{name}:/srv/copy"), "-"]);
+    let names: Vec<String> = tar::Archive::new(&tar[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n == "copy/sub/deeper/data.bin"), "{names:?}");
+    ok(&["rm", &name]);
+}
