@@ -177,3 +177,62 @@ fn images_lists_base() {
     let v: serde_json::Value = serde_json::from_str(&ok(&["version", "--json"])).unwrap();
     assert_eq!(v["server"]["api"], "v1");
 }
+
+#[test]
+fn checkpoint_restore_fork_and_templates_from_the_cli() {
+    let name = unique_name("cpcli");
+    ok(&["create", &name]);
+    ok(&["exec", &name, "--", "sh", "-c", "echo one > /root/f"]);
+    let out = ok(&["checkpoint", &name, "-m", "deps installed"]);
+    assert!(out.contains("v0"), "{out}");
+    ok(&["exec", &name, "--", "sh", "-c", "echo two > /root/f"]);
+    let list = ok(&["checkpoints", &name]);
+    assert!(list.contains("v0") && list.contains("deps installed"), "{list}");
+    let out = ok(&["restore", &name, "v0"]);
+    assert!(out.contains("v1"), "the backup id is printed: {out}");
+    assert_eq!(ok(&["exec", &name, "--", "cat", "/root/f"]), "one\n");
+    // Forks: from a checkpoint (the backup holds "two") and from the live state.
+    let a = unique_name("fork-a");
+    ok(&["fork", &format!("{name}:v1"), &a]);
+    assert_eq!(ok(&["exec", &a, "--", "cat", "/root/f"]), "two\n");
+    let b = unique_name("fork-b");
+    ok(&["fork", &name, &b]);
+    assert_eq!(ok(&["exec", &b, "--", "cat", "/root/f"]), "one\n");
+    // A template, and a sandbox from it.
+    let tpl = unique_name("tpl");
+    ok(&["images", "create", &tpl, "--from", &format!("{name}:v0")]);
+    let c = unique_name("from-tpl");
+    ok(&["create", &c, "--image", &tpl]);
+    assert_eq!(ok(&["exec", &c, "--", "cat", "/root/f"]), "one\n");
+    let o = run(&["images", "rm", &tpl]);
+    assert_eq!(o.status.code(), Some(1), "deleting a used image must fail");
+    // Bad input: unknown checkpoint, fork onto an existing name.
+    let o = run(&["restore", &name, "v99"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("v99"));
+    assert_eq!(run(&["fork", &name, &a]).status.code(), Some(1));
+    for sb in [&c, &a, &b, &name] {
+        ok(&["rm", sb]);
+    }
+    ok(&["images", "rm", &tpl]);
+}
+
+#[test]
+fn images_build_from_a_burrowfile() {
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("greeting.txt"), "hello from COPY\n").unwrap();
+    std::fs::write(ctx.path().join("Burrowfile"), "FROM base\nENV MODE=test\nCOPY greeting.txt /opt/\nRUN echo ran > /opt/ran\n").unwrap();
+    let image = unique_name("cli-img");
+    let out = ok(&["images", "build", &image, ctx.path().to_str().unwrap()]);
+    assert!(out.contains(&image), "{out}");
+    let sb = unique_name("cli-built");
+    ok(&["create", &sb, "--image", &image]);
+    assert_eq!(ok(&["exec", &sb, "--", "sh", "-c", "cat /opt/greeting.txt /opt/ran; echo $MODE"]), "hello from COPY\nran\ntest\n");
+    // A failing step: the step's output in the error, exit 1.
+    std::fs::write(ctx.path().join("Burrowfile"), "FROM base\nRUN echo nope-$((1+1)) && false\n").unwrap();
+    let o = run(&["images", "build", &unique_name("cli-bad"), ctx.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nope-2"), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(&["rm", &sb]);
+    ok(&["images", "rm", &image]);
+}
