@@ -131,7 +131,10 @@ mod tests {
             Err(Status::unimplemented("fake"))
         }
         type ReadFileStream = tokio_stream::Empty<Result<v1::FileChunk, Status>>;
-        async fn read_file(&self, _: Request<v1::ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
+        async fn read_file(
+            &self,
+            _: Request<v1::ReadFileRequest>,
+        ) -> Result<Response<Self::ReadFileStream>, Status> {
             Err(Status::unimplemented("fake"))
         }
         async fn write_file(
@@ -141,7 +144,10 @@ mod tests {
             Err(Status::unimplemented("fake"))
         }
         type ListDirStream = tokio_stream::Empty<Result<v1::ListDirReply, Status>>;
-        async fn list_dir(&self, _: Request<v1::ListDirRequest>) -> Result<Response<Self::ListDirStream>, Status> {
+        async fn list_dir(
+            &self,
+            _: Request<v1::ListDirRequest>,
+        ) -> Result<Response<Self::ListDirStream>, Status> {
             Err(Status::unimplemented("fake"))
         }
         async fn remove(&self, _: Request<v1::RemoveRequest>) -> Result<Response<v1::RemoveReply>, Status> {

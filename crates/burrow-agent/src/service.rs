@@ -11,8 +11,8 @@ use burrow_agent_proto::v1::{
     exec_output,
 };
 use burrow_agent_proto::v1::{
-    ListDirRequest, ReadArchiveRequest, ReadFileRequest, RemoveReply, RemoveRequest, RenameReply, RenameRequest,
-    WriteArchiveInput, WriteArchiveReply, WriteFileInput, WriteFileReply,
+    ListDirRequest, ReadArchiveRequest, ReadFileRequest, RemoveReply, RemoveRequest, RenameReply,
+    RenameRequest, WriteArchiveInput, WriteArchiveReply, WriteFileInput, WriteFileReply,
 };
 use burrow_agent_proto::{Agent, PROTOCOL_VERSION};
 use tokio::sync::mpsc;
@@ -80,8 +80,13 @@ impl Agent for AgentService {
 
     type ReadFileStream = files::ChunkStream;
 
-    async fn read_file(&self, request: Request<ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
-        files::read_file(request.into_inner().path).await.map(Response::new)
+    async fn read_file(
+        &self,
+        request: Request<ReadFileRequest>,
+    ) -> Result<Response<Self::ReadFileStream>, Status> {
+        files::read_file(request.into_inner().path)
+            .await
+            .map(Response::new)
     }
 
     async fn write_file(
@@ -94,8 +99,13 @@ impl Agent for AgentService {
 
     type ListDirStream = files::ListStream;
 
-    async fn list_dir(&self, request: Request<ListDirRequest>) -> Result<Response<Self::ListDirStream>, Status> {
-        files::list_dir(request.into_inner().path).await.map(Response::new)
+    async fn list_dir(
+        &self,
+        request: Request<ListDirRequest>,
+    ) -> Result<Response<Self::ListDirStream>, Status> {
+        files::list_dir(request.into_inner().path)
+            .await
+            .map(Response::new)
     }
 
     async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<RemoveReply>, Status> {
@@ -116,7 +126,9 @@ impl Agent for AgentService {
         &self,
         request: Request<ReadArchiveRequest>,
     ) -> Result<Response<Self::ReadArchiveStream>, Status> {
-        files::read_archive(request.into_inner().path).await.map(Response::new)
+        files::read_archive(request.into_inner().path)
+            .await
+            .map(Response::new)
     }
 
     async fn write_archive(

@@ -324,9 +324,21 @@ async fn checkpoint_figures(
     use burrow_client::Method;
     let c = &app.client;
     let name = format!("{prefix}-c{mb}");
-    c.create_sandbox(&CreateSandbox { name: SandboxName::parse(&name)?, ..Default::default() }).await?;
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&name)?,
+        ..Default::default()
+    })
+    .await?;
     let fill = format!("head -c {}M /dev/urandom > /root/blob && sync", mb);
-    let r = c.exec(&name, &ExecRequest { cmd: vec!["sh".into(), "-c".into(), fill], ..Default::default() }).await?;
+    let r = c
+        .exec(
+            &name,
+            &ExecRequest {
+                cmd: vec!["sh".into(), "-c".into(), fill],
+                ..Default::default()
+            },
+        )
+        .await?;
     anyhow::ensure!(r.exit_code == 0, "writing {mb} MB failed: {}", r.stderr);
     let cps = format!("{}/checkpoints", burrow_client::paths::sandbox(&name));
     let (mut cp, mut rs, mut fk) = (Vec::new(), Vec::new(), Vec::new());
@@ -339,18 +351,41 @@ async fn checkpoint_figures(
     }
     for i in 0..runs.min(5) {
         let t = Instant::now();
-        c.request_json::<serde_json::Value, ()>(Method::POST, &format!("{cps}/{last}/restore"), None).await?;
-        let r = c.exec(&name, &ExecRequest { cmd: vec!["true".into()], ..Default::default() }).await?;
+        c.request_json::<serde_json::Value, ()>(Method::POST, &format!("{cps}/{last}/restore"), None)
+            .await?;
+        let r = c
+            .exec(
+                &name,
+                &ExecRequest {
+                    cmd: vec!["true".into()],
+                    ..Default::default()
+                },
+            )
+            .await?;
         rs.push(ms(t.elapsed()));
         anyhow::ensure!(r.exit_code == 0, "exec after restore {i} failed");
     }
     for i in 0..runs.min(5) {
         let fork = format!("{name}-f{i}");
         let t = Instant::now();
-        let from = burrow_api::ForkSource { sandbox: SandboxName::parse(&name)?, checkpoint: Some(last.clone()) };
-        c.create_sandbox(&CreateSandbox { name: SandboxName::parse(&fork)?, from: Some(from), ..Default::default() })
-            .await?;
-        c.exec(&fork, &ExecRequest { cmd: vec!["true".into()], ..Default::default() }).await?;
+        let from = burrow_api::ForkSource {
+            sandbox: SandboxName::parse(&name)?,
+            checkpoint: Some(last.clone()),
+        };
+        c.create_sandbox(&CreateSandbox {
+            name: SandboxName::parse(&fork)?,
+            from: Some(from),
+            ..Default::default()
+        })
+        .await?;
+        c.exec(
+            &fork,
+            &ExecRequest {
+                cmd: vec!["true".into()],
+                ..Default::default()
+            },
+        )
+        .await?;
         fk.push(ms(t.elapsed()));
         c.delete_sandbox(&fork).await?;
     }

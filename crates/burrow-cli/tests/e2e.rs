@@ -221,18 +221,45 @@ fn checkpoint_restore_fork_and_templates_from_the_cli() {
 fn images_build_from_a_burrowfile() {
     let ctx = tempfile::tempdir().unwrap();
     std::fs::write(ctx.path().join("greeting.txt"), "hello from COPY\n").unwrap();
-    std::fs::write(ctx.path().join("Burrowfile"), "FROM base\nENV MODE=test\nCOPY greeting.txt /opt/\nRUN echo ran > /opt/ran\n").unwrap();
+    std::fs::write(
+        ctx.path().join("Burrowfile"),
+        "FROM base\nENV MODE=test\nCOPY greeting.txt /opt/\nRUN echo ran > /opt/ran\n",
+    )
+    .unwrap();
     let image = unique_name("cli-img");
     let out = ok(&["images", "build", &image, ctx.path().to_str().unwrap()]);
     assert!(out.contains(&image), "{out}");
     let sb = unique_name("cli-built");
     ok(&["create", &sb, "--image", &image]);
-    assert_eq!(ok(&["exec", &sb, "--", "sh", "-c", "cat /opt/greeting.txt /opt/ran; echo $MODE"]), "hello from COPY\nran\ntest\n");
+    assert_eq!(
+        ok(&[
+            "exec",
+            &sb,
+            "--",
+            "sh",
+            "-c",
+            "cat /opt/greeting.txt /opt/ran; echo $MODE"
+        ]),
+        "hello from COPY\nran\ntest\n"
+    );
     // A failing step: the step's output in the error, exit 1.
-    std::fs::write(ctx.path().join("Burrowfile"), "FROM base\nRUN echo nope-$((1+1)) && false\n").unwrap();
-    let o = run(&["images", "build", &unique_name("cli-bad"), ctx.path().to_str().unwrap()]);
+    std::fs::write(
+        ctx.path().join("Burrowfile"),
+        "FROM base\nRUN echo nope-$((1+1)) && false\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "images",
+        "build",
+        &unique_name("cli-bad"),
+        ctx.path().to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("nope-2"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("nope-2"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     ok(&["rm", &sb]);
     ok(&["images", "rm", &image]);
 }

@@ -211,7 +211,11 @@ impl ExecStream {
                 ExecEvent::Stdout(b) => out.stdout.extend_from_slice(&b),
                 ExecEvent::Stderr(b) => out.stderr.extend_from_slice(&b),
                 ExecEvent::Error { code, message } => out.errors.push(format!("{code}: {message}")),
-                ExecEvent::Exit { exit_code, signal, reason } => {
+                ExecEvent::Exit {
+                    exit_code,
+                    signal,
+                    reason,
+                } => {
                     out.exit_code = exit_code;
                     out.signal = signal;
                     out.reason = reason;
@@ -301,9 +305,17 @@ impl ExecReceiver {
                     Ok(WsControl::Session { id, pid, tty }) => {
                         return Ok(Some(ExecEvent::Session { id, pid, tty }));
                     }
-                    Ok(WsControl::Exit { exit_code, signal, reason }) => {
+                    Ok(WsControl::Exit {
+                        exit_code,
+                        signal,
+                        reason,
+                    }) => {
                         self.exited = true;
-                        return Ok(Some(ExecEvent::Exit { exit_code, signal, reason }));
+                        return Ok(Some(ExecEvent::Exit {
+                            exit_code,
+                            signal,
+                            reason,
+                        }));
                     }
                     Ok(WsControl::Error { code, message }) => {
                         return Ok(Some(ExecEvent::Error { code, message }));

@@ -17,7 +17,7 @@ mod transport;
 pub use burrow_api as api;
 pub use client::Client;
 pub use error::ClientError;
-pub use files::{ByteStream, WriteFileOptions};
 pub use exec_stream::{ExecEvent, ExecOutput, ExecReceiver, ExecSender, ExecStream, ExecStreamOptions};
+pub use files::{ByteStream, WriteFileOptions};
 pub use hyper::Method;
 pub use transport::{DEFAULT_SOCKET, Target};

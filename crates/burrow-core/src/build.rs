@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use burrow_api::{CreateSandbox, ExecRequest, Image, SandboxName};
 use sha2::{Digest, Sha256};
 
+use crate::CoreError;
 use crate::images::{ImageConfig, READY, is_plain_name};
 use crate::manager::{Manager, blocking};
 use crate::store::ImageRecord;
 use crate::time_util::now_rfc3339;
-use crate::CoreError;
 
 type Result<T, E = CoreError> = std::result::Result<T, E>;
 
@@ -84,7 +84,9 @@ pub fn parse(text: &str) -> Result<Burrowfile> {
             }
             _ if from.is_none() => return Err(bad(line, "the first instruction must be FROM")),
             "RUN" if !rest.is_empty() => steps.push((line, Step::Run(rest.to_owned()), text.clone())),
-            "WORKDIR" if rest.starts_with('/') => steps.push((line, Step::Workdir(rest.to_owned()), text.clone())),
+            "WORKDIR" if rest.starts_with('/') => {
+                steps.push((line, Step::Workdir(rest.to_owned()), text.clone()))
+            }
             "WORKDIR" => return Err(bad(line, "WORKDIR takes an absolute path")),
             "ENV" => {
                 let pairs: Vec<(String, String)> = if rest.contains('=') {
@@ -94,7 +96,9 @@ pub fn parse(text: &str) -> Result<Burrowfile> {
                         .collect::<Option<_>>()
                         .ok_or_else(|| bad(line, "ENV takes KEY=VALUE pairs (or KEY VALUE)"))?
                 } else {
-                    let (k, v) = rest.split_once(char::is_whitespace).ok_or_else(|| bad(line, "ENV takes KEY VALUE"))?;
+                    let (k, v) = rest
+                        .split_once(char::is_whitespace)
+                        .ok_or_else(|| bad(line, "ENV takes KEY VALUE"))?;
                     vec![(k.to_owned(), unquote(v.trim()))]
                 };
                 for (k, _) in &pairs {
@@ -118,16 +122,25 @@ pub fn parse(text: &str) -> Result<Burrowfile> {
                 }
                 for s in &args {
                     if s.starts_with('/') || s.split('/').any(|c| c == "..") {
-                        return Err(bad(line, format!("COPY source '{s}' must be relative to the build context")));
+                        return Err(bad(
+                            line,
+                            format!("COPY source '{s}' must be relative to the build context"),
+                        ));
                     }
                 }
                 steps.push((line, Step::Copy { srcs: args, dst }, text.clone()));
             }
             "RUN" => return Err(bad(line, "RUN needs a command")),
-            other => return Err(bad(line, format!("unknown instruction '{other}' (use FROM, RUN, ENV, WORKDIR, COPY)"))),
+            other => {
+                return Err(bad(
+                    line,
+                    format!("unknown instruction '{other}' (use FROM, RUN, ENV, WORKDIR, COPY)"),
+                ));
+            }
         }
     }
-    let from = from.ok_or_else(|| CoreError::Invalid("the Burrowfile is empty: it needs at least FROM".into()))?;
+    let from =
+        from.ok_or_else(|| CoreError::Invalid("the Burrowfile is empty: it needs at least FROM".into()))?;
     Ok(Burrowfile { from, steps })
 }
 
@@ -178,14 +191,24 @@ fn copy_tar(context: Option<&Path>, srcs: &[String], dst: &str, line: usize) -> 
     let ctx = context.ok_or_else(|| bad(line, "COPY needs a build context (send one with the build)"))?;
     let mut out = tar::Builder::new(Vec::new());
     let mut found = vec![false; srcs.len()];
-    let file = std::fs::File::open(ctx).map_err(|e| CoreError::Internal(format!("reading the build context: {e}")))?;
+    let file = std::fs::File::open(ctx)
+        .map_err(|e| CoreError::Internal(format!("reading the build context: {e}")))?;
     let mut archive = tar::Archive::new(file);
-    let entries = archive.entries().map_err(|e| CoreError::BadRequest(format!("the build context is not a tar: {e}")))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| CoreError::BadRequest(format!("the build context is not a tar: {e}")))?;
     let dst_is_dir = dst.ends_with('/') || srcs.len() > 1;
     for entry in entries {
-        let mut entry = entry.map_err(|e| CoreError::BadRequest(format!("the build context is not a tar: {e}")))?;
-        let path = entry.path().map_err(|e| CoreError::BadRequest(format!("bad path in the build context: {e}")))?;
-        let rel = path.to_string_lossy().trim_start_matches("./").trim_end_matches('/').to_owned();
+        let mut entry =
+            entry.map_err(|e| CoreError::BadRequest(format!("the build context is not a tar: {e}")))?;
+        let path = entry
+            .path()
+            .map_err(|e| CoreError::BadRequest(format!("bad path in the build context: {e}")))?;
+        let rel = path
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_owned();
         if rel.is_empty() || rel.split('/').any(|c| c == "..") {
             continue;
         }
@@ -204,7 +227,8 @@ fn copy_tar(context: Option<&Path>, srcs: &[String], dst: &str, line: usize) -> 
                     Some(dst.to_owned())
                 }
             } else {
-                rel.strip_prefix(&format!("{src}/")).map(|sub| format!("{}/{sub}", dst.trim_end_matches('/')))
+                rel.strip_prefix(&format!("{src}/"))
+                    .map(|sub| format!("{}/{sub}", dst.trim_end_matches('/')))
             };
             let Some(target) = target else { continue };
             found[i] = true;
@@ -212,7 +236,9 @@ fn copy_tar(context: Option<&Path>, srcs: &[String], dst: &str, line: usize) -> 
             header.set_uid(0);
             header.set_gid(0);
             let mut data = Vec::new();
-            entry.read_to_end(&mut data).map_err(|e| CoreError::BadRequest(format!("reading the build context: {e}")))?;
+            entry
+                .read_to_end(&mut data)
+                .map_err(|e| CoreError::BadRequest(format!("reading the build context: {e}")))?;
             let name = target.trim_start_matches('/');
             if name.is_empty() {
                 continue;
@@ -223,9 +249,13 @@ fn copy_tar(context: Option<&Path>, srcs: &[String], dst: &str, line: usize) -> 
         }
     }
     if let Some(i) = found.iter().position(|f| !f) {
-        return Err(bad(line, format!("COPY source '{}' is not in the build context", srcs[i])));
+        return Err(bad(
+            line,
+            format!("COPY source '{}' is not in the build context", srcs[i]),
+        ));
     }
-    out.into_inner().map_err(|e| CoreError::Internal(format!("packing COPY: {e}")))
+    out.into_inner()
+        .map_err(|e| CoreError::Internal(format!("packing COPY: {e}")))
 }
 
 fn hex(d: impl AsRef<[u8]>) -> String {
@@ -249,18 +279,27 @@ impl Manager {
         progress: Progress,
     ) -> Result<Image> {
         if !is_plain_name(name) {
-            return Err(CoreError::Invalid(format!("image name '{name}' is invalid: use lowercase letters, digits, '-', '_' and '.'")));
+            return Err(CoreError::Invalid(format!(
+                "image name '{name}' is invalid: use lowercase letters, digits, '-', '_' and '.'"
+            )));
         }
         if name == "base" {
             return Err(CoreError::Conflict("image 'base' is built in".into()));
         }
         let bf = parse(burrowfile)?;
         let from_path = self.images.wait_ready(&bf.from).await?;
-        let from_rec = self.store.image(&bf.from)?.ok_or_else(|| CoreError::not_found("image", &bf.from))?;
+        let from_rec = self
+            .store
+            .image(&bf.from)?
+            .ok_or_else(|| CoreError::not_found("image", &bf.from))?;
         let mut config = self.images.config(&bf.from);
-        let mut key = hex(Sha256::digest(format!("from:{}:{}", bf.from, from_rec.created_at)));
+        let mut key = hex(Sha256::digest(format!(
+            "from:{}:{}",
+            bf.from, from_rec.created_at
+        )));
         let mut layer = from_path;
-        std::fs::create_dir_all(self.layer_dir()).map_err(|e| CoreError::Internal(format!("layer dir: {e}")))?;
+        std::fs::create_dir_all(self.layer_dir())
+            .map_err(|e| CoreError::Internal(format!("layer dir: {e}")))?;
         let total = bf.steps.len();
         for (n, (line, step, text)) in bf.steps.iter().enumerate() {
             let _ = progress.send(format!("step {}/{total} (line {line}): {text}", n + 1));
@@ -292,10 +331,12 @@ impl Manager {
                 layer = cached;
                 continue;
             }
-            self.run_step(step, copy, &config, &layer, &cached, &progress).await.map_err(|e| match e {
-                CoreError::Invalid(m) => bad(*line, m),
-                other => other,
-            })?;
+            self.run_step(step, copy, &config, &layer, &cached, &progress)
+                .await
+                .map_err(|e| match e {
+                    CoreError::Invalid(m) => bad(*line, m),
+                    other => other,
+                })?;
             layer = cached;
         }
         // The image: a read-only snapshot of the last layer, renamed into place.
@@ -307,12 +348,16 @@ impl Manager {
             pool.delete_volume(&tmp)?;
             pool.snapshot(&layer, &tmp, true)?;
             pool.delete_volume(&final_path)?;
-            std::fs::rename(&tmp, &final_path).map_err(|e| CoreError::Internal(format!("placing the image: {e}")))?;
+            std::fs::rename(&tmp, &final_path)
+                .map_err(|e| CoreError::Internal(format!("placing the image: {e}")))?;
             Ok(())
         })
         .await?;
         if existed {
-            tracing::info!(image = name, "image rebuilt; sandboxes made from the old one keep their disks");
+            tracing::info!(
+                image = name,
+                "image rebuilt; sandboxes made from the old one keep their disks"
+            );
         }
         self.store.upsert_image(&ImageRecord {
             name: name.to_owned(),
@@ -324,7 +369,8 @@ impl Manager {
             config: Some(serde_json::to_string(&config).unwrap_or_default()),
         })?;
         let _ = progress.send(format!("image {name} ready"));
-        self.images().map(|l| l.into_iter().find(|i| i.name == name).expect("just recorded"))
+        self.images()
+            .map(|l| l.into_iter().find(|i| i.name == name).expect("just recorded"))
     }
 
     /// Runs one RUN/COPY step in a temporary sandbox from `layer`; on success snapshots the
@@ -344,7 +390,9 @@ impl Manager {
             labels: BTreeMap::from([(INTERNAL_LABEL.to_owned(), "build".to_owned())]),
             ..Default::default()
         };
-        let sb = self.create_from(req, Some(("(build)".to_owned(), layer.to_path_buf()))).await?;
+        let sb = self
+            .create_from(req, Some(("(build)".to_owned(), layer.to_path_buf())))
+            .await?;
         let result = self.run_step_in(&tmp_name, step, copy, config, progress).await;
         let result = match result {
             Ok(()) => {
@@ -358,7 +406,8 @@ impl Manager {
                 blocking(move || {
                     pool.delete_volume(&part)?;
                     pool.snapshot(&src, &part, true)?;
-                    std::fs::rename(&part, &out).map_err(|e| CoreError::Internal(format!("placing a layer: {e}")))?;
+                    std::fs::rename(&part, &out)
+                        .map_err(|e| CoreError::Internal(format!("placing a layer: {e}")))?;
                     Ok(())
                 })
                 .await
@@ -383,7 +432,15 @@ impl Manager {
         let (cmd, stdin) = match step {
             Step::Run(script) => (vec!["/bin/sh".to_owned(), "-c".to_owned(), script.clone()], None),
             Step::Copy { .. } => (
-                vec!["tar".to_owned(), "-x".to_owned(), "--no-same-owner".to_owned(), "-C".to_owned(), "/".to_owned(), "-f".to_owned(), "-".to_owned()],
+                vec![
+                    "tar".to_owned(),
+                    "-x".to_owned(),
+                    "--no-same-owner".to_owned(),
+                    "-C".to_owned(),
+                    "/".to_owned(),
+                    "-f".to_owned(),
+                    "-".to_owned(),
+                ],
                 copy.map(|c| base64::engine::general_purpose::STANDARD.encode(c)),
             ),
             _ => return Ok(()),
@@ -397,7 +454,14 @@ impl Manager {
             ..Default::default()
         };
         if let Some(dir) = &config.workdir {
-            self.exec(sandbox, ExecRequest { cmd: vec!["mkdir".into(), "-p".into(), dir.clone()], ..Default::default() }).await?;
+            self.exec(
+                sandbox,
+                ExecRequest {
+                    cmd: vec!["mkdir".into(), "-p".into(), dir.clone()],
+                    ..Default::default()
+                },
+            )
+            .await?;
         }
         let r = self.exec(sandbox, req).await?;
         for l in r.stdout.lines().chain(r.stderr.lines()) {
@@ -409,7 +473,10 @@ impl Manager {
                 let start = all.len().saturating_sub(4000);
                 all[all.floor_char_boundary(start)..].to_owned()
             };
-            return Err(CoreError::Invalid(format!("step failed with exit code {}:\n{tail}", r.exit_code)));
+            return Err(CoreError::Invalid(format!(
+                "step failed with exit code {}:\n{tail}",
+                r.exit_code
+            )));
         }
         Ok(())
     }
@@ -418,7 +485,9 @@ impl Manager {
     /// sandbox reconciliation (they carry `INTERNAL_LABEL`); here, partial layers and images.
     pub(crate) async fn reconcile_builds(&self) -> Result<()> {
         for dir in [self.layer_dir(), self.pool.images_dir()] {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
                 let partial = n.ends_with(".part")
@@ -434,7 +503,10 @@ impl Manager {
         }
         for rec in self.store.all_sandboxes()? {
             if rec.labels.get(INTERNAL_LABEL).is_some_and(|v| v == "build") {
-                tracing::warn!(sandbox = rec.name, "removing a build sandbox left by an interrupted build");
+                tracing::warn!(
+                    sandbox = rec.name,
+                    "removing a build sandbox left by an interrupted build"
+                );
                 let _ = self.teardown(&rec).await;
                 let _ = self.delete_all_checkpoints(&rec).await;
                 self.store.delete_sandbox(&rec.id)?;
@@ -456,10 +528,19 @@ mod tests {
         let bf = parse("# comment\nFROM base\nRUN apt-get update && \\\n    echo hi\nENV A=1 B=\"two words\"\nENV C 3\nWORKDIR /srv\nCOPY src app.py /srv/\n").unwrap();
         assert_eq!(bf.from, "base");
         assert_eq!(bf.steps[0].1, Step::Run("apt-get update &&  echo hi".into()));
-        assert_eq!(bf.steps[1].1, Step::Env(vec![("A".into(), "1".into()), ("B".into(), "two words".into())]));
+        assert_eq!(
+            bf.steps[1].1,
+            Step::Env(vec![("A".into(), "1".into()), ("B".into(), "two words".into())])
+        );
         assert_eq!(bf.steps[2].1, Step::Env(vec![("C".into(), "3".into())]));
         assert_eq!(bf.steps[3].1, Step::Workdir("/srv".into()));
-        assert_eq!(bf.steps[4].1, Step::Copy { srcs: vec!["src".into(), "app.py".into()], dst: "/srv/".into() });
+        assert_eq!(
+            bf.steps[4].1,
+            Step::Copy {
+                srcs: vec!["src".into(), "app.py".into()],
+                dst: "/srv/".into()
+            }
+        );
     }
 
     #[test]

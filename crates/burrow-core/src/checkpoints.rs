@@ -11,10 +11,10 @@ use std::path::PathBuf;
 
 use burrow_api::{Checkpoint, CheckpointId, RestoreResult, SandboxStatus};
 
+use crate::CoreError;
 use crate::manager::{Manager, blocking};
 use crate::store::{CheckpointRecord, Intent, SandboxRecord};
 use crate::time_util::now_rfc3339;
-use crate::CoreError;
 
 type Result<T, E = CoreError> = std::result::Result<T, E>;
 
@@ -48,7 +48,10 @@ fn view(r: &CheckpointRecord) -> Checkpoint {
 
 impl Manager {
     pub(crate) fn checkpoint_path(&self, sandbox_id: &str, seq: u64) -> PathBuf {
-        self.pool.checkpoints_dir().join(sandbox_id).join(CheckpointId(seq).to_string())
+        self.pool
+            .checkpoints_dir()
+            .join(sandbox_id)
+            .join(CheckpointId(seq).to_string())
     }
 
     fn checkpoint_record(&self, rec: &SandboxRecord, id: &str) -> Result<CheckpointRecord> {
@@ -135,24 +138,38 @@ impl Manager {
     ) -> Result<Checkpoint> {
         let comment = comment.unwrap_or_default();
         if comment.len() > MAX_COMMENT {
-            return Err(CoreError::Invalid(format!("comment is longer than {MAX_COMMENT} bytes")));
+            return Err(CoreError::Invalid(format!(
+                "comment is longer than {MAX_COMMENT} bytes"
+            )));
         }
         let rec = self.record(name)?;
         let lock = self.op_lock(&rec.id);
         let _guard = lock.lock().await;
         let mut rec = self.record(name)?;
         if rec.status == SandboxStatus::Creating {
-            return Err(CoreError::IllegalTransition { name: rec.name, action: "checkpoint", from: rec.status });
+            return Err(CoreError::IllegalTransition {
+                name: rec.name,
+                action: "checkpoint",
+                from: rec.status,
+            });
         }
         let seq = self.next_seq(&mut rec)?;
-        let cp = self.snapshot_checkpoint(&rec, seq, comment, source.as_str()).await?;
+        let cp = self
+            .snapshot_checkpoint(&rec, seq, comment, source.as_str())
+            .await?;
         tracing::info!(sandbox = %rec.name, checkpoint = seq, "checkpoint");
         Ok(view(&cp))
     }
 
     pub fn list_checkpoints(&self, name: &str) -> Result<Vec<Checkpoint>> {
         let rec = self.record(name)?;
-        Ok(self.store.checkpoints(Some(&rec.id))?.iter().filter(|c| c.ready).map(view).collect())
+        Ok(self
+            .store
+            .checkpoints(Some(&rec.id))?
+            .iter()
+            .filter(|c| c.ready)
+            .map(view)
+            .collect())
     }
 
     pub fn get_checkpoint(&self, name: &str, id: &str) -> Result<Checkpoint> {
@@ -177,11 +194,21 @@ impl Manager {
     /// new checkpoint. Processes are stopped; a sandbox that ran runs again afterwards.
     pub async fn restore(&self, name: &str, id: &str) -> Result<RestoreResult> {
         let rec = self.record(name)?;
-        if !self.restoring.lock().unwrap_or_else(|p| p.into_inner()).insert(rec.id.clone()) {
-            return Err(CoreError::Conflict(format!("a restore of sandbox '{name}' is already running")));
+        if !self
+            .restoring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rec.id.clone())
+        {
+            return Err(CoreError::Conflict(format!(
+                "a restore of sandbox '{name}' is already running"
+            )));
         }
         let result = self.restore_locked(name, id).await;
-        self.restoring.lock().unwrap_or_else(|p| p.into_inner()).remove(&rec.id);
+        self.restoring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rec.id);
         result
     }
 
@@ -191,22 +218,33 @@ impl Manager {
         let _guard = lock.lock().await;
         let mut rec = self.record(name)?;
         if rec.status == SandboxStatus::Creating {
-            return Err(CoreError::IllegalTransition { name: rec.name, action: "restore", from: rec.status });
+            return Err(CoreError::IllegalTransition {
+                name: rec.name,
+                action: "restore",
+                from: rec.status,
+            });
         }
         let target = self.checkpoint_record(&rec, id)?;
         let was_running = matches!(rec.status, SandboxStatus::Running | SandboxStatus::Sleeping);
         let backup = self.next_seq(&mut rec)?;
-        rec.intent = Some(Intent::Restore { target: target.seq, backup });
+        rec.intent = Some(Intent::Restore {
+            target: target.seq,
+            backup,
+        });
         rec.updated_at = now_rfc3339();
         self.store.update_sandbox(&rec)?;
 
         // 1. Save the state being replaced (live, like any checkpoint).
         let comment = format!("state before restoring {id}");
-        self.snapshot_checkpoint(&rec, backup, comment, "restore-backup").await?;
+        self.snapshot_checkpoint(&rec, backup, comment, "restore-backup")
+            .await?;
         crate::fault::point("restore.after_backup");
         // 2. Stop every process at once: their disk is about to be replaced, so there is
         //    nothing to shut down gracefully for. Sessions learn why.
-        self.set_end_reason(&rec.name, format!("sandbox '{}' is being restored to {id}", rec.name));
+        self.set_end_reason(
+            &rec.name,
+            format!("sandbox '{}' is being restored to {id}", rec.name),
+        );
         self.kill(&rec).await?;
         crate::fault::pause("restore.after_stop").await;
         rec.status = SandboxStatus::Stopped;
@@ -232,14 +270,15 @@ impl Manager {
         rec.notice = None;
         if was_running {
             rec.status = SandboxStatus::Running;
-            if let Err(e) = self.boot_or_fail(&mut rec).await {
-                return Err(e);
-            }
+            self.boot_or_fail(&mut rec).await?;
         }
         rec.updated_at = now_rfc3339();
         self.store.update_sandbox(&rec)?;
         tracing::info!(sandbox = %rec.name, restored = id, backup, "restored");
-        Ok(RestoreResult { restored: id.to_owned(), backup: CheckpointId(backup).to_string() })
+        Ok(RestoreResult {
+            restored: id.to_owned(),
+            backup: CheckpointId(backup).to_string(),
+        })
     }
 
     /// Finishes or undoes checkpoint and restore work a crash interrupted. Runs before the
@@ -249,7 +288,11 @@ impl Manager {
         // Half-made checkpoints: never visible, removed.
         for cp in self.store.checkpoints(None)? {
             if !cp.ready {
-                tracing::warn!(sandbox = cp.sandbox_id, seq = cp.seq, "removing half-made checkpoint");
+                tracing::warn!(
+                    sandbox = cp.sandbox_id,
+                    seq = cp.seq,
+                    "removing half-made checkpoint"
+                );
                 let pool = self.pool.clone();
                 let path = self.checkpoint_path(&cp.sandbox_id, cp.seq);
                 blocking(move || Ok(pool.delete_volume(&path)?)).await?;
@@ -258,11 +301,14 @@ impl Manager {
         }
         // Interrupted restores: old state or new state, never a mix, and say which.
         for mut rec in sandboxes.iter().cloned() {
-            let Some(Intent::Restore { target, backup }) = rec.intent else { continue };
+            let Some(Intent::Restore { target, backup }) = rec.intent else {
+                continue;
+            };
             let pool = self.pool.clone();
             let live = pool.sandbox_path(&rec.id);
             let (new, old) = (live.with_extension("new"), live.with_extension("old"));
-            let (has_live, has_new, has_old) = (pool.is_volume(&live), pool.is_volume(&new), pool.is_volume(&old));
+            let (has_live, has_new, has_old) =
+                (pool.is_volume(&live), pool.is_volume(&new), pool.is_volume(&old));
             let outcome = blocking(move || {
                 Ok(match (has_live, has_new, has_old) {
                     // Swap done (maybe not cleaned up): the new state.
@@ -287,9 +333,13 @@ impl Manager {
             .await?;
             let (t, b) = (CheckpointId(target), CheckpointId(backup));
             let notice = if outcome {
-                format!("a restore to {t} was interrupted by a daemon restart and was completed; the previous state is in {b}")
+                format!(
+                    "a restore to {t} was interrupted by a daemon restart and was completed; the previous state is in {b}"
+                )
             } else {
-                format!("a restore to {t} was interrupted by a daemon restart; the sandbox kept its previous state")
+                format!(
+                    "a restore to {t} was interrupted by a daemon restart; the sandbox kept its previous state"
+                )
             };
             tracing::warn!(sandbox = %rec.name, "{notice}");
             rec.intent = None;
@@ -299,13 +349,21 @@ impl Manager {
             self.store.update_sandbox(&rec)?;
         }
         // Checkpoint volumes nobody owns.
-        let known: std::collections::HashSet<(String, u64)> =
-            self.store.checkpoints(None)?.into_iter().map(|c| (c.sandbox_id, c.seq)).collect();
+        let known: std::collections::HashSet<(String, u64)> = self
+            .store
+            .checkpoints(None)?
+            .into_iter()
+            .map(|c| (c.sandbox_id, c.seq))
+            .collect();
         let ids: std::collections::HashSet<String> = sandboxes.iter().map(|r| r.id.clone()).collect();
-        let Ok(dirs) = std::fs::read_dir(self.pool.checkpoints_dir()) else { return Ok(()) };
+        let Ok(dirs) = std::fs::read_dir(self.pool.checkpoints_dir()) else {
+            return Ok(());
+        };
         for dir in dirs.flatten() {
             let sid = dir.file_name().to_string_lossy().into_owned();
-            let Ok(entries) = std::fs::read_dir(dir.path()) else { continue };
+            let Ok(entries) = std::fs::read_dir(dir.path()) else {
+                continue;
+            };
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let owned = CheckpointId::parse(&name).is_ok_and(|c| known.contains(&(sid.clone(), c.0)));
@@ -337,7 +395,12 @@ impl Manager {
 
     /// Snapshots a fork source into `dst`: a checkpoint, or the live state of a sandbox
     /// (frozen around the snapshot when it runs).
-    pub(crate) async fn snapshot_fork_source(&self, src: &SandboxRecord, checkpoint: Option<&str>, dst: PathBuf) -> Result<()> {
+    pub(crate) async fn snapshot_fork_source(
+        &self,
+        src: &SandboxRecord,
+        checkpoint: Option<&str>,
+        dst: PathBuf,
+    ) -> Result<()> {
         let pool = self.pool.clone();
         match checkpoint {
             Some(id) => {

@@ -297,7 +297,8 @@ impl crate::Manager {
             let tmp = tmp.clone();
             crate::manager::blocking(move || Ok(pool.delete_volume(&tmp)?)).await?;
         }
-        self.snapshot_fork_source(&src, req.from.checkpoint.as_deref(), tmp.clone()).await?;
+        self.snapshot_fork_source(&src, req.from.checkpoint.as_deref(), tmp.clone())
+            .await?;
         let pool = self.pool.clone();
         crate::manager::blocking(move || {
             pool.set_readonly(&tmp, true)?;
@@ -311,7 +312,8 @@ impl crate::Manager {
             None => format!("sandbox {} (live)", src.name),
         };
         self.images.record_template(&name, source, 0)?;
-        self.images().map(|l| l.into_iter().find(|i| i.name == name).expect("just recorded"))
+        self.images()
+            .map(|l| l.into_iter().find(|i| i.name == name).expect("just recorded"))
     }
 
     /// Deletes an image; refused while a sandbox uses it, and for `base`.
@@ -320,10 +322,17 @@ impl crate::Manager {
             return Err(CoreError::not_found("image", name));
         }
         if name == "base" {
-            return Err(CoreError::Conflict("image 'base' is built in and cannot be deleted".into()));
+            return Err(CoreError::Conflict(
+                "image 'base' is built in and cannot be deleted".into(),
+            ));
         }
-        let users: Vec<String> =
-            self.store.all_sandboxes()?.into_iter().filter(|s| s.image == name).map(|s| s.name).collect();
+        let users: Vec<String> = self
+            .store
+            .all_sandboxes()?
+            .into_iter()
+            .filter(|s| s.image == name)
+            .map(|s| s.name)
+            .collect();
         if !users.is_empty() {
             return Err(CoreError::Conflict(format!(
                 "image '{name}' is used by sandbox(es) {}; delete them first",

@@ -48,7 +48,9 @@ pub struct Manager {
 
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manager").field("data_dir", &self.cfg.data_dir).finish_non_exhaustive()
+        f.debug_struct("Manager")
+            .field("data_dir", &self.cfg.data_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -182,7 +184,10 @@ impl Manager {
                 pids: r.config.pids,
             },
             shared_dirs: vec![
-                ("/.burrow/checkpoints".to_owned(), self.pool.checkpoints_dir().join(&r.id)),
+                (
+                    "/.burrow/checkpoints".to_owned(),
+                    self.pool.checkpoints_dir().join(&r.id),
+                ),
                 ("/.burrow/host".to_owned(), self.host_api_dir(&r.id)),
             ],
         }
@@ -201,14 +206,18 @@ impl Manager {
     /// Makes sure burrowd serves the sandbox's `/.burrow/api.sock` (a socket in a host
     /// directory that the sandbox sees read-only at `/.burrow/host`).
     pub(crate) fn ensure_inside_api(&self, rec: &SandboxRecord) -> Result<()> {
-        let Some(serve) = &self.inside_api else { return Ok(()) };
+        let Some(serve) = &self.inside_api else {
+            return Ok(());
+        };
         let mut listeners = self.inside_listeners.lock().unwrap_or_else(|p| p.into_inner());
         if listeners.get(&rec.id).is_some_and(|h| !h.is_finished()) {
             return Ok(());
         }
         use std::os::unix::fs::PermissionsExt;
         let dir = self.host_api_dir(&rec.id);
-        let io = |e: std::io::Error| CoreError::Internal(format!("in-sandbox API socket in {}: {e}", dir.display()));
+        let io = |e: std::io::Error| {
+            CoreError::Internal(format!("in-sandbox API socket in {}: {e}", dir.display()))
+        };
         std::fs::create_dir_all(&dir).map_err(io)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
         let sock = dir.join("api.sock");
@@ -226,7 +235,12 @@ impl Manager {
     }
 
     fn stop_inside_api(&self, id: &str) {
-        if let Some(h) = self.inside_listeners.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
+        if let Some(h) = self
+            .inside_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+        {
             h.abort();
         }
     }
@@ -244,14 +258,20 @@ impl Manager {
     /// Records why the sandbox's processes are about to end.
     pub(crate) fn set_end_reason(&self, name: &str, reason: String) {
         let now = std::time::Instant::now();
-        self.end_reasons.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), (reason, now));
+        self.end_reasons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), (reason, now));
     }
 
     /// Why the processes of sandbox `name` were ended by the sandbox (stop, restore,
     /// delete), if that happened after `since` (when the asking session started).
     pub fn end_reason_since(&self, name: &str, since: std::time::Instant) -> Option<String> {
         let reasons = self.end_reasons.lock().unwrap_or_else(|p| p.into_inner());
-        reasons.get(name).filter(|(_, at)| *at >= since).map(|(r, _)| r.clone())
+        reasons
+            .get(name)
+            .filter(|(_, at)| *at >= since)
+            .map(|(r, _)| r.clone())
     }
 
     // ----- queries -------------------------------------------------------------------
@@ -312,7 +332,11 @@ impl Manager {
 
     /// Creates a sandbox; `layer` (image label, volume) overrides the image lookup, for
     /// image builds that run steps on intermediate layers.
-    pub(crate) async fn create_from(&self, req: CreateSandbox, layer: Option<(String, PathBuf)>) -> Result<Sandbox> {
+    pub(crate) async fn create_from(
+        &self,
+        req: CreateSandbox,
+        layer: Option<(String, PathBuf)>,
+    ) -> Result<Sandbox> {
         let name = req.name.to_string();
         let fork_src = match &req.from {
             Some(f) => {
@@ -420,7 +444,9 @@ impl Manager {
         let t = std::time::Instant::now();
         match (image_path, fork_src) {
             (_, Some((src, cp))) => self.snapshot_fork_source(&src, cp.as_deref(), dst).await?,
-            (Some(image_path), None) => blocking(move || Ok(pool.snapshot(&image_path, &dst, false)?)).await?,
+            (Some(image_path), None) => {
+                blocking(move || Ok(pool.snapshot(&image_path, &dst, false)?)).await?
+            }
             (None, None) => return Err(CoreError::Internal("nothing to create the sandbox from".into())),
         }
         tracing::debug!(sandbox = %rec.name, ms = t.elapsed().as_secs_f64() * 1e3, "snapshot");
@@ -436,7 +462,9 @@ impl Manager {
         // Checkpoints are visible read-only inside at /.burrow/checkpoints.
         let cp_dir = self.pool.checkpoints_dir().join(&rec.id);
         std::fs::create_dir_all(&cp_dir)
-            .and_then(|()| std::fs::set_permissions(&cp_dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)))
+            .and_then(|()| {
+                std::fs::set_permissions(&cp_dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            })
             .map_err(|e| CoreError::Internal(format!("creating {}: {e}", cp_dir.display())))?;
         std::fs::create_dir_all(&spec.run_dir)
             .map_err(|e| CoreError::Internal(format!("creating {}: {e}", spec.run_dir.display())))?;

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 
 use burrow_api::Image;
 
+use crate::CoreError;
 use crate::images::{ImageConfig, READY, is_plain_name};
 use crate::manager::{Manager, blocking};
 use crate::store::ImageRecord;
 use crate::time_util::now_rfc3339;
-use crate::CoreError;
 
 type Result<T, E = CoreError> = std::result::Result<T, E>;
 
@@ -46,8 +46,13 @@ impl Manager {
         let archive = archive.to_path_buf();
         self.place_oci_image(name, "import", move |dest| {
             let mut progress = |m: &str| tracing::info!(target: "burrow::image", "import: {m}");
-            burrow_oci::import_archive(&archive, dest, &burrow_oci::ImportOptions::default(), &mut progress)
-                .map_err(oci_err)
+            burrow_oci::import_archive(
+                &archive,
+                dest,
+                &burrow_oci::ImportOptions::default(),
+                &mut progress,
+            )
+            .map_err(oci_err)
         })
         .await
     }
@@ -58,7 +63,13 @@ impl Manager {
         burrow_oci::Reference::parse(reference).map_err(oci_err)?;
         let (vol, dest) = self.oci_staging(name).await?;
         let mut progress = |m: &str| tracing::info!(target: "burrow::image", "pull: {m}");
-        let pulled = burrow_oci::pull(reference, &dest, &burrow_oci::PullOptions::default(), &mut progress).await;
+        let pulled = burrow_oci::pull(
+            reference,
+            &dest,
+            &burrow_oci::PullOptions::default(),
+            &mut progress,
+        )
+        .await;
         let cfg = match pulled {
             Ok(c) => c,
             Err(e) => {
@@ -66,7 +77,8 @@ impl Manager {
                 return Err(oci_err(e));
             }
         };
-        self.finish_oci_image(name, &format!("pull {reference}"), vol, dest, cfg).await
+        self.finish_oci_image(name, &format!("pull {reference}"), vol, dest, cfg)
+            .await
     }
 
     async fn place_oci_image(
@@ -123,17 +135,20 @@ impl Manager {
         let v = vol.clone();
         let res = blocking(move || {
             // Lift root/* to the volume root (same subvolume: plain renames).
-            let entries = std::fs::read_dir(&dest).map_err(|e| CoreError::Internal(format!("reading {}: {e}", dest.display())))?;
+            let entries = std::fs::read_dir(&dest)
+                .map_err(|e| CoreError::Internal(format!("reading {}: {e}", dest.display())))?;
             for e in entries.flatten() {
                 std::fs::rename(e.path(), v.join(e.file_name()))
                     .map_err(|err| CoreError::Internal(format!("placing {}: {err}", e.path().display())))?;
             }
-            std::fs::remove_dir(&dest).map_err(|e| CoreError::Internal(format!("removing {}: {e}", dest.display())))?;
+            std::fs::remove_dir(&dest)
+                .map_err(|e| CoreError::Internal(format!("removing {}: {e}", dest.display())))?;
             burrow_storage::rootfs::shift_ownership(&v, uid_base, uid_count)?;
             for dir in [".burrow", "tmp", "proc", "sys", "dev", "etc"] {
                 let p = v.join(dir);
                 if !p.exists() {
-                    std::fs::create_dir_all(&p).map_err(|e| CoreError::Internal(format!("creating /{dir}: {e}")))?;
+                    std::fs::create_dir_all(&p)
+                        .map_err(|e| CoreError::Internal(format!("creating /{dir}: {e}")))?;
                     let _ = nix::unistd::chown(
                         &p,
                         Some(nix::unistd::Uid::from_raw(uid_base)),
@@ -142,7 +157,8 @@ impl Manager {
                 }
             }
             pool.set_readonly(&v, true)?;
-            std::fs::rename(&v, &final_path).map_err(|e| CoreError::Internal(format!("placing the image: {e}")))?;
+            std::fs::rename(&v, &final_path)
+                .map_err(|e| CoreError::Internal(format!("placing the image: {e}")))?;
             Ok(())
         })
         .await;
@@ -151,10 +167,19 @@ impl Manager {
             return Err(e);
         }
         let config = ImageConfig {
-            env: cfg.env.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            env: cfg
+                .env
+                .iter()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
             workdir: cfg.workdir.clone().filter(|w| w.starts_with('/')),
         };
-        let digest = cfg.manifest_digest.clone().or(cfg.digest.clone()).unwrap_or(cfg.config_digest.clone());
+        let digest = cfg
+            .manifest_digest
+            .clone()
+            .or(cfg.digest.clone())
+            .unwrap_or(cfg.config_digest.clone());
         self.store.upsert_image(&ImageRecord {
             name: name.to_owned(),
             status: READY.to_owned(),
@@ -165,6 +190,7 @@ impl Manager {
             config: Some(serde_json::to_string(&config).unwrap_or_default()),
         })?;
         tracing::info!(image = name, digest, "OCI image ready");
-        self.images().map(|l| l.into_iter().find(|i| i.name == name).expect("just recorded"))
+        self.images()
+            .map(|l| l.into_iter().find(|i| i.name == name).expect("just recorded"))
     }
 }

@@ -32,7 +32,10 @@ pub enum Intent {
     Create,
     Destroy,
     /// Restoring checkpoint `target`; the replaced state is saved as checkpoint `backup`.
-    Restore { target: u64, backup: u64 },
+    Restore {
+        target: u64,
+        backup: u64,
+    },
 }
 
 impl Intent {
@@ -306,7 +309,15 @@ impl Store {
                  VALUES (?1,?2,?3,?4,?5,?6,?7)
                  ON CONFLICT(name) DO UPDATE SET status=excluded.status, size_bytes=excluded.size_bytes,
                  source=excluded.source, message=excluded.message, config=excluded.config",
-                params![r.name, r.status, r.created_at, r.size_bytes as i64, r.source, r.message, r.config],
+                params![
+                    r.name,
+                    r.status,
+                    r.created_at,
+                    r.size_bytes as i64,
+                    r.source,
+                    r.message,
+                    r.config
+                ],
             )?;
             Ok(())
         })
@@ -345,7 +356,15 @@ impl Store {
             c.execute(
                 "INSERT INTO checkpoints (sandbox_id, seq, comment, created_at, size_bytes, source, ready)
                  VALUES (?1,?2,?3,?4,?5,?6,?7)",
-                params![r.sandbox_id, r.seq as i64, r.comment, r.created_at, r.size_bytes as i64, r.source, r.ready],
+                params![
+                    r.sandbox_id,
+                    r.seq as i64,
+                    r.comment,
+                    r.created_at,
+                    r.size_bytes as i64,
+                    r.source,
+                    r.ready
+                ],
             )?;
             Ok(())
         })
@@ -363,7 +382,10 @@ impl Store {
 
     pub fn delete_checkpoint(&self, sandbox_id: &str, seq: u64) -> Result<()> {
         self.with(|c| {
-            c.execute("DELETE FROM checkpoints WHERE sandbox_id=?1 AND seq=?2", params![sandbox_id, seq as i64])?;
+            c.execute(
+                "DELETE FROM checkpoints WHERE sandbox_id=?1 AND seq=?2",
+                params![sandbox_id, seq as i64],
+            )?;
             Ok(())
         })
     }
@@ -438,7 +460,11 @@ fn row_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawSandbox> {
     for (i, c) in cols.iter_mut().enumerate() {
         *c = r.get(i)?;
     }
-    Ok(RawSandbox { cols, next_checkpoint: r.get(14)?, notice: r.get(15)? })
+    Ok(RawSandbox {
+        cols,
+        next_checkpoint: r.get(14)?,
+        notice: r.get(15)?,
+    })
 }
 
 impl RawSandbox {

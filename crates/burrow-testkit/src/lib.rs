@@ -116,7 +116,9 @@ impl Daemon {
         }
         // Before the spawn: the new daemon writes it as soon as it listens.
         let _ = std::fs::remove_file(self.data_dir.join("burrowd.addr"));
-        let child = cmd.spawn().expect("spawning burrowd (build it first: cargo build)");
+        let child = cmd
+            .spawn()
+            .expect("spawning burrowd (build it first: cargo build)");
         *self.child.lock().unwrap() = Some(child);
         self.wait_ready();
     }

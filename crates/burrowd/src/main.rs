@@ -170,9 +170,15 @@ async fn main() -> anyhow::Result<()> {
     let inside: burrow_core::InsideApiServer = Arc::new(move |id, listener| {
         let mut rx = mgr_rx.clone();
         tokio::spawn(async move {
-            let Ok(listener) = tokio::net::UnixListener::from_std(listener) else { return };
-            let Ok(weak) = rx.wait_for(|m| m.is_some()).await.map(|m| m.clone()) else { return };
-            let Some(mgr) = weak.and_then(|w| w.upgrade()) else { return };
+            let Ok(listener) = tokio::net::UnixListener::from_std(listener) else {
+                return;
+            };
+            let Ok(weak) = rx.wait_for(|m| m.is_some()).await.map(|m| m.clone()) else {
+                return;
+            };
+            let Some(mgr) = weak.and_then(|w| w.upgrade()) else {
+                return;
+            };
             let _ = axum::serve(listener, burrowd::api::checkpoints::inside::router(mgr, id)).await;
         })
         .abort_handle()

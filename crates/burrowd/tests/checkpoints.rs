@@ -8,20 +8,32 @@ use burrow_testkit::burrow_client::{Client, ClientError, ExecEvent, ExecStreamOp
 use burrow_testkit::{Daemon, raw_unix, shared, unique_name};
 
 fn req(name: &str) -> CreateSandbox {
-    CreateSandbox { name: SandboxName::parse(name).unwrap(), ..Default::default() }
+    CreateSandbox {
+        name: SandboxName::parse(name).unwrap(),
+        ..Default::default()
+    }
 }
 
 fn fork_req(name: &str, src: &str, cp: Option<&str>) -> CreateSandbox {
     CreateSandbox {
         name: SandboxName::parse(name).unwrap(),
-        from: Some(ForkSource { sandbox: SandboxName::parse(src).unwrap(), checkpoint: cp.map(str::to_owned) }),
+        from: Some(ForkSource {
+            sandbox: SandboxName::parse(src).unwrap(),
+            checkpoint: cp.map(str::to_owned),
+        }),
         ..Default::default()
     }
 }
 
 async fn sh(c: &Client, name: &str, script: &str) -> String {
     let r = c
-        .exec(name, &ExecRequest { cmd: vec!["sh".into(), "-c".into(), script.into()], ..Default::default() })
+        .exec(
+            name,
+            &ExecRequest {
+                cmd: vec!["sh".into(), "-c".into(), script.into()],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_or_else(|e| panic!("exec in {name}: {e}"));
     assert_eq!(r.exit_code, 0, "{script}: {r:?}");
@@ -54,12 +66,25 @@ async fn restore_brings_back_the_checkpoint_and_keeps_the_replaced_state() {
     let c = shared().client();
     let name = unique_name("cp");
     c.create_sandbox(&req(&name)).await.unwrap();
-    sh(&c, &name, "echo before > /root/data; mkdir -p /srv && echo kept > /srv/x").await;
+    sh(
+        &c,
+        &name,
+        "echo before > /root/data; mkdir -p /srv && echo kept > /srv/x",
+    )
+    .await;
     // A background process survives a live checkpoint untouched.
-    let pid = sh(&c, &name, "setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!").await;
+    let pid = sh(
+        &c,
+        &name,
+        "setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!",
+    )
+    .await;
     let v0 = checkpoint(&c, &name, "first").await;
     assert_eq!(v0, "v0");
-    assert_eq!(sh(&c, &name, &format!("kill -0 {} && echo alive", pid.trim())).await, "alive\n");
+    assert_eq!(
+        sh(&c, &name, &format!("kill -0 {} && echo alive", pid.trim())).await,
+        "alive\n"
+    );
     sh(&c, &name, "echo after > /root/data; echo new > /root/only-after").await;
 
     let r = restore(&c, &name, &v0).await.unwrap();
@@ -68,23 +93,46 @@ async fn restore_brings_back_the_checkpoint_and_keeps_the_replaced_state() {
     assert_eq!(backup, "v1");
     assert_eq!(c.get_sandbox(&name).await.unwrap().status, SandboxStatus::Running);
     assert_eq!(sh(&c, &name, "cat /root/data /srv/x").await, "before\nkept\n");
-    assert_eq!(sh(&c, &name, "test -e /root/only-after || echo gone").await, "gone\n");
+    assert_eq!(
+        sh(&c, &name, "test -e /root/only-after || echo gone").await,
+        "gone\n"
+    );
     // The replaced state is in the backup, readable from inside.
-    assert_eq!(sh(&c, &name, "cat /.burrow/checkpoints/v1/root/data /.burrow/checkpoints/v1/root/only-after").await, "after\nnew\n");
+    assert_eq!(
+        sh(
+            &c,
+            &name,
+            "cat /.burrow/checkpoints/v1/root/data /.burrow/checkpoints/v1/root/only-after"
+        )
+        .await,
+        "after\nnew\n"
+    );
     // And restoring the backup brings it back (ids keep growing, never reused).
     let r = restore(&c, &name, &backup).await.unwrap();
     assert_eq!(r["backup"], "v2");
     assert_eq!(sh(&c, &name, "cat /root/data").await, "after\n");
 
-    let list: serde_json::Value = c.get_json(&format!("/v1/sandboxes/{name}/checkpoints")).await.unwrap();
-    let ids: Vec<&str> = list["checkpoints"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    let list: serde_json::Value = c
+        .get_json(&format!("/v1/sandboxes/{name}/checkpoints"))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["v0", "v1", "v2"]);
     assert_eq!(list["checkpoints"][1]["source"], "restore-backup");
     assert_eq!(list["checkpoints"][0]["comment"], "first");
     // Delete a checkpoint; ids are not reused.
-    c.request_json::<serde_json::Value, ()>(Method::DELETE, &format!("/v1/sandboxes/{name}/checkpoints/v2"), None)
-        .await
-        .unwrap();
+    c.request_json::<serde_json::Value, ()>(
+        Method::DELETE,
+        &format!("/v1/sandboxes/{name}/checkpoints/v2"),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(checkpoint(&c, &name, "").await, "v3");
     c.delete_sandbox(&name).await.unwrap();
 }
@@ -104,10 +152,27 @@ while True:
     os.fsync(fd)
     i += 1
 "#;
-    sh(&c, &name, &format!("cat > /root/w.py <<'EOF'\n{writer}\nEOF\nsetsid python3 /root/w.py >/dev/null 2>&1 < /dev/null &")).await;
-    sh(&c, &name, "while [ $(wc -l < /root/log 2>/dev/null || echo 0) -lt 200 ]; do sleep 0.01; done").await;
+    sh(
+        &c,
+        &name,
+        &format!(
+            "cat > /root/w.py <<'EOF'\n{writer}\nEOF\nsetsid python3 /root/w.py >/dev/null 2>&1 < /dev/null &"
+        ),
+    )
+    .await;
+    sh(
+        &c,
+        &name,
+        "while [ $(wc -l < /root/log 2>/dev/null || echo 0) -lt 200 ]; do sleep 0.01; done",
+    )
+    .await;
     let cp = checkpoint(&c, &name, "mid-write").await;
-    sh(&c, &name, "n=$(wc -l < /root/log); while [ $(wc -l < /root/log) -lt $((n+200)) ]; do sleep 0.01; done").await;
+    sh(
+        &c,
+        &name,
+        "n=$(wc -l < /root/log); while [ $(wc -l < /root/log) -lt $((n+200)) ]; do sleep 0.01; done",
+    )
+    .await;
     restore(&c, &name, &cp).await.unwrap();
     let check = r#"
 import sys
@@ -118,7 +183,11 @@ for i, l in enumerate(lines):
     assert l == b"%08d %s" % (i, b"x" * 100), "line %d is %r" % (i, l[:20])
 print(len(lines))
 "#;
-    let n: u64 = sh(&c, &name, &format!("python3 -c '{check}'")).await.trim().parse().unwrap();
+    let n: u64 = sh(&c, &name, &format!("python3 -c '{check}'"))
+        .await
+        .trim()
+        .parse()
+        .unwrap();
     assert!(n >= 200, "restored log has {n} lines");
     c.delete_sandbox(&name).await.unwrap();
 }
@@ -138,7 +207,10 @@ async fn forks_are_independent_and_parallel() {
         let (parent, cp) = (parent.clone(), cp.clone());
         tasks.push(tokio::spawn(async move {
             let name = format!("{parent}-f{i}");
-            let sb = c.create_sandbox(&fork_req(&name, &parent, Some(&cp))).await.unwrap();
+            let sb = c
+                .create_sandbox(&fork_req(&name, &parent, Some(&cp)))
+                .await
+                .unwrap();
             assert_eq!(sb.parent.unwrap().checkpoint.as_deref(), Some(cp.as_str()));
             assert_eq!(sh(&c, &name, "cat /root/f").await, "base\n");
             sh(&c, &name, &format!("echo fork-{i} > /root/f")).await;
@@ -175,27 +247,76 @@ async fn bad_checkpoint_requests() {
     let e = restore(&c, &name, "v9").await.unwrap_err();
     assert_eq!(e.status(), Some(404));
     assert!(e.to_string().contains("v9"), "{e}");
-    assert_eq!(restore(&c, &name, "latest").await.unwrap_err().status(), Some(400));
-    assert_eq!(c.get_json::<serde_json::Value>(&format!("/v1/sandboxes/{name}/checkpoints/v0")).await.unwrap_err().status(), Some(404));
+    assert_eq!(
+        restore(&c, &name, "latest").await.unwrap_err().status(),
+        Some(400)
+    );
+    assert_eq!(
+        c.get_json::<serde_json::Value>(&format!("/v1/sandboxes/{name}/checkpoints/v0"))
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
     // Fork onto an existing name, or from a missing checkpoint / sandbox.
     checkpoint(&c, &name, "").await;
-    assert_eq!(c.create_sandbox(&fork_req(&name, &name, Some("v0"))).await.unwrap_err().status(), Some(409));
+    assert_eq!(
+        c.create_sandbox(&fork_req(&name, &name, Some("v0")))
+            .await
+            .unwrap_err()
+            .status(),
+        Some(409)
+    );
     let other = unique_name("other");
-    assert_eq!(c.create_sandbox(&fork_req(&other, &name, Some("v7"))).await.unwrap_err().status(), Some(404));
-    assert_eq!(c.create_sandbox(&fork_req(&other, "no-such-sb", None)).await.unwrap_err().status(), Some(404));
-    assert_eq!(c.get_sandbox(&other).await.unwrap_err().status(), Some(404), "failed fork left a sandbox");
+    assert_eq!(
+        c.create_sandbox(&fork_req(&other, &name, Some("v7")))
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
+    assert_eq!(
+        c.create_sandbox(&fork_req(&other, "no-such-sb", None))
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
+    assert_eq!(
+        c.get_sandbox(&other).await.unwrap_err().status(),
+        Some(404),
+        "failed fork left a sandbox"
+    );
     // A comment that is too long, and a body that is not JSON.
     let long = "x".repeat(2000);
     let e = c
-        .request_json::<serde_json::Value, _>(Method::POST, &format!("/v1/sandboxes/{name}/checkpoints"), Some(&serde_json::json!({"comment": long})))
+        .request_json::<serde_json::Value, _>(
+            Method::POST,
+            &format!("/v1/sandboxes/{name}/checkpoints"),
+            Some(&serde_json::json!({"comment": long})),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(422));
-    let r = raw_unix(&d.socket, "POST", &format!("/v1/sandboxes/{name}/checkpoints"), &[("content-type", "application/json")], b"nope".to_vec()).await;
+    let r = raw_unix(
+        &d.socket,
+        "POST",
+        &format!("/v1/sandboxes/{name}/checkpoints"),
+        &[("content-type", "application/json")],
+        b"nope".to_vec(),
+    )
+    .await;
     assert_eq!(r.status, 400);
     // A checkpoint of a deleted sandbox: 404.
     c.delete_sandbox(&name).await.unwrap();
-    let e = c.request_json::<serde_json::Value, ()>(Method::POST, &format!("/v1/sandboxes/{name}/checkpoints"), None).await.unwrap_err();
+    let e = c
+        .request_json::<serde_json::Value, ()>(
+            Method::POST,
+            &format!("/v1/sandboxes/{name}/checkpoints"),
+            None,
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e.status(), Some(404));
 }
 
@@ -207,18 +328,44 @@ async fn checkpoints_from_inside_the_sandbox() {
     sh(&c, &name, "echo inside > /root/f").await;
     let out = sh(&c, &name, "curl -sf --unix-socket /.burrow/api.sock -X POST http://burrow/checkpoints -H 'content-type: application/json' -d '{\"comment\":\"from inside\"}'").await;
     let cp: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((cp["id"].as_str(), cp["source"].as_str()), (Some("v0"), Some("inside")));
-    let out = sh(&c, &name, "curl -sf --unix-socket /.burrow/api.sock http://burrow/checkpoints").await;
+    assert_eq!(
+        (cp["id"].as_str(), cp["source"].as_str()),
+        (Some("v0"), Some("inside"))
+    );
+    let out = sh(
+        &c,
+        &name,
+        "curl -sf --unix-socket /.burrow/api.sock http://burrow/checkpoints",
+    )
+    .await;
     assert!(out.contains("from inside"), "{out}");
-    assert_eq!(sh(&c, &name, "cat /.burrow/checkpoints/v0/root/f").await, "inside\n");
+    assert_eq!(
+        sh(&c, &name, "cat /.burrow/checkpoints/v0/root/f").await,
+        "inside\n"
+    );
     // Checkpoints are read-only inside.
     let r = c
-        .exec(&name, &ExecRequest { cmd: vec!["sh".into(), "-c".into(), "echo x > /.burrow/checkpoints/v0/root/f".into()], ..Default::default() })
+        .exec(
+            &name,
+            &ExecRequest {
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo x > /.burrow/checkpoints/v0/root/f".into(),
+                ],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_ne!(r.exit_code, 0);
     // The inside API reaches only this sandbox: no route to other sandboxes or the admin API.
-    let out = sh(&c, &name, "curl -s -o /dev/null -w '%{http_code}' --unix-socket /.burrow/api.sock http://burrow/v1/sandboxes").await;
+    let out = sh(
+        &c,
+        &name,
+        "curl -s -o /dev/null -w '%{http_code}' --unix-socket /.burrow/api.sock http://burrow/v1/sandboxes",
+    )
+    .await;
     assert_eq!(out, "404");
     // Restore from inside: accepted, then the sandbox comes back on the checkpoint.
     sh(&c, &name, "echo changed > /root/f").await;
@@ -227,16 +374,23 @@ async fn checkpoints_from_inside_the_sandbox() {
     // Wait (bounded) for the restore to finish: the backup checkpoint appears.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let list: serde_json::Value = c.get_json(&format!("/v1/sandboxes/{name}/checkpoints")).await.unwrap();
+        let list: serde_json::Value = c
+            .get_json(&format!("/v1/sandboxes/{name}/checkpoints"))
+            .await
+            .unwrap();
         let sb = c.get_sandbox(&name).await.unwrap();
-        if list["checkpoints"].as_array().unwrap().len() == 2 && sb.status == SandboxStatus::Running {
-            if let Ok(r) = c.exec(&name, &ExecRequest { cmd: vec!["cat".into(), "/root/f".into()], ..Default::default() }).await {
-                if r.stdout == "inside\n" {
-                    break;
-                }
-            }
+        let ready = list["checkpoints"].as_array().unwrap().len() == 2 && sb.status == SandboxStatus::Running;
+        let cat = ExecRequest {
+            cmd: vec!["cat".into(), "/root/f".into()],
+            ..Default::default()
+        };
+        if ready && c.exec(&name, &cat).await.is_ok_and(|r| r.stdout == "inside\n") {
+            break;
         }
-        assert!(std::time::Instant::now() < deadline, "restore from inside did not complete");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restore from inside did not complete"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     c.delete_sandbox(&name).await.unwrap();
@@ -251,7 +405,17 @@ async fn templates_make_new_sandboxes_and_are_protected_while_used() {
     let cp = checkpoint(&c, &name, "deps installed").await;
     let image = unique_name("tpl");
     let img: serde_json::Value = c
-        .request_json(Method::POST, "/v1/images", Some(&CreateImage { name: image.clone(), from: ForkSource { sandbox: SandboxName::parse(&name).unwrap(), checkpoint: Some(cp) } }))
+        .request_json(
+            Method::POST,
+            "/v1/images",
+            Some(&CreateImage {
+                name: image.clone(),
+                from: ForkSource {
+                    sandbox: SandboxName::parse(&name).unwrap(),
+                    checkpoint: Some(cp),
+                },
+            }),
+        )
         .await
         .unwrap();
     assert_eq!(img["status"], "ready");
@@ -265,13 +429,30 @@ async fn templates_make_new_sandboxes_and_are_protected_while_used() {
     assert_eq!(sh(&c, &user, "cat /opt/tool").await, "toolchain\n");
     // In use: 409. Unused: 204. base: 409.
     let path = format!("/v1/images/{image}");
-    let e = c.request_json::<serde_json::Value, ()>(Method::DELETE, &path, None).await.unwrap_err();
+    let e = c
+        .request_json::<serde_json::Value, ()>(Method::DELETE, &path, None)
+        .await
+        .unwrap_err();
     assert_eq!(e.status(), Some(409));
     assert!(e.to_string().contains(&user), "{e}");
     c.delete_sandbox(&user).await.unwrap();
-    c.request_json::<serde_json::Value, ()>(Method::DELETE, &path, None).await.unwrap();
-    assert_eq!(c.request_json::<serde_json::Value, ()>(Method::DELETE, "/v1/images/base", None).await.unwrap_err().status(), Some(409));
-    assert_eq!(c.request_json::<serde_json::Value, ()>(Method::DELETE, &path, None).await.unwrap_err().status(), Some(404));
+    c.request_json::<serde_json::Value, ()>(Method::DELETE, &path, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.request_json::<serde_json::Value, ()>(Method::DELETE, "/v1/images/base", None)
+            .await
+            .unwrap_err()
+            .status(),
+        Some(409)
+    );
+    assert_eq!(
+        c.request_json::<serde_json::Value, ()>(Method::DELETE, &path, None)
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -280,10 +461,19 @@ async fn restore_ends_running_sessions_with_a_reason() {
     let name = unique_name("sess");
     c.create_sandbox(&req(&name)).await.unwrap();
     let cp = checkpoint(&c, &name, "").await;
-    let mut s = c.exec_stream(&name, ExecStreamOptions::new(["sleep", "1000"])).await.unwrap();
-    assert!(matches!(s.next_event().await.unwrap(), Some(ExecEvent::Session { .. })));
+    let mut s = c
+        .exec_stream(&name, ExecStreamOptions::new(["sleep", "1000"]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.next_event().await.unwrap(),
+        Some(ExecEvent::Session { .. })
+    ));
     restore(&c, &name, &cp).await.unwrap();
-    let out = s.collect().await.expect("an exit frame, not a dropped connection");
+    let out = s
+        .collect()
+        .await
+        .expect("an exit frame, not a dropped connection");
     let reason = out.reason.expect("the exit frame says why");
     assert!(reason.contains("restored"), "{reason}");
     c.delete_sandbox(&name).await.unwrap();
@@ -294,7 +484,14 @@ async fn ndjson_progress_when_asked() {
     let d = shared();
     let name = unique_name("nd");
     d.client().create_sandbox(&req(&name)).await.unwrap();
-    let r = raw_unix(&d.socket, "POST", &format!("/v1/sandboxes/{name}/checkpoints"), &[("accept", "application/x-ndjson")], vec![]).await;
+    let r = raw_unix(
+        &d.socket,
+        "POST",
+        &format!("/v1/sandboxes/{name}/checkpoints"),
+        &[("accept", "application/x-ndjson")],
+        vec![],
+    )
+    .await;
     assert_eq!(r.status, 200);
     let text = String::from_utf8(r.body).unwrap();
     let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -310,7 +507,11 @@ async fn ndjson_progress_when_asked() {
 
 fn volumes(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -321,7 +522,10 @@ async fn crash_at(d: &Daemon, point: &str, op: impl std::future::Future<Output =
     d.kill9();
     d.restart();
     op.await;
-    assert!(!d.wait_exit().expect("exit status").success(), "daemon did not abort at {point}");
+    assert!(
+        !d.wait_exit().expect("exit status").success(),
+        "daemon did not abort at {point}"
+    );
     d.set_env(&[]);
     d.restart();
 }
@@ -332,13 +536,32 @@ async fn kill9_mid_checkpoint_leaves_no_half_checkpoint() {
     let name = unique_name("crash-cp");
     let id = d.client().create_sandbox(&req(&name)).await.unwrap().id;
     crash_at(&d, "checkpoint.after_snapshot", async {
-        assert!(d.client().request_json::<serde_json::Value, ()>(Method::POST, &format!("/v1/sandboxes/{name}/checkpoints"), None).await.is_err());
+        assert!(
+            d.client()
+                .request_json::<serde_json::Value, ()>(
+                    Method::POST,
+                    &format!("/v1/sandboxes/{name}/checkpoints"),
+                    None
+                )
+                .await
+                .is_err()
+        );
     })
     .await;
     let c = d.client();
-    let list: serde_json::Value = c.get_json(&format!("/v1/sandboxes/{name}/checkpoints")).await.unwrap();
-    assert_eq!(list["checkpoints"].as_array().unwrap().len(), 0, "half-made checkpoint visible");
-    assert!(volumes(&d.data_dir.join("pool/checkpoints").join(&id)).is_empty(), "orphan checkpoint volume");
+    let list: serde_json::Value = c
+        .get_json(&format!("/v1/sandboxes/{name}/checkpoints"))
+        .await
+        .unwrap();
+    assert_eq!(
+        list["checkpoints"].as_array().unwrap().len(),
+        0,
+        "half-made checkpoint visible"
+    );
+    assert!(
+        volumes(&d.data_dir.join("pool/checkpoints").join(&id)).is_empty(),
+        "orphan checkpoint volume"
+    );
     // The next checkpoint does not reuse the number of the lost one.
     assert_eq!(checkpoint(&c, &name, "").await, "v1");
     // The sandbox still runs (it was thawed or restarted).
@@ -347,7 +570,11 @@ async fn kill9_mid_checkpoint_leaves_no_half_checkpoint() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill9_mid_restore_leaves_old_or_new_state_and_says_which() {
-    for (point, expect_new) in [("restore.after_backup", false), ("restore.before_swap", false), ("restore.mid_swap", true)] {
+    for (point, expect_new) in [
+        ("restore.after_backup", false),
+        ("restore.before_swap", false),
+        ("restore.mid_swap", true),
+    ] {
         let d = Daemon::start();
         let name = unique_name("crash-rs");
         let id = d.client().create_sandbox(&req(&name)).await.unwrap().id;
@@ -355,7 +582,10 @@ async fn kill9_mid_restore_leaves_old_or_new_state_and_says_which() {
         sh(&c, &name, "echo old-state > /root/f").await;
         let cp = checkpoint(&c, &name, "").await;
         sh(&c, &name, "echo current-state > /root/f").await;
-        crash_at(&d, point, async { assert!(restore(&d.client(), &name, &cp).await.is_err()) }).await;
+        crash_at(&d, point, async {
+            assert!(restore(&d.client(), &name, &cp).await.is_err())
+        })
+        .await;
         let c = d.client();
         let sb = c.get_sandbox(&name).await.unwrap();
         assert_eq!(sb.status, SandboxStatus::Running, "{point}");
@@ -369,7 +599,11 @@ async fn kill9_mid_restore_leaves_old_or_new_state_and_says_which() {
             assert!(notice.contains("kept its previous state"), "{point}: {notice}");
         }
         // No stray volumes: exactly this sandbox's one.
-        assert_eq!(volumes(&d.data_dir.join("pool/sandboxes")), [id.clone()], "{point}");
+        assert_eq!(
+            volumes(&d.data_dir.join("pool/sandboxes")),
+            std::slice::from_ref(&id),
+            "{point}"
+        );
     }
 }
 
@@ -377,7 +611,10 @@ async fn kill9_mid_restore_leaves_old_or_new_state_and_says_which() {
 async fn second_restore_while_one_runs_is_409() {
     let d = Daemon::start();
     let pause = d.data_dir.parent().unwrap().join("pause");
-    d.set_env(&[("BURROW_PAUSE", "restore.after_stop"), ("BURROW_PAUSE_FILE", pause.to_str().unwrap())]);
+    d.set_env(&[
+        ("BURROW_PAUSE", "restore.after_stop"),
+        ("BURROW_PAUSE_FILE", pause.to_str().unwrap()),
+    ]);
     d.kill9();
     d.restart();
     let c = d.client();
@@ -391,7 +628,10 @@ async fn second_restore_while_one_runs_is_409() {
     // Wait (bounded) until the first restore is provably in progress.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !pause.exists() {
-        assert!(std::time::Instant::now() < deadline, "first restore never reached its pause point");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first restore never reached its pause point"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let e = restore(&c, &name, &cp).await.unwrap_err();
@@ -408,7 +648,12 @@ async fn kill9_mid_fork_is_cleaned_up() {
     let pid = d.client().create_sandbox(&req(&parent)).await.unwrap().id;
     let child = unique_name("fc");
     crash_at(&d, "create.after_snapshot", async {
-        assert!(d.client().create_sandbox(&fork_req(&child, &parent, None)).await.is_err());
+        assert!(
+            d.client()
+                .create_sandbox(&fork_req(&child, &parent, None))
+                .await
+                .is_err()
+        );
     })
     .await;
     let c = d.client();

@@ -129,7 +129,9 @@ async fn ws_run(c: &Client, name: &str, opts: ExecStreamOptions) -> (Vec<u8>, Ve
             Some(ExecEvent::Session { .. }) => saw_session = true,
             Some(ExecEvent::Stdout(b)) => out.extend(b),
             Some(ExecEvent::Stderr(b)) => err.extend(b),
-            Some(ExecEvent::Exit { exit_code, signal, .. }) => {
+            Some(ExecEvent::Exit {
+                exit_code, signal, ..
+            }) => {
                 assert!(saw_session, "session frame must come first");
                 return (out, err, exit_code, signal);
             }

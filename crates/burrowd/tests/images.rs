@@ -18,9 +18,15 @@ fn tar_dir(dir: &Path) -> Vec<u8> {
 }
 
 async fn sh(c: &Client, name: &str, script: &str) -> burrow_api::ExecResult {
-    c.exec(name, &ExecRequest { cmd: vec!["/bin/sh".into(), "-c".into(), script.into()], ..Default::default() })
-        .await
-        .unwrap_or_else(|e| panic!("exec {script}: {e}"))
+    c.exec(
+        name,
+        &ExecRequest {
+            cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("exec {script}: {e}"))
 }
 
 async fn create_from(c: &Client, image: &str) -> String {
@@ -30,12 +36,16 @@ async fn create_from(c: &Client, image: &str) -> String {
         image: Some(image.to_owned()),
         ..Default::default()
     };
-    c.create_sandbox(&req).await.unwrap_or_else(|e| panic!("create from {image}: {e}"));
+    c.create_sandbox(&req)
+        .await
+        .unwrap_or_else(|e| panic!("create from {image}: {e}"));
     name
 }
 
 fn sandbox_volumes(data: &Path) -> usize {
-    std::fs::read_dir(data.join("pool/sandboxes")).map(|r| r.count()).unwrap_or(0)
+    std::fs::read_dir(data.join("pool/sandboxes"))
+        .map(|r| r.count())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -53,7 +63,17 @@ async fn burrowfile_build_caches_layers_and_failures_leave_nothing() {
     .unwrap();
     let image = unique_name("built");
     let path = format!("/v1/images/build?name={image}");
-    let r = raw_unix(&d.socket, "POST", &path, &[("content-type", "application/x-tar"), ("accept", "application/x-ndjson")], tar_dir(ctx.path())).await;
+    let r = raw_unix(
+        &d.socket,
+        "POST",
+        &path,
+        &[
+            ("content-type", "application/x-tar"),
+            ("accept", "application/x-ndjson"),
+        ],
+        tar_dir(ctx.path()),
+    )
+    .await;
     assert_eq!(r.status, 200);
     let text = String::from_utf8(r.body).unwrap();
     assert!(text.contains("out-42"), "{text}");
@@ -66,34 +86,84 @@ async fn burrowfile_build_caches_layers_and_failures_leave_nothing() {
 
     // A rebuild reuses every layer.
     let image2 = unique_name("built");
-    let r = raw_unix(&d.socket, "POST", &format!("/v1/images/build?name={image2}"), &[("content-type", "application/x-tar"), ("accept", "application/x-ndjson")], tar_dir(ctx.path())).await;
+    let r = raw_unix(
+        &d.socket,
+        "POST",
+        &format!("/v1/images/build?name={image2}"),
+        &[
+            ("content-type", "application/x-tar"),
+            ("accept", "application/x-ndjson"),
+        ],
+        tar_dir(ctx.path()),
+    )
+    .await;
     let text = String::from_utf8(r.body).unwrap();
     assert_eq!(text.matches("using cached layer").count(), 3, "{text}");
     assert!(!text.contains("out-42"), "a cached step ran again: {text}");
 
     // A failing step: 422 with the step's output; no image, no build sandbox left.
     let before = sandbox_volumes(&d.data_dir);
-    std::fs::write(ctx.path().join("Burrowfile"), "FROM base\nRUN echo about-to-fail; exit 3\n").unwrap();
+    std::fs::write(
+        ctx.path().join("Burrowfile"),
+        "FROM base\nRUN echo about-to-fail; exit 3\n",
+    )
+    .unwrap();
     let bad = unique_name("broken");
-    let r = raw_unix(&d.socket, "POST", &format!("/v1/images/build?name={bad}"), &[("content-type", "application/x-tar")], tar_dir(ctx.path())).await;
+    let r = raw_unix(
+        &d.socket,
+        "POST",
+        &format!("/v1/images/build?name={bad}"),
+        &[("content-type", "application/x-tar")],
+        tar_dir(ctx.path()),
+    )
+    .await;
     assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
     let msg = r.error_message();
-    assert!(msg.contains("line 2") && msg.contains("about-to-fail") && msg.contains("exit code 3"), "{msg}");
+    assert!(
+        msg.contains("line 2") && msg.contains("about-to-fail") && msg.contains("exit code 3"),
+        "{msg}"
+    );
     let images: serde_json::Value = c.get_json("/v1/images").await.unwrap();
     assert!(!images.to_string().contains(&bad));
-    assert_eq!(sandbox_volumes(&d.data_dir), before, "the failed build left a sandbox volume");
+    assert_eq!(
+        sandbox_volumes(&d.data_dir),
+        before,
+        "the failed build left a sandbox volume"
+    );
     let list = c.list_sandboxes(Some("build-"), &[], None, None).await.unwrap();
     assert!(list.sandboxes.is_empty());
 
     // Bad Burrowfiles name the line; a missing COPY source is named.
-    for (text, needle) in [("FROM base\nFROB x\n", "line 2"), ("FROM base\nCOPY nope /x\n", "'nope' is not in the build context"), ("FROM no-such-image\n", "no-such-image")] {
+    for (text, needle) in [
+        ("FROM base\nFROB x\n", "line 2"),
+        ("FROM base\nCOPY nope /x\n", "'nope' is not in the build context"),
+        ("FROM no-such-image\n", "no-such-image"),
+    ] {
         std::fs::write(ctx.path().join("Burrowfile"), text).unwrap();
-        let r = raw_unix(&d.socket, "POST", &format!("/v1/images/build?name={bad}"), &[("content-type", "application/x-tar")], tar_dir(ctx.path())).await;
+        let r = raw_unix(
+            &d.socket,
+            "POST",
+            &format!("/v1/images/build?name={bad}"),
+            &[("content-type", "application/x-tar")],
+            tar_dir(ctx.path()),
+        )
+        .await;
         assert!(r.status == 422 || r.status == 404, "{text}: {}", r.status);
-        assert!(r.error_message().contains(needle), "{text}: {}", r.error_message());
+        assert!(
+            r.error_message().contains(needle),
+            "{text}: {}",
+            r.error_message()
+        );
     }
     // No content type: 415.
-    let r = raw_unix(&d.socket, "POST", &format!("/v1/images/build?name={bad}"), &[], tar_dir(ctx.path())).await;
+    let r = raw_unix(
+        &d.socket,
+        "POST",
+        &format!("/v1/images/build?name={bad}"),
+        &[],
+        tar_dir(ctx.path()),
+    )
+    .await;
     assert_eq!(r.status, 415);
     c.delete_sandbox(&sb).await.unwrap();
 }
@@ -121,12 +191,16 @@ fn oci_layout(dir: &Path) -> String {
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static (scripts/setup.sh installs it)");
     let mut h = header(busybox.len(), 0o755);
     h.set_cksum();
-    layer.append_data(&mut h, "bin/busybox", busybox.as_slice()).unwrap();
+    layer
+        .append_data(&mut h, "bin/busybox", busybox.as_slice())
+        .unwrap();
     for link in ["sh", "cat", "echo", "pwd", "stat", "ls"] {
         let mut h = header(0, 0o777);
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_cksum();
-        layer.append_link(&mut h, format!("bin/{link}"), "busybox").unwrap();
+        layer
+            .append_link(&mut h, format!("bin/{link}"), "busybox")
+            .unwrap();
     }
     let hello = b"hello from an OCI image\n";
     let mut h = header(hello.len(), 0o644);
@@ -170,7 +244,14 @@ async fn oci_archive_import_verifies_digests() {
     let dir = tempfile::tempdir().unwrap();
     let layer_digest = oci_layout(dir.path());
     let name = unique_name("oci");
-    let r = raw_unix(&d.socket, "POST", &format!("/v1/images/import?name={name}"), &[("content-type", "application/x-tar")], tar_dir(dir.path())).await;
+    let r = raw_unix(
+        &d.socket,
+        "POST",
+        &format!("/v1/images/import?name={name}"),
+        &[("content-type", "application/x-tar")],
+        tar_dir(dir.path()),
+    )
+    .await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let sb = create_from(&c, &name).await;
     let out = sh(&c, &sb, "cat /hello.txt; echo $FOO").await;
@@ -184,16 +265,39 @@ async fn oci_archive_import_verifies_digests() {
     data[mid] ^= 0xff;
     std::fs::write(&blob, &data).unwrap();
     let bad = unique_name("oci-bad");
-    let r = raw_unix(&d.socket, "POST", &format!("/v1/images/import?name={bad}"), &[("content-type", "application/x-tar")], tar_dir(dir.path())).await;
+    let r = raw_unix(
+        &d.socket,
+        "POST",
+        &format!("/v1/images/import?name={bad}"),
+        &[("content-type", "application/x-tar")],
+        tar_dir(dir.path()),
+    )
+    .await;
     assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
-    assert!(r.error_message().contains(&layer_digest[..12]), "{}", r.error_message());
+    assert!(
+        r.error_message().contains(&layer_digest[..12]),
+        "{}",
+        r.error_message()
+    );
     // Truncated.
     std::fs::write(&blob, &data[..mid]).unwrap();
-    let r = raw_unix(&d.socket, "POST", &format!("/v1/images/import?name={bad}"), &[("content-type", "application/x-tar")], tar_dir(dir.path())).await;
+    let r = raw_unix(
+        &d.socket,
+        "POST",
+        &format!("/v1/images/import?name={bad}"),
+        &[("content-type", "application/x-tar")],
+        tar_dir(dir.path()),
+    )
+    .await;
     assert_eq!(r.status, 422);
     let images: serde_json::Value = c.get_json("/v1/images").await.unwrap();
     assert!(!images.to_string().contains(&bad));
-    assert!(std::fs::read_dir(d.data_dir.join("pool/images")).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().contains(&bad)));
+    assert!(
+        std::fs::read_dir(d.data_dir.join("pool/images"))
+            .unwrap()
+            .flatten()
+            .all(|e| !e.file_name().to_string_lossy().contains(&bad))
+    );
 }
 
 struct Registry(Child, PathBuf);
@@ -207,12 +311,20 @@ impl Drop for Registry {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_registry() -> (Registry, u16) {
     let port = free_port();
-    let dir = tempfile::Builder::new().prefix("burrow-registry-").tempdir().unwrap().keep();
+    let dir = tempfile::Builder::new()
+        .prefix("burrow-registry-")
+        .tempdir()
+        .unwrap()
+        .keep();
     let cfg = dir.join("config.yml");
     std::fs::write(
         &cfg,
@@ -253,14 +365,31 @@ async fn pull_from_a_real_registry() {
     assert!(st.success(), "skopeo push failed");
     let name = unique_name("pulled");
     let img: serde_json::Value = c
-        .request_json(Method::POST, "/v1/images/pull", Some(&serde_json::json!({"reference": reference, "name": name})))
+        .request_json(
+            Method::POST,
+            "/v1/images/pull",
+            Some(&serde_json::json!({"reference": reference, "name": name})),
+        )
         .await
         .unwrap();
-    let inspect = Command::new("skopeo").args(["inspect", "--tls-verify=false"]).arg(format!("docker://{reference}")).output().unwrap();
-    let digest = serde_json::from_slice::<serde_json::Value>(&inspect.stdout).unwrap()["Digest"].as_str().unwrap().to_owned();
-    assert!(img["source"].as_str().unwrap().contains(&digest), "{img} vs {digest}");
+    let inspect = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    let digest = serde_json::from_slice::<serde_json::Value>(&inspect.stdout).unwrap()["Digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        img["source"].as_str().unwrap().contains(&digest),
+        "{img} vs {digest}"
+    );
     let sb = create_from(&c, &name).await;
-    assert_eq!(sh(&c, &sb, "cat /hello.txt").await.stdout, "hello from an OCI image\n");
+    assert_eq!(
+        sh(&c, &sb, "cat /hello.txt").await.stdout,
+        "hello from an OCI image\n"
+    );
     c.delete_sandbox(&sb).await.unwrap();
     // Unknown tag: a clear error, nothing made.
     let e = c

@@ -1,6 +1,9 @@
 //! `burrow checkpoint`, `checkpoints`, `restore`, `fork`, and `images create` (templates).
 
-use burrow_api::{Checkpoint, CheckpointList, CreateCheckpoint, CreateImage, CreateSandbox, Image, RestoreResult, Sandbox, SandboxName};
+use burrow_api::{
+    Checkpoint, CheckpointList, CreateCheckpoint, CreateImage, CreateSandbox, Image, RestoreResult, Sandbox,
+    SandboxName,
+};
 use burrow_client::{Method, paths};
 
 use crate::app::App;
@@ -12,8 +15,12 @@ fn checkpoints_path(name: &str) -> String {
 
 pub async fn create(app: &App, name: &str, comment: Option<String>) -> anyhow::Result<u8> {
     let body = CreateCheckpoint { comment };
-    let v = app.call(Method::POST, &checkpoints_path(name), Some(&body)).await?;
-    app.emit(v, |c: Checkpoint| print(&format!("{name}: checkpoint {} created\n", c.id)))?;
+    let v = app
+        .call(Method::POST, &checkpoints_path(name), Some(&body))
+        .await?;
+    app.emit(v, |c: Checkpoint| {
+        print(&format!("{name}: checkpoint {} created\n", c.id))
+    })?;
     Ok(0)
 }
 
@@ -33,7 +40,10 @@ pub async fn list(app: &App, name: &str) -> anyhow::Result<u8> {
                 ]
             })
             .collect();
-        print(&output::table(&["ID", "CREATED", "SIZE", "SOURCE", "COMMENT"], &rows))
+        print(&output::table(
+            &["ID", "CREATED", "SIZE", "SOURCE", "COMMENT"],
+            &rows,
+        ))
     })?;
     Ok(0)
 }
@@ -42,7 +52,10 @@ pub async fn restore(app: &App, name: &str, id: &str) -> anyhow::Result<u8> {
     let path = format!("{}/{}/restore", checkpoints_path(name), paths::encode(id));
     let v = app.call::<()>(Method::POST, &path, None).await?;
     app.emit(v, |r: RestoreResult| {
-        print(&format!("{name}: restored {}; the replaced state is kept as {}\n", r.restored, r.backup))
+        print(&format!(
+            "{name}: restored {}; the replaced state is kept as {}\n",
+            r.restored, r.backup
+        ))
     })?;
     Ok(0)
 }
@@ -66,25 +79,44 @@ pub fn parse_source(s: &str) -> anyhow::Result<burrow_api::ForkSource> {
     if let Some(cp) = cp {
         burrow_api::CheckpointId::parse(cp).map_err(|e| anyhow::anyhow!("{s}: {e}"))?;
     }
-    Ok(burrow_api::ForkSource { sandbox, checkpoint: cp.map(str::to_owned) })
+    Ok(burrow_api::ForkSource {
+        sandbox,
+        checkpoint: cp.map(str::to_owned),
+    })
 }
 
 pub async fn fork(app: &App, src: &str, new: SandboxName) -> anyhow::Result<u8> {
-    let req = CreateSandbox { name: new, from: Some(parse_source(src)?), ..Default::default() };
+    let req = CreateSandbox {
+        name: new,
+        from: Some(parse_source(src)?),
+        ..Default::default()
+    };
     let v = app.call(Method::POST, paths::SANDBOXES, Some(&req)).await?;
-    app.emit(v, |s: Sandbox| print(&format!("{}: {} (forked from {src})\n", s.name, s.status)))?;
+    app.emit(v, |s: Sandbox| {
+        print(&format!("{}: {} (forked from {src})\n", s.name, s.status))
+    })?;
     Ok(0)
 }
 
 pub async fn create_image(app: &App, name: &str, from: &str) -> anyhow::Result<u8> {
-    let req = CreateImage { name: name.to_owned(), from: parse_source(from)? };
+    let req = CreateImage {
+        name: name.to_owned(),
+        from: parse_source(from)?,
+    };
     let v = app.call(Method::POST, paths::IMAGES, Some(&req)).await?;
-    app.emit(v, |i: Image| print(&format!("image {} created from {}\n", i.name, i.source)))?;
+    app.emit(v, |i: Image| {
+        print(&format!("image {} created from {}\n", i.name, i.source))
+    })?;
     Ok(0)
 }
 
 pub async fn delete_image(app: &App, name: &str) -> anyhow::Result<u8> {
-    app.call::<()>(Method::DELETE, &format!("{}/{}", paths::IMAGES, paths::encode(name)), None).await?;
+    app.call::<()>(
+        Method::DELETE,
+        &format!("{}/{}", paths::IMAGES, paths::encode(name)),
+        None,
+    )
+    .await?;
     if app.json {
         output::print_json(&serde_json::json!({"deleted": name}))?;
     }

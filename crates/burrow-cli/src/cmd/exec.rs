@@ -322,7 +322,11 @@ impl Output {
                     term::eprint_line(&format!("error: {message}"));
                 }
             }
-            ExecEvent::Exit { exit_code, signal, reason } => {
+            ExecEvent::Exit {
+                exit_code,
+                signal,
+                reason,
+            } => {
                 if let Some(reason) = reason {
                     eprintln!("burrow: {reason}");
                 }

@@ -19,8 +19,12 @@ pub async fn run(app: &App, a: ImagesArgs) -> anyhow::Result<u8> {
         ImagesCommand::Import { archive, name } => import(app, &archive, name).await,
         ImagesCommand::Pull { reference, name } => {
             let body = serde_json::json!({ "reference": reference, "name": name });
-            let v = app.call(burrow_client::Method::POST, "/v1/images/pull", Some(&body)).await?;
-            app.emit(v, |i: burrow_api::Image| print(&format!("image {} pulled: {}\n", i.name, i.source)))?;
+            let v = app
+                .call(burrow_client::Method::POST, "/v1/images/pull", Some(&body))
+                .await?;
+            app.emit(v, |i: burrow_api::Image| {
+                print(&format!("image {} pulled: {}\n", i.name, i.source))
+            })?;
             Ok(0)
         }
     }
@@ -80,14 +84,24 @@ async fn wait(app: &App, name: &str) -> anyhow::Result<()> {
 /// Where the CLI puts the Burrowfile inside the context tar it sends.
 const BURROWFILE_IN_CONTEXT: &str = ".burrow-build/Burrowfile";
 
-async fn build(app: &App, name: &str, file: Option<std::path::PathBuf>, context: &std::path::Path) -> anyhow::Result<u8> {
+async fn build(
+    app: &App,
+    name: &str,
+    file: Option<std::path::PathBuf>,
+    context: &std::path::Path,
+) -> anyhow::Result<u8> {
     use anyhow::Context;
     let file = file.unwrap_or_else(|| context.join("Burrowfile"));
     let text = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-    anyhow::ensure!(context.is_dir(), "build context {} is not a directory", context.display());
+    anyhow::ensure!(
+        context.is_dir(),
+        "build context {} is not a directory",
+        context.display()
+    );
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
-    tar.append_dir_all(".", context).with_context(|| format!("packing {}", context.display()))?;
+    tar.append_dir_all(".", context)
+        .with_context(|| format!("packing {}", context.display()))?;
     let mut header = tar::Header::new_gnu();
     header.set_size(text.len() as u64);
     header.set_mode(0o644);
@@ -101,10 +115,17 @@ async fn build(app: &App, name: &str, file: Option<std::path::PathBuf>, context:
     );
     let resp = app
         .client
-        .request_bytes(burrow_client::Method::POST, &path, Some("application/x-tar"), body.into())
+        .request_bytes(
+            burrow_client::Method::POST,
+            &path,
+            Some("application/x-tar"),
+            body.into(),
+        )
         .await?;
     let v: serde_json::Value = serde_json::from_slice(resp.body())?;
-    app.emit(v, |i: burrow_api::Image| print(&format!("image {} built ({})\n", i.name, i.source)))?;
+    app.emit(v, |i: burrow_api::Image| {
+        print(&format!("image {} built ({})\n", i.name, i.source))
+    })?;
     Ok(0)
 }
 
@@ -115,16 +136,31 @@ async fn import(app: &App, archive: &std::path::Path, name: Option<String>) -> a
         None => {
             let stem = archive.file_name().and_then(|s| s.to_str()).unwrap_or("image");
             let stem = stem.split('.').next().unwrap_or(stem).to_ascii_lowercase();
-            stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect()
+            stem.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect()
         }
     };
     let body = std::fs::read(archive).with_context(|| format!("reading {}", archive.display()))?;
     let path = format!("/v1/images/import?name={}", burrow_client::paths::encode(&name));
     let resp = app
         .client
-        .request_bytes(burrow_client::Method::POST, &path, Some("application/x-tar"), body.into())
+        .request_bytes(
+            burrow_client::Method::POST,
+            &path,
+            Some("application/x-tar"),
+            body.into(),
+        )
         .await?;
     let v: serde_json::Value = serde_json::from_slice(resp.body())?;
-    app.emit(v, |i: burrow_api::Image| print(&format!("image {} imported: {}\n", i.name, i.source)))?;
+    app.emit(v, |i: burrow_api::Image| {
+        print(&format!("image {} imported: {}\n", i.name, i.source))
+    })?;
     Ok(0)
 }

@@ -217,7 +217,11 @@ impl ContainerEngine {
             }
             CgroupVersion::V2 => {
                 let dir = Path::new(CGROUP_ROOT).join(rel);
-                let (v, d) = if frozen { ("1", "frozen 1") } else { ("0", "frozen 0") };
+                let (v, d) = if frozen {
+                    ("1", "frozen 1")
+                } else {
+                    ("0", "frozen 0")
+                };
                 (dir.join("cgroup.freeze"), v, dir.join("cgroup.events"), d)
             }
         };

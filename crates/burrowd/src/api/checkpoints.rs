@@ -18,19 +18,29 @@ use super::{ApiError, AppState};
 const NDJSON: &str = "application/x-ndjson";
 
 fn wants_ndjson(h: &HeaderMap) -> bool {
-    h.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains(NDJSON))
+    h.get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains(NDJSON))
 }
 
 fn line(kind: &str, data: serde_json::Value) -> String {
     let time = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    format!("{}\n", serde_json::json!({"type": kind, "data": data, "time": time}))
+    format!(
+        "{}\n",
+        serde_json::json!({"type": kind, "data": data, "time": time})
+    )
 }
 
 /// Runs a long operation; answers plain JSON (`status` on success), or NDJSON progress
 /// lines ending in `complete`/`error` when the client asked for `application/x-ndjson`.
-async fn long_op<T, F>(headers: &HeaderMap, status: StatusCode, what: &str, op: F) -> Result<Response, ApiError>
+async fn long_op<T, F>(
+    headers: &HeaderMap,
+    status: StatusCode,
+    what: &str,
+    op: F,
+) -> Result<Response, ApiError>
 where
     T: Serialize + Send + 'static,
     F: Future<Output = Result<T, CoreError>> + Send + 'static,
@@ -50,7 +60,11 @@ where
             })
         }),
     );
-    Ok(([(header::CONTENT_TYPE, NDJSON)], axum::body::Body::from_stream(stream)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, NDJSON)],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 use futures::StreamExt;
@@ -69,8 +83,13 @@ pub async fn create(
     .await
 }
 
-pub async fn list(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<CheckpointList>, ApiError> {
-    Ok(Json(CheckpointList { checkpoints: s.mgr.list_checkpoints(&name)? }))
+pub async fn list(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<CheckpointList>, ApiError> {
+    Ok(Json(CheckpointList {
+        checkpoints: s.mgr.list_checkpoints(&name)?,
+    }))
 }
 
 pub async fn get_one(
@@ -80,7 +99,10 @@ pub async fn get_one(
     Ok(Json(s.mgr.get_checkpoint(&name, &id)?))
 }
 
-pub async fn delete(State(s): State<AppState>, Path((name, id)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(s): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
     s.mgr.delete_checkpoint(&name, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -91,7 +113,10 @@ pub async fn restore(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let mgr = s.mgr.clone();
-    long_op(&headers, StatusCode::OK, "restore", async move { mgr.restore(&name, &id).await }).await
+    long_op(&headers, StatusCode::OK, "restore", async move {
+        mgr.restore(&name, &id).await
+    })
+    .await
 }
 
 pub async fn create_image(
@@ -100,10 +125,16 @@ pub async fn create_image(
     ApiJson(req): ApiJson<CreateImage>,
 ) -> Result<Response, ApiError> {
     let mgr = s.mgr.clone();
-    long_op(&headers, StatusCode::CREATED, "image", async move { mgr.create_image(req).await }).await
+    long_op(&headers, StatusCode::CREATED, "image", async move {
+        mgr.create_image(req).await
+    })
+    .await
 }
 
-pub async fn delete_image(State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete_image(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     s.mgr.delete_image(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -138,13 +169,18 @@ pub mod inside {
     ) -> Result<Response, ApiError> {
         let name = s.mgr.name_of(&s.id)?;
         let comment = body.and_then(|b| b.comment);
-        let cp = s.mgr.create_checkpoint(&name, comment, CheckpointSource::Inside).await?;
+        let cp = s
+            .mgr
+            .create_checkpoint(&name, comment, CheckpointSource::Inside)
+            .await?;
         Ok((StatusCode::CREATED, Json(cp)).into_response())
     }
 
     async fn list(State(s): State<Inside>) -> Result<Json<CheckpointList>, ApiError> {
         let name = s.mgr.name_of(&s.id)?;
-        Ok(Json(CheckpointList { checkpoints: s.mgr.list_checkpoints(&name)? }))
+        Ok(Json(CheckpointList {
+            checkpoints: s.mgr.list_checkpoints(&name)?,
+        }))
     }
 
     /// Answers 202 at once: the restore stops every process of the sandbox, the caller too.
@@ -182,7 +218,10 @@ pub async fn build_image(
         }
     }
     let name = name.ok_or_else(|| bad("query parameter 'name' (the image name) is required".into()))?;
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !ct.starts_with("application/x-tar") {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -216,17 +255,26 @@ pub async fn build_image(
                 let e = ApiError::from(e);
                 line("error", serde_json::json!({"code": e.code, "message": e.message}))
             }
-            Err(_) => line("error", serde_json::json!({"code": "internal", "message": "build task ended"})),
+            Err(_) => line(
+                "error",
+                serde_json::json!({"code": "internal", "message": "build task ended"}),
+            ),
         })
     });
-    Ok(([(header::CONTENT_TYPE, NDJSON)], axum::body::Body::from_stream(progress.chain(end))).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, NDJSON)],
+        axum::body::Body::from_stream(progress.chain(end)),
+    )
+        .into_response())
 }
 
 fn async_stream_lines(
     rx: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) -> impl futures::Stream<Item = Result<String, std::convert::Infallible>> {
     futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|m| (Ok(line("info", serde_json::json!(m))), rx))
+        rx.recv()
+            .await
+            .map(|m| (Ok(line("info", serde_json::json!(m))), rx))
     })
 }
 
@@ -235,12 +283,22 @@ fn read_from_tar(path: &std::path::Path, name: &str) -> Result<String, String> {
     let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let mut ar = tar::Archive::new(f);
     let want = name.trim_start_matches("./");
-    for e in ar.entries().map_err(|e| format!("the build context is not a tar: {e}"))? {
+    for e in ar
+        .entries()
+        .map_err(|e| format!("the build context is not a tar: {e}"))?
+    {
         let e = e.map_err(|e| format!("the build context is not a tar: {e}"))?;
-        let p = e.path().map_err(|e| e.to_string())?.to_string_lossy().trim_start_matches("./").to_owned();
+        let p = e
+            .path()
+            .map_err(|e| e.to_string())?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_owned();
         if p == want {
             let mut s = String::new();
-            e.take(1 << 20).read_to_string(&mut s).map_err(|e| format!("reading {name}: {e}"))?;
+            e.take(1 << 20)
+                .read_to_string(&mut s)
+                .map_err(|e| format!("reading {name}: {e}"))?;
             return Ok(s);
         }
     }
@@ -251,7 +309,8 @@ fn read_from_tar(path: &std::path::Path, name: &str) -> Result<String, String> {
 /// bytes with 413. The file is removed when the returned guard drops.
 async fn spool(s: &AppState, body: axum::body::Body, what: &str, limit: u64) -> Result<TempFile, ApiError> {
     use std::io::Write;
-    let internal = |e: std::io::Error| ApiError::from(CoreError::Internal(format!("spooling the {what}: {e}")));
+    let internal =
+        |e: std::io::Error| ApiError::from(CoreError::Internal(format!("spooling the {what}: {e}")));
     let dir = s.mgr.config().data_dir.join("tmp");
     std::fs::create_dir_all(&dir).map_err(internal)?;
     let guard = TempFile(dir.join(format!("upload-{:016x}", rand::random::<u64>())));
@@ -259,7 +318,13 @@ async fn spool(s: &AppState, body: axum::body::Body, what: &str, limit: u64) -> 
     let mut stream = body.into_data_stream();
     let mut total = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("reading the {what}: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("reading the {what}: {e}"),
+            )
+        })?;
         total += chunk.len() as u64;
         if total > limit {
             return Err(ApiError::new(
@@ -288,12 +353,20 @@ pub async fn import_image(
         match k.as_str() {
             "name" => name = Some(v),
             other => {
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("unknown query parameter '{other}'")));
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("unknown query parameter '{other}'"),
+                ));
             }
         }
     }
     let name = name.ok_or_else(|| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "query parameter 'name' (the image name) is required")
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "query parameter 'name' (the image name) is required",
+        )
     })?;
     let guard = spool(&s, body, "image archive", MAX_IMPORT_BYTES).await?;
     let mgr = s.mgr.clone();
@@ -319,18 +392,28 @@ pub async fn pull_image(
     headers: HeaderMap,
     ApiJson(req): ApiJson<PullImage>,
 ) -> Result<Response, ApiError> {
-    let name = match req.name.clone().or_else(|| burrow_core::oci::default_name(&req.reference)) {
+    let name = match req
+        .name
+        .clone()
+        .or_else(|| burrow_core::oci::default_name(&req.reference))
+    {
         Some(n) => n,
         None => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid",
-                format!("cannot derive an image name from '{}'; give one in 'name'", req.reference),
+                format!(
+                    "cannot derive an image name from '{}'; give one in 'name'",
+                    req.reference
+                ),
             ));
         }
     };
     let mgr = s.mgr.clone();
-    long_op(&headers, StatusCode::CREATED, "pull", async move { mgr.pull_image(&name, &req.reference).await }).await
+    long_op(&headers, StatusCode::CREATED, "pull", async move {
+        mgr.pull_image(&name, &req.reference).await
+    })
+    .await
 }
 
 /// Removes the spooled context when the build is over.

@@ -96,7 +96,12 @@ pub async fn exec_ws(
     Ok(ws.on_upgrade(move |socket| bridge(socket, session, opts.tty, mgr)))
 }
 
-async fn bridge(socket: WebSocket, session: burrow_core::ExecSession, tty: bool, mgr: std::sync::Arc<burrow_core::Manager>) {
+async fn bridge(
+    socket: WebSocket,
+    session: burrow_core::ExecSession,
+    tty: bool,
+    mgr: std::sync::Arc<burrow_core::Manager>,
+) {
     let sandbox = session.sandbox.clone();
     let started = std::time::Instant::now();
     let (mut tx, mut rx) = socket.split();

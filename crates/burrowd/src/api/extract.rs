@@ -113,6 +113,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
         if !has_body {
             return Ok(Self(None));
         }
-        ApiJson::<T>::from_request(req, state).await.map(|ApiJson(v)| Self(Some(v)))
+        ApiJson::<T>::from_request(req, state)
+            .await
+            .map(|ApiJson(v)| Self(Some(v)))
     }
 }

@@ -82,13 +82,22 @@ pub fn router(state: AppState, transport: Transport) -> Router {
         .route("/v1/images/build", post(checkpoints::build_image))
         .route("/v1/images/import", post(checkpoints::import_image))
         .route("/v1/images/pull", post(checkpoints::pull_image))
-        .route("/v1/images/{name}", axum::routing::delete(checkpoints::delete_image))
-        .route("/v1/sandboxes/{name}/checkpoints", get(checkpoints::list).post(checkpoints::create))
+        .route(
+            "/v1/images/{name}",
+            axum::routing::delete(checkpoints::delete_image),
+        )
+        .route(
+            "/v1/sandboxes/{name}/checkpoints",
+            get(checkpoints::list).post(checkpoints::create),
+        )
         .route(
             "/v1/sandboxes/{name}/checkpoints/{id}",
             get(checkpoints::get_one).delete(checkpoints::delete),
         )
-        .route("/v1/sandboxes/{name}/checkpoints/{id}/restore", post(checkpoints::restore))
+        .route(
+            "/v1/sandboxes/{name}/checkpoints/{id}/restore",
+            post(checkpoints::restore),
+        )
         .route("/v1/sandboxes", get(list).post(create))
         .route("/v1/sandboxes/{name}", get(get_one).patch(patch).delete(delete))
         .route("/v1/sandboxes/{name}/start", post(start))
