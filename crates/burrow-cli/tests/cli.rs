@@ -346,7 +346,12 @@ async fn sandbox_commands_against_fake_daemon() {
     assert!(o.status.success(), "{}", text(&o.stderr));
 
     // bench needs a real daemon; against this fake one it fails cleanly, naming the error.
-    let o = run(&sock, &["bench", "--runs", "3", "--no-floor", "--disk-mb", "", "--out", "/dev/null"], b"").await;
+    let o = run(
+        &sock,
+        &["bench", "--runs", "3", "--no-floor", "--out", "/dev/null"],
+        b"",
+    )
+    .await;
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).starts_with("error: "), "{}", text(&o.stderr));
 }
