@@ -169,6 +169,47 @@ mod tests {
         ) -> Result<Response<v1::WriteArchiveReply>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        async fn list_sessions(
+            &self,
+            _: Request<v1::ListSessionsRequest>,
+        ) -> Result<Response<v1::ListSessionsReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        type AttachStream = tokio_stream::Empty<Result<ExecOutput, Status>>;
+        async fn attach(&self, _: Request<Streaming<ExecInput>>) -> Result<Response<Self::AttachStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn kill_session(
+            &self,
+            _: Request<v1::KillSessionRequest>,
+        ) -> Result<Response<v1::KillSessionReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn set_services(
+            &self,
+            _: Request<v1::SetServicesRequest>,
+        ) -> Result<Response<v1::SetServicesReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn control_service(
+            &self,
+            _: Request<v1::ControlServiceRequest>,
+        ) -> Result<Response<v1::ServiceState>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn service_status(
+            &self,
+            _: Request<v1::ServiceStatusRequest>,
+        ) -> Result<Response<v1::ServiceStatusReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        type ServiceLogsStream = tokio_stream::Empty<Result<v1::ServiceLogChunk, Status>>;
+        async fn service_logs(
+            &self,
+            _: Request<v1::ServiceLogsRequest>,
+        ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
     }
 
     fn serve_fake(dir: &tempfile::TempDir, version: u32) -> PathBuf {

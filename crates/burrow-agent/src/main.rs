@@ -15,8 +15,10 @@ mod files;
 mod reaper;
 mod service;
 mod session;
+mod sessions;
 mod shutdown;
 mod spawn;
+mod supervisor;
 mod user;
 
 use std::ffi::OsString;

@@ -7,31 +7,39 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_agent_proto::v1::{
-    ExecInput, ExecOutput, HelloReply, HelloRequest, ShutdownReply, ShutdownRequest, Started, exec_input,
-    exec_output,
+    ExecInput, ExecOutput, HelloReply, HelloRequest, ShutdownReply, ShutdownRequest, exec_input, exec_output,
 };
+use burrow_agent_proto::v1::{KillSessionReply, KillSessionRequest, ListSessionsReply, ListSessionsRequest};
 use burrow_agent_proto::v1::{
     ListDirRequest, ReadArchiveRequest, ReadFileRequest, RemoveReply, RemoveRequest, RenameReply,
     RenameRequest, WriteArchiveInput, WriteArchiveReply, WriteFileInput, WriteFileReply,
 };
 use burrow_agent_proto::{Agent, PROTOCOL_VERSION};
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::reaper::Reaper;
 use crate::shutdown::{DEFAULT_GRACE, Shutdown};
-use crate::{files, session, spawn};
+use crate::sessions::{Attach, Sessions};
+use crate::{files, spawn};
 
 /// The agent's service state, shared by all connections.
 pub struct AgentService {
     reaper: Arc<Reaper>,
     shutdown: Arc<Shutdown>,
+    services: Arc<crate::supervisor::Supervisor>,
+    sessions: Arc<Sessions>,
 }
 
 impl AgentService {
     pub fn new(reaper: Arc<Reaper>, shutdown: Arc<Shutdown>) -> Self {
-        Self { reaper, shutdown }
+        let services = crate::supervisor::Supervisor::new(Arc::clone(&reaper), Arc::clone(&shutdown));
+        Self {
+            reaper,
+            shutdown,
+            services,
+            sessions: Sessions::new(),
+        }
     }
 }
 
@@ -62,20 +70,65 @@ impl Agent for AgentService {
             Some(_) => return Err(Status::invalid_argument("the first exec message must be `start`")),
             None => return Err(Status::invalid_argument("exec stream ended before `start`")),
         };
+        let argv = start.argv.clone();
+        let detach_timeout = Duration::from_millis(start.detach_timeout_ms);
         let spec = spawn::prepare(start).map_err(spawn::ExecError::into_status)?;
         let proc = spawn::spawn(&self.reaper, spec).map_err(spawn::ExecError::into_status)?;
+        Ok(Response::new(self.sessions.start(
+            proc,
+            argv,
+            detach_timeout,
+            input,
+            Arc::clone(&self.reaper),
+        )))
+    }
 
-        let (tx, rx) = mpsc::channel(session::OUTPUT_QUEUE);
-        let started = ExecOutput {
-            kind: Some(exec_output::Kind::Started(Started {
-                pid: u32::try_from(proc.pid).unwrap_or(0),
-            })),
+    async fn list_sessions(
+        &self,
+        _request: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsReply>, Status> {
+        Ok(Response::new(ListSessionsReply {
+            sessions: self.sessions.list(),
+        }))
+    }
+
+    type AttachStream = ReceiverStream<Result<ExecOutput, Status>>;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<ExecInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut input = request.into_inner();
+        let id = match input.message().await? {
+            Some(ExecInput {
+                kind: Some(exec_input::Kind::Attach(a)),
+            }) => a.session_id,
+            Some(_) => return Err(Status::invalid_argument("the first attach message must be `attach`")),
+            None => return Err(Status::invalid_argument("attach stream ended before `attach`")),
         };
-        // The channel is new and empty, so `started` is queued first, before any output.
-        tx.try_send(Ok(started))
-            .map_err(|_| Status::internal("exec output queue unavailable"))?;
-        tokio::spawn(session::run(proc, input, tx, Arc::clone(&self.reaper)));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        match self.sessions.attach(&id, input)? {
+            Attach::Live(stream) => Ok(Response::new(stream)),
+            Attach::Finished(exited) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                let _ = tx.try_send(Ok(ExecOutput {
+                    kind: Some(exec_output::Kind::Exited(exited)),
+                }));
+                Ok(Response::new(ReceiverStream::new(rx)))
+            }
+        }
+    }
+
+    async fn kill_session(
+        &self,
+        request: Request<KillSessionRequest>,
+    ) -> Result<Response<KillSessionReply>, Status> {
+        let r = request.into_inner();
+        let signal = if r.signal == 0 { libc::SIGKILL } else { r.signal };
+        if !crate::sys::valid_signal(signal) {
+            return Err(Status::invalid_argument(format!("invalid signal {}", r.signal)));
+        }
+        self.sessions.kill(&r.session_id, signal)?;
+        Ok(Response::new(KillSessionReply {}))
     }
 
     type ReadFileStream = files::ChunkStream;
@@ -137,6 +190,44 @@ impl Agent for AgentService {
     ) -> Result<Response<WriteArchiveReply>, Status> {
         let entries = files::write_archive(request.into_inner()).await?;
         Ok(Response::new(WriteArchiveReply { entries }))
+    }
+
+    async fn set_services(
+        &self,
+        request: Request<burrow_agent_proto::v1::SetServicesRequest>,
+    ) -> Result<Response<burrow_agent_proto::v1::SetServicesReply>, Status> {
+        let services = self.services.set(request.into_inner().services).await?;
+        Ok(Response::new(burrow_agent_proto::v1::SetServicesReply { services }))
+    }
+
+    async fn control_service(
+        &self,
+        request: Request<burrow_agent_proto::v1::ControlServiceRequest>,
+    ) -> Result<Response<burrow_agent_proto::v1::ServiceState>, Status> {
+        let r = request.into_inner();
+        let action = burrow_agent_proto::v1::ServiceAction::try_from(r.action)
+            .map_err(|_| Status::invalid_argument(format!("unknown service action {}", r.action)))?;
+        Ok(Response::new(self.services.control(&r.name, action).await?))
+    }
+
+    async fn service_status(
+        &self,
+        request: Request<burrow_agent_proto::v1::ServiceStatusRequest>,
+    ) -> Result<Response<burrow_agent_proto::v1::ServiceStatusReply>, Status> {
+        let services = self.services.status(&request.into_inner().name)?;
+        Ok(Response::new(burrow_agent_proto::v1::ServiceStatusReply { services }))
+    }
+
+    type ServiceLogsStream = crate::supervisor::LogStream;
+
+    async fn service_logs(
+        &self,
+        request: Request<burrow_agent_proto::v1::ServiceLogsRequest>,
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        let r = request.into_inner();
+        self.services
+            .logs(&r.name, r.tail_lines, r.follow)
+            .map(Response::new)
     }
 
     async fn shutdown(&self, request: Request<ShutdownRequest>) -> Result<Response<ShutdownReply>, Status> {

@@ -1,30 +1,33 @@
-//! One running exec session: forwards host input (stdin, EOF, resize, signals) to the
-//! process, streams its output back, and guarantees the stream's ordering contract:
-//! `started` first, all output next, `exited` last — always, for every started process.
+//! The driver of one session's process: forwards input from the session's attached
+//! callers (stdin, EOF, resize, signals) to the process, reads its output into the session
+//! (ring buffer and attached callers, see `sessions`), kills the process group once nobody
+//! has been attached for the session's detach timeout, and guarantees the ordering
+//! contract: `started` first, all output next, `exited` last — always.
 //!
-//! Output goes through a bounded channel into the gRPC response, so a slow host slows the
-//! readers down (HTTP/2 backpressure) instead of making the agent buffer without limit.
-//! If the host goes away before the process exits, the session kills the process group.
+//! Output is handed to the attached callers through bounded channels, so a slow host slows
+//! the readers down (HTTP/2 backpressure); with nobody attached it only feeds the bounded
+//! ring buffer, so a detached process never blocks on its output.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use burrow_agent_proto::v1::{ExecInput, ExecOutput, Exited, exec_input, exec_output};
+use burrow_agent_proto::v1::ExecOutput;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use crate::reaper::Reaper;
+use crate::sessions::{Control, Session};
 use crate::spawn::Spawned;
 use crate::sys::{self, ExitStatus};
 
 /// Largest output chunk read from a pipe/pty and sent as one message.
 pub const CHUNK: usize = 64 * 1024;
-/// Output messages queued per session before readers wait for the host.
+/// Output messages queued per attached caller before readers wait for the host.
 pub const OUTPUT_QUEUE: usize = 16;
 /// How long output is still collected after the process exited while a background
 /// descendant keeps its pipe open (e.g. `sh -c 'daemon &'`): the exit is then reported
@@ -34,28 +37,32 @@ const LINGER_AFTER_EXIT: Duration = Duration::from_millis(250);
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// In TTY mode a vanished host first hangs the terminal up; KILL follows after this.
 const HANGUP_GRACE: Duration = Duration::from_millis(200);
-/// stdin messages queued towards the process before the input loop waits.
-const STDIN_QUEUE: usize = 16;
+/// stdin messages queued towards the process before attached callers wait.
+pub const STDIN_QUEUE: usize = 16;
 
 pub type OutputSender = mpsc::Sender<Result<ExecOutput, Status>>;
 
-enum StdinMsg {
+/// Input for the process's stdin, from any attached caller.
+pub enum StdinMsg {
     Data(Vec<u8>),
     Eof,
 }
 
-#[derive(Clone, Copy)]
-enum Stream {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
     Stdout,
     Stderr,
 }
 
-fn output(kind: exec_output::Kind) -> Result<ExecOutput, Status> {
-    Ok(ExecOutput { kind: Some(kind) })
-}
-
-/// Drives the session until the process has exited and `exited` was queued.
-pub async fn run(proc: Spawned, mut input: Streaming<ExecInput>, tx: OutputSender, reaper: Arc<Reaper>) {
+/// Drives the session until the process has exited and `exited` was queued for every
+/// caller still attached.
+pub async fn run(
+    proc: Spawned,
+    session: Arc<Session>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    stdin_rx: Option<mpsc::Receiver<StdinMsg>>,
+    reaper: Arc<Reaper>,
+) {
     let Spawned {
         pid,
         mut exit,
@@ -70,11 +77,16 @@ pub async fn run(proc: Spawned, mut input: Streaming<ExecInput>, tx: OutputSende
     pumps.push(tokio::spawn(pump(
         stdout,
         Stream::Stdout,
-        tx.clone(),
+        Arc::clone(&session),
         exited_rx.clone(),
     )));
     if let Some(stderr) = stderr {
-        pumps.push(tokio::spawn(pump(stderr, Stream::Stderr, tx.clone(), exited_rx)));
+        pumps.push(tokio::spawn(pump(
+            stderr,
+            Stream::Stderr,
+            Arc::clone(&session),
+            exited_rx,
+        )));
     }
     // A second handle on the pty master serves resizes; the writer task owns stdin.
     let resize_fd = if tty {
@@ -82,27 +94,19 @@ pub async fn run(proc: Spawned, mut input: Streaming<ExecInput>, tx: OutputSende
     } else {
         None
     };
-    let (mut stdin_tx, writer) = match stdin {
-        Some(fd) => {
-            let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
-            (Some(stdin_tx), Some(tokio::spawn(write_stdin(fd, tty, stdin_rx))))
-        }
-        None => (None, None),
+    let writer = match (stdin, stdin_rx) {
+        (Some(fd), Some(rx)) => Some(tokio::spawn(write_stdin(fd, tty, rx))),
+        _ => None,
     };
 
-    // Input for stdin waits here while the writer is busy, so that a process that never reads
-    // its stdin cannot keep the loop from seeing its exit. (Later input, signals included,
-    // waits behind it: the input stream is ordered.)
-    let mut pending_stdin: Option<StdinMsg> = None;
-    let mut host_gone = false;
+    let detach_timeout = session.detach_timeout;
+    // Set while nobody is attached: when the process group gets killed.
+    let mut detach_deadline: Option<Instant> = None;
+    let mut hung_up = false;
     let mut kill_at: Option<Instant> = None;
     let status = loop {
-        let kill_timer = async {
-            match kill_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let kill_timer = sleep_until_opt(kill_at);
+        let detach_timer = sleep_until_opt(detach_deadline);
         tokio::select! {
             // Exit first: once reaped, the pid may be reused, so no signal may follow it.
             biased;
@@ -110,32 +114,42 @@ pub async fn run(proc: Spawned, mut input: Streaming<ExecInput>, tx: OutputSende
                 // The reaper never drops a waiter before sending; treat it as a kill.
                 break status.unwrap_or(ExitStatus::Signaled(libc::SIGKILL));
             }
-            permit = reserve(stdin_tx.clone()), if pending_stdin.is_some() => {
-                let forwarded = match (permit, pending_stdin.take()) {
-                    (Ok(permit), Some(msg)) => {
-                        permit.send(msg);
-                        true
+            ctl = control.recv() => match ctl {
+                Some(Control::Resize { cols, rows }) => {
+                    if let (Some(fd), Ok(cols), Ok(rows)) = (resize_fd.as_ref(), u16::try_from(cols), u16::try_from(rows))
+                        && cols > 0
+                        && rows > 0
+                    {
+                        let _ = sys::set_window_size(fd.as_fd(), cols, rows);
                     }
-                    _ => false,
-                };
-                if !forwarded {
-                    // The writer stopped (the process closed its stdin): drop further input.
-                    stdin_tx = None;
                 }
-            }
-            msg = input.message(), if !host_gone && pending_stdin.is_none() => match msg {
-                Ok(Some(msg)) => {
-                    pending_stdin = handle_input(pid, msg, resize_fd.as_ref()).filter(|_| stdin_tx.is_some());
+                Some(Control::Signal(sig)) if sys::valid_signal(sig) => {
+                    let _ = sys::kill_group(pid, sig);
                 }
-                // The host ended its side or the call was cancelled: nobody will ever read
-                // this process's output, so it must not outlive the call.
-                Ok(None) | Err(_) => {
-                    host_gone = true;
-                    kill_at = hang_up(pid, tty);
+                Some(Control::Attachment) => {
+                    if hung_up {
+                        continue;
+                    }
+                    if session.attached_count() > 0 {
+                        detach_deadline = None;
+                    } else if detach_deadline.is_none() {
+                        if detach_timeout.is_zero() {
+                            // Nobody will ever read this process's output: it must not
+                            // outlive its callers.
+                            hung_up = true;
+                            kill_at = hang_up(pid, tty);
+                        } else {
+                            detach_deadline = Some(Instant::now() + detach_timeout);
+                        }
+                    }
                 }
+                // Out-of-range signals; and `None` cannot happen: the session holds a
+                // sender for as long as the driver runs.
+                Some(Control::Signal(_)) | None => {}
             },
-            () = tx.closed(), if !host_gone => {
-                host_gone = true;
+            () = detach_timer => {
+                detach_deadline = None;
+                hung_up = true;
                 kill_at = hang_up(pid, tty);
             }
             () = kill_timer => {
@@ -147,22 +161,23 @@ pub async fn run(proc: Spawned, mut input: Streaming<ExecInput>, tx: OutputSende
 
     let _ = exited_tx.send(Some(Instant::now()));
     // A writer blocked on a terminal still held open by a descendant would never finish.
-    drop(stdin_tx);
+    session.close_stdin();
     if let Some(writer) = writer {
         writer.abort();
     }
     for pump in pumps {
         let _ = pump.await;
     }
-    let (exit_code, signal) = match status {
-        ExitStatus::Exited(code) => (code, 0),
-        ExitStatus::Signaled(sig) => (-1, sig),
-    };
     // Every pump has finished, so nothing can be queued after this: `exited` is last.
-    let _ = tx
-        .send(output(exec_output::Kind::Exited(Exited { exit_code, signal })))
-        .await;
+    session.finish(status).await;
     reaper.forget_group_if_empty(pid);
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Starts killing a session whose host is gone. Returns when a follow-up KILL is due.
@@ -176,40 +191,9 @@ fn hang_up(pid: i32, tty: bool) -> Option<Instant> {
     }
 }
 
-/// Waits for room in the stdin queue (forever when there is no stdin).
-async fn reserve(tx: Option<mpsc::Sender<StdinMsg>>) -> Result<mpsc::OwnedPermit<StdinMsg>, ()> {
-    match tx {
-        Some(tx) => tx.reserve_owned().await.map_err(|_| ()),
-        None => Err(()),
-    }
-}
-
-/// Applies one input message; returns what has to be forwarded to stdin, if anything.
-fn handle_input(pid: i32, msg: ExecInput, resize_fd: Option<&OwnedFd>) -> Option<StdinMsg> {
-    match msg.kind {
-        Some(exec_input::Kind::Stdin(data)) => return Some(StdinMsg::Data(data)),
-        Some(exec_input::Kind::StdinEof(true)) => return Some(StdinMsg::Eof),
-        Some(exec_input::Kind::Resize(r)) => {
-            if let (Some(fd), Ok(cols), Ok(rows)) = (resize_fd, u16::try_from(r.cols), u16::try_from(r.rows))
-                && cols > 0
-                && rows > 0
-            {
-                let _ = sys::set_window_size(fd.as_fd(), cols, rows);
-            }
-        }
-        Some(exec_input::Kind::Signal(sig)) if sys::valid_signal(sig) => {
-            let _ = sys::kill_group(pid, sig);
-        }
-        // A second `start`, `stdin_eof: false`, out-of-range signals: nothing to do. The
-        // stream has started, so they cannot be refused with a status.
-        _ => {}
-    }
-    None
-}
-
-/// Reads one output fd into the response stream until EOF, or until the rules after the
+/// Reads one output fd into the session until EOF, or until the rules after the
 /// process's exit say to stop (see [`LINGER_AFTER_EXIT`]).
-async fn pump(fd: OwnedFd, stream: Stream, tx: OutputSender, mut exited: watch::Receiver<Option<Instant>>) {
+async fn pump(fd: OwnedFd, stream: Stream, session: Arc<Session>, mut exited: watch::Receiver<Option<Instant>>) {
     let Ok(fd) = sys::async_fd(fd, Interest::READABLE) else {
         return;
     };
@@ -223,7 +207,7 @@ async fn pump(fd: OwnedFd, stream: Stream, tx: OutputSender, mut exited: watch::
                 (Err(_), _) => return,
             },
             read = read_chunk(&fd) => match read {
-                Some(chunk) => if !send(&tx, stream, chunk).await { return },
+                Some(chunk) => session.output(stream, chunk).await,
                 None => return,
             },
         }
@@ -242,9 +226,7 @@ async fn pump(fd: OwnedFd, stream: Stream, tx: OutputSender, mut exited: watch::
         match tokio::time::timeout_at(wait_until, read_chunk(&fd)).await {
             Ok(Some(chunk)) => {
                 owed = owed.saturating_sub(chunk.len());
-                if !send(&tx, stream, chunk).await {
-                    return;
-                }
+                session.output(stream, chunk).await;
             }
             Ok(None) | Err(_) => return,
         }
@@ -264,14 +246,6 @@ async fn read_chunk(fd: &AsyncFd<OwnedFd>) -> Option<Vec<u8>> {
             Err(_would_block) => continue,
         }
     }
-}
-
-async fn send(tx: &OutputSender, stream: Stream, chunk: Vec<u8>) -> bool {
-    let kind = match stream {
-        Stream::Stdout => exec_output::Kind::Stdout(chunk),
-        Stream::Stderr => exec_output::Kind::Stderr(chunk),
-    };
-    tx.send(output(kind)).await.is_ok()
 }
 
 /// Writes host input to the process. Closing the pipe is the EOF in pipe mode; in TTY mode

@@ -109,6 +109,8 @@ pub struct CreateSandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_s: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_after_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_auth: Option<UrlAuth>,
 }
 
@@ -139,6 +141,8 @@ pub struct PatchSandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_s: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_after_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_auth: Option<UrlAuth>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
@@ -158,7 +162,15 @@ pub struct SandboxConfig {
     pub disk_gb: u64,
     pub pids: u64,
     pub idle_timeout_s: u64,
+    /// Seconds asleep (warm) before the sandbox goes cold (processes stopped, disk kept);
+    /// 0 = never.
+    #[serde(default = "default_cold_after_s")]
+    pub cold_after_s: u64,
     pub url_auth: UrlAuth,
+}
+
+fn default_cold_after_s() -> u64 {
+    600
 }
 
 /// A sandbox ("burrow").
@@ -183,6 +195,9 @@ pub struct Sandbox {
     /// Extension: something the owner should know, e.g. how an interrupted restore ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
+    /// Extension: `warm` (frozen, memory kept) or `cold` (stopped, disk kept) while sleeping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep: Option<String>,
 }
 
 /// `GET /v1/sandboxes`.
@@ -421,6 +436,103 @@ pub struct FileList {
 pub struct RenameFile {
     pub from: String,
     pub to: String,
+}
+
+/// When a service is restarted after it ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::OnFailure => "on-failure",
+            Self::Never => "never",
+        }
+    }
+}
+
+/// `PUT /v1/sandboxes/{name}/services/{svc}`: defines (or replaces) a service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutService {
+    pub cmd: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The port it serves HTTP on; services that `need` it wait until the port accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Services that must be running before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+}
+
+/// What a service is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceStatus {
+    Running,
+    /// Not running and not meant to (stopped, or its sandbox is not running).
+    Stopped,
+    /// Ended; its restart policy says not to restart it.
+    Exited,
+    /// Ended; waiting before the next restart.
+    Backoff,
+    /// Could not be started (see `error`).
+    Failed,
+    /// Extension: waiting for the services it needs.
+    Waiting,
+}
+
+/// A service of a sandbox: its definition and, from the sandbox's agent, its state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    pub cmd: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
+    pub restart: RestartPolicy,
+    #[serde(default)]
+    pub needs: Vec<String>,
+    pub status: ServiceStatus,
+    /// Process id inside the sandbox while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    /// Exit status of the last run; -1 when a signal ended it (see `signal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// Why it could not be started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /v1/sandboxes/{name}/services`, sorted by name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceList {
+    pub services: Vec<Service>,
 }
 
 #[cfg(test)]

@@ -65,6 +65,9 @@ pub enum Command {
     Fork(ForkArgs),
     /// List images; `images create NAME --from SB[:vN]` makes a template.
     Images(ImagesArgs),
+    /// Supervised services of a sandbox: defined once, started whenever it boots.
+    #[command(visible_alias = "services")]
+    Service(ServiceArgs),
     /// Show client and server versions.
     Version,
     /// Measure the daemon's performance.
@@ -260,6 +263,85 @@ pub enum ImagesCommand {
         #[arg(long)]
         name: Option<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    #[command(subcommand)]
+    pub command: ServiceCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Define (or replace) a service and start it.
+    Add(ServiceAddArgs),
+    /// List a sandbox's services and their state.
+    #[command(visible_alias = "list")]
+    Ls { name: String },
+    /// Print a service's output (the last 1 MiB the sandbox kept).
+    Logs(ServiceLogsArgs),
+    /// Start a service (also runs an exited one again).
+    Start { name: String, svc: String },
+    /// Stop a service; it stays stopped until started again.
+    Stop { name: String, svc: String },
+    /// Stop and remove a service.
+    #[command(visible_alias = "delete")]
+    Rm { name: String, svc: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceAddArgs {
+    /// Sandbox name.
+    pub name: String,
+    /// Service name (a DNS label).
+    pub svc: String,
+    /// Port it serves HTTP on (services that need it wait until the port accepts).
+    #[arg(long, value_name = "P")]
+    pub http_port: Option<u16>,
+    /// When to restart it after it ends.
+    #[arg(long, value_enum, default_value = "always")]
+    pub restart: RestartArg,
+    /// A service that must be running first (repeatable).
+    #[arg(long = "needs", value_name = "SVC")]
+    pub needs: Vec<String>,
+    /// Environment variable (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = parse_kv)]
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// User to run as.
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// The command and its arguments (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RestartArg {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceLogsArgs {
+    /// Keep printing new output until interrupted.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(short = 'n', long, value_name = "N")]
+    pub tail: Option<u32>,
+    /// Sandbox name.
+    pub name: String,
+    /// Service name.
+    pub svc: String,
 }
 
 /// `K=V` → `(K, V)`; the value may contain `=`.

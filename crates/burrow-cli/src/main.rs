@@ -66,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::RmCheckpoint(a) => cmd::checkpoints::delete(&app, &a.name, &a.checkpoint).await,
         Command::Fork(a) => cmd::checkpoints::fork(&app, &a.source, a.name).await,
         Command::Images(a) => cmd::images::run(&app, a).await,
+        Command::Service(a) => cmd::services::run(&app, a.command).await,
         Command::Version => cmd::version::run(&app).await,
         Command::Bench(a) => bench::run(&app, a).await,
     }

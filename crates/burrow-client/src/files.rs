@@ -133,6 +133,13 @@ impl Client {
         Ok(self.download(resp))
     }
 
+    /// `GET path` as a byte stream, for any endpoint that streams a body (e.g. a service's
+    /// logs with `follow=true`).
+    pub async fn get_stream(&self, path: &str) -> Result<ByteStream, ClientError> {
+        let resp = self.files_request(Method::GET, path, None, empty()).await?;
+        Ok(self.download(resp))
+    }
+
     /// `GET …/files?path=`, collected in memory (for small files).
     pub async fn read_file_bytes(&self, name: &str, path: &str) -> Result<Vec<u8>, ClientError> {
         let mut out = Vec::new();

@@ -158,6 +158,7 @@ impl Manager {
             .snapshot_checkpoint(&rec, seq, comment, source.as_str())
             .await?;
         tracing::info!(sandbox = %rec.name, checkpoint = seq, "checkpoint");
+        self.events.emit(&rec.name, "checkpoint", serde_json::json!({"id": CheckpointId(seq).to_string(), "source": source.as_str()}));
         Ok(view(&cp))
     }
 
@@ -187,6 +188,7 @@ impl Manager {
         // Forks and images made from it are independent snapshots: nothing else needs it.
         blocking(move || Ok(pool.delete_volume(&path)?)).await?;
         self.store.delete_checkpoint(&rec.id, cp.seq)?;
+        self.events.emit(&rec.name, "checkpoint.deleted", serde_json::json!({"id": id}));
         Ok(())
     }
 
@@ -265,6 +267,7 @@ impl Manager {
             Ok(())
         })
         .await?;
+        self.apply_disk_limit(&rec).await?;
         // 4. Run again if it ran.
         rec.intent = None;
         rec.notice = None;
@@ -275,6 +278,7 @@ impl Manager {
         rec.updated_at = now_rfc3339();
         self.store.update_sandbox(&rec)?;
         tracing::info!(sandbox = %rec.name, restored = id, backup, "restored");
+        self.events.emit(&rec.name, "restored", serde_json::json!({"restored": id, "backup": CheckpointId(backup).to_string()}));
         Ok(RestoreResult {
             restored: id.to_owned(),
             backup: CheckpointId(backup).to_string(),

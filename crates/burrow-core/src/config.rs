@@ -34,6 +34,7 @@ pub struct SandboxDefaults {
     pub disk_gb: u64,
     pub pids: u64,
     pub idle_timeout_s: u64,
+    pub cold_after_s: u64,
 }
 
 impl Default for SandboxDefaults {
@@ -44,6 +45,7 @@ impl Default for SandboxDefaults {
             disk_gb: 10,
             pids: 4096,
             idle_timeout_s: 60,
+            cold_after_s: 600,
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct ExecSession {
     input: SessionInput,
     output: tonic::Streaming<ExecOutput>,
     exited: bool,
+    /// Keeps the sandbox from idling while the session lives.
+    pub(crate) busy: Option<crate::idle::BusyGuard>,
 }
 
 /// The input half of a session; cheap to clone.
@@ -87,6 +89,7 @@ pub struct SessionOutput {
     sandbox: String,
     output: tonic::Streaming<ExecOutput>,
     exited: bool,
+    _busy: Option<crate::idle::BusyGuard>,
 }
 
 impl SessionOutput {
@@ -128,7 +131,7 @@ async fn next_event(
             }
             // A second `started` or an empty message: ignore, the agent is not trusted to
             // be well-formed but it cannot make us misreport.
-            Some(exec_output::Kind::Started(_)) | None => continue,
+            Some(exec_output::Kind::Started(_) | exec_output::Kind::Attached(_)) | None => continue,
         }
     }
 }
@@ -149,6 +152,7 @@ impl ExecSession {
                 sandbox: self.sandbox,
                 output: self.output,
                 exited: self.exited,
+                _busy: self.busy,
             },
         )
     }
@@ -193,6 +197,7 @@ pub(crate) async fn start_session(
         cwd: opts.cwd.unwrap_or_default(),
         user: opts.user.unwrap_or_default(),
         tty: opts.tty,
+        detach_timeout_ms: 0,
         cols: opts.cols.into(),
         rows: opts.rows.into(),
         stdin: opts.stdin,
@@ -234,6 +239,7 @@ pub(crate) async fn start_session(
         input: SessionInput { tx },
         output,
         exited: false,
+        busy: None,
     })
 }
 

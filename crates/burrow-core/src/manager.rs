@@ -43,6 +43,8 @@ pub struct Manager {
     /// Sandbox ids with a restore in progress (a second one is refused with 409).
     pub(crate) restoring: Mutex<std::collections::HashSet<String>>,
     inside_api: Option<InsideApiServer>,
+    pub(crate) activity: Arc<crate::idle::Activity>,
+    pub events: crate::events::Events,
     inside_listeners: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
@@ -103,9 +105,12 @@ impl Manager {
             end_reasons: Mutex::new(HashMap::new()),
             restoring: Mutex::new(Default::default()),
             inside_api,
+            activity: Arc::default(),
+            events: Default::default(),
             inside_listeners: Mutex::new(HashMap::new()),
         });
         mgr.reconcile().await?;
+        tokio::spawn(mgr.clone().idle_loop());
         mgr.images.ensure_base_in_background();
         Ok(mgr)
     }
@@ -169,6 +174,10 @@ impl Manager {
             parent: r.parent.clone(),
             failure_reason: r.failure_reason.clone(),
             notice: r.notice.clone(),
+            sleep: (r.status == SandboxStatus::Sleeping).then(|| {
+                let mode = self.activity.sleep_mode(&r.id).unwrap_or(crate::idle::SleepMode::Warm);
+                mode.as_str().to_owned()
+            }),
         }
     }
 
@@ -361,6 +370,7 @@ impl Manager {
             disk_gb: req.disk_gb.unwrap_or(d.disk_gb),
             pids: req.pids.unwrap_or(d.pids),
             idle_timeout_s: req.idle_timeout_s.unwrap_or(d.idle_timeout_s),
+            cold_after_s: req.cold_after_s.unwrap_or(d.cold_after_s),
             url_auth: req.url_auth.unwrap_or(UrlAuth::Private),
         };
         validate_config(&config)?;
@@ -419,6 +429,8 @@ impl Manager {
                 rec.updated_at = now_rfc3339();
                 self.store.update_sandbox(&rec)?;
                 tracing::info!(sandbox = %rec.name, id = %rec.id, "created");
+                self.activity.touch(&rec.id);
+                self.events.emit(&rec.name, "created", serde_json::json!({"id": rec.id, "parent": rec.parent}));
                 Ok(self.view(&rec))
             }
             Err(e) => {
@@ -450,9 +462,22 @@ impl Manager {
             (None, None) => return Err(CoreError::Internal("nothing to create the sandbox from".into())),
         }
         tracing::debug!(sandbox = %rec.name, ms = t.elapsed().as_secs_f64() * 1e3, "snapshot");
+        self.apply_disk_limit(rec).await?;
         crate::fault::point("create.after_snapshot");
         self.boot(rec).await?;
         crate::fault::point("create.after_boot");
+        Ok(())
+    }
+
+    /// Enforces `disk_gb` on the sandbox's volume (btrfs qgroup on what it references).
+    pub(crate) async fn apply_disk_limit(&self, rec: &SandboxRecord) -> Result<()> {
+        let pool = self.pool.clone();
+        let path = pool.sandbox_path(&rec.id);
+        let bytes = rec.config.disk_gb << 30;
+        let enforced = blocking(move || Ok(pool.set_quota(&path, bytes)?)).await?;
+        if !enforced {
+            tracing::warn!(sandbox = %rec.name, "disk limit not enforced: the pool has no quotas (dir pool)");
+        }
         Ok(())
     }
 
@@ -480,6 +505,7 @@ impl Manager {
             agent_ms = (t.elapsed() - started).as_secs_f64() * 1e3,
             "booted"
         );
+        self.start_services(rec).await;
         Ok(())
     }
 
@@ -558,12 +584,14 @@ impl Manager {
         self.set_end_reason(&rec.name, format!("sandbox '{}' was deleted", rec.name));
         self.teardown(&rec).await?;
         self.delete_all_checkpoints(&rec).await?;
+        self.forget_services(&rec);
         self.store.delete_sandbox(&rec.id)?;
         self.op_locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&rec.id);
         tracing::info!(sandbox = %rec.name, id = %rec.id, "destroyed");
+        self.events.emit(&rec.name, "deleted", serde_json::json!({"id": rec.id}));
         Ok(())
     }
 
@@ -580,11 +608,35 @@ impl Manager {
             (SandboxStatus::Running, Action::Start | Action::Wake) => {}
             (SandboxStatus::Stopped, Action::Stop) => {}
             (SandboxStatus::Sleeping, Action::Sleep) => {}
-            (SandboxStatus::Running, Action::Sleep) => self.freeze(&rec, true).await?,
-            (SandboxStatus::Sleeping, Action::Wake | Action::Start) => self.freeze(&rec, false).await?,
+            (SandboxStatus::Running, Action::Sleep) => {
+                self.freeze(&rec, true).await?;
+                self.activity.set_sleep(&rec.id, Some(crate::idle::SleepMode::Warm));
+                self.events.emit(&rec.name, "sleeping", serde_json::json!({"mode": "warm"}));
+            }
+            (SandboxStatus::Sleeping, Action::Wake | Action::Start) => {
+                let t = std::time::Instant::now();
+                let mode = self.activity.sleep_mode(&rec.id).unwrap_or(crate::idle::SleepMode::Warm);
+                match mode {
+                    crate::idle::SleepMode::Warm => self.freeze(&rec, false).await?,
+                    // Cold: every process was stopped; boot again (services restart).
+                    crate::idle::SleepMode::Cold => self.boot_or_fail(&mut rec).await?,
+                }
+                self.activity.set_sleep(&rec.id, None);
+                self.activity.touch(&rec.id);
+                let lost = match mode {
+                    crate::idle::SleepMode::Warm => serde_json::json!([]),
+                    crate::idle::SleepMode::Cold => serde_json::json!(["every process: the sandbox was booted again"]),
+                };
+                self.events.emit(
+                    &rec.name,
+                    "woke",
+                    serde_json::json!({"from": mode.as_str(), "ms": t.elapsed().as_secs_f64() * 1e3, "lost": lost}),
+                );
+            }
             (_, Action::Stop) => {
                 self.set_end_reason(&rec.name, format!("sandbox '{}' was stopped", rec.name));
-                self.halt(&rec).await?
+                self.halt(&rec).await?;
+                self.activity.set_sleep(&rec.id, None);
             }
             (_, Action::Start) => self.boot_or_fail(&mut rec).await?,
             (_, Action::Restart) => {
@@ -605,6 +657,14 @@ impl Manager {
         rec.updated_at = now_rfc3339();
         self.store.update_sandbox(&rec)?;
         tracing::info!(sandbox = %rec.name, status = %rec.status, "{}", action.as_str());
+        if matches!(action, Action::Start | Action::Stop | Action::Restart) {
+            let kind = match action {
+                Action::Start => "started",
+                Action::Stop => "stopped",
+                _ => "restarted",
+            };
+            self.events.emit(&rec.name, kind, serde_json::json!({"status": rec.status}));
+        }
         Ok(self.view(&rec))
     }
 
@@ -644,6 +704,7 @@ impl Manager {
             let _ = self.halt(rec).await;
             rec.status = SandboxStatus::Failed;
             rec.failure_reason = Some(chain(&e));
+            self.events.emit(&rec.name, "failed", serde_json::json!({"reason": chain(&e)}));
             rec.updated_at = now_rfc3339();
             self.store.update_sandbox(rec)?;
             return Err(e);
@@ -672,6 +733,9 @@ impl Manager {
         if let Some(v) = p.idle_timeout_s {
             cfg.idle_timeout_s = v;
         }
+        if let Some(v) = p.cold_after_s {
+            cfg.cold_after_s = v;
+        }
         if let Some(v) = p.url_auth {
             cfg.url_auth = v;
         }
@@ -682,8 +746,13 @@ impl Manager {
         if let Some(labels) = &p.labels {
             validate_labels(labels)?;
         }
-        // Resource limits of a running sandbox take effect at its next start.
+        // cpu, memory and pids limits of a running sandbox take effect at its next start; the
+        // disk limit at once.
+        let disk_changed = rec.config.disk_gb != cfg.disk_gb;
         rec.config = cfg;
+        if disk_changed {
+            self.apply_disk_limit(&rec).await?;
+        }
         if let Some(env) = p.env {
             rec.env = env;
         }
@@ -701,6 +770,7 @@ impl Manager {
     pub(crate) async fn ensure_running(&self, name: &str) -> Result<SandboxRecord> {
         let rec = self.record(name)?;
         valid_transition(&rec.name, rec.status, Action::Exec)?;
+        self.activity.touch(&rec.id);
         if rec.status == SandboxStatus::Sleeping {
             self.action(name, Action::Wake).await?;
             return self.record(name);
@@ -751,7 +821,7 @@ impl Manager {
         }
         self.touch(&rec);
         let client = self.agent(&rec).await?;
-        match exec::start_session(client, &rec.name, opts.clone()).await {
+        let mut session = match exec::start_session(client, &rec.name, opts.clone()).await {
             Err(CoreError::Agent { .. }) => {
                 // The cached channel may be stale (agent restarted): reconnect once.
                 self.forget_agent(&rec.id);
@@ -759,7 +829,9 @@ impl Manager {
                 exec::start_session(client, &rec.name, opts).await
             }
             other => other,
-        }
+        }?;
+        session.busy = Some(self.activity.busy_guard(&rec.id));
+        Ok(session)
     }
 
     pub async fn exec(&self, name: &str, req: ExecRequest) -> Result<ExecResult> {
@@ -821,6 +893,7 @@ impl Manager {
                     tracing::warn!(sandbox = %rec.name, intent = ?rec.intent, "finishing interrupted operation: removing");
                     self.teardown(&rec).await?;
                     self.delete_all_checkpoints(&rec).await?;
+                    self.forget_services(&rec);
                     self.store.delete_sandbox(&rec.id)?;
                     continue;
                 }
@@ -839,7 +912,17 @@ impl Manager {
                     self.ensure_inside_api(&rec)?;
                     tracing::info!(sandbox = %rec.name, "adopted running sandbox");
                 }
+                (true, RuntimeStatus::Missing | RuntimeStatus::Stopped) if rec.status == SandboxStatus::Sleeping => {
+                    // Its processes are gone (host reboot, or it was cold): it stays asleep,
+                    // cold, and the next request boots it.
+                    let _ = self.halt(&rec).await;
+                    self.activity.set_sleep(&rec.id, Some(crate::idle::SleepMode::Cold));
+                    tracing::info!(sandbox = %rec.name, "adopted cold-sleeping sandbox");
+                }
                 (true, RuntimeStatus::Paused { .. }) => {
+                    if rec.status == SandboxStatus::Sleeping {
+                        self.activity.set_sleep(&rec.id, Some(crate::idle::SleepMode::Warm));
+                    }
                     if rec.status == SandboxStatus::Running {
                         let _ = self.freeze(&rec, false).await;
                     }

@@ -151,6 +151,17 @@ fn migrations() -> Migrations<'static> {
                 PRIMARY KEY (sandbox_id, seq)
             );",
         ),
+        M::up(
+            "CREATE TABLE services (
+                sandbox_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                spec TEXT NOT NULL,
+                enabled INTEGER NOT NULL,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                PRIMARY KEY (sandbox_id, name)
+            );",
+        ),
     ])
 }
 
@@ -522,6 +533,93 @@ impl RawSandbox {
             next_checkpoint,
             notice,
             id,
+        })
+    }
+}
+
+/// A service definition as stored; `enabled` is whether it should run (start/stop).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRecord {
+    pub sandbox_id: String,
+    pub name: String,
+    pub spec: burrow_api::PutService,
+    pub enabled: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Store {
+    /// Services of a sandbox, by name.
+    pub fn services(&self, sandbox_id: &str) -> Result<Vec<ServiceRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT sandbox_id, name, spec, enabled, created_at, updated_at FROM services \
+                 WHERE sandbox_id=?1 ORDER BY name",
+            )?;
+            let rows = stmt.query_map(params![sandbox_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (sandbox_id, name, spec, enabled, created_at, updated_at) = row?;
+                let spec = serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt {
+                    what: format!("service {name} of sandbox {sandbox_id}"),
+                    detail: e.to_string(),
+                })?;
+                out.push(ServiceRecord {
+                    sandbox_id,
+                    name,
+                    spec,
+                    enabled,
+                    created_at,
+                    updated_at,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Inserts or replaces a service (keeping its `created_at` when it existed).
+    pub fn upsert_service(&self, r: &ServiceRecord) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO services (sandbox_id, name, spec, enabled, created_at, updated_at) \
+                 VALUES (?1,?2,?3,?4,?5,?6) ON CONFLICT(sandbox_id, name) DO UPDATE SET \
+                 spec=excluded.spec, enabled=excluded.enabled, updated_at=excluded.updated_at",
+                params![
+                    r.sandbox_id,
+                    r.name,
+                    to_json(&r.spec),
+                    r.enabled,
+                    r.created_at,
+                    r.updated_at
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn delete_service(&self, sandbox_id: &str, name: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM services WHERE sandbox_id=?1 AND name=?2",
+                params![sandbox_id, name],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn delete_services(&self, sandbox_id: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM services WHERE sandbox_id=?1", params![sandbox_id])?;
+            Ok(())
         })
     }
 }

@@ -22,6 +22,7 @@ use crate::{Pool, sys, walk};
 #[derive(Debug)]
 pub(crate) struct BtrfsPool {
     root: PoolRoot,
+    quota_on: std::sync::atomic::AtomicBool,
 }
 
 fn is_subvol_root(st: &FileStat) -> bool {
@@ -33,6 +34,7 @@ impl BtrfsPool {
     pub(crate) fn new(root: &Path) -> Result<Self> {
         Ok(Self {
             root: PoolRoot::open(root)?,
+            quota_on: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -153,5 +155,42 @@ impl Pool for BtrfsPool {
     fn volume_size(&self, path: &Path) -> Result<u64> {
         self.open_volume(path)?;
         walk::apparent_size(path)
+    }
+
+    fn set_quota(&self, path: &Path, bytes: u64) -> Result<bool> {
+        self.open_volume(path)?;
+        self.ensure_quota()?;
+        btrfs_cli(&["qgroup", "limit", &bytes.to_string()], path)?;
+        Ok(true)
+    }
+}
+
+impl BtrfsPool {
+    /// Turns btrfs quotas on for the pool, once (`btrfs quota enable` is idempotent, but a
+    /// process start costs; remember it).
+    fn ensure_quota(&self) -> Result<()> {
+        if self.quota_on.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        btrfs_cli(&["quota", "enable"], self.root())?;
+        self.quota_on.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Runs `btrfs ARGS PATH` (quota administration has no stable ioctl ABI worth owning).
+fn btrfs_cli(args: &[&str], path: &Path) -> Result<()> {
+    let out = std::process::Command::new("btrfs")
+        .args(args)
+        .arg(path)
+        .output()
+        .map_err(|source| StorageError::Io { op: "spawn btrfs", path: path.to_owned(), source })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(StorageError::Command {
+            cmd: format!("btrfs {} {}", args.join(" "), path.display()),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }

@@ -206,3 +206,27 @@ async fn sandboxes_cannot_see_each_other() {
     c.delete_sandbox(&a.name).await.unwrap();
     c.delete_sandbox(&b.name).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disk_limit_stops_writes_inside_only() {
+    let d = shared();
+    let c = d.client();
+    let sb = make(&c, |r| r.disk_gb = Some(1)).await;
+    // The base image references ~0.3 GiB; writing 1 GiB more must fail with EDQUOT inside.
+    let r = c
+        .exec(
+            &sb.name,
+            &ExecRequest {
+                cmd: vec!["sh".into(), "-c".into(), "head -c 1200M /dev/zero > /root/big && sync; echo rc=$?".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(r.stderr.contains("Disk quota exceeded") || r.stdout.contains("rc=1"), "{r:?}");
+    // The agent and the sandbox still work; removing the file frees the space.
+    let r = sh(&c, &sb.name, "rm -f /root/big; sync; echo ok > /root/small && cat /root/small").await;
+    assert_eq!(r.stdout, "ok\n");
+    assert!(c.health().await.is_ok());
+    c.delete_sandbox(&sb.name).await.unwrap();
+}

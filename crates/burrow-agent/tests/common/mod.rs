@@ -155,6 +155,7 @@ impl Exec {
                 exec_output::Kind::Stderr(b) => out.stderr.extend_from_slice(&b),
                 exec_output::Kind::Exited(e) => exited = Some(e),
                 exec_output::Kind::Started(_) => panic!("second `started`"),
+                exec_output::Kind::Attached(_) => panic!("`attached` after the start"),
             }
         }
         let e = exited.expect("stream ended without `exited`");

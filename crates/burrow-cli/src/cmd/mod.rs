@@ -5,4 +5,5 @@ pub mod cp;
 pub mod exec;
 pub mod images;
 pub mod sandbox;
+pub mod services;
 pub mod version;

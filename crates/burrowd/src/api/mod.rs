@@ -2,11 +2,13 @@
 
 mod auth;
 pub mod checkpoints;
+mod events;
 pub mod error;
 mod exec;
 mod extract;
 mod files;
 mod sandboxes;
+mod services;
 
 use std::sync::Arc;
 
@@ -64,11 +66,19 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/sandboxes/{name}/files/rename"),
     ("get", "/v1/sandboxes/{name}/files/archive"),
     ("put", "/v1/sandboxes/{name}/files/archive"),
+    ("get", "/v1/sandboxes/{name}/events"),
     ("get", "/v1/sandboxes/{name}/checkpoints"),
     ("post", "/v1/sandboxes/{name}/checkpoints"),
     ("get", "/v1/sandboxes/{name}/checkpoints/{id}"),
     ("delete", "/v1/sandboxes/{name}/checkpoints/{id}"),
     ("post", "/v1/sandboxes/{name}/checkpoints/{id}/restore"),
+    ("get", "/v1/sandboxes/{name}/services"),
+    ("get", "/v1/sandboxes/{name}/services/{svc}"),
+    ("put", "/v1/sandboxes/{name}/services/{svc}"),
+    ("delete", "/v1/sandboxes/{name}/services/{svc}"),
+    ("get", "/v1/sandboxes/{name}/services/{svc}/logs"),
+    ("post", "/v1/sandboxes/{name}/services/{svc}/start"),
+    ("post", "/v1/sandboxes/{name}/services/{svc}/stop"),
 ];
 
 /// The API router for one transport.
@@ -79,6 +89,7 @@ pub fn router(state: AppState, transport: Transport) -> Router {
         .route("/openapi.yaml", get(openapi))
         .route("/v1/version", get(version))
         .route("/v1/images", get(list_images).post(checkpoints::create_image))
+        .route("/v1/sandboxes/{name}/events", get(events::events))
         .route("/v1/images/build", post(checkpoints::build_image))
         .route("/v1/images/import", post(checkpoints::import_image))
         .route("/v1/images/pull", post(checkpoints::pull_image))
@@ -98,6 +109,16 @@ pub fn router(state: AppState, transport: Transport) -> Router {
             "/v1/sandboxes/{name}/checkpoints/{id}/restore",
             post(checkpoints::restore),
         )
+        .route("/v1/sandboxes/{name}/services", get(services::list))
+        .route(
+            "/v1/sandboxes/{name}/services/{svc}",
+            get(services::get_one)
+                .put(services::put)
+                .delete(services::delete),
+        )
+        .route("/v1/sandboxes/{name}/services/{svc}/logs", get(services::logs))
+        .route("/v1/sandboxes/{name}/services/{svc}/start", post(services::start))
+        .route("/v1/sandboxes/{name}/services/{svc}/stop", post(services::stop))
         .route("/v1/sandboxes", get(list).post(create))
         .route("/v1/sandboxes/{name}", get(get_one).patch(patch).delete(delete))
         .route("/v1/sandboxes/{name}/start", post(start))
