@@ -237,6 +237,17 @@ pub struct Credentials {
 pub fn configure_child(cmd: &mut Command, controlling_tty: bool, creds: Option<Credentials>) {
     let setup = move || -> io::Result<()> {
         // Only async-signal-safe calls below: this runs between fork and exec.
+        // The agent runs with oom_score_adj -1000 so a memory hog never takes it down; the
+        // processes it starts go back to 0 (raising it needs no privilege). Best effort.
+        // SAFETY: a static NUL-terminated path, a 1-byte buffer that outlives the calls, and
+        // the fd is closed by us; open/write/close are async-signal-safe.
+        unsafe {
+            let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+        }
         // SAFETY: setsid takes no arguments.
         if unsafe { libc::setsid() } < 0 {
             return Err(io::Error::last_os_error());

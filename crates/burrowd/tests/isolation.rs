@@ -180,6 +180,10 @@ async fn pids_and_memory_limits_contain_the_sandbox() {
     assert_eq!(r.stdout, "");
     let r = sh(&c, &sb.name, "echo still here").await;
     assert_eq!(r.stdout, "still here\n");
+    // What the agent starts is never shielded from the OOM killer (the agent itself is, where
+    // the host has CAP_SYS_RESOURCE).
+    let r = sh(&c, &sb.name, "cat /proc/self/oom_score_adj").await;
+    assert_eq!(r.stdout, "0\n");
     // The host stays responsive.
     assert!(c.health().await.is_ok());
     c.delete_sandbox(&sb.name).await.unwrap();

@@ -229,8 +229,9 @@ async fn dependencies_start_in_order() {
     let name = unique_name("svc");
     create(&c, &name).await;
     c.sandbox_action(&name, "stop").await.unwrap();
-    // Defined while stopped, dependents first; started in `needs` order at boot. `db` is
-    // ready once its port accepts connections.
+    // Defined while stopped, dependents first; started in `needs` order at boot. A service
+    // with a port counts as up once the port accepts connections (its marker is written
+    // before it listens); without one, as soon as it was started.
     put(
         &c,
         &name,
@@ -243,7 +244,7 @@ async fn dependencies_start_in_order() {
         &c,
         &name,
         "api",
-        json!({"cmd": ["sh", "-c", "echo api >> /root/order; exec sleep 1000"], "needs": ["db"]}),
+        json!({"cmd": ["sh", "-c", "echo api >> /root/order; exec python3 -m http.server 9001"], "http_port": 9001, "needs": ["db"]}),
     )
     .await
     .unwrap();

@@ -344,7 +344,17 @@ impl ContainerEngine {
             output,
             output_path: &agent_log,
             nofile: self.nofile,
-        })
+        })?;
+        // Shield the agent from the OOM killer: a memory hog in the sandbox must never take
+        // down its init. Only the host can lower the score (runc cannot from inside the user
+        // namespace); the agent resets the processes it starts to 0.
+        if let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<u32>().ok()) {
+            let path = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
+            if let Err(e) = fs::write(&path, "-1000") {
+                tracing::warn!(id = spec.id, error = %e, "could not shield the agent from the OOM killer");
+            }
+        }
+        Ok(())
     }
 
     /// Container state of `id`, as runc reports it.

@@ -250,6 +250,8 @@ fn process(hostname: &str, inp: &ConfigInputs<'_>) -> Process {
     p.set_capabilities(Some(c));
     p.set_rlimits(Some(vec![nofile]));
     p.set_no_new_privileges(Some(true));
+    // 0 here (runc cannot lower it inside a user namespace); the engine lowers the agent's to
+    // -1000 from the host once it runs.
     p.set_oom_score_adj(Some(0));
     p
 }
