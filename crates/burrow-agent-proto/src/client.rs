@@ -176,7 +176,10 @@ mod tests {
             Err(Status::unimplemented("fake"))
         }
         type AttachStream = tokio_stream::Empty<Result<ExecOutput, Status>>;
-        async fn attach(&self, _: Request<Streaming<ExecInput>>) -> Result<Response<Self::AttachStream>, Status> {
+        async fn attach(
+            &self,
+            _: Request<Streaming<ExecInput>>,
+        ) -> Result<Response<Self::AttachStream>, Status> {
             Err(Status::unimplemented("fake"))
         }
         async fn kill_session(

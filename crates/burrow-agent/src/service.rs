@@ -19,8 +19,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::reaper::Reaper;
-use crate::shutdown::{DEFAULT_GRACE, Shutdown};
 use crate::sessions::{Attach, Sessions};
+use crate::shutdown::{DEFAULT_GRACE, Shutdown};
 use crate::{files, spawn};
 
 /// The agent's service state, shared by all connections.
@@ -103,7 +103,11 @@ impl Agent for AgentService {
             Some(ExecInput {
                 kind: Some(exec_input::Kind::Attach(a)),
             }) => a.session_id,
-            Some(_) => return Err(Status::invalid_argument("the first attach message must be `attach`")),
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first attach message must be `attach`",
+                ));
+            }
             None => return Err(Status::invalid_argument("attach stream ended before `attach`")),
         };
         match self.sessions.attach(&id, input)? {
@@ -197,7 +201,9 @@ impl Agent for AgentService {
         request: Request<burrow_agent_proto::v1::SetServicesRequest>,
     ) -> Result<Response<burrow_agent_proto::v1::SetServicesReply>, Status> {
         let services = self.services.set(request.into_inner().services).await?;
-        Ok(Response::new(burrow_agent_proto::v1::SetServicesReply { services }))
+        Ok(Response::new(burrow_agent_proto::v1::SetServicesReply {
+            services,
+        }))
     }
 
     async fn control_service(
@@ -215,7 +221,9 @@ impl Agent for AgentService {
         request: Request<burrow_agent_proto::v1::ServiceStatusRequest>,
     ) -> Result<Response<burrow_agent_proto::v1::ServiceStatusReply>, Status> {
         let services = self.services.status(&request.into_inner().name)?;
-        Ok(Response::new(burrow_agent_proto::v1::ServiceStatusReply { services }))
+        Ok(Response::new(burrow_agent_proto::v1::ServiceStatusReply {
+            services,
+        }))
     }
 
     type ServiceLogsStream = crate::supervisor::LogStream;

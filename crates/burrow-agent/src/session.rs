@@ -193,7 +193,12 @@ fn hang_up(pid: i32, tty: bool) -> Option<Instant> {
 
 /// Reads one output fd into the session until EOF, or until the rules after the
 /// process's exit say to stop (see [`LINGER_AFTER_EXIT`]).
-async fn pump(fd: OwnedFd, stream: Stream, session: Arc<Session>, mut exited: watch::Receiver<Option<Instant>>) {
+async fn pump(
+    fd: OwnedFd,
+    stream: Stream,
+    session: Arc<Session>,
+    mut exited: watch::Receiver<Option<Instant>>,
+) {
     let Ok(fd) = sys::async_fd(fd, Interest::READABLE) else {
         return;
     };

@@ -40,7 +40,10 @@ const KEEP_FINISHED_FOR: Duration = Duration::from_secs(600);
 
 /// What attached callers ask of the driver besides stdin.
 pub enum Control {
-    Resize { cols: u32, rows: u32 },
+    Resize {
+        cols: u32,
+        rows: u32,
+    },
     Signal(i32),
     /// A caller attached or detached.
     Attachment,
@@ -545,7 +548,11 @@ mod tests {
     fn ring_bounds_its_bookkeeping() {
         let mut r = Ring::new(1 << 20);
         for i in 0..10_000 {
-            let s = if i % 2 == 0 { Stream::Stdout } else { Stream::Stderr };
+            let s = if i % 2 == 0 {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            };
             r.push(s, b"x");
         }
         assert!(r.chunks.len() <= RING_MAX_CHUNKS);

@@ -242,7 +242,10 @@ pub fn configure_child(cmd: &mut Command, controlling_tty: bool, creds: Option<C
         // SAFETY: a static NUL-terminated path, a 1-byte buffer that outlives the calls, and
         // the fd is closed by us; open/write/close are async-signal-safe.
         unsafe {
-            let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
             if fd >= 0 {
                 libc::write(fd, b"0".as_ptr().cast(), 1);
                 libc::close(fd);

@@ -198,7 +198,8 @@ async fn dependencies_start_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let order = dir.path().join("order");
     let o = order.display();
-    // `db` is ready only once its port accepts; `web` needs it, `worker` needs `web`.
+    // `db` and `web` are up only once their ports accept (each writes its marker before it
+    // listens); `web` needs `db`, `worker` needs `web`.
     let port = 20000 + (std::process::id() % 20000) as u16;
     let mut db = sh(
         "db",
@@ -208,9 +209,13 @@ async fn dependencies_start_in_order() {
     db.ready_port = u32::from(port);
     let mut web = sh(
         "web",
-        &format!("echo web >> {o}; exec sleep 1000"),
+        &format!(
+            "echo web >> {o}; exec python3 -m http.server {} --bind 127.0.0.1",
+            port + 1
+        ),
         RestartPolicy::Always,
     );
+    web.ready_port = u32::from(port + 1);
     web.needs = vec!["db".into()];
     let mut worker = sh(
         "worker",

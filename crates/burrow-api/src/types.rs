@@ -198,6 +198,19 @@ pub struct Sandbox {
     /// Extension: `warm` (frozen, memory kept) or `cold` (stopped, disk kept) while sleeping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sleep: Option<String>,
+    /// Extension: resource use right now (on `GET /v1/sandboxes/{name}` of a running or
+    /// warm-sleeping sandbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<SandboxUsage>,
+}
+
+/// What a sandbox uses right now.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SandboxUsage {
+    pub memory_bytes: u64,
+    pub pids: u64,
+    /// Processes the kernel's OOM killer killed in it since it last booted.
+    pub oom_kills: u64,
 }
 
 /// `GET /v1/sandboxes`.

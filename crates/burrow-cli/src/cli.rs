@@ -136,6 +136,9 @@ pub struct CreateArgs {
     /// Seconds without activity before the sandbox sleeps.
     #[arg(long, value_name = "S")]
     pub idle_timeout: Option<u64>,
+    /// Seconds asleep before going cold (processes stopped, disk kept); 0 = never.
+    #[arg(long = "cold-after")]
+    pub cold_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

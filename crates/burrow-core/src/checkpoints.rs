@@ -158,7 +158,11 @@ impl Manager {
             .snapshot_checkpoint(&rec, seq, comment, source.as_str())
             .await?;
         tracing::info!(sandbox = %rec.name, checkpoint = seq, "checkpoint");
-        self.events.emit(&rec.name, "checkpoint", serde_json::json!({"id": CheckpointId(seq).to_string(), "source": source.as_str()}));
+        self.events.emit(
+            &rec.name,
+            "checkpoint",
+            serde_json::json!({"id": CheckpointId(seq).to_string(), "source": source.as_str()}),
+        );
         Ok(view(&cp))
     }
 
@@ -188,7 +192,8 @@ impl Manager {
         // Forks and images made from it are independent snapshots: nothing else needs it.
         blocking(move || Ok(pool.delete_volume(&path)?)).await?;
         self.store.delete_checkpoint(&rec.id, cp.seq)?;
-        self.events.emit(&rec.name, "checkpoint.deleted", serde_json::json!({"id": id}));
+        self.events
+            .emit(&rec.name, "checkpoint.deleted", serde_json::json!({"id": id}));
         Ok(())
     }
 
@@ -278,7 +283,11 @@ impl Manager {
         rec.updated_at = now_rfc3339();
         self.store.update_sandbox(&rec)?;
         tracing::info!(sandbox = %rec.name, restored = id, backup, "restored");
-        self.events.emit(&rec.name, "restored", serde_json::json!({"restored": id, "backup": CheckpointId(backup).to_string()}));
+        self.events.emit(
+            &rec.name,
+            "restored",
+            serde_json::json!({"restored": id, "backup": CheckpointId(backup).to_string()}),
+        );
         Ok(RestoreResult {
             restored: id.to_owned(),
             backup: CheckpointId(backup).to_string(),

@@ -34,7 +34,11 @@ pub struct Events {
 
 impl Default for Events {
     fn default() -> Self {
-        Self { tx: broadcast::channel(1024).0, history: Mutex::new(VecDeque::new()), seq: AtomicU64::new(1) }
+        Self {
+            tx: broadcast::channel(1024).0,
+            history: Mutex::new(VecDeque::new()),
+            seq: AtomicU64::new(1),
+        }
     }
 }
 
@@ -62,7 +66,11 @@ impl Events {
     pub fn subscribe(&self, sandbox: &str, since: u64) -> (Vec<Event>, broadcast::Receiver<Event>) {
         let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let rx = self.tx.subscribe();
-        let past = h.iter().filter(|e| e.sandbox == sandbox && e.seq > since).cloned().collect();
+        let past = h
+            .iter()
+            .filter(|e| e.sandbox == sandbox && e.seq > since)
+            .cloned()
+            .collect();
         (past, rx)
     }
 }
@@ -78,7 +86,10 @@ mod tests {
         ev.emit("b", "created", serde_json::json!({}));
         ev.emit("a", "stopped", serde_json::json!({}));
         let (past, mut rx) = ev.subscribe("a", 0);
-        assert_eq!(past.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["created", "stopped"]);
+        assert_eq!(
+            past.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+            ["created", "stopped"]
+        );
         let (past, _) = ev.subscribe("a", past[0].seq);
         assert_eq!(past.len(), 1);
         ev.emit("a", "started", serde_json::json!({}));

@@ -38,20 +38,37 @@ pub struct Activity {
     busy: Mutex<HashMap<String, usize>>,
     last: Mutex<HashMap<String, Instant>>,
     sleep: Mutex<HashMap<String, (SleepMode, Instant)>>,
+    oom_kills: Mutex<HashMap<String, u64>>,
 }
 
 impl Activity {
     pub fn touch(&self, id: &str) {
-        self.last.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned(), Instant::now());
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), Instant::now());
     }
 
     fn busy(&self, id: &str) -> usize {
-        self.busy.lock().unwrap_or_else(|p| p.into_inner()).get(id).copied().unwrap_or(0)
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn idle_for(&self, id: &str) -> Duration {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         last.entry(id.to_owned()).or_insert_with(Instant::now).elapsed()
+    }
+
+    /// A fresh boot has a fresh cgroup: its OOM counter starts again at 0.
+    pub fn booted(&self, id: &str) {
+        self.oom_kills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     pub fn set_sleep(&self, id: &str, mode: Option<SleepMode>) {
@@ -67,18 +84,34 @@ impl Activity {
     }
 
     pub fn sleep_mode(&self, id: &str) -> Option<SleepMode> {
-        self.sleep.lock().unwrap_or_else(|p| p.into_inner()).get(id).map(|(m, _)| *m)
+        self.sleep
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|(m, _)| *m)
     }
 
     fn asleep_for(&self, id: &str) -> Option<(SleepMode, Duration)> {
-        self.sleep.lock().unwrap_or_else(|p| p.into_inner()).get(id).map(|(m, at)| (*m, at.elapsed()))
+        self.sleep
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|(m, at)| (*m, at.elapsed()))
     }
 
     /// Marks the sandbox busy until the guard drops (an exec session is live).
     pub fn busy_guard(self: &Arc<Self>, id: &str) -> BusyGuard {
-        *self.busy.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_owned()).or_default() += 1;
+        *self
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_owned())
+            .or_default() += 1;
         self.touch(id);
-        BusyGuard { activity: self.clone(), id: id.to_owned() }
+        BusyGuard {
+            activity: self.clone(),
+            id: id.to_owned(),
+        }
     }
 }
 
@@ -91,7 +124,13 @@ pub struct BusyGuard {
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
-        if let Some(n) = self.activity.busy.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&self.id) {
+        if let Some(n) = self
+            .activity
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&self.id)
+        {
             *n = n.saturating_sub(1);
         }
         self.activity.touch(&self.id);
@@ -105,10 +144,15 @@ impl Manager {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Ok(all) = self.store.all_sandboxes() else { continue };
+            let Ok(all) = self.store.all_sandboxes() else {
+                continue;
+            };
             for rec in all {
                 if rec.intent.is_some() {
                     continue;
+                }
+                if rec.status == SandboxStatus::Running {
+                    self.watch_oom(&rec);
                 }
                 let idle = Duration::from_secs(rec.config.idle_timeout_s);
                 let cold = Duration::from_secs(rec.config.cold_after_s);
@@ -137,6 +181,24 @@ impl Manager {
         }
     }
 
+    /// Emits an `oom` event when the kernel's OOM killer killed something in the sandbox
+    /// since the last look (the agent survives; the user learns what happened).
+    fn watch_oom(&self, rec: &crate::store::SandboxRecord) {
+        let Some(stats) = self.engine.stats(&rec.id) else {
+            return;
+        };
+        let mut seen = self.activity.oom_kills.lock().unwrap_or_else(|p| p.into_inner());
+        let before = seen.insert(rec.id.clone(), stats.oom_kills).unwrap_or(0);
+        if stats.oom_kills > before {
+            tracing::warn!(sandbox = %rec.name, kills = stats.oom_kills - before, "OOM kill in sandbox");
+            self.events.emit(
+                &rec.name,
+                "oom",
+                serde_json::json!({"killed": stats.oom_kills - before, "memory_mb": rec.config.memory_mb}),
+            );
+        }
+    }
+
     /// Warm → cold: stop every process (memory released), keep the disk; still `sleeping`,
     /// and any request boots it again.
     pub async fn sleep_cold(&self, name: &str) -> Result<(), crate::CoreError> {
@@ -144,13 +206,15 @@ impl Manager {
         let lock = self.op_lock(&rec.id);
         let _guard = lock.lock().await;
         let rec = self.record(name)?;
-        if rec.status != SandboxStatus::Sleeping || self.activity.sleep_mode(&rec.id) == Some(SleepMode::Cold) {
+        if rec.status != SandboxStatus::Sleeping || self.activity.sleep_mode(&rec.id) == Some(SleepMode::Cold)
+        {
             return Ok(());
         }
         self.set_end_reason(&rec.name, format!("sandbox '{}' went to cold sleep", rec.name));
         self.halt(&rec).await?;
         self.activity.set_sleep(&rec.id, Some(SleepMode::Cold));
-        self.events.emit(&rec.name, "sleeping", serde_json::json!({"mode": "cold"}));
+        self.events
+            .emit(&rec.name, "sleeping", serde_json::json!({"mode": "cold"}));
         Ok(())
     }
 }

@@ -174,8 +174,12 @@ impl Manager {
             parent: r.parent.clone(),
             failure_reason: r.failure_reason.clone(),
             notice: r.notice.clone(),
+            usage: None,
             sleep: (r.status == SandboxStatus::Sleeping).then(|| {
-                let mode = self.activity.sleep_mode(&r.id).unwrap_or(crate::idle::SleepMode::Warm);
+                let mode = self
+                    .activity
+                    .sleep_mode(&r.id)
+                    .unwrap_or(crate::idle::SleepMode::Warm);
                 mode.as_str().to_owned()
             }),
         }
@@ -286,7 +290,16 @@ impl Manager {
     // ----- queries -------------------------------------------------------------------
 
     pub fn get(&self, name: &str) -> Result<Sandbox> {
-        Ok(self.view(&self.record(name)?))
+        let rec = self.record(name)?;
+        let mut view = self.view(&rec);
+        if matches!(rec.status, SandboxStatus::Running | SandboxStatus::Sleeping) {
+            view.usage = self.engine.stats(&rec.id).map(|s| burrow_api::SandboxUsage {
+                memory_bytes: s.memory_bytes,
+                pids: s.pids,
+                oom_kills: s.oom_kills,
+            });
+        }
+        Ok(view)
     }
 
     pub fn list(
@@ -430,7 +443,11 @@ impl Manager {
                 self.store.update_sandbox(&rec)?;
                 tracing::info!(sandbox = %rec.name, id = %rec.id, "created");
                 self.activity.touch(&rec.id);
-                self.events.emit(&rec.name, "created", serde_json::json!({"id": rec.id, "parent": rec.parent}));
+                self.events.emit(
+                    &rec.name,
+                    "created",
+                    serde_json::json!({"id": rec.id, "parent": rec.parent}),
+                );
                 Ok(self.view(&rec))
             }
             Err(e) => {
@@ -494,6 +511,7 @@ impl Manager {
         std::fs::create_dir_all(&spec.run_dir)
             .map_err(|e| CoreError::Internal(format!("creating {}: {e}", spec.run_dir.display())))?;
         self.ensure_inside_api(rec)?;
+        self.activity.booted(&rec.id);
         let engine = self.engine.clone();
         let t = std::time::Instant::now();
         blocking(move || Ok(engine.start(&spec)?)).await?;
@@ -591,7 +609,8 @@ impl Manager {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&rec.id);
         tracing::info!(sandbox = %rec.name, id = %rec.id, "destroyed");
-        self.events.emit(&rec.name, "deleted", serde_json::json!({"id": rec.id}));
+        self.events
+            .emit(&rec.name, "deleted", serde_json::json!({"id": rec.id}));
         Ok(())
     }
 
@@ -610,12 +629,17 @@ impl Manager {
             (SandboxStatus::Sleeping, Action::Sleep) => {}
             (SandboxStatus::Running, Action::Sleep) => {
                 self.freeze(&rec, true).await?;
-                self.activity.set_sleep(&rec.id, Some(crate::idle::SleepMode::Warm));
-                self.events.emit(&rec.name, "sleeping", serde_json::json!({"mode": "warm"}));
+                self.activity
+                    .set_sleep(&rec.id, Some(crate::idle::SleepMode::Warm));
+                self.events
+                    .emit(&rec.name, "sleeping", serde_json::json!({"mode": "warm"}));
             }
             (SandboxStatus::Sleeping, Action::Wake | Action::Start) => {
                 let t = std::time::Instant::now();
-                let mode = self.activity.sleep_mode(&rec.id).unwrap_or(crate::idle::SleepMode::Warm);
+                let mode = self
+                    .activity
+                    .sleep_mode(&rec.id)
+                    .unwrap_or(crate::idle::SleepMode::Warm);
                 match mode {
                     crate::idle::SleepMode::Warm => self.freeze(&rec, false).await?,
                     // Cold: every process was stopped; boot again (services restart).
@@ -625,7 +649,9 @@ impl Manager {
                 self.activity.touch(&rec.id);
                 let lost = match mode {
                     crate::idle::SleepMode::Warm => serde_json::json!([]),
-                    crate::idle::SleepMode::Cold => serde_json::json!(["every process: the sandbox was booted again"]),
+                    crate::idle::SleepMode::Cold => {
+                        serde_json::json!(["every process: the sandbox was booted again"])
+                    }
                 };
                 self.events.emit(
                     &rec.name,
@@ -663,7 +689,8 @@ impl Manager {
                 Action::Stop => "stopped",
                 _ => "restarted",
             };
-            self.events.emit(&rec.name, kind, serde_json::json!({"status": rec.status}));
+            self.events
+                .emit(&rec.name, kind, serde_json::json!({"status": rec.status}));
         }
         Ok(self.view(&rec))
     }
@@ -704,7 +731,8 @@ impl Manager {
             let _ = self.halt(rec).await;
             rec.status = SandboxStatus::Failed;
             rec.failure_reason = Some(chain(&e));
-            self.events.emit(&rec.name, "failed", serde_json::json!({"reason": chain(&e)}));
+            self.events
+                .emit(&rec.name, "failed", serde_json::json!({"reason": chain(&e)}));
             rec.updated_at = now_rfc3339();
             self.store.update_sandbox(rec)?;
             return Err(e);
@@ -912,16 +940,20 @@ impl Manager {
                     self.ensure_inside_api(&rec)?;
                     tracing::info!(sandbox = %rec.name, "adopted running sandbox");
                 }
-                (true, RuntimeStatus::Missing | RuntimeStatus::Stopped) if rec.status == SandboxStatus::Sleeping => {
+                (true, RuntimeStatus::Missing | RuntimeStatus::Stopped)
+                    if rec.status == SandboxStatus::Sleeping =>
+                {
                     // Its processes are gone (host reboot, or it was cold): it stays asleep,
                     // cold, and the next request boots it.
                     let _ = self.halt(&rec).await;
-                    self.activity.set_sleep(&rec.id, Some(crate::idle::SleepMode::Cold));
+                    self.activity
+                        .set_sleep(&rec.id, Some(crate::idle::SleepMode::Cold));
                     tracing::info!(sandbox = %rec.name, "adopted cold-sleeping sandbox");
                 }
                 (true, RuntimeStatus::Paused { .. }) => {
                     if rec.status == SandboxStatus::Sleeping {
-                        self.activity.set_sleep(&rec.id, Some(crate::idle::SleepMode::Warm));
+                        self.activity
+                            .set_sleep(&rec.id, Some(crate::idle::SleepMode::Warm));
                     }
                     if rec.status == SandboxStatus::Running {
                         let _ = self.freeze(&rec, false).await;

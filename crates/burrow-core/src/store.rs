@@ -646,6 +646,7 @@ mod tests {
                 disk_gb: 1,
                 pids: 100,
                 idle_timeout_s: 60,
+                cold_after_s: 600,
                 url_auth: UrlAuth::Private,
             },
             env: BTreeMap::from([("A".into(), "1".into())]),

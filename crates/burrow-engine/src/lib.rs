@@ -40,6 +40,15 @@ pub struct Resources {
     pub pids: u64,
 }
 
+/// Resource use of a running sandbox, from its cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub memory_bytes: u64,
+    pub pids: u64,
+    /// Processes the kernel's OOM killer killed in this sandbox since it started.
+    pub oom_kills: u64,
+}
+
 /// What the runtime says about a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuntimeStatus {
@@ -95,6 +104,11 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
             engine: self.kind().as_str(),
             op: "freeze",
         })
+    }
+    /// Current resource use; `None` when the sandbox does not run.
+    fn stats(&self, id: &str) -> Option<Stats> {
+        let _ = id;
+        None
     }
     /// Undoes `freeze`.
     fn thaw(&self, id: &str) -> Result<()> {

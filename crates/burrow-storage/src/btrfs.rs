@@ -184,7 +184,11 @@ fn btrfs_cli(args: &[&str], path: &Path) -> Result<()> {
         .args(args)
         .arg(path)
         .output()
-        .map_err(|source| StorageError::Io { op: "spawn btrfs", path: path.to_owned(), source })?;
+        .map_err(|source| StorageError::Io {
+            op: "spawn btrfs",
+            path: path.to_owned(),
+            source,
+        })?;
     if out.status.success() {
         Ok(())
     } else {

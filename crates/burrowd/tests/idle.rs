@@ -17,7 +17,12 @@ fn req(name: &str, idle: u64, cold: u64) -> CreateSandbox {
     }
 }
 
-async fn wait_for(c: &Client, name: &str, what: &str, ok: impl Fn(&burrow_api::Sandbox) -> bool) -> burrow_api::Sandbox {
+async fn wait_for(
+    c: &Client,
+    name: &str,
+    what: &str,
+    ok: impl Fn(&burrow_api::Sandbox) -> bool,
+) -> burrow_api::Sandbox {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let sb = c.get_sandbox(name).await.unwrap();
@@ -30,7 +35,16 @@ async fn wait_for(c: &Client, name: &str, what: &str, ok: impl Fn(&burrow_api::S
 }
 
 async fn echo(c: &Client, name: &str, text: &str) -> String {
-    let r = c.exec(name, &ExecRequest { cmd: vec!["echo".into(), text.into()], ..Default::default() }).await.unwrap();
+    let r = c
+        .exec(
+            name,
+            &ExecRequest {
+                cmd: vec!["echo".into(), text.into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     r.stdout
 }
 
@@ -38,7 +52,9 @@ async fn echo(c: &Client, name: &str, text: &str) -> String {
 async fn events(d: &Daemon, name: &str, n: usize) -> Vec<serde_json::Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
-    s.write_all(format!("GET /v1/sandboxes/{name}/events HTTP/1.1\r\nHost: burrow\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET /v1/sandboxes/{name}/events HTTP/1.1\r\nHost: burrow\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -52,7 +68,10 @@ async fn events(d: &Daemon, name: &str, n: usize) -> Vec<serde_json::Value> {
             return found;
         }
         let mut chunk = [0u8; 4096];
-        let got = tokio::time::timeout_at(deadline.into(), s.read(&mut chunk)).await.expect("events in time").unwrap();
+        let got = tokio::time::timeout_at(deadline.into(), s.read(&mut chunk))
+            .await
+            .expect("events in time")
+            .unwrap();
         assert!(got > 0, "event stream closed: {text}");
         buf.extend_from_slice(&chunk[..got]);
     }
@@ -66,7 +85,17 @@ async fn idle_burrow_sleeps_warm_then_cold_and_wakes_on_request() {
     c.create_sandbox(&req(&name, 1, 2)).await.unwrap();
     // A background process that must survive warm sleep (its pid stays) .
     let pid = c
-        .exec(&name, &ExecRequest { cmd: vec!["sh".into(), "-c".into(), "setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!".into()], ..Default::default() })
+        .exec(
+            &name,
+            &ExecRequest {
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!".into(),
+                ],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap()
         .stdout;
@@ -79,16 +108,34 @@ async fn idle_burrow_sleeps_warm_then_cold_and_wakes_on_request() {
     let sb = c.get_sandbox(&name).await.unwrap();
     assert_eq!((sb.status, sb.sleep), (SandboxStatus::Running, None));
     let r = c
-        .exec(&name, &ExecRequest { cmd: vec!["sh".into(), "-c".into(), format!("pgrep -x sleep >/dev/null && echo alive || echo gone # {}", pid.trim())], ..Default::default() })
+        .exec(
+            &name,
+            &ExecRequest {
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!(
+                        "pgrep -x sleep >/dev/null && echo alive || echo gone # {}",
+                        pid.trim()
+                    ),
+                ],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(r.stdout, "gone\n", "processes do not survive a cold sleep");
     // The events tell the story, in order.
     let evs = events(d, &name, 5).await;
-    let kinds: Vec<String> = evs.iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect();
+    let kinds: Vec<String> = evs
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
     let pos = |k: &str, mode: &str| {
         evs.iter()
-            .position(|e| e["kind"] == k && (mode.is_empty() || e["data"]["mode"] == mode || e["data"]["from"] == mode))
+            .position(|e| {
+                e["kind"] == k && (mode.is_empty() || e["data"]["mode"] == mode || e["data"]["from"] == mode)
+            })
             .unwrap_or_else(|| panic!("no {k} {mode} in {kinds:?}"))
     };
     assert!(pos("created", "") < pos("sleeping", "warm"));
@@ -103,24 +150,57 @@ async fn warm_wake_keeps_processes_and_a_live_session_keeps_it_awake() {
     let name = unique_name("warm");
     c.create_sandbox(&req(&name, 1, 0)).await.unwrap();
     let pid = c
-        .exec(&name, &ExecRequest { cmd: vec!["sh".into(), "-c".into(), "setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!".into()], ..Default::default() })
+        .exec(
+            &name,
+            &ExecRequest {
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!".into(),
+                ],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap()
         .stdout;
     wait_for(&c, &name, "asleep", |s| s.status == SandboxStatus::Sleeping).await;
     let r = c
-        .exec(&name, &ExecRequest { cmd: vec!["sh".into(), "-c".into(), format!("kill -0 {} && pgrep -x sleep >/dev/null && echo alive", pid.trim())], ..Default::default() })
+        .exec(
+            &name,
+            &ExecRequest {
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!(
+                        "kill -0 {} && pgrep -x sleep >/dev/null && echo alive",
+                        pid.trim()
+                    ),
+                ],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(r.stdout, "alive\n", "a warm sleep keeps every process");
     // While a session is open the burrow does not sleep, however long it lasts.
-    let mut s = c.exec_stream(&name, ExecStreamOptions::new(["sh", "-c", "for i in 1 2 3 4; do sleep 1; echo tick; done"])).await.unwrap();
+    let mut s = c
+        .exec_stream(
+            &name,
+            ExecStreamOptions::new(["sh", "-c", "for i in 1 2 3 4; do sleep 1; echo tick; done"]),
+        )
+        .await
+        .unwrap();
     let mut ticks = 0;
     while let Some(ev) = s.next_event().await.unwrap() {
         match ev {
             ExecEvent::Stdout(_) => {
                 ticks += 1;
-                assert_eq!(c.get_sandbox(&name).await.unwrap().status, SandboxStatus::Running, "slept during a session");
+                assert_eq!(
+                    c.get_sandbox(&name).await.unwrap().status,
+                    SandboxStatus::Running,
+                    "slept during a session"
+                );
             }
             ExecEvent::Exit { .. } => break,
             _ => {}
@@ -143,7 +223,10 @@ async fn sleeping_survives_a_daemon_restart() {
     d.restart();
     let c = d.client();
     let w = c.get_sandbox(&warm).await.unwrap();
-    assert_eq!((w.status, w.sleep.as_deref()), (SandboxStatus::Sleeping, Some("warm")));
+    assert_eq!(
+        (w.status, w.sleep.as_deref()),
+        (SandboxStatus::Sleeping, Some("warm"))
+    );
     assert_eq!(echo(&c, &warm, "w").await, "w\n");
     let k = c.get_sandbox(&cold).await.unwrap();
     assert_eq!(k.status, SandboxStatus::Sleeping);
@@ -155,9 +238,15 @@ async fn idle_timeout_zero_never_sleeps_and_patch_changes_the_policy() {
     let c = shared().client();
     let name = unique_name("never");
     c.create_sandbox(&req(&name, 0, 0)).await.unwrap();
-    let p = burrow_api::PatchSandbox { idle_timeout_s: Some(1), ..Default::default() };
+    let p = burrow_api::PatchSandbox {
+        idle_timeout_s: Some(1),
+        ..Default::default()
+    };
     let sb = c.patch_sandbox(&name, &p).await.unwrap();
     assert_eq!(sb.config.idle_timeout_s, 1);
-    wait_for(&c, &name, "asleep after the patch", |s| s.status == SandboxStatus::Sleeping).await;
+    wait_for(&c, &name, "asleep after the patch", |s| {
+        s.status == SandboxStatus::Sleeping
+    })
+    .await;
     c.delete_sandbox(&name).await.unwrap();
 }

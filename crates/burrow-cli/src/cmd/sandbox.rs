@@ -23,6 +23,7 @@ pub async fn create(app: &App, a: CreateArgs) -> anyhow::Result<u8> {
         env: a.env.into_iter().collect(),
         labels: a.labels.into_iter().collect(),
         idle_timeout_s: a.idle_timeout,
+        cold_after_s: a.cold_after,
         ..Default::default()
     };
     let v = app.call(Method::POST, paths::SANDBOXES, Some(&req)).await?;
@@ -108,9 +109,30 @@ fn render_info(s: &Sandbox) -> String {
     };
     kv("Name", &s.name);
     kv("ID", &s.id);
-    kv("Status", s.status.as_str());
+    match &s.sleep {
+        Some(mode) => kv("Status", &format!("{} ({mode})", s.status.as_str())),
+        None => kv("Status", s.status.as_str()),
+    }
     if let Some(r) = &s.failure_reason {
         kv("Failure", r);
+    }
+    if let Some(n) = &s.notice {
+        kv("Notice", n);
+    }
+    if let Some(u) = &s.usage {
+        kv(
+            "In use",
+            &format!(
+                "{} memory, {} processes{}",
+                output::size(u.memory_bytes),
+                u.pids,
+                if u.oom_kills > 0 {
+                    format!(", {} OOM kills", u.oom_kills)
+                } else {
+                    String::new()
+                }
+            ),
+        );
     }
     kv("Engine", s.engine.as_str());
     kv("Image", &s.image);
@@ -136,7 +158,10 @@ fn render_info(s: &Sandbox) -> String {
     kv("Memory", &format!("{} MiB", c.memory_mb));
     kv("Disk", &format!("{} GiB", c.disk_gb));
     kv("PIDs", &c.pids.to_string());
-    kv("Idle timeout", &format!("{} s", c.idle_timeout_s));
+    kv(
+        "Idle timeout",
+        &format!("{} s (cold after {} s asleep)", c.idle_timeout_s, c.cold_after_s),
+    );
     kv(
         "URL auth",
         if c.url_auth == burrow_api::UrlAuth::Public {

@@ -348,7 +348,10 @@ impl ContainerEngine {
         // Shield the agent from the OOM killer: a memory hog in the sandbox must never take
         // down its init. Only the host can lower the score (runc cannot from inside the user
         // namespace); the agent resets the processes it starts to 0.
-        if let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<u32>().ok()) {
+        if let Some(pid) = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        {
             let path = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
             if let Err(e) = fs::write(&path, "-1000") {
                 tracing::warn!(id = spec.id, error = %e, "could not shield the agent from the OOM killer");
@@ -455,6 +458,38 @@ impl Engine for ContainerEngine {
 
     fn freeze(&self, id: &str) -> Result<()> {
         self.set_frozen(id, true)
+    }
+
+    fn stats(&self, id: &str) -> Option<crate::Stats> {
+        let rel = oci::cgroup_path(&self.cfg.cgroup_parent, id);
+        let rel = rel.strip_prefix("/").unwrap_or(&rel);
+        let read = |p: PathBuf| fs::read_to_string(p).ok();
+        let num = |s: Option<String>| s.and_then(|s| s.trim().parse::<u64>().ok());
+        let field = |s: Option<String>, key: &str| {
+            s.and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<u64>().ok()))
+            })
+        };
+        let root = Path::new(CGROUP_ROOT);
+        match self.cgroups {
+            CgroupVersion::V1 => {
+                let mem = root.join("memory").join(rel);
+                Some(crate::Stats {
+                    memory_bytes: num(read(mem.join("memory.usage_in_bytes")))?,
+                    pids: num(read(root.join("pids").join(rel).join("pids.current"))).unwrap_or(0),
+                    oom_kills: field(read(mem.join("memory.oom_control")), "oom_kill ").unwrap_or(0),
+                })
+            }
+            CgroupVersion::V2 => {
+                let dir = root.join(rel);
+                Some(crate::Stats {
+                    memory_bytes: num(read(dir.join("memory.current")))?,
+                    pids: num(read(dir.join("pids.current"))).unwrap_or(0),
+                    oom_kills: field(read(dir.join("memory.events")), "oom_kill ").unwrap_or(0),
+                })
+            }
+        }
     }
 
     fn thaw(&self, id: &str) -> Result<()> {

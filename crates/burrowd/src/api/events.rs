@@ -14,7 +14,10 @@ use super::extract::query_pairs;
 use super::{ApiError, AppState};
 
 fn sse(e: &burrow_core::events::Event) -> Event {
-    Event::default().id(e.seq.to_string()).event(e.kind.clone()).data(serde_json::to_string(e).unwrap_or_default())
+    Event::default()
+        .id(e.seq.to_string())
+        .event(e.kind.clone())
+        .data(serde_json::to_string(e).unwrap_or_default())
 }
 
 pub async fn events(
@@ -33,11 +36,19 @@ pub async fn events(
         match k.as_str() {
             "since" => {
                 since = v.parse().map_err(|_| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("since '{v}' is not a number"))
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("since '{v}' is not a number"),
+                    )
                 })?
             }
             other => {
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("unknown query parameter '{other}'")));
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("unknown query parameter '{other}'"),
+                ));
             }
         }
     }
@@ -51,7 +62,9 @@ pub async fn events(
                 Ok(_) => None,
                 // A slow subscriber missed events: say so, the client can re-read with `since`.
                 Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                    Some(Ok(Event::default().event("lagged").data(format!("{{\"missed\":{n}}}"))))
+                    Some(Ok(Event::default()
+                        .event("lagged")
+                        .data(format!("{{\"missed\":{n}}}"))))
                 }
             }
         }

@@ -2,8 +2,8 @@
 
 mod auth;
 pub mod checkpoints;
-mod events;
 pub mod error;
+mod events;
 mod exec;
 mod extract;
 mod files;
@@ -112,9 +112,7 @@ pub fn router(state: AppState, transport: Transport) -> Router {
         .route("/v1/sandboxes/{name}/services", get(services::list))
         .route(
             "/v1/sandboxes/{name}/services/{svc}",
-            get(services::get_one)
-                .put(services::put)
-                .delete(services::delete),
+            get(services::get_one).put(services::put).delete(services::delete),
         )
         .route("/v1/sandboxes/{name}/services/{svc}/logs", get(services::logs))
         .route("/v1/sandboxes/{name}/services/{svc}/start", post(services::start))
