@@ -382,7 +382,7 @@ impl Session {
         for c in callers {
             let _ = c.tx.send(msg(exec_output::Kind::Exited(exited))).await;
         }
-        let _ = self.done.send(true);
+        self.done.send_replace(true);
         if let Some(registry) = self.registry.upgrade() {
             registry.finished(&self.id);
         }

@@ -586,3 +586,53 @@ mod tests {
         assert_eq!(r, WsControl::Resize { cols: 80, rows: 24 });
     }
 }
+
+/// One session (`GET /v1/sandboxes/{name}/sessions`): every exec is one, owned by the
+/// sandbox's agent, so it outlives the connection (and burrowd) for its detach timeout.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionInfo {
+    pub id: String,
+    pub cmd: Vec<String>,
+    pub tty: bool,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exited_at: Option<String>,
+    /// Set once exited: the exit status, or -1 when a signal ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Extension: the signal that ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// Whether a client is attached right now.
+    pub attached: bool,
+    /// Extension: process id inside the sandbox.
+    #[serde(default)]
+    pub pid: u32,
+    /// Extension: how long it may run with nobody attached.
+    #[serde(default)]
+    pub detach_timeout_s: f64,
+}
+
+/// `GET /v1/sandboxes/{name}/sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct SessionList {
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// `POST /v1/sandboxes/{name}/sessions/{id}/kill`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KillSession {
+    /// Signal name (`TERM`, `SIGINT`, …) or number; default KILL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+}
+
+/// Server → client text frame on a session attach, right after the `session` frame:
+/// how much buffered output follows, and how much older output is no longer buffered.
+/// (Clients that do not know the type skip it.)
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum WsNotice {
+    Replay { replay_bytes: u64, dropped_bytes: u64 },
+}

@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// (comma-separated); empty to skip them.
     #[arg(long, default_value = "10,500,2000", value_delimiter = ',')]
     pub disk_mb: Vec<u64>,
+    /// Idle running burrows created at once for the density figure.
+    #[arg(long, default_value_t = 50)]
+    pub density: usize,
 }
 
 struct Figure {
@@ -130,6 +133,7 @@ pub async fn run(app: &App, args: BenchArgs) -> anyhow::Result<u8> {
     for &mb in &args.disk_mb {
         checkpoint_figures(app, &prefix, mb, runs.min(10), &mut figures).await?;
     }
+    always_there_figures(app, &prefix, runs.min(10), args.density, &mut figures).await?;
 
     if !args.no_floor {
         match runc_floor(runs) {
@@ -411,5 +415,127 @@ async fn checkpoint_figures(
         target: Some(("<=", 50.0)),
         samples: fk,
     });
+    Ok(())
+}
+
+/// Wake from warm and cold sleep to a first exec result, memory per idle running burrow,
+/// and file upload/download throughput.
+async fn always_there_figures(
+    app: &App,
+    prefix: &str,
+    runs: usize,
+    density: usize,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
+    use burrow_client::Method;
+    let c = &app.client;
+    let name = format!("{prefix}-w");
+    let create = |n: String| CreateSandbox {
+        name: SandboxName::parse(&n).expect("valid"),
+        idle_timeout_s: Some(0),
+        ..Default::default()
+    };
+    c.create_sandbox(&create(name.clone())).await?;
+    let t_req = ExecRequest {
+        cmd: vec!["true".into()],
+        ..Default::default()
+    };
+    let (mut warm, mut cold) = (Vec::new(), Vec::new());
+    let sleep = format!("{}/sleep", burrow_client::paths::sandbox(&name));
+    for _ in 0..runs {
+        c.request_json::<serde_json::Value, ()>(Method::POST, &format!("{sleep}?mode=warm"), None)
+            .await?;
+        let t = Instant::now();
+        c.exec(&name, &t_req).await?;
+        warm.push(ms(t.elapsed()));
+        c.request_json::<serde_json::Value, ()>(Method::POST, &format!("{sleep}?mode=cold"), None)
+            .await?;
+        let t = Instant::now();
+        c.exec(&name, &t_req).await?;
+        cold.push(ms(t.elapsed()));
+    }
+    figures.push(Figure {
+        key: "wake_warm_ms".into(),
+        label: "wake from warm → first exec".into(),
+        unit: "ms",
+        target: Some(("<=", 10.0)),
+        samples: warm,
+    });
+    figures.push(Figure {
+        key: "wake_cold_ms".into(),
+        label: "wake from cold → first exec".into(),
+        unit: "ms",
+        target: Some(("<=", 100.0)),
+        samples: cold,
+    });
+
+    // Files: upload and download 256 MiB through the API.
+    let size: usize = 256 << 20;
+    let data = vec![0x5au8; size];
+    let path = format!("{}/files?path=/root/blob", burrow_client::paths::sandbox(&name));
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let t = Instant::now();
+        c.request_bytes(
+            Method::PUT,
+            &path,
+            Some("application/octet-stream"),
+            data.clone().into(),
+        )
+        .await?;
+        up.push(size as f64 / 1e6 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let got = c
+            .request_bytes(Method::GET, &path, None, Default::default())
+            .await?;
+        down.push(size as f64 / 1e6 / t.elapsed().as_secs_f64());
+        anyhow::ensure!(
+            got.body().len() == size,
+            "downloaded {} of {size} bytes",
+            got.body().len()
+        );
+    }
+    figures.push(Figure {
+        key: "file_upload_mb_s".into(),
+        label: "file upload, 256 MiB".into(),
+        unit: "MB/s",
+        target: Some((">=", 300.0)),
+        samples: up,
+    });
+    figures.push(Figure {
+        key: "file_download_mb_s".into(),
+        label: "file download, 256 MiB".into(),
+        unit: "MB/s",
+        target: None,
+        samples: down,
+    });
+    let _ = c.delete_sandbox(&name).await;
+
+    // Density: memory charged to each idle running burrow (its cgroup: agent + kernel).
+    if density > 0 {
+        let mut names = Vec::new();
+        for i in 0..density {
+            let n = format!("{prefix}-d{i}");
+            c.create_sandbox(&create(n.clone())).await?;
+            names.push(n);
+        }
+        let mut mem = Vec::new();
+        for n in &names {
+            let sb = c.get_sandbox(n).await?;
+            if let Some(u) = sb.usage {
+                mem.push(u.memory_bytes as f64 / (1 << 20) as f64);
+            }
+        }
+        for n in &names {
+            let _ = c.delete_sandbox(n).await;
+        }
+        figures.push(Figure {
+            key: "idle_burrow_memory_mib".into(),
+            label: format!("memory per idle running burrow ({density} at once)"),
+            unit: "MiB",
+            target: Some(("<=", 5.0)),
+            samples: mem,
+        });
+    }
     Ok(())
 }

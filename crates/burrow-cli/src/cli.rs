@@ -41,7 +41,7 @@ pub enum Command {
     /// Restart a sandbox.
     Restart(NameArg),
     /// Put a sandbox to sleep (frozen, memory kept).
-    Sleep(NameArg),
+    Sleep(SleepArgs),
     /// Wake a sleeping sandbox.
     Wake(NameArg),
     /// Run a command in a sandbox; exit status is the command's.
@@ -49,6 +49,14 @@ pub enum Command {
     /// Open an interactive shell in a sandbox (bash, else sh).
     #[command(visible_alias = "shell")]
     Console(NameArg),
+    /// List a sandbox's sessions (every exec is one), running and recently finished.
+    Sessions(NameArg),
+    /// Attach to a running session: its buffered output, then live (Ctrl-] detaches from a
+    /// terminal session, Ctrl-C from another).
+    Attach(SessionArgs),
+    /// Send a signal (default KILL) to a session's processes.
+    #[command(name = "kill-session")]
+    KillSession(KillSessionArgs),
     /// Copy files or directories between this machine and a sandbox (NAME:/path on one side;
     /// `-` is stdin or stdout).
     Cp(CpArgs),
@@ -97,6 +105,15 @@ pub struct ForkArgs {
     pub source: String,
     /// Name of the new sandbox.
     pub name: SandboxName,
+}
+
+#[derive(Debug, Args)]
+pub struct SleepArgs {
+    /// Sandbox name.
+    pub name: String,
+    /// Cold sleep: stop every process (memory released, disk kept) instead of freezing.
+    #[arg(long)]
+    pub cold: bool,
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +205,25 @@ pub struct CpArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SessionArgs {
+    /// Sandbox name.
+    pub name: String,
+    /// Session id (see `burrow sessions NAME`).
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct KillSessionArgs {
+    /// Sandbox name.
+    pub name: String,
+    /// Session id.
+    pub id: String,
+    /// Signal name or number.
+    #[arg(short = 's', long, value_name = "S")]
+    pub signal: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct ExecArgs {
     /// Sandbox name.
     pub name: String,
@@ -209,6 +245,10 @@ pub struct ExecArgs {
     /// Kill the command after this many seconds.
     #[arg(long, value_name = "S")]
     pub timeout: Option<f64>,
+    /// Keep the command running this many seconds after the connection drops (default 300
+    /// with -t, else 0); `burrow attach` gets back to it.
+    #[arg(long, value_name = "S")]
+    pub detach_timeout: Option<u64>,
     /// The command and its arguments (after `--`).
     #[arg(
         required = true,

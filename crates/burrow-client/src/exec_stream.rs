@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use burrow_api::{WsControl, ws_stream};
+use burrow_api::{WsControl, WsNotice, ws_stream};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use hyper::body::Bytes;
@@ -123,6 +123,7 @@ pub struct ExecSender {
 pub struct ExecReceiver {
     stream: SplitStream<WsStream>,
     exited: bool,
+    replay: Option<WsNotice>,
 }
 
 /// Everything an exec stream produced, from [`ExecStream::collect`].
@@ -168,6 +169,7 @@ impl ExecStream {
             receiver: ExecReceiver {
                 stream,
                 exited: false,
+                replay: None,
             },
         })
     }
@@ -184,6 +186,11 @@ impl ExecStream {
     /// See [`ExecReceiver::next_event`].
     pub async fn next_event(&mut self) -> Result<Option<ExecEvent>, ClientError> {
         self.receiver.next_event().await
+    }
+
+    /// See [`ExecReceiver::replay`].
+    pub fn replay(&self) -> Option<&WsNotice> {
+        self.receiver.replay()
     }
 
     pub async fn send_stdin(&self, data: &[u8]) -> Result<(), ClientError> {
@@ -301,6 +308,14 @@ impl ExecReceiver {
                     // Unknown streams are skipped so newer servers can add some.
                     _ => continue,
                 },
+                Message::Text(t) if t.as_str().contains("\"replay\"") && self.replay.is_none() => {
+                    // Attach only, right after the session event: how much buffered output
+                    // follows and how much was dropped (see `replay`).
+                    if let Ok(notice) = serde_json::from_str::<WsNotice>(t.as_str()) {
+                        self.replay = Some(notice);
+                    }
+                    continue;
+                }
                 Message::Text(t) => match serde_json::from_str::<WsControl>(t.as_str()) {
                     Ok(WsControl::Session { id, pid, tty }) => {
                         return Ok(Some(ExecEvent::Session { id, pid, tty }));
@@ -332,6 +347,12 @@ impl ExecReceiver {
     /// True once the exit event was received.
     pub fn exited(&self) -> bool {
         self.exited
+    }
+
+    /// On a session attach: the server's replay notice (buffered bytes that follow the
+    /// session event, and older bytes no longer buffered), once received.
+    pub fn replay(&self) -> Option<&WsNotice> {
+        self.replay.as_ref()
     }
 }
 

@@ -12,6 +12,7 @@ mod error;
 mod exec_stream;
 mod files;
 pub mod paths;
+mod sessions;
 mod transport;
 
 pub use burrow_api as api;

@@ -28,6 +28,9 @@ pub struct StreamExecOptions {
     pub cols: u16,
     pub rows: u16,
     pub stdin: bool,
+    /// How long the process may run with nobody attached (see `sessions`); zero = it is
+    /// killed as soon as its caller goes away.
+    pub detach_timeout: Duration,
 }
 
 /// What a session produces, in order; `Exited` is always last when the process was known
@@ -197,7 +200,7 @@ pub(crate) async fn start_session(
         cwd: opts.cwd.unwrap_or_default(),
         user: opts.user.unwrap_or_default(),
         tty: opts.tty,
-        detach_timeout_ms: 0,
+        detach_timeout_ms: u64::try_from(opts.detach_timeout.as_millis()).unwrap_or(u64::MAX),
         cols: opts.cols.into(),
         rows: opts.rows.into(),
         stdin: opts.stdin,
@@ -223,8 +226,10 @@ pub(crate) async fn start_session(
             detail: "process did not start within 30 s".into(),
         })?
         .map_err(|s| agent_status(sandbox, s))?;
-    let pid = match first.and_then(|m| m.kind) {
-        Some(exec_output::Kind::Started(s)) => s.pid,
+    let (pid, id) = match first.and_then(|m| m.kind) {
+        // The agent names the session; an agent from before sessions does not.
+        Some(exec_output::Kind::Started(s)) if s.session_id.is_empty() => (s.pid, new_session_id()),
+        Some(exec_output::Kind::Started(s)) => (s.pid, s.session_id),
         _ => {
             return Err(CoreError::Agent {
                 name: sandbox.into(),
@@ -233,7 +238,7 @@ pub(crate) async fn start_session(
         }
     };
     Ok(ExecSession {
-        id: new_session_id(),
+        id,
         pid,
         sandbox: sandbox.to_owned(),
         input: SessionInput { tx },
@@ -241,6 +246,26 @@ pub(crate) async fn start_session(
         exited: false,
         busy: None,
     })
+}
+
+/// A session joined through the agent's `Attach` call (see `sessions`): `tx` feeds the
+/// call's input, `output` is its reply after the `attached` message.
+pub(crate) fn attached_session(
+    id: String,
+    pid: u32,
+    sandbox: &str,
+    tx: mpsc::Sender<ExecInput>,
+    output: tonic::Streaming<ExecOutput>,
+) -> ExecSession {
+    ExecSession {
+        id,
+        pid,
+        sandbox: sandbox.to_owned(),
+        input: SessionInput { tx },
+        output,
+        exited: false,
+        busy: None,
+    }
 }
 
 fn new_session_id() -> String {

@@ -51,6 +51,7 @@ pub async fn console(app: &App, name: &str) -> anyhow::Result<u8> {
         cwd: None,
         user: None,
         timeout: None,
+        detach_timeout: None,
         cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
     };
     warn_if_no_terminal(true);
@@ -150,7 +151,7 @@ impl Session {
             cols: size.map(|s| s.0),
             rows: size.map(|s| s.1),
             user: a.user.clone(),
-            detach_timeout_s: None,
+            detach_timeout_s: a.detach_timeout,
         };
         Self {
             opts,

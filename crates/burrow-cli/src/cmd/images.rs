@@ -113,18 +113,23 @@ async fn build(
         burrow_client::paths::encode(name),
         burrow_client::paths::encode(BURROWFILE_IN_CONTEXT)
     );
+    post_tar(app, &path, body, "built").await
+}
+
+/// POSTs a tar body and prints the image the daemon answers with.
+async fn post_tar(app: &App, path: &str, body: Vec<u8>, verb: &str) -> anyhow::Result<u8> {
     let resp = app
         .client
         .request_bytes(
             burrow_client::Method::POST,
-            &path,
+            path,
             Some("application/x-tar"),
             body.into(),
         )
         .await?;
     let v: serde_json::Value = serde_json::from_slice(resp.body())?;
     app.emit(v, |i: burrow_api::Image| {
-        print(&format!("image {} built ({})\n", i.name, i.source))
+        print(&format!("image {} {verb}: {}\n", i.name, i.source))
     })?;
     Ok(0)
 }
@@ -149,18 +154,5 @@ async fn import(app: &App, archive: &std::path::Path, name: Option<String>) -> a
     };
     let body = std::fs::read(archive).with_context(|| format!("reading {}", archive.display()))?;
     let path = format!("/v1/images/import?name={}", burrow_client::paths::encode(&name));
-    let resp = app
-        .client
-        .request_bytes(
-            burrow_client::Method::POST,
-            &path,
-            Some("application/x-tar"),
-            body.into(),
-        )
-        .await?;
-    let v: serde_json::Value = serde_json::from_slice(resp.body())?;
-    app.emit(v, |i: burrow_api::Image| {
-        print(&format!("image {} imported: {}\n", i.name, i.source))
-    })?;
-    Ok(0)
+    post_tar(app, &path, body, "imported").await
 }

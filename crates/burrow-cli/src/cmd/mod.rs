@@ -6,4 +6,5 @@ pub mod exec;
 pub mod images;
 pub mod sandbox;
 pub mod services;
+pub mod sessions;
 pub mod version;

@@ -212,6 +212,16 @@ pub async fn rm(app: &App, a: RmArgs) -> anyhow::Result<u8> {
     Ok(if failed > 0 { 1 } else { 0 })
 }
 
+pub async fn sleep(app: &App, name: &str, cold: bool) -> anyhow::Result<u8> {
+    let mode = if cold { "cold" } else { "warm" };
+    let path = format!("{}?mode={mode}", paths::sandbox_action(name, "sleep"));
+    let v = app.call::<()>(Method::POST, &path, None).await?;
+    app.emit(v, |s: Sandbox| {
+        print(&format!("{}: {} ({mode})\n", s.name, s.status))
+    })?;
+    Ok(0)
+}
+
 pub async fn action(app: &App, name: &str, action: &str) -> anyhow::Result<u8> {
     let v = app
         .call::<()>(Method::POST, &paths::sandbox_action(name, action), None)

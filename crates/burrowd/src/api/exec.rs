@@ -59,6 +59,7 @@ pub async fn exec_ws(
         ..Default::default()
     };
     let mut env = BTreeMap::new();
+    let mut detach_timeout = None;
     for (k, v) in query_pairs(q.as_deref())? {
         match k.as_str() {
             "cmd" => opts.argv.push(v),
@@ -82,8 +83,7 @@ pub async fn exec_ws(
                     .parse()
                     .map_err(|_| bad(format!("rows '{v}' is not a number")))?
             }
-            // Accepted now; sessions outliving their connection arrive with session support.
-            "detach_timeout_s" => {}
+            "detach_timeout_s" => detach_timeout = Some(parse_detach_timeout(&v)?),
             other => return Err(bad(format!("unknown query parameter '{other}'"))),
         }
     }
@@ -91,16 +91,42 @@ pub async fn exec_ws(
         // A terminal is interactive by nature.
         opts.stdin = true;
     }
+    // A terminal session survives the client's network dropping; a pipe exec is killed
+    // with its connection unless asked otherwise.
+    opts.detach_timeout = detach_timeout.unwrap_or(if opts.tty {
+        DEFAULT_TTY_DETACH_TIMEOUT
+    } else {
+        Duration::ZERO
+    });
     let session = s.mgr.exec_stream(&name, opts.clone(), &env).await?;
     let mgr = s.mgr.clone();
-    Ok(ws.on_upgrade(move |socket| bridge(socket, session, opts.tty, mgr)))
+    Ok(ws.on_upgrade(move |socket| bridge(socket, session, opts.tty, mgr, None)))
 }
 
-async fn bridge(
+/// How long a TTY session outlives its connection when the query does not say.
+const DEFAULT_TTY_DETACH_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest `detach_timeout_s` accepted (a week).
+const MAX_DETACH_TIMEOUT_S: f64 = 7.0 * 86_400.0;
+
+fn parse_detach_timeout(v: &str) -> Result<Duration, ApiError> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| (0.0..=MAX_DETACH_TIMEOUT_S).contains(s))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            bad(format!(
+                "detach_timeout_s '{v}' must be a number of seconds between 0 and {MAX_DETACH_TIMEOUT_S}"
+            ))
+        })
+}
+
+/// Bridges a session (a new exec, or an attach with its `replay` notice) to a WebSocket.
+pub(super) async fn bridge(
     socket: WebSocket,
     session: burrow_core::ExecSession,
     tty: bool,
     mgr: std::sync::Arc<burrow_core::Manager>,
+    replay: Option<burrow_api::WsNotice>,
 ) {
     let sandbox = session.sandbox.clone();
     let started = std::time::Instant::now();
@@ -113,6 +139,12 @@ async fn bridge(
     let (input, mut output) = session.split();
     if tx.send(text(&hello)).await.is_err() {
         return;
+    }
+    if let Some(notice) = replay {
+        let notice = serde_json::to_string(&notice).expect("notices serialize");
+        if tx.send(Message::Text(notice.into())).await.is_err() {
+            return;
+        }
     }
     let end = loop {
         tokio::select! {
@@ -141,8 +173,8 @@ async fn bridge(
             },
             msg = rx.next() => {
                 let Some(Ok(msg)) = msg else {
-                    // The client went away: dropping the input ends the agent call, which
-                    // kills the process group.
+                    // The client went away: dropping the call detaches from the session; the
+                    // agent kills the process group unless its detach timeout keeps it.
                     return;
                 };
                 let inp = &input;

@@ -9,6 +9,7 @@ mod extract;
 mod files;
 mod sandboxes;
 mod services;
+mod sessions;
 
 use std::sync::Arc;
 
@@ -59,6 +60,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/sandboxes/{name}/wake"),
     ("post", "/v1/sandboxes/{name}/exec"),
     ("get", "/v1/sandboxes/{name}/exec"),
+    ("get", "/v1/sandboxes/{name}/sessions"),
+    ("get", "/v1/sandboxes/{name}/sessions/{id}/attach"),
+    ("post", "/v1/sandboxes/{name}/sessions/{id}/kill"),
     ("get", "/v1/sandboxes/{name}/files"),
     ("put", "/v1/sandboxes/{name}/files"),
     ("delete", "/v1/sandboxes/{name}/files"),
@@ -128,6 +132,9 @@ pub fn router(state: AppState, transport: Transport) -> Router {
             "/v1/sandboxes/{name}/exec",
             post(exec::exec_once).get(exec::exec_ws),
         )
+        .route("/v1/sandboxes/{name}/sessions", get(sessions::list))
+        .route("/v1/sandboxes/{name}/sessions/{id}/attach", get(sessions::attach))
+        .route("/v1/sandboxes/{name}/sessions/{id}/kill", post(sessions::kill))
         // Upload bodies stream to the sandbox's disk: no size limit here (the disk has one).
         .route(
             "/v1/sandboxes/{name}/files",

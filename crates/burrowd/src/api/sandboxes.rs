@@ -110,8 +110,39 @@ pub async fn stop(State(s): State<AppState>, Path(name): Path<String>) -> Result
 pub async fn restart(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Sandbox>> {
     act(s, name, Action::Restart).await
 }
-pub async fn sleep(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Sandbox>> {
-    act(s, name, Action::Sleep).await
+/// `POST …/sleep[?mode=warm|cold]`: warm freezes every process; cold stops them (disk kept).
+pub async fn sleep(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Sandbox>> {
+    let mut cold = false;
+    for (k, v) in query_pairs(q.as_deref())? {
+        match (k.as_str(), v.as_str()) {
+            ("mode", "warm") => cold = false,
+            ("mode", "cold") => cold = true,
+            ("mode", other) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("mode '{other}' is not warm or cold"),
+                ));
+            }
+            (other, _) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("unknown query parameter '{other}'"),
+                ));
+            }
+        }
+    }
+    let sb = s.mgr.action(&name, Action::Sleep).await?;
+    if !cold {
+        return Ok(Json(sb));
+    }
+    s.mgr.sleep_cold(&name).await?;
+    Ok(Json(s.mgr.get(&name)?))
 }
 pub async fn wake(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Sandbox>> {
     act(s, name, Action::Wake).await
