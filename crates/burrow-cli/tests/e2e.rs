@@ -263,3 +263,57 @@ fn images_build_from_a_burrowfile() {
     ok(&["rm", &sb]);
     ok(&["images", "rm", &image]);
 }
+
+#[test]
+fn sessions_attach_and_kill_from_the_cli() {
+    let name = unique_name("sess-cli");
+    ok(&["create", &name]);
+    // A TTY session that counts; the client connection is dropped by killing `burrow exec`'s
+    // pty (script exits when its input ends), the session lives on (TTY default detach timeout).
+    let o = in_pty(
+        &format!(
+            "timeout -s KILL 3 burrow exec -t {name} -- sh -c 'i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.2; done'"
+        ),
+        "",
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("tick-0"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let list: serde_json::Value = serde_json::from_str(&ok(&["sessions", &name, "--json"])).unwrap();
+    let live: Vec<&serde_json::Value> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["tty"] == true && s["exit_code"].is_null())
+        .collect();
+    assert_eq!(live.len(), 1, "{list}");
+    let id = live[0]["id"].as_str().unwrap().to_owned();
+    let table = ok(&["sessions", &name]);
+    assert!(table.contains(&id), "{table}");
+    // Re-attach: what was missed is replayed.
+    let o = in_pty(&format!("timeout -s KILL 2 burrow attach {name} {id}"), "");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("tick-"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // Kill it; then it is finished, and attaching says so.
+    ok(&["kill-session", &name, &id]);
+    let list: serde_json::Value = serde_json::from_str(&ok(&["sessions", &name, "--json"])).unwrap();
+    let s = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert!(!s["exited_at"].is_null(), "{s}");
+    let o = run(&["attach", &name, &id]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = run(&["attach", &name, "s-0000000000000000"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("s-0000000000000000"));
+    ok(&["rm", &name]);
+}

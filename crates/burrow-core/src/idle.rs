@@ -162,6 +162,13 @@ impl Manager {
                             && self.activity.busy(&rec.id) == 0
                             && self.activity.idle_for(&rec.id) >= idle =>
                     {
+                        // A detached session still running is an exec session: not idle.
+                        // Asked only at the moment of deciding, so it costs one call per
+                        // would-be sleep, not one per tick.
+                        if self.has_live_sessions(&rec).await {
+                            self.activity.touch(&rec.id);
+                            continue;
+                        }
                         tracing::info!(sandbox = %rec.name, "idle: going to warm sleep");
                         self.action(&rec.name, Action::Sleep).await.map(|_| ())
                     }
@@ -178,6 +185,23 @@ impl Manager {
                     tracing::warn!(sandbox = %rec.name, error = %crate::error::chain(&e), "idle policy");
                 }
             }
+        }
+    }
+
+    /// Whether the agent runs a session that has not exited (attached or not). Asks the
+    /// agent directly: going through the request path would count as activity itself.
+    async fn has_live_sessions(&self, rec: &crate::store::SandboxRecord) -> bool {
+        let Ok(mut client) = self.agent(rec).await else {
+            return false;
+        };
+        let req = burrow_agent_proto::v1::ListSessionsRequest {};
+        match tokio::time::timeout(Duration::from_secs(5), client.list_sessions(req)).await {
+            Ok(Ok(reply)) => reply
+                .into_inner()
+                .sessions
+                .iter()
+                .any(|s| s.exited_at_ms.is_none()),
+            _ => false,
         }
     }
 

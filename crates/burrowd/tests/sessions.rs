@@ -248,19 +248,23 @@ async fn attach_unknown_is_404_and_finished_is_410() {
 async fn ring_buffer_is_bounded_and_says_what_it_dropped() {
     const MIB: u64 = 1 << 20;
     let (c, name) = sandbox().await;
-    // Waits for its first stdin line, so that all 5 MiB are produced while detached.
-    let mut opts = ExecStreamOptions::new([
-        "sh",
-        "-c",
-        "read go; head -c 5242880 /dev/zero | tr '\\0' x; echo; echo done; sleep 600",
-    ]);
-    opts.stdin = true;
+    // Waits for a marker file that is made only once it is detached, so that all 5 MiB are
+    // produced while nobody is attached.
+    let marker = format!("/tmp/ring-go-{}", std::process::id());
+    let script = format!(
+        "while [ ! -e {marker} ]; do sleep 0.05; done; head -c 5242880 /dev/zero | tr '\\0' x; echo; echo done; sleep 600"
+    );
+    let mut opts = ExecStreamOptions::new(["sh", "-c", script.as_str()]);
     opts.detach_timeout_s = Some(120);
     let mut s = c.exec_stream(&name, opts).await.unwrap();
     let id = session_id(&mut s).await;
-    s.send_stdin(b"go\n").await.unwrap();
     drop(s);
     wait_session(&c, &name, &id, "the session to be detached", |s| !s.attached).await;
+    let touch = burrow_api::ExecRequest {
+        cmd: vec!["touch".into(), marker.clone()],
+        ..Default::default()
+    };
+    c.exec(&name, &touch).await.unwrap();
 
     // `done` is in the replay once everything was produced; attach until it is.
     let deadline = Instant::now() + PATIENCE;
