@@ -46,6 +46,9 @@ pub type OutputSender = mpsc::Sender<Result<ExecOutput, Status>>;
 pub enum StdinMsg {
     Data(Vec<u8>),
     Eof,
+    /// A terminal resize, sent in line with the input so that input typed after a resize
+    /// is read under the new size (TTY only; the writer's fd is the pty master).
+    Resize(u16, u16),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,6 +267,12 @@ async fn write_stdin(fd: OwnedFd, tty: bool, mut rx: mpsc::Receiver<StdinMsg>) {
             StdinMsg::Data(data) => data,
             StdinMsg::Eof if tty => vec![sys::eof_char(fd.get_ref().as_fd())],
             StdinMsg::Eof => return,
+            StdinMsg::Resize(cols, rows) => {
+                if tty && cols > 0 && rows > 0 {
+                    let _ = sys::set_window_size(fd.get_ref().as_fd(), cols, rows);
+                }
+                continue;
+            }
         };
         if write_all(&fd, &data).await.is_err() {
             return;

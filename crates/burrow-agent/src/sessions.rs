@@ -413,11 +413,17 @@ async fn serve_caller(session: Arc<Session>, caller: u64, mut input: Streaming<E
             exec_input::Kind::Stdin(data) => StdinMsg::Data(data),
             exec_input::Kind::StdinEof(true) => StdinMsg::Eof,
             exec_input::Kind::Resize(r) => {
-                let _ = session.control.send(Control::Resize {
-                    cols: r.cols,
-                    rows: r.rows,
-                });
-                continue;
+                match (stdin.is_some(), u16::try_from(r.cols), u16::try_from(r.rows)) {
+                    // In order with the input that follows it.
+                    (true, Ok(cols), Ok(rows)) => StdinMsg::Resize(cols, rows),
+                    _ => {
+                        let _ = session.control.send(Control::Resize {
+                            cols: r.cols,
+                            rows: r.rows,
+                        });
+                        continue;
+                    }
+                }
             }
             exec_input::Kind::Signal(sig) => {
                 let _ = session.control.send(Control::Signal(sig));
