@@ -65,8 +65,8 @@ pub trait Pool: Send + Sync + std::fmt::Debug {
     /// Bytes used by the volume. For now always the apparent size (a walk summing file sizes,
     /// hard links once), not exclusive usage: that needs btrfs qgroups, which are off.
     fn volume_size(&self, path: &Path) -> Result<u64>;
-    /// Limits what the volume may reference (its whole tree, shared data included) to
-    /// `bytes`; writes past it fail with EDQUOT inside. Drivers without quotas return
+    /// Limits what the volume may write itself (extents it creates; data shared with its
+    /// source snapshot is not counted) to `bytes`; writes past it fail with EDQUOT inside. Drivers without quotas return
     /// `Ok(false)` (the limit is not enforced), btrfs returns `Ok(true)`.
     fn set_quota(&self, path: &Path, bytes: u64) -> Result<bool> {
         let _ = (path, bytes);

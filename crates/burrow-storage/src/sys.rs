@@ -52,6 +52,30 @@ nix::ioctl_write_ptr!(btrfs_ioc_snap_create_v2, BTRFS_IOCTL_MAGIC, 23, VolArgsV2
 nix::ioctl_read!(btrfs_ioc_subvol_getflags, BTRFS_IOCTL_MAGIC, 25, u64);
 nix::ioctl_write_ptr!(btrfs_ioc_subvol_setflags, BTRFS_IOCTL_MAGIC, 26, u64);
 
+/// `struct btrfs_ioctl_quota_ctl_args`.
+#[repr(C)]
+pub struct QuotaCtlArgs {
+    pub cmd: u64,
+    pub status: u64,
+}
+
+nix::ioctl_readwrite!(btrfs_ioc_quota_ctl, BTRFS_IOCTL_MAGIC, 40, QuotaCtlArgs);
+
+/// `BTRFS_QUOTA_CTL_ENABLE_SIMPLE_QUOTA` (Linux 6.7+): quotas that charge each extent to the
+/// subvolume that wrote it, with no accounting work on snapshots.
+pub const QUOTA_CTL_ENABLE_SIMPLE: u64 = 4;
+
+/// Enables simple quotas on the filesystem of `fd`.
+pub fn enable_simple_quota(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    let mut args = QuotaCtlArgs {
+        cmd: QUOTA_CTL_ENABLE_SIMPLE,
+        status: 0,
+    };
+    // SAFETY: `args` is a valid, initialised btrfs_ioctl_quota_ctl_args that lives across the
+    // call; the kernel reads `cmd` and may write `status`.
+    unsafe { btrfs_ioc_quota_ctl(fd.as_raw_fd(), &mut args) }.map(drop)
+}
+
 /// Copies a single path component into a NUL-terminated kernel name buffer.
 fn fill_name<const N: usize>(buf: &mut [u8; N], name: &OsStr) -> nix::Result<()> {
     let bytes = name.as_bytes();

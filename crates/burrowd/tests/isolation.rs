@@ -236,7 +236,7 @@ async fn disk_limit_stops_writes_inside_only() {
     let d = shared();
     let c = d.client();
     let sb = make(&c, |r| r.disk_gb = Some(1)).await;
-    // The base image references ~0.3 GiB; writing 1 GiB more must fail with EDQUOT inside.
+    // The limit counts what the sandbox writes itself: 1.2 GiB must fail with EDQUOT inside.
     let r = c
         .exec(
             &sb.name,
@@ -264,5 +264,27 @@ async fn disk_limit_stops_writes_inside_only() {
     .await;
     assert_eq!(r.stdout, "ok\n");
     assert!(c.health().await.is_ok());
+    c.delete_sandbox(&sb.name).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_past_the_disk_limit_is_507_and_leaves_nothing() {
+    let d = shared();
+    let c = d.client();
+    let sb = make(&c, |r| r.disk_gb = Some(1)).await;
+    let big = vec![7u8; 1100 << 20];
+    let e = c
+        .request_bytes(
+            burrow_testkit::burrow_client::Method::PUT,
+            &format!("/v1/sandboxes/{}/files?path=/root/upload", sb.name),
+            Some("application/octet-stream"),
+            big.into(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(507), "{e}");
+    assert!(e.to_string().contains("disk"), "{e}");
+    let r = sh(&c, &sb.name, "ls -a /root | grep -c upload || true").await;
+    assert_eq!(r.stdout.trim(), "0", "a partial upload was left behind");
     c.delete_sandbox(&sb.name).await.unwrap();
 }
