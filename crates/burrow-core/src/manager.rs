@@ -812,7 +812,9 @@ impl Manager {
         }
     }
 
-    fn exec_env(
+    /// The environment of a process in the sandbox: a base (PATH, HOSTNAME, LANG, TERM for a
+    /// terminal), then the sandbox's env, then `extra`. Exec and services share it.
+    pub(crate) fn exec_env(
         &self,
         rec: &SandboxRecord,
         extra: &BTreeMap<String, String>,

@@ -8,7 +8,7 @@
 //! what it validates: unknown names are dropped, texts are truncated, calls are bounded in
 //! time (log streams that follow are bounded by the client's interest instead).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use burrow_agent_proto::v1::{
@@ -37,7 +37,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_AGENT_TEXT: usize = 512;
 /// Most bytes of a non-following log read (the agent keeps 1 MiB per service).
 const MAX_LOG_BYTES: usize = 4 << 20;
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Checks a service name: a DNS label, like sandbox names.
 pub fn check_service_name(svc: &str) -> Result<()> {
@@ -231,12 +230,7 @@ impl Manager {
         defs.iter()
             .map(|d| {
                 // As for exec: a base environment, then the sandbox's, then the service's.
-                let mut env: BTreeMap<String, String> = BTreeMap::new();
-                env.insert("PATH".into(), DEFAULT_PATH.into());
-                env.insert("HOSTNAME".into(), rec.name.clone());
-                env.insert("LANG".into(), "C.UTF-8".into());
-                env.extend(rec.env.clone());
-                env.extend(d.spec.env.clone());
+                let env = self.exec_env(rec, &d.spec.env, false);
                 ServiceSpec {
                     name: d.name.clone(),
                     exec: Some(ExecStart {
