@@ -1,8 +1,10 @@
 //! The `burrow` CLI end to end against a real daemon: every command of the foundation, as a
 //! user types it, including a real terminal for `exec -t -i` and `console`.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::io::{Read, Write};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use burrow_testkit::{shared, unique_name};
 
@@ -47,6 +49,99 @@ fn in_pty(cmdline: &str, input: &str) -> Output {
         .expect("script(1)");
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// An interactive pseudo-terminal session (util-linux `script`) driven like `expect`: the test
+/// waits for output it names instead of sleeping, and types keys when it has seen it.
+struct Pty {
+    child: Child,
+    stdin: ChildStdin,
+    rx: mpsc::Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+}
+
+impl Pty {
+    fn spawn(cmdline: &str) -> Pty {
+        let mut child = Command::new("script")
+            .args(["-qfec", cmdline, "/dev/null"])
+            .env("BURROW_SOCKET", &shared().socket)
+            .env(
+                "PATH",
+                format!("{}:{}", bin_dir(), std::env::var("PATH").unwrap_or_default()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script(1)");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                if tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        Pty {
+            child,
+            stdin,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads until `needle` has appeared; a hang guard (not a speed check) fails the test.
+    fn expect(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !String::from_utf8_lossy(&self.seen).contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(chunk) => self.seen.extend_from_slice(&chunk),
+                Err(e) => panic!(
+                    "waiting for {needle:?} ({e}); the terminal showed: {}",
+                    String::from_utf8_lossy(&self.seen)
+                ),
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stdin.write_all(bytes).unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Waits for the program to end by itself.
+    fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().unwrap()
+    }
+
+    /// Kills the program started with [`Pty::spawn_announced`] outright, as a lost network
+    /// connection would end it: no signal reaches the sandbox.
+    fn drop_connection(mut self) {
+        let shown = String::from_utf8_lossy(&self.seen).into_owned();
+        let pid: i32 = shown
+            .split("PID=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no PID= line in {shown:?}"));
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _ = self.child.wait();
+    }
+
+    /// Like [`Pty::spawn`], with the program's pid printed first (`PID=n`, the shell `exec`s it).
+    fn spawn_announced(cmdline: &str) -> Pty {
+        let mut pty = Pty::spawn(&format!("echo PID=$$; exec {cmdline}"));
+        pty.expect("PID=");
+        pty
+    }
 }
 
 fn bin_dir() -> String {
@@ -268,19 +363,13 @@ fn images_build_from_a_burrowfile() {
 fn sessions_attach_and_kill_from_the_cli() {
     let name = unique_name("sess-cli");
     ok(&["create", &name]);
-    // A TTY session that counts; the client connection is dropped by killing `burrow exec`'s
-    // pty (script exits when its input ends), the session lives on (TTY default detach timeout).
-    let o = in_pty(
-        &format!(
-            "timeout -s KILL 3 burrow exec -t {name} -- sh -c 'i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.2; done'"
-        ),
-        "",
-    );
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("tick-0"),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    // A TTY session that counts; the client's terminal is dropped once it has shown the first
+    // line (the client is killed), and the session lives on (TTY default detach timeout).
+    let mut exec = Pty::spawn_announced(&format!(
+        "burrow exec -t {name} -- sh -c 'i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.2; done'"
+    ));
+    exec.expect("tick-0");
+    exec.drop_connection();
     let list: serde_json::Value = serde_json::from_str(&ok(&["sessions", &name, "--json"])).unwrap();
     let live: Vec<&serde_json::Value> = list["sessions"]
         .as_array()
@@ -292,13 +381,11 @@ fn sessions_attach_and_kill_from_the_cli() {
     let id = live[0]["id"].as_str().unwrap().to_owned();
     let table = ok(&["sessions", &name]);
     assert!(table.contains(&id), "{table}");
-    // Re-attach: what was missed is replayed.
-    let o = in_pty(&format!("timeout -s KILL 2 burrow attach {name} {id}"), "");
-    assert!(
-        String::from_utf8_lossy(&o.stdout).contains("tick-"),
-        "{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    // Re-attach: what was missed is replayed, then Ctrl-] detaches and leaves it running.
+    let mut attach = Pty::spawn(&format!("burrow attach {name} {id}"));
+    attach.expect("tick-0");
+    attach.send(&[0x1d]);
+    assert!(attach.wait().success());
     // Kill it; then it is finished, and attaching says so.
     ok(&["kill-session", &name, &id]);
     let list: serde_json::Value = serde_json::from_str(&ok(&["sessions", &name, "--json"])).unwrap();
