@@ -3,7 +3,7 @@
 # packages only, plus the Rust musl target for the static agent when rustup can add it.
 set -euo pipefail
 
-PKGS=(runc btrfs-progs mmdebstrap nftables iproute2 util-linux tar protobuf-compiler musl-tools docker-registry skopeo
+PKGS=(runc python3 curl btrfs-progs mmdebstrap nftables iproute2 util-linux tar protobuf-compiler musl-tools docker-registry skopeo
       busybox-static ca-certificates pkg-config debian-archive-keyring)
 
 if [ "$(id -u)" != 0 ]; then

@@ -213,6 +213,13 @@ mod tests {
         ) -> Result<Response<Self::ServiceLogsStream>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        type ConnectPortStream = tokio_stream::Empty<Result<v1::ConnectOutput, Status>>;
+        async fn connect_port(
+            &self,
+            _: Request<Streaming<v1::ConnectInput>>,
+        ) -> Result<Response<Self::ConnectPortStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
     }
 
     fn serve_fake(dir: &tempfile::TempDir, version: u32) -> PathBuf {

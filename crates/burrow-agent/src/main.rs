@@ -11,6 +11,7 @@
 #[allow(unsafe_code)]
 mod sys;
 
+mod connect;
 mod files;
 mod reaper;
 mod service;

@@ -238,6 +238,20 @@ impl Agent for AgentService {
             .map(Response::new)
     }
 
+    type ConnectPortStream = crate::connect::ConnectStream;
+
+    async fn connect_port(
+        &self,
+        request: Request<Streaming<burrow_agent_proto::v1::ConnectInput>>,
+    ) -> Result<Response<Self::ConnectPortStream>, Status> {
+        if self.shutdown.is_started() {
+            return Err(Status::unavailable("the sandbox is shutting down"));
+        }
+        crate::connect::connect(request.into_inner(), &self.services)
+            .await
+            .map(Response::new)
+    }
+
     async fn shutdown(&self, request: Request<ShutdownRequest>) -> Result<Response<ShutdownReply>, Status> {
         let grace = match request.into_inner().grace_ms {
             0 => DEFAULT_GRACE,

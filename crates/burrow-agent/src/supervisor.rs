@@ -272,6 +272,24 @@ impl Supervisor {
         }
     }
 
+    /// Whether a service that declares `port` as its readiness port is on its way to accept
+    /// connections there: waiting for the services it needs, backing off before a restart, or
+    /// running for less than `young` and not accepting yet. (`ConnectPort` waits for those.)
+    pub fn starting_on(&self, port: u16, young: Duration) -> bool {
+        let young_ms = i64::try_from(young.as_millis()).unwrap_or(i64::MAX);
+        lock(&self.services).values().any(|s| {
+            if s.ready_port() != Some(port) || !s.desired.load(Ordering::SeqCst) {
+                return false;
+            }
+            let i = lock(&s.info);
+            match i.state {
+                ServiceRunState::Waiting | ServiceRunState::Backoff => true,
+                ServiceRunState::Running => !i.ready && now_ms().saturating_sub(i.started_at_ms) < young_ms,
+                _ => false,
+            }
+        })
+    }
+
     /// Replaces the set of services (see the protocol's `SetServices`).
     pub async fn set(self: &Arc<Self>, specs: Vec<ServiceSpec>) -> Result<Vec<ServiceState>, Status> {
         if self.shutdown.is_started() {

@@ -389,6 +389,9 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
+    /// Extension: on a 403, the token caveat that did not hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caveat: Option<String>,
 }
 
 /// Signal names used on the wire, without the `SIG` prefix.
@@ -635,4 +638,160 @@ pub struct KillSession {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum WsNotice {
     Replay { replay_bytes: u64, dropped_bytes: u64 },
+}
+
+/// How a sandbox may reach the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// No traffic leaves the sandbox (burrowd's DNS answers REFUSED).
+    None,
+    /// Only names the rules allow resolve, and only their addresses are reachable.
+    Policy,
+    /// Anything public (never the host, other sandboxes, private or metadata ranges).
+    #[default]
+    Open,
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Policy => "policy",
+            Self::Open => "open",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    Allow,
+    Deny,
+}
+
+/// One domain rule: `example.com` (that name), `*.example.com` (names below it) or `*`.
+/// The first matching rule decides; a name no rule matches is denied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkRule {
+    pub domain: String,
+    pub action: RuleAction,
+}
+
+/// `GET|PUT /v1/sandboxes/{name}/policy/network`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicy {
+    pub mode: NetworkMode,
+    #[serde(default)]
+    pub rules: Vec<NetworkRule>,
+}
+
+/// How the credential proxy puts a secret into a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretInject {
+    /// The header that carries it (default `Authorization`).
+    #[serde(default = "default_inject_header")]
+    pub header: String,
+    /// The header value, with `%s` where the secret goes (default `Bearer %s`).
+    #[serde(default = "default_inject_format")]
+    pub format: String,
+}
+
+impl Default for SecretInject {
+    fn default() -> Self {
+        SecretInject {
+            header: default_inject_header(),
+            format: default_inject_format(),
+        }
+    }
+}
+
+fn default_inject_header() -> String {
+    "Authorization".into()
+}
+
+fn default_inject_format() -> String {
+    "Bearer %s".into()
+}
+
+/// `POST /v1/secrets`. The value is sealed on arrival and never returned.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSecret {
+    pub name: String,
+    pub value: String,
+    #[serde(default)]
+    pub inject: SecretInject,
+    pub hosts: Vec<String>,
+}
+
+impl std::fmt::Debug for CreateSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateSecret")
+            .field("name", &self.name)
+            .field("inject", &self.inject)
+            .field("hosts", &self.hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret as the API shows it: everything but the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    pub name: String,
+    pub inject: SecretInject,
+    pub hosts: Vec<String>,
+    pub created_at: String,
+    /// Sandboxes it is attached to, with the variable holding the placeholder.
+    #[serde(default)]
+    pub attached: Vec<SecretAttachment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretAttachment {
+    pub sandbox: String,
+    pub env: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretList {
+    pub secrets: Vec<Secret>,
+}
+
+/// `PUT /v1/sandboxes/{name}/secrets/{secret}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachSecret {
+    pub env: String,
+}
+
+/// Caveats of a new API token; absent = not restricted on that axis.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCaveats {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandboxes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<String>>,
+    /// RFC 3339 time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    #[serde(default)]
+    pub caveats: TokenCaveats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenReply {
+    pub token: String,
+    /// Every caveat the token carries (the caller's own, then the new ones).
+    pub caveats: Vec<String>,
 }

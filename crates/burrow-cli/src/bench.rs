@@ -2,7 +2,8 @@
 //!
 //! Measures through the public API, as a user would see it: time to interactive (create →
 //! first exec result), exec round trip of `true` (one-shot JSON and WebSocket), exec stdout
-//! throughput, and the floor of the same machine: a bare `runc run` of a trivial container.
+//! throughput, ingress latency (through burrowd, through a raw tunnel, and inside the sandbox),
+//! and the floor of the same machine: a bare `runc run` of a trivial container.
 //! Writes every sample and the medians to a JSON file and prints a table.
 
 use std::path::{Path, PathBuf};
@@ -134,6 +135,7 @@ pub async fn run(app: &App, args: BenchArgs) -> anyhow::Result<u8> {
         checkpoint_figures(app, &prefix, mb, runs.min(10), &mut figures).await?;
     }
     always_there_figures(app, &prefix, runs.min(10), args.density, &mut figures).await?;
+    ingress_figures(app, &prefix, INGRESS_REQUESTS, &mut figures).await?;
 
     if !args.no_floor {
         match runc_floor(runs) {
@@ -538,4 +540,158 @@ async fn always_there_figures(
         });
     }
     Ok(())
+}
+
+/// Requests per ingress latency figure (each on one kept-alive connection).
+const INGRESS_REQUESTS: usize = 200;
+
+/// A minimal keep-alive HTTP/1.1 app for the ingress figures: answers `ok` to every GET, in
+/// one write, without Nagle (so the figures measure the path, not TCP's delayed ACKs).
+const INGRESS_APP: &str = "from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    wbufsize = 65536
+    disable_nagle_algorithm = True
+    def log_message(self, *a): pass
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header('Content-Length', '2')
+        self.end_headers()
+        self.wfile.write(b'ok')
+ThreadingHTTPServer(('127.0.0.1', 8080), H).serve_forever()
+";
+
+/// The same GET from inside the sandbox, timed there: the app's own floor.
+const INGRESS_DIRECT: &str = "import http.client, sys, time
+c = http.client.HTTPConnection('127.0.0.1', 8080)
+ts = []
+for i in range(int(sys.argv[1])):
+    t = time.perf_counter()
+    c.request('GET', '/')
+    c.getresponse().read()
+    ts.append((time.perf_counter() - t) * 1000)
+print(' '.join('%.4f' % x for x in ts))
+";
+
+/// Latency of a small GET to a sandbox's web app: through ingress (`…/http/`, reverse proxy
+/// on a kept-alive API connection), through a raw tunnel (`…/proxy/8080` WebSocket, one
+/// kept-alive HTTP connection inside it), and directly inside the sandbox.
+async fn ingress_figures(app: &App, prefix: &str, n: usize, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let c = &app.client;
+    let name = format!("{prefix}-i");
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&name)?,
+        ..Default::default()
+    })
+    .await?;
+    let result = ingress_samples(app, &name, n).await;
+    let _ = c.delete_sandbox(&name).await;
+    let (proxied, tunnel, direct) = result?;
+    figures.push(Figure {
+        key: "ingress_http_get_ms".into(),
+        label: "ingress GET round trip (…/http/, reverse proxy)".into(),
+        unit: "ms",
+        target: None,
+        samples: proxied,
+    });
+    figures.push(Figure {
+        key: "ingress_tunnel_get_ms".into(),
+        label: "GET round trip through a raw tunnel (…/proxy/)".into(),
+        unit: "ms",
+        target: None,
+        samples: tunnel,
+    });
+    figures.push(Figure {
+        key: "ingress_direct_get_ms".into(),
+        label: "floor: the same GET inside the sandbox".into(),
+        unit: "ms",
+        target: None,
+        samples: direct,
+    });
+    Ok(())
+}
+
+async fn ingress_samples(app: &App, name: &str, n: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    use burrow_client::Method;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let c = &app.client;
+    let svc = json!({"cmd": ["python3", "-c", INGRESS_APP], "http_port": 8080});
+    let svc_path = format!("{}/services/web", burrow_client::paths::sandbox(name));
+    c.request_json::<serde_json::Value, _>(Method::PUT, &svc_path, Some(&svc))
+        .await?;
+    let http = format!("{}/http/", burrow_client::paths::sandbox(name));
+    // The first request waits for the app to listen (its port is declared).
+    for _ in 0..5 {
+        let r = c
+            .request_bytes(Method::GET, &http, None, Default::default())
+            .await?;
+        anyhow::ensure!(r.body().as_ref() == b"ok", "unexpected answer from the bench app");
+    }
+    let mut proxied = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        c.request_bytes(Method::GET, &http, None, Default::default())
+            .await?;
+        proxied.push(ms(t.elapsed()));
+    }
+
+    let relay = c.proxy_port(name, 8080).await?;
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let relaying = tokio::spawn(relay.relay(theirs));
+    let mut conn = tokio::io::BufReader::new(ours);
+    let mut tunnel = Vec::with_capacity(n);
+    for i in 0..n + 5 {
+        let t = Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            conn.get_mut()
+                .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+                .await?;
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                anyhow::ensure!(conn.read_line(&mut line).await? > 0, "the tunnel closed");
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    len = v.trim().parse()?;
+                }
+            }
+            let mut body = vec![0u8; len];
+            conn.read_exact(&mut body).await?;
+            Ok(body)
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer through the tunnel within 10 s"))??;
+        anyhow::ensure!(answer == b"ok", "unexpected answer through the tunnel");
+        if i >= 5 {
+            tunnel.push(ms(t.elapsed()));
+        }
+    }
+    drop(conn);
+    let _ = relaying.await;
+
+    let r = c
+        .exec(
+            name,
+            &ExecRequest {
+                cmd: vec![
+                    "python3".into(),
+                    "-c".into(),
+                    INGRESS_DIRECT.into(),
+                    n.to_string(),
+                ],
+                ..Default::default()
+            },
+        )
+        .await?;
+    anyhow::ensure!(r.exit_code == 0, "timing inside the sandbox failed: {}", r.stderr);
+    let direct = r
+        .stdout
+        .split_whitespace()
+        .map(str::parse::<f64>)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((proxied, tunnel, direct))
 }

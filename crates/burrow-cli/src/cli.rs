@@ -76,6 +76,16 @@ pub enum Command {
     /// Supervised services of a sandbox: defined once, started whenever it boots.
     #[command(visible_alias = "services")]
     Service(ServiceArgs),
+    /// Show or set a sandbox's network policy (open, policy with domain rules, none).
+    Policy(PolicyArgs),
+    /// Secrets the credential proxy injects; sandboxes only ever see placeholders.
+    Secret(SecretArgs),
+    /// API tokens (macaroons): create one with caveats, or narrow one offline.
+    Token(TokenArgs),
+    /// Print a sandbox's URL (its web app, served through burrowd).
+    Url(NameArg),
+    /// Forward a local TCP port to a port inside a sandbox, until interrupted.
+    Proxy(crate::cmd::ingress::ProxyArgs),
     /// Show client and server versions.
     Version,
     /// Measure the daemon's performance.
@@ -427,4 +437,164 @@ mod tests {
         assert!(Cli::try_parse_from(["burrow", "create", "Bad_Name"]).is_err());
         assert!(Cli::try_parse_from(["burrow", "create", "ok", "--engine", "vm", "--json"]).is_ok());
     }
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print a sandbox's network policy.
+    #[command(visible_alias = "get")]
+    Show { name: String },
+    /// Replace a sandbox's network policy; a running sandbox is under it at once.
+    Set(PolicySetArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    None,
+    Policy,
+    Open,
+}
+
+impl From<ModeArg> for burrow_api::NetworkMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::None => burrow_api::NetworkMode::None,
+            ModeArg::Policy => burrow_api::NetworkMode::Policy,
+            ModeArg::Open => burrow_api::NetworkMode::Open,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Rules apply in the order given; the first that matches a name decides, and a \
+                  name no rule matches is denied. Example: --allow '*.github.com' --allow pypi.org --deny '*'"
+)]
+pub struct PolicySetArgs {
+    pub name: String,
+    #[arg(long, value_enum)]
+    pub mode: ModeArg,
+    /// Allow a domain (`example.com`, `*.example.com` or `*`).
+    #[arg(long)]
+    pub allow: Vec<String>,
+    /// Deny a domain.
+    #[arg(long)]
+    pub deny: Vec<String>,
+}
+
+impl PolicySetArgs {
+    /// The rules in command-line order (clap keeps each list's order, not their interleaving,
+    /// so it is read back from the arguments).
+    pub fn rules_in_order(&self) -> Vec<(burrow_api::RuleAction, String)> {
+        use burrow_api::RuleAction::{Allow, Deny};
+        let args: Vec<String> = std::env::args().collect();
+        let mut order = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            let a = &args[i];
+            for (flag, action) in [("--allow", Allow), ("--deny", Deny)] {
+                if a == flag || a.starts_with(&format!("{flag}=")) {
+                    order.push(action);
+                }
+            }
+            i += 1;
+        }
+        let (mut allow, mut deny) = (self.allow.iter(), self.deny.iter());
+        let mut out: Vec<_> = order
+            .into_iter()
+            .filter_map(|action| match action {
+                Allow => allow.next().map(|d| (Allow, d.clone())),
+                Deny => deny.next().map(|d| (Deny, d.clone())),
+            })
+            .collect();
+        out.extend(allow.map(|d| (Allow, d.clone())));
+        out.extend(deny.map(|d| (Deny, d.clone())));
+        out
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SecretArgs {
+    #[command(subcommand)]
+    pub command: SecretCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Add a secret; its value is sealed at once and never shown again.
+    Add(SecretAddArgs),
+    /// List secrets (never their values).
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Delete a secret (and detach it everywhere).
+    Rm { name: String },
+    /// Give a sandbox a placeholder for a secret in an environment variable.
+    Attach {
+        sandbox: String,
+        secret: String,
+        #[arg(long)]
+        env: String,
+    },
+    /// Take a secret's placeholder away from a sandbox.
+    Detach { sandbox: String, secret: String },
+}
+
+#[derive(Debug, Args)]
+pub struct SecretAddArgs {
+    pub name: String,
+    /// File holding the value (a trailing newline is dropped).
+    #[arg(long)]
+    pub value_file: Option<std::path::PathBuf>,
+    /// Read the value from standard input.
+    #[arg(long)]
+    pub value_stdin: bool,
+    /// Host it may be sent to (repeatable; `*.example.com` for names below it).
+    #[arg(long = "host", required = true)]
+    pub hosts: Vec<String>,
+    /// Header that carries it (default Authorization).
+    #[arg(long)]
+    pub header: Option<String>,
+    /// Header value with %s for the secret (default 'Bearer %s').
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenScope {
+    /// Only for this sandbox (repeatable).
+    #[arg(long)]
+    pub sandbox: Vec<String>,
+    /// Only these actions, comma-separated: read, create, delete, config, lifecycle, exec,
+    /// files, checkpoints, services, policy, secrets, images, http.
+    #[arg(long)]
+    pub actions: Option<String>,
+    /// Valid for this long (90s, 10m, 1h, 7d).
+    #[arg(long)]
+    pub expires: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token from yours (or from the root on the unix socket) with more caveats.
+    Create(TokenScope),
+    /// Narrow a token offline: no server call, the result can do less.
+    Attenuate {
+        token: String,
+        #[command(flatten)]
+        scope: TokenScope,
+    },
+    /// Show a token's caveats (not verified: only the daemon can).
+    Inspect { token: String },
 }

@@ -70,6 +70,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Fork(a) => cmd::checkpoints::fork(&app, &a.source, a.name).await,
         Command::Images(a) => cmd::images::run(&app, a).await,
         Command::Service(a) => cmd::services::run(&app, a.command).await,
+        Command::Policy(a) => cmd::network::policy(&app, a.command).await,
+        Command::Secret(a) => cmd::network::secret(&app, a.command).await,
+        Command::Token(a) => cmd::network::token(&app, a.command).await,
+        Command::Url(a) => cmd::ingress::url(&app, &a.name).await,
+        Command::Proxy(a) => cmd::ingress::proxy(&app, a).await,
         Command::Version => cmd::version::run(&app).await,
         Command::Bench(a) => bench::run(&app, a).await,
     }

@@ -10,12 +10,10 @@ use burrow_api::{WsControl, WsNotice, ws_stream};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use hyper::body::Bytes;
-use hyper::header::AUTHORIZATION;
 use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{WebSocketStream, client_async};
 
 use crate::paths::Query;
 use crate::transport::Stream;
@@ -142,25 +140,7 @@ pub struct ExecOutput {
 
 impl ExecStream {
     pub(crate) async fn connect(client: &Client, path: &str) -> Result<Self, ClientError> {
-        let mut req = client
-            .uri("ws", path)
-            .into_client_request()
-            .map_err(|e| ClientError::Config(format!("cannot build WebSocket request: {e}")))?;
-        if let Some(auth) = client.auth_header()? {
-            req.headers_mut().insert(AUTHORIZATION, auth);
-        }
-        let io = client
-            .target()
-            .connect()
-            .await
-            .map_err(|e| client.connect_error(e))?;
-        let (ws, _resp) = client_async(req, io).await.map_err(|e| match e {
-            WsError::Http(resp) => {
-                let body = resp.body().as_deref().unwrap_or_default();
-                ClientError::from_response(resp.status().as_u16(), body)
-            }
-            other => ClientError::WebSocket(format!("handshake with burrowd failed: {other}")),
-        })?;
+        let ws = crate::ingress::ws_connect(client, path).await?;
         let (sink, stream) = ws.split();
         Ok(Self {
             sender: ExecSender {

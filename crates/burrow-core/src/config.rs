@@ -25,6 +25,9 @@ pub struct Config {
     pub defaults: SandboxDefaults,
     /// Debian mirror for building the base image; None = mmdebstrap's default.
     pub debian_mirror: Option<String>,
+    /// Sandbox networking (netns + veth + bridge, nftables, DNS, credential proxy); `None`
+    /// gives every sandbox loopback only.
+    pub network: Option<crate::network::NetSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +72,7 @@ impl Config {
             public_port: 7440,
             defaults: SandboxDefaults::default(),
             debian_mirror: None,
+            network: None,
             data_dir,
         }
     }

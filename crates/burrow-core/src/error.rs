@@ -56,6 +56,9 @@ pub enum CoreError {
     File { kind: ErrorKind, message: String },
     #[error("agent of sandbox '{name}' failed: {detail}")]
     Agent { name: String, detail: String },
+    /// A tunnel's port refused the connection: nothing listens on it in the sandbox.
+    #[error("nothing listens on port {port} in sandbox '{name}' (connection refused)")]
+    NotListening { name: String, port: u16 },
     #[error("engine: {0}")]
     Engine(#[from] burrow_engine::EngineError),
     #[error("storage: {0}")]
@@ -84,7 +87,7 @@ impl CoreError {
             Self::NameTaken(_) | Self::IllegalTransition { .. } | Self::Conflict(_) => ErrorKind::Conflict,
             Self::Gone(_) => ErrorKind::Gone,
             Self::TooLarge(_) => ErrorKind::TooLarge,
-            Self::Unavailable(_) | Self::Agent { .. } => ErrorKind::Unavailable,
+            Self::Unavailable(_) | Self::Agent { .. } | Self::NotListening { .. } => ErrorKind::Unavailable,
             Self::NoSpace(_) => ErrorKind::NoSpace,
             Self::File { kind, .. } => *kind,
             Self::Engine(burrow_engine::EngineError::Unavailable(..)) => ErrorKind::Unavailable,
@@ -105,6 +108,7 @@ impl CoreError {
             Self::TooLarge(_) => "too_large",
             Self::Unavailable(_) => "unavailable",
             Self::Agent { .. } => "agent_unavailable",
+            Self::NotListening { .. } => "not_listening",
             Self::NoSpace(_) => "no_space",
             Self::File { kind, .. } => match kind {
                 ErrorKind::NotFound => "file_not_found",

@@ -9,6 +9,7 @@
 pub mod build;
 mod checkpoints;
 pub mod config;
+pub mod connect;
 pub mod error;
 pub mod events;
 mod exec;
@@ -16,7 +17,9 @@ pub mod fault;
 pub mod files;
 pub mod idle;
 pub mod images;
+pub mod keys;
 mod manager;
+pub mod network;
 pub mod oci;
 pub mod services;
 mod sessions;
@@ -26,6 +29,7 @@ mod time_util;
 
 pub use checkpoints::CheckpointSource;
 pub use config::Config;
+pub use connect::Tunnel;
 pub use error::{CoreError, ErrorKind};
 pub use exec::{ExecSession, SessionEvent, StreamExecOptions};
 pub use files::{FileStream, WriteOptions};

@@ -46,6 +46,9 @@ pub struct Manager {
     pub(crate) activity: Arc<crate::idle::Activity>,
     pub events: crate::events::Events,
     inside_listeners: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    pub(crate) keys: crate::keys::Keys,
+    /// Sandbox networking; `None` = loopback only (`--network off`).
+    pub(crate) net: Option<crate::network::Net>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -94,7 +97,21 @@ impl Manager {
         };
         let engine: Arc<dyn Engine> = Arc::new(burrow_engine::container::ContainerEngine::new(engine_cfg)?);
         let images = ImageService::new(cfg.clone(), store.clone(), pool.clone());
+        let keys = crate::keys::Keys::open(&cfg.data_dir)?;
+        let net = match &cfg.network {
+            Some(settings) => {
+                let tag = format!(
+                    "{:06x}",
+                    crate::config::fnv1a(cfg.data_dir.to_string_lossy().as_bytes()) & 0xff_ffff
+                );
+                let settings = settings.clone();
+                Some(blocking(move || crate::network::Net::setup(&tag, settings)).await?)
+            }
+            None => None,
+        };
         let mgr = Arc::new(Self {
+            keys,
+            net,
             cfg,
             store,
             pool,
@@ -203,6 +220,7 @@ impl Manager {
                 ),
                 ("/.burrow/host".to_owned(), self.host_api_dir(&r.id)),
             ],
+            netns: None,
         }
     }
 
@@ -442,6 +460,7 @@ impl Manager {
                 rec.updated_at = now_rfc3339();
                 self.store.update_sandbox(&rec)?;
                 tracing::info!(sandbox = %rec.name, id = %rec.id, "created");
+                self.install_net_files(&rec).await;
                 self.activity.touch(&rec.id);
                 self.events.emit(
                     &rec.name,
@@ -500,7 +519,15 @@ impl Manager {
 
     /// Starts the engine and waits for the agent's handshake.
     pub(crate) async fn boot(&self, rec: &SandboxRecord) -> Result<()> {
-        let spec = self.spec(rec);
+        let mut spec = self.spec(rec);
+        spec.netns = self.net_attach(rec).await?;
+        if spec.netns.is_some() {
+            // burrowd's resolver, bound read-only over the image's resolv.conf.
+            spec.shared_dirs.push((
+                "/etc/resolv.conf".to_owned(),
+                self.host_api_dir(&rec.id).join("resolv.conf"),
+            ));
+        }
         // Checkpoints are visible read-only inside at /.burrow/checkpoints.
         let cp_dir = self.pool.checkpoints_dir().join(&rec.id);
         std::fs::create_dir_all(&cp_dir)
@@ -568,8 +595,11 @@ impl Manager {
         let pool = self.pool.clone();
         let id = rec.id.clone();
         let run_dir = self.run_dir(&rec.id);
+        let stopped = engine.clone();
+        let sid = id.clone();
+        blocking(move || Ok(stopped.stop(&sid, Duration::ZERO)?)).await?;
+        self.net_detach(&id);
         blocking(move || {
-            engine.stop(&id, Duration::ZERO)?;
             pool.delete_volume(&pool.sandbox_path(&id))?;
             match std::fs::remove_dir_all(&run_dir) {
                 Ok(()) => Ok(()),
@@ -830,6 +860,7 @@ impl Manager {
         if tty {
             env.insert("TERM".into(), "xterm-256color".into());
         }
+        self.net_env(rec, &mut env);
         env.extend(rec.env.clone());
         env.extend(extra.clone());
         env.into_iter().collect()
@@ -917,6 +948,7 @@ impl Manager {
         self.reconcile_checkpoints().await?;
         self.reconcile_builds().await?;
         let records = self.store.all_sandboxes()?;
+        self.net_reconcile(&records)?;
         for mut rec in records.clone() {
             match rec.intent {
                 Some(Intent::Create) | Some(Intent::Destroy) => {
@@ -1019,6 +1051,11 @@ impl Manager {
             }
             let _ = self.delete_all_checkpoints(&rec).await;
             self.store.delete_sandbox(&rec.id)?;
+        }
+        if let Some(net) = &self.net
+            && let Err(e) = net.host.teardown()
+        {
+            tracing::warn!(error = %e, "removing the daemon's bridge and rules");
         }
         Ok(())
     }

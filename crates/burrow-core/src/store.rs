@@ -162,7 +162,40 @@ fn migrations() -> Migrations<'static> {
                 PRIMARY KEY (sandbox_id, name)
             );",
         ),
+        M::up(
+            "CREATE TABLE net (
+                sandbox_id TEXT PRIMARY KEY,
+                addr TEXT NOT NULL UNIQUE,
+                policy TEXT NOT NULL
+            );
+            CREATE TABLE secrets (
+                name TEXT PRIMARY KEY,
+                sealed BLOB NOT NULL,
+                header TEXT NOT NULL,
+                format TEXT NOT NULL,
+                hosts TEXT NOT NULL,
+                created_at TEXT NOT NULL
+            );
+            CREATE TABLE sandbox_secrets (
+                sandbox_id TEXT NOT NULL,
+                secret TEXT NOT NULL,
+                env TEXT NOT NULL,
+                PRIMARY KEY (sandbox_id, secret),
+                UNIQUE (sandbox_id, env)
+            );",
+        ),
     ])
+}
+
+/// A secret as stored: the value only sealed to the host key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretRecord {
+    pub name: String,
+    pub sealed: Vec<u8>,
+    pub header: String,
+    pub format: String,
+    pub hosts: Vec<String>,
+    pub created_at: String,
 }
 
 #[derive(Debug)]
@@ -274,8 +307,153 @@ impl Store {
 
     pub fn delete_sandbox(&self, id: &str) -> Result<()> {
         self.with(|c| {
+            c.execute("DELETE FROM sandbox_secrets WHERE sandbox_id=?1", params![id])?;
+            c.execute("DELETE FROM net WHERE sandbox_id=?1", params![id])?;
             c.execute("DELETE FROM sandboxes WHERE id=?1", params![id])?;
             Ok(())
+        })
+    }
+
+    // ----- network ---------------------------------------------------------------------
+
+    /// Every sandbox's address and policy (JSON of `NetworkPolicy`).
+    pub fn all_net(&self) -> Result<Vec<(String, String, String)>> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT sandbox_id, addr, policy FROM net")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    pub fn net_of(&self, sandbox_id: &str) -> Result<Option<(String, String)>> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT addr, policy FROM net WHERE sandbox_id=?1",
+                params![sandbox_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+        })
+    }
+
+    /// Inserts or replaces a sandbox's address and policy. A taken address is `Unique`.
+    pub fn put_net(&self, sandbox_id: &str, addr: &str, policy: &str) -> Result<()> {
+        self.with(|c| {
+            let res = c.execute(
+                "INSERT INTO net (sandbox_id, addr, policy) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(sandbox_id) DO UPDATE SET addr=excluded.addr, policy=excluded.policy",
+                params![sandbox_id, addr, policy],
+            );
+            match res {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, msg))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(StoreError::Unique(msg.unwrap_or_default()))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    // ----- secrets ---------------------------------------------------------------------
+
+    pub fn insert_secret(&self, r: &SecretRecord) -> Result<()> {
+        self.with(|c| {
+            let res = c.execute(
+                "INSERT INTO secrets (name, sealed, header, format, hosts, created_at) VALUES (?1,?2,?3,?4,?5,?6)",
+                params![r.name, r.sealed, r.header, r.format, to_json(&r.hosts), r.created_at],
+            );
+            match res {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, msg)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    Err(StoreError::Unique(msg.unwrap_or_default()))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    pub fn secrets(&self) -> Result<Vec<SecretRecord>> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT name, sealed, header, format, hosts, created_at FROM secrets ORDER BY name",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get(5)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, sealed, header, format, hosts, created_at) = row?;
+                let hosts = serde_json::from_str(&hosts).map_err(|e| StoreError::Corrupt {
+                    what: format!("secret {name}"),
+                    detail: e.to_string(),
+                })?;
+                out.push(SecretRecord {
+                    name,
+                    sealed,
+                    header,
+                    format,
+                    hosts,
+                    created_at,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Deletes a secret and detaches it everywhere; false if there was none.
+    pub fn delete_secret(&self, name: &str) -> Result<bool> {
+        self.with(|c| {
+            c.execute("DELETE FROM sandbox_secrets WHERE secret=?1", params![name])?;
+            Ok(c.execute("DELETE FROM secrets WHERE name=?1", params![name])? > 0)
+        })
+    }
+
+    /// (sandbox id, secret, env) of every attachment.
+    pub fn attachments(&self) -> Result<Vec<(String, String, String)>> {
+        self.with(|c| {
+            let mut st =
+                c.prepare("SELECT sandbox_id, secret, env FROM sandbox_secrets ORDER BY sandbox_id, secret")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// Attaches (or re-attaches under another variable); a variable already used by another
+    /// secret of the sandbox is `Unique`.
+    pub fn attach_secret(&self, sandbox_id: &str, secret: &str, env: &str) -> Result<()> {
+        self.with(|c| {
+            let res = c.execute(
+                "INSERT INTO sandbox_secrets (sandbox_id, secret, env) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(sandbox_id, secret) DO UPDATE SET env=excluded.env",
+                params![sandbox_id, secret, env],
+            );
+            match res {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, msg))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Err(StoreError::Unique(msg.unwrap_or_default()))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    pub fn detach_secret(&self, sandbox_id: &str, secret: &str) -> Result<bool> {
+        self.with(|c| {
+            Ok(c.execute(
+                "DELETE FROM sandbox_secrets WHERE sandbox_id=?1 AND secret=?2",
+                params![sandbox_id, secret],
+            )? > 0)
         })
     }
 

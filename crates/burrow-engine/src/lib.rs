@@ -30,6 +30,8 @@ pub struct SandboxSpec {
     /// Host directories shared read-only with the sandbox, as (path inside, host path):
     /// its checkpoints and the directory holding its in-sandbox API socket.
     pub shared_dirs: Vec<(String, PathBuf)>,
+    /// A network namespace made by the host to join; `None` = a new one with loopback only.
+    pub netns: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -41,12 +41,29 @@ pub struct Daemon {
     addr: Mutex<Option<SocketAddr>>,
     env: Mutex<Vec<(String, String)>>,
     log: PathBuf,
+    /// This daemon's sandbox subnet (a /24 of its own, so daemons run side by side).
+    pub subnet: String,
+    extra_args: Vec<String>,
     _dir: tempfile::TempDir,
+}
+
+/// A /24 no other daemon of this host's test runs uses at the same time: test binaries run
+/// one after another, and within one a counter tells daemons apart.
+fn next_subnet() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("10.{}.{}.0/24", 100 + std::process::id() % 100, n % 256)
 }
 
 impl Daemon {
     /// Starts a daemon with a fresh data dir and waits until it serves.
     pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    /// Like [`Daemon::start`], with extra `burrowd` arguments (kept across restarts), e.g.
+    /// `--dns-upstream` pointing at a test's own resolver.
+    pub fn start_with(extra_args: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("burrow-test-")
             .tempdir_in("/var/tmp")
@@ -63,6 +80,8 @@ impl Daemon {
             addr: Mutex::new(None),
             env: Mutex::new(Vec::new()),
             log,
+            subnet: next_subnet(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
         };
         d.spawn();
@@ -98,6 +117,20 @@ impl Daemon {
             .arg("--pool-size-gb")
             .arg("16")
             .arg("--ephemeral")
+            // Networking on, on a subnet of its own. Sandbox traffic may only be forwarded
+            // to 198.18.0.0/15, where tests build their fake internet, and DNS goes to a
+            // port where nothing listens unless a test passes its own resolver: nothing a
+            // test does can reach a real network.
+            .arg("--subnet")
+            .arg(&self.subnet)
+            .arg("--uplink-only")
+            .arg("198.18.0.0/15")
+            .args(if self.extra_args.iter().any(|a| a == "--dns-upstream") {
+                &[][..]
+            } else {
+                &["--dns-upstream", "127.0.0.1:9"][..]
+            })
+            .args(&self.extra_args)
             .env("BURROW_LOG", "info,burrow=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))

@@ -5,5 +5,6 @@
 //! Nothing here decides policy or touches disks and runtimes: that is the core's job.
 
 pub mod api;
+pub mod egress;
 
 pub use api::{AppState, Transport, router};

@@ -51,6 +51,32 @@ struct Args {
     base_domain: String,
     #[arg(long, env = "BURROW_DEBIAN_MIRROR")]
     debian_mirror: Option<String>,
+    /// Sandbox networking: `on` (a netns per sandbox on a bridge, nftables, DNS policy,
+    /// credential proxy) or `off` (loopback only).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    network: String,
+    /// Subnet of sandbox addresses; the first address is the bridge's (burrowd's DNS and
+    /// proxy listen there). Give each daemon on a host its own.
+    #[arg(long, env = "BURROW_SUBNET", default_value = "10.213.0.0/16")]
+    subnet: burrow_net::Cidr,
+    /// Network mode of new sandboxes: open, policy or none.
+    #[arg(long, default_value = "open", value_parser = ["open", "policy", "none"])]
+    default_network: String,
+    /// Upstream DNS resolver (repeatable); default: the host's /etc/resolv.conf.
+    #[arg(long = "dns-upstream")]
+    dns_upstreams: Vec<SocketAddr>,
+    /// Extra PEM file of CA roots the credential proxy trusts upstream (repeatable).
+    #[arg(long = "egress-ca")]
+    egress_ca: Vec<PathBuf>,
+    /// Only forward sandbox traffic to these ranges (repeatable; tests confine sandboxes to
+    /// their fake internet with it).
+    #[arg(long = "uplink-only", hide = true)]
+    uplink_only: Vec<burrow_net::Cidr>,
+    /// Ports on the gateway: DNS, explicit proxy, transparent HTTP and TLS (first of four).
+    #[arg(long, default_value_t = 53, hide = true)]
+    dns_port: u16,
+    #[arg(long, default_value_t = 3128, hide = true)]
+    proxy_port: u16,
     /// Test mode: on SIGTERM/SIGINT destroy every sandbox, release the pool and remove the
     /// data dir. Never use it for real data.
     #[arg(long, hide = true)]
@@ -81,15 +107,22 @@ fn find_agent(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     )
 }
 
-fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
+/// The admin token: the root macaroon of the daemon's token key (no caveats), written to
+/// `DATA_DIR/admin.token` (0600) on first start. A token from before macaroons is replaced.
+fn admin_token(data_dir: &Path, key: &[u8]) -> anyhow::Result<String> {
     let path = data_dir.join("admin.token");
     match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
-        Ok(_) => {}
+        Ok(t) if burrow_macaroon::Macaroon::decode(t.trim()).is_ok_and(|m| m.verify(key).is_ok()) => {
+            return Ok(t.trim().to_owned());
+        }
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "replacing an admin token that is not a valid macaroon")
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).context(format!("reading {}", path.display())),
     }
-    let token: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let token =
+        burrow_macaroon::Macaroon::mint(key, &burrow_macaroon::Macaroon::random_id("admin"), &[]).encode();
     let tmp = data_dir.join(".admin.token.tmp");
     {
         use std::io::Write;
@@ -154,6 +187,26 @@ async fn main() -> anyhow::Result<()> {
     cfg.uid_base = args.uid_base;
     cfg.base_domain = args.base_domain;
     cfg.debian_mirror = args.debian_mirror;
+    if args.network == "on" {
+        let mut net = burrow_core::network::NetSettings::new(args.subnet);
+        net.default_mode = match args.default_network.as_str() {
+            "policy" => burrow_api::NetworkMode::Policy,
+            "none" => burrow_api::NetworkMode::None,
+            _ => burrow_api::NetworkMode::Open,
+        };
+        net.dns_upstreams = if args.dns_upstreams.is_empty() {
+            burrowd::egress::host_resolvers()
+        } else {
+            args.dns_upstreams
+        };
+        net.extra_roots = args.egress_ca;
+        net.uplink_only = (!args.uplink_only.is_empty()).then_some(args.uplink_only);
+        net.dns_port = args.dns_port;
+        net.proxy_port = args.proxy_port;
+        net.transparent_http_port = args.proxy_port + 1;
+        net.transparent_tls_port = args.proxy_port + 2;
+        cfg.network = Some(net);
+    }
 
     let unix = bind_unix(&args.socket).await?;
     let tcp = tokio::net::TcpListener::bind(args.listen)
@@ -187,7 +240,8 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!(burrow_core::error::chain(&e)))?;
     let _ = mgr_tx.send(Some(Arc::downgrade(&mgr)));
-    let token = admin_token(&data_dir)?;
+    let egress = burrowd::egress::start(&mgr).await?;
+    let token = admin_token(&data_dir, mgr.token_key())?;
     let state = AppState {
         mgr: mgr.clone(),
         admin_token: Arc::new(token),
@@ -205,7 +259,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let serve_tcp = {
         let mut rx = stop_rx.clone();
-        axum::serve(tcp, router(state.clone(), Transport::Tcp))
+        // The peer address feeds ingress's X-Forwarded-For.
+        let app = router(state.clone(), Transport::Tcp).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(tcp, app)
             .with_graceful_shutdown(async move {
                 let _ = rx.wait_for(|v| *v).await;
             })
@@ -228,6 +284,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await;
     let _ = std::fs::remove_file(&args.socket);
+    drop(egress);
     if args.ephemeral {
         tracing::info!("ephemeral: destroying every sandbox and the data dir");
         if let Err(e) = mgr.destroy_all().await {

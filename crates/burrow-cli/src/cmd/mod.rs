@@ -4,6 +4,8 @@ pub mod checkpoints;
 pub mod cp;
 pub mod exec;
 pub mod images;
+pub mod ingress;
+pub mod network;
 pub mod sandbox;
 pub mod services;
 pub mod sessions;

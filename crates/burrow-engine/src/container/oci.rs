@@ -169,7 +169,7 @@ fn bind_ro(dest: &str, source: &Path) -> Mount {
     m
 }
 
-fn mounts(inp: &ConfigInputs<'_>) -> Vec<Mount> {
+fn mounts(inp: &ConfigInputs<'_>, host_netns: bool) -> Vec<Mount> {
     // gid=5 (tty) only when group 5 exists inside, i.e. is mapped.
     let mut devpts = vec!["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"];
     if inp.uid_count > 5 {
@@ -191,9 +191,20 @@ fn mounts(inp: &ConfigInputs<'_>) -> Vec<Mount> {
             &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
         ),
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-        // The sandbox has its own network namespace, owned by its user namespace, so the
-        // kernel lets it mount a sysfs (showing only its own network devices).
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+        // In a network namespace of its own (owned by its user namespace) the kernel lets
+        // the sandbox mount a sysfs. One made by the host (a veth to burrowd's bridge) belongs
+        // to the host's user namespace, and sysfs may then only be bound read-only, like
+        // rootless runtimes do; its network device directories are masked (see `build`).
+        if host_netns {
+            mount(
+                "/sys",
+                "bind",
+                "/sys",
+                &["rbind", "nosuid", "noexec", "nodev", "ro"],
+            )
+        } else {
+            mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])
+        },
         mount(
             "/sys/fs/cgroup",
             "cgroup",
@@ -256,13 +267,19 @@ fn process(hostname: &str, inp: &ConfigInputs<'_>) -> Process {
     p
 }
 
-fn namespaces() -> Vec<LinuxNamespace> {
+/// Every namespace is new, except the network one when the host made it (a netns with a
+/// veth to burrowd's bridge): the sandbox joins it, and since that namespace belongs to the
+/// host's user namespace, root inside cannot change its addresses, routes or firewall.
+fn namespaces(netns: Option<&std::path::Path>) -> Vec<LinuxNamespace> {
     use LinuxNamespaceType::*;
     [Pid, Mount, Ipc, Uts, Network, User, Cgroup]
         .into_iter()
         .map(|typ| {
             let mut ns = LinuxNamespace::default();
             ns.set_typ(typ);
+            if typ == Network {
+                ns.set_path(netns.map(std::path::Path::to_path_buf));
+            }
             ns
         })
         .collect()
@@ -384,14 +401,19 @@ pub fn build(spec: &SandboxSpec, inp: &ConfigInputs<'_>) -> Result<Spec> {
         .expect(BUILDER_INFALLIBLE);
 
     let mut linux = Linux::default();
-    linux.set_namespaces(Some(namespaces()));
+    linux.set_namespaces(Some(namespaces(spec.netns.as_deref())));
     linux.set_uid_mappings(Some(vec![idmap]));
     linux.set_gid_mappings(Some(vec![idmap]));
     linux.set_devices(Some(devices()));
     linux.set_cgroups_path(Some(cgroup_path(inp.cgroup_parent, &spec.id)));
     linux.set_resources(Some(resources(spec, inp.limit_swap)));
     linux.set_seccomp(Some(seccomp::profile()));
-    linux.set_masked_paths(Some(MASKED_PATHS.iter().map(|p| (*p).to_owned()).collect()));
+    let mut masked: Vec<String> = MASKED_PATHS.iter().map(|p| (*p).to_owned()).collect();
+    if spec.netns.is_some() {
+        // The host's sysfs: hide its network devices (other sandboxes' veths among them).
+        masked.extend(["/sys/class/net".to_owned(), "/sys/devices/virtual/net".to_owned()]);
+    }
+    linux.set_masked_paths(Some(masked));
     linux.set_readonly_paths(Some(READONLY_PATHS.iter().map(|p| (*p).to_owned()).collect()));
     linux.set_rootfs_propagation(Some("private".to_owned()));
 
@@ -400,7 +422,7 @@ pub fn build(spec: &SandboxSpec, inp: &ConfigInputs<'_>) -> Result<Spec> {
     s.set_root(Some(root));
     s.set_hostname(Some(spec.hostname.clone()));
     s.set_process(Some(process(&spec.hostname, inp)));
-    s.set_mounts(Some(mounts(inp)));
+    s.set_mounts(Some(mounts(inp, spec.netns.is_some())));
     s.set_linux(Some(linux));
     s.set_hooks(None);
     s.set_annotations(None);
@@ -424,6 +446,7 @@ mod tests {
                 pids: 256,
             },
             shared_dirs: Vec::new(),
+            netns: None,
         }
     }
 

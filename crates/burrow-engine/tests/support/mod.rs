@@ -165,6 +165,7 @@ impl TestEngine {
             run_dir: base.join("run"),
             resources,
             shared_dirs: Vec::new(),
+            netns: None,
         }
     }
 

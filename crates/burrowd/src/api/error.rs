@@ -12,6 +12,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The token caveat a 403 is about.
+    pub caveat: Option<String>,
 }
 
 impl ApiError {
@@ -20,7 +22,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            caveat: None,
         }
+    }
+
+    /// Names the token caveat that refused the request.
+    pub fn with_caveat(mut self, caveat: String) -> Self {
+        self.caveat = Some(caveat);
+        self
     }
 }
 
@@ -50,6 +59,7 @@ impl From<CoreError> for ApiError {
             status,
             code: e.code(),
             message,
+            caveat: None,
         }
     }
 }
@@ -60,6 +70,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.to_owned(),
                 message: self.message,
+                caveat: self.caveat,
             },
         };
         (self.status, Json(body)).into_response()

@@ -7,6 +7,8 @@ mod events;
 mod exec;
 mod extract;
 mod files;
+mod ingress;
+mod network;
 mod sandboxes;
 mod services;
 mod sessions;
@@ -83,6 +85,21 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sandboxes/{name}/services/{svc}/logs"),
     ("post", "/v1/sandboxes/{name}/services/{svc}/start"),
     ("post", "/v1/sandboxes/{name}/services/{svc}/stop"),
+    ("get", "/v1/sandboxes/{name}/http/{path}"),
+    ("post", "/v1/sandboxes/{name}/http/{path}"),
+    ("put", "/v1/sandboxes/{name}/http/{path}"),
+    ("patch", "/v1/sandboxes/{name}/http/{path}"),
+    ("delete", "/v1/sandboxes/{name}/http/{path}"),
+    ("get", "/v1/sandboxes/{name}/proxy/{port}"),
+    ("get", "/v1/sandboxes/{name}/policy/network"),
+    ("put", "/v1/sandboxes/{name}/policy/network"),
+    ("put", "/v1/sandboxes/{name}/secrets/{secret}"),
+    ("delete", "/v1/sandboxes/{name}/secrets/{secret}"),
+    ("get", "/v1/secrets"),
+    ("post", "/v1/secrets"),
+    ("get", "/v1/secrets/{name}"),
+    ("delete", "/v1/secrets/{name}"),
+    ("post", "/v1/tokens"),
 ];
 
 /// The API router for one transport.
@@ -121,6 +138,23 @@ pub fn router(state: AppState, transport: Transport) -> Router {
         .route("/v1/sandboxes/{name}/services/{svc}/logs", get(services::logs))
         .route("/v1/sandboxes/{name}/services/{svc}/start", post(services::start))
         .route("/v1/sandboxes/{name}/services/{svc}/stop", post(services::stop))
+        .route(
+            "/v1/sandboxes/{name}/policy/network",
+            get(network::get_policy).put(network::put_policy),
+        )
+        .route(
+            "/v1/sandboxes/{name}/secrets/{secret}",
+            axum::routing::put(network::attach_secret).delete(network::detach_secret),
+        )
+        .route(
+            "/v1/secrets",
+            get(network::list_secrets).post(network::create_secret),
+        )
+        .route(
+            "/v1/secrets/{name}",
+            get(network::get_secret).delete(network::delete_secret),
+        )
+        .route("/v1/tokens", post(network::create_token))
         .route("/v1/sandboxes", get(list).post(create))
         .route("/v1/sandboxes/{name}", get(get_one).patch(patch).delete(delete))
         .route("/v1/sandboxes/{name}/start", post(start))
@@ -151,11 +185,17 @@ pub fn router(state: AppState, transport: Transport) -> Router {
                 .put(files::write_archive)
                 .layer(DefaultBodyLimit::disable()),
         )
+        .merge(ingress::routes())
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
+        ))
+        // Before the token check: Host-routed and public sandbox URLs need none.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ingress::before_auth,
         ))
         .layer(axum::Extension(transport))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -1,0 +1,101 @@
+//! Starts the egress side (`burrow-egress`) on the bridge's gateway address: the DNS
+//! resolver every sandbox uses and the credential proxy, both asking the manager through a
+//! [`Directory`].
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use anyhow::Context;
+use burrow_core::Manager;
+use burrow_egress::{Directory, SandboxView, SecretValue};
+
+/// The manager as the egress side sees it. Weak: the servers must not keep it alive.
+struct ManagerDirectory(Weak<Manager>);
+
+impl Directory for ManagerDirectory {
+    fn sandbox(&self, src: Ipv4Addr) -> Option<SandboxView> {
+        self.0.upgrade()?.egress_view(src)
+    }
+
+    fn placeholder_key(&self) -> Vec<u8> {
+        self.0
+            .upgrade()
+            .map(|m| m.placeholder_key().to_vec())
+            .unwrap_or_default()
+    }
+
+    fn secret(&self, name: &str) -> Option<SecretValue> {
+        self.0.upgrade()?.secret_value(name)
+    }
+
+    fn attached_secrets(&self, sandbox_id: &str) -> Vec<String> {
+        self.0
+            .upgrade()
+            .map(|m| m.attached_secrets(sandbox_id))
+            .unwrap_or_default()
+    }
+
+    fn admit(&self, src: Ipv4Addr, dst: Ipv4Addr, ttl: Duration) {
+        if let Some(m) = self.0.upgrade() {
+            m.admit(src, dst, ttl);
+        }
+    }
+
+    fn event(&self, sandbox_id: &str, kind: &str, data: serde_json::Value) {
+        if let Some(m) = self.0.upgrade()
+            && let Ok(name) = m.name_of(sandbox_id)
+        {
+            tracing::info!(sandbox = %name, kind, %data, "egress");
+            m.events.emit(&name, kind, data);
+        }
+    }
+}
+
+/// The running egress servers; dropping them stops them.
+pub struct Egress {
+    _dns: burrow_egress::dns::DnsServer,
+    _proxy: burrow_egress::proxy::ProxyServer,
+}
+
+/// Starts DNS and the proxy when the manager has networking; `None` when it is off.
+pub async fn start(mgr: &Arc<Manager>) -> anyhow::Result<Option<Egress>> {
+    let Some(net) = mgr.net() else {
+        return Ok(None);
+    };
+    let gw = net.gateway();
+    let s = &net.settings;
+    let dir: Arc<dyn Directory> = Arc::new(ManagerDirectory(Arc::downgrade(mgr)));
+    let resolver = burrow_egress::dns::Resolver::new(s.dns_upstreams.clone());
+    let dns = burrow_egress::dns::serve(SocketAddr::from((gw, s.dns_port)), resolver.clone(), dir.clone())
+        .await
+        .with_context(|| format!("serving DNS on {gw}:{}", s.dns_port))?;
+    let roots = burrow_egress::proxy::upstream_roots(&s.extra_roots).context("loading upstream TLS roots")?;
+    let cfg = burrow_egress::proxy::ProxyConfig {
+        explicit: SocketAddr::from((gw, s.proxy_port)),
+        transparent_http: SocketAddr::from((gw, s.transparent_http_port)),
+        transparent_tls: SocketAddr::from((gw, s.transparent_tls_port)),
+        upstream_roots: Arc::new(roots),
+        allow_private_upstreams: false,
+        original_dst: None,
+    };
+    let proxy = burrow_egress::proxy::serve(cfg, dir, resolver)
+        .await
+        .with_context(|| format!("serving the credential proxy on {gw}"))?;
+    tracing::info!(gateway = %gw, dns = s.dns_port, proxy = s.proxy_port, "egress serving");
+    Ok(Some(Egress {
+        _dns: dns,
+        _proxy: proxy,
+    }))
+}
+
+/// Nameservers of the host's /etc/resolv.conf (burrowd's default upstreams).
+pub fn host_resolvers() -> Vec<SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}

