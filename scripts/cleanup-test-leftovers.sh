@@ -16,3 +16,10 @@ for l in $(losetup -nO NAME,BACK-FILE 2>/dev/null | awk '$2 ~ /burrow-test-/ {pr
   losetup -d "$l" 2>/dev/null || true
 done
 rm -rf /var/tmp/burrow-test-* 2>/dev/null || true
+# Fake-internet namespaces of the network tests (deleting one removes both ends of its veth).
+for ns in $(ls /run/netns 2>/dev/null | grep '^bwt-'); do
+  ip netns del "$ns" 2>/dev/null || true
+done
+for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^bwti'); do
+  ip link del "$l" 2>/dev/null || true
+done

@@ -136,6 +136,7 @@ pub async fn run(app: &App, args: BenchArgs) -> anyhow::Result<u8> {
     }
     always_there_figures(app, &prefix, runs.min(10), args.density, &mut figures).await?;
     ingress_figures(app, &prefix, INGRESS_REQUESTS, &mut figures).await?;
+    policy_figures(app, &prefix, runs, &mut figures).await?;
 
     if !args.no_floor {
         match runc_floor(runs) {
@@ -572,6 +573,53 @@ for i in range(int(sys.argv[1])):
     ts.append((time.perf_counter() - t) * 1000)
 print(' '.join('%.4f' % x for x in ts))
 ";
+
+/// Policy change to effect: `PUT …/policy/network` on a running burrow returns once the
+/// nftables transaction that applies it is committed, so its latency is the time to effect.
+async fn policy_figures(
+    app: &App,
+    prefix: &str,
+    runs: usize,
+    figures: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
+    use burrow_client::Method;
+    let c = &app.client;
+    let name = format!("{prefix}-p");
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&name)?,
+        ..Default::default()
+    })
+    .await?;
+    let path = format!("/v1/sandboxes/{name}/policy/network");
+    let mut samples = Vec::new();
+    let mut result: anyhow::Result<()> = Ok(());
+    for i in 0..runs.max(10) {
+        let body = if i % 2 == 0 {
+            json!({"mode": "policy", "rules": [{"domain": "*.example.com", "action": "allow"}]})
+        } else {
+            json!({"mode": "open"})
+        };
+        let t = Instant::now();
+        if let Err(e) = c
+            .request_json::<serde_json::Value, _>(Method::PUT, &path, Some(&body))
+            .await
+        {
+            result = Err(e.into());
+            break;
+        }
+        samples.push(ms(t.elapsed()));
+    }
+    let _ = c.delete_sandbox(&name).await;
+    result?;
+    figures.push(Figure {
+        key: "policy_change_ms".into(),
+        label: "network policy change → in effect".into(),
+        unit: "ms",
+        target: None,
+        samples,
+    });
+    Ok(())
+}
 
 /// Latency of a small GET to a sandbox's web app: through ingress (`…/http/`, reverse proxy
 /// on a kept-alive API connection), through a raw tunnel (`…/proxy/8080` WebSocket, one

@@ -54,6 +54,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 struct Dir {
     ca: Arc<SandboxCa>,
     mode: NetworkMode,
+    /// Whether the sandbox holds placeholders (then all its TLS is intercepted).
+    with_secrets: bool,
     events: Mutex<Vec<(String, serde_json::Value)>>,
 }
 
@@ -92,7 +94,7 @@ impl Directory for Dir {
     fn secret(&self, name: &str) -> Option<SecretValue> {
         let (header, format, host) = match name {
             "gh" => ("Authorization", "token %s", "api.github.test"),
-            // Attached so evil.test is intercepted: the gh placeholder must be stopped there.
+            // A second secret, for evil.test (any attached secret makes all TLS intercepted).
             "evil-key" => ("X-Api-Key", "%s", "evil.test"),
             _ => return None,
         };
@@ -110,7 +112,7 @@ impl Directory for Dir {
     }
 
     fn attached_secrets(&self, sandbox_id: &str) -> Vec<String> {
-        if sandbox_id == SANDBOX_ID {
+        if sandbox_id == SANDBOX_ID && self.with_secrets {
             vec!["gh".into(), "evil-key".into()]
         } else {
             vec![]
@@ -330,12 +332,22 @@ impl Env {
     }
 
     async fn with_mode(mode: NetworkMode) -> Env {
+        Env::build(mode, true).await
+    }
+
+    /// A sandbox with no secret attached: nothing is intercepted.
+    async fn without_secrets() -> Env {
+        Env::build(NetworkMode::Policy, false).await
+    }
+
+    async fn build(mode: NetworkMode, with_secrets: bool) -> Env {
         let tls_echo = Echo::start(true).await;
         let plain_echo = Echo::start(false).await;
         let ca = Arc::new(SandboxCa::generate("burrow sandbox dev").unwrap());
         let dir = Arc::new(Dir {
             ca: ca.clone(),
             mode,
+            with_secrets,
             events: Mutex::new(Vec::new()),
         });
         let mut roots = RootCertStore::empty();
@@ -635,13 +647,16 @@ async fn the_server_name_must_be_the_connect_host() {
         .https_sni("api.github.test", "plain.test", &env.sandbox_ca)
         .await;
     assert!(err.is_err());
-    // Relayed host, other name.
-    let err = env
+    // Relayed (a sandbox without secrets), other name.
+    let relayed = Env::without_secrets().await;
+    let err = relayed
         .https_sni("plain.test", "api.github.test", test_ca_pem())
         .await;
     assert!(err.is_err());
     assert_eq!(env.tls_echo.requests(), 0);
-    assert_eq!(env.dir.events("egress.denied").len(), 2);
+    assert_eq!(relayed.tls_echo.requests(), 0);
+    assert_eq!(env.dir.events("egress.denied").len(), 1);
+    assert_eq!(relayed.dir.events("egress.denied").len(), 1);
 }
 
 #[tokio::test]
@@ -659,8 +674,8 @@ fn test_ca_pem() -> &'static str {
 }
 
 #[tokio::test]
-async fn a_host_without_a_secret_is_relayed_end_to_end() {
-    let env = Env::start().await;
+async fn a_sandbox_without_secrets_is_relayed_end_to_end() {
+    let env = Env::without_secrets().await;
     // Only the upstream's own CA verifies: the proxy did not terminate TLS.
     assert!(env.https("plain.test", &env.sandbox_ca).await.is_err());
     let mut client = env.https("plain.test", test_ca_pem()).await.unwrap();

@@ -224,9 +224,17 @@ async fn sandboxes_cannot_see_each_other() {
     let r = sh(&c, &b.name, "cat /root/a-only 2>&1; ps -e -o comm --no-headers").await;
     assert!(!r.stdout.contains("secret"));
     assert!(!r.stdout.contains("sleep"), "b sees a's processes: {}", r.stdout);
-    // Loopback only: no network interfaces besides lo.
-    let r = sh(&c, &b.name, "ls /sys/class/net").await;
-    assert_eq!(r.stdout.trim(), "lo");
+    // Its own network: loopback and its veth only (no other sandbox's device), and the
+    // host's network devices are masked in sysfs.
+    let r = sh(
+        &c,
+        &b.name,
+        "ip -o link | awk -F': ' '{print $2}' | cut -d@ -f1 | sort | tr '\\n' ' '",
+    )
+    .await;
+    assert_eq!(r.stdout.trim(), "eth0 lo", "{}", r.stdout);
+    let r = sh(&c, &b.name, "ls /sys/class/net | wc -l").await;
+    assert_eq!(r.stdout.trim(), "0", "{}", r.stdout);
     c.delete_sandbox(&a.name).await.unwrap();
     c.delete_sandbox(&b.name).await.unwrap();
 }

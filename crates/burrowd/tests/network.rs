@@ -176,6 +176,16 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 
 const NAMES: &[&str] = &["api.github.test", "evil.test", "pypi.test", "other.test"];
 
+/// Removes the shared fake internet's namespace (and with it both ends of its veth) when the
+/// test process exits: statics are never dropped.
+extern "C" fn remove_world_namespace() {
+    if let Some(ns) = WORLD_NS.get() {
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
+    }
+}
+
+static WORLD_NS: OnceLock<String> = OnceLock::new();
+
 /// One fake internet and one daemon resolving through it, for every test of this binary.
 fn world() -> &'static (FakeInternet, Daemon) {
     static WORLD: OnceLock<&'static (FakeInternet, Daemon)> = OnceLock::new();
@@ -185,6 +195,9 @@ fn world() -> &'static (FakeInternet, Daemon) {
         // when it ends, like `shared()`).
         std::thread::spawn(move || {
             let inet = FakeInternet::start(NAMES);
+            let _ = WORLD_NS.set(inet.ns.clone());
+            // SAFETY: registers a plain extern "C" function with no captured state.
+            unsafe { libc::atexit(remove_world_namespace) };
             let ca = inet.ca_pem.display().to_string();
             let dns = inet.dns();
             let d = Daemon::start_with(&["--dns-upstream", &dns, "--egress-ca", &ca]);
