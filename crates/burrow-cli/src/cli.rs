@@ -166,6 +166,24 @@ pub struct CreateArgs {
     /// Seconds asleep before going cold (processes stopped, disk kept); 0 = never.
     #[arg(long = "cold-after")]
     pub cold_after: Option<u64>,
+    /// Who may open the sandbox's URL: private (a token allowing `http`) or public.
+    #[arg(long = "url-auth", value_enum)]
+    pub url_auth: Option<UrlAuthArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum UrlAuthArg {
+    Private,
+    Public,
+}
+
+impl From<UrlAuthArg> for burrow_api::UrlAuth {
+    fn from(a: UrlAuthArg) -> Self {
+        match a {
+            UrlAuthArg::Private => burrow_api::UrlAuth::Private,
+            UrlAuthArg::Public => burrow_api::UrlAuth::Public,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -67,6 +67,9 @@ pub struct Net {
     cas: Mutex<BTreeMap<String, Arc<SandboxCa>>>,
     /// Unsealed secrets, by name (opened once, on first use).
     opened: Mutex<BTreeMap<String, SecretValue>>,
+    /// Where the next address search starts: addresses are handed out round the subnet, so a
+    /// deleted sandbox's address (and anything keyed on it) is not reused at once.
+    next_host: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for Net {
@@ -107,6 +110,7 @@ impl Net {
             settings,
             cas: Mutex::default(),
             opened: Mutex::default(),
+            next_host: std::sync::atomic::AtomicU32::new(2),
         })
     }
 
@@ -247,13 +251,27 @@ impl Manager {
         let subnet = net.settings.subnet;
         let gw = net.gateway();
         let json = serde_json::to_string(policy).expect("policy serializes");
-        for n in 2.. {
-            let Some(addr) = subnet.host(n) else { break };
+        // Hosts 2..=last (1 is the gateway), starting at the cursor and wrapping once.
+        let last = if subnet.prefix <= 30 {
+            (1u32 << (32 - subnet.prefix)) - 2
+        } else {
+            1
+        };
+        let start = net
+            .next_host
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .clamp(2, last.max(2));
+        for n in (start..=last).chain(2..start) {
+            let Some(addr) = subnet.host(n) else { continue };
             if addr == gw || taken.contains(&addr.to_string()) {
                 continue;
             }
             match self.store.put_net(id, &addr.to_string(), &json) {
-                Ok(()) => return Ok(addr),
+                Ok(()) => {
+                    let next = if n >= last { 2 } else { n + 1 };
+                    net.next_host.store(next, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(addr);
+                }
                 Err(StoreError::Unique(_)) => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -24,6 +24,7 @@ pub async fn create(app: &App, a: CreateArgs) -> anyhow::Result<u8> {
         labels: a.labels.into_iter().collect(),
         idle_timeout_s: a.idle_timeout,
         cold_after_s: a.cold_after,
+        url_auth: a.url_auth.map(Into::into),
         ..Default::default()
     };
     let v = app.call(Method::POST, paths::SANDBOXES, Some(&req)).await?;
