@@ -49,6 +49,8 @@ pub struct Manager {
     pub(crate) keys: crate::keys::Keys,
     /// Sandbox networking; `None` = loopback only (`--network off`).
     pub(crate) net: Option<crate::network::Net>,
+    /// The manager itself, for work that outlives a request (set once in `open`).
+    me: std::sync::OnceLock<std::sync::Weak<Manager>>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -112,6 +114,7 @@ impl Manager {
         let mgr = Arc::new(Self {
             keys,
             net,
+            me: std::sync::OnceLock::new(),
             cfg,
             store,
             pool,
@@ -126,6 +129,7 @@ impl Manager {
             events: Default::default(),
             inside_listeners: Mutex::new(HashMap::new()),
         });
+        let _ = mgr.me.set(Arc::downgrade(&mgr));
         mgr.reconcile().await?;
         tokio::spawn(mgr.clone().idle_loop());
         mgr.images.ensure_base_in_background();
@@ -460,7 +464,12 @@ impl Manager {
                 rec.updated_at = now_rfc3339();
                 self.store.update_sandbox(&rec)?;
                 tracing::info!(sandbox = %rec.name, id = %rec.id, "created");
-                self.install_net_files(&rec).await;
+                // The CA into the image's trust store, off the create's path (processes already
+                // find it through SSL_CERT_FILE and friends).
+                if let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) {
+                    let rec = rec.clone();
+                    tokio::spawn(async move { me.install_net_files(&rec).await });
+                }
                 self.activity.touch(&rec.id);
                 self.events.emit(
                     &rec.name,

@@ -261,13 +261,7 @@ impl Store {
                     r.notice,
                 ],
             );
-            match res {
-                Ok(_) => Ok(()),
-                Err(rusqlite::Error::SqliteFailure(e, msg)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    Err(StoreError::Unique(msg.unwrap_or_default()))
-                }
-                Err(e) => Err(e.into()),
-            }
+            unique(res)
         })
     }
 
@@ -344,15 +338,7 @@ impl Store {
                  ON CONFLICT(sandbox_id) DO UPDATE SET addr=excluded.addr, policy=excluded.policy",
                 params![sandbox_id, addr, policy],
             );
-            match res {
-                Ok(_) => Ok(()),
-                Err(rusqlite::Error::SqliteFailure(e, msg))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    Err(StoreError::Unique(msg.unwrap_or_default()))
-                }
-                Err(e) => Err(e.into()),
-            }
+            unique(res)
         })
     }
 
@@ -364,13 +350,7 @@ impl Store {
                 "INSERT INTO secrets (name, sealed, header, format, hosts, created_at) VALUES (?1,?2,?3,?4,?5,?6)",
                 params![r.name, r.sealed, r.header, r.format, to_json(&r.hosts), r.created_at],
             );
-            match res {
-                Ok(_) => Ok(()),
-                Err(rusqlite::Error::SqliteFailure(e, msg)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    Err(StoreError::Unique(msg.unwrap_or_default()))
-                }
-                Err(e) => Err(e.into()),
-            }
+            unique(res)
         })
     }
 
@@ -436,15 +416,7 @@ impl Store {
                  ON CONFLICT(sandbox_id, secret) DO UPDATE SET env=excluded.env",
                 params![sandbox_id, secret, env],
             );
-            match res {
-                Ok(_) => Ok(()),
-                Err(rusqlite::Error::SqliteFailure(e, msg))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    Err(StoreError::Unique(msg.unwrap_or_default()))
-                }
-                Err(e) => Err(e.into()),
-            }
+            unique(res)
         })
     }
 
@@ -618,6 +590,17 @@ impl Store {
             )?;
             Ok(())
         })
+    }
+}
+
+/// The result of a write, with a uniqueness violation as [`StoreError::Unique`].
+fn unique(res: rusqlite::Result<usize>) -> Result<()> {
+    match res {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, msg)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Err(StoreError::Unique(msg.unwrap_or_default()))
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -129,6 +129,17 @@ impl HostNet {
     /// with `addr`, default route via the gateway, IPv6 off inside. Returns the netns path.
     /// Three process spawns: `ip` on the host, `nft`, `ip` inside.
     pub fn attach(&self, id: &str, addr: Ipv4Addr) -> Result<PathBuf> {
+        self.attach_inner(id, addr, None)
+    }
+
+    /// [`HostNet::attach`] and [`HostNet::set_mode`] in one go, with the mode's set elements
+    /// in the same nft transaction as the bridge port's (one process fewer, and no listing of
+    /// admissions: an address being attached has none, since `detach` and `setup` drop them).
+    pub fn attach_in_mode(&self, id: &str, addr: Ipv4Addr, mode: Mode, transparent: bool) -> Result<PathBuf> {
+        self.attach_inner(id, addr, Some((mode, transparent)))
+    }
+
+    fn attach_inner(&self, id: &str, addr: Ipv4Addr, mode: Option<(Mode, bool)>) -> Result<PathBuf> {
         validate_id(id)?;
         self.check_sandbox_addr(addr)?;
         let name = self.netns_name(id);
@@ -193,6 +204,9 @@ impl HostNet {
             &rules::port_elem(&veth, addr),
             true,
         );
+        if let Some((mode, transparent)) = mode {
+            self.mode_edits(&mut edits, &[], addr, mode, transparent);
+        }
         nft_apply(edits.script())?;
 
         let prefix = self.cfg.subnet.prefix;

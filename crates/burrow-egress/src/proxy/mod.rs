@@ -556,37 +556,9 @@ fn same_host(a: &str, b: &str) -> bool {
         .eq_ignore_ascii_case(b.trim_end_matches('.'))
 }
 
-/// The original destination of a connection nftables redirected to us.
+/// `SO_ORIGINAL_DST` of a redirected connection (the kernel's record, via `burrow-net`).
 fn so_original_dst(stream: &TcpStream) -> io::Result<SocketAddrV4> {
-    use std::os::fd::AsRawFd;
-    let mut addr = libc::sockaddr_in {
-        sin_family: 0,
-        sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: 0 },
-        sin_zero: [0; 8],
-    };
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: the descriptor is open for as long as `stream` is borrowed; `addr` and `len`
-    // are valid for writes of `len` bytes, the size the kernel is told.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_IP,
-            libc::SO_ORIGINAL_DST,
-            (&raw mut addr).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if i32::from(addr.sin_family) != libc::AF_INET {
-        return Err(io::Error::other("original destination is not IPv4"));
-    }
-    Ok(SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-        u16::from_be(addr.sin_port),
-    ))
+    burrow_net::original_dst(stream)
 }
 
 /// Whether a placeholder (a macaroon) appears in `bytes`.
