@@ -168,6 +168,11 @@ fn tokens_are_created_narrowed_offline_and_enforced() {
     let o = burrow_tcp(narrow, &["exec", &mine, "--", "echo", "hi"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "hi");
+    // Listing shows its sandbox only.
+    let o = burrow_tcp(narrow, &["ls", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let listed = String::from_utf8_lossy(&o.stdout);
+    assert!(listed.contains(&mine) && !listed.contains(&other), "{listed}");
     // ...and nothing else: another sandbox, another action, each refused with the caveat named.
     let err = fails(&burrow_tcp(narrow, &["exec", &other, "--", "true"]));
     assert!(err.contains("sandboxes="), "{err}");

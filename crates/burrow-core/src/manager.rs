@@ -529,7 +529,7 @@ impl Manager {
     /// Starts the engine and waits for the agent's handshake.
     pub(crate) async fn boot(&self, rec: &SandboxRecord) -> Result<()> {
         let mut spec = self.spec(rec);
-        spec.netns = self.net_attach(rec).await?;
+        spec.netns = self.net_namespace(rec)?;
         if spec.netns.is_some() {
             // burrowd's resolver, bound read-only over the image's resolv.conf.
             spec.shared_dirs.push((
@@ -550,7 +550,17 @@ impl Manager {
         self.activity.booted(&rec.id);
         let engine = self.engine.clone();
         let t = std::time::Instant::now();
-        blocking(move || Ok(engine.start(&spec)?)).await?;
+        // The sandbox starts in its (still unwired) namespace while the veth, addresses and
+        // rules are set up: the agent needs no network to answer.
+        let (started_engine, wired) =
+            tokio::join!(blocking(move || Ok(engine.start(&spec)?)), self.net_attach(rec));
+        if let Err(e) = wired {
+            if started_engine.is_ok() {
+                let _ = self.kill(rec).await;
+            }
+            return Err(e);
+        }
+        started_engine?;
         let started = t.elapsed();
         self.connect_agent(rec).await?;
         tracing::debug!(

@@ -219,6 +219,17 @@ impl Manager {
         Ok(Some((addr, policy)))
     }
 
+    /// The network namespace the sandbox is to join (made now if missing, not yet wired), or
+    /// None with networking off. [`Manager::net_attach`] wires it while the engine starts.
+    pub(crate) fn net_namespace(&self, rec: &SandboxRecord) -> Result<Option<PathBuf>> {
+        let Some(net) = &self.net else {
+            return Ok(None);
+        };
+        // resolv.conf and the CA bundle are bound into the sandbox at start: they must exist.
+        self.ensure_ca_files(&rec.id)?;
+        Ok(Some(net.host.ensure_netns(&rec.id).map_err(net_err)?))
+    }
+
     /// Gives the sandbox an address (once) and a network namespace wired to the bridge with
     /// its policy applied. Returns the namespace to join, or None with networking off.
     pub(crate) async fn net_attach(&self, rec: &SandboxRecord) -> Result<Option<PathBuf>> {
@@ -236,7 +247,6 @@ impl Manager {
                 (addr, policy)
             }
         };
-        self.ensure_ca_files(&rec.id)?;
         let host = &net.host;
         let path = host
             .attach_in_mode(

@@ -132,6 +132,17 @@ impl HostNet {
         self.attach_inner(id, addr, None)
     }
 
+    /// Only the named namespace of sandbox `id` (made if missing), so the sandbox can be
+    /// started in it while [`HostNet::attach_in_mode`] wires it up at the same time.
+    pub fn ensure_netns(&self, id: &str) -> Result<PathBuf> {
+        validate_id(id)?;
+        let path = self.netns_path(id);
+        if !path.exists() {
+            ip_batch(None, &[format!("netns add {}", self.netns_name(id))])?;
+        }
+        Ok(path)
+    }
+
     /// [`HostNet::attach`] and [`HostNet::set_mode`] in one go, with the mode's set elements
     /// in the same nft transaction as the bridge port's (one process fewer, and no listing of
     /// admissions: an address being attached has none, since `detach` and `setup` drop them).

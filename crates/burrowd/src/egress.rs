@@ -11,7 +11,42 @@ use burrow_core::Manager;
 use burrow_egress::{Directory, SandboxView, SecretValue};
 
 /// The manager as the egress side sees it. Weak: the servers must not keep it alive.
-struct ManagerDirectory(Weak<Manager>);
+struct ManagerDirectory(Weak<Manager>, EventBudget);
+
+/// At most [`EVENTS_PER_SECOND`] egress events of one kind per sandbox per second: a sandbox
+/// querying denied names in a loop cannot flood its event stream (the rest are counted and
+/// reported in the next event that gets through).
+#[derive(Default)]
+struct EventBudget(std::sync::Mutex<std::collections::HashMap<(String, String), Window>>);
+
+/// Start of the current second, events let through in it, events dropped since the last one.
+type Window = (std::time::Instant, u32, u64);
+
+const EVENTS_PER_SECOND: u32 = 20;
+
+impl EventBudget {
+    /// `Some(dropped since the last one let through)` if this event may go out.
+    fn take(&self, sandbox_id: &str, kind: &str) -> Option<u64> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.clear();
+        }
+        let now = std::time::Instant::now();
+        let e = map
+            .entry((sandbox_id.to_owned(), kind.to_owned()))
+            .or_insert((now, 0, 0));
+        if now.duration_since(e.0) >= Duration::from_secs(1) {
+            e.0 = now;
+            e.1 = 0;
+        }
+        if e.1 >= EVENTS_PER_SECOND {
+            e.2 += 1;
+            return None;
+        }
+        e.1 += 1;
+        Some(std::mem::take(&mut e.2))
+    }
+}
 
 impl Directory for ManagerDirectory {
     fn sandbox(&self, src: Ipv4Addr) -> Option<SandboxView> {
@@ -42,7 +77,15 @@ impl Directory for ManagerDirectory {
         }
     }
 
-    fn event(&self, sandbox_id: &str, kind: &str, data: serde_json::Value) {
+    fn event(&self, sandbox_id: &str, kind: &str, mut data: serde_json::Value) {
+        let Some(dropped) = self.1.take(sandbox_id, kind) else {
+            return;
+        };
+        if dropped > 0
+            && let Some(obj) = data.as_object_mut()
+        {
+            obj.insert("suppressed_before".into(), dropped.into());
+        }
         if let Some(m) = self.0.upgrade()
             && let Ok(name) = m.name_of(sandbox_id)
         {
@@ -65,7 +108,7 @@ pub async fn start(mgr: &Arc<Manager>) -> anyhow::Result<Option<Egress>> {
     };
     let gw = net.gateway();
     let s = &net.settings;
-    let dir: Arc<dyn Directory> = Arc::new(ManagerDirectory(Arc::downgrade(mgr)));
+    let dir: Arc<dyn Directory> = Arc::new(ManagerDirectory(Arc::downgrade(mgr), EventBudget::default()));
     let resolver = burrow_egress::dns::Resolver::new(s.dns_upstreams.clone());
     let dns = burrow_egress::dns::serve(SocketAddr::from((gw, s.dns_port)), resolver.clone(), dir.clone())
         .await
@@ -98,4 +141,21 @@ pub fn host_resolvers() -> Vec<SocketAddr> {
         .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
         .map(|ip| SocketAddr::new(ip, 53))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_budget_caps_a_flood_and_reports_it() {
+        let b = EventBudget::default();
+        let passed = (0..25)
+            .filter(|_| b.take("sb-1", "egress.denied").is_some())
+            .count();
+        assert_eq!(passed, EVENTS_PER_SECOND as usize);
+        // Another sandbox, another kind: their own budgets.
+        assert_eq!(b.take("sb-2", "egress.denied"), Some(0));
+        assert_eq!(b.take("sb-1", "secret.used"), Some(0));
+    }
 }

@@ -45,6 +45,18 @@ pub struct Access<'a> {
 pub struct Caller {
     /// The verified macaroon, `None` for the unix socket.
     pub macaroon: Option<Macaroon>,
+    /// For a listing: the sandboxes (names or ids) the token is limited to, if it is; the
+    /// list shows only those instead of refusing the request.
+    pub only_sandboxes: Option<Vec<String>>,
+}
+
+impl Caller {
+    /// Whether a listing may show this sandbox.
+    pub fn may_see(&self, name: &str, id: &str) -> bool {
+        self.only_sandboxes
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|a| a == name || a == id))
+    }
 }
 
 /// Classifies a request by method and path.
@@ -165,6 +177,45 @@ pub fn authorize(state: &AppState, token: Option<&str>, access: Access<'_>) -> R
     Ok(mac)
 }
 
+/// Authorizes a listing of sandboxes: a token limited to some sandboxes may list, and sees
+/// only those (the other caveats still apply).
+pub fn authorize_listing(state: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {
+    let token =
+        token.ok_or_else(|| unauthorized("missing bearer token: send 'Authorization: Bearer <token>'"))?;
+    let mac = Macaroon::decode(token).map_err(|e| unauthorized(format!("invalid token: {e}")))?;
+    let caveats = mac
+        .verify(state.mgr.token_key())
+        .map_err(|e| unauthorized(format!("invalid token: {e}")))?;
+    let mut only: Option<Vec<String>> = None;
+    let mut rest = Vec::new();
+    for c in caveats.0 {
+        match c {
+            // Every sandboxes caveat must hold: the visible set is their intersection.
+            Caveat::Sandboxes(list) => {
+                only = Some(match only {
+                    None => list,
+                    Some(prev) => prev.into_iter().filter(|s| list.contains(s)).collect(),
+                });
+            }
+            Caveat::Actions(_) => {}
+            other => rest.push(other),
+        }
+    }
+    check(
+        &Caveats(rest),
+        state,
+        Access {
+            sandbox: None,
+            action: Some("read"),
+        },
+        Some("read"),
+    )?;
+    Ok(Caller {
+        macaroon: Some(mac),
+        only_sandboxes: only,
+    })
+}
+
 fn check(
     caveats: &Caveats,
     state: &AppState,
@@ -194,10 +245,22 @@ pub async fn require_token(State(state): State<AppState>, mut req: Request, next
         req.extensions_mut().insert(Caller::default());
         return next.run(req).await;
     }
+    if req.method() == axum::http::Method::GET && req.uri().path().trim_end_matches('/') == "/v1/sandboxes" {
+        return match authorize_listing(&state, bearer(req.headers())) {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+                next.run(req).await
+            }
+            Err(e) => e.into_response(),
+        };
+    }
     let access = access_for(req.method(), req.uri().path());
     match authorize(&state, bearer(req.headers()), access) {
         Ok(mac) => {
-            req.extensions_mut().insert(Caller { macaroon: Some(mac) });
+            req.extensions_mut().insert(Caller {
+                macaroon: Some(mac),
+                only_sandboxes: None,
+            });
             next.run(req).await
         }
         Err(e) => e.into_response(),

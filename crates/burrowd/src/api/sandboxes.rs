@@ -33,7 +33,11 @@ pub async fn list_images(State(s): State<AppState>) -> Result<Json<ImageList>> {
     }))
 }
 
-pub async fn list(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Json<SandboxList>> {
+pub async fn list(
+    State(s): State<AppState>,
+    caller: Option<axum::extract::Extension<super::auth::Caller>>,
+    RawQuery(q): RawQuery,
+) -> Result<Json<SandboxList>> {
     let mut prefix = String::new();
     let mut labels = Vec::new();
     let mut limit = None;
@@ -70,7 +74,12 @@ pub async fn list(State(s): State<AppState>, RawQuery(q): RawQuery) -> Result<Js
             }
         }
     }
-    Ok(Json(s.mgr.list(&prefix, &labels, limit, cursor.as_deref())?))
+    let mut list = s.mgr.list(&prefix, &labels, limit, cursor.as_deref())?;
+    // A token limited to some sandboxes lists only those.
+    if let Some(axum::extract::Extension(caller)) = caller {
+        list.sandboxes.retain(|sb| caller.may_see(&sb.name, &sb.id));
+    }
+    Ok(Json(list))
 }
 
 pub async fn create(
