@@ -526,6 +526,18 @@ async fn secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox() 
     );
     let listed: Value = c.get_json("/v1/secrets").await.unwrap();
     assert!(!listed.to_string().contains(SECRET_VALUE));
+    // Stored sealed: not in the state database (nor its write-ahead log) in clear.
+    let db = std::fs::read(d.data_dir.join("state.db")).expect("the daemon's state.db");
+    assert!(db.len() > 4096, "state.db is not the database");
+    for file in ["state.db", "state.db-wal"] {
+        let bytes = std::fs::read(d.data_dir.join(file)).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(SECRET_VALUE.len())
+                .any(|w| w == SECRET_VALUE.as_bytes()),
+            "{file} holds the secret in clear"
+        );
+    }
 
     for direct in [false, true] {
         let before = inet.requests().len();
@@ -584,6 +596,10 @@ async fn secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox() 
     assert!(
         !seen.contains(SECRET_VALUE),
         "an event carries the secret: {seen}"
+    );
+    assert!(
+        !d.log_text().contains(SECRET_VALUE),
+        "the daemon logged the secret"
     );
     c.delete_sandbox(&name).await.unwrap();
     c.request_json::<Value, ()>(Method::DELETE, &format!("/v1/secrets/{secret}"), None)
