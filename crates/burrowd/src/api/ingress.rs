@@ -25,6 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use burrow_api::UrlAuth;
 use burrow_core::{CoreError, Tunnel};
+use burrow_egress::proxy::strip_hop_by_hop;
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,19 +37,6 @@ use super::{ApiError, AppState, Transport};
 const RELAY_CHUNK: usize = 64 * 1024;
 /// The query parameter (and cookie) that carries a token for a private sandbox URL.
 const TOKEN_PARAM: &str = "burrow_token";
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), besides those that
-/// `Connection` names.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// The ingress routes (merged into the API router, behind the token middleware).
 pub fn routes() -> Router<AppState> {
@@ -313,20 +301,6 @@ fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect();
-    for h in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
-        headers.remove(h);
-    }
 }
 
 /// What of a client's request headers may reach the sandbox: no hop-by-hop headers, and
