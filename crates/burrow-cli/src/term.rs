@@ -14,6 +14,18 @@ static SAVED: Mutex<Option<Termios>> = Mutex::new(None);
 pub struct RawMode(());
 
 impl RawMode {
+    /// Raw mode, or a warning on stderr and `None` when the terminal refuses (the session
+    /// still works, cooked).
+    pub fn enable_or_warn() -> Option<Self> {
+        match Self::enable() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprint_line(&format!("warning: cannot switch the terminal to raw mode: {e}"));
+                None
+            }
+        }
+    }
+
     pub fn enable() -> nix::Result<Self> {
         static HOOK: Once = Once::new();
         HOOK.call_once(|| {

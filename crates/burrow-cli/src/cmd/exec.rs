@@ -180,17 +180,7 @@ impl Session {
         };
         let (tx, mut rx) = stream.split();
 
-        let _raw = if self.raw {
-            match RawMode::enable() {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    term::eprint_line(&format!("warning: cannot switch the terminal to raw mode: {e}"));
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let _raw = if self.raw { RawMode::enable_or_warn() } else { None };
 
         let (seen_tx, seen_rx) = watch::channel(false);
         let pump = stdin.take().map(|input| {

@@ -75,13 +75,7 @@ pub async fn attach(app: &App, name: &str, id: &str) -> anyhow::Result<u8> {
     };
     let interactive = tty && term::stdin_is_tty();
     let _raw = if interactive {
-        match RawMode::enable() {
-            Ok(r) => Some(r),
-            Err(e) => {
-                term::eprint_line(&format!("warning: cannot switch the terminal to raw mode: {e}"));
-                None
-            }
-        }
+        RawMode::enable_or_warn()
     } else {
         None
     };
