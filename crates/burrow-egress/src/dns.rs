@@ -7,8 +7,17 @@
 //! remembering which names it answered with which address ([`Resolver`], the proxy's
 //! [`Lookup::handed_out`]).
 //!
-//! It never answers from its own data, never caches answers, and never admits an address
-//! [`is_blocked`] refuses.
+//! It never answers from its own data, never caches answers, and never admits (nor records as
+//! handed out) an address [`Reach`] refuses: blocked ranges, the host's own addresses, and
+//! anything outside `--uplink-only`.
+//!
+//! Fair shares: every sandbox (source address) has its own budget, so one cannot starve the
+//! others. A token bucket of [`RATE_PER_SECOND`] queries a second (bursts of [`RATE_BURST`]),
+//! at most [`PER_SOURCE_PENDING`] queries accepted and unanswered, at most
+//! [`PER_SOURCE_UPSTREAM`] of them asking upstream at once (the others wait their turn), at
+//! most [`PER_SOURCE_TCP`] TCP connections. Past the rate or the pending limit a query gets
+//! REFUSED at once; a TCP connection past the limit is closed. The global limits stay as the
+//! outer bound.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,7 +38,7 @@ use tokio::time::timeout;
 use tracing::debug;
 
 use crate::policy::allows;
-use crate::{Directory, Lookup, is_blocked};
+use crate::{Directory, Lookup, Reach};
 
 /// How long one upstream gets to answer one try (UDP, then TCP if the answer was truncated).
 const TRY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,8 +49,24 @@ const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The largest query accepted from a sandbox. Real queries are a few hundred bytes.
 const MAX_QUERY: usize = 4096;
 /// Queries answered at once, over both transports; past this, UDP queries are dropped.
-const MAX_INFLIGHT: usize = 256;
-const MAX_TCP_CONNECTIONS: usize = 64;
+const MAX_INFLIGHT: usize = 1024;
+/// Upstream exchanges at once, over all sandboxes (each waits its turn, first come first served).
+const MAX_UPSTREAM: usize = 256;
+const MAX_TCP_CONNECTIONS: usize = 256;
+/// One source's sustained query rate, and its burst.
+pub const RATE_PER_SECOND: f64 = 100.0;
+pub const RATE_BURST: f64 = 200.0;
+/// One source's queries accepted and not yet answered; past this, REFUSED.
+pub const PER_SOURCE_PENDING: usize = 32;
+/// One source's queries asking the upstreams at once; the rest of its pending queries wait.
+pub const PER_SOURCE_UPSTREAM: usize = 8;
+/// How long a query waits for one of its source's upstream slots before SERVFAIL (the client
+/// has retried by then).
+const SLOT_WAIT: Duration = Duration::from_secs(5);
+/// One source's open TCP connections; past this, a new one is closed at once.
+pub const PER_SOURCE_TCP: usize = 8;
+/// Sources remembered before idle ones are forgotten.
+const MAX_SOURCES: usize = 4096;
 /// A TCP client that sends nothing for this long is disconnected.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 const MAX_CNAME_HOPS: usize = 16;
@@ -161,7 +186,7 @@ impl Resolver {
 
 impl Lookup for Resolver {
     /// Asks the upstreams directly; records nothing. The addresses are not filtered through
-    /// [`is_blocked`]: that is the caller's check.
+    /// [`Reach`]: that is the caller's check.
     fn lookup_v4(&self, name: &str) -> Pin<Box<dyn Future<Output = io::Result<Vec<Ipv4Addr>>> + Send + '_>> {
         let name = name.to_owned();
         Box::pin(async move { self.resolve_v4(&name).await })
@@ -334,17 +359,22 @@ impl Drop for DnsServer {
 }
 
 /// Answers sandboxes' queries on `listen`, UDP and TCP on the same port. A port of 0 picks one.
+/// Addresses in answers are admitted and recorded only where `reach` allows them.
 pub async fn serve(
     listen: SocketAddr,
     resolver: Arc<Resolver>,
     dir: Arc<dyn Directory>,
+    reach: Arc<Reach>,
 ) -> io::Result<DnsServer> {
     let (udp, tcp) = bind(listen).await?;
     let local_addr = udp.local_addr()?;
     let server = Arc::new(Server {
         resolver,
         dir,
+        reach,
         inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
+        upstream: Arc::new(Semaphore::new(MAX_UPSTREAM)),
+        sources: Sources::default(),
     });
     let tasks = vec![
         tokio::spawn(serve_udp(Arc::new(udp), server.clone())),
@@ -385,6 +415,16 @@ async fn serve_udp(socket: Arc<UdpSocket>, server: Arc<Server>) {
                     debug!(%peer, "dns: dropped an oversized query");
                     continue;
                 }
+                let guard = match server.sources.admit_query(peer.ip()) {
+                    Ok(guard) => guard,
+                    Err(limit) => {
+                        debug!(%peer, limit, "dns: over its share, refused");
+                        if let Some(reply) = refused(&buf[..n]) {
+                            let _ = socket.try_send_to(&reply, peer);
+                        }
+                        continue;
+                    }
+                };
                 let Ok(permit) = server.inflight.clone().try_acquire_owned() else {
                     debug!(%peer, "dns: busy, dropped a query");
                     continue;
@@ -393,7 +433,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, server: Arc<Server>) {
                 let (socket, server) = (socket.clone(), server.clone());
                 queries.spawn(async move {
                     let _permit = permit;
-                    if let Some(reply) = server.answer(peer.ip(), &packet, Transport::Udp).await {
+                    if let Some(reply) = server.answer(peer.ip(), &packet, Transport::Udp, &guard).await {
                         if let Err(e) = socket.send_to(&reply, peer).await {
                             debug!(%peer, error = %e, "dns: udp send failed");
                         }
@@ -420,13 +460,17 @@ async fn serve_tcp(listener: TcpListener, server: Arc<Server>) {
                         continue;
                     }
                 };
+                let Some(mine) = server.sources.admit_tcp(peer.ip()) else {
+                    debug!(%peer, "dns: too many tcp connections from this source, closed one");
+                    continue;
+                };
                 let Ok(permit) = connections_left.clone().try_acquire_owned() else {
                     debug!(%peer, "dns: too many tcp connections, dropped one");
                     continue;
                 };
                 let server = server.clone();
                 connections.spawn(async move {
-                    let _permit = permit;
+                    let _permit = (permit, mine);
                     if let Err(e) = server.connection(stream, peer).await {
                         debug!(%peer, error = %e, "dns: tcp connection ended");
                     }
@@ -474,7 +518,132 @@ enum Transport {
 struct Server {
     resolver: Arc<Resolver>,
     dir: Arc<dyn Directory>,
+    reach: Arc<Reach>,
     inflight: Arc<Semaphore>,
+    upstream: Arc<Semaphore>,
+    sources: Sources,
+}
+
+/// Per-source budgets (a source is a sandbox's address: the bridge drops spoofed ones).
+#[derive(Default)]
+struct Sources(Arc<Mutex<HashMap<IpAddr, Source>>>);
+
+struct Source {
+    tokens: f64,
+    refilled: Instant,
+    pending: usize,
+    tcp: usize,
+    upstream: Arc<Semaphore>,
+}
+
+impl Source {
+    fn new() -> Source {
+        Source {
+            tokens: RATE_BURST,
+            refilled: Instant::now(),
+            pending: 0,
+            tcp: 0,
+            upstream: Arc::new(Semaphore::new(PER_SOURCE_UPSTREAM)),
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.pending == 0 && self.tcp == 0
+    }
+}
+
+impl Sources {
+    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, Source>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn entry(map: &mut HashMap<IpAddr, Source>, ip: IpAddr) -> &mut Source {
+        if map.len() >= MAX_SOURCES && !map.contains_key(&ip) {
+            // Forget sources with nothing open; their buckets refill to the burst anyway
+            // after two seconds, which is all a forgotten bucket gains.
+            map.retain(|_, s| !s.idle());
+        }
+        map.entry(ip).or_insert_with(Source::new)
+    }
+
+    /// Takes a token and a pending slot for one query from `ip`, or says which limit it hit.
+    fn admit_query(&self, ip: IpAddr) -> Result<QueryGuard, &'static str> {
+        let mut map = self.lock();
+        let s = Self::entry(&mut map, ip);
+        let now = Instant::now();
+        let earned = now.duration_since(s.refilled).as_secs_f64() * RATE_PER_SECOND;
+        s.tokens = (s.tokens + earned).min(RATE_BURST);
+        s.refilled = now;
+        if s.tokens < 1.0 {
+            return Err("rate");
+        }
+        if s.pending >= PER_SOURCE_PENDING {
+            return Err("pending");
+        }
+        s.tokens -= 1.0;
+        s.pending += 1;
+        Ok(QueryGuard {
+            sources: self.0.clone(),
+            ip,
+            upstream: s.upstream.clone(),
+        })
+    }
+
+    /// Counts one more TCP connection from `ip`, unless it has its share open already.
+    fn admit_tcp(&self, ip: IpAddr) -> Option<TcpGuard> {
+        let mut map = self.lock();
+        let s = Self::entry(&mut map, ip);
+        if s.tcp >= PER_SOURCE_TCP {
+            return None;
+        }
+        s.tcp += 1;
+        Some(TcpGuard {
+            sources: self.0.clone(),
+            ip,
+        })
+    }
+}
+
+/// One accepted query; its source's pending count drops when it is answered (or dropped).
+struct QueryGuard {
+    sources: Arc<Mutex<HashMap<IpAddr, Source>>>,
+    ip: IpAddr,
+    upstream: Arc<Semaphore>,
+}
+
+impl Drop for QueryGuard {
+    fn drop(&mut self) {
+        let mut map = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get_mut(&self.ip) {
+            s.pending = s.pending.saturating_sub(1);
+        }
+    }
+}
+
+struct TcpGuard {
+    sources: Arc<Mutex<HashMap<IpAddr, Source>>>,
+    ip: IpAddr,
+}
+
+impl Drop for TcpGuard {
+    fn drop(&mut self) {
+        let mut map = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get_mut(&self.ip) {
+            s.tcp = s.tcp.saturating_sub(1);
+        }
+    }
+}
+
+/// REFUSED for a query that is over its source's share, built from the packet alone; `None`
+/// for what is no query (nothing is sent back).
+fn refused(packet: &[u8]) -> Option<Vec<u8>> {
+    if packet.len() < 12 || packet[2] & 0x80 != 0 {
+        return None;
+    }
+    match Message::from_vec(packet) {
+        Ok(request) => Some(error_reply(&request, ResponseCode::Refused)),
+        Err(_) => None,
+    }
 }
 
 impl Server {
@@ -488,8 +657,17 @@ impl Server {
             else {
                 return Ok(());
             };
-            let _permit = self.inflight.acquire().await.map_err(io::Error::other)?;
-            let Some(reply) = self.answer(peer.ip(), &query, Transport::Tcp).await else {
+            let reply = match self.sources.admit_query(peer.ip()) {
+                Ok(guard) => {
+                    let _permit = self.inflight.acquire().await.map_err(io::Error::other)?;
+                    self.answer(peer.ip(), &query, Transport::Tcp, &guard).await
+                }
+                Err(limit) => {
+                    debug!(%peer, limit, "dns: over its share, refused");
+                    refused(&query)
+                }
+            };
+            let Some(reply) = reply else {
                 return Ok(());
             };
             timeout(TCP_IDLE, write_frame(&mut stream, &reply))
@@ -499,7 +677,13 @@ impl Server {
     }
 
     /// The reply to one query from `peer`, or `None` to send nothing.
-    async fn answer(&self, peer: IpAddr, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    async fn answer(
+        &self,
+        peer: IpAddr,
+        packet: &[u8],
+        transport: Transport,
+        guard: &QueryGuard,
+    ) -> Option<Vec<u8>> {
         let [id_hi, id_lo, flags, ..] = *packet else {
             debug!(%peer, "dns: dropped a runt packet");
             return None;
@@ -563,6 +747,16 @@ impl Server {
             NetworkMode::Open => {}
         }
 
+        // This source's turn, then everyone's: a source whose upstream queries hang holds at
+        // most its own slots.
+        let Ok(Ok(_mine)) = timeout(SLOT_WAIT, guard.upstream.acquire()).await else {
+            debug!(sandbox = %sandbox.name, "dns: no upstream slot in time");
+            return Some(error_reply(&request, ResponseCode::ServFail));
+        };
+        let Ok(Ok(_ours)) = timeout(SLOT_WAIT, self.upstream.acquire()).await else {
+            debug!(sandbox = %sandbox.name, "dns: no upstream slot in time");
+            return Some(error_reply(&request, ResponseCode::ServFail));
+        };
         let (reply, answer) = match self.resolver.exchange(packet, request.id(), question).await {
             Ok(answer) => answer,
             Err(e) => {
@@ -573,12 +767,20 @@ impl Server {
 
         let handed: Vec<_> = addresses(&answer, question.name())
             .into_iter()
-            .filter(|&(dst, _)| {
-                let blocked = is_blocked(dst);
-                if blocked {
-                    debug!(sandbox = %sandbox.name, name = %question.name(), %dst, "dns: not admitting a blocked address");
+            .filter(|&(dst, _)| match self.reach.check(dst) {
+                Ok(()) => true,
+                Err(why) => {
+                    debug!(sandbox = %sandbox.name, name = %question.name(), %dst, %why, "dns: not admitting");
+                    if sandbox.mode == NetworkMode::Policy {
+                        let shown = host.clone().unwrap_or_else(|| question.name().to_ascii());
+                        self.dir.event(
+                            &sandbox.id,
+                            "egress.denied",
+                            serde_json::json!({"name": shown, "address": dst.to_string(), "via": "dns", "reason": why.reason()}),
+                        );
+                    }
+                    false
                 }
-                !blocked
             })
             .collect();
         if sandbox.mode == NetworkMode::Policy {

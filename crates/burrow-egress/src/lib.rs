@@ -8,18 +8,24 @@
 //!   secret placeholder (a macaroon) it verifies the caveats and swaps in the real value,
 //!   intercepting TLS with the sandbox's own CA ([`ca`]).
 //!
+//! - [`reach`]: which addresses either may use on a sandbox's behalf: never a blocked range,
+//!   never one of the host's own addresses, never outside `--uplink-only`.
+//!
 //! The crate knows nothing about the daemon's store: it asks a [`Directory`].
 
 pub mod ca;
 pub mod dns;
 pub mod policy;
 pub mod proxy;
+pub mod reach;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_api::{NetworkMode, NetworkRule};
+
+pub use reach::{Reach, Unreachable};
 
 /// What the egress side knows about one sandbox, looked up by its source address.
 #[derive(Clone)]

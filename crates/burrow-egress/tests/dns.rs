@@ -8,7 +8,7 @@ use std::time::Duration;
 use burrow_api::{NetworkMode, NetworkRule, RuleAction};
 use burrow_egress::ca::SandboxCa;
 use burrow_egress::dns::{self, DnsServer, Resolver};
-use burrow_egress::{Directory, Lookup, SandboxView, SecretValue};
+use burrow_egress::{Directory, Lookup, Reach, SandboxView, SecretValue};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, CNAME};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -21,7 +21,16 @@ use tokio::time::timeout;
 /// Every wait in these tests is bounded by this.
 const WAIT: Duration = Duration::from_secs(10);
 const SANDBOX: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// A second sandbox, in the same mode, for the fair-share tests.
+const NEIGHBOUR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 const BIG: u8 = 60;
+
+/// What the server may admit: 198.18.0.99 stands for an address of the host.
+const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 99);
+
+fn reach() -> Arc<Reach> {
+    Reach::fixed([HOST_ADDR], None, false)
+}
 
 fn name(s: &str) -> Name {
     Name::from_ascii(s).unwrap()
@@ -44,6 +53,16 @@ fn zone(qname: &Name) -> Option<Vec<Record>> {
             a("edge.cdn.test.", 20, 11),
         ],
         "evil.test." => vec![a("evil.test.", 60, 12)],
+        "hostlocal.test." => vec![Record::from_rdata(
+            name("hostlocal.test."),
+            60,
+            RData::A(A(HOST_ADDR)),
+        )],
+        "outside.test." => vec![Record::from_rdata(
+            name("outside.test."),
+            60,
+            RData::A(A::new(198, 51, 100, 7)),
+        )],
         "meta.test." => vec![Record::from_rdata(
             name("meta.test."),
             60,
@@ -61,6 +80,10 @@ fn zone(qname: &Name) -> Option<Vec<Record>> {
 fn respond(query: &[u8], udp: bool) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
     let question = request.queries().first()?.clone();
+    if question.name().to_lowercase().to_ascii() == "blackhole.test." {
+        // A name whose servers never answer.
+        return None;
+    }
     let mut reply = Message::new();
     reply
         .set_id(request.id())
@@ -171,10 +194,14 @@ struct FakeDir {
 
 impl Directory for FakeDir {
     fn sandbox(&self, src: Ipv4Addr) -> Option<SandboxView> {
-        let (mode, rules) = self.sandbox.clone().filter(|_| src == SANDBOX)?;
+        let (mode, rules) = self
+            .sandbox
+            .clone()
+            .filter(|_| src == SANDBOX || src == NEIGHBOUR)?;
+        let neighbour = src == NEIGHBOUR;
         Some(SandboxView {
-            id: "sbx-1".into(),
-            name: "web".into(),
+            id: if neighbour { "sbx-2" } else { "sbx-1" }.into(),
+            name: if neighbour { "next" } else { "web" }.into(),
             mode,
             rules,
             ca: self.ca.clone(),
@@ -217,6 +244,10 @@ struct Harness {
 }
 
 async fn harness(sandbox: Option<(NetworkMode, Vec<NetworkRule>)>) -> Harness {
+    harness_with(sandbox, reach()).await
+}
+
+async fn harness_with(sandbox: Option<(NetworkMode, Vec<NetworkRule>)>, reach: Arc<Reach>) -> Harness {
     let upstream = Upstream::start().await;
     let resolver = Resolver::new(vec![upstream.addr]);
     let dir = Arc::new(FakeDir {
@@ -225,9 +256,14 @@ async fn harness(sandbox: Option<(NetworkMode, Vec<NetworkRule>)>) -> Harness {
         admits: Mutex::default(),
         events: Mutex::default(),
     });
-    let server = dns::serve("127.0.0.1:0".parse().unwrap(), resolver.clone(), dir.clone())
-        .await
-        .unwrap();
+    let server = dns::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        resolver.clone(),
+        dir.clone(),
+        reach,
+    )
+    .await
+    .unwrap();
     Harness {
         upstream,
         dir,
@@ -455,9 +491,14 @@ async fn upstream_down_is_servfail() {
         admits: Mutex::default(),
         events: Mutex::default(),
     });
-    let server = dns::serve("127.0.0.1:0".parse().unwrap(), Resolver::new(vec![dead]), dir)
-        .await
-        .unwrap();
+    let server = dns::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        Resolver::new(vec![dead]),
+        dir,
+        reach(),
+    )
+    .await
+    .unwrap();
     let reply = ask(server.local_addr(), "api.github.test").await;
     assert_eq!(reply.response_code(), ResponseCode::ServFail);
 }
@@ -588,4 +629,178 @@ async fn shutdown_closes_the_sockets() {
     // The address can be bound again at once.
     let again = UdpSocket::bind(addr).await;
     assert!(again.is_ok());
+}
+
+#[tokio::test]
+async fn host_addresses_are_answered_but_never_admitted() {
+    let h = harness(policy(&[("*", RuleAction::Allow)])).await;
+    let reply = ask(h.server.local_addr(), "hostlocal.test").await;
+    assert_eq!(v4s(&reply), vec![HOST_ADDR]);
+    assert!(h.dir.admits().is_empty(), "a host address was admitted");
+    assert!(h.resolver.handed_out(SANDBOX, HOST_ADDR).is_empty());
+    let events = h.dir.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].1, "egress.denied");
+    assert_eq!(events[0].2["address"], HOST_ADDR.to_string());
+    assert_eq!(events[0].2["reason"], "the address is one of the host's own");
+    // Control: the same server admits an address that is not the host's.
+    ask(h.server.local_addr(), "api.github.test").await;
+    assert_eq!(h.dir.admits().len(), 1);
+}
+
+#[tokio::test]
+async fn addresses_outside_uplink_only_are_never_admitted() {
+    let uplink = Some(vec!["198.18.0.0/15".parse().unwrap()]);
+    let h = harness_with(
+        policy(&[("*", RuleAction::Allow)]),
+        Reach::fixed([], uplink, false),
+    )
+    .await;
+    let outside = Ipv4Addr::new(198, 51, 100, 7);
+    let reply = ask(h.server.local_addr(), "outside.test").await;
+    assert_eq!(v4s(&reply), vec![outside]);
+    assert!(h.dir.admits().is_empty());
+    assert!(h.resolver.handed_out(SANDBOX, outside).is_empty());
+    // Control: inside the list.
+    ask(h.server.local_addr(), "api.github.test").await;
+    assert_eq!(h.dir.admits(), vec![(SANDBOX, ip(10), Duration::from_secs(60))]);
+}
+
+/// One query from `src` over UDP; `None` if nothing came back within `wait`.
+async fn ask_from(
+    src: Ipv4Addr,
+    server: SocketAddr,
+    qname: &str,
+    id: u16,
+    wait: Duration,
+) -> Option<Message> {
+    let socket = UdpSocket::bind((src, 0)).await.unwrap();
+    socket.send_to(&query(id, qname, true), server).await.unwrap();
+    let mut buf = vec![0; 65535];
+    let (n, _) = timeout(wait, socket.recv_from(&mut buf)).await.ok()?.unwrap();
+    let reply = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(reply.id(), id);
+    Some(reply)
+}
+
+#[tokio::test]
+async fn a_query_flood_from_one_sandbox_does_not_starve_its_neighbour() {
+    let h = harness(Some((NetworkMode::Open, Vec::new()))).await;
+    let server = h.server.local_addr();
+    // The flooder asks for a name whose servers never answer: each query it gets through
+    // holds resources for the whole upstream timeout.
+    let flooder = Arc::new(UdpSocket::bind((SANDBOX, 0)).await.unwrap());
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = tokio::spawn({
+        let (flooder, refused) = (flooder.clone(), refused.clone());
+        async move {
+            let mut buf = vec![0; 65535];
+            while let Ok((n, _)) = flooder.recv_from(&mut buf).await {
+                if Message::from_vec(&buf[..n]).is_ok_and(|m| m.response_code() == ResponseCode::Refused) {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    const FLOOD: u16 = 2000;
+    let flood = tokio::spawn({
+        let flooder = flooder.clone();
+        async move {
+            // About 400 queries a second, for about five seconds.
+            for i in 0..FLOOD {
+                flooder
+                    .send_to(&query(i, "blackhole.test", true), server)
+                    .await
+                    .unwrap();
+                if i % 20 == 19 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    // While it lasts, the neighbour asks ten times a second, and is answered every time.
+    let mut answered = 0u16;
+    while !flood.is_finished() {
+        let reply = ask_from(
+            NEIGHBOUR,
+            server,
+            "api.github.test",
+            answered,
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap_or_else(|| panic!("the neighbour's query {answered} got no answer during the flood"));
+        assert_eq!(reply.response_code(), ResponseCode::NoError);
+        assert_eq!(v4s(&reply), vec![ip(10)]);
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    flood.await.unwrap();
+    assert!(
+        answered >= 10,
+        "the flood was too short to mean anything ({answered} queries)"
+    );
+    // Control: the flooder was turned away past its share, so the limit is what kept the
+    // neighbour's queries answered.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while refused.load(std::sync::atomic::Ordering::Relaxed) < usize::from(FLOOD / 2) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the flooder got only {} REFUSED of {FLOOD}",
+            refused.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reader.abort();
+}
+
+/// `qname` over TCP on `stream`; `None` if the server closed the connection instead.
+async fn tcp_query(stream: &mut TcpStream, qname: &str, id: u16) -> Option<Message> {
+    let packet = query(id, qname, false);
+    let exchange = async {
+        stream.write_all(&(packet.len() as u16).to_be_bytes()).await?;
+        stream.write_all(&packet).await?;
+        let mut len = [0; 2];
+        stream.read_exact(&mut len).await?;
+        let mut reply = vec![0; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut reply).await?;
+        Ok::<_, std::io::Error>(reply)
+    };
+    let reply = timeout(WAIT, exchange)
+        .await
+        .expect("no TCP answer nor close in time")
+        .ok()?;
+    Some(Message::from_vec(&reply).unwrap())
+}
+
+async fn tcp_from(src: Ipv4Addr, server: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((src, 0))).unwrap();
+    timeout(WAIT, socket.connect(server)).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn idle_tcp_connections_from_one_sandbox_do_not_block_a_neighbour() {
+    let h = harness(Some((NetworkMode::Open, Vec::new()))).await;
+    let server = h.server.local_addr();
+    let mut idle = Vec::new();
+    for _ in 0..70 {
+        idle.push(tcp_from(SANDBOX, server).await);
+    }
+    // The neighbour's query over TCP is answered.
+    let mut mine = tcp_from(NEIGHBOUR, server).await;
+    let reply = tcp_query(&mut mine, "api.github.test", 1)
+        .await
+        .expect("the neighbour's TCP connection was closed");
+    assert_eq!(reply.response_code(), ResponseCode::NoError);
+    // Control: of the flooder's 70 connections, exactly its share was kept; the rest were
+    // closed (so the limit is what left room for the neighbour).
+    let mut kept = 0;
+    for (i, stream) in idle.iter_mut().enumerate() {
+        if let Some(reply) = tcp_query(stream, "api.github.test", i as u16).await {
+            assert_eq!(reply.response_code(), ResponseCode::NoError);
+            kept += 1;
+        }
+    }
+    assert_eq!(kept, dns::PER_SOURCE_TCP);
 }

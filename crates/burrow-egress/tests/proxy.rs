@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use burrow_api::{NetworkMode, NetworkRule, RuleAction};
 use burrow_egress::ca::SandboxCa;
 use burrow_egress::proxy::{self, ProxyConfig, ProxyServer};
-use burrow_egress::{Directory, Lookup, SandboxView, SecretValue};
+use burrow_egress::{Directory, Lookup, Reach, SandboxView, SecretValue};
 use burrow_macaroon::{Caveat, Macaroon};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -360,7 +360,7 @@ impl Env {
             transparent_http: any,
             transparent_tls: any,
             upstream_roots: Arc::new(roots),
-            allow_private_upstreams: true,
+            reach: Reach::fixed([], None, true),
             original_dst: Some(fake_original_dst),
         };
         let proxy = proxy::serve(cfg, dir.clone(), Arc::new(Names)).await.unwrap();
@@ -862,4 +862,122 @@ async fn bench_intercepted_vs_direct() {
     let (proxied_p50, proxied_p90) = p50(&mut proxied, &auth).await;
     println!("direct:      p50 {direct_p50:?}  p90 {direct_p90:?}");
     println!("intercepted: p50 {proxied_p50:?}  p90 {proxied_p90:?}");
+}
+
+/// `GET path` on `host` with one extra header; the reply.
+async fn get_with(
+    sender: &mut SendRequest<Full<Bytes>>,
+    host: &str,
+    path: &str,
+    header: (&str, &str),
+) -> Reply {
+    let req = Request::builder()
+        .method("GET")
+        .uri(path)
+        .header("host", host)
+        .header(header.0, header.1)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    within(sender.ready()).await.unwrap();
+    let resp = within(sender.send_request(req)).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = within(resp.into_body().collect()).await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    }
+}
+
+/// The secret's value as an upstream might send it back: other case, and encoded (inside
+/// longer texts too, at every offset base64 can put it).
+fn leaked_forms() -> Vec<(&'static str, String)> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let hex: String = REAL.bytes().map(|b| format!("{b:02x}")).collect();
+    vec![
+        ("as is", REAL.to_owned()),
+        ("upper case", REAL.to_uppercase()),
+        ("lower case", REAL.to_lowercase()),
+        ("base64", STANDARD.encode(REAL)),
+        ("base64 of user:value", STANDARD.encode(format!("user:{REAL}"))),
+        ("base64 of x+value", STANDARD.encode(format!("x{REAL}"))),
+        (
+            "base64url of {\"t\":value}",
+            URL_SAFE_NO_PAD.encode(format!("{{\"t\":\"{REAL}\"}}")),
+        ),
+        ("hex", hex.clone()),
+        ("HEX", hex.to_uppercase()),
+    ]
+}
+
+#[tokio::test]
+async fn every_response_to_a_sandbox_holding_a_secret_is_redacted_in_any_form() {
+    let env = Env::start().await;
+    // No placeholder in these requests: the value comes back as if an earlier request had
+    // stored it upstream (the echo server returns the request's headers in its body).
+    let mut secret_host = env.https("api.github.test", &env.sandbox_ca).await.unwrap();
+    let mut other_host = env.https("plain.test", &env.sandbox_ca).await.unwrap();
+    let stream = TcpStream::connect(env.proxy.explicit).await.unwrap();
+    let (mut plain, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let plain_uri = format!("http://plain.test:{}/stored", env.plain_echo.addr.port());
+    for (form, leaked) in leaked_forms() {
+        for (via, reply) in [
+            (
+                "intercepted, the secret's host",
+                get_with(
+                    &mut secret_host,
+                    "api.github.test",
+                    "/stored",
+                    ("x-stored", &leaked),
+                )
+                .await,
+            ),
+            (
+                "intercepted, another host",
+                get_with(&mut other_host, "plain.test", "/stored", ("x-stored", &leaked)).await,
+            ),
+            (
+                "plain HTTP",
+                get_with(&mut plain, "plain.test", &plain_uri, ("x-stored", &leaked)).await,
+            ),
+        ] {
+            assert_eq!(reply.status, 200, "{form}, {via}: {}", reply.body);
+            assert!(
+                !reply.body.contains(&leaked),
+                "{form}, {via}: the value leaked: {}",
+                reply.body
+            );
+            assert!(
+                reply.body.contains("x-stored: ") && reply.body.contains("********"),
+                "{form}, {via}: {}",
+                reply.body
+            );
+        }
+    }
+    // What reached the upstreams is what the sandbox sent (redaction is of responses only).
+    assert_eq!(
+        env.tls_echo.last().header("x-stored"),
+        Some(leaked_forms().last().unwrap().1.as_str())
+    );
+}
+
+#[tokio::test]
+async fn control_a_sandbox_without_secrets_gets_the_same_responses_unredacted() {
+    // The probe above can see a leak: with nothing to redact, every form comes back whole.
+    let env = Env::without_secrets().await;
+    let mut client = env.https("plain.test", test_ca_pem()).await.unwrap();
+    for (form, leaked) in leaked_forms() {
+        let reply = get_with(&mut client, "plain.test", "/stored", ("x-stored", &leaked)).await;
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply.body.contains(&format!("x-stored: {leaked}")),
+            "{form}: {}",
+            reply.body
+        );
+    }
 }

@@ -109,8 +109,13 @@ pub async fn start(mgr: &Arc<Manager>) -> anyhow::Result<Option<Egress>> {
     let gw = net.gateway();
     let s = &net.settings;
     let dir: Arc<dyn Directory> = Arc::new(ManagerDirectory(Arc::downgrade(mgr), EventBudget::default()));
+    // What the proxy may connect to and the resolver may admit: never the host's own
+    // addresses (kept current from the kernel), and only the uplink ranges when given.
+    let reach =
+        burrow_egress::Reach::kernel(s.uplink_only.clone()).context("watching the host's addresses")?;
     let resolver = burrow_egress::dns::Resolver::new(s.dns_upstreams.clone());
-    let dns = burrow_egress::dns::serve(SocketAddr::from((gw, s.dns_port)), resolver.clone(), dir.clone())
+    let listen = SocketAddr::from((gw, s.dns_port));
+    let dns = burrow_egress::dns::serve(listen, resolver.clone(), dir.clone(), reach.clone())
         .await
         .with_context(|| format!("serving DNS on {gw}:{}", s.dns_port))?;
     let roots = burrow_egress::proxy::upstream_roots(&s.extra_roots).context("loading upstream TLS roots")?;
@@ -119,7 +124,7 @@ pub async fn start(mgr: &Arc<Manager>) -> anyhow::Result<Option<Egress>> {
         transparent_http: SocketAddr::from((gw, s.transparent_http_port)),
         transparent_tls: SocketAddr::from((gw, s.transparent_tls_port)),
         upstream_roots: Arc::new(roots),
-        allow_private_upstreams: false,
+        reach,
         original_dst: None,
     };
     let proxy = burrow_egress::proxy::serve(cfg, dir, resolver)

@@ -75,7 +75,7 @@ async fn connect(conn: Conn, mut req: Request<Incoming>) -> Response<Body> {
     let upstream = if intercept {
         None
     } else {
-        match connect_tcp(&addrs).await {
+        match connect_tcp(&conn.shared.reach, &addrs).await {
             Ok(stream) => Some(stream),
             Err(e) => {
                 return text(
@@ -174,7 +174,7 @@ impl Tunnel {
     }
 
     async fn connect_and_relay(self, client: TokioIo<Upgraded>, first: Vec<u8>) {
-        let Ok(mut upstream) = connect_tcp(&self.addrs).await else {
+        let Ok(mut upstream) = connect_tcp(&self.conn.shared.reach, &self.addrs).await else {
             return;
         };
         if upstream.write_all(&first).await.is_ok() {

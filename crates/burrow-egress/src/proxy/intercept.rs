@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
-use super::redact::{RedactBody, Redactor};
+use super::redact::RedactBody;
 use super::upstream::PoolKey;
 use super::{
     Body, Conn, HELLO_TIMEOUT, IDLE_TIMEOUT, RESPONSE_TIMEOUT, Tracked, chain, has_placeholder,
@@ -125,7 +125,8 @@ async fn handle(conn: &Conn, up: &Upstream, req: Request<Incoming>) -> Response<
     }
 
     strip_hop_by_hop(&mut parts.headers);
-    if !injected.is_empty() {
+    let redactor = conn.redactor(injected.iter().map(|i| i.value.clone()));
+    if !redactor.is_empty() {
         // Redaction needs to see the response as sent: no compression.
         parts
             .headers
@@ -160,10 +161,9 @@ async fn handle(conn: &Conn, up: &Upstream, req: Request<Incoming>) -> Response<
     };
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    if injected.is_empty() {
+    if redactor.is_empty() {
         return Response::from_parts(parts, body.map_err(Into::into).boxed());
     }
-    let redactor = Redactor::new(injected.into_iter().map(|i| i.value));
     redactor.headers(&mut parts.headers);
     Response::from_parts(parts, RedactBody::new(body, redactor).map_err(Into::into).boxed())
 }

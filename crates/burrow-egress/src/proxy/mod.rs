@@ -7,8 +7,9 @@
 //!
 //! Each checks the sandbox's domain policy. TLS to a host one of the sandbox's attached
 //! secrets may be sent to is intercepted ([`intercept`]) with the sandbox's own CA so the
-//! placeholders in it can be checked and replaced ([`inject`]) and the real values redacted
-//! from what comes back ([`redact`]); everything else is relayed end to end, untouched.
+//! placeholders in it can be checked and replaced ([`inject`]) and the values of the
+//! sandbox's secrets redacted from every response ([`redact`], plain HTTP too); everything
+//! else is relayed end to end, untouched.
 //!
 //! This module must never send a placeholder or a secret anywhere the caveats and the
 //! secret's own hosts do not allow, and never hand a secret value to a sandbox.
@@ -47,7 +48,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use burrow_api::NetworkMode;
 
-use crate::{Directory, Lookup, SandboxView};
+use crate::{Directory, Lookup, Reach, SandboxView, Unreachable};
+use redact::{Patterns, Redactor};
 
 /// Connections open at once, over all sandboxes.
 const MAX_CONNECTIONS: usize = 4096;
@@ -63,6 +65,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time a name lookup may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per sandbox id: the secret values its redaction patterns were built for, and those.
+type RedactionCache = HashMap<String, (Vec<String>, Arc<Patterns>)>;
+
+/// Sandboxes whose redaction patterns are kept built.
+const MAX_REDACTION_CACHE: usize = 1024;
 /// Largest request head.
 const MAX_HEAD: usize = 64 * 1024;
 /// Time a client has to send a whole request head.
@@ -78,8 +85,9 @@ pub struct ProxyConfig {
     pub transparent_tls: SocketAddr,
     /// Roots upstream certificates are verified against (see [`upstream_roots`]).
     pub upstream_roots: Arc<RootCertStore>,
-    /// Tests only: let upstreams be private or loopback addresses ([`crate::is_blocked`]).
-    pub allow_private_upstreams: bool,
+    /// The addresses the proxy may connect to ([`Reach::kernel`] in the daemon: never a
+    /// blocked range, an address of the host, or one outside `--uplink-only`).
+    pub reach: Arc<Reach>,
     /// The original destination of a redirected connection; `None` is `SO_ORIGINAL_DST`.
     pub original_dst: Option<fn(&TcpStream) -> io::Result<SocketAddrV4>>,
 }
@@ -105,9 +113,10 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         dir,
         lookup,
-        allow_private: cfg.allow_private_upstreams,
+        reach: cfg.reach.clone(),
         original_dst: cfg.original_dst.unwrap_or(so_original_dst),
-        pools: upstream::Pools::new(upstream::client_config(cfg.upstream_roots)),
+        pools: upstream::Pools::new(upstream::client_config(cfg.upstream_roots), cfg.reach),
+        redaction: Mutex::new(HashMap::new()),
         limits: Arc::new(Limits {
             total: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             per_source: Mutex::new(HashMap::new()),
@@ -166,9 +175,10 @@ enum Listener {
 struct Shared {
     dir: Arc<dyn Directory>,
     lookup: Arc<dyn Lookup>,
-    allow_private: bool,
+    reach: Arc<Reach>,
     original_dst: fn(&TcpStream) -> io::Result<SocketAddrV4>,
     pools: upstream::Pools,
+    redaction: Mutex<RedactionCache>,
     limits: Arc<Limits>,
     shutdown: watch::Receiver<()>,
 }
@@ -189,9 +199,9 @@ impl Shared {
         self.dir.event(&view.id, kind, data);
     }
 
-    /// Whether an upstream address may be connected to at all.
-    fn reachable(&self, ip: Ipv4Addr) -> bool {
-        self.allow_private || !crate::is_blocked(ip)
+    /// Whether an upstream address may be connected to at all, and if not why.
+    fn reachable(&self, ip: Ipv4Addr) -> Result<(), Unreachable> {
+        self.reach.check(ip)
     }
 
     /// Whether TLS is intercepted for this sandbox: whenever it holds any placeholder, so a
@@ -288,6 +298,35 @@ impl Conn {
         Refusal::new(StatusCode::FORBIDDEN, format!("{host} is not allowed: {reason}"))
     }
 
+    /// The redaction for one response to this sandbox: the values of every secret attached
+    /// to it (and `also`, what this request injected), whether or not the request carried a
+    /// placeholder. The patterns are built once per set of values and sandbox.
+    fn redactor(&self, also: impl IntoIterator<Item = String>) -> Redactor {
+        let dir = &self.shared.dir;
+        let mut values: Vec<String> = dir
+            .attached_secrets(&self.view.id)
+            .iter()
+            .filter_map(|name| dir.secret(name))
+            .map(|s| s.value)
+            .chain(also)
+            .filter(|v| !v.is_empty())
+            .collect();
+        values.sort();
+        values.dedup();
+        let mut cache = self.shared.redaction.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cached, patterns)) = cache.get(&self.view.id)
+            && *cached == values
+        {
+            return Redactor::new(patterns.clone());
+        }
+        let patterns = Arc::new(Patterns::new(values.iter().map(String::as_str)));
+        if cache.len() >= MAX_REDACTION_CACHE {
+            cache.clear();
+        }
+        cache.insert(self.view.id.clone(), (values, patterns.clone()));
+        Redactor::new(patterns)
+    }
+
     /// The addresses `host:port` may be reached at, after the policy check: an allowed name
     /// resolved upstream, or (outside policy mode) an IPv4 literal. Never a blocked address.
     async fn resolve(&self, host: &str, port: u16, via: &str) -> Result<Vec<SocketAddr>, Refusal> {
@@ -299,8 +338,8 @@ impl Conn {
             if view.mode == NetworkMode::Policy {
                 return Err(self.deny(host, via, "policy mode allows names, not IP addresses"));
             }
-            if !self.shared.reachable(ip) {
-                return Err(self.deny(host, via, "the address is private or reserved"));
+            if let Err(why) = self.shared.reachable(ip) {
+                return Err(self.deny(host, via, why.reason()));
             }
             return Ok(vec![SocketAddr::from((ip, port))]);
         }
@@ -313,19 +352,27 @@ impl Conn {
             .lookup(host)
             .await
             .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, format!("cannot resolve {host}: {e}")))?;
+        let mut refused = None;
         let addrs: Vec<SocketAddr> = ips
             .iter()
-            .filter(|ip| self.shared.reachable(**ip))
+            .filter(|ip| match self.shared.reachable(**ip) {
+                Ok(()) => true,
+                Err(why) => {
+                    refused.get_or_insert((**ip, why));
+                    false
+                }
+            })
             .map(|ip| SocketAddr::from((*ip, port)))
             .collect();
         if addrs.is_empty() {
-            if ips.is_empty() {
+            let Some((ip, why)) = refused else {
                 return Err(Refusal::new(
                     StatusCode::BAD_GATEWAY,
                     format!("{host} has no IPv4 address"),
                 ));
-            }
-            return Err(self.deny(host, via, "it resolves only to private or reserved addresses"));
+            };
+            let reason = format!("it resolves only to addresses it may not reach ({ip}: {why})");
+            return Err(self.deny(host, via, &reason));
         }
         Ok(addrs)
     }

@@ -6,9 +6,10 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use burrow_api::NetworkMode;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header;
+use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 
+use super::redact::RedactBody;
 use super::upstream::PoolKey;
 use super::{
     Body, Conn, RESPONSE_TIMEOUT, chain, has_placeholder, host_without_port, strip_hop_by_hop, text,
@@ -68,6 +69,13 @@ pub(super) async fn forward(
     };
 
     strip_hop_by_hop(&mut parts.headers);
+    // A sandbox holding secrets could fetch one over plain HTTP that an HTTPS request stored.
+    let redactor = conn.redactor(None);
+    if !redactor.is_empty() {
+        parts
+            .headers
+            .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    }
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = match format!("http://{host}:{port}{path_and_query}").parse::<Uri>() {
         Ok(uri) => uri,
@@ -97,7 +105,11 @@ pub(super) async fn forward(
     };
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.map_err(Into::into).boxed())
+    if redactor.is_empty() {
+        return Response::from_parts(parts, body.map_err(Into::into).boxed());
+    }
+    redactor.headers(&mut parts.headers);
+    Response::from_parts(parts, RedactBody::new(body, redactor).map_err(Into::into).boxed())
 }
 
 /// A redirected request may go on to its original destination: the name passes the policy

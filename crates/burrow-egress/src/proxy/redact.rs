@@ -1,54 +1,166 @@
-//! Redaction of injected secret values from what an upstream sends back.
+//! Redaction of the secret values a sandbox holds from what upstreams send back to it.
 //!
-//! Each occurrence becomes as many `*` as it has bytes, so lengths (and `Content-Length`)
-//! stay valid. Bodies are streamed: the redactor holds back only the bytes that could be the
-//! start of a match split across chunks.
+//! What is looked for, for each value (see `docs/network.md` for what this does and does not
+//! promise):
+//! - the value itself, in any ASCII case;
+//! - its hex encoding (any case), its percent-encoding, and the value with `/` escaped as
+//!   `\/` (JSON);
+//! - its base64 and base64url encodings, at each of the three offsets the value can have in
+//!   an encoded string: the characters that depend on the value's bytes alone, so the value
+//!   is found inside the encoding of a longer text too.
+//!
+//! Encodings are looked for only for values of at least [`MIN_ENCODED_VALUE`] bytes (shorter
+//! ones would star ordinary text). Each occurrence becomes as many `*` as it has bytes, so
+//! lengths (and `Content-Length`) stay valid. Bodies are streamed: the redactor holds back
+//! only the bytes that could be the start of a match split across chunks.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use aho_corasick::AhoCorasick;
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{HeaderMap, HeaderValue};
 
-pub(super) struct Redactor {
-    needles: Vec<Vec<u8>>,
-    /// Bytes held back: one less than the longest needle.
+/// Values shorter than this are looked for as they are (in any case), not encoded.
+pub(super) const MIN_ENCODED_VALUE: usize = 8;
+
+/// What to look for, built once for a set of values (automata are not free to build).
+pub(super) struct Patterns {
+    /// Matched in any ASCII case: the value, hex, percent-encoding.
+    any_case: Option<AhoCorasick>,
+    /// Matched exactly: base64 and base64url.
+    exact: Option<AhoCorasick>,
+    /// Bytes held back: one less than the longest pattern.
     keep: usize,
+}
+
+/// One response's redaction: the patterns, and the bytes held back between chunks.
+pub(super) struct Redactor {
+    patterns: Arc<Patterns>,
     carry: Vec<u8>,
 }
 
-impl Redactor {
-    pub(super) fn new(values: impl IntoIterator<Item = String>) -> Redactor {
-        let mut needles: Vec<Vec<u8>> = values
-            .into_iter()
-            .filter(|v| !v.is_empty())
-            .map(String::into_bytes)
-            .collect();
-        // Longest first, so a value that contains another is starred whole.
-        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
-        needles.dedup();
-        let keep = needles.first().map_or(0, |n| n.len() - 1);
-        Redactor {
-            needles,
+/// The patterns for `value`: (any case, exact).
+fn patterns(value: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut any_case = vec![value.to_vec()];
+    let mut exact = Vec::new();
+    if value.len() >= MIN_ENCODED_VALUE {
+        any_case.push(
+            value
+                .iter()
+                .flat_map(|b| format!("{b:02x}").into_bytes())
+                .collect(),
+        );
+        let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+        if !value.iter().all(|b| unreserved(*b)) {
+            let encoded = value
+                .iter()
+                .flat_map(|&b| {
+                    if unreserved(b) {
+                        vec![b]
+                    } else {
+                        format!("%{b:02X}").into_bytes()
+                    }
+                })
+                .collect();
+            any_case.push(encoded);
+        }
+        if value.contains(&b'/') {
+            let escaped = value
+                .iter()
+                .flat_map(|&b| if b == b'/' { vec![b'\\', b'/'] } else { vec![b] })
+                .collect();
+            any_case.push(escaped);
+        }
+        for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+            for offset in 0..3usize {
+                let mut input = vec![0u8; offset];
+                input.extend_from_slice(value);
+                let encoded = engine.encode(&input).into_bytes();
+                // Character i carries bits [6i, 6i + 6); the value's are [8 offset, 8 len).
+                let start = (8 * offset).div_ceil(6);
+                let end = (8 * input.len()) / 6;
+                if end > start {
+                    exact.push(encoded[start..end].to_vec());
+                }
+            }
+        }
+    }
+    (any_case, exact)
+}
+
+fn automaton(patterns: &[Vec<u8>], any_case: bool) -> Option<AhoCorasick> {
+    if patterns.is_empty() {
+        return None;
+    }
+    AhoCorasick::builder()
+        .ascii_case_insensitive(any_case)
+        .build(patterns)
+        .ok()
+}
+
+impl Patterns {
+    pub(super) fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Patterns {
+        let mut any_case = Vec::new();
+        let mut exact = Vec::new();
+        for value in values.into_iter().filter(|v| !v.is_empty()) {
+            let (a, e) = patterns(value.as_bytes());
+            any_case.extend(a);
+            exact.extend(e);
+        }
+        any_case.sort();
+        any_case.dedup();
+        exact.sort();
+        exact.dedup();
+        let keep = any_case
+            .iter()
+            .chain(&exact)
+            .map(Vec::len)
+            .max()
+            .map_or(0, |n| n - 1);
+        Patterns {
+            any_case: automaton(&any_case, true),
+            exact: automaton(&exact, false),
             keep,
+        }
+    }
+
+    /// Whether there is anything to look for.
+    pub(super) fn is_empty(&self) -> bool {
+        self.any_case.is_none() && self.exact.is_none()
+    }
+
+    /// Stars every occurrence in `buf` (overlapping ones too), in place.
+    fn star(&self, buf: &mut [u8]) {
+        let mut ranges = Vec::new();
+        for ac in self.any_case.iter().chain(&self.exact) {
+            ranges.extend(ac.find_overlapping_iter(&*buf).map(|m| m.range()));
+        }
+        for r in ranges {
+            buf[r].fill(b'*');
+        }
+    }
+}
+
+impl Redactor {
+    pub(super) fn new(patterns: Arc<Patterns>) -> Redactor {
+        Redactor {
+            patterns,
             carry: Vec::new(),
         }
     }
 
-    /// Stars every occurrence in `buf`, in place.
+    /// Whether there is anything to look for.
+    pub(super) fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
     fn star(&self, buf: &mut [u8]) {
-        for needle in &self.needles {
-            let mut i = 0;
-            while i + needle.len() <= buf.len() {
-                if buf[i..].starts_with(needle) {
-                    buf[i..i + needle.len()].fill(b'*');
-                    i += needle.len();
-                } else {
-                    i += 1;
-                }
-            }
-        }
+        self.patterns.star(buf);
     }
 
     /// Takes the next chunk; returns what may be sent on now.
@@ -57,7 +169,7 @@ impl Redactor {
         buf.extend_from_slice(chunk);
         self.star(&mut buf);
         // Whatever is left of a match starts within the last `keep` bytes.
-        let emit = buf.len().saturating_sub(self.keep);
+        let emit = buf.len().saturating_sub(self.patterns.keep);
         self.carry = buf.split_off(emit);
         Bytes::from(buf)
     }
@@ -156,8 +268,12 @@ mod tests {
 
     use super::*;
 
+    fn redactor(values: &[&str]) -> Redactor {
+        Redactor::new(Arc::new(Patterns::new(values.iter().copied())))
+    }
+
     fn stream(values: &[&str], chunks: &[&str]) -> String {
-        let mut r = Redactor::new(values.iter().map(|s| s.to_string()));
+        let mut r = redactor(values);
         let mut out = Vec::new();
         for c in chunks {
             out.extend_from_slice(&r.push(c.as_bytes()));
@@ -180,8 +296,37 @@ mod tests {
     }
 
     #[test]
+    fn finds_other_cases_and_encodings_at_every_offset() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+        let value = "tok_ABCdef0123456789/x";
+        assert_eq!(
+            stream(&[value], &[&value.to_uppercase()]),
+            "*".repeat(value.len())
+        );
+        for pre in 0..4 {
+            for post in 0..3 {
+                let text = format!("{}{value}{}", "p".repeat(pre), "q".repeat(post));
+                let hex: String = text.bytes().map(|b| format!("{b:02X}")).collect();
+                for encoded in [STANDARD.encode(&text), URL_SAFE.encode(&text), hex] {
+                    // Split at every place: a match across chunks is found too.
+                    for cut in [1, encoded.len() / 2, encoded.len() - 1] {
+                        let out = stream(&[value], &[&encoded[..cut], &encoded[cut..]]);
+                        assert_eq!(out.len(), encoded.len());
+                        assert!(out.contains("**********"), "{pre}/{post}: {encoded} -> {out}");
+                    }
+                }
+            }
+        }
+        // Percent-encoded and JSON-escaped.
+        assert_eq!(stream(&[value], &["tok_ABCdef0123456789%2Fx"]), "*".repeat(24));
+        assert_eq!(stream(&[value], &["tok_ABCdef0123456789\\/x"]), "*".repeat(23));
+        // A short value is looked for as it is only: its encodings would match ordinary text.
+        assert_eq!(stream(&["abc"], &["YWJj 616263"]), "YWJj 616263");
+    }
+
+    #[test]
     fn headers_are_starred() {
-        let r = Redactor::new(["s3cr".to_string()]);
+        let r = redactor(&["s3cr"]);
         let mut h = HeaderMap::new();
         h.insert("x-echo", HeaderValue::from_static("token s3cr"));
         r.headers(&mut h);
@@ -195,7 +340,7 @@ mod tests {
             .map(|c| Ok(Frame::data(Bytes::from(c))))
             .collect();
         let inner = http_body_util::StreamBody::new(futures::stream::iter(chunks));
-        let body = RedactBody::new(inner, Redactor::new(["secret".to_string()]));
+        let body = RedactBody::new(inner, redactor(&["secret"]));
         let all = body.collect().await.unwrap().to_bytes();
         assert_eq!(&all[..], b"hello ****** bye");
     }

@@ -35,12 +35,8 @@ fn original_destination(conn: &Conn, stream: &TcpStream) -> Option<SocketAddrV4>
     {
         return None;
     }
-    if !conn.shared.reachable(*dst.ip()) {
-        conn.deny(
-            &dst.ip().to_string(),
-            "transparent",
-            "the address is private or reserved",
-        );
+    if let Err(why) = conn.shared.reachable(*dst.ip()) {
+        conn.deny(&dst.ip().to_string(), "transparent", why.reason());
         return None;
     }
     Some(dst)
@@ -97,7 +93,7 @@ pub(super) async fn tls(conn: Conn, mut stream: TcpStream) {
 }
 
 async fn relay_to(conn: Conn, client: TcpStream, dst: SocketAddrV4, first: Vec<u8>) {
-    let Ok(mut upstream) = connect_tcp(&[SocketAddr::V4(dst)]).await else {
+    let Ok(mut upstream) = connect_tcp(&conn.shared.reach, &[SocketAddr::V4(dst)]).await else {
         return;
     };
     if upstream.write_all(&first).await.is_ok() {

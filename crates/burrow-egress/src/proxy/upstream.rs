@@ -26,6 +26,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::{Body, CONNECT_TIMEOUT};
+use crate::Reach;
+use crate::reach::check_addr;
 
 /// Clients kept at once; the least recently used makes room.
 const MAX_CLIENTS: usize = 1024;
@@ -46,10 +48,15 @@ pub(super) fn client_config(roots: Arc<RootCertStore>) -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
-/// Connects to the first of `addrs` that answers in time.
-pub(super) async fn connect_tcp(addrs: &[SocketAddr]) -> io::Result<TcpStream> {
+/// Connects to the first of `addrs` that answers in time. Every upstream connection of the
+/// proxy is made here, and `reach` is checked here last, whatever the caller checked before.
+pub(super) async fn connect_tcp(reach: &Reach, addrs: &[SocketAddr]) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
     for addr in addrs {
+        if let Err(e) = check_addr(reach, addr) {
+            last = e;
+            continue;
+        }
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
@@ -74,13 +81,15 @@ pub(super) type HttpClient = Client<Connector, Body>;
 
 pub(super) struct Pools {
     tls: Arc<ClientConfig>,
+    reach: Arc<Reach>,
     clients: Mutex<HashMap<PoolKey, (HttpClient, Instant)>>,
 }
 
 impl Pools {
-    pub(super) fn new(tls: Arc<ClientConfig>) -> Pools {
+    pub(super) fn new(tls: Arc<ClientConfig>, reach: Arc<Reach>) -> Pools {
         Pools {
             tls,
+            reach,
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -100,7 +109,11 @@ impl Pools {
         } else {
             None
         };
-        let connector = Connector { addr: key.addr, tls };
+        let connector = Connector {
+            addr: key.addr,
+            tls,
+            reach: self.reach.clone(),
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -125,6 +138,7 @@ impl Pools {
 #[derive(Clone)]
 pub(super) struct Connector {
     addr: SocketAddr,
+    reach: Arc<Reach>,
     tls: Option<(ServerName<'static>, Arc<ClientConfig>)>,
 }
 
@@ -140,7 +154,7 @@ impl tower_service::Service<Uri> for Connector {
     fn call(&mut self, _uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let tcp = connect_tcp(&[this.addr]).await?;
+            let tcp = connect_tcp(&this.reach, &[this.addr]).await?;
             let stream = match this.tls {
                 None => Stream::Plain(tcp),
                 Some((name, config)) => {
