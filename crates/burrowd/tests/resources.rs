@@ -373,3 +373,51 @@ except OSError as e:
         c.delete_sandbox(&sb.name).await.unwrap();
     }
 }
+
+/// The payload cgroup exists whenever the agent runs: it outlives a daemon crash with the
+/// sandbox (adopted on the next start), and every later start of the sandbox makes it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_agent_start_has_its_payload_cgroup() {
+    let d = burrow_testkit::Daemon::start();
+    let c = d.client();
+    let sb = make(&c, |r| r.memory_mb = Some(256)).await;
+    let agent = agent_host_pid(&d.data_dir, &sb.id).expect("running");
+    let Some(mem) = v1_memory_dir_or_skip(agent) else {
+        return;
+    };
+    let probe = "grep :memory: /proc/self/cgroup; grep :memory: /proc/1/cgroup";
+    let check = |what: &'static str| {
+        let c = c.clone();
+        let name = sb.name.clone();
+        let mem = mem.clone();
+        async move {
+            let r = sh(&c, &name, probe).await;
+            let lines: Vec<&str> = r.stdout.lines().collect();
+            assert_eq!(
+                lines.iter().map(|l| memory_cgroup(l)).collect::<Vec<_>>(),
+                [Some("/payload"), Some("/")],
+                "{what}: {r:?}"
+            );
+            assert_eq!(
+                read_u64(&mem.join("payload/memory.limit_in_bytes")),
+                (256 - 32) * MIB,
+                "{what}"
+            );
+        }
+    };
+    check("first start").await;
+
+    d.kill9();
+    d.restart();
+    assert_eq!(agent_host_pid(&d.data_dir, &sb.id), Some(agent), "adopted, not restarted");
+    check("after a daemon crash").await;
+
+    for action in ["stop", "start", "restart"] {
+        c.sandbox_action(&sb.name, action).await.unwrap();
+    }
+    let again = agent_host_pid(&d.data_dir, &sb.id).expect("running again");
+    assert_ne!(again, agent, "a new agent");
+    check("after stop, start and restart").await;
+    c.delete_sandbox(&sb.name).await.unwrap();
+    assert!(!mem.exists(), "{} left behind", mem.display());
+}

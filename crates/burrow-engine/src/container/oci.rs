@@ -747,10 +747,10 @@ mod tests {
         );
         // Few pids: the host's maximum.
         assert_eq!(
-            file_limits(16, budget, 20_000),
+            file_limits(8, budget, 20_000),
             FileLimits {
                 nofile: 20_000,
-                pids: 16
+                pids: 8
             }
         );
         for pids in [1, 16, 64, 300, 301, 302, 4096, 1 << 22] {
