@@ -169,12 +169,12 @@ fn main() -> ExitCode {
                 spawn::set_payload_cgroup(procs);
             }
             tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .max_blocking_threads(4)
-            .enable_all()
-            .build()
-            .map_err(AgentError::Runtime)?
-            .block_on(serve(listen))
+                .worker_threads(2)
+                .max_blocking_threads(4)
+                .enable_all()
+                .build()
+                .map_err(AgentError::Runtime)?
+                .block_on(serve(listen))
         }
     });
     match result {

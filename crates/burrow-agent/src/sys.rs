@@ -153,7 +153,10 @@ pub fn adopt_file_fd(fd: RawFd) -> io::Result<OwnedFd> {
     }
     let mode = OFlag::from_bits_truncate(fcntl(borrowed, FcntlArg::F_GETFL)?) & OFlag::O_ACCMODE;
     if mode == OFlag::O_RDONLY {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not open for writing"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not open for writing",
+        ));
     }
     fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
     // SAFETY: the fd is open (checked above), was handed to us by our parent for our

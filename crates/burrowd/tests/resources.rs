@@ -11,8 +11,9 @@ use burrow_testkit::{shared, unique_name};
 use serde_json::json;
 
 const MIB: u64 = 1024 * 1024;
-/// What the engine keeps back for the agent in a 512 MiB sandbox: min(32 MiB, limit / 8).
-const RESERVE_512: u64 = 32 * MIB;
+/// What the engine keeps back for the agent in a 512 MiB (and a 256 MiB) sandbox: an eighth
+/// of the limit, at least 8 MiB, at most 32 MiB.
+const RESERVE: u64 = 32 * MIB;
 /// Upper bound of every wait-for-condition below (loops exit as soon as it holds).
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -110,8 +111,27 @@ async fn oom_kills(c: &Client, name: &str) -> u64 {
         .oom_kills
 }
 
+/// Memory charged to the sandbox's cgroup but not to its payload: the agent's own (v1
+/// usage is hierarchical). It must stay within the agent's reserve.
+fn assert_agent_within_reserve(mem: &Path, reserve: u64, what: &str) {
+    let total = read_u64(&mem.join("memory.usage_in_bytes"));
+    let payload = read_u64(&mem.join("payload/memory.usage_in_bytes"));
+    let own = total.saturating_sub(payload);
+    eprintln!("{what}: sandbox {total} B, payload {payload} B, agent's own {own} B");
+    assert!(
+        own < reserve,
+        "{what}: the agent's own charge {own} B is past its reserve"
+    );
+}
+
 /// The agent is alive, still the same process, still PID 1, and serves an exec.
-async fn assert_agent_survived(c: &Client, data_dir: &Path, sb: &burrow_api::Sandbox, agent: u32, what: &str) {
+async fn assert_agent_survived(
+    c: &Client,
+    data_dir: &Path,
+    sb: &burrow_api::Sandbox,
+    agent: u32,
+    what: &str,
+) {
     assert_eq!(
         agent_host_pid(data_dir, &sb.id),
         Some(agent),
@@ -144,11 +164,47 @@ async fn user_processes_run_in_the_payload_cgroup_and_the_agent_does_not() {
         let r = exec(&c, &sb.name, probe, user).await;
         let lines: Vec<&str> = r.stdout.lines().collect();
         assert_eq!(lines.len(), 4, "{user:?}: {r:?}");
-        assert_eq!(memory_cgroup(lines[0]), Some("/payload"), "exec as {user:?}: {r:?}");
-        assert_eq!(memory_cgroup(lines[1]), Some("/payload"), "its child, {user:?}: {r:?}");
+        assert_eq!(
+            memory_cgroup(lines[0]),
+            Some("/payload"),
+            "exec as {user:?}: {r:?}"
+        );
+        assert_eq!(
+            memory_cgroup(lines[1]),
+            Some("/payload"),
+            "its child, {user:?}: {r:?}"
+        );
         assert_eq!(memory_cgroup(lines[2]), Some("/"), "the agent: {r:?}");
         assert_eq!(lines[3], if user.is_some() { "65534" } else { "0" });
     }
+
+    // Root inside can neither push the agent into the payload (the agent's fd cannot be
+    // reopened through /proc/1/fd) nor leave the payload (the cgroup filesystem is
+    // read-only); both writes fail and nothing moved.
+    let r = sh(
+        &c,
+        &sb.name,
+        "echo 1 > /proc/1/fd/4; echo \"agent: $?\"; \
+         echo $$ > /sys/fs/cgroup/memory/cgroup.procs; echo \"out: $?\"; \
+         grep :memory: /proc/1/cgroup /proc/self/cgroup",
+    )
+    .await;
+    // dash: status 2 for a redirection that fails.
+    assert!(
+        r.stdout.contains("agent: 2\n") && r.stdout.contains("out: 2\n"),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr.contains("Permission denied") && r.stderr.contains("Read-only file system"),
+        "{r:?}"
+    );
+    let cgs: Vec<&str> = r
+        .stdout
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.rsplit(':').next())
+        .collect();
+    assert_eq!(cgs, ["/", "/payload"], "{r:?}");
 
     // A service is started by the agent the same way.
     let svc = format!("/v1/sandboxes/{}/services/sleeper", sb.name);
@@ -171,16 +227,22 @@ async fn user_processes_run_in_the_payload_cgroup_and_the_agent_does_not() {
     assert_eq!(read_u64(&mem.join("memory.limit_in_bytes")), 512 * MIB);
     assert_eq!(
         read_u64(&payload.join("memory.limit_in_bytes")),
-        512 * MIB - RESERVE_512
+        512 * MIB - RESERVE
     );
     if mem.join("memory.memsw.limit_in_bytes").exists() {
         assert_eq!(
             read_u64(&payload.join("memory.memsw.limit_in_bytes")),
-            512 * MIB - RESERVE_512
+            512 * MIB - RESERVE
         );
     }
-    assert!(pids_in(&mem).contains(&agent), "the agent is in the sandbox's cgroup");
-    assert!(!pids_in(&payload).contains(&agent), "the agent is not in the payload");
+    assert!(
+        pids_in(&mem).contains(&agent),
+        "the agent is in the sandbox's cgroup"
+    );
+    assert!(
+        !pids_in(&payload).contains(&agent),
+        "the agent is not in the payload"
+    );
     assert!(!pids_in(&payload).is_empty(), "the service is in the payload");
 
     // Deleting the sandbox removes both cgroups.
@@ -197,9 +259,9 @@ async fn python_memory_fork_bomb_kills_user_processes_not_the_agent() {
     let c = d.client();
     let sb = make(&c, |r| r.memory_mb = Some(512)).await;
     let agent = agent_host_pid(&d.data_dir, &sb.id).expect("running");
-    if v1_memory_dir_or_skip(agent).is_none() {
+    let Some(mem) = v1_memory_dir_or_skip(agent) else {
         return;
-    }
+    };
     let before = oom_kills(&c, &sb.name).await;
     // Each child allocates (and touches) 32 MiB, says so on a pipe, and holds it until the
     // parent closes the release pipe. The parent waits until every child is ready or dead.
@@ -243,6 +305,7 @@ print("ready", ready, "killed", killed)
 "#;
     let r = sh(&c, &sb.name, &format!("python3 -c '{bomb}'")).await;
     assert_agent_survived(&c, &d.data_dir, &sb, agent, "after the fork bomb").await;
+    assert_agent_within_reserve(&mem, RESERVE, "after the fork bomb");
     // Positive control: the OOM killer really ran, and what it killed were the bomb's processes.
     let after = oom_kills(&c, &sb.name).await;
     assert!(after > before, "no OOM kill ({before} -> {after}): {r:?}");
@@ -262,36 +325,45 @@ print("ready", ready, "killed", killed)
 async fn oom_from_memory_outside_rss_kills_the_writer_not_the_agent() {
     let d = shared();
     let c = d.client();
-    let sb = make(&c, |r| r.memory_mb = Some(512)).await;
-    let agent = agent_host_pid(&d.data_dir, &sb.id).expect("running");
-    if v1_memory_dir_or_skip(agent).is_none() {
-        return;
-    }
-    let before = oom_kills(&c, &sb.name).await;
-    // `head` (about 1 MiB RSS) copies 1 GiB of zeros into a memfd it holds alone: the tmpfs
-    // pages are charged to its cgroup but are in nobody's RSS.
-    let hog = r#"exec python3 -c '
+    // The daemon's smallest sandbox (32 MiB: an 8 MiB reserve) and a 512 MiB one (32 MiB).
+    for (memory_mb, reserve) in [(32, 8 * MIB), (512, RESERVE)] {
+        let sb = make(&c, |r| r.memory_mb = Some(memory_mb)).await;
+        let agent = agent_host_pid(&d.data_dir, &sb.id).expect("running");
+        let Some(mem) = v1_memory_dir_or_skip(agent) else {
+            return;
+        };
+        let what = format!("after the memfd hog in {memory_mb} MiB");
+        let before = oom_kills(&c, &sb.name).await;
+        // `head` (about 1 MiB RSS) copies 1 GiB of zeros into a memfd it holds alone: the
+        // tmpfs pages are charged to its cgroup but are in nobody's RSS.
+        let hog = r#"exec python3 -c '
 import os
 fd = os.memfd_create("hog", 0)
 os.dup2(fd, 1)
 os.execvp("head", ["head", "-c", str(1 << 30), "/dev/zero"])
 '"#;
-    let r = c
-        .exec(
-            &sb.name,
-            &ExecRequest {
-                cmd: vec!["sh".into(), "-c".into(), hog.into()],
-                timeout_s: Some(120.0),
-                ..Default::default()
-            },
-        )
-        .await;
-    assert_agent_survived(&c, &d.data_dir, &sb, agent, "after the memfd hog").await;
-    let r = r.expect("the exec's result");
-    assert_eq!(r.signal.as_deref(), Some("KILL"), "the writer was OOM-killed: {r:?}");
-    let after = oom_kills(&c, &sb.name).await;
-    assert!(after > before, "no OOM kill ({before} -> {after}): {r:?}");
-    c.delete_sandbox(&sb.name).await.unwrap();
+        let r = c
+            .exec(
+                &sb.name,
+                &ExecRequest {
+                    cmd: vec!["sh".into(), "-c".into(), hog.into()],
+                    timeout_s: Some(120.0),
+                    ..Default::default()
+                },
+            )
+            .await;
+        assert_agent_survived(&c, &d.data_dir, &sb, agent, &what).await;
+        assert_agent_within_reserve(&mem, reserve, &what);
+        let r = r.expect("the exec's result");
+        assert_eq!(
+            r.signal.as_deref(),
+            Some("KILL"),
+            "{what}: the writer was OOM-killed: {r:?}"
+        );
+        let after = oom_kills(&c, &sb.name).await;
+        assert!(after > before, "{what}: no OOM kill ({before} -> {after}): {r:?}");
+        c.delete_sandbox(&sb.name).await.unwrap();
+    }
 }
 
 /// The engine's bound, restated: a sandbox may hold `fs.file-max / 8` open files
@@ -333,9 +405,19 @@ async fn open_files_are_a_bounded_share_of_the_hosts() {
         })
         .await;
         let (nofile, pids_limit) = expected_file_limits(sb.config.pids);
-        let r = sh(&c, &sb.name, "ulimit -n; ulimit -Hn; cat /sys/fs/cgroup/pids/pids.max").await;
+        let r = sh(
+            &c,
+            &sb.name,
+            "ulimit -n; ulimit -Hn; cat /sys/fs/cgroup/pids/pids.max",
+        )
+        .await;
         let got: Vec<u64> = r.stdout.lines().map(|l| l.trim().parse().unwrap()).collect();
-        assert_eq!(got, [nofile, nofile, pids_limit], "pids {:?}: {r:?}", sb.config.pids);
+        assert_eq!(
+            got,
+            [nofile, nofile, pids_limit],
+            "pids {:?}: {r:?}",
+            sb.config.pids
+        );
         assert!(
             got[0] * got[2] <= file_max / 8,
             "{} processes × {} files exceeds an eighth of fs.file-max ({file_max})",
@@ -400,7 +482,7 @@ async fn every_agent_start_has_its_payload_cgroup() {
             );
             assert_eq!(
                 read_u64(&mem.join("payload/memory.limit_in_bytes")),
-                (256 - 32) * MIB,
+                256 * MIB - RESERVE,
                 "{what}"
             );
         }
@@ -409,7 +491,11 @@ async fn every_agent_start_has_its_payload_cgroup() {
 
     d.kill9();
     d.restart();
-    assert_eq!(agent_host_pid(&d.data_dir, &sb.id), Some(agent), "adopted, not restarted");
+    assert_eq!(
+        agent_host_pid(&d.data_dir, &sb.id),
+        Some(agent),
+        "adopted, not restarted"
+    );
     check("after a daemon crash").await;
 
     for action in ["stop", "start", "restart"] {

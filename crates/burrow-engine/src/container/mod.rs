@@ -293,9 +293,11 @@ impl ContainerEngine {
             spec,
             &oci::ConfigInputs {
                 agent_bin: &self.cfg.agent_bin,
-                init_args: self.cfg.init_args.clone().unwrap_or_else(|| {
-                    oci::agent_args(self.payload.then_some(oci::PAYLOAD_CGROUP_FD))
-                }),
+                init_args: self
+                    .cfg
+                    .init_args
+                    .clone()
+                    .unwrap_or_else(|| oci::agent_args(self.payload.then_some(oci::PAYLOAD_CGROUP_FD))),
                 uid_base: self.cfg.uid_base,
                 uid_count: self.cfg.uid_count,
                 cgroup_parent: &self.cfg.cgroup_parent,
@@ -392,7 +394,10 @@ impl ContainerEngine {
     fn payload_dir(&self, id: &str) -> PathBuf {
         let rel = oci::cgroup_path(&self.cfg.cgroup_parent, id);
         let rel = rel.strip_prefix("/").unwrap_or(&rel);
-        Path::new(CGROUP_ROOT).join("memory").join(rel).join(PAYLOAD_CGROUP)
+        Path::new(CGROUP_ROOT)
+            .join("memory")
+            .join(rel)
+            .join(PAYLOAD_CGROUP)
     }
 
     /// Creates (or updates) the sandbox's payload cgroup with its memory limit (see

@@ -42,6 +42,9 @@ pub const FILE_BUDGET_DIVISOR: u64 = 8;
 /// Most memory kept back for the agent in a sandbox's memory limit (see
 /// [`payload_memory_limit`]).
 pub const AGENT_RESERVE_MAX: u64 = 32 << 20;
+/// Least memory kept back for the agent (unless that is over half the limit): an agent that
+/// has served a few execs is charged ~3.3 MiB of its own (heap, stacks, its binary's pages).
+pub const AGENT_RESERVE_MIN: u64 = 8 << 20;
 
 /// CFS period for the cpu limit, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -130,14 +133,18 @@ pub fn agent_args(payload_cgroup_fd: Option<u32>) -> Vec<String> {
 /// The memory limit of a sandbox's payload cgroup, given the sandbox's (bytes).
 ///
 /// On cgroup v1 hosts every process the agent starts runs in a child cgroup of the sandbox's,
-/// `payload`, whose limit keeps back `min(AGENT_RESERVE_MAX, limit / 8)` for the agent (which
+/// `payload`, whose limit keeps back `limit / 8` (at least 8 MiB, at most 32 MiB, never more
+/// than half) for the agent (which
 /// stays in the sandbox's own cgroup): user processes run out of memory at the payload's
 /// limit, and the OOM killer then only chooses among them. The sandbox's cgroup itself only
 /// reaches its limit if the agent's own unreclaimable memory grows past the reserve (an idle
 /// agent uses about 1 MiB). This holds without any privilege: lowering the agent's
 /// `oom_score_adj` needs CAP_SYS_RESOURCE, which the daemon may not have.
 pub fn payload_memory_limit(limit: u64) -> u64 {
-    limit - (limit / 8).min(AGENT_RESERVE_MAX)
+    limit
+        - (limit / 8)
+            .clamp(AGENT_RESERVE_MIN, AGENT_RESERVE_MAX)
+            .min(limit / 2)
 }
 
 /// RLIMIT_NOFILE and pids limit of a sandbox.
@@ -720,9 +727,10 @@ mod tests {
     fn payload_keeps_a_reserve_for_the_agent() {
         assert_eq!(payload_memory_limit(512 << 20), 480 << 20);
         assert_eq!(payload_memory_limit(8 << 30), (8 << 30) - (32 << 20));
-        // Small sandboxes keep an eighth back.
-        assert_eq!(payload_memory_limit(64 << 20), 56 << 20);
-        assert_eq!(payload_memory_limit(4 << 20), (4 << 20) - (512 << 10));
+        // An eighth between 8 and 32 MiB, never more than half.
+        assert_eq!(payload_memory_limit(128 << 20), 112 << 20);
+        assert_eq!(payload_memory_limit(32 << 20), 24 << 20);
+        assert_eq!(payload_memory_limit(4 << 20), 2 << 20);
     }
 
     #[test]
