@@ -377,14 +377,19 @@ impl ContainerEngine {
         })?;
         // Shield the agent from the OOM killer: a memory hog in the sandbox must never take
         // down its init. Only the host can lower the score (runc cannot from inside the user
-        // namespace); the agent resets the processes it starts to 0.
+        // namespace), and only with CAP_SYS_RESOURCE; the agent resets the processes it starts
+        // to 0. On v1 hosts the payload cgroup protects the agent without it.
         if let Some(pid) = fs::read_to_string(&pid_file)
             .ok()
             .and_then(|p| p.trim().parse::<u32>().ok())
         {
             let path = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
             if let Err(e) = fs::write(&path, "-1000") {
-                tracing::warn!(id = spec.id, error = %e, "could not shield the agent from the OOM killer");
+                if self.payload {
+                    tracing::debug!(id = spec.id, error = %e, "agent's oom_score_adj stays 0 (payload cgroup)");
+                } else {
+                    tracing::warn!(id = spec.id, error = %e, "could not shield the agent from the OOM killer");
+                }
             }
         }
         Ok(())
