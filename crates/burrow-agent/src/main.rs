@@ -58,9 +58,10 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 const STREAM_WINDOW: u32 = 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
-const USAGE: &str = "usage: burrow-agent [--listen-fd N | --listen PATH | --version]\n\
+const USAGE: &str = "usage: burrow-agent [--listen-fd N | --listen PATH] [--cgroup-fd N] | --version\n\
     \n  --listen-fd N   serve on the already listening unix socket at fd N (default: 3)\
     \n  --listen PATH   create a unix socket at PATH and serve on it\
+    \n  --cgroup-fd N   move every process started into the cgroup whose cgroup.procs is fd N\
     \n  --version       print the agent and protocol versions";
 
 #[derive(Debug, PartialEq, Eq)]
@@ -71,7 +72,8 @@ enum Listen {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
-    Serve(Listen),
+    /// Serve on `Listen`; with a `cgroup.procs` fd for the processes started.
+    Serve(Listen, Option<RawFd>),
     Version,
     Help,
 }
@@ -94,6 +96,12 @@ enum AgentError {
         #[source]
         source: io::Error,
     },
+    #[error("fd {fd} is not a cgroup.procs open for writing")]
+    CgroupFd {
+        fd: RawFd,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot install signal handlers")]
     Signals(#[source] io::Error),
     #[error("gRPC server failed")]
@@ -103,6 +111,13 @@ enum AgentError {
 fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, AgentError> {
     let mut args = args.into_iter();
     let mut listen = None;
+    let mut cgroup_fd = None;
+    let parse_fd = |flag: &str, v: OsString| {
+        v.to_str()
+            .and_then(|s| s.parse::<RawFd>().ok())
+            .filter(|fd| *fd >= 0)
+            .ok_or_else(|| AgentError::Usage(format!("{flag}: bad fd {v:?}")))
+    };
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| {
             args.next()
@@ -111,14 +126,13 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, Agent
         let next = match arg.to_str() {
             Some("--version" | "-V") => return Ok(Command::Version),
             Some("--help" | "-h") => return Ok(Command::Help),
-            Some("--listen-fd") => {
-                let v = value("--listen-fd")?;
-                let fd = v
-                    .to_str()
-                    .and_then(|s| s.parse::<RawFd>().ok())
-                    .filter(|fd| *fd >= 0)
-                    .ok_or_else(|| AgentError::Usage(format!("bad fd {v:?}")))?;
-                Listen::Fd(fd)
+            Some("--listen-fd") => Listen::Fd(parse_fd("--listen-fd", value("--listen-fd")?)?),
+            Some("--cgroup-fd") => {
+                let fd = parse_fd("--cgroup-fd", value("--cgroup-fd")?)?;
+                if cgroup_fd.replace(fd).is_some() {
+                    return Err(AgentError::Usage("--cgroup-fd given twice".into()));
+                }
+                continue;
             }
             Some("--listen") => Listen::Path(PathBuf::from(value("--listen")?)),
             _ => return Err(AgentError::Usage(format!("unexpected argument {arg:?}"))),
@@ -129,7 +143,10 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, Agent
             ));
         }
     }
-    Ok(Command::Serve(listen.unwrap_or(Listen::Fd(DEFAULT_LISTEN_FD))))
+    Ok(Command::Serve(
+        listen.unwrap_or(Listen::Fd(DEFAULT_LISTEN_FD)),
+        cgroup_fd,
+    ))
 }
 
 fn main() -> ExitCode {
@@ -146,13 +163,19 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             Ok(())
         }
-        Command::Serve(listen) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .max_blocking_threads(4)
-            .enable_all()
-            .build()
-            .map_err(AgentError::Runtime)?
-            .block_on(serve(listen)),
+        Command::Serve(listen, cgroup_fd) => {
+            if let Some(fd) = cgroup_fd {
+                let procs = sys::adopt_file_fd(fd).map_err(|source| AgentError::CgroupFd { fd, source })?;
+                spawn::set_payload_cgroup(procs);
+            }
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .max_blocking_threads(4)
+                .enable_all()
+                .build()
+                .map_err(AgentError::Runtime)?
+                .block_on(serve(listen))
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -304,15 +327,21 @@ mod tests {
 
     #[test]
     fn cli() {
-        assert_eq!(parse(&[]).unwrap(), Command::Serve(Listen::Fd(3)));
+        assert_eq!(parse(&[]).unwrap(), Command::Serve(Listen::Fd(3), None));
         assert_eq!(
             parse(&["--listen-fd", "7"]).unwrap(),
-            Command::Serve(Listen::Fd(7))
+            Command::Serve(Listen::Fd(7), None)
         );
         assert_eq!(
             parse(&["--listen", "/x"]).unwrap(),
-            Command::Serve(Listen::Path("/x".into()))
+            Command::Serve(Listen::Path("/x".into()), None)
         );
+        assert_eq!(
+            parse(&["--listen-fd", "3", "--cgroup-fd", "4"]).unwrap(),
+            Command::Serve(Listen::Fd(3), Some(4))
+        );
+        assert!(parse(&["--cgroup-fd", "4", "--cgroup-fd", "5"]).is_err());
+        assert!(parse(&["--cgroup-fd", "x"]).is_err());
         assert_eq!(parse(&["--version"]).unwrap(), Command::Version);
         assert!(parse(&["--listen-fd"]).is_err());
         assert!(parse(&["--listen-fd", "-1"]).is_err());

@@ -7,11 +7,12 @@
 //! (the reaper does) and never touches the exec stream (the session does).
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 use burrow_agent_proto::v1::ExecStart;
 use tokio::sync::oneshot;
@@ -225,6 +226,16 @@ fn resolve_program(argv0: &str, path: &str, cwd: &Path) -> Result<PathBuf, ExecE
     }
 }
 
+/// `cgroup.procs` of the cgroup every process the agent starts must run in (the sandbox's
+/// payload cgroup; `--cgroup-fd`). Unset: processes stay in the agent's cgroup.
+static PAYLOAD_CGROUP: OnceLock<OwnedFd> = OnceLock::new();
+
+/// Makes every process spawned from now on move into the cgroup whose `cgroup.procs` is
+/// `procs` (see [`sys::configure_child`]). Call once, before anything is spawned.
+pub fn set_payload_cgroup(procs: OwnedFd) {
+    let _ = PAYLOAD_CGROUP.set(procs);
+}
+
 /// A freshly started process and the agent's ends of its stdio.
 pub struct Spawned {
     pub pid: i32,
@@ -277,7 +288,8 @@ pub fn spawn(reaper: &Reaper, spec: ExecSpec) -> Result<Spawned, ExecError> {
             groups: spec.identity.groups.clone(),
         })
     };
-    sys::configure_child(&mut cmd, master.is_some(), creds);
+    let cgroup = PAYLOAD_CGROUP.get().map(AsRawFd::as_raw_fd);
+    sys::configure_child(&mut cmd, master.is_some(), creds, cgroup);
 
     let program = spec.argv[0].clone();
     let (mut child, exit) = reaper

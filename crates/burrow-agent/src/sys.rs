@@ -138,6 +138,32 @@ pub fn adopt_listener(fd: RawFd) -> io::Result<std::os::unix::net::UnixListener>
     Ok(listener)
 }
 
+/// Takes ownership of an inherited fd that must be an open regular file (`--cgroup-fd`: a
+/// cgroup's `cgroup.procs`, opened for writing by the host), close-on-exec.
+pub fn adopt_file_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd <= 2 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: only borrowed for the checks below; fcntl(F_GETFD) proves it is open first.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    fcntl(borrowed, FcntlArg::F_GETFD)?;
+    let st = fstat(borrowed)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a file"));
+    }
+    let mode = OFlag::from_bits_truncate(fcntl(borrowed, FcntlArg::F_GETFL)?) & OFlag::O_ACCMODE;
+    if mode == OFlag::O_RDONLY {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not open for writing",
+        ));
+    }
+    fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    // SAFETY: the fd is open (checked above), was handed to us by our parent for our
+    // exclusive use, and nothing else in this process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Puts a file descriptor in non-blocking mode (for tokio's `AsyncFd`).
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
@@ -234,9 +260,26 @@ pub struct Credentials {
 /// group), optionally take its stdin as controlling terminal, and drop to `creds`.
 ///
 /// Runs in the forked child after std has set up stdio and the working directory.
-pub fn configure_child(cmd: &mut Command, controlling_tty: bool, creds: Option<Credentials>) {
+///
+/// With `cgroup_procs` (a cgroup's `cgroup.procs`, open for writing) the child first moves
+/// itself into that cgroup, before it drops privileges or runs anything; if it cannot, the
+/// spawn fails rather than run the process outside.
+pub fn configure_child(
+    cmd: &mut Command,
+    controlling_tty: bool,
+    creds: Option<Credentials>,
+    cgroup_procs: Option<RawFd>,
+) {
     let setup = move || -> io::Result<()> {
         // Only async-signal-safe calls below: this runs between fork and exec.
+        if let Some(fd) = cgroup_procs {
+            // "0" is the writing process itself.
+            // SAFETY: write(2) of a static 1-byte buffer to an fd the agent keeps open for
+            // its whole life; it touches no other memory.
+            if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         // The agent runs with oom_score_adj -1000 so a memory hog never takes it down; the
         // processes it starts go back to 0 (raising it needs no privilege). Best effort.
         // SAFETY: a static NUL-terminated path, a 1-byte buffer that outlives the calls, and

@@ -17,6 +17,7 @@ mod sys;
 
 use std::fs::{self, OpenOptions};
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,6 +30,10 @@ use runc::{RunArgs, Runc};
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The child cgroup (of the sandbox's, in the v1 memory hierarchy) every process the agent
+/// starts runs in; see [`oci::payload_memory_limit`].
+pub const PAYLOAD_CGROUP: &str = "payload";
 
 #[derive(Debug, Clone)]
 pub struct ContainerConfig {
@@ -78,7 +83,13 @@ pub struct ContainerEngine {
     runc: Runc,
     cgroups: CgroupVersion,
     limit_swap: bool,
+    /// The largest RLIMIT_NOFILE the host lets us hand out.
     nofile: u64,
+    /// A sandbox's open-file budget (`fs.file-max / FILE_BUDGET_DIVISOR`); see
+    /// [`oci::file_limits`].
+    file_budget: u64,
+    /// Whether sandboxes get a payload cgroup (cgroup v1 with a memory hierarchy).
+    payload: bool,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> EngineError + 'a {
@@ -180,13 +191,21 @@ impl ContainerEngine {
                 .exists(),
         };
         let nofile = oci::NOFILE.min(sys::max_nofile());
-        tracing::debug!(%version, ?cgroups, limit_swap, "container engine ready");
+        let file_budget = sys::file_max().map_or(u64::MAX, |max| max / oci::FILE_BUDGET_DIVISOR);
+        // cgroup v2 forbids processes in a cgroup whose children get controllers ("no internal
+        // processes"), so there the agent and its children would need two sibling cgroups and
+        // runc places the agent in the sandbox's own: v2 hosts keep one cgroup per sandbox
+        // (and only the oom_score_adj shield, where the daemon may lower it).
+        let payload = cgroups == CgroupVersion::V1 && Path::new(CGROUP_ROOT).join("memory").is_dir();
+        tracing::debug!(%version, ?cgroups, limit_swap, nofile, file_budget, payload, "container engine ready");
         Ok(Self {
             cfg: ContainerConfig { agent_bin, ..cfg },
             runc,
             cgroups,
             limit_swap,
             nofile,
+            file_budget,
+            payload,
         })
     }
 
@@ -274,11 +293,16 @@ impl ContainerEngine {
             spec,
             &oci::ConfigInputs {
                 agent_bin: &self.cfg.agent_bin,
-                init_args: self.cfg.init_args.clone().unwrap_or_else(oci::agent_args),
+                init_args: self
+                    .cfg
+                    .init_args
+                    .clone()
+                    .unwrap_or_else(|| oci::agent_args(self.payload.then_some(oci::PAYLOAD_CGROUP_FD))),
                 uid_base: self.cfg.uid_base,
                 uid_count: self.cfg.uid_count,
                 cgroup_parent: &self.cfg.cgroup_parent,
                 nofile: self.nofile,
+                file_budget: self.file_budget,
                 limit_swap: self.limit_swap,
                 hostname_file: spec.run_dir.join("hostname"),
                 hosts_file: spec.run_dir.join("hosts"),
@@ -328,6 +352,11 @@ impl ContainerEngine {
         for stale in [&sock, &pid_file, &runc_log] {
             remove_if_exists(stale)?;
         }
+        let extra_fds = if self.payload {
+            vec![self.prepare_payload(spec)?]
+        } else {
+            Vec::new()
+        };
         let listen_fd = sys::listen_unix(&sock).map_err(io_err("listen", &sock))?;
         let output = OpenOptions::new()
             .append(true)
@@ -341,23 +370,93 @@ impl ContainerEngine {
             pid_file: &pid_file,
             log_file: &runc_log,
             listen_fd,
+            extra_fds,
             output,
             output_path: &agent_log,
-            nofile: self.nofile,
+            nofile: oci::file_limits(spec.resources.pids, self.file_budget, self.nofile).nofile,
         })?;
         // Shield the agent from the OOM killer: a memory hog in the sandbox must never take
         // down its init. Only the host can lower the score (runc cannot from inside the user
-        // namespace); the agent resets the processes it starts to 0.
+        // namespace), and only with CAP_SYS_RESOURCE; the agent resets the processes it starts
+        // to 0. On v1 hosts the payload cgroup protects the agent without it.
         if let Some(pid) = fs::read_to_string(&pid_file)
             .ok()
             .and_then(|p| p.trim().parse::<u32>().ok())
         {
             let path = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
             if let Err(e) = fs::write(&path, "-1000") {
-                tracing::warn!(id = spec.id, error = %e, "could not shield the agent from the OOM killer");
+                if self.payload {
+                    tracing::debug!(id = spec.id, error = %e, "agent's oom_score_adj stays 0 (payload cgroup)");
+                } else {
+                    tracing::warn!(id = spec.id, error = %e, "could not shield the agent from the OOM killer");
+                }
             }
         }
         Ok(())
+    }
+
+    /// The sandbox's payload cgroup in the v1 memory hierarchy.
+    fn payload_dir(&self, id: &str) -> PathBuf {
+        let rel = oci::cgroup_path(&self.cfg.cgroup_parent, id);
+        let rel = rel.strip_prefix("/").unwrap_or(&rel);
+        Path::new(CGROUP_ROOT)
+            .join("memory")
+            .join(rel)
+            .join(PAYLOAD_CGROUP)
+    }
+
+    /// Creates (or updates) the sandbox's payload cgroup with its memory limit (see
+    /// [`oci::payload_memory_limit`]) and returns its `cgroup.procs`, opened for writing, for
+    /// the agent (`--cgroup-fd`): the agent moves every process it starts there before the
+    /// process drops privileges or runs anything. The kernel checks a cgroup v1 move against
+    /// the credentials the file was opened with (the host's root here), so the fd works from
+    /// inside the user namespace and only ever moves processes the agent can see into this
+    /// one cgroup. runc creates the parent's other hierarchies and sets its limits; `runc
+    /// delete` removes the payload cgroup with the sandbox's.
+    fn prepare_payload(&self, spec: &SandboxSpec) -> Result<OwnedFd> {
+        let dir = self.payload_dir(&spec.id);
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let limit = oci::payload_memory_limit(spec.resources.memory_mb.saturating_mul(1024 * 1024));
+        let value = limit.to_string();
+        let write = |file: &str| {
+            let path = dir.join(file);
+            fs::write(&path, &value).map_err(io_err("write", &path))
+        };
+        if self.limit_swap {
+            // memory <= memory+swap at every step: a lower limit goes to memory first, a
+            // higher one (a restart with more memory) to memory+swap first.
+            if fs::write(dir.join("memory.limit_in_bytes"), &value).is_err() {
+                write("memory.memsw.limit_in_bytes")?;
+            }
+            write("memory.limit_in_bytes")?;
+            write("memory.memsw.limit_in_bytes")?;
+        } else {
+            write("memory.limit_in_bytes")?;
+        }
+        let procs = dir.join("cgroup.procs");
+        // std opens with O_CLOEXEC; runc's child gets it through `pass_fds`.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&procs)
+            .map_err(io_err("open", &procs))?;
+        Ok(OwnedFd::from(file))
+    }
+
+    /// Removes what `prepare_payload` made, where `runc delete` has not (a `runc run` that
+    /// failed before creating the container). Best effort: a cgroup with processes stays.
+    fn remove_payload(&self, id: &str) {
+        if !self.payload {
+            return;
+        }
+        let dir = self.payload_dir(id);
+        for d in [Some(dir.as_path()), dir.parent()].into_iter().flatten() {
+            match fs::remove_dir(d) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    tracing::warn!(id, dir = %d.display(), error = %e, "cgroup left behind");
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Container state of `id`, as runc reports it.
@@ -420,6 +519,7 @@ impl Engine for ContainerEngine {
                 tracing::warn!(id = spec.id, error = %clean, "cleanup after failed start");
             }
             let _ = remove_if_exists(&self.agent_socket(&spec.run_dir));
+            self.remove_payload(&spec.id);
             return Err(e);
         }
         tracing::debug!(id = spec.id, "container started");
@@ -432,6 +532,7 @@ impl Engine for ContainerEngine {
             self.terminate(&st, grace)?;
         }
         self.runc.delete_force(id)?;
+        self.remove_payload(id);
         // The bundle is `run_dir/bundle`.
         if let Some(run_dir) = st.bundle.parent() {
             remove_if_exists(&self.agent_socket(run_dir))?;
@@ -475,10 +576,14 @@ impl Engine for ContainerEngine {
         match self.cgroups {
             CgroupVersion::V1 => {
                 let mem = root.join("memory").join(rel);
+                // v1 counts OOM kills per cgroup, not for its descendants: the payload's
+                // are the user processes'.
+                let oom_kills = |dir: PathBuf| field(read(dir.join("memory.oom_control")), "oom_kill ");
                 Some(crate::Stats {
                     memory_bytes: num(read(mem.join("memory.usage_in_bytes")))?,
                     pids: num(read(root.join("pids").join(rel).join("pids.current"))).unwrap_or(0),
-                    oom_kills: field(read(mem.join("memory.oom_control")), "oom_kill ").unwrap_or(0),
+                    oom_kills: oom_kills(mem.clone()).unwrap_or(0)
+                        + oom_kills(mem.join(PAYLOAD_CGROUP)).unwrap_or(0),
                 })
             }
             CgroupVersion::V2 => {

@@ -24,8 +24,27 @@ pub const AGENT_PATH: &str = "/.burrow/agent";
 /// fd number of the agent channel's listening socket in the agent.
 pub const LISTEN_FD: u32 = 3;
 
-/// NOFILE limit of sandbox processes (Docker's), lowered to the host's `fs.nr_open` if needed.
+/// fd number, in the agent, of the payload cgroup's `cgroup.procs` (cgroup v1 hosts): see
+/// [`payload_memory_limit`].
+pub const PAYLOAD_CGROUP_FD: u32 = 4;
+
+/// Largest NOFILE limit of sandbox processes (Docker's), lowered to what the host allows and
+/// to the sandbox's open-file budget (see [`file_limits`]).
 pub const NOFILE: u64 = 1024 * 1024;
+
+/// NOFILE limit below which [`file_limits`] lowers the pids limit instead: the soft limit
+/// most distributions give every process, which common software expects.
+pub const NOFILE_MIN: u64 = 1024;
+
+/// A sandbox's open-file budget is this fraction of the host's `fs.file-max`.
+pub const FILE_BUDGET_DIVISOR: u64 = 8;
+
+/// Most memory kept back for the agent in a sandbox's memory limit (see
+/// [`payload_memory_limit`]).
+pub const AGENT_RESERVE_MAX: u64 = 32 << 20;
+/// Least memory kept back for the agent (unless that is over half the limit): an agent that
+/// has served a few execs is charged ~3.3 MiB of its own (heap, stacks, its binary's pages).
+pub const AGENT_RESERVE_MIN: u64 = 8 << 20;
 
 /// CFS period for the cpu limit, in microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -83,8 +102,10 @@ pub struct ConfigInputs<'a> {
     pub uid_base: u32,
     pub uid_count: u32,
     pub cgroup_parent: &'a str,
-    /// RLIMIT_NOFILE to give sandbox processes.
+    /// Largest RLIMIT_NOFILE the host lets sandbox processes have.
     pub nofile: u64,
+    /// Open files (struct file) the sandbox may hold at most: see [`file_limits`].
+    pub file_budget: u64,
     /// Whether the memory controller can limit swap (cgroup v1 without `memory.memsw.*`
     /// cannot); when it can, swap is limited to the memory limit so nothing is swapped beyond it.
     pub limit_swap: bool,
@@ -95,13 +116,57 @@ pub struct ConfigInputs<'a> {
     pub shared_dirs: Vec<(String, PathBuf)>,
 }
 
-/// The agent's command line.
-pub fn agent_args() -> Vec<String> {
-    vec![
+/// The agent's command line; `payload_cgroup_fd` is the fd of the cgroup its children must
+/// join (`--cgroup-fd`), where the host made one.
+pub fn agent_args(payload_cgroup_fd: Option<u32>) -> Vec<String> {
+    let mut args = vec![
         AGENT_PATH.to_owned(),
         "--listen-fd".to_owned(),
         LISTEN_FD.to_string(),
-    ]
+    ];
+    if let Some(fd) = payload_cgroup_fd {
+        args.extend(["--cgroup-fd".to_owned(), fd.to_string()]);
+    }
+    args
+}
+
+/// The memory limit of a sandbox's payload cgroup, given the sandbox's (bytes).
+///
+/// On cgroup v1 hosts every process the agent starts runs in a child cgroup of the sandbox's,
+/// `payload`, whose limit keeps back `limit / 8` (at least 8 MiB, at most 32 MiB, never more
+/// than half) for the agent (which
+/// stays in the sandbox's own cgroup): user processes run out of memory at the payload's
+/// limit, and the OOM killer then only chooses among them. The sandbox's cgroup itself only
+/// reaches its limit if the agent's own unreclaimable memory grows past the reserve (an idle
+/// agent uses about 1 MiB). This holds without any privilege: lowering the agent's
+/// `oom_score_adj` needs CAP_SYS_RESOURCE, which the daemon may not have.
+pub fn payload_memory_limit(limit: u64) -> u64 {
+    limit
+        - (limit / 8)
+            .clamp(AGENT_RESERVE_MIN, AGENT_RESERVE_MAX)
+            .min(limit / 2)
+}
+
+/// RLIMIT_NOFILE and pids limit of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLimits {
+    pub nofile: u64,
+    pub pids: u64,
+}
+
+/// Bounds the open files of a sandbox: NOFILE is per process, so a sandbox may hold up to
+/// `pids × nofile` of them, and without a bound one sandbox can fill the host's whole file
+/// table (`fs.file-max`; the memory limit is no bound, a `struct file` costs ~256 bytes).
+/// The limits keep that product within `budget`: NOFILE is `budget / pids`, at most
+/// `max_nofile`; where that is below [`NOFILE_MIN`], NOFILE is `NOFILE_MIN` and the pids limit
+/// is lowered to `budget / NOFILE_MIN` instead (never below 16, the smallest the API allows).
+pub fn file_limits(pids: u64, budget: u64, max_nofile: u64) -> FileLimits {
+    let max_nofile = max_nofile.max(1);
+    let nofile = (budget / pids.max(1)).clamp(NOFILE_MIN.min(max_nofile), max_nofile);
+    FileLimits {
+        nofile,
+        pids: pids.min((budget / nofile).max(16)),
+    }
 }
 
 /// `/etc/hosts` of a sandbox.
@@ -225,7 +290,7 @@ fn mounts(inp: &ConfigInputs<'_>, host_netns: bool) -> Vec<Mount> {
     all
 }
 
-fn process(hostname: &str, inp: &ConfigInputs<'_>) -> Process {
+fn process(hostname: &str, spec_pids: u64, inp: &ConfigInputs<'_>) -> Process {
     let caps: HashSet<Capability> = CAPABILITIES.iter().copied().collect();
     let mut c = LinuxCapabilities::default();
     c.set_bounding(Some(caps.clone()));
@@ -234,10 +299,11 @@ fn process(hostname: &str, inp: &ConfigInputs<'_>) -> Process {
     c.set_inheritable(None);
     c.set_ambient(None);
 
+    let limit = file_limits(spec_pids, inp.file_budget, inp.nofile).nofile;
     let nofile = PosixRlimitBuilder::default()
         .typ(PosixRlimitType::RlimitNofile)
-        .soft(inp.nofile)
-        .hard(inp.nofile)
+        .soft(limit)
+        .hard(limit)
         .build()
         .expect(BUILDER_INFALLIBLE);
 
@@ -351,7 +417,7 @@ fn device_rules() -> Vec<LinuxDeviceCgroup> {
     rules
 }
 
-fn resources(spec: &SandboxSpec, limit_swap: bool) -> LinuxResources {
+fn resources(spec: &SandboxSpec, inp: &ConfigInputs<'_>) -> LinuxResources {
     let r = spec.resources;
     let mut cpu = LinuxCpu::default();
     cpu.set_period(Some(CPU_PERIOD_US));
@@ -361,13 +427,14 @@ fn resources(spec: &SandboxSpec, limit_swap: bool) -> LinuxResources {
     let bytes = i64::try_from(r.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(i64::MAX);
     let mut mem = LinuxMemory::default();
     mem.set_limit(Some(bytes));
-    if limit_swap {
+    if inp.limit_swap {
         // memory+swap == memory: no swap on top of the limit.
         mem.set_swap(Some(bytes));
     }
 
     let mut pids = LinuxPids::default();
-    pids.set_limit(i64::try_from(r.pids).unwrap_or(i64::MAX));
+    let limit = file_limits(r.pids, inp.file_budget, inp.nofile).pids;
+    pids.set_limit(i64::try_from(limit).unwrap_or(i64::MAX));
 
     let mut res = LinuxResources::default();
     res.set_cpu(Some(cpu));
@@ -406,7 +473,7 @@ pub fn build(spec: &SandboxSpec, inp: &ConfigInputs<'_>) -> Result<Spec> {
     linux.set_gid_mappings(Some(vec![idmap]));
     linux.set_devices(Some(devices()));
     linux.set_cgroups_path(Some(cgroup_path(inp.cgroup_parent, &spec.id)));
-    linux.set_resources(Some(resources(spec, inp.limit_swap)));
+    linux.set_resources(Some(resources(spec, inp)));
     linux.set_seccomp(Some(seccomp::profile()));
     let mut masked: Vec<String> = MASKED_PATHS.iter().map(|p| (*p).to_owned()).collect();
     if spec.netns.is_some() {
@@ -421,7 +488,7 @@ pub fn build(spec: &SandboxSpec, inp: &ConfigInputs<'_>) -> Result<Spec> {
     s.set_version("1.0.2".to_owned());
     s.set_root(Some(root));
     s.set_hostname(Some(spec.hostname.clone()));
-    s.set_process(Some(process(&spec.hostname, inp)));
+    s.set_process(Some(process(&spec.hostname, spec.resources.pids, inp)));
     s.set_mounts(Some(mounts(inp, spec.netns.is_some())));
     s.set_linux(Some(linux));
     s.set_hooks(None);
@@ -453,11 +520,12 @@ mod tests {
     fn inputs() -> ConfigInputs<'static> {
         ConfigInputs {
             agent_bin: Path::new("/usr/lib/burrow/burrow-agent"),
-            init_args: agent_args(),
+            init_args: agent_args(None),
             uid_base: 2_000_000,
             uid_count: 65536,
             cgroup_parent: "burrow-abc",
             nofile: NOFILE,
+            file_budget: u64::MAX,
             limit_swap: true,
             hostname_file: "/data/run/sb-1234/hostname".into(),
             hosts_file: "/data/run/sb-1234/hosts".into(),
@@ -644,6 +712,76 @@ mod tests {
         no_swap.limit_swap = false;
         let j = serde_json::to_value(build(&spec(), &no_swap).unwrap()).unwrap();
         assert!(j["linux"]["resources"]["memory"].get("swap").is_none());
+    }
+
+    #[test]
+    fn agent_gets_its_cgroup_fd_when_there_is_a_payload_cgroup() {
+        assert_eq!(agent_args(None), ["/.burrow/agent", "--listen-fd", "3"]);
+        assert_eq!(
+            agent_args(Some(PAYLOAD_CGROUP_FD)),
+            ["/.burrow/agent", "--listen-fd", "3", "--cgroup-fd", "4"]
+        );
+    }
+
+    #[test]
+    fn payload_keeps_a_reserve_for_the_agent() {
+        assert_eq!(payload_memory_limit(512 << 20), 480 << 20);
+        assert_eq!(payload_memory_limit(8 << 30), (8 << 30) - (32 << 20));
+        // An eighth between 8 and 32 MiB, never more than half.
+        assert_eq!(payload_memory_limit(128 << 20), 112 << 20);
+        assert_eq!(payload_memory_limit(32 << 20), 24 << 20);
+        assert_eq!(payload_memory_limit(4 << 20), 2 << 20);
+    }
+
+    #[test]
+    fn open_files_stay_within_the_budget() {
+        // This host's figures: fs.file-max 2466290, an eighth of it as the budget, a hard
+        // limit of 20000.
+        let budget = 2_466_290 / FILE_BUDGET_DIVISOR;
+        assert_eq!(
+            file_limits(64, budget, 20_000),
+            FileLimits {
+                nofile: 4816,
+                pids: 64
+            }
+        );
+        // The default 4096 pids would leave 75 files a process: NOFILE_MIN and fewer pids.
+        assert_eq!(
+            file_limits(4096, budget, 20_000),
+            FileLimits {
+                nofile: 1024,
+                pids: 301
+            }
+        );
+        // Few pids: the host's maximum.
+        assert_eq!(
+            file_limits(8, budget, 20_000),
+            FileLimits {
+                nofile: 20_000,
+                pids: 8
+            }
+        );
+        for pids in [1, 16, 64, 300, 301, 302, 4096, 1 << 22] {
+            let l = file_limits(pids, budget, 1 << 20);
+            assert!(l.pids * l.nofile <= budget && l.pids <= pids, "{pids}: {l:?}");
+            assert!(l.nofile >= NOFILE_MIN, "{pids}: {l:?}");
+        }
+        // No budget (fs.file-max unreadable or unlimited): the limits as asked.
+        assert_eq!(
+            file_limits(4096, u64::MAX, NOFILE),
+            FileLimits {
+                nofile: NOFILE,
+                pids: 4096
+            }
+        );
+        let j = json();
+        assert_eq!(j["process"]["rlimits"][0]["soft"], NOFILE);
+        let mut tight = inputs();
+        tight.file_budget = budget;
+        let j = serde_json::to_value(build(&spec(), &tight).unwrap()).unwrap();
+        // spec(): 256 pids.
+        assert_eq!(j["process"]["rlimits"][0]["hard"], budget / 256);
+        assert_eq!(j["linux"]["resources"]["pids"]["limit"], 256);
     }
 
     #[test]

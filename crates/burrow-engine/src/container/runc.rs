@@ -42,6 +42,8 @@ pub struct RunArgs<'a> {
     pub log_file: &'a Path,
     /// Becomes fd 3 of runc and of the container's init (`--preserve-fds 1`).
     pub listen_fd: OwnedFd,
+    /// Become fds 4, 5, ... of runc and of the container's init.
+    pub extra_fds: Vec<OwnedFd>,
     /// stdout and stderr of runc and of the container's init, opened for appending.
     pub output: File,
     pub output_path: &'a Path,
@@ -115,24 +117,32 @@ impl Runc {
         cmd.arg("--log")
             .arg(a.log_file)
             .args(["--log-format", "text", "run", "--detach", "--bundle"]);
+        let preserve = (1 + a.extra_fds.len()).to_string();
         cmd.arg(a.bundle)
             .arg("--pid-file")
             .arg(a.pid_file)
-            .args(["--preserve-fds", "1", a.id]);
+            .args(["--preserve-fds", &preserve, a.id]);
         let stderr = a.output.try_clone().map_err(|source| EngineError::Io {
             op: "dup",
             path: a.log_file.to_owned(),
             source,
         })?;
         cmd.stdout(a.output).stderr(stderr);
-        sys::pass_fd_as_3(&mut cmd, a.listen_fd.as_raw_fd(), a.nofile);
-        let status = cmd.status().map_err(|source| EngineError::Io {
-            op: "spawn",
-            path: self.bin.clone(),
-            source,
-        });
-        // The listening fd now lives in the sandbox's init (or nowhere, on failure).
+        let fds: Vec<_> = std::iter::once(&a.listen_fd)
+            .chain(&a.extra_fds)
+            .map(AsRawFd::as_raw_fd)
+            .collect();
+        let passed = sys::pass_fds(&mut cmd, &fds, a.nofile);
+        let status = passed
+            .and_then(|()| cmd.status())
+            .map_err(|source| EngineError::Io {
+                op: "spawn",
+                path: self.bin.clone(),
+                source,
+            });
+        // The passed fds now live in the sandbox's init (or nowhere, on failure).
         drop(a.listen_fd);
+        drop(a.extra_fds);
         let status = status?;
         if status.success() {
             Ok(())

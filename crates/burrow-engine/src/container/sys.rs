@@ -68,36 +68,61 @@ pub(crate) fn listen_unix(path: &Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Arranges for `fd` to be fd 3 (without close-on-exec) in the child `cmd` spawns, and for
-/// the child's RLIMIT_NOFILE to be `nofile` (soft and hard), so that runc can hand both to the
-/// container: raising a hard limit needs CAP_SYS_RESOURCE in the initial user namespace, which
-/// runc's init no longer has once it is inside the sandbox's user namespace.
-pub(crate) fn pass_fd_as_3(cmd: &mut Command, fd: RawFd, nofile: u64) {
+/// Most fds [`pass_fds`] hands on.
+pub(crate) const MAX_PASSED_FDS: usize = 4;
+
+/// Arranges for `fds[i]` to be fd `3 + i` (without close-on-exec) in the child `cmd` spawns,
+/// and for the child's RLIMIT_NOFILE to be `nofile` (soft and hard), so that runc can hand
+/// them all to the container (`--preserve-fds fds.len()`): raising a hard limit needs
+/// CAP_SYS_RESOURCE in the initial user namespace, which runc's init no longer has once it
+/// is inside the sandbox's user namespace.
+pub(crate) fn pass_fds(cmd: &mut Command, fds: &[RawFd], nofile: u64) -> io::Result<()> {
+    if fds.len() > MAX_PASSED_FDS {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // A fixed array, copied into the closure: nothing is allocated after fork.
+    let mut src = [-1 as RawFd; MAX_PASSED_FDS];
+    src[..fds.len()].copy_from_slice(fds);
+    let n = fds.len();
     let lim = libc::rlimit {
         rlim_cur: nofile,
         rlim_max: nofile,
     };
     // SAFETY: the closure runs between fork and exec, so it only makes async-signal-safe
-    // system calls (dup2, fcntl, setrlimit) on values captured by copy; it allocates nothing
+    // system calls (fcntl, dup2, setrlimit) on values captured by copy; it allocates nothing
     // and takes no locks.
     unsafe {
         cmd.pre_exec(move || {
-            const TARGET: RawFd = 3;
-            if fd == TARGET {
-                // dup2 onto itself keeps FD_CLOEXEC; clear it by hand.
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+            const FIRST: RawFd = 3;
+            // First move every source above the target range (close-on-exec copies), so that
+            // no dup2 below overwrites a source that is still to be moved.
+            let mut tmp = [-1 as RawFd; MAX_PASSED_FDS];
+            for i in 0..n {
+                tmp[i] = libc::fcntl(src[i], libc::F_DUPFD_CLOEXEC, FIRST + MAX_PASSED_FDS as RawFd);
+                if tmp[i] < 0 {
                     return Err(io::Error::last_os_error());
                 }
-            } else if libc::dup2(fd, TARGET) < 0 {
-                // dup2 leaves the new descriptor without FD_CLOEXEC.
-                return Err(io::Error::last_os_error());
+            }
+            for (i, &fd) in tmp.iter().enumerate().take(n) {
+                // dup2 leaves the new descriptor without FD_CLOEXEC; the temporary copy is
+                // closed by exec.
+                if libc::dup2(fd, FIRST + i as RawFd) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             // Best effort: when it fails, runc reports the rlimit error itself.
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
             Ok(())
         });
     }
+    Ok(())
+}
+
+/// The host's open-file table size (`fs.file-max`), if readable.
+pub(crate) fn file_max() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/file-max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
 }
 
 /// The largest RLIMIT_NOFILE this process can hand to runc: the kernel's maximum
