@@ -8,17 +8,24 @@
 //! Containers are started detached and never are children of the daemon: they outlive it
 //! and are adopted on the next start (`list`, `status`).
 //!
+//! The agent's stdout and stderr: a FIFO in the run dir that the engine drains into a capped
+//! `agent.log` (`agent_log`), re-attached by `adopt` after a restart; nothing the sandbox
+//! does can grow a host file past that cap.
+//!
 //! This module must never run anything inside a sandbox: that is the agent's job.
 
+pub mod agent_log;
 pub mod oci;
 pub mod runc;
 pub mod seccomp;
 mod sys;
 
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::{Engine, EngineError, EngineKind, Result, RuntimeStatus, SandboxSpec};
@@ -27,6 +34,9 @@ use runc::{RunArgs, Runc};
 /// How long the sandbox's init gets to die after SIGKILL before `runc delete --force` is
 /// left to finish the job.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a stop or a failed start waits for the agent log drain to copy the last output.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -79,6 +89,9 @@ pub struct ContainerEngine {
     cgroups: CgroupVersion,
     limit_swap: bool,
     nofile: u64,
+    /// The agent log drain of every sandbox this engine started or adopted, by id. Dropping
+    /// the engine stops them (the sandboxes' output then waits in, or is dropped by, the FIFO).
+    drains: Mutex<HashMap<String, agent_log::Drain>>,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> EngineError + 'a {
@@ -187,6 +200,7 @@ impl ContainerEngine {
             cgroups,
             limit_swap,
             nofile,
+            drains: Mutex::new(HashMap::new()),
         })
     }
 
@@ -324,27 +338,36 @@ impl ContainerEngine {
         let sock = self.agent_socket(run_dir);
         let pid_file = run_dir.join("init.pid");
         let runc_log = run_dir.join("runc.log");
-        let agent_log = run_dir.join("agent.log");
         for stale in [&sock, &pid_file, &runc_log] {
             remove_if_exists(stale)?;
         }
         let listen_fd = sys::listen_unix(&sock).map_err(io_err("listen", &sock))?;
-        let output = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&agent_log)
-            .map_err(io_err("open", &agent_log))?;
-        self.runc.run_detached(RunArgs {
+        let fifo = run_dir.join(agent_log::FIFO_FILE);
+        let (output, drain) = agent_log::create(run_dir).map_err(io_err("create", &fifo))?;
+        let run = self.runc.run_detached(RunArgs {
             id: &spec.id,
             bundle,
             pid_file: &pid_file,
             log_file: &runc_log,
             listen_fd,
             output,
-            output_path: &agent_log,
             nofile: self.nofile,
-        })?;
+        });
+        match run {
+            Ok(()) => {
+                self.set_drain(&spec.id, Some(drain));
+            }
+            Err(EngineError::Command { cmd, detail }) => {
+                // runc and the init are gone: the drain reaches the end of their output.
+                drain.finish(DRAIN_WAIT);
+                let output = runc::tail(&run_dir.join(agent_log::LOG_FILE), 4096);
+                return Err(EngineError::Command {
+                    cmd,
+                    detail: format!("{detail}; output: {output}"),
+                });
+            }
+            Err(e) => return Err(e),
+        }
         // Shield the agent from the OOM killer: a memory hog in the sandbox must never take
         // down its init. Only the host can lower the score (runc cannot from inside the user
         // namespace); the agent resets the processes it starts to 0.
@@ -358,6 +381,20 @@ impl ContainerEngine {
             }
         }
         Ok(())
+    }
+
+    /// Replaces the agent log drain kept for `id` (the old one stops).
+    fn set_drain(&self, id: &str, drain: Option<agent_log::Drain>) -> Option<agent_log::Drain> {
+        let mut drains = self.drains.lock().unwrap_or_else(|p| p.into_inner());
+        match drain {
+            Some(d) => drains.insert(id.to_owned(), d),
+            None => drains.remove(id),
+        }
+    }
+
+    fn has_drain(&self, id: &str) -> bool {
+        let drains = self.drains.lock().unwrap_or_else(|p| p.into_inner());
+        drains.contains_key(id)
     }
 
     /// Container state of `id`, as runc reports it.
@@ -427,11 +464,18 @@ impl Engine for ContainerEngine {
     }
 
     fn stop(&self, id: &str, grace: Duration) -> Result<()> {
-        let Some(st) = self.state(id)? else { return Ok(()) };
+        let Some(st) = self.state(id)? else {
+            self.set_drain(id, None);
+            return Ok(());
+        };
         if matches!(st.status.as_str(), "running" | "paused") {
             self.terminate(&st, grace)?;
         }
         self.runc.delete_force(id)?;
+        // Every writer is gone: let the drain copy the last output before it stops.
+        if let Some(drain) = self.set_drain(id, None) {
+            drain.finish(DRAIN_WAIT);
+        }
         // The bundle is `run_dir/bundle`.
         if let Some(run_dir) = st.bundle.parent() {
             remove_if_exists(&self.agent_socket(run_dir))?;
@@ -454,6 +498,26 @@ impl Engine for ContainerEngine {
 
     fn list(&self) -> Result<Vec<String>> {
         self.runc.list()
+    }
+
+    fn adopt(&self, id: &str) -> Result<()> {
+        if self.has_drain(id) {
+            return Ok(());
+        }
+        let Some(st) = self.state(id)? else { return Ok(()) };
+        if !matches!(st.status.as_str(), "running" | "paused") {
+            return Ok(());
+        }
+        let Some(run_dir) = st.bundle.parent() else { return Ok(()) };
+        match agent_log::attach(run_dir).map_err(io_err("drain", run_dir))? {
+            Some(drain) => {
+                self.set_drain(id, Some(drain));
+            }
+            // No FIFO (started by an older engine: it writes to agent.log itself), or
+            // another drain holds it.
+            None => tracing::warn!(id, "agent output not drained by this engine"),
+        }
+        Ok(())
     }
 
     fn freeze(&self, id: &str) -> Result<()> {

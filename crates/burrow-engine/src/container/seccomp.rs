@@ -9,6 +9,13 @@
 //! `iopl`/`ioperm`, `syslog`, `acct`, `quotactl`, `lookup_dcookie`, `vhangup`, `kcmp`,
 //! `pidfd_getfd`, `process_madvise`, NUMA policy calls, and AF_VSOCK sockets.
 //!
+//! Also denied: calls that perform other calls' work out of the filter's sight. io_uring
+//! (`io_uring_setup`, `io_uring_enter`, `io_uring_register`; Docker denies them since moby
+//! 25): its `IORING_OP_SOCKET` creates sockets without a `socket(2)` call, AF_VSOCK ones
+//! included. And the i386 `socketcall(SYS_SOCKET, args)`, reachable from any x86-64 process
+//! through `int 0x80`: its address family is in memory, where the filter cannot check it
+//! (32-bit libcs use the direct `socket` call, checked like the 64-bit one, since Linux 4.3).
+//!
 //! This module only describes the filter; runc compiles and installs it.
 
 use oci_spec::runtime::{
@@ -38,8 +45,7 @@ const ALLOWED: &[&str] = &[
     "getrusage", "getsid", "getsockname", "getsockopt", "get_thread_area", "gettid", "gettimeofday",
     "getuid", "getuid32", "getxattr", "inotify_add_watch", "inotify_init", "inotify_init1",
     "inotify_rm_watch", "io_cancel", "ioctl", "io_destroy", "io_getevents", "io_pgetevents",
-    "io_pgetevents_time64", "ioprio_get", "ioprio_set", "io_setup", "io_submit", "io_uring_enter",
-    "io_uring_register", "io_uring_setup", "ipc", "kill", "landlock_add_rule",
+    "io_pgetevents_time64", "ioprio_get", "ioprio_set", "io_setup", "io_submit", "ipc", "kill", "landlock_add_rule",
     "landlock_create_ruleset", "landlock_restrict_self", "lchown", "lchown32", "lgetxattr", "link",
     "linkat", "listen", "listxattr", "llistxattr", "_llseek", "lremovexattr", "lseek", "lsetxattr",
     "lstat", "lstat64", "madvise", "map_shadow_stack", "membarrier", "memfd_create", "memfd_secret",
@@ -65,7 +71,7 @@ const ALLOWED: &[&str] = &[
     "setresgid", "setresgid32", "setresuid", "setresuid32", "setreuid", "setreuid32", "setrlimit",
     "set_robust_list", "setsid", "setsockopt", "set_thread_area", "set_tid_address", "setuid",
     "setuid32", "setxattr", "shmat", "shmctl", "shmdt", "shmget", "shutdown", "sigaltstack",
-    "signalfd", "signalfd4", "sigprocmask", "sigreturn", "socketcall", "socketpair", "splice",
+    "signalfd", "signalfd4", "sigprocmask", "sigreturn", "socketpair", "splice",
     "stat", "stat64", "statfs", "statfs64", "statx", "symlink", "symlinkat", "sync",
     "sync_file_range", "syncfs", "sysinfo", "tee", "tgkill", "time", "timer_create", "timer_delete",
     "timer_getoverrun", "timer_gettime", "timer_gettime64", "timer_settime", "timer_settime64",
@@ -93,6 +99,10 @@ pub const CLONE_NAMESPACE_MASK: u64 = 0x7E02_0000;
 
 /// `socket(2)` address family refused: AF_VSOCK, a channel to the host's hypervisor.
 const AF_VSOCK: u64 = 40;
+
+/// `socketcall(2)`'s `call` for socket(2); the other calls (connect, sendmsg, ...) only work on
+/// descriptors that exist already.
+const SYS_SOCKET: u64 = 1;
 
 const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
@@ -125,6 +135,13 @@ pub fn profile() -> LinuxSeccomp {
         0,
         LinuxSeccompOperator::ScmpCmpNe,
         AF_VSOCK,
+        0,
+    ));
+    syscalls.push(allow_if(
+        "socketcall",
+        0,
+        LinuxSeccompOperator::ScmpCmpNe,
+        SYS_SOCKET,
         0,
     ));
     for &p in PERSONALITIES {
@@ -250,6 +267,9 @@ mod tests {
             "create_module",
             "mbind",
             "set_mempolicy",
+            "io_uring_setup",
+            "io_uring_enter",
+            "io_uring_register",
             "name_not_a_syscall",
         ] {
             assert_eq!(verdict(&p, name, 0), Err(EPERM), "{name} must be denied");
@@ -330,6 +350,11 @@ mod tests {
         assert_eq!(verdict(&p, "socket", libc::AF_INET as u64), Ok(()));
         assert_eq!(verdict(&p, "socket", libc::AF_UNIX as u64), Ok(()));
         assert_eq!(verdict(&p, "socket", AF_VSOCK), Err(EPERM));
+        // socketcall: everything but SYS_SOCKET, whose family the filter cannot see.
+        assert_eq!(verdict(&p, "socketcall", SYS_SOCKET), Err(EPERM));
+        for call in [2, 3, 9, 16, 17] {
+            assert_eq!(verdict(&p, "socketcall", call), Ok(()), "socketcall {call}");
+        }
     }
 
     #[test]
