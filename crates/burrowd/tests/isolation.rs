@@ -324,7 +324,8 @@ fn host_py(code: &str, args: &[&str]) -> String {
 }
 
 /// What a process may do to process `pid` (argv): ptrace it (ATTACH, SEIZE), open its memory,
-/// read its environment, read its memory with process_vm_readv, list its descriptors.
+/// read its environment, read its memory with process_vm_readv, follow its descriptors
+/// (`/proc/PID/fd/2`, the agent's log).
 const TRACE_PROBE: &str = r#"
 import ctypes, errno, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -385,7 +386,7 @@ def probe(pid):
         "mem=" + try_(lambda: open("/proc/%d/mem" % pid, "rb").close()),
         "environ=" + try_(lambda: open("/proc/%d/environ" % pid, "rb").read()),
         "vm_read=" + vm_read(pid),
-        "fd=" + try_(lambda: os.listdir("/proc/%d/fd" % pid)),
+        "fd=" + try_(lambda: os.readlink("/proc/%d/fd/2" % pid)),
     ])
 
 import subprocess
@@ -554,8 +555,9 @@ r, e = call(427, 9999, 0, None, 0)                      # io_uring_register(not 
 print("register=" + errno.errorcode.get(e, str(r)))
 "#;
 
-/// `socket(AF_VSOCK)` directly, and through the i386 `socketcall` (reachable with `int 0x80`
-/// from any x86-64 process), whose arguments are in memory where seccomp cannot read them.
+/// `socket(AF_VSOCK)` directly; through the i386 `socketcall` (reachable with `int 0x80` from
+/// any x86-64 process), whose arguments are in memory where seccomp cannot read them; and
+/// through the i386 direct `socket` call.
 const VSOCK_PROBE: &str = r#"
 import ctypes, errno, mmap, os, struct
 libc = ctypes.CDLL(None, use_errno=True)
@@ -579,7 +581,14 @@ code = (b"\x53\xb8" + struct.pack("<I", 102) + b"\xbb" + struct.pack("<I", 1) + 
         + struct.pack("<I", mem + 0x800) + b"\xcd\x80\x5b\x48\x63\xc0\xc3")
 ctypes.memmove(mem, code, len(code))
 r = ctypes.CFUNCTYPE(ctypes.c_long)(mem)()
-print("socketcall=" + result(r, -r if r < 0 else 0))
+print("socketcall=" + result(r, -r if r < 0 else 0), end=" ")
+# push rbx; mov eax, 359 (i386 socket); mov ebx, AF_VSOCK; mov ecx, SOCK_STREAM; xor edx, edx;
+# int 0x80; pop rbx; movsxd rax, eax; ret
+code = (b"\x53\xb8" + struct.pack("<I", 359) + b"\xbb" + struct.pack("<I", 40) + b"\xb9"
+        + struct.pack("<I", 1) + b"\x31\xd2\xcd\x80\x5b\x48\x63\xc0\xc3")
+ctypes.memmove(mem + 0x100, code, len(code))
+r = ctypes.CFUNCTYPE(ctypes.c_long)(mem + 0x100)()
+print("i386_socket=" + result(r, -r if r < 0 else 0))
 "#;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -596,12 +605,16 @@ async fn io_uring_and_socketcall_cannot_get_around_the_filter() {
     let host = host_py(VSOCK_PROBE, &[]);
     assert_eq!(
         host.trim(),
-        "socket=fd socketcall=fd",
+        "socket=fd socketcall=fd i386_socket=fd",
         "control: AF_VSOCK on the host"
     );
     let sb = make(&c, |_| {}).await;
     let r = py(&c, &sb.name, VSOCK_PROBE, "").await;
-    assert_eq!(r.stdout.trim(), "socket=EPERM socketcall=EPERM", "{r:?}");
+    assert_eq!(
+        r.stdout.trim(),
+        "socket=EPERM socketcall=ENOSYS i386_socket=EPERM",
+        "{r:?}"
+    );
     let r = py(&c, &sb.name, IO_URING_PROBE, "").await;
     assert_eq!(
         r.stdout.trim(),

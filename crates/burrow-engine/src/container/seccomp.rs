@@ -12,9 +12,11 @@
 //! Also denied: calls that perform other calls' work out of the filter's sight. io_uring
 //! (`io_uring_setup`, `io_uring_enter`, `io_uring_register`; Docker denies them since moby
 //! 25): its `IORING_OP_SOCKET` creates sockets without a `socket(2)` call, AF_VSOCK ones
-//! included. And the i386 `socketcall(SYS_SOCKET, args)`, reachable from any x86-64 process
-//! through `int 0x80`: its address family is in memory, where the filter cannot check it
-//! (32-bit libcs use the direct `socket` call, checked like the 64-bit one, since Linux 4.3).
+//! included. And the i386 multiplexer `socketcall`, reachable from any x86-64 process through
+//! `int 0x80`: its arguments are in memory, where the filter cannot read the address family,
+//! and libseccomp turns every rule on `socket` into an unconditional allow of
+//! `socketcall(SYS_SOCKET)` on i386. It answers ENOSYS (like `clone3`): 32-bit libcs use the
+//! direct socket calls, filtered like the 64-bit ones, on the kernels we support (>= 4.3).
 //!
 //! This module only describes the filter; runc compiles and installs it.
 
@@ -100,10 +102,6 @@ pub const CLONE_NAMESPACE_MASK: u64 = 0x7E02_0000;
 /// `socket(2)` address family refused: AF_VSOCK, a channel to the host's hypervisor.
 const AF_VSOCK: u64 = 40;
 
-/// `socketcall(2)`'s `call` for socket(2); the other calls (connect, sendmsg, ...) only work on
-/// descriptors that exist already.
-const SYS_SOCKET: u64 = 1;
-
 const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
 
@@ -137,13 +135,6 @@ pub fn profile() -> LinuxSeccomp {
         AF_VSOCK,
         0,
     ));
-    syscalls.push(allow_if(
-        "socketcall",
-        0,
-        LinuxSeccompOperator::ScmpCmpNe,
-        SYS_SOCKET,
-        0,
-    ));
     for &p in PERSONALITIES {
         syscalls.push(allow_if("personality", 0, LinuxSeccompOperator::ScmpCmpEq, p, 0));
     }
@@ -157,9 +148,12 @@ pub fn profile() -> LinuxSeccomp {
     ));
     // clone3 passes its flags in memory, out of seccomp's reach: answer ENOSYS so that libcs
     // fall back to clone, whose flags we can check.
-    let mut clone3 = rule(&["clone3"], LinuxSeccompAction::ScmpActErrno);
-    clone3.set_errno_ret(Some(ENOSYS));
-    syscalls.push(clone3);
+    // socketcall (i386 only) hides the address family from the filter: ENOSYS too, so that
+    // 32-bit libcs use the direct socket calls. (An EPERM rule would be dropped by runc, as it
+    // equals the default action, and lose to libseccomp's allow derived from `socket`.)
+    let mut enosys = rule(&["clone3", "socketcall"], LinuxSeccompAction::ScmpActErrno);
+    enosys.set_errno_ret(Some(ENOSYS));
+    syscalls.push(enosys);
 
     let mut seccomp = LinuxSeccomp::default();
     seccomp.set_default_action(LinuxSeccompAction::ScmpActErrno);
@@ -350,10 +344,9 @@ mod tests {
         assert_eq!(verdict(&p, "socket", libc::AF_INET as u64), Ok(()));
         assert_eq!(verdict(&p, "socket", libc::AF_UNIX as u64), Ok(()));
         assert_eq!(verdict(&p, "socket", AF_VSOCK), Err(EPERM));
-        // socketcall: everything but SYS_SOCKET, whose family the filter cannot see.
-        assert_eq!(verdict(&p, "socketcall", SYS_SOCKET), Err(EPERM));
-        for call in [2, 3, 9, 16, 17] {
-            assert_eq!(verdict(&p, "socketcall", call), Ok(()), "socketcall {call}");
+        // socketcall does not exist (SYS_SOCKET = 1 would hide the family).
+        for call in [1, 3, 9] {
+            assert_eq!(verdict(&p, "socketcall", call), Err(ENOSYS), "socketcall {call}");
         }
     }
 
