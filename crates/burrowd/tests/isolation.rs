@@ -516,7 +516,10 @@ async fn code_inside_cannot_grow_the_agents_host_log() {
         .stderr(std::fs::File::create(&target_log).unwrap())
         .spawn()
         .unwrap();
-    let out = host_py(INJECT_WRITE, &[&target.id().to_string(), &(4u64 << 20).to_string()]);
+    let out = host_py(
+        INJECT_WRITE,
+        &[&target.id().to_string(), &(4u64 << 20).to_string()],
+    );
     let _ = target.kill();
     let _ = target.wait();
     assert_eq!(out.trim(), format!("wrote {}", 4u64 << 20));
@@ -524,10 +527,18 @@ async fn code_inside_cannot_grow_the_agents_host_log() {
 
     let sb = make(&c, |_| {}).await;
     let run_dir = d.data_dir.join("run").join(&sb.id);
-    assert!(run_dir.join("agent.log").exists(), "no agent log in {}", run_dir.display());
+    assert!(
+        run_dir.join("agent.log").exists(),
+        "no agent log in {}",
+        run_dir.display()
+    );
     let r = py(&c, &sb.name, INJECT_WRITE, &format!("1 {}", 64u64 << 20)).await;
     let kept = agent_log_bytes(&run_dir);
-    assert_eq!(r.stdout.trim(), "attach EPERM", "{r:?}; host agent log: {kept} bytes");
+    assert_eq!(
+        r.stdout.trim(),
+        "attach EPERM",
+        "{r:?}; host agent log: {kept} bytes"
+    );
     assert!(kept <= AGENT_LOG_CAP, "the agent's host log holds {kept} bytes");
     assert_eq!(sh(&c, &sb.name, "echo alive").await.stdout, "alive\n");
     c.delete_sandbox(&sb.name).await.unwrap();
@@ -616,11 +627,7 @@ async fn io_uring_and_socketcall_cannot_get_around_the_filter() {
         "{r:?}"
     );
     let r = py(&c, &sb.name, IO_URING_PROBE, "").await;
-    assert_eq!(
-        r.stdout.trim(),
-        "setup=EPERM enter=EPERM register=EPERM",
-        "{r:?}"
-    );
+    assert_eq!(r.stdout.trim(), "setup=EPERM enter=EPERM register=EPERM", "{r:?}");
     // The filter still lets ordinary sockets through both ways.
     let r = sh(
         &c,
@@ -640,7 +647,12 @@ async fn host_boot_arguments_and_kernel_build_are_masked() {
     let c = d.client();
     let sb = make(&c, |_| {}).await;
     let mut checked = 0;
-    for file in ["/proc/cmdline", "/proc/config.gz", "/proc/kallsyms", "/proc/modules"] {
+    for file in [
+        "/proc/cmdline",
+        "/proc/config.gz",
+        "/proc/kallsyms",
+        "/proc/modules",
+    ] {
         let Ok(host) = std::fs::read(file) else { continue };
         if file == "/proc/cmdline" {
             assert!(!host.is_empty(), "control: the host's {file} is empty");
@@ -683,13 +695,19 @@ async fn agent_output_is_drained_again_after_a_daemon_restart() {
     let agent = agent_host_pid(&d.data_dir, &sb.id);
     assert!(holds_open(agent, &fifo));
     assert!(!holds_open(agent, &run_dir.join("agent.log")));
-    assert!(holds_open(d.pid(), &fifo), "burrowd does not drain the agent's output");
+    assert!(
+        holds_open(d.pid(), &fifo),
+        "burrowd does not drain the agent's output"
+    );
 
     d.kill9();
     d.restart();
     let c = d.client();
     assert_eq!(sh(&c, &sb.name, "echo adopted").await.stdout, "adopted\n");
-    assert!(holds_open(d.pid(), &fifo), "the restarted daemon does not drain it");
+    assert!(
+        holds_open(d.pid(), &fifo),
+        "the restarted daemon does not drain it"
+    );
     // What reaches the FIFO now lands in agent.log (written here as the agent would).
     let mut w = std::fs::OpenOptions::new()
         .write(true)
@@ -703,7 +721,10 @@ async fn agent_output_is_drained_again_after_a_daemon_restart() {
         .unwrap_or_default()
         .contains("marker after restart")
     {
-        assert!(std::time::Instant::now() < deadline, "not drained after the restart");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not drained after the restart"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     c.delete_sandbox(&sb.name).await.unwrap();

@@ -254,11 +254,18 @@ mod tests {
         write_all_waiting(&w, &data);
         write_all_waiting(&w, b"the end\n");
         drop(w);
-        assert!(drain.finish(Duration::from_secs(30)), "no EOF after the writer closed");
+        assert!(
+            drain.finish(Duration::from_secs(30)),
+            "no EOF after the writer closed"
+        );
         assert!(total(dir.path()) <= MAX_BYTES, "{} bytes kept", total(dir.path()));
         let new = fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
         let old = fs::read_to_string(dir.path().join(OLD_LOG_FILE)).unwrap();
-        assert!(new.ends_with("\nthe end\n"), "{}", &new[new.len().saturating_sub(100)..]);
+        assert!(
+            new.ends_with("\nthe end\n"),
+            "{}",
+            &new[new.len().saturating_sub(100)..]
+        );
         // What is kept is the newest output, in order, without a gap between the files.
         let both = old + &new;
         assert!(both.len() as u64 > MAX_BYTES / 2, "{}", both.len());
@@ -267,7 +274,10 @@ mod tests {
             .filter_map(|l| l.strip_prefix("line ")?.parse().ok())
             .collect();
         assert_eq!(*nums.last().unwrap(), i - 1);
-        assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "a gap in the kept output");
+        assert!(
+            nums.windows(2).all(|w| w[1] == w[0] + 1),
+            "a gap in the kept output"
+        );
     }
 
     #[test]

@@ -508,7 +508,9 @@ impl Engine for ContainerEngine {
         if !matches!(st.status.as_str(), "running" | "paused") {
             return Ok(());
         }
-        let Some(run_dir) = st.bundle.parent() else { return Ok(()) };
+        let Some(run_dir) = st.bundle.parent() else {
+            return Ok(());
+        };
         match agent_log::attach(run_dir).map_err(io_err("drain", run_dir))? {
             Some(drain) => {
                 self.set_drain(id, Some(drain));
