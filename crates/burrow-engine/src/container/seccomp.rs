@@ -24,9 +24,10 @@ use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompOperator, LinuxSyscall,
 };
 
-/// Syscalls allowed unconditionally. Docker's default list, plus `ptrace`,
-/// `process_vm_readv`/`writev` (safe inside a user+pid namespace on kernels >= 4.8, as Docker
-/// does), `arch_prctl`/`modify_ldt` (x86) and `chroot` (we keep CAP_SYS_CHROOT).
+/// Syscalls allowed unconditionally. Docker's default list without io_uring and `socketcall`
+/// (see above), plus `ptrace`, `process_vm_readv`/`writev` (safe inside a user+pid namespace
+/// on kernels >= 4.8, as Docker does; the agent, PID 1, makes itself non-dumpable so they do
+/// not reach it), `arch_prctl`/`modify_ldt` (x86) and `chroot` (we keep CAP_SYS_CHROOT).
 #[rustfmt::skip]
 const ALLOWED: &[&str] = &[
     "accept", "accept4", "access", "adjtimex", "alarm", "bind", "brk", "capget", "capset", "chdir",
