@@ -32,6 +32,8 @@ pub const MAX_BYTES: u64 = 1024 * 1024;
 const FILE_MAX: u64 = MAX_BYTES / 2;
 /// One read from the FIFO (its default capacity).
 const CHUNK: usize = 64 * 1024;
+/// Reads per wake-up of the drain: 1 MiB, a full pipe even where it has been enlarged.
+const PIPE_CHUNKS: usize = 16;
 /// The drain thread's stack: it only copies bytes.
 const STACK: usize = 128 * 1024;
 
@@ -126,7 +128,10 @@ fn start(reader: File, run_dir: &Path) -> io::Result<Option<Drain>> {
         .name("agent-log".to_owned())
         .stack_size(STACK)
         .spawn(move || {
-            if let Err(e) = pump(&reader, &stop_rx, &mut log) {
+            let result = pump(&reader, &stop_rx, &mut log);
+            // Let go of the FIFO (and its lock) before saying so.
+            drop(reader);
+            if let Err(e) = result {
                 tracing::warn!(dir = %log.dir.display(), error = %e, "agent log drain stopped");
             }
             let _ = done_tx.send(());
@@ -151,18 +156,16 @@ fn pump(mut reader: &File, stop: &OwnedFd, log: &mut CappedLog) -> io::Result<()
             Err(e) => return Err(e.into()),
         }
         let stopping = fds[1].any().unwrap_or(true);
-        let readable = fds[0].any().unwrap_or(true);
-        if readable || stopping {
-            // Copy what is there; POLLHUP with nothing left means no writer is left.
-            loop {
-                match reader.read(&mut buf) {
-                    Ok(0) if !stopping => return Ok(()),
-                    Ok(0) => break,
-                    Ok(n) => log.write(&buf[..n])?,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
+        // Copy what is there, at most a pipe's worth per wake-up so that a writer that never
+        // pauses cannot keep the drain from seeing `stop`. A read of 0 bytes (POLLHUP and
+        // nothing left) means no writer is left.
+        for _ in 0..PIPE_CHUNKS {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => log.write(&buf[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             }
         }
         if stopping {
@@ -278,6 +281,36 @@ mod tests {
             nums.windows(2).all(|w| w[1] == w[0] + 1),
             "a gap in the kept output"
         );
+    }
+
+    #[test]
+    fn a_writer_that_never_pauses_cannot_keep_the_drain_from_stopping() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, drain) = create(dir.path()).unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let done = done.clone();
+            let mut f = File::from(w);
+            std::thread::spawn(move || {
+                let chunk = vec![b'y'; 64 * 1024];
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = f.write(&chunk);
+                }
+            })
+        };
+        // Let it run past the cap, then stop the drain while it still writes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !dir.path().join(OLD_LOG_FILE).exists() {
+            assert!(std::time::Instant::now() < deadline, "nothing drained");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let stopped = drain.stop(Duration::from_secs(10));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(stopped, "the drain did not stop while the writer kept writing");
+        assert!(total(dir.path()) <= MAX_BYTES);
+        // It let go of the FIFO: another drain may take it.
+        assert!(attach(dir.path()).unwrap().is_some());
     }
 
     #[test]
