@@ -8,6 +8,15 @@
 
 #![deny(unsafe_code)]
 
+/// Writes one line to the agent's log, its stderr. As a sandbox's init that is a
+/// non-blocking FIFO the host drains (and caps): when the host does not read, the line is
+/// dropped (`EAGAIN`, `EPIPE`) instead of blocking, or panicking like `eprintln!` would.
+macro_rules! log_line {
+    ($($arg:tt)*) => {
+        $crate::write_log_line(format_args!($($arg)*))
+    };
+}
+
 #[allow(unsafe_code)]
 mod sys;
 
@@ -149,7 +158,20 @@ fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Command, Agent
     ))
 }
 
+fn write_log_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let line = format!("{args}\n");
+    let _ = io::stderr().lock().write_all(line.as_bytes());
+}
+
 fn main() -> ExitCode {
+    // First of all, before anything runs beside us: the code the agent runs has the same uid,
+    // and while the agent is dumpable it could ptrace it, read its memory and open its file
+    // descriptors through /proc/1. Processes the agent starts become dumpable again at
+    // execve, so debuggers still work on them.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        log_line!("burrow-agent: cannot make the agent non-dumpable: {e}");
+    }
     sys::cloexec_inherited_fds();
     let result = parse_args(std::env::args_os().skip(1)).and_then(|cmd| match cmd {
         Command::Version => {
@@ -186,9 +208,9 @@ fn main() -> ExitCode {
                 msg.push_str(&format!(": {s}"));
                 source = s.source();
             }
-            eprintln!("{msg}");
+            log_line!("{msg}");
             if matches!(err, AgentError::Usage(_)) {
-                eprintln!("{USAGE}");
+                log_line!("{USAGE}");
                 return ExitCode::from(2);
             }
             ExitCode::FAILURE
@@ -232,7 +254,7 @@ fn link_api_socket() {
     if std::process::id() == 1 && std::path::Path::new("/.burrow/host").is_dir() {
         let _ = std::fs::remove_file(API_SOCKET_LINK);
         if let Err(e) = std::os::unix::fs::symlink(HOST_API_SOCKET, API_SOCKET_LINK) {
-            eprintln!("burrow-agent: linking {API_SOCKET_LINK}: {e}");
+            log_line!("burrow-agent: linking {API_SOCKET_LINK}: {e}");
         }
     }
 }
@@ -308,7 +330,7 @@ impl Stream for Incoming {
         match ready!(self.listener.poll_accept(cx)) {
             Ok((stream, _)) => Poll::Ready(Some(Ok(stream))),
             Err(e) => {
-                eprintln!("burrow-agent: accept failed: {e}");
+                log_line!("burrow-agent: accept failed: {e}");
                 self.backoff = Some(Box::pin(tokio::time::sleep(Duration::from_millis(50))));
                 cx.waker().wake_by_ref();
                 Poll::Pending

@@ -70,7 +70,7 @@ impl Reaper {
                 }
                 Ok(None) => return,
                 Err(e) => {
-                    eprintln!("burrow-agent: waitpid failed: {e}");
+                    log_line!("burrow-agent: waitpid failed: {e}");
                     return;
                 }
             }

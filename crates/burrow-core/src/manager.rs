@@ -986,6 +986,7 @@ impl Manager {
             let want_running = matches!(rec.status, SandboxStatus::Running | SandboxStatus::Sleeping);
             match (want_running, status) {
                 (true, RuntimeStatus::Running { .. }) => {
+                    self.adopt_runtime(&rec.id).await;
                     if rec.status == SandboxStatus::Sleeping {
                         rec.status = SandboxStatus::Running;
                         self.store.update_sandbox(&rec)?;
@@ -1004,6 +1005,7 @@ impl Manager {
                     tracing::info!(sandbox = %rec.name, "adopted cold-sleeping sandbox");
                 }
                 (true, RuntimeStatus::Paused { .. }) => {
+                    self.adopt_runtime(&rec.id).await;
                     if rec.status == SandboxStatus::Sleeping {
                         self.activity
                             .set_sleep(&rec.id, Some(crate::idle::SleepMode::Warm));
@@ -1060,6 +1062,16 @@ impl Manager {
             }
         }
         Ok(())
+    }
+
+    /// Lets the engine re-attach its host-side helpers (the agent log drain) to a running
+    /// sandbox; a failure costs diagnostics only, never the sandbox.
+    async fn adopt_runtime(&self, id: &str) {
+        let engine = self.engine.clone();
+        let id = id.to_owned();
+        if let Err(e) = blocking(move || Ok(engine.adopt(&id)?)).await {
+            tracing::warn!(error = %chain(&e), "re-attaching to a running sandbox");
+        }
     }
 
     /// Destroys every sandbox and releases the pool (for ephemeral test daemons).

@@ -24,7 +24,7 @@ pub struct SandboxSpec {
     /// The sandbox's root tree (containers) on the pool.
     pub rootfs: PathBuf,
     /// Per-sandbox runtime directory on the host, outside the sandbox's filesystem: the
-    /// engine keeps its bundle, the agent socket and the agent log here.
+    /// engine keeps its bundle, the agent socket and the agent's (capped) log here.
     pub run_dir: PathBuf,
     pub resources: Resources,
     /// Host directories shared read-only with the sandbox, as (path inside, host path):
@@ -99,6 +99,13 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     fn status(&self, id: &str) -> Result<RuntimeStatus>;
     /// Ids of every sandbox the runtime knows (running or not), for reconciliation.
     fn list(&self) -> Result<Vec<String>>;
+    /// Takes charge again of a sandbox that runs already (after a daemon restart): the
+    /// engine's host-side helpers, such as the drain of the agent's output, re-attach to it.
+    /// Idempotent; a sandbox that does not run is left alone.
+    fn adopt(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Ok(())
+    }
     /// Freezes every process of the sandbox (memory kept); for warm sleep and checkpoints.
     fn freeze(&self, id: &str) -> Result<()> {
         let _ = id;

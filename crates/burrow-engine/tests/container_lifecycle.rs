@@ -250,3 +250,42 @@ fn two_sandboxes_run_at_once() {
     assert_ne!(ns(a.pid()), ns(b.pid()));
     assert_ne!(ns(a.pid()), std::fs::read_link("/proc/self/ns/pid").unwrap());
 }
+
+/// The most agent output the host keeps (`agent_log::MAX_BYTES`): `agent.log` and the
+/// `agent.log.1` it rotates to, together.
+const AGENT_LOG_CAP: u64 = 1 << 20;
+
+fn log_bytes(run_dir: &Path) -> u64 {
+    ["agent.log", "agent.log.1"]
+        .iter()
+        .map(|f| std::fs::metadata(run_dir.join(f)).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+/// An init that writes 4 MiB to its stdout leaves at most the cap on the host, and the
+/// newest output is what is kept. (Its writes may fail with EAGAIN when the pipe is full:
+/// the init retries its last line until it is through.)
+#[test]
+fn init_output_is_capped_on_the_host() {
+    if !host_ready() {
+        return;
+    }
+    let line = "x".repeat(1000);
+    let script = format!(
+        "i=0; while [ $i -lt 4096 ]; do echo \"$i {line}\"; i=$((i+1)); done; \
+         until echo finished; do sleep 0.01; done; exec sleep 100000"
+    );
+    let t = TestEngine::with_init(&["/bin/sh", "-c", &script]);
+    let sb = t.start(t.spec("chatty", SMALL));
+    sb.pid();
+    let run_dir = sb.spec.run_dir.clone();
+    wait_for("the last line in agent.log", Duration::from_secs(120), || {
+        sb.log().contains("finished\n")
+    });
+    let kept = log_bytes(&run_dir);
+    assert!(kept <= AGENT_LOG_CAP, "{kept} bytes of init output on the host");
+    // It did write past the cap: the log was rotated.
+    assert!(run_dir.join("agent.log.1").exists(), "no rotation after 4 MiB");
+    // The init never blocked on its output and still runs.
+    sb.pid();
+}

@@ -8,18 +8,25 @@
 //! Containers are started detached and never are children of the daemon: they outlive it
 //! and are adopted on the next start (`list`, `status`).
 //!
+//! The agent's stdout and stderr: a FIFO in the run dir that the engine drains into a capped
+//! `agent.log` (`agent_log`), re-attached by `adopt` after a restart; nothing the sandbox
+//! does can grow a host file past that cap.
+//!
 //! This module must never run anything inside a sandbox: that is the agent's job.
 
+pub mod agent_log;
 pub mod oci;
 pub mod runc;
 pub mod seccomp;
 mod sys;
 
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::{Engine, EngineError, EngineKind, Result, RuntimeStatus, SandboxSpec};
@@ -28,6 +35,9 @@ use runc::{RunArgs, Runc};
 /// How long the sandbox's init gets to die after SIGKILL before `runc delete --force` is
 /// left to finish the job.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a stop or a failed start waits for the agent log drain to copy the last output.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -90,6 +100,9 @@ pub struct ContainerEngine {
     file_budget: u64,
     /// Whether sandboxes get a payload cgroup (cgroup v1 with a memory hierarchy).
     payload: bool,
+    /// The agent log drain of every sandbox this engine started or adopted, by id. Dropping
+    /// the engine stops them (the sandboxes' output then waits in, or is dropped by, the FIFO).
+    drains: Mutex<HashMap<String, agent_log::Drain>>,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> EngineError + 'a {
@@ -206,6 +219,7 @@ impl ContainerEngine {
             nofile,
             file_budget,
             payload,
+            drains: Mutex::new(HashMap::new()),
         })
     }
 
@@ -348,7 +362,6 @@ impl ContainerEngine {
         let sock = self.agent_socket(run_dir);
         let pid_file = run_dir.join("init.pid");
         let runc_log = run_dir.join("runc.log");
-        let agent_log = run_dir.join("agent.log");
         for stale in [&sock, &pid_file, &runc_log] {
             remove_if_exists(stale)?;
         }
@@ -358,13 +371,9 @@ impl ContainerEngine {
             Vec::new()
         };
         let listen_fd = sys::listen_unix(&sock).map_err(io_err("listen", &sock))?;
-        let output = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&agent_log)
-            .map_err(io_err("open", &agent_log))?;
-        self.runc.run_detached(RunArgs {
+        let fifo = run_dir.join(agent_log::FIFO_FILE);
+        let (output, drain) = agent_log::create(run_dir).map_err(io_err("create", &fifo))?;
+        let run = self.runc.run_detached(RunArgs {
             id: &spec.id,
             bundle,
             pid_file: &pid_file,
@@ -372,9 +381,23 @@ impl ContainerEngine {
             listen_fd,
             extra_fds,
             output,
-            output_path: &agent_log,
             nofile: oci::file_limits(spec.resources.pids, self.file_budget, self.nofile).nofile,
-        })?;
+        });
+        match run {
+            Ok(()) => {
+                self.set_drain(&spec.id, Some(drain));
+            }
+            Err(EngineError::Command { cmd, detail }) => {
+                // runc and the init are gone: the drain reaches the end of their output.
+                drain.finish(DRAIN_WAIT);
+                let output = runc::tail(&run_dir.join(agent_log::LOG_FILE), 4096);
+                return Err(EngineError::Command {
+                    cmd,
+                    detail: format!("{detail}; output: {output}"),
+                });
+            }
+            Err(e) => return Err(e),
+        }
         // Shield the agent from the OOM killer: a memory hog in the sandbox must never take
         // down its init. Only the host can lower the score (runc cannot from inside the user
         // namespace), and only with CAP_SYS_RESOURCE; the agent resets the processes it starts
@@ -459,6 +482,20 @@ impl ContainerEngine {
         }
     }
 
+    /// Replaces the agent log drain kept for `id` (the old one stops).
+    fn set_drain(&self, id: &str, drain: Option<agent_log::Drain>) -> Option<agent_log::Drain> {
+        let mut drains = self.drains.lock().unwrap_or_else(|p| p.into_inner());
+        match drain {
+            Some(d) => drains.insert(id.to_owned(), d),
+            None => drains.remove(id),
+        }
+    }
+
+    fn has_drain(&self, id: &str) -> bool {
+        let drains = self.drains.lock().unwrap_or_else(|p| p.into_inner());
+        drains.contains_key(id)
+    }
+
     /// Container state of `id`, as runc reports it.
     fn state(&self, id: &str) -> Result<Option<runc::State>> {
         self.runc.state(id)
@@ -527,12 +564,19 @@ impl Engine for ContainerEngine {
     }
 
     fn stop(&self, id: &str, grace: Duration) -> Result<()> {
-        let Some(st) = self.state(id)? else { return Ok(()) };
+        let Some(st) = self.state(id)? else {
+            self.set_drain(id, None);
+            return Ok(());
+        };
         if matches!(st.status.as_str(), "running" | "paused") {
             self.terminate(&st, grace)?;
         }
         self.runc.delete_force(id)?;
         self.remove_payload(id);
+        // Every writer is gone: let the drain copy the last output before it stops.
+        if let Some(drain) = self.set_drain(id, None) {
+            drain.finish(DRAIN_WAIT);
+        }
         // The bundle is `run_dir/bundle`.
         if let Some(run_dir) = st.bundle.parent() {
             remove_if_exists(&self.agent_socket(run_dir))?;
@@ -555,6 +599,28 @@ impl Engine for ContainerEngine {
 
     fn list(&self) -> Result<Vec<String>> {
         self.runc.list()
+    }
+
+    fn adopt(&self, id: &str) -> Result<()> {
+        if self.has_drain(id) {
+            return Ok(());
+        }
+        let Some(st) = self.state(id)? else { return Ok(()) };
+        if !matches!(st.status.as_str(), "running" | "paused") {
+            return Ok(());
+        }
+        let Some(run_dir) = st.bundle.parent() else {
+            return Ok(());
+        };
+        match agent_log::attach(run_dir).map_err(io_err("drain", run_dir))? {
+            Some(drain) => {
+                self.set_drain(id, Some(drain));
+            }
+            // No FIFO (started by an older engine: it writes to agent.log itself), or
+            // another drain holds it.
+            None => tracing::warn!(id, "agent output not drained by this engine"),
+        }
+        Ok(())
     }
 
     fn freeze(&self, id: &str) -> Result<()> {

@@ -67,8 +67,16 @@ pub const CAPABILITIES: &[Capability] = &[
     Capability::AuditWrite,
 ];
 
-/// Docker's masked paths: hidden (bind-mounted over with /dev/null or an empty read-only tmpfs).
+/// Masked paths: hidden (bind-mounted over with /dev/null or an empty read-only tmpfs;
+/// runc skips the ones this kernel does not have). Docker's, then what tells the sandbox
+/// about the host and has no use inside: the host's boot arguments, its kernel build
+/// configuration and its kernel's symbols and modules.
 pub const MASKED_PATHS: &[&str] = &[
+    "/proc/cmdline",
+    "/proc/bootconfig",
+    "/proc/config.gz",
+    "/proc/kallsyms",
+    "/proc/modules",
     "/proc/asound",
     "/proc/acpi",
     "/proc/kcore",
@@ -673,6 +681,9 @@ mod tests {
         let j = json();
         let masked = j["linux"]["maskedPaths"].as_array().unwrap();
         for p in [
+            "/proc/cmdline",
+            "/proc/config.gz",
+            "/proc/kallsyms",
             "/proc/kcore",
             "/proc/keys",
             "/sys/firmware",

@@ -44,9 +44,8 @@ pub struct RunArgs<'a> {
     pub listen_fd: OwnedFd,
     /// Become fds 4, 5, ... of runc and of the container's init.
     pub extra_fds: Vec<OwnedFd>,
-    /// stdout and stderr of runc and of the container's init, opened for appending.
-    pub output: File,
-    pub output_path: &'a Path,
+    /// stdout and stderr of runc and of the container's init.
+    pub output: OwnedFd,
     /// RLIMIT_NOFILE for runc, so that the sandbox can be given it.
     pub nofile: u64,
 }
@@ -149,11 +148,7 @@ impl Runc {
         } else {
             Err(EngineError::Command {
                 cmd: format!("runc run {}", a.id),
-                detail: format!(
-                    "{status}; runc log: {}; output: {}",
-                    tail(a.log_file, 4096),
-                    tail(a.output_path, 4096)
-                ),
+                detail: format!("{status}; runc log: {}", tail(a.log_file, 4096)),
             })
         }
     }

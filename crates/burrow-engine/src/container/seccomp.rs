@@ -9,15 +9,25 @@
 //! `iopl`/`ioperm`, `syslog`, `acct`, `quotactl`, `lookup_dcookie`, `vhangup`, `kcmp`,
 //! `pidfd_getfd`, `process_madvise`, NUMA policy calls, and AF_VSOCK sockets.
 //!
+//! Also denied: calls that perform other calls' work out of the filter's sight. io_uring
+//! (`io_uring_setup`, `io_uring_enter`, `io_uring_register`; Docker denies them since moby
+//! 25): its `IORING_OP_SOCKET` creates sockets without a `socket(2)` call, AF_VSOCK ones
+//! included. And the i386 multiplexer `socketcall`, reachable from any x86-64 process through
+//! `int 0x80`: its arguments are in memory, where the filter cannot read the address family,
+//! and libseccomp turns every rule on `socket` into an unconditional allow of
+//! `socketcall(SYS_SOCKET)` on i386. It answers ENOSYS (like `clone3`): 32-bit libcs use the
+//! direct socket calls, filtered like the 64-bit ones, on the kernels we support (>= 4.3).
+//!
 //! This module only describes the filter; runc compiles and installs it.
 
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompOperator, LinuxSyscall,
 };
 
-/// Syscalls allowed unconditionally. Docker's default list, plus `ptrace`,
-/// `process_vm_readv`/`writev` (safe inside a user+pid namespace on kernels >= 4.8, as Docker
-/// does), `arch_prctl`/`modify_ldt` (x86) and `chroot` (we keep CAP_SYS_CHROOT).
+/// Syscalls allowed unconditionally. Docker's default list without io_uring and `socketcall`
+/// (see above), plus `ptrace`, `process_vm_readv`/`writev` (safe inside a user+pid namespace
+/// on kernels >= 4.8, as Docker does; the agent, PID 1, makes itself non-dumpable so they do
+/// not reach it), `arch_prctl`/`modify_ldt` (x86) and `chroot` (we keep CAP_SYS_CHROOT).
 #[rustfmt::skip]
 const ALLOWED: &[&str] = &[
     "accept", "accept4", "access", "adjtimex", "alarm", "bind", "brk", "capget", "capset", "chdir",
@@ -38,8 +48,7 @@ const ALLOWED: &[&str] = &[
     "getrusage", "getsid", "getsockname", "getsockopt", "get_thread_area", "gettid", "gettimeofday",
     "getuid", "getuid32", "getxattr", "inotify_add_watch", "inotify_init", "inotify_init1",
     "inotify_rm_watch", "io_cancel", "ioctl", "io_destroy", "io_getevents", "io_pgetevents",
-    "io_pgetevents_time64", "ioprio_get", "ioprio_set", "io_setup", "io_submit", "io_uring_enter",
-    "io_uring_register", "io_uring_setup", "ipc", "kill", "landlock_add_rule",
+    "io_pgetevents_time64", "ioprio_get", "ioprio_set", "io_setup", "io_submit", "ipc", "kill", "landlock_add_rule",
     "landlock_create_ruleset", "landlock_restrict_self", "lchown", "lchown32", "lgetxattr", "link",
     "linkat", "listen", "listxattr", "llistxattr", "_llseek", "lremovexattr", "lseek", "lsetxattr",
     "lstat", "lstat64", "madvise", "map_shadow_stack", "membarrier", "memfd_create", "memfd_secret",
@@ -65,7 +74,7 @@ const ALLOWED: &[&str] = &[
     "setresgid", "setresgid32", "setresuid", "setresuid32", "setreuid", "setreuid32", "setrlimit",
     "set_robust_list", "setsid", "setsockopt", "set_thread_area", "set_tid_address", "setuid",
     "setuid32", "setxattr", "shmat", "shmctl", "shmdt", "shmget", "shutdown", "sigaltstack",
-    "signalfd", "signalfd4", "sigprocmask", "sigreturn", "socketcall", "socketpair", "splice",
+    "signalfd", "signalfd4", "sigprocmask", "sigreturn", "socketpair", "splice",
     "stat", "stat64", "statfs", "statfs64", "statx", "symlink", "symlinkat", "sync",
     "sync_file_range", "syncfs", "sysinfo", "tee", "tgkill", "time", "timer_create", "timer_delete",
     "timer_getoverrun", "timer_gettime", "timer_gettime64", "timer_settime", "timer_settime64",
@@ -140,9 +149,12 @@ pub fn profile() -> LinuxSeccomp {
     ));
     // clone3 passes its flags in memory, out of seccomp's reach: answer ENOSYS so that libcs
     // fall back to clone, whose flags we can check.
-    let mut clone3 = rule(&["clone3"], LinuxSeccompAction::ScmpActErrno);
-    clone3.set_errno_ret(Some(ENOSYS));
-    syscalls.push(clone3);
+    // socketcall (i386 only) hides the address family from the filter: ENOSYS too, so that
+    // 32-bit libcs use the direct socket calls. (An EPERM rule would be dropped by runc, as it
+    // equals the default action, and lose to libseccomp's allow derived from `socket`.)
+    let mut enosys = rule(&["clone3", "socketcall"], LinuxSeccompAction::ScmpActErrno);
+    enosys.set_errno_ret(Some(ENOSYS));
+    syscalls.push(enosys);
 
     let mut seccomp = LinuxSeccomp::default();
     seccomp.set_default_action(LinuxSeccompAction::ScmpActErrno);
@@ -250,6 +262,9 @@ mod tests {
             "create_module",
             "mbind",
             "set_mempolicy",
+            "io_uring_setup",
+            "io_uring_enter",
+            "io_uring_register",
             "name_not_a_syscall",
         ] {
             assert_eq!(verdict(&p, name, 0), Err(EPERM), "{name} must be denied");
@@ -330,6 +345,10 @@ mod tests {
         assert_eq!(verdict(&p, "socket", libc::AF_INET as u64), Ok(()));
         assert_eq!(verdict(&p, "socket", libc::AF_UNIX as u64), Ok(()));
         assert_eq!(verdict(&p, "socket", AF_VSOCK), Err(EPERM));
+        // socketcall does not exist (SYS_SOCKET = 1 would hide the family).
+        for call in [1, 3, 9] {
+            assert_eq!(verdict(&p, "socketcall", call), Err(ENOSYS), "socketcall {call}");
+        }
     }
 
     #[test]
