@@ -84,6 +84,7 @@ impl Manager {
         let pool_opts = burrow_storage::PoolOptions {
             kind: cfg.pool_kind,
             loop_size_bytes: cfg.pool_size_bytes,
+            sandbox_gid: Some(cfg.uid_base),
         };
         let data_dir = cfg.data_dir.clone();
         let pool: Arc<dyn Pool> =
