@@ -25,7 +25,8 @@ fn has_flag(options: &str, flag: &str) -> bool {
 }
 
 /// Runs `prog -u` (the host's `id`: prints the effective uid) as uid/gid 65534 with only
-/// the supplementary groups given.
+/// the supplementary groups given. Through `env`: setpriv keeps its capabilities until its
+/// own execve, so only a program it starts looks paths up as the unprivileged user.
 fn as_nobody(prog: &Path, groups: &[u32]) -> Output {
     let mut c = Command::new("setpriv");
     c.args(["--reuid=65534", "--regid=65534"]);
@@ -35,7 +36,7 @@ fn as_nobody(prog: &Path, groups: &[u32]) -> Output {
         let g: Vec<String> = groups.iter().map(u32::to_string).collect();
         c.arg(format!("--groups={}", g.join(",")));
     }
-    c.arg(prog).arg("-u").output().expect("setpriv")
+    c.arg("/usr/bin/env").arg(prog).arg("-u").output().expect("setpriv")
 }
 
 #[tokio::test(flavor = "multi_thread")]
