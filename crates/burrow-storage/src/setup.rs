@@ -34,7 +34,7 @@ use crate::{Pool, PoolKind, PoolOptions};
 const POOL_DIR: &str = "pool";
 const POOL_IMAGE: &str = "pool.img";
 const POOL_LOCK: &str = "pool.lock";
-/// `pool.img`: the raw disk of every sandbox.
+/// `pool.img` (the raw disk of every sandbox) and `pool.lock`.
 const IMAGE_MODE: u32 = 0o600;
 /// The pool root: root's, traversable by the sandboxes' root group only.
 const ROOT_MODE: u32 = 0o710;
@@ -126,12 +126,16 @@ pub fn release_pool(data_dir: &Path) -> Result<()> {
 
 fn lock(data_dir: &Path) -> Result<Flock<File>> {
     let path = data_dir.join(POOL_LOCK);
+    // 0600: anyone who could open it could hold the lock and stall every start.
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(IMAGE_MODE)
         .open(&path)
         .map_err(|e| StorageError::io("open lock", &path, e))?;
+    file.set_permissions(std::fs::Permissions::from_mode(IMAGE_MODE))
+        .map_err(|e| StorageError::io("chmod lock", &path, e))?;
     Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| StorageError::errno("lock", &path, e))
 }
 

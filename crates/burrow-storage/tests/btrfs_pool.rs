@@ -364,14 +364,17 @@ fn pool_files_are_closed_to_host_users_even_for_old_pools() {
     let mut t = TestPool::btrfs();
     let root = t.pool().root().to_owned();
     let image = t.image();
-    // A new pool: the image is root's only, the mount nosuid,nodev, the root 0700.
+    let lock = image.with_file_name("pool.lock");
+    // A new pool: the image and lock are root's only, the mount nosuid,nodev, the root 0700.
     assert_eq!(stat(&image), (0o600, 0, 0));
+    assert_eq!(stat(&lock), (0o600, 0, 0));
     assert_eq!(has_flags(&mount_options(&root).unwrap()), (true, true));
     assert_eq!(stat(&root), (0o700, 0, 0));
 
     // As an earlier version left it: a world-readable image, a plain mount, an open root.
     t.close();
     std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
     nix::mount::mount(
         None::<&str>,
@@ -394,6 +397,7 @@ fn pool_files_are_closed_to_host_users_even_for_old_pools() {
         sandbox_gid: Some(2_000_000),
     });
     assert_eq!(stat(&image), (0o600, 0, 0));
+    assert_eq!(stat(&lock), (0o600, 0, 0));
     let new = mount_options(&root).unwrap();
     assert_eq!(has_flags(&new), (true, true), "{new}");
     assert!(new.split(',').any(|o| o == "noatime"), "{new}");

@@ -28,15 +28,7 @@ fn has_flag(options: &str, flag: &str) -> bool {
 /// the supplementary groups given. Through `env`: setpriv keeps its capabilities until its
 /// own execve, so only a program it starts looks paths up as the unprivileged user.
 fn as_nobody(prog: &Path, groups: &[u32]) -> Output {
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534"]);
-    if groups.is_empty() {
-        c.arg("--clear-groups");
-    } else {
-        let g: Vec<String> = groups.iter().map(u32::to_string).collect();
-        c.arg(format!("--groups={}", g.join(",")));
-    }
-    c.arg("/usr/bin/env").arg(prog).arg("-u").output().expect("setpriv")
+    nobody_runs(groups, &[prog.to_str().unwrap(), "-u"])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -126,5 +118,79 @@ async fn pool_is_closed_to_host_users_and_setuid_inert() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), format!("{sandbox_uid}\n"));
 
     // The sandbox was made after the pool root was closed: runc's init still reaches it.
+    c.delete_sandbox(&name).await.unwrap();
+}
+
+/// Runs `args` as uid/gid 65534 with only the supplementary groups given (through `env`,
+/// see [`as_nobody`]).
+fn nobody_runs(groups: &[u32], args: &[&str]) -> Output {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534"]);
+    if groups.is_empty() {
+        c.arg("--clear-groups");
+    } else {
+        let g: Vec<String> = groups.iter().map(u32::to_string).collect();
+        c.arg(format!("--groups={}", g.join(",")));
+    }
+    c.arg("/usr/bin/env").args(args).output().expect("setpriv")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_dirs_and_pool_lock_are_closed_to_host_users() {
+    let d = shared();
+    let c = d.client();
+    let name = unique_name("hostrun");
+    let sb = c
+        .create_sandbox(&CreateSandbox {
+            name: SandboxName::parse(&name).unwrap(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    let run = d.data_dir.join("run");
+    let dir = run.join(&sb.id);
+    let sock = dir.join("host/api.sock");
+    let sock = sock.to_str().unwrap();
+    let gid = std::fs::metadata(&dir).unwrap().gid();
+    assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o7777, 0o710);
+    assert_ne!(gid, 0);
+
+    // Sandbox ids are not listed to host users.
+    let o = nobody_runs(&[], &["ls", run.to_str().unwrap()]);
+    assert!(!o.status.success() && text(&o).contains("Permission denied"), "{o:?}");
+    let o = nobody_runs(&[], &["stat", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+
+    // The in-sandbox API (checkpoint, restore) is out of a host user's reach.
+    let o = nobody_runs(&[], &["stat", sock]);
+    assert!(!o.status.success() && text(&o).contains("Permission denied"), "{o:?}");
+    let curl = ["curl", "-sS", "--unix-socket", sock, "http://burrow/checkpoints"];
+    let o = nobody_runs(&[], &curl);
+    assert!(!o.status.success(), "{o:?}");
+    assert!(!text(&o).contains("\"checkpoints\""), "{o:?}");
+    // Control: the same probe, in the sandboxes' root group (what runc's init runs as),
+    // reaches it.
+    let o = nobody_runs(&[gid], &curl);
+    assert!(o.status.success(), "{o:?}");
+    assert!(text(&o).contains("\"checkpoints\""), "{o:?}");
+
+    // pool.lock: a host user who could open it could hold it and stall every start.
+    let lock = d.data_dir.join("pool.lock");
+    assert_eq!(std::fs::metadata(&lock).unwrap().mode() & 0o7777, 0o600);
+    let o = nobody_runs(&[], &["flock", "-n", lock.to_str().unwrap(), "true"]);
+    assert!(!o.status.success() && text(&o).contains("Permission denied"), "{o:?}");
+    // Control: the same probe takes the lock of a file it may open.
+    let other = tempfile::Builder::new().tempfile_in("/var/tmp").unwrap();
+    std::fs::set_permissions(other.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = nobody_runs(&[], &["flock", "-n", other.path().to_str().unwrap(), "true"]);
+    assert!(o.status.success(), "{o:?}");
     c.delete_sandbox(&name).await.unwrap();
 }
