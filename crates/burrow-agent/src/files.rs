@@ -607,9 +607,13 @@ fn append_tree(b: &mut tar::Builder<ChunkWriter>, path: &Path, name: &Path) -> R
         });
         h.set_size(0);
         let rdev = std::os::unix::fs::MetadataExt::rdev(&meta);
-        h.set_device_major(libc::major(rdev)).map_err(FileError::Archive)?;
-        h.set_device_minor(libc::minor(rdev)).map_err(FileError::Archive)?;
-        return b.append_data(&mut h, name, io::empty()).map_err(FileError::Archive);
+        h.set_device_major(libc::major(rdev))
+            .map_err(FileError::Archive)?;
+        h.set_device_minor(libc::minor(rdev))
+            .map_err(FileError::Archive)?;
+        return b
+            .append_data(&mut h, name, io::empty())
+            .map_err(FileError::Archive);
     }
     b.append_path_with_name(path, name).map_err(FileError::Archive)?;
     if meta.is_dir() {

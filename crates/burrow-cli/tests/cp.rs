@@ -209,7 +209,11 @@ fn hostile_tree(name: &str) -> bool {
     );
     let mut lines = out.lines();
     let mknod = lines.next() == Some("mknod-ok");
-    assert_eq!(lines.collect::<Vec<_>>(), ["4755 0 regular file", "644 0 fifo"], "{out}");
+    assert_eq!(
+        lines.collect::<Vec<_>>(),
+        ["4755 0 regular file", "644 0 fifo"],
+        "{out}"
+    );
     mknod
 }
 
@@ -231,23 +235,38 @@ fn downloads_create_no_setuid_devices_or_foreign_owners() {
     assert_eq!(mode_owner(&dest.join("sticky")), (0o777, me));
     assert_eq!(mode_owner(&dest.join("data.txt")), (0o644, me));
     assert!(!dest.join("fifo").exists() && std::fs::symlink_metadata(dest.join("fifo")).is_err());
-    assert!(std::fs::symlink_metadata(dest.join("null")).is_err(), "mknod inside: {mknod}");
+    assert!(
+        std::fs::symlink_metadata(dest.join("null")).is_err(),
+        "mknod inside: {mknod}"
+    );
     // Controls: content and the inner symlink arrive; the symlink to /etc is a symlink, and
     // nothing but `dest` appeared next to it.
     assert_eq!(std::fs::read(dest.join("inner-link")).unwrap(), b"content\n");
-    assert_eq!(std::fs::read_link(dest.join("etc-link")).unwrap(), Path::new("/etc"));
-    let beside: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(
+        std::fs::read_link(dest.join("etc-link")).unwrap(),
+        Path::new("/etc")
+    );
+    let beside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(beside, ["dest"]);
     // Walk the whole download: no special bit anywhere, nothing foreign-owned.
     let out = Command::new("find")
         .arg(&dest)
         .args(["(", "-perm", "/7000", "-o", "!", "-user"])
         .arg(me.to_string())
-        .args(["-o", "-type", "p", "-o", "-type", "b", "-o", "-type", "c", ")", "-print"])
+        .args([
+            "-o", "-type", "p", "-o", "-type", "b", "-o", "-type", "c", ")", "-print",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "special files in the download");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "special files in the download"
+    );
 
     // Into an existing directory (`dest/x`): the same.
     ok(&["cp", &format!("{name}:/srv/x"), dest.to_str().unwrap()]);
@@ -256,7 +275,12 @@ fn downloads_create_no_setuid_devices_or_foreign_owners() {
     // Positive control: with --preserve the same probe sees the setuid bit and the
     // sandbox's owners (0 for the shell, 1234 for the data file); the FIFO is still skipped.
     let kept = dir.path().join("kept");
-    let o = run(&["cp", "--preserve", &format!("{name}:/srv/x"), kept.to_str().unwrap()]);
+    let o = run(&[
+        "cp",
+        "--preserve",
+        &format!("{name}:/srv/x"),
+        kept.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{o:?}");
     assert_eq!(mode_owner(&kept.join("sh")), (0o4755, 0));
     assert_eq!(mode_owner(&kept.join("sgid")).0, 0o2755);

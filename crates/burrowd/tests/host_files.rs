@@ -78,7 +78,11 @@ async fn pool_is_closed_to_host_users_and_setuid_inert() {
         .exec(
             &name,
             &ExecRequest {
-                cmd: vec!["sh".into(), "-c".into(), "chmod 4755 /srv/id && stat -c '%a %u' /srv/id".into()],
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "chmod 4755 /srv/id && stat -c '%a %u' /srv/id".into(),
+                ],
                 ..Default::default()
             },
         )
@@ -93,11 +97,20 @@ async fn pool_is_closed_to_host_users_and_setuid_inert() {
 
     // A host user cannot even reach it: the pool root is 0710 root:<sandbox root gid>.
     let root = std::fs::metadata(&pool).unwrap();
-    assert_eq!((root.mode() & 0o7777, root.uid(), root.gid()), (0o710, 0, sandbox_uid));
+    assert_eq!(
+        (root.mode() & 0o7777, root.uid(), root.gid()),
+        (0o710, 0, sandbox_uid)
+    );
     let o = as_nobody(&planted, &[]);
     assert!(!o.status.success(), "{o:?}");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("Permission denied"), "{o:?}");
-    assert!(!String::from_utf8_lossy(&o.stdout).contains(&sandbox_uid.to_string()), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
+        "{o:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains(&sandbox_uid.to_string()),
+        "{o:?}"
+    );
 
     // Past the directory (a user in the sandboxes' root group), nosuid keeps it inert.
     let o = as_nobody(&planted, &[sandbox_uid]);
@@ -106,7 +119,10 @@ async fn pool_is_closed_to_host_users_and_setuid_inert() {
 
     // Positive control: the same probe, as a setuid copy owned by the sandbox uid on a
     // filesystem without nosuid, does report the elevated euid.
-    let dir = tempfile::Builder::new().prefix("burrow-suid-").tempdir_in("/var/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("burrow-suid-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let copy = dir.path().join("id");
     std::fs::write(&copy, &id_bin).unwrap();
@@ -165,13 +181,19 @@ async fn run_dirs_and_pool_lock_are_closed_to_host_users() {
 
     // Sandbox ids are not listed to host users.
     let o = nobody_runs(&[], &["ls", run.to_str().unwrap()]);
-    assert!(!o.status.success() && text(&o).contains("Permission denied"), "{o:?}");
+    assert!(
+        !o.status.success() && text(&o).contains("Permission denied"),
+        "{o:?}"
+    );
     let o = nobody_runs(&[], &["stat", run.to_str().unwrap()]);
     assert!(o.status.success(), "{o:?}");
 
     // The in-sandbox API (checkpoint, restore) is out of a host user's reach.
     let o = nobody_runs(&[], &["stat", sock]);
-    assert!(!o.status.success() && text(&o).contains("Permission denied"), "{o:?}");
+    assert!(
+        !o.status.success() && text(&o).contains("Permission denied"),
+        "{o:?}"
+    );
     let curl = ["curl", "-sS", "--unix-socket", sock, "http://burrow/checkpoints"];
     let o = nobody_runs(&[], &curl);
     assert!(!o.status.success(), "{o:?}");
@@ -186,7 +208,10 @@ async fn run_dirs_and_pool_lock_are_closed_to_host_users() {
     let lock = d.data_dir.join("pool.lock");
     assert_eq!(std::fs::metadata(&lock).unwrap().mode() & 0o7777, 0o600);
     let o = nobody_runs(&[], &["flock", "-n", lock.to_str().unwrap(), "true"]);
-    assert!(!o.status.success() && text(&o).contains("Permission denied"), "{o:?}");
+    assert!(
+        !o.status.success() && text(&o).contains("Permission denied"),
+        "{o:?}"
+    );
     // Control: the same probe takes the lock of a file it may open.
     let other = tempfile::Builder::new().tempfile_in("/var/tmp").unwrap();
     std::fs::set_permissions(other.path(), std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -71,7 +71,11 @@ pub fn unpack(
         let comps = components(&raw, top).with_context(|| format!("archive entry '{shown}'"))?;
         let kind = entry.header().entry_type();
         let mode = entry.header().mode().unwrap_or(0o644);
-        let mode = if opts.preserve { mode & 0o7777 } else { mode & 0o777 };
+        let mode = if opts.preserve {
+            mode & 0o7777
+        } else {
+            mode & 0o777
+        };
         let mtime = entry.header().mtime().unwrap_or(0);
         let owner = if opts.preserve {
             let h = entry.header();
@@ -225,7 +229,10 @@ fn walk(root: &OwnedFd, comps: &[OsString], create: bool) -> anyhow::Result<Owne
         cur = Some(match next {
             Ok(fd) => fd,
             Err(Errno::ELOOP | Errno::ENOTDIR) => {
-                bail!("'{}' is a symlink or not a directory; refusing to go through it", c.display())
+                bail!(
+                    "'{}' is a symlink or not a directory; refusing to go through it",
+                    c.display()
+                )
             }
             Err(e) => return Err(e).with_context(|| format!("cannot open '{}'", c.display())),
         });
@@ -331,13 +338,9 @@ mod tests {
 
     fn run(tar: &[u8], dest: &Path, top: Option<&str>, preserve: bool) -> (anyhow::Result<u64>, Vec<String>) {
         let mut warnings = Vec::new();
-        let r = unpack(
-            tar,
-            dest,
-            top.map(OsStr::new),
-            Options { preserve },
-            &mut |w| warnings.push(w),
-        );
+        let r = unpack(tar, dest, top.map(OsStr::new), Options { preserve }, &mut |w| {
+            warnings.push(w)
+        });
         (r, warnings)
     }
 
@@ -457,7 +460,10 @@ mod tests {
     fn entries_outside_the_copied_directory_are_refused() {
         let s = scratch();
         std::fs::write(s.dest.join(".bashrc"), b"mine").unwrap();
-        let tar = Tar::new().dir("x", 0o755).file(".bashrc", 0o644, b"pwned").bytes();
+        let tar = Tar::new()
+            .dir("x", 0o755)
+            .file(".bashrc", 0o644, b"pwned")
+            .bytes();
         let (r, _) = run(&tar, &s.dest, Some("x"), false);
         assert!(format!("{:#}", r.unwrap_err()).contains("not under 'x/'"));
         assert_eq!(std::fs::read(s.dest.join(".bashrc")).unwrap(), b"mine");
@@ -491,7 +497,10 @@ mod tests {
         let (r, _) = run(&tar, &p.dest, Some("x"), true);
         r.unwrap();
         let mode = |q: &str| std::fs::symlink_metadata(p.dest.join(q)).unwrap().mode() & 0o7777;
-        assert_eq!((mode("x"), mode("x/suid"), mode("x/sgid")), (0o1777, 0o4755, 0o2755));
+        assert_eq!(
+            (mode("x"), mode("x/suid"), mode("x/sgid")),
+            (0o1777, 0o4755, 0o2755)
+        );
         if me == 0 {
             assert_eq!(std::fs::metadata(p.dest.join("x/suid")).unwrap().uid(), 0);
         }
