@@ -295,3 +295,31 @@ fn downloads_create_no_setuid_devices_or_foreign_owners() {
 fn nix_euid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
+
+#[test]
+fn file_downloads_never_take_special_bits() {
+    let name = sandbox();
+    sh(&name, "echo from-the-sandbox > /srv/f");
+    let dir = tempfile::tempdir().unwrap();
+    let me = nix_euid();
+    // Replacing a local setuid file, or a symlink to one: the new file takes neither the
+    // bit nor anything from the symlink's target.
+    let suid = dir.path().join("suid");
+    std::fs::write(&suid, b"original").unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4750)).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&suid, &link).unwrap();
+    ok(&["cp", &format!("{name}:/srv/f"), link.to_str().unwrap()]);
+    assert_eq!(mode_owner(&link), (0o644, me));
+    assert_eq!(std::fs::read(&link).unwrap(), b"from-the-sandbox\n");
+    assert_eq!(std::fs::read(&suid).unwrap(), b"original");
+    ok(&["cp", &format!("{name}:/srv/f"), suid.to_str().unwrap()]);
+    assert_eq!(mode_owner(&suid), (0o750, me));
+    // Control: a plain mode of the replaced file is kept.
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"x").unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o600)).unwrap();
+    ok(&["cp", &format!("{name}:/srv/f"), plain.to_str().unwrap()]);
+    assert_eq!(mode_owner(&plain), (0o600, me));
+    ok(&["rm", &name]);
+}

@@ -300,7 +300,12 @@ async fn download_file(c: &Client, sandbox: &str, src: &str, dst: &Path) -> anyh
     let mut out = tokio::fs::File::from_std(tmp.reopen()?);
     copy_stream(stream, &mut out).await?;
     drop(out);
-    let mode = std::fs::metadata(&target).map_or(0o644, |m| m.permissions().mode() & 0o7777);
+    // The mode of the regular file replaced (a symlink is replaced, not followed), never
+    // its setuid/setgid/sticky bits: the content comes from the sandbox.
+    let mode = match std::fs::symlink_metadata(&target) {
+        Ok(m) if m.is_file() => m.permissions().mode() & 0o777,
+        _ => 0o644,
+    };
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))?;
     tmp.persist(&target)
         .with_context(|| format!("cannot write {}", target.display()))?;
