@@ -204,6 +204,25 @@ async fn run_dirs_and_pool_lock_are_closed_to_host_users() {
     assert!(o.status.success(), "{o:?}");
     assert!(text(&o).contains("\"checkpoints\""), "{o:?}");
 
+    // Spooled uploads (build contexts, image archives): an import, even a refused one,
+    // makes the spool dir; host users may not list it.
+    let junk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(junk.path(), b"not an image archive").unwrap();
+    let o = d
+        .cli()
+        .args(["images", "import", junk.path().to_str().unwrap(), "--name"])
+        .arg(unique_name("junk"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{o:?}");
+    let spool = d.data_dir.join("tmp");
+    assert_eq!(std::fs::metadata(&spool).unwrap().mode() & 0o7777, 0o700);
+    let o = nobody_runs(&[], &["ls", spool.to_str().unwrap()]);
+    assert!(
+        !o.status.success() && text(&o).contains("Permission denied"),
+        "{o:?}"
+    );
+
     // pool.lock: a host user who could open it could hold it and stall every start.
     let lock = d.data_dir.join("pool.lock");
     assert_eq!(std::fs::metadata(&lock).unwrap().mode() & 0o7777, 0o600);
