@@ -580,15 +580,40 @@ impl Write for ChunkWriter {
 }
 
 /// Appends `path` (not following a symlink) as `name`, and everything below it when it
-/// is a directory. Entries that vanish meanwhile and sockets are skipped.
+/// is a directory. Entries that vanish meanwhile and sockets are skipped; FIFOs and device
+/// nodes are sent as such.
 fn append_tree(b: &mut tar::Builder<ChunkWriter>, path: &Path, name: &Path) -> Result<(), FileError> {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_err("cannot stat", path)(e)),
     };
-    if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_socket() {
         return Ok(());
+    }
+    if kind.is_fifo() || kind.is_char_device() || kind.is_block_device() {
+        // The tar crate names special files by their full path (so an absolute one fails the
+        // whole archive): write the header under `name` here. The host decides what to make.
+        let mut h = tar::Header::new_gnu();
+        h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        h.set_entry_type(if kind.is_fifo() {
+            tar::EntryType::Fifo
+        } else if kind.is_char_device() {
+            tar::EntryType::Char
+        } else {
+            tar::EntryType::Block
+        });
+        h.set_size(0);
+        let rdev = std::os::unix::fs::MetadataExt::rdev(&meta);
+        h.set_device_major(libc::major(rdev))
+            .map_err(FileError::Archive)?;
+        h.set_device_minor(libc::minor(rdev))
+            .map_err(FileError::Archive)?;
+        return b
+            .append_data(&mut h, name, io::empty())
+            .map_err(FileError::Archive);
     }
     b.append_path_with_name(path, name).map_err(FileError::Archive)?;
     if meta.is_dir() {

@@ -230,6 +230,11 @@ pub struct CpArgs {
     /// Create missing parent directories of a file copied into a sandbox.
     #[arg(short = 'p', long)]
     pub parents: bool,
+    /// Downloads only: keep the archive's modes (setuid, setgid and sticky bits included) and
+    /// its numeric owners (the sandbox's uids: 0 is root). Without it every file belongs to
+    /// you and loses those bits. Dangerous as root: the sandbox decides what becomes setuid.
+    #[arg(long)]
+    pub preserve: bool,
 }
 
 #[derive(Debug, Args)]

@@ -185,3 +185,141 @@ fn directories_both_ways() {
     assert!(names.iter().any(|n| n == "copy/sub/deeper/data.bin"), "{names:?}");
     ok(&["rm", &name]);
 }
+
+/// `(mode & 0o7777, uid)` of a local path, not following symlinks.
+fn mode_owner(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.mode() & 0o7777, m.uid())
+}
+
+/// A sandbox tree made to hurt whoever downloads it as root: a setuid root shell, a setgid
+/// directory, a sticky directory, a FIFO, a device node if the sandbox can make one, a file
+/// owned by another uid and a symlink to the host's `/etc`; and, as controls, a plain file
+/// and a symlink inside the tree.
+fn hostile_tree(name: &str) -> bool {
+    let out = sh(
+        name,
+        "set -e; mkdir -p /srv/x/sgid /srv/x/sticky; cp /bin/sh /srv/x/sh; chmod 4755 /srv/x/sh; \
+         chmod 2755 /srv/x/sgid; chmod 1777 /srv/x/sticky; mkfifo /srv/x/fifo; \
+         echo content > /srv/x/data.txt; chown 1234:1234 /srv/x/data.txt; \
+         ln -s data.txt /srv/x/inner-link; ln -s /etc /srv/x/etc-link; \
+         if mknod /srv/x/null c 1 3 2>/dev/null; then echo mknod-ok; else echo mknod-refused; fi; \
+         stat -c '%a %u %F' /srv/x/sh /srv/x/fifo",
+    );
+    let mut lines = out.lines();
+    let mknod = lines.next() == Some("mknod-ok");
+    assert_eq!(
+        lines.collect::<Vec<_>>(),
+        ["4755 0 regular file", "644 0 fifo"],
+        "{out}"
+    );
+    mknod
+}
+
+#[test]
+fn downloads_create_no_setuid_devices_or_foreign_owners() {
+    let name = sandbox();
+    let mknod = hostile_tree(&name);
+    let me = nix_euid();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("dest");
+    let o = run(&["cp", &format!("{name}:/srv/x"), dest.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{o:?}");
+    assert!(stderr.contains("skipped FIFO 'x/fifo'"), "{stderr}");
+
+    // No setuid/setgid/sticky bit, everything the invoking user's, no FIFO or device node.
+    assert_eq!(mode_owner(&dest.join("sh")), (0o755, me));
+    assert_eq!(mode_owner(&dest.join("sgid")), (0o755, me));
+    assert_eq!(mode_owner(&dest.join("sticky")), (0o777, me));
+    assert_eq!(mode_owner(&dest.join("data.txt")), (0o644, me));
+    assert!(!dest.join("fifo").exists() && std::fs::symlink_metadata(dest.join("fifo")).is_err());
+    assert!(
+        std::fs::symlink_metadata(dest.join("null")).is_err(),
+        "mknod inside: {mknod}"
+    );
+    // Controls: content and the inner symlink arrive; the symlink to /etc is a symlink, and
+    // nothing but `dest` appeared next to it.
+    assert_eq!(std::fs::read(dest.join("inner-link")).unwrap(), b"content\n");
+    assert_eq!(
+        std::fs::read_link(dest.join("etc-link")).unwrap(),
+        Path::new("/etc")
+    );
+    let beside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(beside, ["dest"]);
+    // Walk the whole download: no special bit anywhere, nothing foreign-owned.
+    let out = Command::new("find")
+        .arg(&dest)
+        .args(["(", "-perm", "/7000", "-o", "!", "-user"])
+        .arg(me.to_string())
+        .args([
+            "-o", "-type", "p", "-o", "-type", "b", "-o", "-type", "c", ")", "-print",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "special files in the download"
+    );
+
+    // Into an existing directory (`dest/x`): the same.
+    ok(&["cp", &format!("{name}:/srv/x"), dest.to_str().unwrap()]);
+    assert_eq!(mode_owner(&dest.join("x/sh")), (0o755, me));
+
+    // Positive control: with --preserve the same probe sees the setuid bit and the
+    // sandbox's owners (0 for the shell, 1234 for the data file); the FIFO is still skipped.
+    let kept = dir.path().join("kept");
+    let o = run(&[
+        "cp",
+        "--preserve",
+        &format!("{name}:/srv/x"),
+        kept.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(mode_owner(&kept.join("sh")), (0o4755, 0));
+    assert_eq!(mode_owner(&kept.join("sgid")).0, 0o2755);
+    assert_eq!(mode_owner(&kept.join("sticky")).0, 0o1777);
+    assert_eq!(mode_owner(&kept.join("data.txt")), (0o644, 1234));
+    assert!(std::fs::symlink_metadata(kept.join("fifo")).is_err());
+    // Do not leave a setuid root shell behind.
+    std::fs::remove_dir_all(&kept).unwrap();
+    ok(&["rm", &name]);
+}
+
+fn nix_euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+#[test]
+fn file_downloads_never_take_special_bits() {
+    let name = sandbox();
+    sh(&name, "echo from-the-sandbox > /srv/f");
+    let dir = tempfile::tempdir().unwrap();
+    let me = nix_euid();
+    // Replacing a local setuid file, or a symlink to one: the new file takes neither the
+    // bit nor anything from the symlink's target.
+    let suid = dir.path().join("suid");
+    std::fs::write(&suid, b"original").unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4750)).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&suid, &link).unwrap();
+    ok(&["cp", &format!("{name}:/srv/f"), link.to_str().unwrap()]);
+    assert_eq!(mode_owner(&link), (0o644, me));
+    assert_eq!(std::fs::read(&link).unwrap(), b"from-the-sandbox\n");
+    assert_eq!(std::fs::read(&suid).unwrap(), b"original");
+    ok(&["cp", &format!("{name}:/srv/f"), suid.to_str().unwrap()]);
+    assert_eq!(mode_owner(&suid), (0o750, me));
+    // Control: a plain mode of the replaced file is kept.
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"x").unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o600)).unwrap();
+    ok(&["cp", &format!("{name}:/srv/f"), plain.to_str().unwrap()]);
+    assert_eq!(mode_owner(&plain), (0o600, me));
+    ok(&["rm", &name]);
+}

@@ -78,12 +78,18 @@ impl Manager {
     pub async fn open(cfg: Config, inside_api: Option<InsideApiServer>) -> Result<Arc<Self>> {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| CoreError::Internal(format!("creating {}: {e}", cfg.data_dir.display())))?;
+        // 0711: host users may not list the sandboxes' run dirs.
         std::fs::create_dir_all(cfg.run_dir())
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(cfg.run_dir(), std::fs::Permissions::from_mode(0o711))
+            })
             .map_err(|e| CoreError::Internal(format!("creating {}: {e}", cfg.run_dir().display())))?;
         let store = Arc::new(Store::open(&cfg.db_path())?);
         let pool_opts = burrow_storage::PoolOptions {
             kind: cfg.pool_kind,
             loop_size_bytes: cfg.pool_size_bytes,
+            sandbox_gid: Some(cfg.uid_base),
         };
         let data_dir = cfg.data_dir.clone();
         let pool: Arc<dyn Pool> =

@@ -42,6 +42,7 @@ fn bench(
     let opts = PoolOptions {
         kind: PoolKind::Auto,
         loop_size_bytes: 8 << 30,
+        sandbox_gid: None,
     };
     let t = Instant::now();
     let pool = open_pool(data_dir, &opts)?;

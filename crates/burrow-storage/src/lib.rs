@@ -41,6 +41,10 @@ pub struct PoolOptions {
     /// Size of the sparse loop file when one has to be created (ignored afterwards: an
     /// existing `pool.img` keeps its size).
     pub loop_size_bytes: u64,
+    /// The host gid of the sandboxes' root (`uid_base`): the one group that may traverse the
+    /// pool root (mode 0710, owner root), as runc's init must to reach a root tree from
+    /// inside the user namespace. `None`: 0700, root only.
+    pub sandbox_gid: Option<u32>,
 }
 
 /// The operations every pool driver offers. All paths are absolute and inside `root()`.

@@ -7,8 +7,17 @@
 //!
 //! Mounts outlive the daemon on purpose: running sandboxes keep using them after a crash, and
 //! the next start finds the pool already mounted and reuses it. Only [`release_pool`] unmounts.
+//!
+//! Host users other than root never reach into the pool (it holds every sandbox's files,
+//! owned by the sandboxes' shared host uid range): `pool.img` is 0600, the pool root is 0710
+//! owned by `root:<sandbox root gid>` (only runc's init, as the sandbox's root, needs to
+//! traverse it), and a mounted pool has `nosuid,nodev`, so a setuid file or device node a
+//! sandbox plants is inert on the host. Inside sandboxes this costs nothing: `no_new_privs`
+//! already makes setuid inert there, and `/dev` is a tmpfs. Pools made before these rules are
+//! brought into line every time they are opened.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -25,6 +34,12 @@ use crate::{Pool, PoolKind, PoolOptions};
 const POOL_DIR: &str = "pool";
 const POOL_IMAGE: &str = "pool.img";
 const POOL_LOCK: &str = "pool.lock";
+/// `pool.img` (the raw disk of every sandbox) and `pool.lock`.
+const IMAGE_MODE: u32 = 0o600;
+/// The pool root: root's, traversable by the sandboxes' root group only.
+const ROOT_MODE: u32 = 0o710;
+/// Mount flags of a loop-mounted pool, on top of whatever else the mount has.
+const MOUNT_FLAGS: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
 
 /// Opens (creating on first use) the storage pool of `data_dir`; its root is `data_dir/pool`.
 ///
@@ -44,17 +59,30 @@ pub fn open_pool(data_dir: &Path, opts: &PoolOptions) -> Result<Box<dyn Pool>> {
     std::fs::create_dir_all(&pool_dir).map_err(|e| StorageError::io("create pool dir", &pool_dir, e))?;
     let _lock = lock(&data_dir)?;
 
-    if opts.kind == PoolKind::Dir {
-        return Ok(Box::new(DirPool::new(&pool_dir)?));
-    }
-    match setup_btrfs(&data_dir, &pool_dir, opts) {
-        Ok(()) => Ok(Box::new(BtrfsPool::new(&pool_dir)?)),
-        Err(StorageError::BtrfsUnusable(why)) if opts.kind == PoolKind::Auto => {
-            tracing::warn!(pool = %pool_dir.display(), reason = %why, "btrfs unusable, falling back to the dir pool");
-            Ok(Box::new(DirPool::new(&pool_dir)?))
+    let pool: Box<dyn Pool> = if opts.kind == PoolKind::Dir {
+        Box::new(DirPool::new(&pool_dir)?)
+    } else {
+        match setup_btrfs(&data_dir, &pool_dir, opts) {
+            Ok(()) => Box::new(BtrfsPool::new(&pool_dir)?),
+            Err(StorageError::BtrfsUnusable(why)) if opts.kind == PoolKind::Auto => {
+                tracing::warn!(pool = %pool_dir.display(), reason = %why, "btrfs unusable, falling back to the dir pool");
+                Box::new(DirPool::new(&pool_dir)?)
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => Err(e),
-    }
+    };
+    // After mounting: on a loop pool this is the btrfs root inode, which hides the dir below.
+    close_root(&pool_dir, opts.sandbox_gid)?;
+    Ok(pool)
+}
+
+/// Makes the pool root `root:<gid>` 0710 (0700 without a gid).
+fn close_root(pool_dir: &Path, gid: Option<u32>) -> Result<()> {
+    std::os::unix::fs::chown(pool_dir, Some(0), Some(gid.unwrap_or(0)))
+        .map_err(|e| StorageError::io("chown pool root", pool_dir, e))?;
+    let mode = if gid.is_some() { ROOT_MODE } else { 0o700 };
+    std::fs::set_permissions(pool_dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| StorageError::io("chmod pool root", pool_dir, e))
 }
 
 /// Unmounts `data_dir/pool` if it is the mount of `data_dir/pool.img` and detaches every loop
@@ -98,12 +126,16 @@ pub fn release_pool(data_dir: &Path) -> Result<()> {
 
 fn lock(data_dir: &Path) -> Result<Flock<File>> {
     let path = data_dir.join(POOL_LOCK);
+    // 0600: anyone who could open it could hold the lock and stall every start.
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(IMAGE_MODE)
         .open(&path)
         .map_err(|e| StorageError::io("open lock", &path, e))?;
+    file.set_permissions(std::fs::Permissions::from_mode(IMAGE_MODE))
+        .map_err(|e| StorageError::io("chmod lock", &path, e))?;
     Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| StorageError::errno("lock", &path, e))
 }
 
@@ -115,16 +147,22 @@ fn is_btrfs(path: &Path) -> Result<bool> {
 fn setup_btrfs(data_dir: &Path, pool_dir: &Path, opts: &PoolOptions) -> Result<()> {
     // Covers a data dir on btrfs, our loop mount left by an earlier run, and a btrfs the
     // administrator mounted on the pool dir.
+    let image = data_dir.join(POOL_IMAGE);
+    if image.exists() {
+        // Images made before it was 0600.
+        std::fs::set_permissions(&image, std::fs::Permissions::from_mode(IMAGE_MODE))
+            .map_err(|e| StorageError::io("chmod pool image", &image, e))?;
+    }
     if is_btrfs(pool_dir)? {
         match mount_at(pool_dir)? {
             Some(m) => {
-                tracing::info!(pool = %pool_dir.display(), source = %m.source, "reusing mounted btrfs pool")
+                tracing::info!(pool = %pool_dir.display(), source = %m.source, "reusing mounted btrfs pool");
+                harden_mount(pool_dir, &m)?;
             }
             None => tracing::info!(pool = %pool_dir.display(), "data dir is on btrfs, using it directly"),
         }
         return Ok(());
     }
-    let image = data_dir.join(POOL_IMAGE);
     let fresh = !image.exists();
     if std::fs::read_dir(pool_dir)
         .map_err(|e| StorageError::io("read pool dir", pool_dir, e))?
@@ -159,7 +197,16 @@ fn setup_btrfs(data_dir: &Path, pool_dir: &Path, opts: &PoolOptions) -> Result<(
 /// half-formatted `pool.img`.
 fn make_image(image: &Path, size: u64) -> Result<()> {
     let tmp = image.with_extension("img.tmp");
-    let file = File::create(&tmp).map_err(|e| StorageError::io("create pool image", &tmp, e))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(IMAGE_MODE)
+        .open(&tmp)
+        .map_err(|e| StorageError::io("create pool image", &tmp, e))?;
+    // A leftover temporary file keeps its old mode through `open`.
+    file.set_permissions(std::fs::Permissions::from_mode(IMAGE_MODE))
+        .map_err(|e| StorageError::io("chmod pool image", &tmp, e))?;
     file.set_len(size)
         .map_err(|e| StorageError::io("size pool image", &tmp, e))?;
     drop(file);
@@ -200,13 +247,15 @@ fn attach_and_mount(image: &Path, pool_dir: &Path) -> Result<()> {
             (PathBuf::from(out.trim()), true)
         }
     };
-    // No nosuid/nodev: sandboxes' root trees carry setuid binaries, and flags set here would
-    // be locked on the bind mounts made from inside a user namespace.
+    // nosuid,nodev: a setuid file or device node a sandbox makes is inert on the host. The
+    // flags are locked on the sandboxes' bind mounts of their root trees (made from inside a
+    // user namespace), which changes nothing there: `no_new_privs` already makes setuid
+    // inert, and `/dev` is a tmpfs of its own.
     let mounted = nix::mount::mount(
         Some(dev.as_path()),
         pool_dir,
         Some("btrfs"),
-        MsFlags::empty(),
+        MOUNT_FLAGS,
         None::<&str>,
     );
     if let Err(e) = mounted {
@@ -222,6 +271,39 @@ fn attach_and_mount(image: &Path, pool_dir: &Path) -> Result<()> {
     }
     tracing::info!(pool = %pool_dir.display(), device = %dev.display(), "mounted loop-backed btrfs pool");
     Ok(())
+}
+
+/// Adds `nosuid,nodev` to a pool mount made without them (by an earlier version, or by the
+/// administrator), keeping its other per-mount flags. Sandboxes already running keep their
+/// own copies of the mount as they were.
+fn harden_mount(pool_dir: &Path, m: &MountEntry) -> Result<()> {
+    let mut flags = MsFlags::empty();
+    for opt in m.options.split(',') {
+        flags |= match opt {
+            "ro" => MsFlags::MS_RDONLY,
+            "nosuid" => MsFlags::MS_NOSUID,
+            "nodev" => MsFlags::MS_NODEV,
+            "noexec" => MsFlags::MS_NOEXEC,
+            "noatime" => MsFlags::MS_NOATIME,
+            "nodiratime" => MsFlags::MS_NODIRATIME,
+            "relatime" => MsFlags::MS_RELATIME,
+            "strictatime" => MsFlags::MS_STRICTATIME,
+            "nosymfollow" => MsFlags::from_bits_retain(libc::MS_NOSYMFOLLOW),
+            _ => MsFlags::empty(),
+        };
+    }
+    if flags.contains(MOUNT_FLAGS) {
+        return Ok(());
+    }
+    tracing::info!(pool = %pool_dir.display(), options = %m.options, "remounting the pool nosuid,nodev");
+    nix::mount::mount(
+        None::<&str>,
+        pool_dir,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags | MOUNT_FLAGS,
+        None::<&str>,
+    )
+    .map_err(|e| StorageError::errno("remount nosuid,nodev", pool_dir, e))
 }
 
 /// Loop devices whose backing file is `image`.
@@ -255,6 +337,8 @@ fn run(cmd: &mut Command) -> Result<String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MountEntry {
     pub mount_point: PathBuf,
+    /// Per-mount options (`rw,nosuid,relatime`).
+    pub options: String,
     pub fstype: String,
     pub source: String,
 }
@@ -276,6 +360,7 @@ fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let sep = fields.iter().position(|f| *f == "-")?;
             Some(MountEntry {
                 mount_point: PathBuf::from(unescape(fields.get(4)?)),
+                options: (*fields.get(5)?).to_owned(),
                 fstype: (*fields.get(sep + 1)?).to_owned(),
                 source: unescape(fields.get(sep + 2)?),
             })
@@ -312,6 +397,7 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m[0].mount_point, PathBuf::from("/tmp/a b/pool"));
         assert_eq!(m[0].fstype, "btrfs");
+        assert_eq!(m[0].options, "rw,relatime");
         assert_eq!(m[0].source, "/dev/loop0");
         assert_eq!(m[1].source, "devtmpfs");
     }

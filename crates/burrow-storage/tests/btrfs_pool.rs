@@ -4,10 +4,11 @@
 mod common;
 
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use burrow_storage::{PoolKind, StorageError, release_pool};
-use common::{MIB, TestPool, is_root, loops_of, mounts_at};
+use burrow_storage::{PoolKind, PoolOptions, StorageError, release_pool};
+use common::{MIB, TestPool, is_root, loops_of, mount_options, mounts_at};
+use nix::mount::MsFlags;
 
 #[test]
 fn create_snapshot_delete() {
@@ -342,4 +343,64 @@ fn full_pool_reports_no_space() {
     std::fs::remove_file(&path).unwrap();
     nix::unistd::syncfs(std::fs::File::open(pool.root()).unwrap()).unwrap();
     std::fs::write(vol.join("again"), vec![1u8; 16 * MIB as usize]).unwrap();
+}
+
+fn has_flags(options: &str) -> (bool, bool) {
+    let has = |f: &str| options.split(',').any(|o| o == f);
+    (has("nosuid"), has("nodev"))
+}
+
+/// `(mode & 0o7777, uid, gid)`.
+fn stat(p: &std::path::Path) -> (u32, u32, u32) {
+    let m = std::fs::metadata(p).unwrap();
+    (m.mode() & 0o7777, m.uid(), m.gid())
+}
+
+#[test]
+fn pool_files_are_closed_to_host_users_even_for_old_pools() {
+    if !is_root() {
+        return;
+    }
+    let mut t = TestPool::btrfs();
+    let root = t.pool().root().to_owned();
+    let image = t.image();
+    let lock = image.with_file_name("pool.lock");
+    // A new pool: the image and lock are root's only, the mount nosuid,nodev, the root 0700.
+    assert_eq!(stat(&image), (0o600, 0, 0));
+    assert_eq!(stat(&lock), (0o600, 0, 0));
+    assert_eq!(has_flags(&mount_options(&root).unwrap()), (true, true));
+    assert_eq!(stat(&root), (0o700, 0, 0));
+
+    // As an earlier version left it: a world-readable image, a plain mount, an open root.
+    t.close();
+    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    nix::mount::mount(
+        None::<&str>,
+        &root,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOATIME,
+        None::<&str>,
+    )
+    .unwrap();
+    // Control: the probes see the old state.
+    let old = mount_options(&root).unwrap();
+    assert_eq!(has_flags(&old), (false, false), "{old}");
+    assert_eq!(stat(&image).0, 0o644);
+
+    // Opening it brings it into line, keeping the mount's other flags; with a sandbox gid
+    // the root is traversable by that group only.
+    t.reopen_with(&PoolOptions {
+        kind: PoolKind::Btrfs,
+        loop_size_bytes: 1024 * MIB,
+        sandbox_gid: Some(2_000_000),
+    });
+    assert_eq!(stat(&image), (0o600, 0, 0));
+    assert_eq!(stat(&lock), (0o600, 0, 0));
+    let new = mount_options(&root).unwrap();
+    assert_eq!(has_flags(&new), (true, true), "{new}");
+    assert!(new.split(',').any(|o| o == "noatime"), "{new}");
+    assert_eq!(mounts_at(&root).len(), 1, "remounted, not stacked");
+    assert_eq!(stat(&root), (0o710, 0, 2_000_000));
 }

@@ -4,9 +4,15 @@
 //! Like `cp -r`: when the destination is an existing directory the source goes inside it
 //! under its own name, otherwise it takes the destination's name. Files stream through
 //! `…/files`, directories through `…/files/archive` as tar streams built and unpacked on
-//! the fly: nothing is held in memory whole. Archives from a sandbox are untrusted: they
-//! are unpacked with the tar crate's confinement (no `..`, nothing through symlinks).
+//! the fly: nothing is held in memory whole. Archives from a sandbox are hostile: see
+//! [`unpack`] for what a download can and cannot create (in short: nothing outside the
+//! destination, no device nodes or FIFOs, and without `--preserve` no setuid/setgid bits and
+//! no owner but the user running `burrow cp`). A directory sent to stdout (`-`) is the
+//! sandbox's archive as is.
 
+mod unpack;
+
+use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -83,7 +89,10 @@ pub async fn run(app: &App, a: CpArgs) -> anyhow::Result<u8> {
         (Endpoint::Remote { .. }, Endpoint::Remote { .. }) => {
             bail!("copying between two sandboxes is not supported; copy through a local path")
         }
-        (Endpoint::Remote { sandbox, path }, local) => download(c, &sandbox, &path, local).await?,
+        (Endpoint::Remote { sandbox, path }, local) => {
+            let opts = unpack::Options { preserve: a.preserve };
+            download(c, &sandbox, &path, local, opts).await?
+        }
         (local, Endpoint::Remote { sandbox, path }) => upload(c, local, &sandbox, &path, a.parents).await?,
         _ => bail!("one of SRC and DST must be NAME:/path (a sandbox and an absolute path in it)"),
     }
@@ -228,7 +237,13 @@ fn tokio_stream_of<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl Stream<
 
 // ----- download -------------------------------------------------------------------------
 
-async fn download(c: &Client, sandbox: &str, src: &str, dst: Endpoint) -> anyhow::Result<()> {
+async fn download(
+    c: &Client,
+    sandbox: &str,
+    src: &str,
+    dst: Endpoint,
+    opts: unpack::Options,
+) -> anyhow::Result<()> {
     let is_dir = remote_is_dir(c, sandbox, src)
         .await?
         .with_context(|| format!("{sandbox}:{src} does not exist"))?;
@@ -245,7 +260,7 @@ async fn download(c: &Client, sandbox: &str, src: &str, dst: Endpoint) -> anyhow
         }
         Endpoint::Local(dst) => {
             if is_dir {
-                download_dir(c, sandbox, src, &dst).await
+                download_dir(c, sandbox, src, &dst, opts).await
             } else {
                 download_file(c, sandbox, src, &dst).await
             }
@@ -285,7 +300,12 @@ async fn download_file(c: &Client, sandbox: &str, src: &str, dst: &Path) -> anyh
     let mut out = tokio::fs::File::from_std(tmp.reopen()?);
     copy_stream(stream, &mut out).await?;
     drop(out);
-    let mode = std::fs::metadata(&target).map_or(0o644, |m| m.permissions().mode() & 0o7777);
+    // The mode of the regular file replaced (a symlink is replaced, not followed), never
+    // its setuid/setgid/sticky bits: the content comes from the sandbox.
+    let mode = match std::fs::symlink_metadata(&target) {
+        Ok(m) if m.is_file() => m.permissions().mode() & 0o777,
+        _ => 0o644,
+    };
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))?;
     tmp.persist(&target)
         .with_context(|| format!("cannot write {}", target.display()))?;
@@ -317,23 +337,23 @@ impl Read for ChannelReader {
     }
 }
 
-/// Unpacks a tar stream into `dir` on a blocking thread while it downloads.
-async fn unpack(mut s: ByteStream, dir: PathBuf) -> anyhow::Result<()> {
+/// Unpacks a tar stream into `dir` on a blocking thread while it downloads; entries must lie
+/// under `top/` when given. Skipped entries are reported on stderr.
+async fn unpack(
+    mut s: ByteStream,
+    dir: PathBuf,
+    top: Option<String>,
+    opts: unpack::Options,
+) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel(4);
-    let unpacker = tokio::task::spawn_blocking(move || -> io::Result<()> {
-        let mut ar = tar::Archive::new(ChannelReader {
+    let unpacker = tokio::task::spawn_blocking(move || {
+        let reader = ChannelReader {
             rx,
             cur: Default::default(),
             pos: 0,
-        });
-        ar.set_preserve_permissions(true);
-        ar.set_preserve_mtime(true);
-        ar.set_overwrite(true);
-        for entry in ar.entries()? {
-            // `unpack_in` refuses `..` and never writes through a symlink out of `dir`.
-            entry?.unpack_in(&dir)?;
-        }
-        Ok(())
+        };
+        let mut warn = |w: String| eprintln!("burrow cp: {w}");
+        unpack::unpack(reader, &dir, top.as_deref().map(OsStr::new), opts, &mut warn)
     });
     while let Some(chunk) = s.next().await {
         let chunk = chunk.map_err(|e| io::Error::other(e.to_string()));
@@ -347,15 +367,28 @@ async fn unpack(mut s: ByteStream, dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn download_dir(c: &Client, sandbox: &str, src: &str, dst: &Path) -> anyhow::Result<()> {
+async fn download_dir(
+    c: &Client,
+    sandbox: &str,
+    src: &str,
+    dst: &Path,
+    opts: unpack::Options,
+) -> anyhow::Result<()> {
+    // The agent names entries `<last component of src>/...` (`.` for `/`).
+    let top = remote_basename(src).map(str::to_owned);
     let stream = c.read_archive(sandbox, src).await?;
     if dst.is_dir() {
         // `dst/<name of src>`.
-        return unpack(stream, dst.to_owned()).await;
+        return unpack(stream, dst.to_owned(), top, opts).await;
     }
     if dst.exists() {
         bail!("{} exists and is not a directory", dst.display());
     }
+    let Some(top) = top else {
+        // The sandbox's `/`: its entries go straight into the new directory.
+        std::fs::create_dir(dst).with_context(|| format!("cannot create {}", dst.display()))?;
+        return unpack(stream, dst.to_owned(), None, opts).await;
+    };
     // Unpack next to the destination, then move the one top directory into place.
     let parent = dst
         .parent()
@@ -365,11 +398,14 @@ async fn download_dir(c: &Client, sandbox: &str, src: &str, dst: &Path) -> anyho
         .prefix(".burrow-cp-")
         .tempdir_in(parent)
         .with_context(|| format!("cannot write in {}", parent.display()))?;
-    unpack(stream, staging.path().to_owned()).await?;
-    let top = std::fs::read_dir(staging.path())?
-        .next()
-        .context("the sandbox sent an empty archive")??;
-    std::fs::rename(top.path(), dst).with_context(|| format!("cannot create {}", dst.display()))?;
+    unpack(stream, staging.path().to_owned(), Some(top.clone()), opts).await?;
+    let unpacked = staging.path().join(&top);
+    match std::fs::symlink_metadata(&unpacked) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("the sandbox sent '{top}' as something other than a directory"),
+        Err(_) => bail!("the sandbox sent an empty archive"),
+    }
+    std::fs::rename(&unpacked, dst).with_context(|| format!("cannot create {}", dst.display()))?;
     Ok(())
 }
 

@@ -338,9 +338,12 @@ impl ContainerEngine {
         let bundle = run_dir.join("bundle");
         fs::create_dir_all(&bundle).map_err(io_err("create", &bundle))?;
         // runc's init opens bind-mount sources from inside the user namespace, as the
-        // sandbox's root: it must be able to traverse the run dir, not list it.
-        for dir in [run_dir, &bundle] {
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o711)).map_err(io_err("chmod", dir))?;
+        // sandbox's root: it must be able to traverse the run dir, not list it. Host users
+        // may not even traverse it (the in-sandbox API socket is below): root:<root's gid> 0710.
+        std::os::unix::fs::chown(run_dir, Some(0), Some(self.cfg.uid_base))
+            .map_err(io_err("chown", run_dir))?;
+        for (dir, mode) in [(run_dir, 0o710), (&bundle, 0o711)] {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", dir))?;
         }
         write_atomic(
             &run_dir.join("hostname"),

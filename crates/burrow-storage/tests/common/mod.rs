@@ -48,8 +48,15 @@ impl TestPool {
         let opts = PoolOptions {
             kind,
             loop_size_bytes: size,
+            sandbox_gid: None,
         };
         self.pool = Some(open_pool(self.data_dir.path(), &opts).expect("open pool"));
+    }
+
+    /// Like [`TestPool::reopen`] with any options (e.g. a sandbox gid).
+    pub fn reopen_with(&mut self, opts: &PoolOptions) {
+        self.pool = None;
+        self.pool = Some(open_pool(self.data_dir.path(), opts).expect("open pool"));
     }
 
     /// Drops the pool handle (and its open root directory) without releasing anything.
@@ -90,6 +97,13 @@ pub fn mounts_at(path: &Path) -> Vec<String> {
         .filter(|l| l.split(' ').nth(4) == Some(target))
         .map(str::to_owned)
         .collect()
+}
+
+/// Per-mount options (`rw,nosuid,relatime`) of the topmost mount exactly at `path`.
+pub fn mount_options(path: &Path) -> Option<String> {
+    mounts_at(path)
+        .last()
+        .and_then(|l| l.split(' ').nth(5).map(str::to_owned))
 }
 
 /// Loop devices backed by `image`.

@@ -311,10 +311,19 @@ async fn spool(s: &AppState, body: axum::body::Body, what: &str, limit: u64) -> 
     use std::io::Write;
     let internal =
         |e: std::io::Error| ApiError::from(CoreError::Internal(format!("spooling the {what}: {e}")));
+    // Root's only: build contexts and image archives are nobody else's business on the host.
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = s.mgr.config().data_dir.join("tmp");
-    std::fs::create_dir_all(&dir).map_err(internal)?;
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(internal)?;
     let guard = TempFile(dir.join(format!("upload-{:016x}", rand::random::<u64>())));
-    let mut f = std::fs::File::create(&guard.0).map_err(internal)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&guard.0)
+        .map_err(internal)?;
     let mut stream = body.into_data_stream();
     let mut total = 0u64;
     while let Some(chunk) = stream.next().await {
