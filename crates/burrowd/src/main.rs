@@ -77,6 +77,11 @@ struct Args {
     dns_port: u16,
     #[arg(long, default_value_t = 3128, hide = true)]
     proxy_port: u16,
+    /// Memory for the output of one-shot execs (`POST …/exec`) held at once, in MiB. Each
+    /// reserves twice its max_output_bytes (stdout and stderr) while it runs and answers;
+    /// past the budget it gets 429 and nothing runs.
+    #[arg(long, default_value_t = burrowd::api::DEFAULT_EXEC_BUFFER_BUDGET_MB)]
+    exec_buffer_budget_mb: u64,
     /// Test mode: on SIGTERM/SIGINT destroy every sandbox, release the pool and remove the
     /// data dir. Never use it for real data.
     #[arg(long, hide = true)]
@@ -245,6 +250,9 @@ async fn main() -> anyhow::Result<()> {
     let state = AppState {
         mgr: mgr.clone(),
         admin_token: Arc::new(token),
+        exec_budget: Arc::new(burrowd::api::ExecBudget::new(
+            usize::try_from(args.exec_buffer_budget_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+        )),
     };
 
     tracing::info!(socket = %args.socket.display(), tcp = %addr, data_dir = %data_dir.display(), "burrowd serving");

@@ -33,7 +33,11 @@ pub enum Transport {
 pub struct AppState {
     pub mgr: Arc<Manager>,
     pub admin_token: Arc<String>,
+    /// Memory for one-shot exec output, shared by every request.
+    pub exec_budget: Arc<ExecBudget>,
 }
+
+pub use exec::{DEFAULT_EXEC_BUFFER_BUDGET_MB, ExecBudget};
 
 /// Largest JSON request body accepted.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
