@@ -129,7 +129,9 @@ async fn request(
         req = req.header(*k, *v);
     }
     let req = req
-        .body(http_body_util::Full::new(hyper::body::Bytes::from(body.to_owned())))
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(
+            body.to_owned(),
+        )))
         .unwrap();
     let resp = tokio::time::timeout(PATIENCE, send.send_request(req))
         .await
@@ -176,7 +178,10 @@ fn assert_denied_action(r: &RawResponse, action: &str, what: &str) {
     assert_eq!(r.status, 403, "{what}: {}", String::from_utf8_lossy(&r.body));
     let v = r.json();
     assert!(
-        v["error"]["caveat"].as_str().unwrap_or_default().starts_with("actions="),
+        v["error"]["caveat"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("actions="),
         "{what}: {v}"
     );
     assert!(
@@ -229,9 +234,14 @@ async fn forking_needs_read_on_the_source() {
     let c = d.client();
     let src = unique_name("fsrc");
     create(&c, &src).await;
-    c.write_file_bytes(&src, "/root/private.txt", WriteFileOptions::default(), b"the source's secret".to_vec())
-        .await
-        .unwrap();
+    c.write_file_bytes(
+        &src,
+        "/root/private.txt",
+        WriteFileOptions::default(),
+        b"the source's secret".to_vec(),
+    )
+    .await
+    .unwrap();
     let fork = |name: &str| json!({"name": name, "from": {"sandbox": src}}).to_string();
     let create_with = |tok: String, body: String| async move {
         raw_tcp(
@@ -312,7 +322,16 @@ async fn an_http_token_opens_the_web_url_and_nothing_else() {
     let c = d.client();
     let name = unique_name("honly");
     create(&c, &name).await;
-    service(&c, &name, "web", APP, 8080, true, json!({"DATABASE_PASSWORD": "hunter2"})).await;
+    service(
+        &c,
+        &name,
+        "web",
+        APP,
+        8080,
+        true,
+        json!({"DATABASE_PASSWORD": "hunter2"}),
+    )
+    .await;
     service(&c, &name, "db", ECHO, 5432, false, json!({})).await;
     let http = token(&c, json!({"sandboxes": [name], "actions": ["http"]})).await;
     let read = token(&c, json!({"sandboxes": [name], "actions": ["read"]})).await;
@@ -321,7 +340,15 @@ async fn an_http_token_opens_the_web_url_and_nothing_else() {
     let auth = format!("Bearer {http}");
     let host = sandbox_host(d, &name);
     let page = eventually("the app", || async {
-        let r = request(d, "GET", "/hello", &[("host", &host), ("authorization", &auth)], "", true).await;
+        let r = request(
+            d,
+            "GET",
+            "/hello",
+            &[("host", &host), ("authorization", &auth)],
+            "",
+            true,
+        )
+        .await;
         (r.status != 502).then_some(r)
     })
     .await;
@@ -356,7 +383,12 @@ async fn an_http_token_opens_the_web_url_and_nothing_else() {
     assert!(String::from_utf8_lossy(&r.body).contains("hunter2"));
     let r = get_with(d, &format!("/v1/sandboxes/{name}/events"), &read, false).await;
     assert_eq!(r.status, 200);
-    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     let mut ws = eventually("the echo service", || async {
         match open_tunnel(d, &name, 5432, &tunnel).await {
             Ok(ws) => Some(ws),
@@ -365,9 +397,14 @@ async fn an_http_token_opens_the_web_url_and_nothing_else() {
         }
     })
     .await;
-    ws.send(Message::Binary(b"through".to_vec().into())).await.unwrap();
+    ws.send(Message::Binary(b"through".to_vec().into()))
+        .await
+        .unwrap();
     let echoed = loop {
-        match tokio::time::timeout(PATIENCE, ws.next()).await.expect("echo in time") {
+        match tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("echo in time")
+        {
             Some(Ok(Message::Binary(b))) => break b.to_vec(),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             other => panic!("expected the echo, got {other:?}"),
@@ -401,7 +438,15 @@ async fn the_sign_in_cookie_is_for_the_web_url_only() {
     let host = sandbox_host(d, &name);
 
     // A sign-in link on the sandbox's host sets a host-only, HttpOnly cookie.
-    let r = request(d, "GET", &format!("/x?burrow_token={tok}"), &[("host", &host)], "", true).await;
+    let r = request(
+        d,
+        "GET",
+        &format!("/x?burrow_token={tok}"),
+        &[("host", &host)],
+        "",
+        true,
+    )
+    .await;
     assert_eq!(r.status, 303, "{}", String::from_utf8_lossy(&r.body));
     let set = r.headers["set-cookie"].to_str().unwrap().to_owned();
     assert!(set.starts_with(&format!("burrow_token={tok};")), "{set}");
@@ -424,7 +469,11 @@ async fn the_sign_in_cookie_is_for_the_web_url_only() {
         d,
         "POST",
         &format!("/v1/sandboxes/{name}/exec"),
-        &[("host", &api_host(d)), ("cookie", &cookie), ("content-type", "application/json")],
+        &[
+            ("host", &api_host(d)),
+            ("cookie", &cookie),
+            ("content-type", "application/json"),
+        ],
         exec_body,
         true,
     )
@@ -460,7 +509,10 @@ async fn the_sign_in_cookie_is_for_the_web_url_only() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(c.read_file_bytes(&name, "/tmp/cookie-exec").await.unwrap(), b"ran\n");
+    assert_eq!(
+        c.read_file_bytes(&name, "/tmp/cookie-exec").await.unwrap(),
+        b"ran\n"
+    );
 
     // Path-based ingress serves the app in an opaque origin (CSP sandbox without
     // allow-same-origin), and a sign-in link there sets no cookie on the API's origin: it
@@ -468,7 +520,10 @@ async fn the_sign_in_cookie_is_for_the_web_url_only() {
     let r = get_with(d, &format!("/v1/sandboxes/{name}/http/x"), &tok, true).await;
     assert_eq!(r.status, 200);
     let csp = r.headers["content-security-policy"].to_str().unwrap();
-    assert!(csp.starts_with("sandbox") && !csp.contains("allow-same-origin"), "{csp}");
+    assert!(
+        csp.starts_with("sandbox") && !csp.contains("allow-same-origin"),
+        "{csp}"
+    );
     let r = request(
         d,
         "GET",
@@ -499,17 +554,35 @@ async fn an_app_cannot_set_the_sign_in_cookie() {
     let auth = format!("Bearer {}", d.token());
     let host = sandbox_host(d, &name);
     let r = eventually("the app", || async {
-        let r = request(d, "GET", "/cookies", &[("host", &host), ("authorization", &auth)], "", true).await;
+        let r = request(
+            d,
+            "GET",
+            "/cookies",
+            &[("host", &host), ("authorization", &auth)],
+            "",
+            true,
+        )
+        .await;
         (r.status != 502).then_some(r)
     })
     .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let set: Vec<&str> = r.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    let set: Vec<&str> = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
     // Control: the app's own cookie passes.
     assert_eq!(set, ["app_session=s1; Path=/; HttpOnly"], "{set:?}");
     // The same by API path.
     let r = get_with(d, &format!("/v1/sandboxes/{name}/http/cookies"), &d.token(), true).await;
-    let set: Vec<&str> = r.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    let set: Vec<&str> = r
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
     assert_eq!(set, ["app_session=s1; Path=/; HttpOnly"], "{set:?}");
     c.delete_sandbox(&name).await.unwrap();
 }
@@ -573,19 +646,31 @@ async fn one_shot_exec_output_has_a_daemon_wide_budget() {
             .await
             .expect("refusals come at once")
             .unwrap();
-        assert_eq!(r.status, 429, "only refusals before the release: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            429,
+            "only refusals before the release: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         refused.push(r);
     }
     for r in &refused {
         assert_eq!(r.error_code(), "exec_budget_exhausted");
         assert!(r.error_message().contains("budget"), "{}", r.error_message());
-        assert!(r.error_message().contains("Nothing was run"), "{}", r.error_message());
+        assert!(
+            r.error_message().contains("Nothing was run"),
+            "{}",
+            r.error_message()
+        );
         assert_eq!(r.headers["retry-after"], "1");
     }
     c.write_file_bytes(&name, "/tmp/go", WriteFileOptions::default(), Vec::new())
         .await
         .unwrap();
-    while let Some(r) = tokio::time::timeout(PATIENCE, running.next()).await.expect("the rest finish") {
+    while let Some(r) = tokio::time::timeout(PATIENCE, running.next())
+        .await
+        .expect("the rest finish")
+    {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         let v = r.json();
         assert_eq!(v["stdout"].as_str().unwrap().len(), OUT);
@@ -598,7 +683,11 @@ async fn one_shot_exec_output_has_a_daemon_wide_budget() {
     // The daemon's memory grew by at most the budget plus a fixed allowance (unbounded,
     // eight of these held 64 MiB of output plus their JSON).
     let grown_mb = peak.saturating_sub(baseline) / 1024;
-    eprintln!("daemon RSS: baseline {} MiB, peak {} MiB", baseline / 1024, peak / 1024);
+    eprintln!(
+        "daemon RSS: baseline {} MiB, peak {} MiB",
+        baseline / 1024,
+        peak / 1024
+    );
     assert!(
         grown_mb <= BUDGET_MB + 24,
         "the daemon grew by {grown_mb} MiB with a {BUDGET_MB} MiB budget"

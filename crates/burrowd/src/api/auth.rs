@@ -409,12 +409,18 @@ mod implied {
             assert!(!allows("http", x), "{x:?}");
             assert!(!allows("create", x), "{x:?}");
         }
-        assert!(allows("http", &access_for(&Method::POST, "/v1/sandboxes/d/http/x")));
+        assert!(allows(
+            "http",
+            &access_for(&Method::POST, "/v1/sandboxes/d/http/x")
+        ));
         assert!(allows("tunnel", &tunnel));
         assert!(allows("services", &services_list));
         assert!(!allows("services", &events));
         for x in [&services_list, &events, &record] {
-            assert!(allows("read", x) && allows("exec", x) && allows("files", x), "{x:?}");
+            assert!(
+                allows("read", x) && allows("exec", x) && allows("files", x),
+                "{x:?}"
+            );
         }
         assert!(allows("create", &access_for(&Method::GET, "/v1/images")));
     }

@@ -127,7 +127,10 @@ pub async fn create_image(
 ) -> Result<Response, ApiError> {
     // An image copies its source's disk: the token must be allowed to read the source.
     if let Some(axum::extract::Extension(caller)) = &caller {
-        caller.check(&s, super::auth::Access::new(Some(req.from.sandbox.as_str()), "read"))?;
+        caller.check(
+            &s,
+            super::auth::Access::new(Some(req.from.sandbox.as_str()), "read"),
+        )?;
     }
     let mgr = s.mgr.clone();
     long_op(&headers, StatusCode::CREATED, "image", async move {

@@ -16,9 +16,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use burrow_api::{ExecRequest, WsControl, parse_signal, signal_name, ws_stream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use burrow_core::{SessionEvent, StreamExecOptions};
 use futures::{SinkExt, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::extract::{ApiJson, query_pairs};
 use super::{ApiError, AppState};
@@ -50,24 +50,22 @@ impl ExecBudget {
 
     /// Reserves `bytes`, or says why not: 422 when it is more than the whole budget (it can
     /// never run), 429 with `Retry-After` when other requests hold the rest.
-    fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Response> {
+    fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Refused> {
         let mib = |b: usize| b.div_ceil(1 << 20);
-        let n = u32::try_from(bytes).ok().filter(|_| bytes <= self.total).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                format!(
-                    "this exec may hold {} MiB of output (max_output_bytes for stdout and for stderr) \
-                     but burrowd's whole one-shot exec budget is {} MiB: ask for less with \
-                     max_output_bytes, or stream with the WebSocket exec",
+        let Some(n) = u32::try_from(bytes).ok().filter(|_| bytes <= self.total) else {
+            return Err(Refused {
+                error: ApiError::from(burrow_core::CoreError::Invalid(format!(
+                    "this exec may hold {} MiB of output (max_output_bytes for stdout and for \
+                     stderr) but burrowd's whole one-shot exec budget is {} MiB: ask for less \
+                     with max_output_bytes, or stream with the WebSocket exec",
                     mib(bytes),
                     mib(self.total)
-                ),
-            )
-            .into_response()
-        })?;
-        self.bytes.clone().try_acquire_many_owned(n).map_err(|_| {
-            let mut resp = ApiError::new(
+                ))),
+                retry: false,
+            });
+        };
+        self.bytes.clone().try_acquire_many_owned(n).map_err(|_| Refused {
+            error: ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "exec_budget_exhausted",
                 format!(
@@ -78,14 +76,28 @@ impl ExecBudget {
                     mib(self.total),
                     mib(bytes)
                 ),
-            )
-            .into_response();
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_str(&RETRY_AFTER_S.to_string()).expect("digits"),
-            );
-            resp
+            ),
+            retry: true,
         })
+    }
+}
+
+/// A one-shot exec the budget did not admit.
+#[derive(Debug)]
+struct Refused {
+    error: ApiError,
+    /// Whether it may succeed later (429 with `Retry-After`).
+    retry: bool,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let mut resp = self.error.into_response();
+        if self.retry {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+        }
+        resp
     }
 }
 
@@ -93,18 +105,23 @@ pub async fn exec_once(
     State(s): State<AppState>,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<ExecRequest>,
-) -> Result<Response, Response> {
-    let cap = burrow_core::output_cap(req.max_output_bytes).map_err(|e| ApiError::from(e).into_response())?;
-    let permit = s.exec_budget.reserve(cap.saturating_mul(2))?;
-    let out = s
-        .mgr
-        .exec_collected(&name, req)
-        .await
-        .map_err(|e| ApiError::from(e).into_response())?;
+) -> Response {
+    let cap = match burrow_core::output_cap(req.max_output_bytes) {
+        Ok(c) => c,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let permit = match s.exec_budget.reserve(cap.saturating_mul(2)) {
+        Ok(p) => p,
+        Err(refused) => return refused.into_response(),
+    };
+    let out = match s.mgr.exec_collected(&name, req).await {
+        Ok(out) => out,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     let body = Body::from_stream(futures::stream::iter(
         ResultJson::new(out, permit).map(Ok::<_, std::convert::Infallible>),
     ));
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Bytes of encoded output per body chunk.
@@ -121,9 +138,15 @@ struct ResultJson {
 enum Part {
     Lit(String),
     /// JSON string contents of the (lossy) text of `buf[pos..]`.
-    Text { buf: Arc<Vec<u8>>, pos: usize },
+    Text {
+        buf: Arc<Vec<u8>>,
+        pos: usize,
+    },
     /// Base64 of `buf[pos..]`.
-    B64 { buf: Arc<Vec<u8>>, pos: usize },
+    B64 {
+        buf: Arc<Vec<u8>>,
+        pos: usize,
+    },
 }
 
 impl ResultJson {
@@ -483,7 +506,11 @@ mod tests {
             (mixed.clone(), text.clone(), Some(9)),
             (text.clone(), mixed.clone(), None),
             (Vec::new(), Vec::new(), None),
-            (vec![b'a'; 3 * JSON_CHUNK + 1], vec![0xff; JSON_CHUNK + 2], Some(15)),
+            (
+                vec![b'a'; 3 * JSON_CHUNK + 1],
+                vec![0xff; JSON_CHUNK + 2],
+                Some(15),
+            ),
         ] {
             let c = burrow_core::Collected {
                 exit_code: 3,
@@ -504,11 +531,16 @@ mod tests {
     fn the_budget_refuses_past_its_size() {
         let b = ExecBudget::new(10 << 20);
         let first = b.reserve(6 << 20).expect("fits");
-        let refused = b.reserve(6 << 20).unwrap_err();
+        let refused = b.reserve(6 << 20).unwrap_err().into_response();
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
-        assert_eq!(b.reserve(11 << 20).unwrap_err().status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let never = b.reserve(11 << 20).unwrap_err().into_response();
+        assert_eq!(never.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(never.headers().get(header::RETRY_AFTER).is_none());
         drop(first);
-        assert!(b.reserve(6 << 20).is_ok(), "a finished request gives its share back");
+        assert!(
+            b.reserve(6 << 20).is_ok(),
+            "a finished request gives its share back"
+        );
     }
 }

@@ -351,7 +351,10 @@ fn answer_headers(headers: &mut HeaderMap, origin: Origin) {
         headers.append(header::SET_COOKIE, v);
     }
     if origin == Origin::Api {
-        headers.append(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PATH_CSP));
+        headers.append(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(PATH_CSP),
+        );
     }
 }
 
@@ -359,7 +362,12 @@ fn answer_headers(headers: &mut HeaderMap, origin: Origin) {
 /// `__Host-`/`__Secure-` prefix, spaces around the name ignored as browsers do).
 fn sets_burrow_cookie(v: &[u8]) -> bool {
     let v = String::from_utf8_lossy(v);
-    let name = v.split(['=', ';']).next().unwrap_or_default().trim().to_ascii_lowercase();
+    let name = v
+        .split(['=', ';'])
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     let name = name
         .strip_prefix("__host-")
         .or_else(|| name.strip_prefix("__secure-"))
@@ -655,12 +663,19 @@ mod tests {
             h.append(header::SET_COOKIE, HeaderValue::from_str(c).unwrap());
         }
         answer_headers(&mut h, Origin::SandboxHost);
-        let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap()).collect();
+        let left: Vec<_> = h
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
         assert_eq!(left, ["session=abc; HttpOnly", "burrow_tokens=fine"]);
         assert!(h.get(header::CONTENT_SECURITY_POLICY).is_none());
         answer_headers(&mut h, Origin::Api);
         let csp = h.get(header::CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
-        assert!(csp.starts_with("sandbox ") && !csp.contains("allow-same-origin"), "{csp}");
+        assert!(
+            csp.starts_with("sandbox ") && !csp.contains("allow-same-origin"),
+            "{csp}"
+        );
     }
 
     #[test]
