@@ -77,9 +77,10 @@ struct Args {
     dns_port: u16,
     #[arg(long, default_value_t = 3128, hide = true)]
     proxy_port: u16,
-    /// Memory for the output of one-shot execs (`POST …/exec`) held at once, in MiB. Each
-    /// reserves twice its max_output_bytes (stdout and stderr) while it runs and answers;
-    /// past the budget it gets 429 and nothing runs.
+    /// Memory for buffered request data held at once, in MiB: one-shot exec output (each
+    /// `POST …/exec` reserves twice its max_output_bytes, plus its stdin, while it runs and
+    /// answers) and JSON bodies of 64 KiB or more (twice their size while read). Past the
+    /// budget a request gets 429 and nothing is done.
     #[arg(long, default_value_t = burrowd::api::DEFAULT_EXEC_BUFFER_BUDGET_MB)]
     exec_buffer_budget_mb: u64,
     /// Test mode: on SIGTERM/SIGINT destroy every sandbox, release the pool and remove the

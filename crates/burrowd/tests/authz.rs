@@ -664,6 +664,32 @@ async fn one_shot_exec_output_has_a_daemon_wide_budget() {
         );
         assert_eq!(r.headers["retry-after"], "1");
     }
+    // While it is taken, a large JSON body (1 MiB, to any route) is refused before it is
+    // read; a small one is not held up.
+    let big_body = format!(
+        "{{\"caveats\": {{\"actions\": [\"exec\"]}}{}}}",
+        " ".repeat(1 << 20)
+    );
+    let post_token = |body: String| {
+        let addr = d.addr();
+        let auth = format!("Bearer {}", d.token());
+        async move {
+            raw_tcp(
+                addr,
+                "POST",
+                "/v1/tokens",
+                &[("authorization", &auth), ("content-type", "application/json")],
+                body.into_bytes(),
+            )
+            .await
+        }
+    };
+    let r = post_token(big_body.clone()).await;
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error_code(), "buffer_budget_exhausted");
+    assert_eq!(r.headers["retry-after"], "1");
+    let r = post_token(json!({"caveats": {"actions": ["exec"]}}).to_string()).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     c.write_file_bytes(&name, "/tmp/go", WriteFileOptions::default(), Vec::new())
         .await
         .unwrap();
@@ -693,6 +719,9 @@ async fn one_shot_exec_output_has_a_daemon_wide_budget() {
         "the daemon grew by {grown_mb} MiB with a {BUDGET_MB} MiB budget"
     );
 
+    // Control: with the budget free again the large body is read.
+    let r = post_token(big_body).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     // Control: the same execs one after another all succeed, in full.
     for _ in 0..N {
         let r = exec(body.clone()).await;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use burrow_api::{ExecRequest, WsControl, parse_signal, signal_name, ws_stream};
@@ -23,17 +23,20 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::extract::{ApiJson, query_pairs};
 use super::{ApiError, AppState};
 
-/// The daemon-wide budget of one-shot exec output held in memory. Each `POST …/exec`
-/// reserves what it may hold — its cap for stdout plus its cap for stderr — before it starts,
-/// and keeps the reservation until its answer is sent (or the client went away); past the
-/// budget it is refused with 429 and nothing runs. The answer is encoded as it is sent, so
-/// the reservation bounds the request's memory.
+/// The daemon-wide budget of buffered request data: one-shot exec output and large JSON
+/// bodies. Each `POST …/exec` reserves what it may hold — its cap for stdout plus its cap for
+/// stderr, and its stdin — before it starts, and keeps the reservation until its answer is
+/// sent (or the client went away); past the budget it is refused with 429 and nothing runs.
+/// The answer is encoded as it is sent, so the reservation bounds the request's memory. A
+/// JSON body of [`SMALL_BODY`] or more reserves twice its size while it is read and parsed.
 #[derive(Debug)]
 pub struct ExecBudget {
     bytes: Arc<Semaphore>,
     total: usize,
 }
 
+/// JSON bodies smaller than this are read without a reservation.
+pub const SMALL_BODY: usize = 64 << 10;
 /// The default budget (`burrowd --exec-buffer-budget-mb`).
 pub const DEFAULT_EXEC_BUFFER_BUDGET_MB: u64 = 512;
 /// Seconds a refused client is told to wait before trying again.
@@ -48,24 +51,62 @@ impl ExecBudget {
         }
     }
 
+    /// Reserves room to read and parse a JSON body of `len` bytes (twice that); bodies below
+    /// [`SMALL_BODY`] need none, so small requests never wait on large ones.
+    pub(super) fn reserve_body(&self, len: usize) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        if len < SMALL_BODY {
+            return Ok(None);
+        }
+        let need = len.saturating_mul(2);
+        let Some(n) = u32::try_from(need).ok().filter(|_| need <= self.total) else {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "a request body of {} MiB needs {} MiB to read, more than burrowd's whole \
+                     buffer budget of {} MiB",
+                    len.div_ceil(1 << 20),
+                    need.div_ceil(1 << 20),
+                    self.total.div_ceil(1 << 20)
+                ),
+            ));
+        };
+        self.bytes
+            .clone()
+            .try_acquire_many_owned(n)
+            .map(Some)
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "buffer_budget_exhausted",
+                    format!(
+                        "burrowd's memory budget for request bodies and one-shot exec output ({} MiB) \
+                         is taken by other requests; this body of {} MiB needs {} MiB to read. \
+                         Nothing was done: retry later",
+                        self.total.div_ceil(1 << 20),
+                        len.div_ceil(1 << 20),
+                        need.div_ceil(1 << 20)
+                    ),
+                )
+                .with_retry_after(RETRY_AFTER_S)
+            })
+    }
+
     /// Reserves `bytes`, or says why not: 422 when it is more than the whole budget (it can
     /// never run), 429 with `Retry-After` when other requests hold the rest.
-    fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Refused> {
+    fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ApiError> {
         let mib = |b: usize| b.div_ceil(1 << 20);
         let Some(n) = u32::try_from(bytes).ok().filter(|_| bytes <= self.total) else {
-            return Err(Refused {
-                error: ApiError::from(burrow_core::CoreError::Invalid(format!(
-                    "this exec may hold {} MiB of output (max_output_bytes for stdout and for \
+            return Err(ApiError::from(burrow_core::CoreError::Invalid(format!(
+                "this exec may hold {} MiB of output (max_output_bytes for stdout and for \
                      stderr) but burrowd's whole one-shot exec budget is {} MiB: ask for less \
                      with max_output_bytes, or stream with the WebSocket exec",
-                    mib(bytes),
-                    mib(self.total)
-                ))),
-                retry: false,
-            });
+                mib(bytes),
+                mib(self.total)
+            ))));
         };
-        self.bytes.clone().try_acquire_many_owned(n).map_err(|_| Refused {
-            error: ApiError::new(
+        self.bytes.clone().try_acquire_many_owned(n).map_err(|_| {
+            ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "exec_budget_exhausted",
                 format!(
@@ -76,28 +117,9 @@ impl ExecBudget {
                     mib(self.total),
                     mib(bytes)
                 ),
-            ),
-            retry: true,
+            )
+            .with_retry_after(RETRY_AFTER_S)
         })
-    }
-}
-
-/// A one-shot exec the budget did not admit.
-#[derive(Debug)]
-struct Refused {
-    error: ApiError,
-    /// Whether it may succeed later (429 with `Retry-After`).
-    retry: bool,
-}
-
-impl IntoResponse for Refused {
-    fn into_response(self) -> Response {
-        let mut resp = self.error.into_response();
-        if self.retry {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
-        }
-        resp
     }
 }
 
@@ -110,9 +132,18 @@ pub async fn exec_once(
         Ok(c) => c,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let permit = match s.exec_budget.reserve(cap.saturating_mul(2)) {
+    // Its output (both streams, up to the cap each) and its input: the request's stdin text
+    // and the bytes decoded from it.
+    let stdin = [&req.stdin, &req.stdin_b64]
+        .iter()
+        .map(|s| s.as_ref().map_or(0, String::len))
+        .sum::<usize>();
+    let permit = match s
+        .exec_budget
+        .reserve(cap.saturating_mul(2).saturating_add(stdin.saturating_mul(2)))
+    {
         Ok(p) => p,
-        Err(refused) => return refused.into_response(),
+        Err(e) => return e.into_response(),
     };
     let out = match s.mgr.exec_collected(&name, req).await {
         Ok(out) => out,
@@ -537,6 +568,15 @@ mod tests {
         let never = b.reserve(11 << 20).unwrap_err().into_response();
         assert_eq!(never.status(), StatusCode::UNPROCESSABLE_ENTITY);
         assert!(never.headers().get(header::RETRY_AFTER).is_none());
+        // Small bodies need no room; a large one does, and is refused while it is taken.
+        assert!(b.reserve_body(SMALL_BODY - 1).unwrap().is_none());
+        let body = b.reserve_body(3 << 20).unwrap_err().into_response();
+        assert_eq!(body.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body.headers()[header::RETRY_AFTER], "1");
+        assert!(
+            b.reserve_body(2 << 20).unwrap().is_some(),
+            "2 × 2 MiB fits in what is left"
+        );
         drop(first);
         assert!(
             b.reserve(6 << 20).is_ok(),

@@ -192,6 +192,8 @@ pub fn router(state: AppState, transport: Transport) -> Router {
         .merge(ingress::routes())
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
+        // Large JSON bodies are read within the buffer budget (`extract::ApiJson`).
+        .layer(axum::Extension(state.exec_budget.clone()))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
