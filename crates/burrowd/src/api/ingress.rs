@@ -74,7 +74,8 @@ pub async fn before_auth(State(state): State<AppState>, req: Request, next: Next
     let Some((name, target)) = ingress_path(req.uri()) else {
         return next.run(req).await;
     };
-    if token_param(req.uri().query()).is_some() {
+    // A sign-in link for a valid name only: the name becomes a host name in the redirect.
+    if token_param(req.uri().query()).is_some() && burrow_api::SandboxName::parse(&name).is_ok() {
         return to_host(&state, &name, &req, &target);
     }
     match state.mgr.url_auth(&name) {
