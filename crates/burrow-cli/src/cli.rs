@@ -600,7 +600,8 @@ pub struct TokenScope {
     #[arg(long)]
     pub sandbox: Vec<String>,
     /// Only these actions, comma-separated: read, create, delete, config, lifecycle, exec,
-    /// files, checkpoints, services, policy, secrets, images, http.
+    /// files, checkpoints, services, policy, secrets, images, http (the web URL only), tunnel
+    /// (`burrow proxy`). Forking a sandbox needs read on it; exec and files imply read.
     #[arg(long)]
     pub actions: Option<String>,
     /// Valid for this long (90s, 10m, 1h, 7d).

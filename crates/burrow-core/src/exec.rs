@@ -276,13 +276,72 @@ fn new_session_id() -> String {
 pub const DEFAULT_OUTPUT_CAP: usize = 16 << 20;
 pub const MAX_OUTPUT_CAP: usize = 64 << 20;
 
+/// The per-stream output cap a one-shot exec asks for (`max_output_bytes`), checked.
+pub fn output_cap(max_output_bytes: Option<u64>) -> Result<usize, CoreError> {
+    match max_output_bytes {
+        Some(c) if c == 0 || c > MAX_OUTPUT_CAP as u64 => Err(CoreError::Invalid(format!(
+            "max_output_bytes must be between 1 and {MAX_OUTPUT_CAP}"
+        ))),
+        Some(c) => Ok(c as usize),
+        None => Ok(DEFAULT_OUTPUT_CAP),
+    }
+}
+
+/// A finished one-shot exec with its output as collected bytes (at most the cap each), for
+/// a caller that encodes it without copying it whole ([`Collected::into_result`] does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collected {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub timed_out: bool,
+    pub duration_ms: u64,
+}
+
+impl Collected {
+    /// The API's result: text when the bytes are UTF-8, else lossy text plus base64.
+    pub fn into_result(self) -> ExecResult {
+        let (stdout, stdout_b64) = encode(self.stdout);
+        let (stderr, stderr_b64) = encode(self.stderr);
+        ExecResult {
+            exit_code: self.exit_code,
+            signal: self.signal.map(signal_name),
+            stdout,
+            stderr,
+            stdout_b64,
+            stderr_b64,
+            stdout_truncated: self.stdout_truncated,
+            stderr_truncated: self.stderr_truncated,
+            timed_out: self.timed_out,
+            duration_ms: self.duration_ms,
+        }
+    }
+}
+
+/// Text when the bytes are UTF-8; otherwise lossy text plus the exact bytes in base64.
+fn encode(buf: Vec<u8>) -> (String, Option<String>) {
+    match String::from_utf8(buf) {
+        Ok(s) => (s, None),
+        Err(e) => {
+            let buf = e.into_bytes();
+            (
+                String::from_utf8_lossy(&buf).into_owned(),
+                Some(base64::engine::general_purpose::STANDARD.encode(&buf)),
+            )
+        }
+    }
+}
+
 /// Runs a session to completion, feeding `stdin` and collecting capped output.
 pub(crate) async fn collect(
     session: ExecSession,
     stdin: Option<Vec<u8>>,
     timeout: Option<Duration>,
     cap: usize,
-) -> Result<ExecResult, CoreError> {
+) -> Result<Collected, CoreError> {
     let started = Instant::now();
     let (input, mut output) = session.split();
     if let Some(data) = stdin {
@@ -321,15 +380,11 @@ pub(crate) async fn collect(
         }
     };
     drop(input);
-    let (stdout, stdout_b64) = out.encode();
-    let (stderr, stderr_b64) = err.encode();
-    Ok(ExecResult {
+    Ok(Collected {
         exit_code,
-        signal: signal.map(signal_name),
-        stdout,
-        stderr,
-        stdout_b64,
-        stderr_b64,
+        signal,
+        stdout: out.buf,
+        stderr: err.buf,
         stdout_truncated: out.truncated,
         stderr_truncated: err.truncated,
         timed_out,
@@ -356,17 +411,14 @@ impl Capped {
         if b.len() > room {
             self.truncated = true;
         }
-        self.buf.extend_from_slice(&b[..b.len().min(room)]);
-    }
-    /// Text when the bytes are UTF-8; otherwise lossy text plus the exact bytes in base64.
-    fn encode(&self) -> (String, Option<String>) {
-        match std::str::from_utf8(&self.buf) {
-            Ok(s) => (s.to_owned(), None),
-            Err(_) => (
-                String::from_utf8_lossy(&self.buf).into_owned(),
-                Some(base64::engine::general_purpose::STANDARD.encode(&self.buf)),
-            ),
+        let take = b.len().min(room);
+        if self.buf.capacity() - self.buf.len() < take {
+            // Grow by doubling, never past the cap: what is held stays within the cap the
+            // daemon budgeted for (no doubling beyond it).
+            let want = (self.buf.len() + take).max(self.buf.capacity() * 2).min(self.cap);
+            self.buf.reserve_exact(want - self.buf.len());
         }
+        self.buf.extend_from_slice(&b[..take]);
     }
 }
 
@@ -380,10 +432,11 @@ mod tests {
         c.push(b"ab");
         c.push(b"cdef");
         assert!(c.truncated);
-        assert_eq!(c.encode(), ("abcd".into(), None));
+        assert!(c.buf.capacity() <= 4);
+        assert_eq!(encode(c.buf), ("abcd".into(), None));
         let mut c = Capped::new(10);
         c.push(&[0xff, b'a']);
-        let (text, b64) = c.encode();
+        let (text, b64) = encode(c.buf);
         assert_eq!(text, "\u{fffd}a");
         assert_eq!(b64.as_deref(), Some("/2E="));
     }

@@ -921,6 +921,11 @@ impl Manager {
     }
 
     pub async fn exec(&self, name: &str, req: ExecRequest) -> Result<ExecResult> {
+        Ok(self.exec_collected(name, req).await?.into_result())
+    }
+
+    /// A one-shot exec whose output stays bytes (see [`exec::Collected`]).
+    pub async fn exec_collected(&self, name: &str, req: ExecRequest) -> Result<exec::Collected> {
         let stdin = match (&req.stdin, &req.stdin_b64) {
             (Some(_), Some(_)) => return Err(CoreError::Invalid("give stdin or stdin_b64, not both".into())),
             (Some(s), None) => Some(s.clone().into_bytes()),
@@ -943,16 +948,7 @@ impl Manager {
             Some(t) => Some(Duration::from_secs_f64(t)),
             None => None,
         };
-        let cap = match req.max_output_bytes {
-            Some(c) if c == 0 || c as usize > exec::MAX_OUTPUT_CAP => {
-                return Err(CoreError::Invalid(format!(
-                    "max_output_bytes must be between 1 and {}",
-                    exec::MAX_OUTPUT_CAP
-                )));
-            }
-            Some(c) => c as usize,
-            None => exec::DEFAULT_OUTPUT_CAP,
-        };
+        let cap = exec::output_cap(req.max_output_bytes)?;
         let opts = StreamExecOptions {
             argv: req.cmd,
             cwd: req.cwd,

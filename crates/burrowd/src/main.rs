@@ -77,6 +77,12 @@ struct Args {
     dns_port: u16,
     #[arg(long, default_value_t = 3128, hide = true)]
     proxy_port: u16,
+    /// Memory for buffered request data held at once, in MiB: one-shot exec output (each
+    /// `POST …/exec` reserves twice its max_output_bytes, plus its stdin, while it runs and
+    /// answers) and JSON bodies of 64 KiB or more (twice their size while read). Past the
+    /// budget a request gets 429 and nothing is done.
+    #[arg(long, default_value_t = burrowd::api::DEFAULT_EXEC_BUFFER_BUDGET_MB)]
+    exec_buffer_budget_mb: u64,
     /// Test mode: on SIGTERM/SIGINT destroy every sandbox, release the pool and remove the
     /// data dir. Never use it for real data.
     #[arg(long, hide = true)]
@@ -245,6 +251,9 @@ async fn main() -> anyhow::Result<()> {
     let state = AppState {
         mgr: mgr.clone(),
         admin_token: Arc::new(token),
+        exec_budget: Arc::new(burrowd::api::ExecBudget::new(
+            usize::try_from(args.exec_buffer_budget_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+        )),
     };
 
     tracing::info!(socket = %args.socket.display(), tcp = %addr, data_dir = %data_dir.display(), "burrowd serving");

@@ -415,7 +415,8 @@ async fn private_and_public_urls() {
     let r = tcp_request(d, "GET", "/p?burrow_token=bm1_forged", &[("host", &host)], "").await;
     assert_eq!(r.status, 401);
     assert!(r.header("set-cookie").is_empty());
-    // The same on the API path.
+    // On the API path the link sets no cookie (the API's origin never gets one): it sends
+    // the browser to the sandbox's own host, where the link signs in.
     let r = raw_tcp(
         d.addr(),
         "GET",
@@ -425,7 +426,11 @@ async fn private_and_public_urls() {
     )
     .await;
     assert_eq!(r.status, 303);
-    assert_eq!(r.headers["location"], format!("/v1/sandboxes/{name}/http/q"));
+    assert_eq!(
+        r.headers["location"],
+        format!("http://{host}/q?burrow_token={token}").as_str()
+    );
+    assert!(r.headers.get("set-cookie").is_none());
 
     // Public: no token needed, by Host and by API path.
     c.patch_sandbox(

@@ -1,8 +1,13 @@
 //! Who may do what. The unix socket is root-only by file mode and needs no token. On TCP
-//! every request carries a macaroon (`Authorization: Bearer bm1_…`): the admin token is the
-//! root macaroon; tokens made by `POST /v1/tokens` or attenuated offline carry caveats on
-//! sandboxes, actions and expiry. A token that does not parse or verify gets 401; one whose
-//! caveat does not hold gets 403 naming the caveat. `/healthz` is open on both.
+//! every API request carries a macaroon in `Authorization: Bearer bm1_…` (never a cookie: the
+//! ingress sign-in cookie authenticates a sandbox's web URL and nothing else): the admin
+//! token is the root macaroon; tokens made by `POST /v1/tokens` or attenuated offline carry
+//! caveats on sandboxes, actions and expiry. A token that does not parse or verify gets 401;
+//! one whose caveat does not hold gets 403 naming the caveat. `/healthz` is open on both.
+//!
+//! `read` (a sandbox's record, events, service definitions, policy; and copying it by a fork
+//! or an image) is implied only by `exec` and `files`, which can read everything in it anyway.
+//! `http` is a sandbox's web URL and nothing else; `tunnel` is the raw TCP relay.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -27,7 +32,11 @@ pub const ACTIONS: &[&str] = &[
     "secrets",
     "images",
     "http",
+    "tunnel",
 ];
+
+/// Actions that imply `read` on the same sandbox: they can read everything in it anyway.
+const READ_IMPLIED_BY: &[&str] = &["exec", "files"];
 
 /// What a request does, for checking a token's caveats.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +46,19 @@ pub struct Access<'a> {
     /// One of [`ACTIONS`], or `None` for what any valid token may do (version, minting a
     /// narrower token of one's own).
     pub action: Option<&'static str>,
+    /// Other actions that also allow this request (e.g. `services` for reading service
+    /// definitions); a refusal names `action`.
+    pub also: &'static [&'static str],
+}
+
+impl<'a> Access<'a> {
+    pub fn new(sandbox: Option<&'a str>, action: &'static str) -> Self {
+        Self {
+            sandbox,
+            action: Some(action),
+            also: &[],
+        }
+    }
 }
 
 /// The caveats a request's token carries (none for the unix socket and the admin token),
@@ -61,87 +83,99 @@ impl Caller {
 
 /// Classifies a request by method and path.
 pub fn access_for<'a>(method: &Method, path: &'a str) -> Access<'a> {
-    let read = |sandbox| Access {
-        sandbox,
-        action: Some("read"),
-    };
     let is_get = method == Method::GET;
+    let any_token = Access {
+        sandbox: None,
+        action: None,
+        also: &[],
+    };
     let segs: Vec<&'a str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
-        ["healthz"] | ["openapi.yaml"] | ["v1", "version"] | ["v1", "tokens"] => Access {
-            sandbox: None,
-            action: None,
-        },
-        ["v1", "sandboxes"] if is_get => read(None),
-        ["v1", "sandboxes"] => Access {
-            sandbox: None,
-            action: Some("create"),
-        },
-        ["v1", "sandboxes", name] => Access {
-            sandbox: Some(name),
-            action: Some(match *method {
+        ["healthz"] | ["openapi.yaml"] | ["v1", "version"] | ["v1", "tokens"] => any_token,
+        ["v1", "sandboxes"] if is_get => Access::new(None, "read"),
+        // Creating checks `read` on a fork's source too (in the handler: the body names it).
+        ["v1", "sandboxes"] => Access::new(None, "create"),
+        ["v1", "sandboxes", name] => Access::new(
+            Some(name),
+            match *method {
                 Method::GET => "read",
                 Method::DELETE => "delete",
                 _ => "config",
-            }),
-        },
+            },
+        ),
         ["v1", "sandboxes", name, rest @ ..] => {
-            let action = match rest[0] {
-                "start" | "stop" | "restart" | "sleep" | "wake" => "lifecycle",
-                "exec" | "sessions" => "exec",
-                "files" => "files",
-                "events" => "read",
-                "checkpoints" => "checkpoints",
-                "services" if is_get && rest.len() <= 2 => "read",
-                "services" => "services",
-                "policy" if is_get => "read",
-                "policy" => "policy",
-                "secrets" => "secrets",
-                "http" | "proxy" => "http",
-                _ => "config",
+            let (action, also): (&'static str, &'static [&'static str]) = match rest[0] {
+                "start" | "stop" | "restart" | "sleep" | "wake" => ("lifecycle", &[]),
+                "exec" | "sessions" => ("exec", &[]),
+                "files" => ("files", &[]),
+                "events" => ("read", &[]),
+                "checkpoints" => ("checkpoints", &[]),
+                // Definitions carry env (passwords): `read`, or `services` which manages them.
+                "services" if is_get && rest.len() <= 2 => ("read", &["services"]),
+                "services" => ("services", &[]),
+                "policy" if is_get => ("read", &["policy"]),
+                "policy" => ("policy", &[]),
+                "secrets" => ("secrets", &[]),
+                "http" => ("http", &[]),
+                "proxy" => ("tunnel", &[]),
+                _ => ("config", &[]),
             };
             Access {
                 sandbox: Some(name),
                 action: Some(action),
+                also,
             }
         }
-        ["v1", "images", ..] if is_get => read(None),
-        ["v1", "images", ..] => Access {
+        // Image names are what `create` picks from.
+        ["v1", "images"] if is_get => Access {
             sandbox: None,
-            action: Some("images"),
+            action: Some("read"),
+            also: &["create", "images"],
         },
-        ["v1", "secrets", ..] => Access {
-            sandbox: None,
-            action: Some("secrets"),
-        },
-        _ => read(None),
+        // Making an image from a sandbox checks `read` on it too (in the handler).
+        ["v1", "images", ..] => Access::new(None, "images"),
+        ["v1", "secrets", ..] => Access::new(None, "secrets"),
+        _ => Access::new(None, "read"),
     }
+}
+
+/// Whether holding `held` allows a request needing `access`.
+fn allows(held: &str, access: &Access<'_>) -> bool {
+    let Some(wanted) = access.action else {
+        return true;
+    };
+    held == wanted || access.also.contains(&held) || (wanted == "read" && READ_IMPLIED_BY.contains(&held))
 }
 
 fn unauthorized(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
-/// The bearer token of a request: `Authorization: Bearer …`, else the `burrow_token` cookie
-/// (what a browser sends to a private sandbox URL).
+/// The bearer token of an API request: `Authorization: Bearer …` only. The `burrow_token`
+/// cookie is not an API credential (see [`ingress_credential`]).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers
+    headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-    {
-        return v.strip_prefix("Bearer ").map(str::trim);
-    }
-    headers
-        .get_all(axum::http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix("burrow_token="))
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
-/// Verifies `token` and checks its caveats against `access`: 401 for a missing, malformed or
-/// forged token, 403 naming the caveat that fails.
-pub fn authorize(state: &AppState, token: Option<&str>, access: Access<'_>) -> Result<Macaroon, ApiError> {
+/// The credential of a request to a sandbox's own host (`{name}.{base_domain}`): the bearer
+/// header, else the `burrow_token` cookie a sign-in link set on that host (an app's own
+/// `Authorization: Basic …` does not hide the cookie).
+pub fn ingress_credential(headers: &HeaderMap) -> Option<&str> {
+    bearer(headers).or_else(|| {
+        headers
+            .get_all(axum::http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| c.trim().strip_prefix("burrow_token="))
+    })
+}
+
+fn verified(state: &AppState, token: Option<&str>) -> Result<(Macaroon, Caveats), ApiError> {
     let token = token.ok_or_else(|| {
         unauthorized("missing bearer token: send 'Authorization: Bearer <token>' (the admin token is in DATA_DIR/admin.token)")
     })?;
@@ -149,6 +183,18 @@ pub fn authorize(state: &AppState, token: Option<&str>, access: Access<'_>) -> R
     let caveats = mac
         .verify(state.mgr.token_key())
         .map_err(|e| unauthorized(format!("invalid token: {e}")))?;
+    Ok((mac, caveats))
+}
+
+/// Verifies `token` and checks its caveats against `access`: 401 for a missing, malformed or
+/// forged token, 403 naming the caveat that fails.
+pub fn authorize(state: &AppState, token: Option<&str>, access: Access<'_>) -> Result<Macaroon, ApiError> {
+    let (mac, caveats) = verified(state, token)?;
+    check_caveats(state, caveats, access)?;
+    Ok(mac)
+}
+
+fn check_caveats(state: &AppState, caveats: Caveats, access: Access<'_>) -> Result<(), ApiError> {
     let Some(action) = access.action else {
         // Still refuse an expired token for everything.
         let expiry_only = Caveats(
@@ -158,34 +204,42 @@ pub fn authorize(state: &AppState, token: Option<&str>, access: Access<'_>) -> R
                 .filter(|c| matches!(c, Caveat::ExpiresAt(_)))
                 .collect(),
         );
-        check(&expiry_only, state, access, None)?;
-        return Ok(mac);
+        return check(&expiry_only, state, access, None);
     };
-    // Reading a sandbox one may act on needs no separate `read` action.
-    let caveats = if action == "read" {
-        Caveats(
-            caveats
-                .0
-                .into_iter()
-                .filter(|c| !matches!(c, Caveat::Actions(_)))
-                .collect(),
-        )
-    } else {
+    // An actions caveat holds when it lists the action, an alternative, or one implying it;
+    // one that does not stays, and its check names it.
+    let caveats = Caveats(
         caveats
-    };
-    check(&caveats, state, access, Some(action))?;
-    Ok(mac)
+            .0
+            .into_iter()
+            .filter(|c| match c {
+                Caveat::Actions(list) => !list.iter().any(|a| allows(a, &access)),
+                _ => true,
+            })
+            .collect(),
+    );
+    check(&caveats, state, access, Some(action))
+}
+
+impl Caller {
+    /// Checks a further access of the same request (e.g. `read` on a fork's source). The unix
+    /// socket (no macaroon) may do anything.
+    pub fn check(&self, state: &AppState, access: Access<'_>) -> Result<(), ApiError> {
+        let Some(mac) = &self.macaroon else {
+            return Ok(());
+        };
+        let caveats = mac
+            .verify(state.mgr.token_key())
+            .map_err(|e| unauthorized(format!("invalid token: {e}")))?;
+        check_caveats(state, caveats, access)
+    }
 }
 
 /// Authorizes a listing of sandboxes: a token limited to some sandboxes may list, and sees
-/// only those (the other caveats still apply).
+/// only those (the other caveats still apply, `read` among them).
 pub fn authorize_listing(state: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {
-    let token =
-        token.ok_or_else(|| unauthorized("missing bearer token: send 'Authorization: Bearer <token>'"))?;
-    let mac = Macaroon::decode(token).map_err(|e| unauthorized(format!("invalid token: {e}")))?;
-    let caveats = mac
-        .verify(state.mgr.token_key())
-        .map_err(|e| unauthorized(format!("invalid token: {e}")))?;
+    let (mac, caveats) = verified(state, token)?;
+    let read = Access::new(None, "read");
     let mut only: Option<Vec<String>> = None;
     let mut rest = Vec::new();
     for c in caveats.0 {
@@ -197,19 +251,11 @@ pub fn authorize_listing(state: &AppState, token: Option<&str>) -> Result<Caller
                     Some(prev) => prev.into_iter().filter(|s| list.contains(s)).collect(),
                 });
             }
-            Caveat::Actions(_) => {}
+            Caveat::Actions(list) if list.iter().any(|a| allows(a, &read)) => {}
             other => rest.push(other),
         }
     }
-    check(
-        &Caveats(rest),
-        state,
-        Access {
-            sandbox: None,
-            action: Some("read"),
-        },
-        Some("read"),
-    )?;
+    check(&Caveats(rest), state, read, Some("read"))?;
     Ok(Caller {
         macaroon: Some(mac),
         only_sandboxes: only,
@@ -253,6 +299,13 @@ pub async fn require_token(State(state): State<AppState>, mut req: Request, next
             }
             Err(e) => e.into_response(),
         };
+    }
+    if bearer(req.headers()).is_none() && ingress_credential(req.headers()).is_some() {
+        return unauthorized(
+            "the burrow_token cookie signs in to a sandbox's web URL only; API requests need \
+             'Authorization: Bearer <token>'",
+        )
+        .into_response();
     }
     let access = access_for(req.method(), req.uri().path());
     match authorize(&state, bearer(req.headers()), access) {
@@ -312,13 +365,80 @@ mod tests {
             a(Method::GET, "/v1/sandboxes/dev/http/x"),
             (Some("dev"), Some("http"))
         );
+        assert_eq!(
+            a(Method::GET, "/v1/sandboxes/dev/proxy/5432"),
+            (Some("dev"), Some("tunnel"))
+        );
+        assert_eq!(
+            a(Method::GET, "/v1/sandboxes/dev/services"),
+            (Some("dev"), Some("read"))
+        );
+        assert_eq!(
+            a(Method::GET, "/v1/sandboxes/dev/events"),
+            (Some("dev"), Some("read"))
+        );
         assert_eq!(a(Method::POST, "/v1/secrets"), (None, Some("secrets")));
         assert_eq!(a(Method::POST, "/v1/tokens"), (None, None));
+        for (_, action) in [
+            a(Method::GET, "/v1/sandboxes/d/proxy/1"),
+            a(Method::GET, "/v1/sandboxes/d/events"),
+        ] {
+            assert!(ACTIONS.contains(&action.unwrap()));
+        }
         for (_, action) in [
             a(Method::POST, "/v1/images/build"),
             a(Method::PUT, "/v1/sandboxes/d/secrets/s"),
         ] {
             assert!(ACTIONS.contains(&action.unwrap()));
         }
+    }
+}
+
+#[cfg(test)]
+mod implied {
+    use super::*;
+
+    #[test]
+    fn what_allows_what() {
+        let services_list = access_for(&Method::GET, "/v1/sandboxes/d/services");
+        let events = access_for(&Method::GET, "/v1/sandboxes/d/events");
+        let record = access_for(&Method::GET, "/v1/sandboxes/d");
+        let tunnel = access_for(&Method::GET, "/v1/sandboxes/d/proxy/5432");
+        // `http` is the web URL and nothing else.
+        for x in [&services_list, &events, &record, &tunnel] {
+            assert!(!allows("http", x), "{x:?}");
+            assert!(!allows("create", x), "{x:?}");
+        }
+        assert!(allows(
+            "http",
+            &access_for(&Method::POST, "/v1/sandboxes/d/http/x")
+        ));
+        assert!(allows("tunnel", &tunnel));
+        assert!(allows("services", &services_list));
+        assert!(!allows("services", &events));
+        for x in [&services_list, &events, &record] {
+            assert!(
+                allows("read", x) && allows("exec", x) && allows("files", x),
+                "{x:?}"
+            );
+        }
+        assert!(allows("create", &access_for(&Method::GET, "/v1/images")));
+    }
+
+    #[test]
+    fn api_credentials_are_headers_only() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::COOKIE,
+            axum::http::HeaderValue::from_static("a=1; burrow_token=bm1_x"),
+        );
+        assert_eq!(bearer(&h), None);
+        assert_eq!(ingress_credential(&h), Some("bm1_x"));
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            axum::http::HeaderValue::from_static("Bearer bm1_y"),
+        );
+        assert_eq!(bearer(&h), Some("bm1_y"));
+        assert_eq!(ingress_credential(&h), Some("bm1_y"));
     }
 }

@@ -121,9 +121,17 @@ pub async fn restore(
 
 pub async fn create_image(
     State(s): State<AppState>,
+    caller: Option<axum::extract::Extension<super::auth::Caller>>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<CreateImage>,
 ) -> Result<Response, ApiError> {
+    // An image copies its source's disk: the token must be allowed to read the source.
+    if let Some(axum::extract::Extension(caller)) = &caller {
+        caller.check(
+            &s,
+            super::auth::Access::new(Some(req.from.sandbox.as_str()), "read"),
+        )?;
+    }
     let mgr = s.mgr.clone();
     long_op(&headers, StatusCode::CREATED, "image", async move {
         mgr.create_image(req).await

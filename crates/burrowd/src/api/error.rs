@@ -14,6 +14,8 @@ pub struct ApiError {
     pub message: String,
     /// The token caveat a 403 is about.
     pub caveat: Option<String>,
+    /// Seconds for a `Retry-After` header (a 429 that may succeed later).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -23,7 +25,14 @@ impl ApiError {
             code,
             message: message.into(),
             caveat: None,
+            retry_after: None,
         }
+    }
+
+    /// Tells the client when to try again.
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// Names the token caveat that refused the request.
@@ -60,6 +69,7 @@ impl From<CoreError> for ApiError {
             code: e.code(),
             message,
             caveat: None,
+            retry_after: None,
         }
     }
 }
@@ -73,7 +83,12 @@ impl IntoResponse for ApiError {
                 caveat: self.caveat,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        resp
     }
 }
 

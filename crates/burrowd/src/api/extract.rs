@@ -36,6 +36,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 format!("request body must be JSON with 'Content-Type: application/json'{got}"),
             ));
         }
+        // A large body is read and parsed within the daemon's buffer budget (if the router
+        // has one): about twice its size is held until it is parsed.
+        let _reserved = match req.extensions().get::<std::sync::Arc<super::ExecBudget>>() {
+            Some(budget) => {
+                let len = req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(super::MAX_BODY_BYTES)
+                    .min(super::MAX_BODY_BYTES);
+                budget.reserve_body(len)?
+            }
+            None => None,
+        };
         let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(

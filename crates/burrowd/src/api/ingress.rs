@@ -8,9 +8,14 @@
 //!   bytes of one TCP connection to that port; an empty binary message is EOF (half-close).
 //!
 //! Auth follows the sandbox's `url_auth`: `public` URLs need no token; `private` ones need a
-//! token allowing `http` on the sandbox (bearer header or `burrow_token` cookie, which a
-//! `?burrow_token=…` link sets once). Burrow's own credentials never reach the sandbox: the
-//! cookie, the query parameter and a Burrow bearer token are removed from what is forwarded.
+//! token allowing `http` on the sandbox. On the sandbox's own host that is the bearer header
+//! or the `burrow_token` cookie, which a `?burrow_token=…` link sets once (host-only, so no
+//! other sandbox and not the API sees it; HttpOnly). On the API's origin (`…/http/…`) it is
+//! the bearer header only, a link redirects to the sandbox's host, and the app's answers carry
+//! `Content-Security-Policy: sandbox` so a page served there runs in an opaque origin.
+//! Burrow's own credentials never reach the sandbox: the cookie, the query parameter and a
+//! Burrow bearer token are removed from what is forwarded, and an app's `Set-Cookie` for
+//! `burrow_token` is removed from what it answers.
 //! This module decides nothing about sandboxes: the core wakes, tunnels and refuses.
 
 use std::net::SocketAddr;
@@ -37,6 +42,10 @@ use super::{ApiError, AppState, Transport};
 const RELAY_CHUNK: usize = 64 * 1024;
 /// The query parameter (and cookie) that carries a token for a private sandbox URL.
 const TOKEN_PARAM: &str = "burrow_token";
+/// What app answers served on the API's origin (`…/http/…`) run under: an opaque origin
+/// (no `allow-same-origin`), so their scripts can neither read the API origin's storage nor
+/// call the API as same-origin.
+const PATH_CSP: &str = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads";
 
 /// The ingress routes (merged into the API router, behind the token middleware).
 pub fn routes() -> Router<AppState> {
@@ -65,11 +74,12 @@ pub async fn before_auth(State(state): State<AppState>, req: Request, next: Next
     let Some((name, target)) = ingress_path(req.uri()) else {
         return next.run(req).await;
     };
-    if token_param(req.uri().query()).is_some() {
-        return token_redirect(&state, &name, &req);
+    // A sign-in link for a valid name only: the name becomes a host name in the redirect.
+    if token_param(req.uri().query()).is_some() && burrow_api::SandboxName::parse(&name).is_ok() {
+        return to_host(&state, &name, &req, &target);
     }
     match state.mgr.url_auth(&name) {
-        Ok(UrlAuth::Public) => proxy(&state, &name, req, target).await,
+        Ok(UrlAuth::Public) => proxy(&state, &name, req, target, Origin::Api).await,
         // Private, or unknown (the normal path answers with the API's error).
         _ => next.run(req).await,
     }
@@ -78,7 +88,7 @@ pub async fn before_auth(State(state): State<AppState>, req: Request, next: Next
 /// `ANY /v1/sandboxes/{name}/http[/{path}]`, after the token middleware.
 async fn by_path(State(state): State<AppState>, req: Request) -> Response {
     match ingress_path(req.uri()) {
-        Some((name, target)) => proxy(&state, &name, req, target).await,
+        Some((name, target)) => proxy(&state, &name, req, target, Origin::Api).await,
         None => {
             ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "not an ingress path").into_response()
         }
@@ -96,11 +106,8 @@ async fn by_host(state: &AppState, name: &str, req: Request) -> Response {
         return token_redirect(state, name, &req);
     }
     if url_auth == UrlAuth::Private {
-        let access = Access {
-            sandbox: Some(name),
-            action: Some("http"),
-        };
-        if let Err(e) = auth::authorize(state, auth::bearer(req.headers()), access) {
+        let access = Access::new(Some(name), "http");
+        if let Err(e) = auth::authorize(state, auth::ingress_credential(req.headers()), access) {
             let hint = format!(
                 "{}\n\nThis sandbox's URL is private. Open it once with ?{TOKEN_PARAM}=TOKEN appended \
                  (a cookie keeps you signed in), or send 'Authorization: Bearer TOKEN'. A token needs \
@@ -112,7 +119,45 @@ async fn by_host(state: &AppState, name: &str, req: Request) -> Response {
         }
     }
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    proxy(state, name, req, target).await
+    proxy(state, name, req, target, Origin::SandboxHost).await
+}
+
+/// Where an app's answer is served: the sandbox's own host, or the API's origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    SandboxHost,
+    Api,
+}
+
+/// `…/http/…?burrow_token=…` on the API's origin: the sign-in cookie is never set there.
+/// Redirect to the same place on the sandbox's own host (where the link then sets it).
+fn to_host(state: &AppState, name: &str, req: &Request, target: &str) -> Response {
+    let html = wants_html(req.headers());
+    let cfg = state.mgr.config();
+    let pair = req
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find(|p| is_token_pair(p))
+        .unwrap_or_default();
+    let sep = if target.contains('?') { '&' } else { '?' };
+    let host_url = format!("http://{name}.{}:{}{target}", cfg.base_domain, cfg.public_port);
+    let status = if matches!(*req.method(), Method::GET | Method::HEAD) {
+        StatusCode::SEE_OTHER
+    } else {
+        StatusCode::TEMPORARY_REDIRECT
+    };
+    let mut resp = page(
+        status,
+        "Sign in on the sandbox's own host",
+        &format!("A sign-in link works on the sandbox's own host: continue at {host_url}"),
+        html,
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("{host_url}{sep}{pair}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 /// The sandbox a Host header names: `{name}.{base_domain}`, any port, any case.
@@ -182,14 +227,12 @@ fn token_param(query: Option<&str>) -> Option<String> {
 fn token_redirect(state: &AppState, name: &str, req: &Request) -> Response {
     let html = wants_html(req.headers());
     let token = token_param(req.uri().query()).unwrap_or_default();
-    let access = Access {
-        sandbox: Some(name),
-        action: Some("http"),
-    };
+    let access = Access::new(Some(name), "http");
     if let Err(e) = auth::authorize(state, Some(&token), access) {
         return page(e.status, "Sign-in failed", &e.message, html);
     }
-    // Cookie values are restricted (RFC 6265 cookie-octet); Burrow tokens always qualify.
+    // Host-only (no Domain): sent back to this sandbox's host alone, never to the API's
+    // origin or another sandbox. Cookie values are restricted (RFC 6265 cookie-octet); Burrow tokens always qualify.
     let cookie_safe = token
         .bytes()
         .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b';' | b'\\'));
@@ -222,7 +265,7 @@ fn token_redirect(state: &AppState, name: &str, req: &Request) -> Response {
 
 /// Forwards `req` to the sandbox's HTTP port as `target` (origin form) and streams the
 /// answer back; an upgrade (WebSocket) is spliced once both sides switched protocols.
-async fn proxy(state: &AppState, name: &str, mut req: Request, target: String) -> Response {
+async fn proxy(state: &AppState, name: &str, mut req: Request, target: String, origin: Origin) -> Response {
     let html = wants_html(req.headers());
     let port = match state.mgr.http_port(name).await {
         Ok(p) => p,
@@ -284,12 +327,53 @@ async fn proxy(state: &AppState, name: &str, mut req: Request, target: String) -
             };
             let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(app)).await;
         });
-        let (parts, _) = resp.into_parts();
+        let (mut parts, _) = resp.into_parts();
+        answer_headers(&mut parts.headers, origin);
         return Response::from_parts(parts, Body::empty());
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    answer_headers(&mut parts.headers, origin);
     Response::from_parts(parts, Body::new(body))
+}
+
+/// What of an app's answer headers reach the client: never a `Set-Cookie` for Burrow's own
+/// cookie (an app must not sign a visitor in or out, or plant a token); on the API's origin
+/// the answer is sandboxed into an opaque origin.
+fn answer_headers(headers: &mut HeaderMap, origin: Origin) {
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| !sets_burrow_cookie(v.as_bytes()))
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for v in kept {
+        headers.append(header::SET_COOKIE, v);
+    }
+    if origin == Origin::Api {
+        headers.append(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(PATH_CSP),
+        );
+    }
+}
+
+/// Whether a `Set-Cookie` value names Burrow's cookie (`burrow_token`, any case, any
+/// `__Host-`/`__Secure-` prefix, spaces around the name ignored as browsers do).
+fn sets_burrow_cookie(v: &[u8]) -> bool {
+    let v = String::from_utf8_lossy(v);
+    let name = v
+        .split(['=', ';'])
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let name = name
+        .strip_prefix("__host-")
+        .or_else(|| name.strip_prefix("__secure-"))
+        .unwrap_or(&name);
+    name == TOKEN_PARAM
 }
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` + `Upgrade: …`).
@@ -565,6 +649,34 @@ mod tests {
         );
         assert_eq!(token_param(Some("burrow_tokens=1")), None);
         assert_eq!(strip_token_param("burrow_token=x"), "");
+    }
+
+    #[test]
+    fn apps_cannot_set_burrows_cookie() {
+        let mut h = HeaderMap::new();
+        for c in [
+            "burrow_token=bm1_evil; Path=/",
+            "  Burrow_Token =x; Domain=localhost",
+            "__Host-burrow_token=x",
+            "session=abc; HttpOnly",
+            "burrow_tokens=fine",
+        ] {
+            h.append(header::SET_COOKIE, HeaderValue::from_str(c).unwrap());
+        }
+        answer_headers(&mut h, Origin::SandboxHost);
+        let left: Vec<_> = h
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(left, ["session=abc; HttpOnly", "burrow_tokens=fine"]);
+        assert!(h.get(header::CONTENT_SECURITY_POLICY).is_none());
+        answer_headers(&mut h, Origin::Api);
+        let csp = h.get(header::CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
+        assert!(
+            csp.starts_with("sandbox ") && !csp.contains("allow-same-origin"),
+            "{csp}"
+        );
     }
 
     #[test]

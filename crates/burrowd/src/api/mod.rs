@@ -33,7 +33,11 @@ pub enum Transport {
 pub struct AppState {
     pub mgr: Arc<Manager>,
     pub admin_token: Arc<String>,
+    /// Memory for one-shot exec output, shared by every request.
+    pub exec_budget: Arc<ExecBudget>,
 }
+
+pub use exec::{DEFAULT_EXEC_BUFFER_BUDGET_MB, ExecBudget};
 
 /// Largest JSON request body accepted.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
@@ -188,6 +192,8 @@ pub fn router(state: AppState, transport: Transport) -> Router {
         .merge(ingress::routes())
         .fallback(error::no_route)
         .method_not_allowed_fallback(error::method_not_allowed)
+        // Large JSON bodies are read within the buffer budget (`extract::ApiJson`).
+        .layer(axum::Extension(state.exec_budget.clone()))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

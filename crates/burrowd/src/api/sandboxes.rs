@@ -84,8 +84,13 @@ pub async fn list(
 
 pub async fn create(
     State(s): State<AppState>,
+    caller: Option<axum::extract::Extension<super::auth::Caller>>,
     ApiJson(req): ApiJson<CreateSandbox>,
 ) -> Result<(StatusCode, Json<Sandbox>)> {
+    // A fork copies its source's disk: the token must be allowed to read the source.
+    if let (Some(from), Some(axum::extract::Extension(caller))) = (&req.from, &caller) {
+        caller.check(&s, super::auth::Access::new(Some(from.sandbox.as_str()), "read"))?;
+    }
     Ok((StatusCode::CREATED, Json(s.mgr.create(req).await?)))
 }
 
