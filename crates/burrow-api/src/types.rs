@@ -211,6 +211,11 @@ pub struct SandboxUsage {
     pub pids: u64,
     /// Processes the kernel's OOM killer killed in it since it last booted.
     pub oom_kills: u64,
+    /// The process (and thread) limit in force, which may be below `config.pids`: the
+    /// container engine lowers it so that the sandbox's open files stay within its share of
+    /// the host's (see docs/threat-model.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<u64>,
 }
 
 /// `GET /v1/sandboxes`.

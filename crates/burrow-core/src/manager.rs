@@ -325,6 +325,7 @@ impl Manager {
                 memory_bytes: s.memory_bytes,
                 pids: s.pids,
                 oom_kills: s.oom_kills,
+                pids_limit: s.pids_limit,
             });
         }
         Ok(view)

@@ -49,6 +49,9 @@ pub struct Stats {
     pub pids: u64,
     /// Processes the kernel's OOM killer killed in this sandbox since it started.
     pub oom_kills: u64,
+    /// The process limit the kernel enforces (it can be lower than the configured one, see
+    /// the container engine's open-file budget); `None` = unlimited or unknown.
+    pub pids_limit: Option<u64>,
 }
 
 /// What the runtime says about a sandbox.

@@ -425,6 +425,15 @@ async fn open_files_are_a_bounded_share_of_the_hosts() {
             got[0]
         );
 
+        // The user sees the limit in force, not only the configured one.
+        let info = c.get_sandbox(&sb.name).await.unwrap();
+        assert_eq!(
+            info.usage.and_then(|u| u.pids_limit),
+            Some(pids_limit),
+            "info shows the pids limit in force: {:?}",
+            info.usage
+        );
+
         // From inside: a process opening files stops at the bound with EMFILE; the same loop
         // with a cap 32 below the bound gets all of them (the control).
         let open_loop = |cap: u64| {

@@ -124,9 +124,13 @@ fn render_info(s: &Sandbox) -> String {
         kv(
             "In use",
             &format!(
-                "{} memory, {} processes{}",
+                "{} memory, {} processes{}{}",
                 output::size(u.memory_bytes),
                 u.pids,
+                match u.pids_limit {
+                    Some(max) => format!(" (limit {max})"),
+                    None => String::new(),
+                },
                 if u.oom_kills > 0 {
                     format!(", {} OOM kills", u.oom_kills)
                 } else {

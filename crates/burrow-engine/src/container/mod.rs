@@ -653,6 +653,7 @@ impl Engine for ContainerEngine {
                     pids: num(read(root.join("pids").join(rel).join("pids.current"))).unwrap_or(0),
                     oom_kills: oom_kills(mem.clone()).unwrap_or(0)
                         + oom_kills(mem.join(PAYLOAD_CGROUP)).unwrap_or(0),
+                    pids_limit: num(read(root.join("pids").join(rel).join("pids.max"))),
                 })
             }
             CgroupVersion::V2 => {
@@ -661,6 +662,7 @@ impl Engine for ContainerEngine {
                     memory_bytes: num(read(dir.join("memory.current")))?,
                     pids: num(read(dir.join("pids.current"))).unwrap_or(0),
                     oom_kills: field(read(dir.join("memory.events")), "oom_kill ").unwrap_or(0),
+                    pids_limit: num(read(dir.join("pids.max"))),
                 })
             }
         }
