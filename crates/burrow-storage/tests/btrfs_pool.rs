@@ -340,9 +340,20 @@ fn full_pool_reports_no_space() {
     // Space comes back once the data goes (freed at the next commit, which syncfs forces).
     // Nothing else references the fill file; a deleted *subvolume* would only give its space
     // back after the background cleaner ran.
+    // Under load btrfs can hand the freed extents back a commit later than the first syncfs:
+    // poll (bounded) until the write goes through.
     std::fs::remove_file(&path).unwrap();
-    nix::unistd::syncfs(std::fs::File::open(pool.root()).unwrap()).unwrap();
-    std::fs::write(vol.join("again"), vec![1u8; 16 * MIB as usize]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        nix::unistd::syncfs(std::fs::File::open(pool.root()).unwrap()).unwrap();
+        match std::fs::write(vol.join("again"), vec![1u8; 16 * MIB as usize]) {
+            Ok(()) => break,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("space did not come back after the fill file was deleted: {e}"),
+        }
+    }
 }
 
 fn has_flags(options: &str) -> (bool, bool) {
