@@ -204,9 +204,11 @@ pub(crate) fn not_running(rec: &SandboxRecord) -> Result<()> {
     if rec.status != SandboxStatus::Failed {
         return Ok(());
     }
-    let name = &rec.name;
-    let why = rec.failure_reason.as_deref().unwrap_or("it failed");
-    Err(CoreError::Conflict(format!(
-        "sandbox '{name}' is not running: {why}; `burrow start {name}` boots it again"
-    )))
+    Err(CoreError::NotRunning {
+        name: rec.name.clone(),
+        why: rec
+            .failure_reason
+            .clone()
+            .unwrap_or_else(|| "it failed".to_owned()),
+    })
 }

@@ -120,7 +120,11 @@ async fn killed_agent_is_reported_and_start_boots_it_again() {
     // At once: exec tells the reason (noticed on demand or by the watcher, whichever is first).
     let err = c.exec(&dead, &echo("hi")).await.unwrap_err();
     let msg = err.to_string();
-    assert_eq!(err.status(), Some(409), "{msg}");
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(409), Some("illegal_transition")),
+        "{msg}"
+    );
     assert!(msg.contains(DIED), "{msg}");
     assert!(msg.contains(&format!("burrow start {dead}")), "{msg}");
     assert!(!msg.contains("refused"), "{msg}");
