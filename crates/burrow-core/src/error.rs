@@ -40,6 +40,9 @@ pub enum CoreError {
         action: &'static str,
         from: SandboxStatus,
     },
+    /// A request that needs the sandbox's agent, on a `failed` sandbox: why, and the way out.
+    #[error("sandbox '{name}' is not running: {why}; `burrow start {name}` boots it again")]
+    NotRunning { name: String, why: String },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -84,7 +87,10 @@ impl CoreError {
             Self::BadRequest(_) => ErrorKind::BadRequest,
             Self::Invalid(_) => ErrorKind::Invalid,
             Self::NotFound { .. } => ErrorKind::NotFound,
-            Self::NameTaken(_) | Self::IllegalTransition { .. } | Self::Conflict(_) => ErrorKind::Conflict,
+            Self::NameTaken(_)
+            | Self::IllegalTransition { .. }
+            | Self::NotRunning { .. }
+            | Self::Conflict(_) => ErrorKind::Conflict,
             Self::Gone(_) => ErrorKind::Gone,
             Self::TooLarge(_) => ErrorKind::TooLarge,
             Self::Unavailable(_) | Self::Agent { .. } | Self::NotListening { .. } => ErrorKind::Unavailable,
@@ -102,7 +108,7 @@ impl CoreError {
             Self::Invalid(_) => "invalid",
             Self::NotFound { .. } => "not_found",
             Self::NameTaken(_) => "name_taken",
-            Self::IllegalTransition { .. } => "illegal_transition",
+            Self::IllegalTransition { .. } | Self::NotRunning { .. } => "illegal_transition",
             Self::Conflict(_) => "conflict",
             Self::Gone(_) => "gone",
             Self::TooLarge(_) => "too_large",

@@ -151,6 +151,10 @@ impl Manager {
                 if rec.intent.is_some() {
                     continue;
                 }
+                // A dead agent is recorded (and nothing else done with the sandbox) first.
+                if self.watch_agent(&rec).await {
+                    continue;
+                }
                 if rec.status == SandboxStatus::Running {
                     self.watch_oom(&rec);
                 }

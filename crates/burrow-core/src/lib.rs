@@ -26,6 +26,7 @@ mod sessions;
 pub mod state;
 pub mod store;
 mod time_util;
+mod watch;
 
 pub use checkpoints::CheckpointSource;
 pub use config::Config;

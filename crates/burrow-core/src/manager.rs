@@ -251,11 +251,15 @@ impl Manager {
             return Ok(());
         };
         let mut listeners = self.inside_listeners.lock().unwrap_or_else(|p| p.into_inner());
-        if listeners.get(&rec.id).is_some_and(|h| !h.is_finished()) {
-            return Ok(());
-        }
         use std::os::unix::fs::PermissionsExt;
         let dir = self.host_api_dir(&rec.id);
+        // A listener whose socket file was deleted (with the run dir) serves nobody: bind anew.
+        if listeners.get(&rec.id).is_some_and(|h| !h.is_finished()) && dir.join("api.sock").exists() {
+            return Ok(());
+        }
+        if let Some(old) = listeners.remove(&rec.id) {
+            old.abort();
+        }
         let io = |e: std::io::Error| {
             CoreError::Internal(format!("in-sandbox API socket in {}: {e}", dir.display()))
         };
@@ -678,6 +682,9 @@ impl Manager {
         let _guard = lock.lock().await;
         // Re-read under the lock: another operation may have changed it meanwhile.
         let mut rec = self.record(name)?;
+        // No verb acts on a dead agent as if it ran: its death is recorded first (`failed`),
+        // so `start` boots it and `sleep`/`wake` refuse.
+        self.reap_if_dead(&mut rec).await?;
         let to = valid_transition(&rec.name, rec.status, action)?;
         match (rec.status, action) {
             (SandboxStatus::Running, Action::Start | Action::Wake) => {}
@@ -853,12 +860,15 @@ impl Manager {
     /// Makes sure the sandbox runs (waking it if asleep) and returns its record.
     pub(crate) async fn ensure_running(&self, name: &str) -> Result<SandboxRecord> {
         let rec = self.record(name)?;
+        crate::watch::not_running(&rec)?;
         valid_transition(&rec.name, rec.status, Action::Exec)?;
         self.activity.touch(&rec.id);
         if rec.status == SandboxStatus::Sleeping {
             self.action(name, Action::Wake).await?;
             return self.record(name);
         }
+        // A dead agent is told as such, not as a refused connection.
+        self.check_agent(name).await?;
         Ok(rec)
     }
 
@@ -912,8 +922,14 @@ impl Manager {
             Err(CoreError::Agent { .. }) => {
                 // The cached channel may be stale (agent restarted): reconnect once.
                 self.forget_agent(&rec.id);
-                let client = self.agent(&rec).await?;
-                exec::start_session(client, &rec.name, opts).await
+                let retried = match self.agent(&rec).await {
+                    Ok(client) => exec::start_session(client, &rec.name, opts).await,
+                    Err(e) => Err(e),
+                };
+                match retried {
+                    Err(e @ CoreError::Agent { .. }) => Err(self.explain_agent_error(&rec.name, e).await),
+                    other => other,
+                }
             }
             other => other,
         }?;
@@ -994,8 +1010,17 @@ impl Manager {
                         rec.status = SandboxStatus::Running;
                         self.store.update_sandbox(&rec)?;
                     }
-                    self.ensure_inside_api(&rec)?;
-                    tracing::info!(sandbox = %rec.name, "adopted running sandbox");
+                    // Lost run dir or agent socket: booted again (or `failed` with why).
+                    match self.repair_runtime_files(&mut rec).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            self.ensure_inside_api(&rec)?;
+                            tracing::info!(sandbox = %rec.name, "adopted running sandbox");
+                        }
+                        Err(e) => {
+                            tracing::warn!(sandbox = %rec.name, error = %chain(&e), "could not boot again")
+                        }
+                    }
                 }
                 (true, RuntimeStatus::Missing | RuntimeStatus::Stopped)
                     if rec.status == SandboxStatus::Sleeping =>

@@ -67,6 +67,16 @@ pub enum RuntimeStatus {
     Missing,
 }
 
+/// Whether a sandbox's init (the agent) still runs, as [`Engine::liveness`] tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    /// It runs (possibly frozen).
+    Alive,
+    /// It is gone. `how` says how it ended where the engine knows ("killed by signal 9
+    /// (SIGKILL)", "exited with status 1").
+    Dead { how: Option<String> },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("engine {0} is not available on this host: {1}")]
@@ -128,6 +138,15 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
         Err(EngineError::Unsupported {
             engine: self.kind().as_str(),
             op: "thaw",
+        })
+    }
+    /// Whether the init of sandbox `id` still runs. Meant to be asked often (every second
+    /// for every running sandbox): an engine answers from a handle it keeps when it can.
+    /// A frozen sandbox is alive.
+    fn liveness(&self, id: &str) -> Result<Liveness> {
+        Ok(match self.status(id)? {
+            RuntimeStatus::Running { .. } | RuntimeStatus::Paused { .. } => Liveness::Alive,
+            RuntimeStatus::Stopped | RuntimeStatus::Missing => Liveness::Dead { how: None },
         })
     }
     /// Host path of the agent channel's unix socket for sandbox `id`.

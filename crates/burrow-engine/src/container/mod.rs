@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::{Engine, EngineError, EngineKind, Result, RuntimeStatus, SandboxSpec};
+use crate::{Engine, EngineError, EngineKind, Liveness, Result, RuntimeStatus, SandboxSpec};
 use runc::{RunArgs, Runc};
 
 /// How long the sandbox's init gets to die after SIGKILL before `runc delete --force` is
@@ -103,6 +103,9 @@ pub struct ContainerEngine {
     /// The agent log drain of every sandbox this engine started or adopted, by id. Dropping
     /// the engine stops them (the sandboxes' output then waits in, or is dropped by, the FIFO).
     drains: Mutex<HashMap<String, agent_log::Drain>>,
+    /// A pidfd of the init (the agent) of every sandbox whose liveness was asked or that this
+    /// engine started, by id: `liveness` polls it instead of running `runc state`.
+    inits: Mutex<HashMap<String, OwnedFd>>,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> EngineError + 'a {
@@ -220,6 +223,7 @@ impl ContainerEngine {
             file_budget,
             payload,
             drains: Mutex::new(HashMap::new()),
+            inits: Mutex::new(HashMap::new()),
         })
     }
 
@@ -409,6 +413,10 @@ impl ContainerEngine {
             .ok()
             .and_then(|p| p.trim().parse::<u32>().ok())
         {
+            // Watched from now on (see `liveness`); an init already gone is found by `runc state`.
+            if let Ok(Some(fd)) = sys::pidfd_open(pid) {
+                self.set_init(&spec.id, Some(fd));
+            }
             let path = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
             if let Err(e) = fs::write(&path, "-1000") {
                 if self.payload {
@@ -494,6 +502,15 @@ impl ContainerEngine {
         }
     }
 
+    /// Replaces the pidfd kept for the init of `id`.
+    fn set_init(&self, id: &str, fd: Option<OwnedFd>) -> Option<OwnedFd> {
+        let mut inits = self.inits.lock().unwrap_or_else(|p| p.into_inner());
+        match fd {
+            Some(fd) => inits.insert(id.to_owned(), fd),
+            None => inits.remove(id),
+        }
+    }
+
     fn has_drain(&self, id: &str) -> bool {
         let drains = self.drains.lock().unwrap_or_else(|p| p.into_inner());
         drains.contains_key(id)
@@ -567,6 +584,7 @@ impl Engine for ContainerEngine {
     }
 
     fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        self.set_init(id, None);
         let Some(st) = self.state(id)? else {
             self.set_drain(id, None);
             return Ok(());
@@ -602,6 +620,43 @@ impl Engine for ContainerEngine {
 
     fn list(&self) -> Result<Vec<String>> {
         self.runc.list()
+    }
+
+    fn liveness(&self, id: &str) -> Result<Liveness> {
+        let kept = {
+            let inits = self.inits.lock().unwrap_or_else(|p| p.into_inner());
+            match inits.get(id) {
+                Some(fd) => Some(fd.try_clone().map_err(io_err("dup", Path::new("pidfd")))?),
+                None => None,
+            }
+        };
+        let pidfd = match kept {
+            Some(fd) => fd,
+            // Not watched yet (adopted after a daemon restart): ask runc once, then keep a
+            // pidfd. runc checks the pid's start time, so the pid is the init's.
+            None => match self.state(id)? {
+                Some(st) if matches!(st.status.as_str(), "running" | "paused") => {
+                    match sys::pidfd_open(st.pid).map_err(io_err("pidfd_open", Path::new("/proc")))? {
+                        Some(fd) => {
+                            let copy = fd.try_clone().map_err(io_err("dup", Path::new("pidfd")))?;
+                            self.set_init(id, Some(fd));
+                            copy
+                        }
+                        None => return Ok(Liveness::Dead { how: None }),
+                    }
+                }
+                _ => return Ok(Liveness::Dead { how: None }),
+            },
+        };
+        if !sys::wait_pidfd(&pidfd, Duration::ZERO).map_err(io_err("poll", Path::new("pidfd")))? {
+            return Ok(Liveness::Alive);
+        }
+        // Its exit status: from the zombie, or from the kernel once its reaper (the host's
+        // init) has reaped it.
+        let status = sys::zombie_exit_status(&pidfd).or_else(|| sys::pidfd_exit_status(&pidfd));
+        Ok(Liveness::Dead {
+            how: status.map(sys::describe_wait_status),
+        })
     }
 
     fn adopt(&self, id: &str) -> Result<()> {

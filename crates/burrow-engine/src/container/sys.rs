@@ -152,3 +152,73 @@ pub(crate) fn max_nofile() -> u64 {
 pub(crate) fn is_cgroup2_unified(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
 }
+
+/// `struct pidfd_info` of `<linux/pidfd.h>`, its first version (64 bytes, Linux 6.13+).
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    ids: [u32; 11],
+    exit_code: i32,
+}
+
+/// `PIDFD_INFO_EXIT` (Linux 6.15+): the wait status of a process that has been reaped.
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+/// `PIDFD_GET_INFO` = `_IOWR(0xFF, 11, struct pidfd_info)` with the 64-byte first version.
+const PIDFD_GET_INFO: u64 = (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as u64) << 16) | (0xFF << 8) | 11;
+
+/// The wait status (as `waitpid` gives it) of the exited process behind `pidfd`, when the
+/// kernel keeps it (Linux 6.15+, once the process is reaped; the process need not be our
+/// child). `None` on older kernels or while it is not reaped yet.
+pub(crate) fn pidfd_exit_status(pidfd: &OwnedFd) -> Option<i32> {
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_EXIT,
+        ..Default::default()
+    };
+    // SAFETY: PIDFD_GET_INFO writes at most the size encoded in the request (that of
+    // `PidfdInfo`) into the struct we pass, which lives across the call.
+    let ret = unsafe {
+        libc::ioctl(
+            pidfd.as_raw_fd(),
+            PIDFD_GET_INFO as _,
+            &mut info as *mut PidfdInfo,
+        )
+    };
+    (ret == 0 && info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code)
+}
+
+/// The wait status of the exited, not yet reaped (zombie) process behind `pidfd`, from
+/// `/proc/<pid>/stat` (its 52nd field). The pid is read from the pidfd before and after, so
+/// the numbers are those of this process: a zombie's pid cannot be reused.
+pub(crate) fn zombie_exit_status(pidfd: &OwnedFd) -> Option<i32> {
+    let pid_of = || {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .filter(|p| *p > 0)
+    };
+    let pid = pid_of()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces and parentheses): 3 (state) onwards.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if fields.first() != Some(&"Z") {
+        return None;
+    }
+    let status = fields.get(52 - 3)?.parse::<i32>().ok()?;
+    (pid_of() == Some(pid)).then_some(status)
+}
+
+/// A wait status in words: "killed by signal 9 (SIGKILL)", "exited with status 1".
+pub(crate) fn describe_wait_status(status: i32) -> String {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        match nix::sys::signal::Signal::try_from(sig) {
+            Ok(s) => format!("killed by signal {sig} ({})", s.as_str()),
+            Err(_) => format!("killed by signal {sig}"),
+        }
+    } else {
+        format!("exited with status {}", libc::WEXITSTATUS(status))
+    }
+}

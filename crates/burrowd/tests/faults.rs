@@ -1,0 +1,276 @@
+//! Faults are never hidden (issue 9): a sandbox's agent (PID 1) killed from the host, and
+//! the host files burrowd owns for a sandbox (its run dir, the agent socket) deleted.
+//! Waits are bounded polls for a condition; nothing sleeps to synchronise.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use burrow_api::{CreateSandbox, ExecRequest, Sandbox, SandboxName, SandboxStatus};
+use burrow_testkit::burrow_client::Client;
+use burrow_testkit::{Daemon, shared, unique_name};
+
+fn req(name: &str) -> CreateSandbox {
+    CreateSandbox {
+        name: SandboxName::parse(name).unwrap(),
+        // The idle policy stays out of the way: sleeping is done by the test itself.
+        idle_timeout_s: Some(0),
+        ..Default::default()
+    }
+}
+
+fn echo(text: &str) -> ExecRequest {
+    ExecRequest {
+        cmd: vec!["echo".into(), text.into()],
+        ..Default::default()
+    }
+}
+
+/// What `runc state` says of sandbox `id`: (status, host pid of its init, the agent).
+fn runc_state(data_dir: &Path, id: &str) -> (String, u32) {
+    let out = std::process::Command::new("runc")
+        .args(["--root", data_dir.join("runc").to_str().unwrap(), "state", id])
+        .output()
+        .expect("runc state");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("runc state {id}: {}", String::from_utf8_lossy(&out.stderr)));
+    (
+        v["status"].as_str().unwrap().to_owned(),
+        v["pid"].as_u64().unwrap() as u32,
+    )
+}
+
+/// `kill -9` of the sandbox's agent from the host; returns once it is dead (every thread
+/// gone: its pidfd polls readable), as `kill -9` and a later command would see it.
+fn kill_agent(d: &Daemon, id: &str) {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    let (status, pid) = runc_state(&d.data_dir, id);
+    assert_eq!(status, "running", "agent of {id} before the kill");
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd (or -1); no memory of ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    assert!(fd >= 0, "pidfd_open {pid}: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel just returned this fd; nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL)
+        .expect("kill -9 the agent");
+    let mut fds = [nix::poll::PollFd::new(
+        pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16)).expect("poll pidfd");
+    assert_eq!(ready, 1, "agent {pid} survived SIGKILL for 10 s");
+}
+
+async fn wait_for(c: &Client, name: &str, what: &str, ok: impl Fn(&Sandbox) -> bool) -> Sandbox {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let sb = c.get_sandbox(name).await.unwrap();
+        if ok(&sb) {
+            return sb;
+        }
+        assert!(Instant::now() < deadline, "{name} never became {what}: {sb:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The sandbox's event stream (history replayed) until `needle` shows up; the text.
+async fn events_until(d: &Daemon, name: &str, needle: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+    s.write_all(
+        format!("GET /v1/sandboxes/{name}/events?since=0 HTTP/1.1\r\nHost: burrow\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+        let mut chunk = [0u8; 8192];
+        let got = tokio::time::timeout_at(deadline.into(), s.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no event with {needle:?} came: {text}"))
+            .unwrap();
+        assert!(got > 0, "event stream closed: {text}");
+        buf.extend_from_slice(&chunk[..got]);
+    }
+}
+
+const DIED: &str = "the agent (PID 1) died: killed by signal 9 (SIGKILL)";
+
+/// kill -9 of the agent: within seconds `info` says `failed` with the reason, an
+/// `agent.died` event says how, exec says why instead of "connection refused", and `start`
+/// boots it again. Controls: a sandbox whose agent was not killed stays `running`, and a
+/// warm-sleeping (frozen) one stays asleep.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_agent_is_reported_and_start_boots_it_again() {
+    let d = shared();
+    let c = d.client();
+    let (dead, alive, asleep) = (unique_name("dead"), unique_name("alive"), unique_name("asleep"));
+    let dead_id = c.create_sandbox(&req(&dead)).await.unwrap().id;
+    c.create_sandbox(&req(&alive)).await.unwrap();
+    c.create_sandbox(&req(&asleep)).await.unwrap();
+    c.sandbox_action(&asleep, "sleep").await.unwrap();
+    let asleep_id = c.get_sandbox(&asleep).await.unwrap().id;
+    assert_eq!(runc_state(&d.data_dir, &asleep_id).0, "paused");
+
+    kill_agent(d, &dead_id);
+    // At once: exec tells the reason (noticed on demand or by the watcher, whichever is first).
+    let err = c.exec(&dead, &echo("hi")).await.unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(409), Some("illegal_transition")),
+        "{msg}"
+    );
+    assert!(msg.contains(DIED), "{msg}");
+    assert!(msg.contains(&format!("burrow start {dead}")), "{msg}");
+    assert!(!msg.contains("refused"), "{msg}");
+
+    let sb = wait_for(&c, &dead, "not running", |s| s.status != SandboxStatus::Running).await;
+    assert_eq!(sb.status, SandboxStatus::Failed);
+    assert_eq!(sb.failure_reason.as_deref(), Some(DIED));
+    let ev = events_until(d, &dead, "agent.died").await;
+    assert!(ev.contains("killed by signal 9 (SIGKILL)"), "{ev}");
+    // A dead burrow cannot be put to sleep as if it ran.
+    let err = c.sandbox_action(&dead, "sleep").await.unwrap_err();
+    assert_eq!(err.status(), Some(409), "{err}");
+
+    // Controls, after the watcher has seen the dead one: the others are as they were.
+    let sb = c.get_sandbox(&alive).await.unwrap();
+    assert_eq!((sb.status, sb.failure_reason), (SandboxStatus::Running, None));
+    let sb = c.get_sandbox(&asleep).await.unwrap();
+    assert_eq!(
+        (sb.status, sb.sleep.as_deref(), sb.failure_reason.as_deref()),
+        (SandboxStatus::Sleeping, Some("warm"), None)
+    );
+    assert_eq!(c.exec(&alive, &echo("up")).await.unwrap().stdout, "up\n");
+    assert_eq!(c.exec(&asleep, &echo("woke")).await.unwrap().stdout, "woke\n");
+
+    // `start` boots it again, and exec answers.
+    let sb = c.sandbox_action(&dead, "start").await.unwrap();
+    assert_eq!((sb.status, sb.failure_reason), (SandboxStatus::Running, None));
+    assert_eq!(c.exec(&dead, &echo("back")).await.unwrap().stdout, "back\n");
+    for n in [&dead, &alive, &asleep] {
+        c.delete_sandbox(n).await.unwrap();
+    }
+}
+
+/// `start` (and `restart`) asked right after the agent died, before anything noticed, boot
+/// the sandbox instead of answering `running` and doing nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_right_after_the_agent_died_boots_it() {
+    let d = shared();
+    let c = d.client();
+    let name = unique_name("restart");
+    let id = c.create_sandbox(&req(&name)).await.unwrap().id;
+    for verb in ["start", "restart"] {
+        kill_agent(d, &id);
+        let sb = c.sandbox_action(&name, verb).await.unwrap();
+        assert_eq!(sb.status, SandboxStatus::Running, "{verb}");
+        assert_eq!(
+            c.exec(&name, &echo(verb)).await.unwrap().stdout,
+            format!("{verb}\n"),
+            "{verb}"
+        );
+    }
+    let ev = events_until(d, &name, "agent.died").await;
+    assert!(ev.contains("killed by signal 9"), "{ev}");
+    c.delete_sandbox(&name).await.unwrap();
+}
+
+/// The agent socket (or the whole run dir) deleted, then a daemon restart: the sandbox is
+/// booted again with a new socket and says why; exec works. Control: a sandbox whose files
+/// were left alone is adopted as it was (its process survives).
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_agent_socket_or_run_dir_is_repaired_at_daemon_start() {
+    let d = Daemon::start();
+    let c = d.client();
+    let (sock, dir, kept) = (unique_name("sock"), unique_name("rundir"), unique_name("kept"));
+    let sock_id = c.create_sandbox(&req(&sock)).await.unwrap().id;
+    let dir_id = c.create_sandbox(&req(&dir)).await.unwrap().id;
+    c.create_sandbox(&req(&kept)).await.unwrap();
+    let bg = ExecRequest {
+        cmd: vec![
+            "sh".into(),
+            "-c".into(),
+            "setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!".into(),
+        ],
+        ..Default::default()
+    };
+    let kept_pid = c.exec(&kept, &bg).await.unwrap().stdout.trim().to_owned();
+    let run = d.data_dir.join("run");
+    std::fs::remove_file(run.join(&sock_id).join("agent.sock")).unwrap();
+    std::fs::remove_dir_all(run.join(&dir_id)).unwrap();
+
+    d.kill9();
+    d.restart();
+    let c = d.client();
+    for (name, what) in [(&sock, "its agent socket"), (&dir, "its run directory")] {
+        assert_eq!(c.exec(name, &echo("up")).await.unwrap().stdout, "up\n", "{name}");
+        let sb = c.get_sandbox(name).await.unwrap();
+        assert_eq!(sb.status, SandboxStatus::Running, "{name}");
+        let notice = sb.notice.unwrap_or_default();
+        assert!(
+            notice.contains(&format!("{what} ")) && notice.contains("was deleted"),
+            "{notice}"
+        );
+        let ev = events_until(&d, name, "\"restarted\"").await;
+        assert!(ev.contains("was deleted"), "{ev}");
+    }
+    assert!(run.join(&sock_id).join("agent.sock").exists());
+    // The control was adopted, not booted again.
+    let r = c
+        .exec(
+            &kept,
+            &ExecRequest {
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!("kill -0 {kept_pid} && echo alive"),
+                ],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "alive\n");
+    let sb = c.get_sandbox(&kept).await.unwrap();
+    assert_eq!((sb.status, sb.notice), (SandboxStatus::Running, None));
+}
+
+/// The run dir deleted while the daemon runs: exec still works on the open channel, and
+/// `restart` rebuilds what is missing (run dir, agent socket, in-sandbox API socket) and
+/// boots the sandbox, instead of failing with runc's log and leaving it `failed`.
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_recreates_a_deleted_run_dir() {
+    let d = shared();
+    let c = d.client();
+    let name = unique_name("rundir");
+    let id = c.create_sandbox(&req(&name)).await.unwrap().id;
+    let run = d.data_dir.join("run").join(&id);
+    std::fs::remove_dir_all(&run).unwrap();
+    let sb = c.sandbox_action(&name, "restart").await.unwrap();
+    assert_eq!((sb.status, sb.failure_reason), (SandboxStatus::Running, None));
+    assert_eq!(c.exec(&name, &echo("up")).await.unwrap().stdout, "up\n");
+    assert!(run.join("agent.sock").exists());
+    // The in-sandbox API answers on its socket again.
+    let r = c
+        .exec(
+            &name,
+            &ExecRequest {
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "test -S /.burrow/api.sock && echo sock".into(),
+                ],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "sock\n", "{r:?}");
+    c.delete_sandbox(&name).await.unwrap();
+}
