@@ -312,6 +312,9 @@ mod tests {
         assert_eq!(c.cpus, None);
         let c: CreateSandbox = serde_json::from_str(r#"{"name":"a"}"#).unwrap();
         assert_eq!(c.cpus, None);
+        // A literal too large for f64 is no number serde_json reads (never infinity).
+        let err = serde_json::from_str::<CreateSandbox>(r#"{"name":"a","cpus":1e999}"#).unwrap_err();
+        assert!(err.to_string().contains("number out of range"), "{err}");
         let err = serde_json::from_str::<CreateSandbox>(r#"{"name":"a","cpus":"2"}"#).unwrap_err();
         assert!(err.to_string().contains("a number of CPUs"), "{err}");
     }
