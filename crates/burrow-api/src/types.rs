@@ -94,7 +94,12 @@ pub struct CreateSandbox {
     pub engine: Option<EngineKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<ForkSource>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// 0.01..=256 ([`crate::limits::CPUS`]); non-finite values travel as strings, to be refused.
+    #[serde(
+        default,
+        with = "crate::limits::cpus_wire",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cpus: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u64>,
@@ -144,7 +149,12 @@ pub struct PatchSandbox {
     pub cold_after_s: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_auth: Option<UrlAuth>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// 0.01..=256 ([`crate::limits::CPUS`]); non-finite values travel as strings, to be refused.
+    #[serde(
+        default,
+        with = "crate::limits::cpus_wire",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cpus: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u64>,

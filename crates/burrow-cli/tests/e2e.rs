@@ -404,3 +404,39 @@ fn sessions_attach_and_kill_from_the_cli() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("s-0000000000000000"));
     ok(&["rm", &name]);
 }
+
+/// `--cpus` passes what was typed to the API, which alone judges it: `nan`, `inf` and `-inf`
+/// are refused with the API's message (they used to become the default, 1), and `0` and
+/// `0.001` get the same range in the same words. Control: an in-range value is accepted and
+/// shown by `info`.
+#[test]
+fn cpus_out_of_range_or_not_a_number_get_the_apis_message() {
+    let name = unique_name("cpus");
+    for (typed, shown) in [
+        ("nan", "NaN"),
+        ("inf", "inf"),
+        ("-inf", "-inf"),
+        ("0", "0"),
+        ("0.001", "0.001"),
+        ("300", "300"),
+    ] {
+        let o = run(&["create", &name, &format!("--cpus={typed}")]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "--cpus {typed} was accepted");
+        assert!(
+            stderr.contains(&format!("cpus must be between 0.01 and 256, got {shown}")),
+            "--cpus {typed}: {stderr}"
+        );
+    }
+    let o = run(&["info", &name]);
+    assert!(!o.status.success(), "a refused create made {name}");
+
+    ok(&["create", &name, "--cpus", "0.5"]);
+    let out = ok(&["info", &name]);
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("CPUs"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(line.split_whitespace().last(), Some("0.5"), "{out}");
+    ok(&["rm", &name]);
+}

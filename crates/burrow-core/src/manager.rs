@@ -1120,32 +1120,10 @@ impl Manager {
     }
 }
 
+/// A configuration, defaults included, against the API's one range for each resource and
+/// timeout ([`burrow_api::check_resources`], the check burrowd also applies to requests).
 fn validate_config(c: &SandboxConfig) -> Result<()> {
-    if !(c.cpus > 0.0 && c.cpus <= 256.0) {
-        return Err(CoreError::Invalid(format!(
-            "cpus must be > 0 and at most 256, got {}",
-            c.cpus
-        )));
-    }
-    if !(32..=1 << 22).contains(&c.memory_mb) {
-        return Err(CoreError::Invalid(format!(
-            "memory_mb must be between 32 and 4194304, got {}",
-            c.memory_mb
-        )));
-    }
-    if !(1..=1 << 16).contains(&c.disk_gb) {
-        return Err(CoreError::Invalid(format!(
-            "disk_gb must be between 1 and 65536, got {}",
-            c.disk_gb
-        )));
-    }
-    if !(16..=1 << 22).contains(&c.pids) {
-        return Err(CoreError::Invalid(format!(
-            "pids must be between 16 and 4194304, got {}",
-            c.pids
-        )));
-    }
-    Ok(())
+    burrow_api::check_resources(&c.resources()).map_err(|e| CoreError::Invalid(e.to_string()))
 }
 
 fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {

@@ -339,14 +339,33 @@ impl Macaroon {
         })
     }
 
-    /// Finds every macaroon embedded in `text` (e.g. a header value such as `token bm1_…`).
-    pub fn find_in(text: &str) -> impl Iterator<Item = &str> {
-        text.match_indices(PREFIX).map(move |(start, _)| {
-            let rest = &text[start..];
-            let end = rest
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-                .unwrap_or(rest.len());
-            &rest[..end]
+    /// Finds every candidate macaroon embedded in `bytes` (e.g. a header value such as
+    /// `token bm1_…`, or a URL): [`PREFIX`], then base64url of a JSON object (so `eyJ`, the
+    /// encoding of `{"`), then the rest of the base64url run, at most [`MAX_ENCODED_LEN`] long.
+    /// A mere occurrence of the prefix (`libgbm1_22.3.6-1.deb`) is no candidate. A candidate is
+    /// only text of the right shape: whether it is a token is for [`Macaroon::decode`] and
+    /// [`Macaroon::verify`] to say.
+    pub fn find_in(bytes: &[u8]) -> impl Iterator<Item = &str> {
+        const SHAPE: &[u8] = b"bm1_eyJ";
+        debug_assert!(SHAPE.starts_with(PREFIX.as_bytes()));
+        let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            while at + SHAPE.len() <= bytes.len() {
+                let start = at;
+                if &bytes[start..start + SHAPE.len()] != SHAPE {
+                    at += 1;
+                    continue;
+                }
+                let len = bytes[start..].iter().take_while(|&&b| is_b64(b)).count();
+                at = start + len;
+                if len > MAX_ENCODED_LEN {
+                    continue;
+                }
+                // ASCII by construction.
+                return std::str::from_utf8(&bytes[start..start + len]).ok();
+            }
+            None
         })
     }
 }
@@ -524,7 +543,22 @@ mod tests {
     fn finds_embedded_tokens() {
         let m = Macaroon::mint(KEY, "secret-1", &[]).encode();
         let header = format!("token {m}");
-        assert_eq!(Macaroon::find_in(&header).collect::<Vec<_>>(), vec![m.as_str()]);
-        assert_eq!(Macaroon::find_in("Bearer nothing").count(), 0);
+        assert_eq!(
+            Macaroon::find_in(header.as_bytes()).collect::<Vec<_>>(),
+            vec![m.as_str()]
+        );
+        assert_eq!(Macaroon::find_in(b"Bearer nothing").count(), 0);
+        // The prefix alone, as in a Debian package name, is no candidate.
+        let deb = b"/pool/main/m/mesa/libgbm1_22.3.6-1%2bdeb12u2_amd64.deb bm1_ bm1_x";
+        assert_eq!(Macaroon::find_in(deb).count(), 0);
+        // Two tokens, next to non-text bytes, each found whole.
+        let two = [b"\xff".as_slice(), m.as_bytes(), b",\xfe", m.as_bytes()].concat();
+        assert_eq!(
+            Macaroon::find_in(&two).collect::<Vec<_>>(),
+            vec![m.as_str(), m.as_str()]
+        );
+        // Longer than any token can be: not a candidate.
+        let long = format!("bm1_eyJ{}", "A".repeat(MAX_ENCODED_LEN));
+        assert_eq!(Macaroon::find_in(long.as_bytes()).count(), 0);
     }
 }

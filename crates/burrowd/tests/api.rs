@@ -434,3 +434,122 @@ async fn two_daemons_side_by_side() {
     b.shutdown();
     assert!(!b.data_dir.exists(), "ephemeral daemon left its data dir");
 }
+
+/// Resources and timeouts have one range each, checked in one place (`burrow_api::limits`),
+/// with one message: 422 `<field> must be between <min> and <max>, got <value>`, for a create
+/// and a patch alike, whatever the client. NaN and infinity (which JSON cannot carry; the
+/// typed client, and so the CLI, sends them as strings) are refused, never turned into the
+/// default. Control: in-range values are accepted and show in the sandbox's config.
+#[tokio::test(flavor = "multi_thread")]
+async fn resources_have_one_range_and_one_message() {
+    let d = shared();
+    let c = d.client();
+    let name = unique_name("res");
+    let cpus = |got: &str| format!("cpus must be between 0.01 and 256, got {got}");
+    let refused = [
+        (r#""cpus":"NaN""#, cpus("NaN")),
+        (r#""cpus":"inf""#, cpus("inf")),
+        (r#""cpus":"-inf""#, cpus("-inf")),
+        (r#""cpus":0"#, cpus("0")),
+        (r#""cpus":0.001"#, cpus("0.001")),
+        (r#""cpus":-1"#, cpus("-1")),
+        (r#""cpus":257"#, cpus("257")),
+        (
+            r#""memory_mb":31"#,
+            "memory_mb must be between 32 and 4194304, got 31".into(),
+        ),
+        (
+            r#""disk_gb":0"#,
+            "disk_gb must be between 1 and 65536, got 0".into(),
+        ),
+        (
+            r#""pids":15"#,
+            "pids must be between 16 and 4194304, got 15".into(),
+        ),
+        (
+            r#""idle_timeout_s":31536001"#,
+            "idle_timeout_s must be between 0 and 31536000, got 31536001".into(),
+        ),
+        (
+            r#""cold_after_s":18446744073709551615"#,
+            "cold_after_s must be between 0 and 31536000, got 18446744073709551615".into(),
+        ),
+    ];
+    for (field, message) in &refused {
+        let body = format!(r#"{{"name":"{name}",{field}}}"#);
+        let r = raw_unix(&d.socket, "POST", "/v1/sandboxes", &[JSON], body.into_bytes()).await;
+        assert_eq!((r.status, r.error_code().as_str()), (422, "invalid"), "{field}");
+        assert_eq!(r.error_message(), *message, "{field}");
+    }
+    // A bare NaN is not JSON at all.
+    let body = format!(r#"{{"name":"{name}","cpus":NaN}}"#);
+    let r = raw_unix(&d.socket, "POST", "/v1/sandboxes", &[JSON], body.into_bytes()).await;
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_request"));
+    // What the typed client (and the CLI's `--cpus nan`) sends for a non-finite value.
+    for (v, got) in [
+        (f64::NAN, "NaN"),
+        (f64::INFINITY, "inf"),
+        (f64::NEG_INFINITY, "-inf"),
+    ] {
+        let mut req = create_req(&name);
+        req.cpus = Some(v);
+        let e = c.create_sandbox(&req).await.unwrap_err();
+        assert_eq!(api_status(&e), 422, "{got}");
+        assert!(e.to_string().contains(&cpus(got)), "{e}");
+    }
+    // None of these created anything.
+    assert_eq!(api_status(&c.get_sandbox(&name).await.unwrap_err()), 404);
+
+    // Control: in range, accepted and shown as given.
+    let mut req = create_req(&name);
+    req.cpus = Some(0.01);
+    req.memory_mb = Some(256);
+    req.pids = Some(16);
+    req.idle_timeout_s = Some(31_536_000);
+    let sb = c.create_sandbox(&req).await.unwrap();
+    assert_eq!(sb.config.cpus, 0.01);
+    let sb = c.get_sandbox(&name).await.unwrap();
+    assert_eq!(
+        (
+            sb.config.cpus,
+            sb.config.memory_mb,
+            sb.config.pids,
+            sb.config.idle_timeout_s
+        ),
+        (0.01, 256, 16, 31_536_000)
+    );
+
+    // A patch: the same check and message; the config is unchanged by a refused one.
+    let path = format!("/v1/sandboxes/{name}");
+    for (field, message) in &refused {
+        let body = format!("{{{field}}}");
+        let r = raw_unix(&d.socket, "PATCH", &path, &[JSON], body.into_bytes()).await;
+        assert_eq!((r.status, r.error_code().as_str()), (422, "invalid"), "{field}");
+        assert_eq!(r.error_message(), *message, "{field}");
+    }
+    let e = c
+        .patch_sandbox(
+            &name,
+            &PatchSandbox {
+                cpus: Some(f64::NAN),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains(&cpus("NaN")), "{e}");
+    assert_eq!(c.get_sandbox(&name).await.unwrap().config, sb.config);
+    let sb = c
+        .patch_sandbox(
+            &name,
+            &PatchSandbox {
+                cpus: Some(256.0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(sb.config.cpus, 256.0);
+    assert_eq!(c.get_sandbox(&name).await.unwrap().config.cpus, 256.0);
+    c.delete_sandbox(&name).await.unwrap();
+}

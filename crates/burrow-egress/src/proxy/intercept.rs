@@ -86,7 +86,7 @@ async fn handle(conn: &Conn, up: &Upstream, req: Request<Incoming>) -> Response<
     let view = &conn.view;
     let path = parts.uri.path().to_owned();
     let method = parts.method.as_str().to_owned();
-    if has_placeholder(parts.uri.to_string().as_bytes()) {
+    if has_placeholder(&*shared.dir, view, [parts.uri.to_string().as_bytes()]) {
         let reason = "secret placeholders are only replaced in headers, not in the URL";
         shared.event(
             view,

@@ -609,10 +609,33 @@ fn so_original_dst(stream: &TcpStream) -> io::Result<SocketAddrV4> {
     burrow_net::original_dst(stream)
 }
 
-/// Whether a placeholder (a macaroon) appears in `bytes`.
-fn has_placeholder(bytes: &[u8]) -> bool {
-    let prefix = burrow_macaroon::PREFIX.as_bytes();
-    bytes.windows(prefix.len()).any(|w| w == prefix)
+/// The placeholders in `bytes`: candidates of a macaroon's shape that parse and verify under
+/// the placeholder `key` (only burrowd mints under it), with their verified caveats. Text that
+/// merely contains the prefix (`libgbm1_22.3.6-1.deb`) or a token that does not parse or verify
+/// is no placeholder: it holds no secret and is forwarded like any other byte.
+fn placeholders<'a>(
+    key: &'a [u8],
+    bytes: &'a [u8],
+) -> impl Iterator<Item = (&'a str, burrow_macaroon::Caveats)> + 'a {
+    burrow_macaroon::Macaroon::find_in(bytes).filter_map(move |token| {
+        let caveats = burrow_macaroon::Macaroon::decode(token).ok()?.verify(key).ok()?;
+        Some((token, caveats))
+    })
+}
+
+/// Whether any of `fields` (a URL, header values) from `view` holds a placeholder: never for
+/// a sandbox holding no secret (its requests are not inspected at all), otherwise whether one
+/// holds a well-formed placeholder ([`placeholders`]).
+fn has_placeholder<'a>(
+    dir: &dyn Directory,
+    view: &SandboxView,
+    fields: impl IntoIterator<Item = &'a [u8]>,
+) -> bool {
+    if dir.attached_secrets(&view.id).is_empty() {
+        return false;
+    }
+    let key = dir.placeholder_key();
+    fields.into_iter().any(|f| placeholders(&key, f).next().is_some())
 }
 
 /// Unix time in seconds.

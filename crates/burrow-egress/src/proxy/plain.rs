@@ -1,5 +1,6 @@
 //! Plain HTTP forwarding: absolute-form requests to the explicit proxy and redirected tcp/80.
-//! The policy applies; secrets never travel over plain HTTP, so placeholders are refused.
+//! The policy applies; secrets never travel over plain HTTP, so a request carrying a
+//! placeholder (one that parses and verifies; see `has_placeholder`) is refused.
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
@@ -40,9 +41,9 @@ pub(super) async fn forward(
         (None, _) => return text(StatusCode::BAD_REQUEST, "the request has no Host header"),
     };
 
-    if has_placeholder(parts.uri.to_string().as_bytes())
-        || parts.headers.values().any(|v| has_placeholder(v.as_bytes()))
-    {
+    let uri = parts.uri.to_string();
+    let fields = std::iter::once(uri.as_bytes()).chain(parts.headers.values().map(HeaderValue::as_bytes));
+    if has_placeholder(&*conn.shared.dir, &conn.view, fields) {
         let reason = "secret placeholders are only replaced over HTTPS";
         conn.shared.event(
             &conn.view,

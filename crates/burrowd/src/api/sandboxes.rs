@@ -87,11 +87,19 @@ pub async fn create(
     caller: Option<axum::extract::Extension<super::auth::Caller>>,
     ApiJson(req): ApiJson<CreateSandbox>,
 ) -> Result<(StatusCode, Json<Sandbox>)> {
+    check_resources(&req.resources())?;
     // A fork copies its source's disk: the token must be allowed to read the source.
     if let (Some(from), Some(axum::extract::Extension(caller))) = (&req.from, &caller) {
         caller.check(&s, super::auth::Access::new(Some(from.sandbox.as_str()), "read"))?;
     }
     Ok((StatusCode::CREATED, Json(s.mgr.create(req).await?)))
+}
+
+/// The resources and timeouts a request sets, against the API's one range for each
+/// ([`burrow_api::check_resources`]): 422 naming the field, its range and the value.
+fn check_resources(r: &burrow_api::Resources) -> Result<()> {
+    burrow_api::check_resources(r)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string()))
 }
 
 pub async fn get_one(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Sandbox>> {
@@ -103,6 +111,7 @@ pub async fn patch(
     Path(name): Path<String>,
     ApiJson(req): ApiJson<PatchSandbox>,
 ) -> Result<Json<Sandbox>> {
+    check_resources(&req.resources())?;
     Ok(Json(s.mgr.patch(&name, req).await?))
 }
 
