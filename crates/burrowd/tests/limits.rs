@@ -48,6 +48,9 @@ fn api_error<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String, Str
     }
 }
 
+/// `EAGAIN` on Linux.
+const EAGAIN: i32 = 11;
+
 /// A sandbox with `pids: 32` whose processes are all taken by `sleep`s: an exec is refused
 /// with 429 `resource_exhausted` naming the pids limit; once the sleepers are gone the same
 /// exec runs.
@@ -64,26 +67,39 @@ async fn exhausted_pids_are_429_resource_exhausted_not_agent_unavailable() {
         0
     );
 
-    // One shell starts sleepers until fork fails (at most 64 tries), says so and waits. Its
+    // One process forks sleepers until fork fails (at most 64), says so and waits. Its
     // connection holds them: closing it kills the process group.
-    let fill = "i=0; while [ $i -lt 64 ]; do sleep 1000 & i=$((i+1)); done; echo filled; wait";
+    let fill = r#"
+import os, time
+n = 0
+while n < 64:
+    try:
+        pid = os.fork()
+    except OSError as e:
+        print('filled', n, 'errno', e.errno, flush=True)
+        break
+    if pid == 0:
+        time.sleep(1000)
+        os._exit(0)
+    n += 1
+time.sleep(1000)
+"#;
     let mut filler = c
-        .exec_stream(&sb.name, ExecStreamOptions::new(["sh", "-c", fill]))
+        .exec_stream(&sb.name, ExecStreamOptions::new(["python3", "-c", fill]))
         .await
         .expect("filler");
     let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("filled") {
+    while !String::from_utf8_lossy(&seen).contains('\n') {
         match tokio::time::timeout(PATIENCE, filler.next_event()).await {
             Ok(Ok(Some(ExecEvent::Stdout(b) | ExecEvent::Stderr(b)))) => seen.extend_from_slice(&b),
             Ok(Ok(Some(ExecEvent::Session { .. }))) => {}
             other => panic!("filler: {other:?} after {}", String::from_utf8_lossy(&seen)),
         }
     }
+    let seen = String::from_utf8_lossy(&seen).into_owned();
     assert!(
-        String::from_utf8_lossy(&seen).contains("can't fork")
-            || String::from_utf8_lossy(&seen).contains("Resource temporarily unavailable"),
-        "the shell ran into the limit: {}",
-        String::from_utf8_lossy(&seen)
+        seen.starts_with("filled ") && seen.trim_end().ends_with(&format!("errno {EAGAIN}")),
+        "the sleepers ran into the limit (EAGAIN): {seen}"
     );
 
     // The sandbox is full: the exec is refused (a pid freed meanwhile, e.g. by an idle
