@@ -135,14 +135,14 @@ fn limit_note(source: &io::Error) -> String {
 /// The kernel's limit on one argument or environment string (`MAX_ARG_STRLEN`, 32 pages).
 pub const MAX_ARG_STRLEN: usize = 32 * 4096;
 
-/// The kernel's limit on argv and environment together (`ARG_MAX`: a quarter of the stack
-/// limit, at least 128 KiB).
+/// The kernel's limit on argv and environment together: a quarter of the stack limit, at
+/// most three quarters of 8 MiB, at least 128 KiB (`fs/exec.c`). (musl's `sysconf(ARG_MAX)`
+/// only says 128 KiB.)
 fn arg_max() -> u64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::ARG_MAX)
-        .ok()
-        .flatten()
-        .and_then(|v| u64::try_from(v).ok())
-        .unwrap_or(131_072)
+    const MIN: u64 = 128 * 1024;
+    const MAX: u64 = 6 * 1024 * 1024;
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_STACK)
+        .map_or(MIN, |(soft, _)| (soft / 4).clamp(MIN, MAX))
 }
 
 /// The cgroup `pids.max` and `pids.current` the agent sees (cgroup v2, or the v1 `pids`
