@@ -464,6 +464,33 @@ mod tests {
     }
 
     #[test]
+    fn limits_get_their_own_status_and_name_the_limit() {
+        let spawn_err = |errno| ExecError::Spawn {
+            program: "sleep".into(),
+            source: io::Error::from_raw_os_error(errno),
+        };
+        let st = spawn_err(libc::EAGAIN).into_status();
+        assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(st.metadata().get(LIMIT_KEY).unwrap(), LIMIT_PIDS);
+        assert!(st.message().contains("process limit"), "{}", st.message());
+        let st = spawn_err(libc::E2BIG).into_status();
+        assert_eq!(st.code(), tonic::Code::InvalidArgument);
+        assert_eq!(st.metadata().get(LIMIT_KEY).unwrap(), LIMIT_ARGV);
+        assert!(
+            st.message().contains("131072 bytes per argument"),
+            "{}",
+            st.message()
+        );
+        let st = spawn_err(libc::ENOMEM).into_status();
+        assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(st.metadata().get(LIMIT_KEY).unwrap(), LIMIT_MEMORY);
+        // Other failures carry no limit.
+        let st = spawn_err(libc::EIO).into_status();
+        assert_eq!(st.code(), tonic::Code::Internal);
+        assert!(st.metadata().get(LIMIT_KEY).is_none());
+    }
+
+    #[test]
     fn error_messages_name_the_executable() {
         let st = ExecError::NotInPath("foo".into()).into_status();
         assert_eq!(st.code(), tonic::Code::NotFound);

@@ -437,6 +437,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn long_commands_go_in_the_start_frame() {
+        let short = ExecStreamOptions::new(["echo", "hi"]);
+        let (q, start) = short.request();
+        assert!(start.is_none());
+        assert!(q.as_str().starts_with("cmd=echo&cmd=hi"), "{}", q.as_str());
+        let mut long = ExecStreamOptions::new(["echo".to_owned(), "x".repeat(MAX_QUERY_BYTES)]);
+        long.env = vec![("A".into(), "1".into())];
+        long.tty = true;
+        let (q, start) = long.request();
+        assert_eq!(q.as_str(), "tty=true&stdin=false");
+        let Some(WsControl::Start { cmd, env, .. }) = start else {
+            panic!("{start:?}")
+        };
+        assert_eq!(cmd, long.cmd);
+        assert_eq!(env.get("A").map(String::as_str), Some("1"));
+    }
+
+    #[test]
     fn query_encoding() {
         let opts = ExecStreamOptions {
             cmd: vec!["sh".into(), "-c".into(), "echo 'a b' && x=1".into()],

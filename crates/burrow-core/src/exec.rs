@@ -466,6 +466,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn agent_limits_map_to_their_own_errors() {
+        let limit = |code, limit: &'static str| {
+            let mut s = tonic::Status::new(code, "cannot start 'x'");
+            s.metadata_mut()
+                .insert(LIMIT_KEY, tonic::metadata::MetadataValue::from_static(limit));
+            agent_status("sb", s)
+        };
+        let e = limit(tonic::Code::ResourceExhausted, "pids");
+        assert_eq!(
+            (e.kind(), e.code()),
+            (crate::ErrorKind::Exhausted, "resource_exhausted")
+        );
+        let e = limit(tonic::Code::InvalidArgument, "argv");
+        assert_eq!(
+            (e.kind(), e.code()),
+            (crate::ErrorKind::TooLarge, "argument_too_long")
+        );
+        // tonic's own ResourceExhausted (an oversized message) is no sandbox limit.
+        let e = agent_status("sb", tonic::Status::resource_exhausted("message too large"));
+        assert_eq!(e.code(), "agent_unavailable");
+    }
+
+    #[test]
+    fn the_host_caps_argv_and_env() {
+        let env = vec![("PATH".to_owned(), "/bin".to_owned())];
+        assert!(check_args_size(&["a".repeat(MAX_EXEC_ARGS_BYTES - 100)], &env).is_ok());
+        let e = check_args_size(&["a".repeat(MAX_EXEC_ARGS_BYTES)], &env).unwrap_err();
+        assert_eq!(e.code(), "argument_too_long");
+        assert!(e.to_string().contains("at most 3145728 bytes"), "{e}");
+    }
+
+    #[test]
     fn capped_output_truncates_and_encodes() {
         let mut c = Capped::new(4);
         c.push(b"ab");
