@@ -79,6 +79,11 @@ impl ExecError {
             Self::Spawn { source, .. } if source.raw_os_error() == Some(libc::ENOMEM) => {
                 limit_status(tonic::Code::ResourceExhausted, LIMIT_MEMORY, msg)
             }
+            Self::Spawn { source, .. }
+                if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
+            {
+                limit_status(tonic::Code::ResourceExhausted, LIMIT_FILES, msg)
+            }
             Self::Spawn { source, .. } if source.raw_os_error() == Some(libc::E2BIG) => {
                 limit_status(tonic::Code::InvalidArgument, LIMIT_ARGV, msg)
             }
@@ -102,6 +107,9 @@ pub const LIMIT_KEY: &str = "burrow-limit";
 pub const LIMIT_PIDS: &str = "pids";
 /// Memory: fork/clone failed with `ENOMEM`.
 pub const LIMIT_MEMORY: &str = "memory";
+/// Open files (`RLIMIT_NOFILE`, or the host's file table): pipes for the process failed with
+/// `EMFILE`/`ENFILE`.
+pub const LIMIT_FILES: &str = "files";
 /// The kernel's argument and environment size limits: execve failed with `E2BIG`.
 pub const LIMIT_ARGV: &str = "argv";
 
@@ -122,6 +130,8 @@ fn limit_note(source: &io::Error) -> String {
             None => ": the sandbox's process limit (pids) is reached".to_owned(),
         },
         Some(libc::ENOMEM) => ": the sandbox is out of memory (memory limit)".to_owned(),
+        Some(libc::EMFILE) => ": the agent's open-files limit (nofile) is reached".to_owned(),
+        Some(libc::ENFILE) => ": the host's open-files table is full".to_owned(),
         Some(libc::E2BIG) => format!(
             ": the arguments and environment are too long for the kernel (at most {} bytes per \
              argument or variable, {} bytes in all)",

@@ -162,7 +162,7 @@ impl ExecSession {
 }
 
 /// Status metadata key by which the agent names the sandbox limit an exec ran into
-/// (`burrow-agent`'s `spawn::LIMIT_KEY`): `pids`, `memory` or `argv`.
+/// (`burrow-agent`'s `spawn::LIMIT_KEY`): `pids`, `memory`, `files` or `argv`.
 const LIMIT_KEY: &str = "burrow-limit";
 
 /// Largest argv plus environment (each string with its NUL) burrowd passes to a sandbox.
@@ -199,7 +199,7 @@ pub(crate) fn agent_status(sandbox: &str, s: tonic::Status) -> CoreError {
     let msg: String = s.message().chars().take(512).collect();
     let limit = s.metadata().get(LIMIT_KEY).and_then(|v| v.to_str().ok());
     match (s.code(), limit) {
-        (Code::ResourceExhausted, Some("pids" | "memory")) => {
+        (Code::ResourceExhausted, Some("pids" | "memory" | "files")) => {
             return CoreError::ResourceExhausted(format!("sandbox '{sandbox}': {msg}"));
         }
         (Code::InvalidArgument, Some("argv")) => {
