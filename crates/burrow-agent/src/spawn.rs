@@ -52,7 +52,7 @@ pub enum ExecError {
     BadSize { cols: u32, rows: u32 },
     #[error("cannot create a pseudo-terminal")]
     Pty(#[source] io::Error),
-    #[error("cannot start '{program}'")]
+    #[error("cannot start '{program}'{}", limit_note(source))]
     Spawn {
         program: String,
         #[source]
@@ -73,6 +73,20 @@ impl ExecError {
             | Self::BadSize { .. } => Status::invalid_argument(msg),
             Self::NotInPath(_) | Self::NoSuchFile(_) => Status::not_found(msg),
             Self::NotExecutable(_) => Status::permission_denied(msg),
+            Self::Spawn { source, .. } if source.raw_os_error() == Some(libc::EAGAIN) => {
+                limit_status(tonic::Code::ResourceExhausted, LIMIT_PIDS, msg)
+            }
+            Self::Spawn { source, .. } if source.raw_os_error() == Some(libc::ENOMEM) => {
+                limit_status(tonic::Code::ResourceExhausted, LIMIT_MEMORY, msg)
+            }
+            Self::Spawn { source, .. }
+                if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
+            {
+                limit_status(tonic::Code::ResourceExhausted, LIMIT_FILES, msg)
+            }
+            Self::Spawn { source, .. } if source.raw_os_error() == Some(libc::E2BIG) => {
+                limit_status(tonic::Code::InvalidArgument, LIMIT_ARGV, msg)
+            }
             Self::Spawn { source, .. } => match source.kind() {
                 io::ErrorKind::NotFound => Status::not_found(msg),
                 io::ErrorKind::PermissionDenied => Status::permission_denied(msg),
@@ -82,6 +96,96 @@ impl ExecError {
             Self::Pty(_) => Status::internal(msg),
         }
     }
+}
+
+/// Status metadata key naming the sandbox limit an exec ran into; the host turns it into a
+/// distinct API error (`resource_exhausted`, `argument_too_long`) instead of "agent failed".
+/// Codes alone cannot say it: tonic itself reports oversized messages as `ResourceExhausted`
+/// and `OutOfRange`.
+pub const LIMIT_KEY: &str = "burrow-limit";
+/// The process limit (cgroup `pids.max`): fork/clone failed with `EAGAIN`.
+pub const LIMIT_PIDS: &str = "pids";
+/// Memory: fork/clone failed with `ENOMEM`.
+pub const LIMIT_MEMORY: &str = "memory";
+/// Open files (`RLIMIT_NOFILE`, or the host's file table): pipes for the process failed with
+/// `EMFILE`/`ENFILE`.
+pub const LIMIT_FILES: &str = "files";
+/// The kernel's argument and environment size limits: execve failed with `E2BIG`.
+pub const LIMIT_ARGV: &str = "argv";
+
+fn limit_status(code: tonic::Code, limit: &'static str, msg: String) -> Status {
+    let mut st = Status::new(code, msg);
+    st.metadata_mut()
+        .insert(LIMIT_KEY, tonic::metadata::MetadataValue::from_static(limit));
+    st
+}
+
+/// Kernel limit behind a spawn error, in words, for the error message.
+fn limit_note(source: &io::Error) -> String {
+    match source.raw_os_error() {
+        Some(libc::EAGAIN) => match pids_limit() {
+            Some((max, current)) => {
+                format!(": the sandbox's process limit is reached (pids limit {max}, {current} in use)")
+            }
+            None => ": the sandbox's process limit (pids) is reached".to_owned(),
+        },
+        Some(libc::ENOMEM) => ": the sandbox is out of memory (memory limit)".to_owned(),
+        Some(libc::EMFILE) => ": the agent's open-files limit (nofile) is reached".to_owned(),
+        Some(libc::ENFILE) => ": the host's open-files table is full".to_owned(),
+        Some(libc::E2BIG) => format!(
+            ": the arguments and environment are too long for the kernel (at most {} bytes per \
+             argument or variable, {} bytes in all)",
+            MAX_ARG_STRLEN,
+            arg_max()
+        ),
+        _ => String::new(),
+    }
+}
+
+/// The kernel's limit on one argument or environment string (`MAX_ARG_STRLEN`, 32 pages).
+pub const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// The kernel's limit on argv and environment together: a quarter of the stack limit, at
+/// most three quarters of 8 MiB, at least 128 KiB (`fs/exec.c`). (musl's `sysconf(ARG_MAX)`
+/// only says 128 KiB.)
+fn arg_max() -> u64 {
+    const MIN: u64 = 128 * 1024;
+    const MAX: u64 = 6 * 1024 * 1024;
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_STACK)
+        .map_or(MIN, |(soft, _)| (soft / 4).clamp(MIN, MAX))
+}
+
+/// The cgroup `pids.max` and `pids.current` the agent sees (cgroup v2, or the v1 `pids`
+/// hierarchy), when it can read them.
+fn pids_limit() -> Option<(String, String)> {
+    let mut dirs = vec![
+        PathBuf::from("/sys/fs/cgroup"),
+        PathBuf::from("/sys/fs/cgroup/pids"),
+    ];
+    // Without a cgroup namespace the own cgroup is below the mount's root.
+    if let Ok(s) = std::fs::read_to_string("/proc/self/cgroup") {
+        for line in s.lines() {
+            let mut f = line.splitn(3, ':');
+            let (_, ctrl, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or(""));
+            let rel = path.trim_start_matches('/');
+            if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+                continue;
+            }
+            if ctrl.is_empty() {
+                dirs.push(Path::new("/sys/fs/cgroup").join(rel));
+            } else if ctrl.split(',').any(|c| c == "pids") {
+                dirs.push(Path::new("/sys/fs/cgroup/pids").join(rel));
+            }
+        }
+    }
+    // Most specific first.
+    dirs.reverse();
+    dirs.into_iter().find_map(|d| {
+        let max = std::fs::read_to_string(d.join("pids.max")).ok()?;
+        let current = std::fs::read_to_string(d.join("pids.current")).unwrap_or_default();
+        let max = max.trim();
+        (max != "max").then(|| (max.to_owned(), current.trim().to_owned()))
+    })
 }
 
 /// `error: cause: cause` for one-line status messages.
@@ -367,6 +471,33 @@ mod tests {
             resolve_program("passwd", "/etc", cwd),
             Err(ExecError::NotExecutable(_))
         ));
+    }
+
+    #[test]
+    fn limits_get_their_own_status_and_name_the_limit() {
+        let spawn_err = |errno| ExecError::Spawn {
+            program: "sleep".into(),
+            source: io::Error::from_raw_os_error(errno),
+        };
+        let st = spawn_err(libc::EAGAIN).into_status();
+        assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(st.metadata().get(LIMIT_KEY).unwrap(), LIMIT_PIDS);
+        assert!(st.message().contains("process limit"), "{}", st.message());
+        let st = spawn_err(libc::E2BIG).into_status();
+        assert_eq!(st.code(), tonic::Code::InvalidArgument);
+        assert_eq!(st.metadata().get(LIMIT_KEY).unwrap(), LIMIT_ARGV);
+        assert!(
+            st.message().contains("131072 bytes per argument"),
+            "{}",
+            st.message()
+        );
+        let st = spawn_err(libc::ENOMEM).into_status();
+        assert_eq!(st.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(st.metadata().get(LIMIT_KEY).unwrap(), LIMIT_MEMORY);
+        // Other failures carry no limit.
+        let st = spawn_err(libc::EIO).into_status();
+        assert_eq!(st.code(), tonic::Code::Internal);
+        assert!(st.metadata().get(LIMIT_KEY).is_none());
     }
 
     #[test]

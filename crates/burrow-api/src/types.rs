@@ -308,7 +308,27 @@ pub enum WsControl {
         reason: Option<String>,
     },
     /// Server → client when the session cannot go on (the exit frame still follows when known).
-    Error { code: String, message: String },
+    /// `status` is the HTTP status the same error has as a response (set when the session
+    /// could not start, after a [`WsControl::Start`] frame).
+    Error {
+        code: String,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+    },
+    /// Client → server, first frame, when the query has no `cmd`: what to run. Carries what
+    /// may be too long for a URL (argv, environment); any limit the one-shot exec accepts,
+    /// this accepts. The server answers with `session`, or `error` (with `status`) and a close.
+    Start {
+        cmd: Vec<String>,
+        /// Extra environment (added to the query's `env`).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+    },
     /// Client → server.
     Resize { cols: u16, rows: u16 },
     /// Client → server, signal name (`TERM`, `SIGINT`, …) or number.

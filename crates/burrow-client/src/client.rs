@@ -286,8 +286,12 @@ impl Client {
 
     /// `GET /v1/sandboxes/{name}/exec` as a WebSocket: an interactive, streaming exec session.
     pub async fn exec_stream(&self, name: &str, opts: ExecStreamOptions) -> Result<ExecStream, ClientError> {
-        let path = opts.query().apply(&paths::exec(name));
-        ExecStream::connect(self, &path).await
+        let (query, start) = opts.request();
+        let path = query.apply(&paths::exec(name));
+        match start {
+            None => ExecStream::connect(self, &path).await,
+            Some(start) => ExecStream::connect_with_start(self, &path, &start).await,
+        }
     }
 }
 

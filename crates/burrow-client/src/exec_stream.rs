@@ -54,23 +54,60 @@ impl ExecStreamOptions {
     }
 
     pub(crate) fn query(&self) -> Query {
+        self.query_with(true)
+    }
+
+    /// The query, with or without what the `start` frame can carry instead (`cmd`, `env`,
+    /// `cwd`, `user`).
+    fn query_with(&self, command: bool) -> Query {
         let mut q = Query::new();
-        for a in &self.cmd {
-            q.push("cmd", a);
+        if command {
+            for a in &self.cmd {
+                q.push("cmd", a);
+            }
         }
         q.push("tty", bool_str(self.tty));
         q.push("stdin", bool_str(self.stdin));
-        q.push_opt("cwd", self.cwd.as_deref());
-        for (k, v) in &self.env {
-            q.push("env", format!("{k}={v}"));
+        if command {
+            q.push_opt("cwd", self.cwd.as_deref());
+            for (k, v) in &self.env {
+                q.push("env", format!("{k}={v}"));
+            }
         }
         q.push_opt("cols", self.cols.map(|c| c.to_string()));
         q.push_opt("rows", self.rows.map(|r| r.to_string()));
-        q.push_opt("user", self.user.as_deref());
+        if command {
+            q.push_opt("user", self.user.as_deref());
+        }
         q.push_opt("detach_timeout_s", self.detach_timeout_s.map(|t| t.to_string()));
         q
     }
+
+    /// The `start` frame for the command, environment, cwd and user.
+    fn start_frame(&self) -> WsControl {
+        WsControl::Start {
+            cmd: self.cmd.clone(),
+            env: self.env.iter().cloned().collect(),
+            cwd: self.cwd.clone(),
+            user: self.user.clone(),
+        }
+    }
+
+    /// How the command travels: in the URL query while it is short (any server version
+    /// understands that), else in a `start` frame (no URL length limit).
+    pub(crate) fn request(&self) -> (Query, Option<WsControl>) {
+        let full = self.query();
+        if full.as_str().len() <= MAX_QUERY_BYTES {
+            (full, None)
+        } else {
+            (self.query_with(false), Some(self.start_frame()))
+        }
+    }
 }
+
+/// Longest URL query the client sends; a longer command goes in a `start` frame. Servers and
+/// proxies commonly refuse request lines past 8 KiB.
+pub const MAX_QUERY_BYTES: usize = 4096;
 
 fn bool_str(b: bool) -> &'static str {
     if b { "true" } else { "false" }
@@ -88,9 +125,11 @@ pub enum ExecEvent {
     Stdout(Bytes),
     Stderr(Bytes),
     /// The session cannot go on; an `Exit` still follows when the status is known.
+    /// `status`: the HTTP status of the same error, when the session could not start.
     Error {
         code: String,
         message: String,
+        status: Option<u16>,
     },
     /// Last event: the process ended. `signal` is set when it was killed by one; `reason`
     /// when the sandbox ended it (stopped, restored, …).
@@ -122,6 +161,8 @@ pub struct ExecReceiver {
     stream: SplitStream<WsStream>,
     exited: bool,
     replay: Option<WsNotice>,
+    /// An event already read (the answer to a `start` frame), returned first.
+    pending: Option<ExecEvent>,
 }
 
 /// Everything an exec stream produced, from [`ExecStream::collect`].
@@ -150,8 +191,41 @@ impl ExecStream {
                 stream,
                 exited: false,
                 replay: None,
+                pending: None,
             },
         })
+    }
+
+    /// Connects, sends the `start` frame and waits for the server's answer: a session (kept
+    /// as the first event) or the error the session could not start with, as
+    /// [`ClientError::Api`] with the HTTP status the server names.
+    pub(crate) async fn connect_with_start(
+        client: &Client,
+        path: &str,
+        start: &WsControl,
+    ) -> Result<Self, ClientError> {
+        let mut s = Self::connect(client, path).await?;
+        s.sender.control(start).await?;
+        match s.receiver.next_event().await {
+            Ok(Some(ExecEvent::Error {
+                code,
+                message,
+                status,
+            })) => {
+                let _ = s.sender.close().await;
+                Err(ClientError::Api {
+                    status: status.unwrap_or(500),
+                    code,
+                    message,
+                })
+            }
+            Ok(Some(first)) => {
+                s.receiver.pending = Some(first);
+                Ok(s)
+            }
+            Ok(None) => Err(ClientError::NoExitFrame),
+            Err(e) => Err(e),
+        }
     }
 
     /// A handle for sending stdin, resizes and signals.
@@ -197,7 +271,7 @@ impl ExecStream {
                 ExecEvent::Session { id, .. } => out.session_id = Some(id),
                 ExecEvent::Stdout(b) => out.stdout.extend_from_slice(&b),
                 ExecEvent::Stderr(b) => out.stderr.extend_from_slice(&b),
-                ExecEvent::Error { code, message } => out.errors.push(format!("{code}: {message}")),
+                ExecEvent::Error { code, message, .. } => out.errors.push(format!("{code}: {message}")),
                 ExecEvent::Exit {
                     exit_code,
                     signal,
@@ -275,6 +349,9 @@ impl ExecReceiver {
         if self.exited {
             return Ok(None);
         }
+        if let Some(ev) = self.pending.take() {
+            return Ok(Some(ev));
+        }
         loop {
             let msg = match self.stream.next().await {
                 None => return Err(ClientError::NoExitFrame),
@@ -312,11 +389,20 @@ impl ExecReceiver {
                             reason,
                         }));
                     }
-                    Ok(WsControl::Error { code, message }) => {
-                        return Ok(Some(ExecEvent::Error { code, message }));
+                    Ok(WsControl::Error {
+                        code,
+                        message,
+                        status,
+                    }) => {
+                        return Ok(Some(ExecEvent::Error {
+                            code,
+                            message,
+                            status,
+                        }));
                     }
                     // Client-bound only by mistake, or a frame type this client does not know.
-                    Ok(WsControl::Resize { .. } | WsControl::Signal { .. }) | Err(_) => continue,
+                    Ok(WsControl::Resize { .. } | WsControl::Signal { .. } | WsControl::Start { .. })
+                    | Err(_) => continue,
                 },
                 Message::Close(_) => return Err(ClientError::NoExitFrame),
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
@@ -349,6 +435,24 @@ fn map_read_error(e: WsError) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_commands_go_in_the_start_frame() {
+        let short = ExecStreamOptions::new(["echo", "hi"]);
+        let (q, start) = short.request();
+        assert!(start.is_none());
+        assert!(q.as_str().starts_with("cmd=echo&cmd=hi"), "{}", q.as_str());
+        let mut long = ExecStreamOptions::new(["echo".to_owned(), "x".repeat(MAX_QUERY_BYTES)]);
+        long.env = vec![("A".into(), "1".into())];
+        long.tty = true;
+        let (q, start) = long.request();
+        assert_eq!(q.as_str(), "tty=true&stdin=false");
+        let Some(WsControl::Start { cmd, env, .. }) = start else {
+            panic!("{start:?}")
+        };
+        assert_eq!(cmd, long.cmd);
+        assert_eq!(env.get("A").map(String::as_str), Some("1"));
+    }
 
     #[test]
     fn query_encoding() {

@@ -15,6 +15,8 @@ pub enum ErrorKind {
     /// Gone for good (410), e.g. a finished session.
     Gone,
     TooLarge,
+    /// A limit of the sandbox is reached for now (429), e.g. its process limit.
+    Exhausted,
     /// The engine or the agent cannot serve now (503).
     Unavailable,
     /// Disk full (507).
@@ -51,6 +53,12 @@ pub enum CoreError {
     TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The sandbox ran into one of its limits (processes, memory); may work later (429).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A command's arguments and environment exceed the kernel's or burrowd's limit (413).
+    #[error("{0}")]
+    ArgumentTooLong(String),
     #[error("storage pool is full: {0}")]
     NoSpace(String),
     /// A file operation in a sandbox failed for a reason the caller can act on (missing
@@ -92,7 +100,8 @@ impl CoreError {
             | Self::NotRunning { .. }
             | Self::Conflict(_) => ErrorKind::Conflict,
             Self::Gone(_) => ErrorKind::Gone,
-            Self::TooLarge(_) => ErrorKind::TooLarge,
+            Self::TooLarge(_) | Self::ArgumentTooLong(_) => ErrorKind::TooLarge,
+            Self::ResourceExhausted(_) => ErrorKind::Exhausted,
             Self::Unavailable(_) | Self::Agent { .. } | Self::NotListening { .. } => ErrorKind::Unavailable,
             Self::NoSpace(_) => ErrorKind::NoSpace,
             Self::File { kind, .. } => *kind,
@@ -112,6 +121,8 @@ impl CoreError {
             Self::Conflict(_) => "conflict",
             Self::Gone(_) => "gone",
             Self::TooLarge(_) => "too_large",
+            Self::ResourceExhausted(_) => "resource_exhausted",
+            Self::ArgumentTooLong(_) => "argument_too_long",
             Self::Unavailable(_) => "unavailable",
             Self::Agent { .. } => "agent_unavailable",
             Self::NotListening { .. } => "not_listening",

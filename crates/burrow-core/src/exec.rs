@@ -161,13 +161,52 @@ impl ExecSession {
     }
 }
 
-/// Maps an agent's gRPC status to the error a client should see. Statuses the agent uses
-/// for bad requests (missing binary, bad cwd or user) are the caller's fault (422); the
-/// rest mean the agent or channel failed (503).
+/// Status metadata key by which the agent names the sandbox limit an exec ran into
+/// (`burrow-agent`'s `spawn::LIMIT_KEY`): `pids`, `memory`, `files` or `argv`.
+const LIMIT_KEY: &str = "burrow-limit";
+
+/// Largest argv plus environment (each string with its NUL) burrowd passes to a sandbox.
+/// Above the kernel's usual `ARG_MAX` (2 MiB with an 8 MiB stack), so that the kernel's own
+/// limits decide what it can run, and below the agent channel's 4 MiB message limit, so that
+/// a larger command is refused clearly here instead of breaking the channel's stream.
+pub const MAX_EXEC_ARGS_BYTES: usize = 3 << 20;
+
+/// Refuses an argv and environment larger than [`MAX_EXEC_ARGS_BYTES`] (413
+/// `argument_too_long`).
+pub fn check_args_size(argv: &[String], env: &[(String, String)]) -> Result<(), CoreError> {
+    let argv_bytes: usize = argv.iter().map(|a| a.len() + 1).sum();
+    let env_bytes: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let total = argv_bytes + env_bytes;
+    if total > MAX_EXEC_ARGS_BYTES {
+        return Err(CoreError::ArgumentTooLong(format!(
+            "the command's arguments and environment are {total} bytes ({argv_bytes} of arguments, \
+             {env_bytes} of environment); burrowd passes at most {MAX_EXEC_ARGS_BYTES} bytes (3 MiB) \
+             to a sandbox, and the kernel usually allows 2 MiB in all and 128 KiB per argument: \
+             pass large data on stdin or in a file instead"
+        )));
+    }
+    Ok(())
+}
+
+/// Maps an agent's gRPC status to the error a client should see. A sandbox limit the agent
+/// names (`burrow-limit`) is its own error: processes or memory exhausted (429), arguments
+/// too long for the kernel (413). Statuses the agent uses for bad requests (missing binary,
+/// bad cwd or user) are the caller's fault (422); the rest mean the agent or channel failed
+/// (503).
 pub(crate) fn agent_status(sandbox: &str, s: tonic::Status) -> CoreError {
     use tonic::Code;
     // Bound what a hostile agent can put in our error messages.
     let msg: String = s.message().chars().take(512).collect();
+    let limit = s.metadata().get(LIMIT_KEY).and_then(|v| v.to_str().ok());
+    match (s.code(), limit) {
+        (Code::ResourceExhausted, Some("pids" | "memory" | "files")) => {
+            return CoreError::ResourceExhausted(format!("sandbox '{sandbox}': {msg}"));
+        }
+        (Code::InvalidArgument, Some("argv")) => {
+            return CoreError::ArgumentTooLong(format!("sandbox '{sandbox}': {msg}"));
+        }
+        _ => {}
+    }
     match s.code() {
         Code::NotFound | Code::InvalidArgument | Code::PermissionDenied | Code::FailedPrecondition => {
             CoreError::Invalid(msg)
@@ -425,6 +464,38 @@ impl Capped {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_limits_map_to_their_own_errors() {
+        let limit = |code, limit: &'static str| {
+            let mut s = tonic::Status::new(code, "cannot start 'x'");
+            s.metadata_mut()
+                .insert(LIMIT_KEY, tonic::metadata::MetadataValue::from_static(limit));
+            agent_status("sb", s)
+        };
+        let e = limit(tonic::Code::ResourceExhausted, "pids");
+        assert_eq!(
+            (e.kind(), e.code()),
+            (crate::ErrorKind::Exhausted, "resource_exhausted")
+        );
+        let e = limit(tonic::Code::InvalidArgument, "argv");
+        assert_eq!(
+            (e.kind(), e.code()),
+            (crate::ErrorKind::TooLarge, "argument_too_long")
+        );
+        // tonic's own ResourceExhausted (an oversized message) is no sandbox limit.
+        let e = agent_status("sb", tonic::Status::resource_exhausted("message too large"));
+        assert_eq!(e.code(), "agent_unavailable");
+    }
+
+    #[test]
+    fn the_host_caps_argv_and_env() {
+        let env = vec![("PATH".to_owned(), "/bin".to_owned())];
+        assert!(check_args_size(&["a".repeat(MAX_EXEC_ARGS_BYTES - 100)], &env).is_ok());
+        let e = check_args_size(&["a".repeat(MAX_EXEC_ARGS_BYTES)], &env).unwrap_err();
+        assert_eq!(e.code(), "argument_too_long");
+        assert!(e.to_string().contains("at most 3145728 bytes"), "{e}");
+    }
 
     #[test]
     fn capped_output_truncates_and_encodes() {

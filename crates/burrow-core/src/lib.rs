@@ -32,7 +32,7 @@ pub use checkpoints::CheckpointSource;
 pub use config::Config;
 pub use connect::Tunnel;
 pub use error::{CoreError, ErrorKind};
-pub use exec::{Collected, ExecSession, SessionEvent, StreamExecOptions, output_cap};
+pub use exec::{Collected, ExecSession, MAX_EXEC_ARGS_BYTES, SessionEvent, StreamExecOptions, output_cap};
 pub use files::{FileStream, WriteOptions};
 pub use manager::{InsideApiServer, Manager};
 pub use sessions::AttachedSession;

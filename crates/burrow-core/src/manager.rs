@@ -912,6 +912,7 @@ impl Manager {
         validate_env(extra_env)?;
         let rec = self.ensure_running(name).await?;
         opts.env = self.exec_env(&rec, extra_env, opts.tty);
+        exec::check_args_size(&opts.argv, &opts.env)?;
         if opts.cwd.is_none() {
             // An image's WORKDIR is the default working directory of its sandboxes.
             opts.cwd = self.images.config(&rec.image).workdir;

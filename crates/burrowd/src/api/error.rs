@@ -50,6 +50,7 @@ fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::Gone => StatusCode::GONE,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Exhausted => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
         ErrorKind::Forbidden => StatusCode::FORBIDDEN,
@@ -69,7 +70,8 @@ impl From<CoreError> for ApiError {
             code: e.code(),
             message,
             caveat: None,
-            retry_after: None,
+            // A sandbox limit frees up when its processes end: worth a retry, not at once.
+            retry_after: (status == StatusCode::TOO_MANY_REQUESTS).then_some(1),
         }
     }
 }

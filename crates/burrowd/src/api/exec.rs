@@ -323,9 +323,13 @@ pub async fn exec_ws(
     };
     let mut env = BTreeMap::new();
     let mut detach_timeout = None;
+    let mut has_cmd = false;
     for (k, v) in query_pairs(q.as_deref())? {
         match k.as_str() {
-            "cmd" => opts.argv.push(v),
+            "cmd" => {
+                has_cmd = true;
+                opts.argv.push(v);
+            }
             "tty" => opts.tty = parse_bool(&k, &v)?,
             "stdin" => opts.stdin = parse_bool(&k, &v)?,
             "cwd" => opts.cwd = Some(v),
@@ -361,9 +365,93 @@ pub async fn exec_ws(
     } else {
         Duration::ZERO
     });
+    if !has_cmd {
+        // The command comes in the first frame (`start`): no URL length limit.
+        let mgr = s.mgr.clone();
+        return Ok(ws.on_upgrade(move |socket| start_from_frame(socket, name, opts, env, mgr)));
+    }
     let session = s.mgr.exec_stream(&name, opts.clone(), &env).await?;
     let mgr = s.mgr.clone();
     Ok(ws.on_upgrade(move |socket| bridge(socket, session, opts.tty, mgr, None)))
+}
+
+/// How long the server waits for the `start` frame of a WebSocket exec without `cmd`.
+const START_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A WebSocket exec whose command comes in its first frame: reads the `start` frame, starts
+/// the session and bridges it; a failure is an `error` frame with the HTTP status the same
+/// failure has on the query form, then a close.
+async fn start_from_frame(
+    mut socket: WebSocket,
+    name: String,
+    mut opts: StreamExecOptions,
+    mut env: BTreeMap<String, String>,
+    mgr: std::sync::Arc<burrow_core::Manager>,
+) {
+    let started = async {
+        let first = match tokio::time::timeout(START_FRAME_TIMEOUT, socket.recv()).await {
+            Err(_) => {
+                return Err(bad(format!(
+                    "no `start` frame within {} s: without `cmd` in the query, the first message \
+                     must be {{\"type\":\"start\",\"cmd\":[…]}}",
+                    START_FRAME_TIMEOUT.as_secs()
+                )));
+            }
+            Ok(Some(Ok(Message::Text(t)))) => t,
+            Ok(Some(Ok(_))) => {
+                return Err(bad(
+                    "without `cmd` in the query, the first message must be a text `start` frame",
+                ));
+            }
+            // The client went away.
+            Ok(None | Some(Err(_))) => return Ok(None),
+        };
+        let (cmd, extra, cwd, user) = match serde_json::from_str::<WsControl>(first.as_str()) {
+            Ok(WsControl::Start { cmd, env, cwd, user }) => (cmd, env, cwd, user),
+            Ok(_) => return Err(bad("the first message must be a `start` frame")),
+            Err(e) => return Err(bad(format!("the `start` frame is not valid: {e}"))),
+        };
+        opts.argv = cmd;
+        env.extend(extra);
+        if cwd.is_some() {
+            opts.cwd = cwd;
+        }
+        if user.is_some() {
+            opts.user = user;
+        }
+        mgr.exec_stream(&name, opts.clone(), &env)
+            .await
+            .map(Some)
+            .map_err(ApiError::from)
+    }
+    .await;
+    match started {
+        Ok(Some(session)) => bridge(socket, session, opts.tty, mgr, None).await,
+        Ok(None) => {}
+        Err(e) => {
+            let frame = WsControl::Error {
+                code: e.code.to_owned(),
+                message: e.message,
+                status: Some(e.status.as_u16()),
+            };
+            let _ = socket.send(text(&frame)).await;
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code: close_code::POLICY,
+                    reason: "the exec did not start".into(),
+                })))
+                .await;
+            // Wait (bounded) for the client's close so the error frame is delivered.
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Some(Ok(m)) = socket.recv().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    }
 }
 
 /// How long a TTY session outlives its connection when the query does not say.
@@ -476,7 +564,13 @@ pub(super) async fn bridge(
                 .await;
         }
         Err((code, message)) => {
-            let _ = tx.send(text(&WsControl::Error { code, message })).await;
+            let _ = tx
+                .send(text(&WsControl::Error {
+                    code,
+                    message,
+                    status: None,
+                }))
+                .await;
             let _ = tx
                 .send(Message::Close(Some(CloseFrame {
                     code: close_code::ERROR,
