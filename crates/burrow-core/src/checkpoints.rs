@@ -279,6 +279,11 @@ impl Manager {
         if was_running {
             rec.status = SandboxStatus::Running;
             self.boot_or_fail(&mut rec).await?;
+            // A restore is activity: a sandbox restored while asleep is awake now and gets
+            // its whole idle timeout, like after any wake.
+            self.activity.set_sleep(&rec.id, None);
+            self.activity.touch(&rec.id);
+            self.touch(&rec);
         }
         rec.updated_at = now_rfc3339();
         self.store.update_sandbox(&rec)?;

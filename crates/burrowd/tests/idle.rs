@@ -250,3 +250,48 @@ async fn idle_timeout_zero_never_sleeps_and_patch_changes_the_policy() {
     .await;
     c.delete_sandbox(&name).await.unwrap();
 }
+
+/// Restoring a sleeping burrow is activity: it wakes and then gets its full idle timeout
+/// before it sleeps again. Before, the idle loop still saw the time since it fell asleep and
+/// put it back to sleep at its next tick (0.75 s after the restore in the report). The
+/// bound below cannot be broken by a slow machine: slowness only adds to the time awake.
+#[tokio::test(flavor = "multi_thread")]
+async fn restoring_a_sleeping_burrow_counts_as_activity() {
+    let c = shared().client();
+    let name = unique_name("rest");
+    let idle = 4;
+    c.create_sandbox(&req(&name, idle, 0)).await.unwrap();
+    let cp: serde_json::Value = c
+        .request_json(
+            burrow_testkit::burrow_client::Method::POST,
+            &format!("/v1/sandboxes/{name}/checkpoints"),
+            Some(&serde_json::json!({ "comment": "before sleep" })),
+        )
+        .await
+        .unwrap();
+    let id = cp["id"].as_str().unwrap().to_owned();
+    wait_for(&c, &name, "asleep", |s| s.status == SandboxStatus::Sleeping).await;
+
+    c.request_json::<serde_json::Value, ()>(
+        burrow_testkit::burrow_client::Method::POST,
+        &format!("/v1/sandboxes/{name}/checkpoints/{id}/restore"),
+        None,
+    )
+    .await
+    .unwrap();
+    let restored = Instant::now();
+    let sb = c.get_sandbox(&name).await.unwrap();
+    assert_eq!(
+        sb.status,
+        SandboxStatus::Running,
+        "restore of a sleeping burrow runs it: {sb:?}"
+    );
+    // The control: it does fall asleep again, once its idle timeout has passed.
+    wait_for(&c, &name, "asleep again", |s| s.status == SandboxStatus::Sleeping).await;
+    let awake = restored.elapsed();
+    assert!(
+        awake >= Duration::from_secs(idle - 1),
+        "asleep again {awake:?} after the restore, before its idle timeout of {idle} s"
+    );
+    c.delete_sandbox(&name).await.unwrap();
+}
