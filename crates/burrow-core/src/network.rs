@@ -485,6 +485,12 @@ impl Manager {
         }
         for (path, data) in files {
             if let Err(e) = self.write_small_file(&rec.name, path, data).await {
+                // Deleted right after its create: nothing to install into, and nothing wrong.
+                let gone = !self.record(&rec.name).is_ok_and(|now| now.id == rec.id);
+                if gone {
+                    tracing::debug!(sandbox = %rec.name, path, "sandbox deleted; network files not installed");
+                    return;
+                }
                 tracing::warn!(sandbox = %rec.name, path, error = %crate::error::chain(&e), "installing network files");
             }
         }

@@ -274,3 +274,41 @@ async fn restart_recreates_a_deleted_run_dir() {
     assert_eq!(r.stdout, "sock\n", "{r:?}");
     c.delete_sandbox(&name).await.unwrap();
 }
+
+/// A sandbox deleted right after its create leaves no warnings behind: the CA install that
+/// runs after the create answers finds the sandbox gone and says so at debug level only.
+/// Before, every such pair logged WARN lines ("installing network files") that hid real
+/// faults in the daemon's log.
+#[tokio::test(flavor = "multi_thread")]
+async fn create_then_delete_at_once_logs_no_warnings() {
+    let d = Daemon::start();
+    let c = d.client();
+    let mut names = Vec::new();
+    for _ in 0..12 {
+        let name = unique_name("quick");
+        c.create_sandbox(&req(&name)).await.unwrap();
+        c.delete_sandbox(&name).await.unwrap();
+        names.push(name);
+    }
+    // Give the install tasks (spawned at each create) time to run into the deletes: one more
+    // create → exec round trip. A task still pending after it could only hide a warning,
+    // never invent one (before the fix this test saw 23 of them).
+    let last = unique_name("after");
+    c.create_sandbox(&req(&last)).await.unwrap();
+    c.exec(&last, &echo("x")).await.unwrap();
+    let log = d.log_text();
+    // Control: the log is the daemon's and holds those sandboxes' creates.
+    for name in &names {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("created") && l.contains(name.as_str())),
+            "no 'created' line for {name} in the daemon's log"
+        );
+    }
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("installing network files"))
+        .collect();
+    assert!(warnings.is_empty(), "{} warnings: {warnings:#?}", warnings.len());
+    c.delete_sandbox(&last).await.unwrap();
+}
