@@ -188,6 +188,33 @@ impl Daemon {
         }
     }
 
+    /// Sandbox `name`'s event stream, history replayed (`since=0`), read until `needle`
+    /// shows up (bounded: 30 s); returns the text read.
+    pub async fn events_until(&self, name: &str, needle: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::UnixStream::connect(&self.socket).await.unwrap();
+        s.write_all(
+            format!("GET /v1/sandboxes/{name}/events?since=0 HTTP/1.1\r\nHost: burrow\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if text.contains(needle) {
+                return text;
+            }
+            let mut chunk = [0u8; 8192];
+            let got = tokio::time::timeout_at(deadline.into(), s.read(&mut chunk))
+                .await
+                .unwrap_or_else(|_| panic!("no event with {needle:?} came: {text}"))
+                .unwrap();
+            assert!(got > 0, "event stream closed: {text}");
+            buf.extend_from_slice(&chunk[..got]);
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

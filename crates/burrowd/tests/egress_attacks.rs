@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burrow_api::{CreateSandbox, ExecRequest, SandboxName};
 use burrow_testkit::burrow_client::{Client, ClientError, Method};
@@ -330,32 +330,6 @@ fn status(out: &str) -> &str {
     out.lines().last().unwrap_or("").trim()
 }
 
-/// The sandbox's event stream (history replayed) until `needle` shows up; the text.
-async fn events_until(d: &Daemon, name: &str, needle: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
-    s.write_all(
-        format!("GET /v1/sandboxes/{name}/events?since=0 HTTP/1.1\r\nHost: burrow\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        if text.contains(needle) {
-            return text;
-        }
-        let mut chunk = [0u8; 8192];
-        let got = tokio::time::timeout_at(deadline.into(), s.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| panic!("no event with {needle:?} came: {text}"))
-            .unwrap();
-        assert!(got > 0, "event stream closed: {text}");
-        buf.extend_from_slice(&chunk[..got]);
-    }
-}
-
 const HOST_OWN: &str = "the address is one of the host's own";
 const OUTSIDE: &str = "outside the daemon's uplink ranges";
 
@@ -407,7 +381,7 @@ async fn open_mode_proxy_refuses_the_hosts_own_addresses() {
         (any, http, tls),
         "a host service got a connection from the proxy"
     );
-    let seen = events_until(&w.daemon, &name, HOST_OWN).await;
+    let seen = w.daemon.events_until(&name, HOST_OWN).await;
     assert!(seen.contains("egress.denied"), "{seen}");
 
     // Control: the same three paths to an address of the fake internet work.
@@ -514,7 +488,7 @@ async fn the_proxy_honours_uplink_only() {
         "the proxy connected outside the uplink list: {:?}",
         &reached[before..]
     );
-    events_until(&w.daemon, &name, OUTSIDE).await;
+    w.daemon.events_until(&name, OUTSIDE).await;
 
     // Control: inside the list, the same requests pass.
     let (_, out, err) = sh(&c, &name, &via_proxy(&format!("http://{site}/z"))).await;

@@ -72,32 +72,6 @@ async fn wait_for(c: &Client, name: &str, what: &str, ok: impl Fn(&Sandbox) -> b
     }
 }
 
-/// The sandbox's event stream (history replayed) until `needle` shows up; the text.
-async fn events_until(d: &Daemon, name: &str, needle: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
-    s.write_all(
-        format!("GET /v1/sandboxes/{name}/events?since=0 HTTP/1.1\r\nHost: burrow\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        if text.contains(needle) {
-            return text;
-        }
-        let mut chunk = [0u8; 8192];
-        let got = tokio::time::timeout_at(deadline.into(), s.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| panic!("no event with {needle:?} came: {text}"))
-            .unwrap();
-        assert!(got > 0, "event stream closed: {text}");
-        buf.extend_from_slice(&chunk[..got]);
-    }
-}
-
 const DIED: &str = "the agent (PID 1) died: killed by signal 9 (SIGKILL)";
 
 /// kill -9 of the agent: within seconds `info` says `failed` with the reason, an
@@ -132,7 +106,7 @@ async fn killed_agent_is_reported_and_start_boots_it_again() {
     let sb = wait_for(&c, &dead, "not running", |s| s.status != SandboxStatus::Running).await;
     assert_eq!(sb.status, SandboxStatus::Failed);
     assert_eq!(sb.failure_reason.as_deref(), Some(DIED));
-    let ev = events_until(d, &dead, "agent.died").await;
+    let ev = d.events_until(&dead, "agent.died").await;
     assert!(ev.contains("killed by signal 9 (SIGKILL)"), "{ev}");
     // A dead burrow cannot be put to sleep as if it ran.
     let err = c.sandbox_action(&dead, "sleep").await.unwrap_err();
@@ -176,7 +150,7 @@ async fn start_right_after_the_agent_died_boots_it() {
             "{verb}"
         );
     }
-    let ev = events_until(d, &name, "agent.died").await;
+    let ev = d.events_until(&name, "agent.died").await;
     assert!(ev.contains("killed by signal 9"), "{ev}");
     c.delete_sandbox(&name).await.unwrap();
 }
@@ -217,7 +191,7 @@ async fn lost_agent_socket_or_run_dir_is_repaired_at_daemon_start() {
             notice.contains(&format!("{what} ")) && notice.contains("was deleted"),
             "{notice}"
         );
-        let ev = events_until(&d, name, "\"restarted\"").await;
+        let ev = d.events_until(name, "\"restarted\"").await;
         assert!(ev.contains("was deleted"), "{ev}");
     }
     assert!(run.join(&sock_id).join("agent.sock").exists());
