@@ -179,7 +179,18 @@ fn reopen_after_crash_reuses_the_mount() {
     // After an unmount (e.g. a reboot of the mount, the loop device left attached) the
     // existing loop device is mounted again rather than a second one attached.
     t.close();
-    nix::mount::umount(&root).unwrap();
+    // The kernel can still hold the mount for a moment after the last file closes (EBUSY
+    // seen under a loaded suite): retry, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match nix::mount::umount(&root) {
+            Ok(()) => break,
+            Err(nix::errno::Errno::EBUSY) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("umount {}: {e}", root.display()),
+        }
+    }
     t.reopen(PoolKind::Auto, 1024 * MIB);
     assert_eq!(t.pool().kind_name(), "btrfs");
     assert_eq!(loops_of(&t.image()), loops);

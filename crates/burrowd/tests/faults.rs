@@ -86,6 +86,33 @@ async fn killed_agent_is_reported_and_start_boots_it_again() {
     let dead_id = c.create_sandbox(&req(&dead)).await.unwrap().id;
     c.create_sandbox(&req(&alive)).await.unwrap();
     c.create_sandbox(&req(&asleep)).await.unwrap();
+    // The CA install that follows a create goes through the agent and would wake the sandbox
+    // again: let it finish before putting it to sleep.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c
+        .exec(
+            &asleep,
+            &ExecRequest {
+                // The certificate, then the bundle holding it: the install's last write.
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "c=/usr/local/share/ca-certificates/burrow-egress.crt; test -s $c && grep -qF \"$(sed -n 2p $c)\" /etc/ssl/certs/ca-certificates.crt".into(),
+                ],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .exit_code
+        != 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sandbox CA was never installed in {asleep}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     c.sandbox_action(&asleep, "sleep").await.unwrap();
     let asleep_id = c.get_sandbox(&asleep).await.unwrap().id;
     assert_eq!(runc_state(&d.data_dir, &asleep_id).0, "paused");
