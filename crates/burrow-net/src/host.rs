@@ -53,6 +53,8 @@ impl HostNet {
             )));
         }
 
+        net.check_subnet_is_free()?;
+
         // Rules first: the bridge never forwards a packet that the current rules did not see.
         let mut ports = Vec::new();
         for id in net.attached()? {
@@ -90,6 +92,25 @@ impl HostNet {
         sys::write_sysctl("net/ipv4/ip_forward", "1")
             .map_err(NetError::io("enabling net.ipv4.ip_forward"))?;
         Ok(net)
+    }
+
+    /// The subnet must be this daemon's alone: an address inside it on any other interface
+    /// (another daemon's bridge, a VPN, a leftover of a killed run) would take the replies
+    /// to the sandboxes, which then time out with nothing said. Refused with the interface
+    /// named instead.
+    fn check_subnet_is_free(&self) -> Result<()> {
+        let subnet = self.cfg.subnet;
+        let addrs = sys::all_ipv4_addrs().map_err(NetError::io("listing the host's addresses"))?;
+        match addrs
+            .iter()
+            .find(|(name, addr, _)| *name != self.bridge && subnet.contains(*addr))
+        {
+            Some((name, addr, prefix)) => Err(NetError::InvalidConfig(format!(
+                "subnet {subnet} is already in use on this host: interface {name} has {addr}/{prefix} \
+                 (another burrowd, or a network of this host); pick another --subnet"
+            ))),
+            None => Ok(()),
+        }
     }
 
     pub fn config(&self) -> &NetConfig {

@@ -36,11 +36,17 @@ where
 
 /// The IPv4 addresses and prefix lengths on `ifname` in the calling thread's namespace.
 pub(crate) fn ipv4_addrs(ifname: &str) -> io::Result<Vec<(Ipv4Addr, u8)>> {
+    Ok(all_ipv4_addrs()?
+        .into_iter()
+        .filter(|(name, _, _)| name == ifname)
+        .map(|(_, addr, prefix)| (addr, prefix))
+        .collect())
+}
+
+/// Every IPv4 address in the calling thread's namespace: (interface, address, prefix length).
+pub(crate) fn all_ipv4_addrs() -> io::Result<Vec<(String, Ipv4Addr, u8)>> {
     let mut out = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs()? {
-        if ifa.interface_name != ifname {
-            continue;
-        }
         let addr = ifa
             .address
             .as_ref()
@@ -52,7 +58,7 @@ pub(crate) fn ipv4_addrs(ifname: &str) -> io::Result<Vec<(Ipv4Addr, u8)>> {
             .and_then(|a| a.as_sockaddr_in())
             .map(|a| a.ip());
         if let (Some(addr), Some(mask)) = (addr, mask) {
-            out.push((addr, u32::from(mask).count_ones() as u8));
+            out.push((ifa.interface_name, addr, u32::from(mask).count_ones() as u8));
         }
     }
     Ok(out)

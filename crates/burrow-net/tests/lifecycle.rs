@@ -115,6 +115,17 @@ fn bad_input_is_refused() {
     cfg.tag = "Bad!".into();
     let err = HostNet::setup(cfg).unwrap_err().to_string();
     assert!(err.contains("invalid network tag"), "{err}");
+    // Another daemon (another tag) on a subnet this one's bridge already has: refused, the
+    // bridge named (its replies would go to the other bridge). Control: the same tag sets up
+    // again on the same bridge (setup_again_rebuilds_the_rules_and_keeps_sandboxes).
+    let mut cfg = env.cfg.clone();
+    let (head, last) = env.cfg.tag.split_at(env.cfg.tag.len() - 1);
+    cfg.tag = format!("{head}{}", if last == "y" { "z" } else { "y" });
+    let err = HostNet::setup(cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("already in use") && err.contains(env.net.bridge()),
+        "{err}"
+    );
     assert!(env.net.attached().unwrap().is_empty());
 }
 

@@ -48,11 +48,37 @@ pub struct Daemon {
 }
 
 /// A /24 no other daemon of this host's test runs uses at the same time: test binaries run
-/// one after another, and within one a counter tells daemons apart.
+/// one after another, within one a counter tells daemons apart, and a /24 that any interface
+/// of the host already has an address in (a daemon of an earlier binary still cleaning up,
+/// or killed) is passed over: burrowd would refuse it.
 fn next_subnet() -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("10.{}.{}.0/24", 100 + std::process::id() % 100, n % 256)
+    let in_use = host_ipv4_prefixes();
+    let start = std::process::id() % 100;
+    loop {
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (second, third) = (100 + (start + n / 256) % 100, n % 256);
+        let prefix = format!("10.{second}.{third}.");
+        if !in_use.iter().any(|a| a.starts_with(&prefix)) {
+            return format!("{prefix}0/24");
+        }
+    }
+}
+
+/// The host's IPv4 addresses, as text (`ip -o -4 addr`).
+fn host_ipv4_prefixes() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .expect("ip -o -4 addr show");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            Some(words.next()?.split('/').next()?.to_owned())
+        })
+        .collect()
 }
 
 impl Daemon {
