@@ -83,6 +83,28 @@ pub enum UrlAuth {
     Public,
 }
 
+/// What burrowd does when a sandbox's agent (PID 1) dies on its own (killed, crashed): not
+/// when the sandbox is stopped, deleted or put to sleep through the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SandboxRestart {
+    /// Boot it again after a backoff (0.5 s, doubling); after 5 deaths each within a minute of
+    /// the restart before it, stay `failed` with the reason.
+    #[default]
+    OnFailure,
+    /// Stay `failed` with the reason until `start`.
+    Never,
+}
+
+impl SandboxRestart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxRestart::OnFailure => "on-failure",
+            SandboxRestart::Never => "never",
+        }
+    }
+}
+
 /// `POST /v1/sandboxes`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +139,8 @@ pub struct CreateSandbox {
     pub cold_after_s: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_auth: Option<UrlAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<SandboxRestart>,
 }
 
 impl Default for SandboxName {
@@ -149,6 +173,8 @@ pub struct PatchSandbox {
     pub cold_after_s: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_auth: Option<UrlAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<SandboxRestart>,
     /// 0.01..=256 ([`crate::limits::CPUS`]); non-finite values travel as strings, to be refused.
     #[serde(
         default,
@@ -177,6 +203,8 @@ pub struct SandboxConfig {
     #[serde(default = "default_cold_after_s")]
     pub cold_after_s: u64,
     pub url_auth: UrlAuth,
+    #[serde(default)]
+    pub restart: SandboxRestart,
 }
 
 fn default_cold_after_s() -> u64 {

@@ -169,6 +169,25 @@ pub struct CreateArgs {
     /// Who may open the sandbox's URL: private (a token allowing `http`) or public.
     #[arg(long = "url-auth", value_enum)]
     pub url_auth: Option<UrlAuthArg>,
+    /// When its agent (PID 1) dies on its own: boot it again after a backoff (on-failure,
+    /// the default; gives up after 5 deaths in a row) or leave it failed (never).
+    #[arg(long, value_enum)]
+    pub restart: Option<SandboxRestartArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SandboxRestartArg {
+    OnFailure,
+    Never,
+}
+
+impl From<SandboxRestartArg> for burrow_api::SandboxRestart {
+    fn from(a: SandboxRestartArg) -> Self {
+        match a {
+            SandboxRestartArg::OnFailure => burrow_api::SandboxRestart::OnFailure,
+            SandboxRestartArg::Never => burrow_api::SandboxRestart::Never,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -151,8 +151,9 @@ impl Manager {
                 if rec.intent.is_some() {
                     continue;
                 }
-                // A dead agent is recorded (and nothing else done with the sandbox) first.
-                if self.watch_agent(&rec).await {
+                // A dead agent is recorded (and nothing else done with the sandbox) first;
+                // its restart policy acts on a later tick, once the backoff has passed.
+                if self.watch_agent(&rec).await || self.restart_if_due(&rec).await {
                     continue;
                 }
                 if rec.status == SandboxStatus::Running {

@@ -42,6 +42,8 @@ pub struct Manager {
     end_reasons: Mutex<HashMap<String, (String, std::time::Instant)>>,
     /// Sandbox ids with a restore in progress (a second one is refused with 409).
     pub(crate) restoring: Mutex<std::collections::HashSet<String>>,
+    /// Per sandbox: what its restart policy has done and will do (`watch.rs`).
+    pub(crate) restarts: crate::watch::Restarts,
     inside_api: Option<InsideApiServer>,
     pub(crate) activity: Arc<crate::idle::Activity>,
     pub events: crate::events::Events,
@@ -130,6 +132,7 @@ impl Manager {
             op_locks: Mutex::new(HashMap::new()),
             end_reasons: Mutex::new(HashMap::new()),
             restoring: Mutex::new(Default::default()),
+            restarts: Default::default(),
             inside_api,
             activity: Arc::default(),
             events: Default::default(),
@@ -418,6 +421,7 @@ impl Manager {
             idle_timeout_s: req.idle_timeout_s.unwrap_or(d.idle_timeout_s),
             cold_after_s: req.cold_after_s.unwrap_or(d.cold_after_s),
             url_auth: req.url_auth.unwrap_or(UrlAuth::Private),
+            restart: req.restart.unwrap_or_default(),
         };
         validate_config(&config)?;
         validate_env(&req.env)?;
@@ -664,6 +668,7 @@ impl Manager {
         self.delete_all_checkpoints(&rec).await?;
         self.forget_services(&rec);
         self.store.delete_sandbox(&rec.id)?;
+        self.restarts.forget(&rec.id);
         self.op_locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -829,6 +834,9 @@ impl Manager {
         }
         if let Some(v) = p.url_auth {
             cfg.url_auth = v;
+        }
+        if let Some(v) = p.restart {
+            cfg.restart = v;
         }
         validate_config(&cfg)?;
         if let Some(env) = &p.env {

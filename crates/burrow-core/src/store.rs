@@ -809,6 +809,7 @@ mod tests {
                 idle_timeout_s: 60,
                 cold_after_s: 600,
                 url_auth: UrlAuth::Private,
+                restart: Default::default(),
             },
             env: BTreeMap::from([("A".into(), "1".into())]),
             labels: BTreeMap::new(),

@@ -9,12 +9,22 @@
 //! again. Never while burrowd itself stops, restarts, restores or puts it to sleep: the look
 //! and the verdict are taken under the sandbox's operation lock, which those hold.
 //!
+//! The restart policy (`config.restart`, default `on-failure`) then boots it again by itself
+//! after a backoff (0.5 s, doubling per death); a sandbox that dies again within a minute of
+//! each restart is left `failed` after the fifth death, with that said in its reason. Any
+//! verb in between (`start`, `stop`, `delete`) takes precedence: a restart only happens to a
+//! sandbox that is still `failed` from the death that scheduled it.
+//!
 //! Lost files: the agent holds the listening socket, so a deleted socket path cannot be bound
 //! again without a new agent. Reconciliation (daemon start) boots such a sandbox again
 //! (stop, start: a new run dir and socket) and says so; a running daemon that meets one
 //! names the cause and the fix (`restart`), which recreates whatever is missing.
 
-use burrow_api::SandboxStatus;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use burrow_api::{SandboxRestart, SandboxStatus};
 use burrow_engine::Liveness;
 
 use crate::CoreError;
@@ -24,6 +34,93 @@ use crate::store::SandboxRecord;
 use crate::time_util::now_rfc3339;
 
 type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+/// The first restart's delay; each further death within [`STABLE`] doubles it.
+const BACKOFF: Duration = Duration::from_millis(500);
+/// Deaths in a row, each within [`STABLE`] of the restart before it, after which the policy
+/// gives up.
+const MAX_DEATHS: u32 = 5;
+/// A sandbox that ran this long since its last restart starts counting from one again.
+const STABLE: Duration = Duration::from_secs(60);
+
+/// What the restart policy knows per sandbox id (memory only: after a daemon restart,
+/// reconciliation boots whatever should run).
+#[derive(Default)]
+pub(crate) struct Restarts(Mutex<HashMap<String, RestartState>>);
+
+#[derive(Default)]
+struct RestartState {
+    /// Deaths in a row, each within [`STABLE`] of the restart before it.
+    deaths: u32,
+    /// When the policy last booted it.
+    restarted_at: Option<Instant>,
+    /// A restart to do: when, and the death it answers (the sandbox's `updated_at` then).
+    due: Option<(Instant, String)>,
+}
+
+/// What the policy decided about one death.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Plan {
+    /// Boot again after `delay`; this is restart number `attempt` in a row.
+    Restart { attempt: u32, delay: Duration },
+    /// Too many deaths in a row: stay `failed`.
+    GiveUp { deaths: u32 },
+    /// The sandbox's policy is `never`.
+    Never,
+}
+
+impl Restarts {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, RestartState>) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Records a death of `id` at `now` and decides what to do about it.
+    pub(crate) fn on_death(&self, id: &str, policy: SandboxRestart, death: &str, now: Instant) -> Plan {
+        self.with(|m| {
+            let st = m.entry(id.to_owned()).or_default();
+            st.due = None;
+            if policy == SandboxRestart::Never {
+                st.deaths = 0;
+                return Plan::Never;
+            }
+            let in_a_row = st.restarted_at.is_some_and(|t| now.duration_since(t) < STABLE);
+            st.deaths = if in_a_row { st.deaths + 1 } else { 1 };
+            if st.deaths >= MAX_DEATHS {
+                return Plan::GiveUp { deaths: st.deaths };
+            }
+            let delay = BACKOFF * 2u32.pow(st.deaths - 1);
+            st.due = Some((now + delay, death.to_owned()));
+            Plan::Restart {
+                attempt: st.deaths,
+                delay,
+            }
+        })
+    }
+
+    /// The death a due restart of `id` answers, if one is due at `now`.
+    fn due(&self, id: &str, now: Instant) -> Option<String> {
+        self.with(|m| {
+            let (at, death) = m.get(id)?.due.as_ref()?;
+            (*at <= now).then(|| death.clone())
+        })
+    }
+
+    /// The restart was done (or is moot): none is due any more.
+    fn done(&self, id: &str, restarted_at: Option<Instant>) {
+        self.with(|m| {
+            if let Some(st) = m.get_mut(id) {
+                st.due = None;
+                if restarted_at.is_some() {
+                    st.restarted_at = restarted_at;
+                }
+            }
+        })
+    }
+
+    pub(crate) fn forget(&self, id: &str) {
+        self.with(|m| m.remove(id));
+    }
+}
 
 impl Manager {
     /// Whether the agent of `rec` should be running: running, or warm asleep (frozen).
@@ -64,15 +161,104 @@ impl Manager {
         }
         self.activity.set_sleep(&rec.id, None);
         rec.status = SandboxStatus::Failed;
-        rec.failure_reason = Some(reason.clone());
         rec.updated_at = now_rfc3339();
+        let plan = self
+            .restarts
+            .on_death(&rec.id, rec.config.restart, &rec.updated_at, Instant::now());
+        let restart = match plan {
+            Plan::Restart { attempt, delay } => {
+                tracing::info!(sandbox = %rec.name, attempt, ?delay, "restart policy: booting it again");
+                rec.failure_reason = Some(reason.clone());
+                serde_json::json!({"attempt": attempt, "in_ms": delay.as_millis() as u64})
+            }
+            Plan::GiveUp { deaths } => {
+                rec.failure_reason = Some(format!(
+                    "{reason}; not restarted: it died {deaths} times in a row, each within {} s of its \
+                     restart (restart policy on-failure); `burrow start {}` boots it again",
+                    STABLE.as_secs(),
+                    rec.name
+                ));
+                serde_json::Value::Null
+            }
+            Plan::Never => {
+                rec.failure_reason = Some(reason.clone());
+                serde_json::Value::Null
+            }
+        };
         self.store.update_sandbox(rec)?;
         self.events.emit(
             &rec.name,
             "agent.died",
-            serde_json::json!({"reason": reason, "how": how, "status": rec.status}),
+            serde_json::json!({"reason": reason, "how": how, "status": rec.status,
+                               "restart_policy": rec.config.restart.as_str(), "restart": restart}),
         );
         Ok(true)
+    }
+
+    /// From the background loop: boots `rec` again if its restart policy has a restart due
+    /// and it is still `failed` from the death that scheduled it (a `start`, `stop` or
+    /// `delete` in between wins). Returns whether it acted.
+    pub(crate) async fn restart_if_due(&self, rec: &SandboxRecord) -> bool {
+        if rec.status != SandboxStatus::Failed || self.restarts.due(&rec.id, Instant::now()).is_none() {
+            return false;
+        }
+        let lock = self.op_lock(&rec.id);
+        let Ok(_guard) = lock.try_lock() else {
+            return false;
+        };
+        let Ok(mut rec) = self.record(&rec.name) else {
+            self.restarts.forget(&rec.id);
+            return false;
+        };
+        let Some(death) = self.restarts.due(&rec.id, Instant::now()) else {
+            return false;
+        };
+        if rec.status != SandboxStatus::Failed || rec.updated_at != death {
+            self.restarts.done(&rec.id, None);
+            return false;
+        }
+        let reason = rec.failure_reason.clone().unwrap_or_default();
+        // Whatever is left of the dead one goes first (as `start` of a failed sandbox does).
+        let _ = self.halt(&rec).await;
+        rec.status = SandboxStatus::Running;
+        match self.boot_or_fail(&mut rec).await {
+            Ok(()) => {
+                self.restarts.done(&rec.id, Some(Instant::now()));
+                self.activity.touch(&rec.id);
+                let what = format!("restarted by its restart policy (on-failure) after: {reason}");
+                tracing::info!(sandbox = %rec.name, "{what}");
+                rec.failure_reason = None;
+                rec.notice = Some(what);
+                rec.updated_at = now_rfc3339();
+                if let Err(e) = self.store.update_sandbox(&rec) {
+                    tracing::warn!(sandbox = %rec.name, error = %crate::error::chain(&e), "recording a restart");
+                }
+                self.events.emit(
+                    &rec.name,
+                    "restarted",
+                    serde_json::json!({"status": rec.status, "by": "restart policy", "reason": reason}),
+                );
+            }
+            Err(e) => {
+                // `failed` with why (boot_or_fail recorded it); counts as another death.
+                tracing::warn!(sandbox = %rec.name, error = %crate::error::chain(&e), "restart policy: booting failed");
+                let now = Instant::now();
+                // The attempt counts as a restart, so a sandbox that cannot boot at all runs
+                // out of attempts like one that dies at once.
+                self.restarts.done(&rec.id, Some(now));
+                let plan = self
+                    .restarts
+                    .on_death(&rec.id, rec.config.restart, &rec.updated_at, now);
+                if let Plan::GiveUp { deaths } = plan {
+                    rec.failure_reason = Some(format!(
+                        "{}; not restarted again: {deaths} attempts in a row failed (restart policy on-failure)",
+                        rec.failure_reason.as_deref().unwrap_or("booting failed")
+                    ));
+                    let _ = self.store.update_sandbox(&rec);
+                }
+            }
+        }
+        true
     }
 
     /// The background look (once a second, from the idle loop): a cheap check without the
@@ -211,4 +397,68 @@ pub(crate) fn not_running(rec: &SandboxRecord) -> Result<()> {
             .clone()
             .unwrap_or_else(|| "it failed".to_owned()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_a_minute_and_gives_up_at_the_fifth_death() {
+        let r = Restarts::default();
+        let t0 = Instant::now();
+        let mut now = t0;
+        for attempt in 1..=4u32 {
+            let plan = r.on_death("a", SandboxRestart::OnFailure, &format!("d{attempt}"), now);
+            let delay = BACKOFF * 2u32.pow(attempt - 1);
+            assert_eq!(plan, Plan::Restart { attempt, delay });
+            assert_eq!(r.due("a", now), None, "not before its time");
+            assert_eq!(r.due("a", now + delay), Some(format!("d{attempt}")));
+            now += delay;
+            r.done("a", Some(now));
+            assert_eq!(r.due("a", now + STABLE), None, "done");
+            now += Duration::from_secs(1);
+        }
+        assert_eq!(
+            r.on_death("a", SandboxRestart::OnFailure, "d5", now),
+            Plan::GiveUp { deaths: 5 }
+        );
+        assert_eq!(r.due("a", now + STABLE), None);
+        // Another sandbox has its own count.
+        assert_eq!(
+            r.on_death("b", SandboxRestart::OnFailure, "x", now),
+            Plan::Restart {
+                attempt: 1,
+                delay: BACKOFF
+            }
+        );
+    }
+
+    #[test]
+    fn a_sandbox_that_ran_a_minute_starts_counting_again_and_never_means_never() {
+        let r = Restarts::default();
+        let t0 = Instant::now();
+        r.on_death("a", SandboxRestart::OnFailure, "d1", t0);
+        r.done("a", Some(t0));
+        let plan = r.on_death("a", SandboxRestart::OnFailure, "d2", t0 + Duration::from_secs(1));
+        assert_eq!(
+            plan,
+            Plan::Restart {
+                attempt: 2,
+                delay: BACKOFF * 2
+            }
+        );
+        r.done("a", Some(t0 + Duration::from_secs(2)));
+        let later = t0 + Duration::from_secs(2) + STABLE;
+        let plan = r.on_death("a", SandboxRestart::OnFailure, "d3", later);
+        assert_eq!(
+            plan,
+            Plan::Restart {
+                attempt: 1,
+                delay: BACKOFF
+            }
+        );
+        assert_eq!(r.on_death("a", SandboxRestart::Never, "d4", later), Plan::Never);
+        assert_eq!(r.due("a", later + STABLE), None, "never schedules nothing");
+    }
 }

@@ -5,17 +5,26 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use burrow_api::{CreateSandbox, ExecRequest, Sandbox, SandboxName, SandboxStatus};
+use burrow_api::{CreateSandbox, ExecRequest, Sandbox, SandboxName, SandboxRestart, SandboxStatus};
 use burrow_testkit::burrow_client::Client;
 use burrow_testkit::{Daemon, shared, unique_name};
 
 fn req(name: &str) -> CreateSandbox {
     CreateSandbox {
         name: SandboxName::parse(name).unwrap(),
-        // The idle policy stays out of the way: sleeping is done by the test itself.
+        // The idle policy stays out of the way: sleeping is done by the test itself; and so
+        // does the restart policy, unless a test is about it.
         idle_timeout_s: Some(0),
+        restart: Some(SandboxRestart::Never),
         ..Default::default()
     }
+}
+
+/// The agent's host pid (runc's view), once the sandbox is running with a live agent.
+fn agent_pid(d: &Daemon, id: &str) -> u32 {
+    let (status, pid) = runc_state(&d.data_dir, id);
+    assert_eq!(status, "running", "{id}");
+    pid
 }
 
 fn echo(text: &str) -> ExecRequest {
@@ -312,4 +321,98 @@ async fn create_then_delete_at_once_logs_no_warnings() {
         .collect();
     assert!(warnings.is_empty(), "{} warnings: {warnings:#?}", warnings.len());
     c.delete_sandbox(&last).await.unwrap();
+}
+
+/// The restart policy (default `on-failure`): a killed agent makes the sandbox `failed`, an
+/// `agent.died` event says a restart is scheduled, and burrowd boots it again by itself: a new
+/// agent, exec answers, a `restarted` event and a notice say why. Control: the same kill of a
+/// sandbox whose policy is `never` leaves it `failed` (looked at after the other one is back,
+/// so its restart would have been due by then).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_agent_is_restarted_by_the_default_policy() {
+    let d = shared();
+    let c = d.client();
+    let (auto, never) = (unique_name("auto"), unique_name("never"));
+    let mut r = req(&auto);
+    r.restart = None;
+    let sb = c.create_sandbox(&r).await.unwrap();
+    assert_eq!(sb.config.restart, SandboxRestart::OnFailure, "the default");
+    let auto_id = sb.id;
+    let never_id = c.create_sandbox(&req(&never)).await.unwrap().id;
+    let before = agent_pid(d, &auto_id);
+
+    kill_agent(d, &never_id);
+    kill_agent(d, &auto_id);
+    let ev = d.events_until(&auto, "agent.died").await;
+    assert!(ev.contains(r#""restart":{"attempt":1,"in_ms":500}"#), "{ev}");
+    let ev = d.events_until(&auto, r#""by":"restart policy""#).await;
+    assert!(ev.contains("killed by signal 9 (SIGKILL)"), "{ev}");
+    let sb = wait_for(&c, &auto, "running again", |s| s.status == SandboxStatus::Running).await;
+    assert_eq!(sb.failure_reason, None);
+    let notice = sb.notice.unwrap_or_default();
+    assert!(
+        notice.contains("restarted by its restart policy") && notice.contains(DIED),
+        "{notice}"
+    );
+    assert_ne!(agent_pid(d, &auto_id), before, "a new agent");
+    assert_eq!(c.exec(&auto, &echo("back")).await.unwrap().stdout, "back\n");
+
+    let sb = c.get_sandbox(&never).await.unwrap();
+    assert_eq!(
+        (sb.status, sb.failure_reason.as_deref()),
+        (SandboxStatus::Failed, Some(DIED))
+    );
+    let ev = d.events_until(&never, "agent.died").await;
+    assert!(
+        ev.contains(r#""restart":null"#) && ev.contains(r#""restart_policy":"never""#),
+        "{ev}"
+    );
+    for n in [&auto, &never] {
+        c.delete_sandbox(n).await.unwrap();
+    }
+}
+
+/// A sandbox whose agent dies again right after each restart: the policy restarts it four
+/// times with a growing backoff, then leaves it `failed` after the fifth death with the reason
+/// saying so; `start` still boots it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_restart_policy_gives_up_on_a_crash_loop() {
+    let d = shared();
+    let c = d.client();
+    let name = unique_name("loop");
+    let mut r = req(&name);
+    r.restart = Some(SandboxRestart::OnFailure);
+    let id = c.create_sandbox(&r).await.unwrap().id;
+    for attempt in 1..=4u32 {
+        let pid = agent_pid(d, &id);
+        kill_agent(d, &id);
+        let delay = 500u64 << (attempt - 1);
+        let needle = format!(r#""restart":{{"attempt":{attempt},"in_ms":{delay}}}"#);
+        d.events_until(&name, &needle).await;
+        // Back with a new agent (bounded wait: the backoff is at most 4 s here).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let sb = c.get_sandbox(&name).await.unwrap();
+            if sb.status == SandboxStatus::Running && runc_state(&d.data_dir, &id).1 != pid {
+                break;
+            }
+            assert!(Instant::now() < deadline, "restart {attempt} never came: {sb:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    kill_agent(d, &id);
+    let sb = wait_for(&c, &name, "failed", |s| s.status == SandboxStatus::Failed).await;
+    let reason = sb.failure_reason.unwrap_or_default();
+    assert!(
+        reason.starts_with(DIED)
+            && reason.contains("died 5 times in a row")
+            && reason.contains("burrow start"),
+        "{reason}"
+    );
+    let ev = d.events_until(&name, r#""restart":null"#).await;
+    assert!(ev.contains("agent.died"), "{ev}");
+    let sb = c.sandbox_action(&name, "start").await.unwrap();
+    assert_eq!((sb.status, sb.failure_reason), (SandboxStatus::Running, None));
+    assert_eq!(c.exec(&name, &echo("up")).await.unwrap().stdout, "up\n");
+    c.delete_sandbox(&name).await.unwrap();
 }

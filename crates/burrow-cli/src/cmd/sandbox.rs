@@ -25,6 +25,7 @@ pub async fn create(app: &App, a: CreateArgs) -> anyhow::Result<u8> {
         idle_timeout_s: a.idle_timeout,
         cold_after_s: a.cold_after,
         url_auth: a.url_auth.map(Into::into),
+        restart: a.restart.map(Into::into),
         ..Default::default()
     };
     let v = app.call(Method::POST, paths::SANDBOXES, Some(&req)).await?;
@@ -175,6 +176,7 @@ fn render_info(s: &Sandbox) -> String {
             "private"
         },
     );
+    kv("Restart", c.restart.as_str());
     let pairs = |m: &std::collections::BTreeMap<String, String>| {
         if m.is_empty() {
             "-".to_owned()
