@@ -724,8 +724,21 @@ fn extract(header: &WriteArchiveHeader, rx: mpsc::Receiver<Vec<u8>>) -> Result<u
     for entry in ar.entries().map_err(FileError::Archive)? {
         let mut entry = entry.map_err(FileError::Archive)?;
         check_entry(&entry)?;
-        if entry.unpack_in(&dst).map_err(FileError::Archive)? {
-            count += 1;
+        match entry.unpack_in(&dst) {
+            Ok(true) => count += 1,
+            Ok(false) => {}
+            Err(e) => {
+                // A file cut short (a full disk) must not stay behind looking complete.
+                if entry.header().entry_type().is_file()
+                    && let Ok(rel) = entry.path()
+                {
+                    let partial = dst.join(&rel);
+                    if fs::symlink_metadata(&partial).is_ok_and(|m| m.is_file()) {
+                        let _ = fs::remove_file(&partial);
+                    }
+                }
+                return Err(FileError::Archive(e));
+            }
         }
     }
     Ok(count)

@@ -290,6 +290,77 @@ async fn disk_full_is_507_and_leaves_nothing() {
     assert!(e.to_string().contains("out of disk space"), "{e}");
     let left = c.list_files(&name, "/dev/shm").await.unwrap();
     assert!(left.entries.is_empty(), "{:?}", left.entries);
+
+    // An archive whose second file does not fit: the first stays (extracted whole), the one
+    // cut short is removed rather than left truncated.
+    let tar = tar_of(|b| {
+        add_file(b, "d/small", b"whole", 0o644);
+        add_file(b, "d/big", &vec![7u8; 100 << 20], 0o644);
+    });
+    let e = c
+        .write_archive(&name, "/dev/shm", futures::stream::iter([Ok(Bytes::from(tar))]))
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e), 507, "{e}");
+    let left = c.list_files(&name, "/dev/shm/d").await.unwrap();
+    let names: Vec<_> = left.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["small"], "the truncated file stayed");
+    c.remove_file(&name, "/dev/shm/d", true).await.unwrap();
+}
+
+/// An upload into a sandbox already at its disk limit: the server refuses it at once (the
+/// file cannot even be created), before reading the body, and the client still gets that 507
+/// and its message, not "Broken pipe" from writing the rest of the body into a closed
+/// connection. For a file and an archive. Control: the same uploads succeed once there is room.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_into_a_full_disk_gets_the_507_not_a_broken_pipe() {
+    let c = shared().client();
+    let name = unique_name("full");
+    let req = CreateSandbox {
+        name: SandboxName::parse(&name).unwrap(),
+        disk_gb: Some(1),
+        ..Default::default()
+    };
+    c.create_sandbox(&req).await.unwrap();
+    let fill = ExecRequest {
+        cmd: vec![
+            "sh".into(),
+            "-c".into(),
+            "head -c 1100M /dev/zero > /root/fill; sync; touch /root/probe".into(),
+        ],
+        ..Default::default()
+    };
+    let out = c.exec(&name, &fill).await.unwrap();
+    assert!(
+        out.stderr.contains("Disk quota exceeded"),
+        "the disk is full: {out:?}"
+    );
+    let big = 700 << 20;
+    let e = c
+        .write_file(&name, "/root/more", WriteFileOptions::default(), generated(big))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(507), "{e}");
+    assert!(e.to_string().contains("out of disk space"), "{e}");
+    let tar = tar_of(|b| add_file(b, "d/more", &vec![7u8; 300 << 20], 0o644));
+    let chunks = move || {
+        let v: Vec<std::io::Result<Bytes>> = tar
+            .chunks(1 << 20)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures::stream::iter(v)
+    };
+    let e = c.write_archive(&name, "/root", chunks()).await.unwrap_err();
+    assert_eq!(e.status(), Some(507), "{e}");
+    assert!(e.to_string().contains("out of disk space"), "{e}");
+
+    // Control: room again, and the same uploads succeed.
+    c.remove_file(&name, "/root/fill", false).await.unwrap();
+    c.write_file(&name, "/root/more", WriteFileOptions::default(), generated(big))
+        .await
+        .unwrap();
+    c.write_archive(&name, "/root", chunks()).await.unwrap();
+    c.delete_sandbox(&name).await.unwrap();
 }
 
 fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {

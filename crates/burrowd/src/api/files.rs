@@ -6,7 +6,7 @@
 //! backpressure, downloads the other way. Upload bodies are raw bytes of any content type.
 
 use axum::Json;
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -68,6 +68,33 @@ fn stream_response(stream: FileStream, content_type: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
+/// An upload that failed (a full disk, a bad path) while the client may still be sending:
+/// the rest of the body is read and dropped (at most [`DRAIN_BYTES`] or [`DRAIN_TIME`]) before
+/// the error is answered. Answering first and closing the connection would make the client's
+/// next write fail ("Broken pipe") and, with unread data left, the kernel may reset the
+/// connection before the client reads the answer: the user would never see the 507.
+async fn refused_upload<T>(
+    res: std::result::Result<T, burrow_core::CoreError>,
+    mut body: BodyDataStream,
+) -> Result<T> {
+    if res.is_err() {
+        let drain = async {
+            let mut left = DRAIN_BYTES;
+            while let Some(Ok(chunk)) = body.next().await {
+                left = left.saturating_sub(chunk.len() as u64);
+                if left == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    }
+    Ok(res?)
+}
+
+const DRAIN_BYTES: u64 = 1 << 30;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `GET /v1/sandboxes/{name}/files?path=`.
 pub async fn read(
     State(s): State<AppState>,
@@ -91,9 +118,9 @@ pub async fn write(
         mode: q.mode,
         mkdir: q.mkdir.unwrap_or(false),
     };
-    s.mgr
-        .write_file(&name, &q.path, opts, body.into_data_stream())
-        .await?;
+    let mut body = body.into_data_stream();
+    let res = s.mgr.write_file(&name, &q.path, opts, &mut body).await;
+    refused_upload(res, body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -148,8 +175,11 @@ pub async fn write_archive(
     body: Body,
 ) -> Result<StatusCode> {
     let q = file_query(q.as_deref(), &["mkdir"])?;
-    s.mgr
-        .write_archive(&name, &q.path, q.mkdir.unwrap_or(true), body.into_data_stream())
-        .await?;
+    let mut body = body.into_data_stream();
+    let res = s
+        .mgr
+        .write_archive(&name, &q.path, q.mkdir.unwrap_or(true), &mut body)
+        .await;
+    refused_upload(res, body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
