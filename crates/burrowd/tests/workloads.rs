@@ -45,6 +45,14 @@ const DEB_REPO: &str = "/var/cache/burrow/debian-repo";
 /// placeholder for it), and what the git server requires for a push.
 const REAL: &str = "wl-REAL-registry-token-0123456789abcdef";
 
+/// HTTP Basic with the real credential as the password: what git sends for
+/// `https://x-access-token:TOKEN@host/` once the proxy has put the value in.
+fn basic_real() -> String {
+    use base64::Engine as _;
+    let pair = format!("x-access-token:{REAL}");
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+}
+
 fn strict() -> bool {
     std::env::var_os("BURROW_TEST_STRICT").is_some_and(|v| v == "1")
 }
@@ -93,7 +101,7 @@ fn world() -> &'static (fake_internet::FakeInternet, Daemon) {
             Serve::Git {
                 name: "git.test",
                 root: dir.join("git"),
-                auth: format!("Bearer {REAL}"),
+                auth: vec![format!("Bearer {REAL}"), basic_real()],
             },
         ]
     })
@@ -355,6 +363,30 @@ echo "node $(node --version) npm $(npm --version)"
         .await
 }
 
+/// A file of the bare repository (`rev:path`).
+fn git_show(bare: &Path, object: &str) -> Vec<u8> {
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(bare)
+        .args(["show", object])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git show {object}");
+    out.stdout
+}
+
+/// Whether the bare repository has branch `name`.
+fn git_ref(bare: &Path, name: &str) -> bool {
+    std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(bare)
+        .args(["rev-parse", "-q", "--verify", &format!("refs/heads/{name}")])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
     Open,
@@ -395,6 +427,9 @@ fn script(run: &str, transparent: bool, secret: bool, repo: &Repo) -> String {
         format!(
             "git {auth} push -q origin HEAD:refs/heads/{run}\n\
              echo pushed\n\
+             # The placeholder in the URL: git sends it as HTTP Basic (like a credential helper's).\n\
+             git push -q \"https://x-access-token:$WL_TOKEN@git.test/r/{run}/wl.git\" HEAD:refs/heads/{run}-basic\n\
+             echo pushed-basic\n\
              # Control: a wrong credential is refused by the server.\n\
              if git -c http.extraHeader='Authorization: Bearer wrong' push -q origin HEAD:refs/heads/{run}-wrong 2>/dev/null; then\n\
              echo 'a wrong credential was accepted'; exit 1; fi\n\
@@ -442,10 +477,13 @@ npm install --no-audit --no-fund --no-update-notifier --cache ./npm-cache wl-hel
 echo "npm $(node -e 'console.log(require("wl-hello")())')"
 echo '== git'
 git {auth} clone -q "https://git.test$B/wl.git" repo
-echo "git-clone $(cat repo/README)"
+echo "git-clone $(cat repo/README) $(sha256sum < repo/data.bin | cut -d' ' -f1)"
 cd repo
 echo {run} > run
-git add run
+# More than git's 1 MiB post buffer: the push streams a chunked body.
+head -c 3000000 /dev/urandom > big
+echo "big $(sha256sum < big | cut -d' ' -f1)"
+git add run big
 git commit -qm "from {run}"
 {push}
 cd ..
@@ -522,6 +560,7 @@ async fn tools_work(mode: Mode, secret: bool) {
     let tgz = std::fs::read(content().join("npm/wl-hello/-/wl-hello-1.0.0.tgz")).unwrap();
     let release = std::fs::read(Path::new(DEB_REPO).join("dists/bookworm/Release")).unwrap();
     let bare = content().join("git/wl.git");
+    let data = git_show(&bare, "main:data.bin");
     for transparent in [false, true] {
         let what = format!("{mode:?} secret={secret} transparent={transparent}");
         let run_id = format!("{name}-{}", if transparent { "t" } else { "e" });
@@ -538,7 +577,7 @@ async fn tools_work(mode: Mode, secret: bool) {
             format!("wget-release {}", sha256_hex(&release)),
             "pip hello from the wl-hello wheel".into(),
             "npm hello from the wl-hello tarball".into(),
-            "git-clone the wl repository".into(),
+            format!("git-clone the wl repository {}", sha256_hex(&data)),
             if secret {
                 "push-wrong refused".into()
             } else {
@@ -587,19 +626,8 @@ async fn tools_work(mode: Mode, secret: bool) {
             .args(["log", "-1", "--format=%s", &format!("refs/heads/{run_id}"), "--"])
             .output()
             .unwrap();
-        let wrong = std::process::Command::new("git")
-            .args(["--git-dir"])
-            .arg(&bare)
-            .args([
-                "rev-parse",
-                "-q",
-                "--verify",
-                &format!("refs/heads/{run_id}-wrong"),
-            ])
-            .output()
-            .unwrap();
         assert!(
-            !wrong.status.success(),
+            !git_ref(&bare, &format!("{run_id}-wrong")),
             "{what}: a push with a wrong credential landed"
         );
         if secret {
@@ -609,17 +637,36 @@ async fn tools_work(mode: Mode, secret: bool) {
                 assert_eq!(auth(e), Some(format!("Bearer {REAL}")), "{what}: {e}");
             }
             let push = served(&seen, "POST", "/wl.git/git-receive-pack", "git/");
-            for e in hits(&seen, "POST", "/wl.git/git-upload-pack", "git/")
-                .iter()
-                .chain(&push)
-            {
+            for e in hits(&seen, "POST", "/wl.git/git-upload-pack", "git/") {
                 assert_eq!(auth(e), Some(format!("Bearer {REAL}")), "{what}: {e}");
+            }
+            for e in &push {
+                let a = auth(e);
+                assert!(
+                    a == Some(format!("Bearer {REAL}")) || a == Some(basic_real()),
+                    "{what}: {e}"
+                );
             }
             assert_eq!(
                 String::from_utf8_lossy(&pushed.stdout).trim(),
                 format!("from {run_id}"),
                 "{what}: the push did not land: {}",
                 String::from_utf8_lossy(&pushed.stderr)
+            );
+            let big = r.stdout.lines().find_map(|l| l.strip_prefix("big ")).unwrap();
+            assert_eq!(
+                sha256_hex(&git_show(&bare, &format!("{run_id}:big"))),
+                big,
+                "{what}: the pushed file differs"
+            );
+            // The same through HTTP Basic: the placeholder inside the encoded pair replaced.
+            assert!(
+                push.iter().any(|e| auth(e) == Some(basic_real())),
+                "{what}: no push with the credential as HTTP Basic: {seen:#?}"
+            );
+            assert!(
+                git_ref(&bare, &format!("{run_id}-basic")),
+                "{what}: the push through HTTP Basic did not land"
             );
             // Control: the wrong credential reached the server, which refused it.
             assert!(

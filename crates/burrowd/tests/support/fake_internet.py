@@ -11,13 +11,13 @@ Some names serve real content instead of an echo, for the real-workload tests:
   `@BASE@` becomes this request's `scheme://host[/r/RUN]`, so absolute URLs (an npm tarball)
   point back at the same run.
 - `--git NAME=DIR`: git smart HTTP over the bare repositories in DIR (`git http-backend`).
-  Fetching is anonymous; pushing needs `Authorization` equal to `--git-auth` (else 401).
+  Fetching is anonymous; pushing needs `Authorization` equal to one `--git-auth` (else 401).
 On both, a path may start with `/r/RUN/`: the prefix is stripped and RUN logged, so a test
 can tell its own requests from those of tests running beside it. Every request is logged
 with the status it got.
 
 Usage: fake_internet.py --cert C --key K --log FILE [--static NAME=DIR] [--git NAME=DIR
-       --git-auth VALUE] name=ip [name=ip ...]
+       --git-auth VALUE...] name=ip [name=ip ...]
 """
 import argparse
 import json
@@ -76,7 +76,7 @@ class Echo(BaseHTTPRequestHandler):
     scheme = "http"
     static = {}
     git = {}
-    git_auth = None
+    git_auth = []
 
     def handle_any(self):
         name = (self.headers.get("Host") or "").rsplit(":", 1)[0].lower()
@@ -170,7 +170,7 @@ class Echo(BaseHTTPRequestHandler):
 
     def git_backend(self, root, path, query, body):
         push = "service=git-receive-pack" in query or path.endswith("/git-receive-pack")
-        authorized = self.git_auth is not None and self.headers.get("Authorization") == self.git_auth
+        authorized = self.headers.get("Authorization") in self.git_auth
         if push and not authorized:
             return 401, [("WWW-Authenticate", 'Basic realm="git"')], b"push needs a credential\n"
         env = {
@@ -210,7 +210,7 @@ def main():
     p.add_argument("--log", required=True)
     p.add_argument("--static", action="append", default=[])
     p.add_argument("--git", action="append", default=[])
-    p.add_argument("--git-auth")
+    p.add_argument("--git-auth", action="append", default=[])
     p.add_argument("entries", nargs="*")
     a = p.parse_args()
     table = dict(e.split("=", 1) for e in a.entries)

@@ -42,11 +42,12 @@ fn ip(args: &[&str]) {
 pub enum Serve {
     /// The files under a directory (`index.html`/`index.json` for a directory).
     Static { name: &'static str, root: PathBuf },
-    /// Git smart HTTP over the bare repositories in `root`; pushes need `Authorization: auth`.
+    /// Git smart HTTP over the bare repositories in `root`; a push needs `Authorization` to be
+    /// one of `auth`.
     Git {
         name: &'static str,
         root: PathBuf,
-        auth: String,
+        auth: Vec<String>,
     },
 }
 
@@ -136,10 +137,10 @@ impl FakeInternet {
                     cmd.arg("--static").arg(format!("{name}={}", root.display()));
                 }
                 Serve::Git { name, root, auth } => {
-                    cmd.arg("--git")
-                        .arg(format!("{name}={}", root.display()))
-                        .arg("--git-auth")
-                        .arg(auth);
+                    cmd.arg("--git").arg(format!("{name}={}", root.display()));
+                    for a in auth {
+                        cmd.arg("--git-auth").arg(a);
+                    }
                 }
             }
         }

@@ -4,7 +4,8 @@
 - DIR/pypi: a PEP 503 simple index with one pure-Python wheel, `wl-hello` 1.0;
 - DIR/npm: an npm registry layout with one package, `wl-hello` 1.0.0 (packument at
   `/wl-hello` with the tarball's sha1 and sha512 integrity);
-- DIR/git/wl.git: a bare repository with one commit on `main`, pushes allowed.
+- DIR/git/wl.git: a bare repository with one commit on `main` (a README and 2 MiB of random
+  bytes, so a clone is more than one buffer), pushes allowed.
 Prints a JSON summary (the files' digests) on stdout.
 
 Usage: registries.py DIR
@@ -117,7 +118,9 @@ def git(root):
         run("git", "init", "-q", "-b", "main", work)
         with open(os.path.join(work, "README"), "w") as f:
             f.write("the wl repository\n")
-        run("git", "add", "README", cwd=work)
+        with open(os.path.join(work, "data.bin"), "wb") as f:
+            f.write(os.urandom(2 << 20))
+        run("git", "add", "README", "data.bin", cwd=work)
         run("git", "commit", "-q", "-m", "first", cwd=work)
         run("git", "push", "-q", bare, "main", cwd=work)
     return {}
