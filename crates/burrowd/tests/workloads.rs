@@ -456,6 +456,11 @@ echo "deb [trusted=yes] http://deb.debian.test$B/debian bookworm main" > /etc/ap
 apt-get update -q >apt.log 2>&1 || {{ cat apt.log; exit 1; }}
 apt-get clean  # so the .deb is fetched again
 apt-get install -y -q --reinstall -o Dpkg::Options::=--force-unsafe-io libgbm1 >>apt.log 2>&1 || {{ cat apt.log; exit 1; }}
+# The same repository over HTTPS (apt reads the system trust store only).
+echo "deb [trusted=yes] https://deb.debian.test$B/debian bookworm main" > /etc/apt/sources.list.d/wl.list
+apt-get update -q >>apt.log 2>&1 || {{ cat apt.log; exit 1; }}
+apt-get download -q libgbm1 >>apt.log 2>&1 || {{ cat apt.log; exit 1; }}
+echo "apt-https $(cat libgbm1_*.deb | sha256sum | cut -d' ' -f1)"
 echo '== curl'
 curl -sSf -o gbm.deb "http://deb.debian.test$B/debian/{gbm}"
 echo "curl-deb $(sha256sum < gbm.deb | cut -d' ' -f1)"
@@ -571,6 +576,7 @@ async fn tools_work(mode: Mode, secret: bool) {
         assert_eq!(r.exit_code, 0, "{what}: {out}");
         // What the tools got is what the servers hold, byte for byte.
         for line in [
+            format!("apt-https {}", repo.gbm_sha256),
             format!("curl-deb {}", repo.gbm_sha256),
             format!("curl-whl {}", sha256_hex(&wheel)),
             format!("wget-tgz {}", sha256_hex(&tgz)),
@@ -610,6 +616,12 @@ async fn tools_work(mode: Mode, secret: bool) {
         served(&seen, "GET", "/debian/dists/bookworm/Release", "Debian APT");
         served(&seen, "GET", &gbm, "Debian APT");
         served(&seen, "GET", &gbm, "curl/");
+        assert!(
+            hits(&seen, "GET", &gbm, "Debian APT")
+                .iter()
+                .any(|e| e["scheme"] == "https" && e["status"] == 200),
+            "{what}: apt never fetched over HTTPS: {seen:#?}"
+        );
         served(&seen, "GET", "/packages/wl_hello-1.0-py3-none-any.whl", "curl/");
         served(&seen, "GET", "/wl-hello/-/wl-hello-1.0.0.tgz", "Wget/");
         served(&seen, "GET", "/debian/dists/bookworm/Release", "Wget/");
