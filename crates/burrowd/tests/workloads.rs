@@ -337,7 +337,9 @@ cat > /usr/local/share/ca-certificates/fake-internet.crt <<'EOF'
 update-ca-certificates >/dev/null 2>&1
 rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*
 echo 'deb [trusted=yes] http://deb.debian.test/r/base/debian bookworm main' > /etc/apt/sources.list.d/wl.list
-apt-get update -q
+# Every index fetched, no error or warning (apt-get update exits 0 on some failures).
+apt-get update -q >/tmp/update.log 2>&1 || {{ cat /tmp/update.log; exit 1; }}
+if grep -E '^(Err|W|E):' /tmp/update.log; then exit 1; fi
 DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
   -o Dpkg::Options::=--force-unsafe-io wget python3-pip nodejs npm libgbm1
 apt-get clean
@@ -454,11 +456,13 @@ B=/r/{run}
 echo '== apt'
 echo "deb [trusted=yes] http://deb.debian.test$B/debian bookworm main" > /etc/apt/sources.list.d/wl.list
 apt-get update -q >apt.log 2>&1 || {{ cat apt.log; exit 1; }}
+if grep -E '^(Err|W|E):' apt.log; then exit 1; fi
 apt-get clean  # so the .deb is fetched again
 apt-get install -y -q --reinstall -o Dpkg::Options::=--force-unsafe-io libgbm1 >>apt.log 2>&1 || {{ cat apt.log; exit 1; }}
 # The same repository over HTTPS (apt reads the system trust store only).
 echo "deb [trusted=yes] https://deb.debian.test$B/debian bookworm main" > /etc/apt/sources.list.d/wl.list
-apt-get update -q >>apt.log 2>&1 || {{ cat apt.log; exit 1; }}
+apt-get update -q >apt.log 2>&1 || {{ cat apt.log; exit 1; }}
+if grep -E '^(Err|W|E):' apt.log; then exit 1; fi
 apt-get download -q libgbm1 >>apt.log 2>&1 || {{ cat apt.log; exit 1; }}
 echo "apt-https $(cat libgbm1_*.deb | sha256sum | cut -d' ' -f1)"
 echo '== curl'
