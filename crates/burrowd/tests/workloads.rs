@@ -4,14 +4,16 @@
 //! reaches: the daemon may only forward to 198.18.0.0/15 and resolves through the fake DNS
 //! only.
 //!
-//! The real-workload suite: `apt-get update`/`install` from a Debian repository over HTTP
-//! (real .debs, `scripts/setup.sh` caches them), `pip install` from a PEP 503 index and
-//! `npm install` from a registry over HTTPS, `git clone` and `git push` over HTTPS (the push
-//! with a credential the proxy injects), `curl` and `wget` over both. Each of `open` and
-//! `policy` mode, with and without a secret attached (TLS intercepted or tunnelled end to
-//! end), runs every tool through the explicit proxy and through the transparent one. The
-//! tools are installed once, with apt from the local repository, into one sandbox that the
-//! others fork.
+//! The real-workload suite: `apt-get update`/`install` from a Debian repository over HTTP and
+//! HTTPS (real .debs, `scripts/setup.sh` caches them; libgbm1's file name holds `bm1_`),
+//! `pip install` from a PEP 503 index and `npm install` from a registry over HTTPS, `git clone`
+//! and `git push` over HTTPS, `curl` and `wget` over both. Each of `open` and `policy` mode,
+//! with and without a secret attached (TLS intercepted, or tunnelled end to end), runs every
+//! tool through the explicit proxy and through the transparent one. With the secret, the
+//! proxy injects the registry credential where tools put it: npm's token and a git
+//! `http.extraHeader` (a header), pip's index URL and git's remote URL (HTTP Basic). The tools
+//! are installed once, with apt from the local repository, into one sandbox that the others
+//! fork.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -45,11 +47,11 @@ const DEB_REPO: &str = "/var/cache/burrow/debian-repo";
 /// placeholder for it), and what the git server requires for a push.
 const REAL: &str = "wl-REAL-registry-token-0123456789abcdef";
 
-/// HTTP Basic with the real credential as the password: what git sends for
-/// `https://x-access-token:TOKEN@host/` once the proxy has put the value in.
-fn basic_real() -> String {
+/// HTTP Basic with the real credential as the password: what a tool sends for
+/// `https://USER:TOKEN@host/` once the proxy has put the value in.
+fn basic(user: &str) -> String {
     use base64::Engine as _;
-    let pair = format!("x-access-token:{REAL}");
+    let pair = format!("{user}:{REAL}");
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
 }
 
@@ -101,7 +103,7 @@ fn world() -> &'static (fake_internet::FakeInternet, Daemon) {
             Serve::Git {
                 name: "git.test",
                 root: dir.join("git"),
-                auth: vec![format!("Bearer {REAL}"), basic_real()],
+                auth: vec![format!("Bearer {REAL}"), basic("x-access-token")],
             },
         ]
     })
@@ -420,6 +422,8 @@ fn script(run: &str, transparent: bool, secret: bool, repo: &Repo) -> String {
     } else {
         ""
     };
+    // A private index's token in pip's URL: sent as HTTP Basic.
+    let pip_user = if secret { "__token__:$WL_TOKEN@" } else { "" };
     let npm_auth = if secret {
         format!("echo \"//npm.test/r/{run}/:_authToken=\\${{WL_TOKEN}}\" >> .npmrc")
     } else {
@@ -477,7 +481,7 @@ echo "wget-tgz $(sha256sum < tgz | cut -d' ' -f1)"
 wget -q -O rel "http://deb.debian.test$B/debian/dists/bookworm/Release"
 echo "wget-release $(sha256sum < rel | cut -d' ' -f1)"
 echo '== pip'
-python3 -m pip install -q --no-cache-dir --disable-pip-version-check --index-url "https://pypi.test$B/simple/" --target pylib wl-hello
+python3 -m pip install -q --no-cache-dir --disable-pip-version-check --index-url "https://{pip_user}pypi.test$B/simple/" --target pylib wl-hello
 echo "pip $(PYTHONPATH=pylib python3 -c 'import wl_hello; print(wl_hello.hello())')"
 echo '== npm'
 echo "registry=https://npm.test$B/" > .npmrc
@@ -545,7 +549,7 @@ async fn tools_work(mode: Mode, secret: bool) {
                 "/v1/secrets",
                 Some(&json!({"name": s, "value": REAL,
                              "inject": {"header": "Authorization", "format": "Bearer %s"},
-                             "hosts": ["git.test", "npm.test"]})),
+                             "hosts": ["git.test", "npm.test", "pypi.test"]})),
             )
             .await
             .unwrap();
@@ -629,8 +633,13 @@ async fn tools_work(mode: Mode, secret: bool) {
         served(&seen, "GET", "/packages/wl_hello-1.0-py3-none-any.whl", "curl/");
         served(&seen, "GET", "/wl-hello/-/wl-hello-1.0.0.tgz", "Wget/");
         served(&seen, "GET", "/debian/dists/bookworm/Release", "Wget/");
-        served(&seen, "GET", "/simple/wl-hello/", "pip/");
-        served(&seen, "GET", "/packages/wl_hello-1.0-py3-none-any.whl", "pip/");
+        let mut pip = served(&seen, "GET", "/simple/wl-hello/", "pip/");
+        pip.extend(served(
+            &seen,
+            "GET",
+            "/packages/wl_hello-1.0-py3-none-any.whl",
+            "pip/",
+        ));
         let mut npm = served(&seen, "GET", "/wl-hello", "npm/");
         npm.extend(served(&seen, "GET", "/wl-hello/-/wl-hello-1.0.0.tgz", "npm/"));
         served(&seen, "GET", "/wl.git/info/refs", "git/");
@@ -652,6 +661,9 @@ async fn tools_work(mode: Mode, secret: bool) {
             for e in &npm {
                 assert_eq!(auth(e), Some(format!("Bearer {REAL}")), "{what}: {e}");
             }
+            for e in &pip {
+                assert_eq!(auth(e), Some(basic("__token__")), "{what}: {e}");
+            }
             let push = served(&seen, "POST", "/wl.git/git-receive-pack", "git/");
             for e in hits(&seen, "POST", "/wl.git/git-upload-pack", "git/") {
                 assert_eq!(auth(e), Some(format!("Bearer {REAL}")), "{what}: {e}");
@@ -659,7 +671,7 @@ async fn tools_work(mode: Mode, secret: bool) {
             for e in &push {
                 let a = auth(e);
                 assert!(
-                    a == Some(format!("Bearer {REAL}")) || a == Some(basic_real()),
+                    a == Some(format!("Bearer {REAL}")) || a == Some(basic("x-access-token")),
                     "{what}: {e}"
                 );
             }
@@ -677,7 +689,7 @@ async fn tools_work(mode: Mode, secret: bool) {
             );
             // The same through HTTP Basic: the placeholder inside the encoded pair replaced.
             assert!(
-                push.iter().any(|e| auth(e) == Some(basic_real())),
+                push.iter().any(|e| auth(e) == Some(basic("x-access-token"))),
                 "{what}: no push with the credential as HTTP Basic: {seen:#?}"
             );
             assert!(
@@ -691,7 +703,7 @@ async fn tools_work(mode: Mode, secret: bool) {
                 "{what}: {seen:#?}"
             );
         } else {
-            for e in &npm {
+            for e in npm.iter().chain(&pip) {
                 assert_eq!(auth(e), None, "{what}: {e}");
             }
             assert!(
