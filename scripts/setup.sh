@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(runc python3 curl btrfs-progs mmdebstrap nftables iproute2 util-linux tar protobuf-compiler musl-tools docker-registry skopeo
-      busybox-static ca-certificates pkg-config debian-archive-keyring)
+      busybox-static ca-certificates pkg-config debian-archive-keyring dpkg-dev git)
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup.sh must run as root (burrowd manages namespaces, cgroups and btrfs)" >&2
@@ -29,4 +29,62 @@ if command -v rustup >/dev/null 2>&1; then
     || rustup target add x86_64-unknown-linux-musl \
     || echo "==> musl target unavailable; the agent will be built with +crt-static on the gnu target"
 fi
+# A local Debian repository for the real-workload tests (crates/burrowd/tests/workloads.rs):
+# the .debs of what agents install all day (wget, pip, node + npm) and libgbm1 (its file name
+# holds `bm1_`), with every dependency a bare system lacks, indexed for apt. The tests serve it
+# from their fake internet; nothing is fetched while they run. Resolved with a private apt
+# state (Debian's own sources, an empty dpkg status), so the host's own packages and extra
+# repositories change nothing. Rebuilt only when the package list changes.
+DEB_REPO=/var/cache/burrow/debian-repo
+DEB_WANT="wget python3-pip nodejs npm libgbm1"
+if [ "$(cat "$DEB_REPO/.packages" 2>/dev/null)" != "$DEB_WANT" ]; then
+  echo "==> downloading .debs for the workload tests: $DEB_WANT"
+  work=$(mktemp -d)
+  chmod 755 "$work"  # apt downloads as _apt
+  mkdir -p "$work/sources" "$work/state/lists/partial" "$work/cache/archives/partial"
+  : > "$work/status"
+  cat > "$work/sources/debian.sources" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  apt_private=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$work/sources"
+               -o "Dir::State=$work/state" -o "Dir::State::status=$work/status" -o "Dir::Cache=$work/cache"
+               -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null
+               -o APT::Install-Recommends=false -o APT::Architecture=amd64)
+  apt-get "${apt_private[@]}" -q update
+  # shellcheck disable=SC2086
+  apt-get "${apt_private[@]}" -q -y --download-only install $DEB_WANT
+  rm -rf "$DEB_REPO.new"
+  mkdir -p "$DEB_REPO.new/pool/main" "$DEB_REPO.new/dists/bookworm/main/binary-amd64"
+  mv "$work"/cache/archives/*.deb "$DEB_REPO.new/pool/main/"
+  (cd "$DEB_REPO.new" && dpkg-scanpackages -m pool/main /dev/null 2>/dev/null > dists/bookworm/main/binary-amd64/Packages)
+  gzip -9kn "$DEB_REPO.new/dists/bookworm/main/binary-amd64/Packages"
+  (
+    cd "$DEB_REPO.new/dists/bookworm"
+    echo "Origin: burrow-tests"
+    echo "Suite: bookworm"
+    echo "Codename: bookworm"
+    echo "Architectures: amd64"
+    echo "Components: main"
+    echo "Date: $(date -Ru)"
+    echo "SHA256:"
+    for f in main/binary-amd64/Packages main/binary-amd64/Packages.gz; do
+      echo " $(sha256sum "$f" | cut -d' ' -f1) $(stat -c %s "$f") $f"
+    done
+  ) > "$DEB_REPO.new/Release.tmp"
+  mv "$DEB_REPO.new/Release.tmp" "$DEB_REPO.new/dists/bookworm/Release"
+  echo "$DEB_WANT" > "$DEB_REPO.new/.packages"
+  rm -rf "$DEB_REPO" "$work"
+  mv "$DEB_REPO.new" "$DEB_REPO"
+fi
+
 echo "==> host ready"

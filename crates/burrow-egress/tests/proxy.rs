@@ -824,7 +824,8 @@ async fn plain_http_with_text_that_merely_looks_like_a_placeholder_passes() {
 }
 
 /// Control for the test above, same requests: only a placeholder that parses and verifies
-/// under the placeholder key is refused over plain HTTP (in a header or in the URL), and only
+/// under the placeholder key is refused over plain HTTP (in a header, an HTTP Basic pair or
+/// the URL), and only
 /// in a sandbox holding a secret; a sandbox holding none has nothing inspected.
 #[tokio::test]
 async fn only_a_real_placeholder_is_refused_over_plain_http() {
@@ -846,8 +847,16 @@ async fn only_a_real_placeholder_is_refused_over_plain_http() {
     let in_url = format!("{DEB}?token={real}");
     let reply = get_with(&mut redirected, "api.github.test", &in_url, ("x-note", "none")).await;
     assert_eq!(reply.status, 403, "{}", reply.body);
+    // Inside an HTTP Basic pair (`http://user:PLACEHOLDER@host/`) too.
+    let basic = {
+        use base64::Engine as _;
+        let pair = format!("x-access-token:{real}");
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    };
+    let reply = get_with(&mut explicit, "plain.test", &uri, ("authorization", &basic)).await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
     assert_eq!(env.plain_echo.requests(), 0);
-    assert_eq!(env.dir.events("secret.denied").len(), 3);
+    assert_eq!(env.dir.events("secret.denied").len(), 4);
 
     // Nothing is inspected for a sandbox that holds no secret (and it has none to leak).
     let none = Env::without_secrets().await;

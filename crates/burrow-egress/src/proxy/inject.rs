@@ -9,12 +9,18 @@
 //! secret's own hosts and sits in the secret's header. Anything else refuses the whole
 //! request, so a placeholder never reaches a third party. A sandbox holding no secret has
 //! nothing inspected.
+//!
+//! A placeholder inside an HTTP Basic pair (`Basic base64(user:PLACEHOLDER)`, what git sends
+//! for a token in the URL or from a credential helper) is checked the same way; there the value
+//! takes the placeholder's place in the pair, which is encoded again (the secret's format
+//! describes a header of its own and does not apply).
 
+use base64::Engine as _;
 use burrow_macaroon::{Caveat, Request, host_matches};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::placeholders;
-use crate::{Directory, SandboxView};
+use super::{basic_pair, holds_placeholder, placeholders};
+use crate::{Directory, SandboxView, SecretValue};
 
 /// The request a placeholder is checked against.
 pub(super) struct Target<'a> {
@@ -58,7 +64,7 @@ pub(super) fn apply(
         return Ok(Vec::new());
     }
     let key = dir.placeholder_key();
-    let holds = |v: &HeaderValue| placeholders(&key, v.as_bytes()).next().is_some();
+    let holds = |v: &HeaderValue| holds_placeholder(&key, v.as_bytes());
     if !headers.values().any(holds) {
         return Ok(Vec::new());
     }
@@ -89,16 +95,61 @@ fn replace(
     header: &HeaderName,
     value: &HeaderValue,
 ) -> Result<(HeaderValue, Injected), Refused> {
+    let text = value.to_str().map_err(|_| Refused {
+        secret: None,
+        reason: format!("header {header} holds a placeholder among bytes that are not text"),
+    })?;
+    let (secret, replaced) = if placeholders(key, text.as_bytes()).next().is_some() {
+        let secret = resolve(dir, key, target, header, text)?;
+        let replaced = secret.format.replace("%s", &secret.value);
+        (secret, replaced)
+    } else {
+        // Only an HTTP Basic pair holding one gets here (`apply` checked).
+        let pair = basic_pair(text.as_bytes())
+            .and_then(|p| String::from_utf8(p).ok())
+            .ok_or_else(|| Refused {
+                secret: None,
+                reason: format!("header {header} holds a malformed placeholder"),
+            })?;
+        let secret = resolve(dir, key, target, header, &pair)?;
+        let mut plain = pair.clone();
+        for (token, _) in placeholders(key, pair.as_bytes()) {
+            plain = plain.replace(token, &secret.value);
+        }
+        let encoded = base64::engine::general_purpose::STANDARD.encode(plain);
+        (secret, format!("Basic {encoded}"))
+    };
+    let mut replaced = HeaderValue::from_str(&replaced).map_err(|_| Refused {
+        secret: Some(secret.name.clone()),
+        reason: format!(
+            "secret '{}' cannot be written into a header (its value or format holds control characters)",
+            secret.name
+        ),
+    })?;
+    replaced.set_sensitive(true);
+    Ok((
+        replaced,
+        Injected {
+            secret: secret.name,
+            value: secret.value,
+        },
+    ))
+}
+
+/// The secret every placeholder in `text` (a header value, or the pair of an HTTP Basic one)
+/// stands for, once each passes its caveats for this request and the secret may go to this
+/// host in this header.
+fn resolve(
+    dir: &dyn Directory,
+    key: &[u8],
+    target: &Target<'_>,
+    header: &HeaderName,
+    text: &str,
+) -> Result<SecretValue, Refused> {
     let refuse = |secret: Option<&str>, reason: String| Refused {
         secret: secret.map(str::to_owned),
         reason,
     };
-    let text = value.to_str().map_err(|_| {
-        refuse(
-            None,
-            format!("header {header} holds a placeholder among bytes that are not text"),
-        )
-    })?;
     let mut secret_name: Option<String> = None;
     for (_, caveats) in placeholders(key, text.as_bytes()) {
         let name = caveats
@@ -164,20 +215,7 @@ fn replace(
             format!("secret '{name}' goes in header {}, not {header}", secret.header),
         ));
     }
-    let mut replaced = HeaderValue::from_str(&secret.format.replace("%s", &secret.value)).map_err(|_| {
-        refuse(
-            Some(&name),
-            format!("secret '{name}' cannot be written into a header (its value or format holds control characters)"),
-        )
-    })?;
-    replaced.set_sensitive(true);
-    Ok((
-        replaced,
-        Injected {
-            secret: name,
-            value: secret.value,
-        },
-    ))
+    Ok(secret)
 }
 
 #[cfg(test)]
@@ -270,6 +308,39 @@ mod tests {
         let (headers, injected) = run("api.github.com", "authorization", "Bearer plain").unwrap();
         assert!(injected.is_empty());
         assert_eq!(headers["authorization"], "Bearer plain");
+    }
+
+    #[test]
+    fn replaces_a_placeholder_inside_http_basic() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let basic = format!(
+            "Basic {}",
+            b64(&format!("x-access-token:{}", placeholder("gh", &[])))
+        );
+        let (headers, injected) = run("api.github.com", "authorization", &basic).unwrap();
+        // The value in the placeholder's place; the secret's format is for a header of its own.
+        assert_eq!(
+            headers["authorization"],
+            format!("Basic {}", b64("x-access-token:ghp_real")).as_str()
+        );
+        assert_eq!(injected[0].secret, "gh");
+        // The same checks as anywhere else.
+        let err = run("evil.test", "authorization", &basic).unwrap_err();
+        assert!(err.reason.contains("may only be sent to"), "{}", err.reason);
+        let expired = placeholder("gh", &[Caveat::ExpiresAt(10)]);
+        let err = run(
+            "api.github.com",
+            "authorization",
+            &format!("Basic {}", b64(&format!("x:{expired}"))),
+        )
+        .unwrap_err();
+        assert!(err.reason.contains("expires=10"), "{}", err.reason);
+        // A pair without a placeholder passes untouched.
+        let plain = format!("Basic {}", b64("user:libgbm1_22.3.6"));
+        let (headers, injected) = run("api.github.com", "authorization", &plain).unwrap();
+        assert!(injected.is_empty());
+        assert_eq!(headers["authorization"], plain.as_str());
     }
 
     #[test]

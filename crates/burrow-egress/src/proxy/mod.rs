@@ -623,9 +623,30 @@ fn placeholders<'a>(
     })
 }
 
+/// The `user:password` pair of an HTTP Basic credential (`Basic base64(user:password)`): where
+/// tools put a token given in a URL (`https://x-access-token:TOKEN@host/`) or handed over by a
+/// credential helper, so a placeholder there is encoded.
+fn basic_pair(value: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"basic") {
+        return None;
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(rest.trim_ascii())
+        .ok()
+}
+
+/// Whether `field` holds a placeholder, as it is or inside an HTTP Basic pair.
+fn holds_placeholder(key: &[u8], field: &[u8]) -> bool {
+    placeholders(key, field).next().is_some()
+        || basic_pair(field).is_some_and(|pair| placeholders(key, &pair).next().is_some())
+}
+
 /// Whether any of `fields` (a URL, header values) from `view` holds a placeholder: never for
 /// a sandbox holding no secret (its requests are not inspected at all), otherwise whether one
-/// holds a well-formed placeholder ([`placeholders`]).
+/// holds a well-formed placeholder ([`placeholders`]), also inside an HTTP Basic pair.
 fn has_placeholder<'a>(
     dir: &dyn Directory,
     view: &SandboxView,
@@ -635,7 +656,7 @@ fn has_placeholder<'a>(
         return false;
     }
     let key = dir.placeholder_key();
-    fields.into_iter().any(|f| placeholders(&key, f).next().is_some())
+    fields.into_iter().any(|f| holds_placeholder(&key, f))
 }
 
 /// Unix time in seconds.

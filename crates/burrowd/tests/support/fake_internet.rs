@@ -1,7 +1,8 @@
 //! The fake internet of the network tests: a namespace with a veth to the host, a DNS
 //! server and HTTP/HTTPS echo servers with a test CA (`fake_internet.py`), and one daemon that
-//! may only forward to 198.18.0.0/15 and resolves through the fake DNS only. Shared by the test
-//! binaries that need it (`#[path]` module); each uses what it needs.
+//! may only forward to 198.18.0.0/15 and resolves through the fake DNS only. Names can serve
+//! files or git repositories instead of the echo ([`Serve`]). Shared by the test binaries that
+//! need it (`#[path]` module); each uses what it needs.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -37,8 +38,25 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// What a name serves instead of the echo.
+pub enum Serve {
+    /// The files under a directory (`index.html`/`index.json` for a directory).
+    Static { name: &'static str, root: PathBuf },
+    /// Git smart HTTP over the bare repositories in `root`; a push needs `Authorization` to be
+    /// one of `auth`.
+    Git {
+        name: &'static str,
+        root: PathBuf,
+        auth: Vec<String>,
+    },
+}
+
 impl FakeInternet {
     pub fn start(names: &[&str]) -> FakeInternet {
+        FakeInternet::start_serving(names, &[])
+    }
+
+    pub fn start_serving(names: &[&str], serve: &[Serve]) -> FakeInternet {
         let net = (std::process::id() % 200) as u8 + 20;
         let ns = format!("bwt-inet-{net}");
         let host_if = format!("bwti{net}");
@@ -113,6 +131,19 @@ impl FakeInternet {
             .arg(dir.path().join("key.pem"))
             .arg("--log")
             .arg(&log);
+        for s in serve {
+            match s {
+                Serve::Static { name, root } => {
+                    cmd.arg("--static").arg(format!("{name}={}", root.display()));
+                }
+                Serve::Git { name, root, auth } => {
+                    cmd.arg("--git").arg(format!("{name}={}", root.display()));
+                    for a in auth {
+                        cmd.arg("--git-auth").arg(a);
+                    }
+                }
+            }
+        }
         for (i, n) in names.iter().enumerate() {
             cmd.arg(format!("{n}=198.18.{net}.{}", 10 + i));
         }
@@ -146,11 +177,13 @@ impl FakeInternet {
         format!("198.18.{}.2:53", self.net)
     }
 
-    /// Every request the echo servers received.
+    /// Every request the servers received (a line still being written, by a server answering
+    /// another test, is left for the next call).
     pub fn requests(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.log)
             .unwrap()
-            .lines()
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
@@ -178,13 +211,23 @@ static WORLD_NS: OnceLock<String> = OnceLock::new();
 /// One fake internet serving `names` and one daemon resolving through it, for every test of
 /// this binary (the first call's names win).
 pub fn world(names: &'static [&'static str]) -> &'static (FakeInternet, Daemon) {
+    world_serving(names, Vec::new)
+}
+
+/// [`world`], with some names serving what `serve` returns (called once, before the servers
+/// start).
+pub fn world_serving(
+    names: &'static [&'static str],
+    serve: impl FnOnce() -> Vec<Serve>,
+) -> &'static (FakeInternet, Daemon) {
     static WORLD: OnceLock<&'static (FakeInternet, Daemon)> = OnceLock::new();
     WORLD.get_or_init(|| {
+        let serve = serve();
         let (tx, rx) = std::sync::mpsc::channel();
         // Spawned from a thread that lives as long as the process (the daemon gets SIGTERM
         // when it ends, like `shared()`).
         std::thread::spawn(move || {
-            let inet = FakeInternet::start(names);
+            let inet = FakeInternet::start_serving(names, &serve);
             let _ = WORLD_NS.set(inet.ns.clone());
             // SAFETY: registers a plain extern "C" function with no captured state.
             unsafe { libc::atexit(remove_world_namespace) };
