@@ -254,6 +254,10 @@ pub struct SandboxUsage {
     /// the host's (see docs/threat-model.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<u64>,
+    /// Bytes charged against `config.disk_gb`: what the sandbox wrote and still holds,
+    /// including data it deleted that its checkpoints still hold (when the pool keeps quotas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 /// `GET /v1/sandboxes`.
@@ -431,6 +435,19 @@ pub struct VersionInfo {
     pub engines: Vec<EngineInfo>,
     pub default_engine: EngineKind,
     pub pool: String,
+    /// Extension: the pool's size and use now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_space: Option<PoolSpaceInfo>,
+}
+
+/// How full the storage pool is: below `reserve_bytes` free, create, fork and image builds
+/// are refused (507 `pool_full`), so running sandboxes keep room to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSpaceInfo {
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    pub reserve_bytes: u64,
 }
 
 /// What an engine can do on this host.

@@ -287,6 +287,7 @@ impl Manager {
             return Err(CoreError::Conflict("image 'base' is built in".into()));
         }
         let bf = parse(burrowfile)?;
+        self.check_pool_room(&format!("build image '{name}'"))?;
         let from_path = self.images.wait_ready(&bf.from).await?;
         let from_rec = self
             .store

@@ -192,6 +192,7 @@ impl Manager {
         // Forks and images made from it are independent snapshots: nothing else needs it.
         blocking(move || Ok(pool.delete_volume(&path)?)).await?;
         self.store.delete_checkpoint(&rec.id, cp.seq)?;
+        self.reclaim_space();
         self.events
             .emit(&rec.name, "checkpoint.deleted", serde_json::json!({"id": id}));
         Ok(())

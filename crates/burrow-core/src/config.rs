@@ -12,6 +12,9 @@ pub struct Config {
     pub image_cache_dir: PathBuf,
     pub pool_kind: PoolKind,
     pub pool_size_bytes: u64,
+    /// Free pool space kept for the sandboxes' own writes; `None`: 5 % of the pool, at least
+    /// 256 MiB ([`Config::pool_reserve`]).
+    pub pool_reserve_bytes: Option<u64>,
     pub agent_bin: PathBuf,
     pub runc_bin: PathBuf,
     /// Host uid that root of every sandbox maps to (user namespace).
@@ -54,6 +57,12 @@ impl Default for SandboxDefaults {
 }
 
 impl Config {
+    /// The free space kept for the sandboxes' own writes in a pool of `size` bytes.
+    pub fn pool_reserve(&self, size: u64) -> u64 {
+        self.pool_reserve_bytes
+            .unwrap_or_else(|| (size / 20).max(256 << 20))
+    }
+
     pub fn with_data_dir(data_dir: PathBuf) -> Self {
         let cgroup_parent = format!(
             "burrow-{:08x}",
@@ -63,6 +72,7 @@ impl Config {
             image_cache_dir: PathBuf::from("/var/cache/burrow/images"),
             pool_kind: PoolKind::Auto,
             pool_size_bytes: 64 << 30,
+            pool_reserve_bytes: None,
             agent_bin: PathBuf::from("burrow-agent"),
             runc_bin: PathBuf::from("runc"),
             uid_base: 2_000_000,

@@ -61,6 +61,9 @@ pub enum CoreError {
     ArgumentTooLong(String),
     #[error("storage pool is full: {0}")]
     NoSpace(String),
+    /// The pool's free space is below its reserve: nothing new is made in it (507).
+    #[error("{0}")]
+    PoolFull(String),
     /// A file operation in a sandbox failed for a reason the caller can act on (missing
     /// file, wrong type, disk full, ...); `kind` says which.
     #[error("{message}")]
@@ -103,7 +106,7 @@ impl CoreError {
             Self::TooLarge(_) | Self::ArgumentTooLong(_) => ErrorKind::TooLarge,
             Self::ResourceExhausted(_) => ErrorKind::Exhausted,
             Self::Unavailable(_) | Self::Agent { .. } | Self::NotListening { .. } => ErrorKind::Unavailable,
-            Self::NoSpace(_) => ErrorKind::NoSpace,
+            Self::NoSpace(_) | Self::PoolFull(_) => ErrorKind::NoSpace,
             Self::File { kind, .. } => *kind,
             Self::Engine(burrow_engine::EngineError::Unavailable(..)) => ErrorKind::Unavailable,
             Self::Engine(_) | Self::Storage(_) | Self::Store(_) | Self::Internal(_) => ErrorKind::Internal,
@@ -127,6 +130,7 @@ impl CoreError {
             Self::Agent { .. } => "agent_unavailable",
             Self::NotListening { .. } => "not_listening",
             Self::NoSpace(_) => "no_space",
+            Self::PoolFull(_) => "pool_full",
             Self::File { kind, .. } => match kind {
                 ErrorKind::NotFound => "file_not_found",
                 ErrorKind::BadRequest => "bad_path",

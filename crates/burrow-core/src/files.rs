@@ -357,9 +357,60 @@ impl Manager {
             },
             |input| async move { client.write_file(input).await },
         )
-        .await?;
+        .await
+        .map_err(|e| self.explain_no_space(&rec, e))?;
         self.touch(&rec);
         Ok(reply.size)
+    }
+
+    /// A write refused for want of space: says which space (the sandbox's disk limit and
+    /// what holds it, or the host's pool) and what frees it.
+    pub(crate) fn explain_no_space(&self, rec: &crate::store::SandboxRecord, e: CoreError) -> CoreError {
+        let CoreError::File {
+            kind: ErrorKind::NoSpace,
+            message,
+        } = e
+        else {
+            return e;
+        };
+        let mut message = message;
+        if message.contains("Quota exceeded") {
+            let charged = self
+                .pool
+                .charged_bytes(&self.pool.sandbox_path(&rec.id))
+                .ok()
+                .flatten()
+                .map(|b| format!(", {:.1} GiB charged", b as f64 / (1u64 << 30) as f64))
+                .unwrap_or_default();
+            message.push_str(&format!(
+                "; its disk limit is {} GiB{charged}",
+                rec.config.disk_gb
+            ));
+            let held = self
+                .store
+                .checkpoints(Some(&rec.id))
+                .map(|c| c.len())
+                .unwrap_or(0);
+            if held > 0 {
+                message.push_str(&format!(
+                    "; it has {held} checkpoint{}, and data it wrote before a checkpoint counts against the \
+                     limit until that checkpoint is deleted, even after the files are removed: delete old \
+                     checkpoints (`burrow checkpoints {}` lists them, `burrow rm-checkpoint {} vN`) or raise \
+                     the limit (PATCH disk_gb)",
+                    if held == 1 { "" } else { "s" },
+                    rec.name,
+                    rec.name
+                ));
+            } else {
+                message.push_str("; remove files or raise the limit (PATCH disk_gb)");
+            }
+        } else if self.pool_space().is_ok_and(|sp| sp.free_bytes < sp.reserve_bytes) {
+            message.push_str("; the host's storage pool is full (see `burrow version`)");
+        }
+        CoreError::File {
+            kind: ErrorKind::NoSpace,
+            message,
+        }
     }
 
     /// `GET …/files/list`: the entries of a directory, sorted by name.
@@ -458,7 +509,8 @@ impl Manager {
             },
             |input| async move { client.write_archive(input).await },
         )
-        .await?;
+        .await
+        .map_err(|e| self.explain_no_space(&rec, e))?;
         self.touch(&rec);
         Ok(reply.entries)
     }

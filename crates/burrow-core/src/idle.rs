@@ -144,6 +144,7 @@ impl Manager {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            self.watch_pool();
             let Ok(all) = self.store.all_sandboxes() else {
                 continue;
             };

@@ -29,6 +29,11 @@ type Result<T, E = CoreError> = std::result::Result<T, E>;
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The share of the pool in use at which every sandbox gets a `pool.almost_full` event.
+const POOL_ALARM: f64 = 0.90;
+/// ... and below which that alarm is re-armed.
+const POOL_CLEAR: f64 = 0.85;
+
 pub struct Manager {
     pub(crate) cfg: Config,
     pub(crate) store: Arc<Store>,
@@ -44,6 +49,9 @@ pub struct Manager {
     pub(crate) restoring: Mutex<std::collections::HashSet<String>>,
     /// Per sandbox: what its restart policy has done and will do (`watch.rs`).
     pub(crate) restarts: crate::watch::Restarts,
+    /// Whether the pool is past [`POOL_ALARM`] full (an event was sent; re-armed below
+    /// [`POOL_CLEAR`]).
+    pool_alarm: std::sync::atomic::AtomicBool,
     inside_api: Option<InsideApiServer>,
     pub(crate) activity: Arc<crate::idle::Activity>,
     pub events: crate::events::Events,
@@ -133,6 +141,7 @@ impl Manager {
             end_reasons: Mutex::new(HashMap::new()),
             restoring: Mutex::new(Default::default()),
             restarts: Default::default(),
+            pool_alarm: Default::default(),
             inside_api,
             activity: Arc::default(),
             events: Default::default(),
@@ -168,7 +177,91 @@ impl Manager {
             ],
             default_engine: EngineKind::Container,
             pool: self.pool.kind_name().to_owned(),
+            pool_space: self.pool_space().ok(),
         }
+    }
+
+    /// The pool's size and use now, with its reserve. Free space is the smaller of the
+    /// pool's and that of the filesystem holding the data dir (the loop-backed pool's image
+    /// file, the state database): a sparse pool image on a full host disk cannot grow.
+    pub fn pool_space(&self) -> Result<burrow_api::PoolSpaceInfo> {
+        let pool = self.pool.space()?;
+        let host_free = nix::sys::statvfs::statvfs(&self.cfg.data_dir)
+            .map(|st| st.blocks_available() * st.fragment_size().max(1))
+            .unwrap_or(u64::MAX);
+        let free = pool.free_bytes.min(host_free);
+        Ok(burrow_api::PoolSpaceInfo {
+            size_bytes: pool.size_bytes,
+            used_bytes: pool.size_bytes.saturating_sub(pool.free_bytes),
+            free_bytes: free,
+            reserve_bytes: self.cfg.pool_reserve(pool.size_bytes),
+        })
+    }
+
+    /// From the background loop: the first time the pool is [`POOL_ALARM`] full, a
+    /// `pool.almost_full` event to every sandbox (their writes are what will fail) and a
+    /// warning; again only after it was below [`POOL_CLEAR`].
+    pub(crate) fn watch_pool(&self) {
+        use std::sync::atomic::Ordering;
+        let Ok(sp) = self.pool_space() else {
+            return;
+        };
+        if sp.size_bytes == 0 {
+            return;
+        }
+        let used = 1.0 - sp.free_bytes.min(sp.size_bytes) as f64 / sp.size_bytes as f64;
+        if used >= POOL_ALARM && !self.pool_alarm.swap(true, Ordering::Relaxed) {
+            let percent = (used * 100.0).floor() as u64;
+            tracing::warn!(
+                percent,
+                free_bytes = sp.free_bytes,
+                reserve_bytes = sp.reserve_bytes,
+                "the storage pool is almost full"
+            );
+            let data = serde_json::json!({
+                "percent": percent, "size_bytes": sp.size_bytes, "free_bytes": sp.free_bytes,
+                "reserve_bytes": sp.reserve_bytes,
+                "message": format!("the storage pool is {percent}% full; below the reserve, \
+                                    create, fork and image builds are refused"),
+            });
+            for rec in self.store.all_sandboxes().unwrap_or_default() {
+                self.events.emit(&rec.name, "pool.almost_full", data.clone());
+            }
+        } else if used < POOL_CLEAR && self.pool_alarm.swap(false, Ordering::Relaxed) {
+            tracing::info!("the storage pool has room again");
+        }
+    }
+
+    /// In the background: makes the space of just-deleted volumes free (and uncharged from
+    /// quotas) within about a second instead of at btrfs's next periodic commit.
+    pub(crate) fn reclaim_space(&self) {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = pool.reclaim() {
+                tracing::debug!(error = %e, "reclaiming deleted volumes' space");
+            }
+        });
+    }
+
+    /// Refuses to make something new in the pool (`what`: "create sandbox 'x'", ...) when
+    /// its free space is below the reserve: running sandboxes keep room to write, and no
+    /// sandbox is made that could not write a byte.
+    pub(crate) fn check_pool_room(&self, what: &str) -> Result<()> {
+        let Ok(sp) = self.pool_space() else {
+            return Ok(());
+        };
+        if sp.free_bytes >= sp.reserve_bytes {
+            return Ok(());
+        }
+        let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64);
+        Err(CoreError::PoolFull(format!(
+            "cannot {what}: the storage pool is full ({} free of {}, below the {} kept for running \
+             sandboxes' writes); delete sandboxes, checkpoints or images (`burrow images prune`), \
+             or give the pool more room",
+            mib(sp.free_bytes),
+            mib(sp.size_bytes),
+            mib(sp.reserve_bytes)
+        )))
     }
 
     pub(crate) fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -333,6 +426,11 @@ impl Manager {
                 pids: s.pids,
                 oom_kills: s.oom_kills,
                 pids_limit: s.pids_limit,
+                disk_bytes: self
+                    .pool
+                    .charged_bytes(&self.pool.sandbox_path(&rec.id))
+                    .ok()
+                    .flatten(),
             });
         }
         Ok(view)
@@ -429,6 +527,11 @@ impl Manager {
         if self.store.sandbox_by_name(&name)?.is_some() {
             return Err(CoreError::NameTaken(name));
         }
+        self.check_pool_room(&match (&fork_src, &layer) {
+            (Some((src, _)), _) => format!("fork sandbox '{}' into '{name}'", src.name),
+            (None, Some((label, _))) => format!("run a build step of image '{label}'"),
+            (None, None) => format!("create sandbox '{name}'"),
+        })?;
         let image = match (&fork_src, &layer) {
             (Some((src, _)), _) => src.image.clone(),
             (None, Some((label, _))) => label.clone(),
@@ -669,6 +772,7 @@ impl Manager {
         self.forget_services(&rec);
         self.store.delete_sandbox(&rec.id)?;
         self.restarts.forget(&rec.id);
+        self.reclaim_space();
         self.op_locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -43,6 +43,7 @@ impl Manager {
     /// Imports an image archive (OCI layout or `docker save`, plain or compressed tar).
     pub async fn import_image(&self, name: &str, archive: &Path) -> Result<Image> {
         self.check_new_image(name)?;
+        self.check_pool_room(&format!("import image '{name}'"))?;
         let archive = archive.to_path_buf();
         self.place_oci_image(name, "import", move |dest| {
             let mut progress = |m: &str| tracing::info!(target: "burrow::image", "import: {m}");
@@ -60,6 +61,7 @@ impl Manager {
     /// Pulls `reference` from an OCI registry (plain HTTP only for loopback registries).
     pub async fn pull_image(&self, name: &str, reference: &str) -> Result<Image> {
         self.check_new_image(name)?;
+        self.check_pool_room(&format!("pull image '{name}'"))?;
         burrow_oci::Reference::parse(reference).map_err(oci_err)?;
         let (vol, dest) = self.oci_staging(name).await?;
         let mut progress = |m: &str| tracing::info!(target: "burrow::image", "pull: {m}");

@@ -163,6 +163,28 @@ impl Pool for BtrfsPool {
         btrfs_cli(&["qgroup", "limit", &bytes.to_string()], path)?;
         Ok(true)
     }
+
+    fn reclaim(&self) -> Result<()> {
+        // Commit (the deletion becomes a dead root and the cleaner is woken), wait for the
+        // cleaner to drop every deleted subvolume, then commit the freed extents.
+        btrfs_cli(&["filesystem", "sync"], self.root())?;
+        btrfs_cli(&["subvolume", "sync"], self.root())?;
+        btrfs_cli(&["filesystem", "sync"], self.root())
+    }
+
+    fn charged_bytes(&self, path: &Path) -> Result<Option<u64>> {
+        self.open_volume(path)?;
+        // `-f`: only the volume's own qgroup, `--raw`: bytes. The row is
+        // `0/ID REFERENCED EXCLUSIVE ...`; with simple quotas both count what it wrote.
+        // Quotas off (no limit was ever set on this pool): nothing is charged.
+        let Ok(out) = btrfs_output(&["qgroup", "show", "-f", "--raw"], path) else {
+            return Ok(None);
+        };
+        Ok(out
+            .lines()
+            .find(|l| l.starts_with("0/"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+    }
 }
 
 impl BtrfsPool {
@@ -194,6 +216,11 @@ impl BtrfsPool {
 
 /// Runs `btrfs ARGS PATH` (quota administration has no stable ioctl ABI worth owning).
 fn btrfs_cli(args: &[&str], path: &Path) -> Result<()> {
+    btrfs_output(args, path).map(drop)
+}
+
+/// Runs `btrfs ARGS PATH` and returns what it printed.
+fn btrfs_output(args: &[&str], path: &Path) -> Result<String> {
     let out = std::process::Command::new("btrfs")
         .args(args)
         .arg(path)
@@ -204,7 +231,7 @@ fn btrfs_cli(args: &[&str], path: &Path) -> Result<()> {
             source,
         })?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(StorageError::Command {
             cmd: format!("btrfs {} {}", args.join(" "), path.display()),

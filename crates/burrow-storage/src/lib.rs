@@ -76,6 +76,38 @@ pub trait Pool: Send + Sync + std::fmt::Debug {
         let _ = (path, bytes);
         Ok(false)
     }
+    /// Bytes charged to the volume against its quota (what it wrote itself and still holds,
+    /// directly or through snapshots of it), when the driver keeps quotas; `None` otherwise.
+    fn charged_bytes(&self, path: &Path) -> Result<Option<u64>> {
+        let _ = path;
+        Ok(None)
+    }
+    /// Blocks until the space of deleted volumes is free again (btrfs frees a deleted
+    /// snapshot's data in the background, otherwise at the next periodic commit, up to 30 s
+    /// later, and only then does it stop counting against quotas and the pool).
+    fn reclaim(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Size and free space of the filesystem the pool lives on.
+    fn space(&self) -> Result<PoolSpace> {
+        let st = nix::sys::statvfs::statvfs(self.root()).map_err(|e| StorageError::Io {
+            op: "statvfs",
+            path: self.root().to_owned(),
+            source: e.into(),
+        })?;
+        let frag = st.fragment_size().max(1);
+        Ok(PoolSpace {
+            size_bytes: st.blocks() * frag,
+            free_bytes: st.blocks_available() * frag,
+        })
+    }
+}
+
+/// How big the pool's filesystem is and how much of it is free (for new data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSpace {
+    pub size_bytes: u64,
+    pub free_bytes: u64,
 }
 
 impl dyn Pool {

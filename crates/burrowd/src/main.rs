@@ -16,7 +16,9 @@ use clap::Parser;
 #[command(
     name = "burrowd",
     version,
-    about = "The Burrow daemon: persistent, isolated sandboxes"
+    about = "The Burrow daemon: persistent, isolated sandboxes",
+    // A flag given twice: the last one counts (wrappers and tests add to a default set).
+    args_override_self = true
 )]
 struct Args {
     /// Where state, the storage pool and runtime files live.
@@ -41,6 +43,11 @@ struct Args {
     /// Size of the loop-backed btrfs pool file when one is created, in GiB (sparse).
     #[arg(long, default_value_t = 64)]
     pool_size_gb: u64,
+    /// Free pool space kept for the sandboxes' own writes, in MiB: below it, create, fork,
+    /// image builds and imports are refused (507 pool_full). Default: 5 % of the pool, at
+    /// least 256 MiB.
+    #[arg(long, value_name = "MB")]
+    pool_reserve_mb: Option<u64>,
     /// Cache of built image root trees, shared by every daemon on this host.
     #[arg(long, env = "BURROW_IMAGE_CACHE", default_value = "/var/cache/burrow/images")]
     image_cache: PathBuf,
@@ -189,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
         _ => PoolKind::Auto,
     };
     cfg.pool_size_bytes = args.pool_size_gb << 30;
+    cfg.pool_reserve_bytes = args.pool_reserve_mb.map(|mb| mb << 20);
     cfg.image_cache_dir = args.image_cache;
     cfg.uid_base = args.uid_base;
     cfg.base_domain = args.base_domain;

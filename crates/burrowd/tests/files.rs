@@ -335,13 +335,23 @@ async fn an_upload_into_a_full_disk_gets_the_507_not_a_broken_pipe() {
         out.stderr.contains("Disk quota exceeded"),
         "the disk is full: {out:?}"
     );
+    // `info` shows what the limit counts.
+    let usage = c.get_sandbox(&name).await.unwrap().usage.expect("usage");
+    let charged = usage.disk_bytes.expect("disk_bytes on a btrfs pool");
+    assert!(charged > 1000 << 20 && charged <= 1 << 30, "{charged}");
     let big = 700 << 20;
     let e = c
         .write_file(&name, "/root/more", WriteFileOptions::default(), generated(big))
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(507), "{e}");
-    assert!(e.to_string().contains("out of disk space"), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("out of disk space")
+            && msg.contains("its disk limit is 1 GiB")
+            && !msg.contains("checkpoint"),
+        "{msg}"
+    );
     let tar = tar_of(|b| add_file(b, "d/more", &vec![7u8; 300 << 20], 0o644));
     let chunks = move || {
         let v: Vec<std::io::Result<Bytes>> = tar
@@ -354,8 +364,48 @@ async fn an_upload_into_a_full_disk_gets_the_507_not_a_broken_pipe() {
     assert_eq!(e.status(), Some(507), "{e}");
     assert!(e.to_string().contains("out of disk space"), "{e}");
 
-    // Control: room again, and the same uploads succeed.
+    // Removing the file frees nothing while a checkpoint holds its data, and the 507 says so.
+    let cp: serde_json::Value = c
+        .request_json(
+            burrow_testkit::burrow_client::Method::POST,
+            &format!("/v1/sandboxes/{name}/checkpoints"),
+            Some(&serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    let cp_id = cp["id"].as_str().unwrap().to_owned();
     c.remove_file(&name, "/root/fill", false).await.unwrap();
+    let e = c
+        .write_file(&name, "/root/more", WriteFileOptions::default(), generated(big))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(507), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("it has 1 checkpoint,") && msg.contains(&format!("burrow rm-checkpoint {name} vN")),
+        "{msg}"
+    );
+
+    // Control: the checkpoint deleted, there is room again, and the same uploads succeed.
+    c.request_bytes(
+        burrow_testkit::burrow_client::Method::DELETE,
+        &format!("/v1/sandboxes/{name}/checkpoints/{cp_id}"),
+        None,
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    // btrfs frees a deleted snapshot's data in the background: bounded wait until the charge
+    // is gone.
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let usage = c.get_sandbox(&name).await.unwrap().usage.unwrap();
+        if usage.disk_bytes.unwrap() < 100 << 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still charged: {usage:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     c.write_file(&name, "/root/more", WriteFileOptions::default(), generated(big))
         .await
         .unwrap();

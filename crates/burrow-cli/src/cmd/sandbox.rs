@@ -125,11 +125,19 @@ fn render_info(s: &Sandbox) -> String {
         kv(
             "In use",
             &format!(
-                "{} memory, {} processes{}{}",
+                "{} memory, {} processes{}{}{}",
                 output::size(u.memory_bytes),
                 u.pids,
                 match u.pids_limit {
                     Some(max) => format!(" (limit {max})"),
+                    None => String::new(),
+                },
+                match u.disk_bytes {
+                    Some(b) => format!(
+                        ", {} of {} GiB disk (data its checkpoints hold counts too)",
+                        output::size(b),
+                        s.config.disk_gb
+                    ),
                     None => String::new(),
                 },
                 if u.oom_kills > 0 {

@@ -37,7 +37,30 @@ pub async fn run(app: &App) -> anyhow::Result<u8> {
         v.agent_protocol,
         engines.join(", "),
         v.default_engine.as_str(),
-        v.pool
+        match &v.pool_space {
+            Some(sp) => format!("{} ({})", v.pool, pool_use(sp)),
+            None => v.pool.clone(),
+        }
     ))?;
     Ok(0)
+}
+
+/// `3.1 GiB of 64.0 GiB used (5%), 60.9 GiB free, 3.2 GiB reserve`, and what a full pool means.
+fn pool_use(sp: &burrow_api::PoolSpaceInfo) -> String {
+    let pct = if sp.size_bytes == 0 {
+        0.0
+    } else {
+        sp.used_bytes as f64 * 100.0 / sp.size_bytes as f64
+    };
+    let mut s = format!(
+        "{} of {} used ({pct:.0}%), {} free, {} reserve",
+        output::size(sp.used_bytes),
+        output::size(sp.size_bytes),
+        output::size(sp.free_bytes),
+        output::size(sp.reserve_bytes)
+    );
+    if sp.free_bytes < sp.reserve_bytes {
+        s.push_str("; FULL: create, fork and image builds are refused");
+    }
+    s
 }
