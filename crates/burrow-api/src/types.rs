@@ -450,6 +450,15 @@ pub struct PoolSpaceInfo {
     pub reserve_bytes: u64,
 }
 
+/// `POST /v1/images/prune`: what was removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneResult {
+    /// Cached build layers deleted (no existing image was built from them).
+    pub layers: u64,
+    /// Their size (apparent bytes of their trees).
+    pub bytes: u64,
+}
+
 /// What an engine can do on this host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EngineInfo {

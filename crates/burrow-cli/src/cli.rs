@@ -334,6 +334,8 @@ pub enum ImagesCommand {
     },
     /// Delete an image (refused while a sandbox uses it).
     Rm { name: String },
+    /// Delete cached build layers that no existing image was built from.
+    Prune,
     /// Build an image from a Burrowfile (FROM, RUN, ENV, WORKDIR, COPY); steps are cached.
     Build {
         name: String,

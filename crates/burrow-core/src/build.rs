@@ -270,6 +270,50 @@ impl Manager {
         self.pool.images_dir().join(".layers")
     }
 
+    /// One file per built image: the keys of the cached layers it was built from.
+    fn chains_dir(&self) -> PathBuf {
+        self.layer_dir().join(".chains")
+    }
+
+    /// `POST /v1/images/prune`: deletes every cached build layer that no existing image was
+    /// built from (images are independent snapshots; layers only speed up rebuilds), and the
+    /// records of deleted images' layers. Returns how many layers went and their size.
+    pub async fn prune_layers(&self) -> Result<burrow_api::PruneResult> {
+        let images: std::collections::HashSet<String> = self.images()?.into_iter().map(|i| i.name).collect();
+        let layers = self.layer_dir();
+        let chains = self.chains_dir();
+        let pool = self.pool.clone();
+        let res = blocking(move || {
+            let mut keep = std::collections::HashSet::new();
+            for e in std::fs::read_dir(&chains).into_iter().flatten().flatten() {
+                let image = e.file_name().to_string_lossy().into_owned();
+                if images.contains(&image) {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    keep.extend(text.lines().map(str::to_owned));
+                } else {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+            let mut out = burrow_api::PruneResult::default();
+            for e in std::fs::read_dir(&layers).into_iter().flatten().flatten() {
+                let key = e.file_name().to_string_lossy().into_owned();
+                if key.starts_with('.') || keep.contains(&key) || !pool.is_volume(&e.path()) {
+                    continue;
+                }
+                out.bytes += pool.volume_size(&e.path()).unwrap_or(0);
+                pool.delete_volume(&e.path())?;
+                out.layers += 1;
+            }
+            Ok(out)
+        })
+        .await?;
+        if res.layers > 0 {
+            self.reclaim_space();
+        }
+        tracing::info!(layers = res.layers, bytes = res.bytes, "pruned build layers");
+        Ok(res)
+    }
+
     /// Builds image `name` from a Burrowfile and an optional context tar.
     pub async fn build_image(
         &self,
@@ -302,6 +346,8 @@ impl Manager {
         std::fs::create_dir_all(self.layer_dir())
             .map_err(|e| CoreError::Internal(format!("layer dir: {e}")))?;
         let total = bf.steps.len();
+        // The cached layers this image comes from: kept by `images prune` while it exists.
+        let mut chain = Vec::new();
         for (n, (line, step, text)) in bf.steps.iter().enumerate() {
             let _ = progress.send(format!("step {}/{total} (line {line}): {text}", n + 1));
             let copy = match step {
@@ -326,6 +372,7 @@ impl Manager {
                 h.update(c);
             }
             key = hex(h.finalize());
+            chain.push(key.clone());
             let cached = self.layer_dir().join(&key);
             if self.pool.is_volume(&cached) {
                 let _ = progress.send("  using cached layer".to_owned());
@@ -345,13 +392,16 @@ impl Manager {
         let final_path = self.pool.image_path(name);
         let pool = self.pool.clone();
         let existed = self.store.image(name)?.is_some();
-        blocking(move || {
+        let chains = self.chains_dir();
+        let image = name.to_owned();
+        let size = blocking(move || {
             pool.delete_volume(&tmp)?;
             pool.snapshot(&layer, &tmp, true)?;
             pool.delete_volume(&final_path)?;
             std::fs::rename(&tmp, &final_path)
                 .map_err(|e| CoreError::Internal(format!("placing the image: {e}")))?;
-            Ok(())
+            write_chain(&chains, &image, &chain)?;
+            Ok(pool.volume_size(&final_path).unwrap_or(0))
         })
         .await?;
         if existed {
@@ -364,7 +414,7 @@ impl Manager {
             name: name.to_owned(),
             status: READY.to_owned(),
             created_at: now_rfc3339(),
-            size_bytes: 0,
+            size_bytes: size,
             source: format!("Burrowfile FROM {}", bf.from),
             message: None,
             config: Some(serde_json::to_string(&config).unwrap_or_default()),
@@ -515,6 +565,15 @@ impl Manager {
         }
         Ok(())
     }
+}
+
+/// Records `chain` (layer keys) as what `image` was built from, replacing an older record.
+fn write_chain(dir: &Path, image: &str, chain: &[String]) -> Result<()> {
+    let io = |e: std::io::Error| CoreError::Internal(format!("recording image {image}'s layers: {e}"));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let tmp = dir.join(format!(".{image}.tmp"));
+    std::fs::write(&tmp, chain.join("\n") + "\n").map_err(io)?;
+    std::fs::rename(&tmp, dir.join(image)).map_err(io)
 }
 
 /// Label marking sandboxes the daemon made for itself (builds); they are hidden from lists.

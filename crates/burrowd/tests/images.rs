@@ -398,3 +398,78 @@ async fn pull_from_a_real_registry() {
         .unwrap_err();
     assert_eq!(e.status(), Some(422), "{e}");
 }
+
+/// `images rm` leaves the deleted image's cached build layers behind; `images prune` removes
+/// exactly those no existing image was built from, says how many and how big, and the layers
+/// of images that remain still serve their rebuilds. Built images report their real size.
+#[tokio::test(flavor = "multi_thread")]
+async fn images_prune_removes_only_layers_no_image_was_built_from() {
+    // A daemon of its own: pruning must not race the other tests' builds.
+    let d = burrow_testkit::Daemon::start();
+    let c = d.client();
+    let layers = || {
+        std::fs::read_dir(d.data_dir.join("pool/images/.layers"))
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count()
+    };
+    let build = |image: String, burrowfile: &'static str| {
+        let socket = d.socket.clone();
+        async move {
+            let ctx = tempfile::tempdir().unwrap();
+            std::fs::write(ctx.path().join("Burrowfile"), burrowfile).unwrap();
+            let r = raw_unix(
+                &socket,
+                "POST",
+                &format!("/v1/images/build?name={image}"),
+                &[
+                    ("content-type", "application/x-tar"),
+                    ("accept", "application/x-ndjson"),
+                ],
+                tar_dir(ctx.path()),
+            )
+            .await;
+            let text = String::from_utf8(r.body).unwrap();
+            assert!(text.lines().last().unwrap().contains("\"complete\""), "{text}");
+            text
+        }
+    };
+    let shared_step = "FROM base\nRUN head -c 3000000 /dev/urandom > /shared\n";
+    let (gone, kept) = (unique_name("gone"), unique_name("kept"));
+    build(
+        gone.clone(),
+        "FROM base\nRUN head -c 3000000 /dev/urandom > /shared\nRUN head -c 2000000 /dev/urandom > /own\n",
+    )
+    .await;
+    build(kept.clone(), shared_step).await;
+    assert_eq!(layers(), 2, "the shared step is one layer");
+    let images = c.list_images().await.unwrap().images;
+    let size = images.iter().find(|i| i.name == gone).unwrap().size_bytes;
+    assert!(size > 5_000_000, "a built image's real size: {size}");
+
+    // Control: nothing to prune while both images exist.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(burrow_testkit::bin_dir().join("burrow"))
+            .args(args)
+            .env("BURROW_SOCKET", &d.socket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(cli(&["images", "prune"]), "removed 0 cached build layers (0 B)\n");
+    cli(&["images", "rm", &gone]);
+    assert_eq!(layers(), 2, "images rm leaves its layers in the cache");
+    let out = cli(&["images", "prune"]);
+    assert!(out.starts_with("removed 1 cached build layer ("), "{out}");
+    assert_eq!(layers(), 1);
+    let r: burrow_api::PruneResult = c
+        .request_json(Method::POST, "/v1/images/prune", None::<&()>)
+        .await
+        .unwrap();
+    assert_eq!(r, burrow_api::PruneResult::default(), "nothing left to prune");
+    // The kept image's layer still serves its rebuild.
+    let text = build(unique_name("again"), shared_step).await;
+    assert!(text.contains("using cached layer"), "{text}");
+}

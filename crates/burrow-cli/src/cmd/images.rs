@@ -15,6 +15,24 @@ pub async fn run(app: &App, a: ImagesArgs) -> anyhow::Result<u8> {
         ImagesCommand::Ls => ls(app).await,
         ImagesCommand::Create { name, from } => super::checkpoints::create_image(app, &name, &from).await,
         ImagesCommand::Rm { name } => super::checkpoints::delete_image(app, &name).await,
+        ImagesCommand::Prune => {
+            let v = app
+                .call(
+                    burrow_client::Method::POST,
+                    "/v1/images/prune",
+                    None::<&serde_json::Value>,
+                )
+                .await?;
+            app.emit(v, |r: burrow_api::PruneResult| {
+                print(&format!(
+                    "removed {} cached build layer{} ({})\n",
+                    r.layers,
+                    if r.layers == 1 { "" } else { "s" },
+                    output::size(r.bytes)
+                ))
+            })?;
+            Ok(0)
+        }
         ImagesCommand::Build { name, file, context } => build(app, &name, file, &context).await,
         ImagesCommand::Import { archive, name } => import(app, &archive, name).await,
         ImagesCommand::Pull { reference, name } => {

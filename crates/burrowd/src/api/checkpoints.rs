@@ -147,6 +147,11 @@ pub async fn delete_image(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /v1/images/prune`: deletes cached build layers no existing image was built from.
+pub async fn prune_images(State(s): State<AppState>) -> Result<Json<burrow_api::PruneResult>, ApiError> {
+    Ok(Json(s.mgr.prune_layers().await?))
+}
+
 /// The in-sandbox API: `/.burrow/api.sock` inside sandbox `id`.
 pub mod inside {
     use std::sync::Arc;

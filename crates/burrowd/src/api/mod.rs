@@ -54,6 +54,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/images/import"),
     ("post", "/v1/images/pull"),
     ("delete", "/v1/images/{name}"),
+    ("post", "/v1/images/prune"),
     ("get", "/v1/sandboxes"),
     ("post", "/v1/sandboxes"),
     ("get", "/v1/sandboxes/{name}"),
@@ -118,6 +119,7 @@ pub fn router(state: AppState, transport: Transport) -> Router {
         .route("/v1/images/build", post(checkpoints::build_image))
         .route("/v1/images/import", post(checkpoints::import_image))
         .route("/v1/images/pull", post(checkpoints::pull_image))
+        .route("/v1/images/prune", post(checkpoints::prune_images))
         .route(
             "/v1/images/{name}",
             axum::routing::delete(checkpoints::delete_image),
