@@ -24,6 +24,10 @@ use crate::manager::Manager;
 use crate::store::{SandboxRecord, SecretRecord, StoreError};
 use crate::time_util::now_rfc3339;
 
+/// In `/.burrow/host/` (daemon-owned): written once burrowd's CA is in the image's system
+/// store, holding that store's path.
+const SYSTEM_BUNDLE_MARKER: &str = "system-bundle";
+
 type Result<T, E = CoreError> = std::result::Result<T, E>;
 
 /// Network settings of the daemon (`burrowd --subnet …`).
@@ -473,7 +477,9 @@ impl Manager {
             ca.cert_pem().into_bytes(),
         )];
         let bundle_path = "/etc/ssl/certs/ca-certificates.crt";
+        let mut has_system_bundle = false;
         if let Ok(mut current) = self.read_small_file(&rec.name, bundle_path, 4 << 20).await {
+            has_system_bundle = true;
             let pem = ca.cert_pem();
             if !String::from_utf8_lossy(&current).contains(pem.trim()) {
                 if !current.is_empty() && !current.ends_with(b"\n") {
@@ -483,6 +489,7 @@ impl Manager {
                 files.push((bundle_path, current));
             }
         }
+        let mut ok = true;
         for (path, data) in files {
             if let Err(e) = self.write_small_file(&rec.name, path, data).await {
                 // Deleted right after its create: nothing to install into, and nothing wrong.
@@ -492,6 +499,16 @@ impl Manager {
                     return;
                 }
                 tracing::warn!(sandbox = %rec.name, path, error = %crate::error::chain(&e), "installing network files");
+                ok = false;
+            }
+        }
+        // From now on the CA variables point at the image's own store, which holds this CA
+        // (its file in /usr/local/share/ca-certificates survives update-ca-certificates) and
+        // whatever CA the image or the user adds to it.
+        if ok && has_system_bundle {
+            let marker = self.host_api_dir(&rec.id).join(SYSTEM_BUNDLE_MARKER);
+            if let Err(e) = write_file(&marker, bundle_path.as_bytes(), 0o644) {
+                tracing::warn!(sandbox = %rec.name, error = %e, "recording the system CA store");
             }
         }
     }
@@ -513,7 +530,11 @@ impl Manager {
             for k in ["NO_PROXY", "no_proxy"] {
                 env.insert(k.into(), "localhost,127.0.0.1,::1".into());
             }
-            let bundle = "/.burrow/host/ca-bundle.crt".to_owned();
+            // The image's system store once burrowd's CA is in it (so CAs added there count,
+            // as on any machine); until then, and for images without a Debian-style store, the
+            // host's roots plus the CA.
+            let bundle = std::fs::read_to_string(self.host_api_dir(&rec.id).join(SYSTEM_BUNDLE_MARKER))
+                .unwrap_or_else(|_| "/.burrow/host/ca-bundle.crt".to_owned());
             for k in [
                 "SSL_CERT_FILE",
                 "REQUESTS_CA_BUNDLE",

@@ -773,3 +773,83 @@ async fn tools_work_in_policy_mode_without_a_secret() {
 async fn tools_work_in_policy_mode_with_a_secret() {
     tools_work(Mode::Policy, true).await;
 }
+
+/// A CA that the image or the user adds the Debian way (`update-ca-certificates`: a company
+/// registry's) is trusted by curl, git and Python without flags, as on any machine: once
+/// burrowd's own CA is in the image's store, the CA variables it sets point at that store.
+/// Control: before the CA is added the same probes fail on the certificate. Then a secret is
+/// attached (TLS intercepted with the sandbox's CA): the user's `update-ca-certificates` kept
+/// that CA, and the probes still pass.
+#[tokio::test]
+async fn a_ca_added_with_update_ca_certificates_is_trusted_by_every_tool() {
+    let (inet, d) = world();
+    let c = d.client();
+    let name = unique_name("corpca");
+    create(&c, &name).await;
+    wait_for_ca_install(&c, &name).await;
+    let url = "https://api.github.test/corp";
+    let probes = format!(
+        "curl -sS -o /dev/null -w '%{{http_code}}\\n' {url} || echo curl-failed; \
+         git ls-remote {url} >/dev/null 2>/tmp/git.err; grep -q 'certificate' /tmp/git.err && echo git-cert-failed || echo git-reached; \
+         python3 -c 'import urllib.request as u; print(u.urlopen(\"{url}\").status)' 2>/dev/null || echo python-failed"
+    );
+    let out = run(&c, &name, &probes).await.stdout;
+    assert_eq!(
+        out, "000\ncurl-failed\ngit-cert-failed\npython-failed\n",
+        "before the CA is added"
+    );
+
+    let ca = std::fs::read(&inet.ca_pem).unwrap();
+    c.write_file_bytes(
+        &name,
+        "/usr/local/share/ca-certificates/corp.crt",
+        Default::default(),
+        ca,
+    )
+    .await
+    .unwrap();
+    let r = run(
+        &c,
+        &name,
+        "update-ca-certificates >/dev/null 2>&1; echo $CURL_CA_BUNDLE",
+    )
+    .await;
+    assert_eq!(r.stdout, "/etc/ssl/certs/ca-certificates.crt\n");
+    let out = run(&c, &name, &probes).await.stdout;
+    assert_eq!(out, "200\ngit-reached\n200\n", "with the CA added");
+
+    // Interception: the sandbox's own CA is still trusted after the user's update.
+    let secret = unique_name("corp-secret");
+    let _: Value = c
+        .request_json(
+            Method::POST,
+            "/v1/secrets",
+            Some(&json!({"name": secret, "value": "corp-REAL-value-0123456789",
+                         "inject": {"header": "Authorization", "format": "token %s"},
+                         "hosts": ["api.github.test"]})),
+        )
+        .await
+        .unwrap();
+    let _: Value = c
+        .request_json(
+            Method::PUT,
+            &format!("/v1/sandboxes/{name}/secrets/{secret}"),
+            Some(&json!({"env": "CORP_TOKEN"})),
+        )
+        .await
+        .unwrap();
+    let issuer = run(
+        &c,
+        &name,
+        &format!("curl -sS -v -o /dev/null {url} 2>&1 | grep -i 'issuer:'"),
+    )
+    .await
+    .stdout;
+    assert!(!issuer.contains("fake internet test CA"), "intercepted: {issuer}");
+    let out = run(&c, &name, &probes).await.stdout;
+    assert_eq!(
+        out, "200\ngit-reached\n200\n",
+        "intercepted, after update-ca-certificates"
+    );
+    c.delete_sandbox(&name).await.unwrap();
+}
