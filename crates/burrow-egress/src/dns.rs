@@ -311,6 +311,23 @@ fn addresses(answer: &Message, qname: &Name) -> Vec<(Ipv4Addr, Duration)> {
 
 /// The name as the rules see it (lowercase, no trailing dot), if it is a host name at all:
 /// labels of letters, digits, `-` and `_`. Anything else no rule may allow.
+/// The name a query is judged by in policy mode: an SRV lookup of a service of an allowed
+/// name (`_http._tcp.deb.debian.org`, which apt asks before every download) is judged by that
+/// name. It admits nothing: an SRV answer names hosts, and each is resolved (and judged) on its
+/// own before anything connects.
+fn policy_name(host: &str, qtype: RecordType) -> &str {
+    if qtype != RecordType::SRV {
+        return host;
+    }
+    let mut labels = host.splitn(3, '.');
+    match (labels.next(), labels.next(), labels.next()) {
+        (Some(service), Some(proto), Some(rest)) if service.starts_with('_') && proto.starts_with('_') => {
+            rest
+        }
+        _ => host,
+    }
+}
+
 fn host_name(name: &Name) -> Option<String> {
     let mut host = String::new();
     for label in name.iter() {
@@ -730,10 +747,13 @@ impl Server {
                 return Some(error_reply(&request, ResponseCode::Refused));
             }
             NetworkMode::Policy => {
-                if !host
-                    .as_deref()
-                    .is_some_and(|host| allows(sandbox.mode, &sandbox.rules, host))
-                {
+                if !host.as_deref().is_some_and(|host| {
+                    allows(
+                        sandbox.mode,
+                        &sandbox.rules,
+                        policy_name(host, question.query_type()),
+                    )
+                }) {
                     let shown = host.unwrap_or_else(|| question.name().to_ascii());
                     debug!(sandbox = %sandbox.name, name = %shown, "dns: denied by policy");
                     self.dir.event(
@@ -886,6 +906,28 @@ mod tests {
             addresses(&m, &name("a.test.")),
             vec![(Ipv4Addr::new(198, 51, 100, 1), Duration::from_secs(300))]
         );
+    }
+
+    #[test]
+    fn srv_lookups_of_a_service_are_judged_by_its_name() {
+        assert_eq!(
+            policy_name("_http._tcp.deb.debian.org", RecordType::SRV),
+            "deb.debian.org"
+        );
+        // Only SRV, only a `_service._proto.` prefix.
+        assert_eq!(
+            policy_name("_http._tcp.deb.debian.org", RecordType::A),
+            "_http._tcp.deb.debian.org"
+        );
+        assert_eq!(
+            policy_name("_dmarc.example.com", RecordType::SRV),
+            "_dmarc.example.com"
+        );
+        assert_eq!(
+            policy_name("a._tcp.example.com", RecordType::SRV),
+            "a._tcp.example.com"
+        );
+        assert_eq!(policy_name("_x._tcp", RecordType::SRV), "_x._tcp");
     }
 
     #[test]
