@@ -403,6 +403,10 @@ pub struct VersionInfo {
     pub engines: Vec<EngineInfo>,
     pub default_engine: EngineKind,
     pub pool: String,
+    /// Whether sandboxes (container engine) see their own memory, CPUs, uptime and load in
+    /// `/proc` and `/sys/devices/system/cpu` (lxcfs runs), rather than the host's.
+    #[serde(default)]
+    pub lxcfs: bool,
 }
 
 /// What an engine can do on this host.

@@ -31,13 +31,18 @@ pub async fn run(app: &App) -> anyhow::Result<u8> {
         })
         .collect();
     print(&format!(
-        "Server: {}\n  API:            {}\n  Agent protocol: {}\n  Engines:        {}\n  Default engine: {}\n  Pool:           {}\n",
+        "Server: {}\n  API:            {}\n  Agent protocol: {}\n  Engines:        {}\n  Default engine: {}\n  Pool:           {}\n  /proc view:     {}\n",
         v.version,
         v.api,
         v.agent_protocol,
         engines.join(", "),
         v.default_engine.as_str(),
-        v.pool
+        v.pool,
+        if v.lxcfs {
+            "own limits (lxcfs)"
+        } else {
+            "host's (no lxcfs)"
+        }
     ))?;
     Ok(0)
 }
