@@ -156,6 +156,36 @@ async fn each_sandbox_sees_its_own_limits_not_the_hosts() {
     assert_ne!(host_mem, 320 * MIB);
     assert_ne!(host_mem, 448 * MIB);
 
+    // Exactly these files come from lxcfs (bound read-only), and the tools that read them
+    // (with /proc/loadavg, /proc/stat) work.
+    let bound = sh(
+        &c,
+        &small,
+        "uptime >/dev/null && top -bn1 >/dev/null && \
+         grep ' - fuse.lxcfs ' /proc/self/mountinfo | cut -d' ' -f5,6 | sort",
+    )
+    .await;
+    let want: Vec<String> = [
+        "/proc/cpuinfo",
+        "/proc/diskstats",
+        "/proc/loadavg",
+        "/proc/meminfo",
+        "/proc/stat",
+        "/proc/swaps",
+        "/proc/uptime",
+        "/sys/devices/system/cpu",
+    ]
+    .iter()
+    .map(|p| p.to_string())
+    .collect();
+    let got: Vec<&str> = bound.lines().collect();
+    assert_eq!(got.len(), want.len(), "{bound}");
+    for (line, path) in got.iter().zip(&want) {
+        let (dest, opts) = line.split_once(' ').unwrap();
+        assert_eq!(dest, path, "{bound}");
+        assert!(opts.split(',').any(|o| o == "ro"), "{line}");
+    }
+
     // nproc counts the CPUs a process may run on (sched_getaffinity), which no file
     // changes: sandboxes are limited by CFS quota, not pinned.
     let nproc: u64 = sh(&c, &small, "nproc").await.trim().parse().unwrap();
