@@ -304,11 +304,19 @@ async fn lxcfs_is_unmounted_when_its_daemon_leaves_and_no_sandbox_uses_it() {
     // The ephemeral daemon deletes its sandboxes on SIGTERM, then nothing uses lxcfs.
     d.shutdown();
     assert!(!lxcfs_mounted(&dir));
-    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
-    // Gone, or a zombie left to the host's init (the daemon that reaps it has exited).
-    let state = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
-    assert!(
-        state.is_empty() || state.contains(") Z "),
-        "lxcfs {pid} still runs: {state}"
-    );
+    // lxcfs ends by itself once its mount is gone (within seconds): gone, or a zombie left
+    // to the host's init. Bounded wait for that.
+    let stat = format!("/proc/{pid}/stat");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let state = std::fs::read_to_string(&stat).unwrap_or_default();
+        if state.is_empty() || state.contains(") Z ") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lxcfs {pid} still runs: {state}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

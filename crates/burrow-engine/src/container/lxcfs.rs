@@ -47,8 +47,6 @@ pub const SYS_CPU: &str = "sys/devices/system/cpu";
 
 /// How long a new lxcfs gets to mount itself.
 const START_WAIT: Duration = Duration::from_secs(10);
-/// How long the daemon waits at exit for an unmounted lxcfs to end.
-const EXIT_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LxcfsError {
@@ -180,15 +178,11 @@ impl Lxcfs {
         // lxcfs exits by itself once its last mount is gone.
         match nix::mount::umount2(&self.dir, nix::mount::MntFlags::empty()) {
             Ok(()) => {
+                // It ends once its last mount is gone, within seconds (its load average
+                // thread wakes every few); the host's init reaps it once the daemon is gone.
                 st.mounted = false;
-                if let Some(fd) = st.process.take() {
-                    // It exits once its last mount is gone (within a few seconds: its load
-                    // average thread wakes every 5 s); reap it if it is ours.
-                    let _ = sys::wait_pidfd(&fd, EXIT_WAIT);
-                    if let Some(mut child) = st.child.take() {
-                        let _ = child.try_wait();
-                    }
-                }
+                st.process = None;
+                st.child = None;
                 let _ = fs::remove_dir(&self.dir);
                 let _ = fs::remove_file(&self.log);
                 tracing::debug!(dir = %self.dir.display(), "lxcfs unmounted");
@@ -283,7 +277,7 @@ impl Lxcfs {
             .process_group(0);
         let mut child = cmd.spawn().map_err(io_err("spawn", &bin))?;
         let pid = child.id();
-        // Our child: reaped when it is seen to exit (`alive`, `release`), by the host's init
+        // Our child: reaped when it is seen to have died (`alive`), by the host's init
         // once the daemon is gone.
         let pidfd = match sys::pidfd_open(pid) {
             Ok(Some(fd)) => fd,
@@ -312,15 +306,8 @@ impl Lxcfs {
 
     fn start_failed(&self, what: &str) -> LxcfsError {
         let log = fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: String = log
-            .lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("; ");
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(5)..].join("; ");
         LxcfsError::Start {
             dir: self.dir.clone(),
             detail: format!("{what}; log: {tail}"),
@@ -348,7 +335,9 @@ fn mounted_device(dir: &Path) -> Option<String> {
 }
 
 /// Whether a mount namespace other than ours has a mount of device `dev` (a sandbox's bind
-/// mounts of lxcfs files).
+/// mounts of lxcfs files). A namespace copied from ours after lxcfs was mounted (a service
+/// started with a private /tmp) counts too: lxcfs then stays, which is the safe way to be
+/// wrong.
 fn used_elsewhere(dev: &str) -> io::Result<bool> {
     let ours = fs::read_link("/proc/self/ns/mnt")?;
     let mut seen = std::collections::HashSet::new();
