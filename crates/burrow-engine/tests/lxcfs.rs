@@ -77,7 +77,33 @@ fn lxcfs_is_started_adopted_replaced_when_dead_and_released() {
     assert!(std::fs::read_to_string(dir.join("proc/uptime")).is_ok());
     assert!(ours.available());
 
+    // A process in a mount namespace of its own holds a bind mount of one of its files, as a
+    // sandbox does: release leaves lxcfs mounted.
+    let target = tmp.path().join("uptime");
+    std::fs::write(&target, "").unwrap();
+    let mut holder = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount --bind {}/proc/uptime {} && echo ready && exec sleep 600",
+            dir.display(),
+            target.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "ready\n");
+    ours.release();
+    assert!(mounted(&dir) && ours.available(), "released while in use");
+
     // Nothing else uses it: release unmounts it and lxcfs ends (it removes its pidfile then).
+    holder.kill().unwrap();
+    holder.wait().unwrap();
     ours.release();
     assert!(!mounted(&dir));
     assert!(ends(&pidfile), "lxcfs still runs after its release");

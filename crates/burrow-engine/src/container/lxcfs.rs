@@ -334,10 +334,10 @@ fn mounted_device(dir: &Path) -> Option<String> {
         .map(|m| m.device)
 }
 
-/// Whether a mount namespace other than ours has a mount of device `dev` (a sandbox's bind
-/// mounts of lxcfs files). A namespace copied from ours after lxcfs was mounted (a service
-/// started with a private /tmp) counts too: lxcfs then stays, which is the safe way to be
-/// wrong.
+/// Whether a mount namespace other than ours has a bind mount of a file or directory of the
+/// lxcfs of device `dev`: what sandboxes hold. A copy of the whole mount (in a namespace
+/// cloned from ours since: a runc init before its `pivot_root`, a service with a private
+/// /tmp) is no user; it only keeps lxcfs alive until it goes.
 fn used_elsewhere(dev: &str) -> io::Result<bool> {
     let ours = fs::read_link("/proc/self/ns/mnt")?;
     let mut seen = std::collections::HashSet::new();
@@ -357,7 +357,11 @@ fn used_elsewhere(dev: &str) -> io::Result<bool> {
         let Ok(table) = fs::read_to_string(entry.path().join("mountinfo")) else {
             continue;
         };
-        if table.lines().filter_map(parse_mountinfo).any(|m| m.device == dev) {
+        if table
+            .lines()
+            .filter_map(parse_mountinfo)
+            .any(|m| m.device == dev && m.root != "/")
+        {
             return Ok(true);
         }
     }
@@ -367,6 +371,8 @@ fn used_elsewhere(dev: &str) -> io::Result<bool> {
 #[derive(Debug, PartialEq, Eq)]
 struct MountEntry {
     device: String,
+    /// The path within the filesystem that is mounted (`/` unless a bind mount of part of it).
+    root: String,
     mount_point: String,
     fstype: String,
 }
@@ -376,10 +382,12 @@ struct MountEntry {
 fn parse_mountinfo(line: &str) -> Option<MountEntry> {
     let mut fields = line.split(' ');
     let device = fields.nth(2)?.to_owned();
-    let mount_point = unescape(fields.nth(1)?);
+    let root = unescape(fields.next()?);
+    let mount_point = unescape(fields.next()?);
     let fstype = fields.skip_while(|f| *f != "-").nth(1)?.to_owned();
     Some(MountEntry {
         device,
+        root,
         mount_point,
         fstype,
     })
@@ -422,9 +430,17 @@ mod tests {
             parse_mountinfo(line),
             Some(MountEntry {
                 device: "0:42".into(),
+                root: "/".into(),
                 mount_point: "/run/burrow/lxcfs x".into(),
                 fstype: "fuse.lxcfs".into(),
             })
+        );
+        // A sandbox's bind mount of one lxcfs file.
+        let bind = "356 287 0:73 /proc/meminfo /proc/meminfo ro,nosuid,nodev,noexec,relatime - fuse.lxcfs lxcfs rw,user_id=0";
+        let m = parse_mountinfo(bind).unwrap();
+        assert_eq!(
+            (m.root.as_str(), m.mount_point.as_str()),
+            ("/proc/meminfo", "/proc/meminfo")
         );
         let plain = "22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw";
         assert_eq!(parse_mountinfo(plain).unwrap().fstype, "proc");
