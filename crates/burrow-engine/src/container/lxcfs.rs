@@ -122,7 +122,7 @@ impl Lxcfs {
     /// known, still runs). Never starts anything.
     pub fn available(&self) -> bool {
         let mut st = self.lock();
-        st.mounted && Self::alive(&mut st)
+        st.mounted && self.alive(&mut st)
     }
 
     /// The mount point of a healthy lxcfs, adopting the one already mounted there or starting
@@ -130,7 +130,7 @@ impl Lxcfs {
     /// without the view (logged once).
     pub fn ensure(&self) -> Option<PathBuf> {
         let mut st = self.lock();
-        if st.mounted && Self::alive(&mut st) {
+        if st.mounted && self.alive(&mut st) {
             return Some(self.dir.clone());
         }
         if st.failed {
@@ -195,11 +195,15 @@ impl Lxcfs {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the lxcfs process we know of still runs (an adopted one we cannot watch is
-    /// taken to).
-    fn alive(st: &mut State) -> bool {
+    /// Whether the lxcfs process we know of still runs; one we have no pidfd of (adopted
+    /// without our pidfile) is asked through its mount instead.
+    fn alive(&self, st: &mut State) -> bool {
         match &st.process {
-            None => true,
+            None if healthy(&self.dir) => true,
+            None => {
+                st.mounted = false;
+                false
+            }
             Some(fd) if !sys::wait_pidfd(fd, Duration::ZERO).unwrap_or(true) => true,
             Some(_) => {
                 st.process = None;
