@@ -130,14 +130,18 @@ impl Lxcfs {
     /// without the view (logged once).
     pub fn ensure(&self) -> Option<PathBuf> {
         let mut st = self.lock();
-        if st.mounted && self.alive(&mut st) {
+        let was_mounted = st.mounted;
+        if was_mounted && self.alive(&mut st) {
             return Some(self.dir.clone());
         }
         if st.failed {
             return None;
         }
-        if st.mounted {
-            tracing::warn!(dir = %self.dir.display(), "lxcfs died; starting it again");
+        if was_mounted {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                "lxcfs died; starting it again (running sandboxes get ENOTCONN from its files until they restart)"
+            );
         }
         match self.attach_or_start(&mut st) {
             Ok(()) => Some(self.dir.clone()),
