@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Removes what a crashed or killed test run may have left behind: test daemons, their runc
-# containers, mounts and loop devices. Touches only /var/tmp/burrow-test-* data dirs.
+# containers, mounts (their lxcfs too, which then exits) and loop devices. Touches only /var/tmp/burrow-test-* data dirs.
 set -uo pipefail
 pkill -TERM -f 'burrowd --data-dir /var/tmp/burrow-test-' 2>/dev/null || true
 for root in /var/tmp/burrow-test-*/data/runc; do

@@ -438,6 +438,10 @@ pub struct VersionInfo {
     /// Extension: the pool's size and use now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_space: Option<PoolSpaceInfo>,
+    /// Whether sandboxes (container engine) see their own memory, CPUs, uptime and load in
+    /// `/proc` and `/sys/devices/system/cpu` (lxcfs runs), rather than the host's.
+    #[serde(default)]
+    pub lxcfs: bool,
 }
 
 /// How full the storage pool is: below `reserve_bytes` free, create, fork and image builds

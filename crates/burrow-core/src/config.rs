@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+pub use burrow_engine::container::lxcfs::Lxcfs;
 use burrow_storage::PoolKind;
 
 #[derive(Debug, Clone)]
@@ -31,6 +32,9 @@ pub struct Config {
     /// Sandbox networking (netns + veth + bridge, nftables, DNS, credential proxy); `None`
     /// gives every sandbox loopback only.
     pub network: Option<crate::network::NetSettings>,
+    /// The host's lxcfs, started by the daemon, that gives sandboxes their own view of
+    /// `/proc`; `None`: they see the host's.
+    pub lxcfs: Option<std::sync::Arc<Lxcfs>>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +87,7 @@ impl Config {
             defaults: SandboxDefaults::default(),
             debian_mirror: None,
             network: None,
+            lxcfs: None,
             data_dir,
         }
     }

@@ -112,6 +112,7 @@ impl Manager {
             uid_count: cfg.uid_count,
             cgroup_parent: cfg.cgroup_parent.clone(),
             init_args: None,
+            lxcfs: cfg.lxcfs.clone(),
         };
         let engine: Arc<dyn Engine> = Arc::new(burrow_engine::container::ContainerEngine::new(engine_cfg)?);
         let images = ImageService::new(cfg.clone(), store.clone(), pool.clone());
@@ -178,6 +179,7 @@ impl Manager {
             default_engine: EngineKind::Container,
             pool: self.pool.kind_name().to_owned(),
             pool_space: self.pool_space().ok(),
+            lxcfs: self.cfg.lxcfs.as_ref().is_some_and(|l| l.available()),
         }
     }
 

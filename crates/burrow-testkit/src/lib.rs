@@ -158,6 +158,9 @@ impl Daemon {
             })
             .args(&self.extra_args)
             .env("BURROW_LOG", "info,burrow=debug")
+            // Its lxcfs mount next to its data dir, where the leftover cleanup finds it
+            // (a test's `set_env` may move it).
+            .env("BURROW_LXCFS_DIR", self._dir.path().join("lxcfs"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);

@@ -90,6 +90,15 @@ struct Args {
     /// budget a request gets 429 and nothing is done.
     #[arg(long, default_value_t = burrowd::api::DEFAULT_EXEC_BUFFER_BUDGET_MB)]
     exec_buffer_budget_mb: u64,
+    /// The lxcfs binary that gives sandboxes their own view of /proc and
+    /// /sys/devices/system/cpu (their memory and CPU limits, uptime, load); `off` shows them
+    /// the host's. Without it sandboxes still start (with a warning).
+    #[arg(long, env = "BURROW_LXCFS", default_value = "lxcfs")]
+    lxcfs: String,
+    /// Mount point of this daemon's lxcfs (an lxcfs already mounted there is reused).
+    /// Default: /run/burrow/lxcfs-<hash of the data dir>.
+    #[arg(long, env = "BURROW_LXCFS_DIR")]
+    lxcfs_dir: Option<PathBuf>,
     /// Test mode: on SIGTERM/SIGINT destroy every sandbox, release the pool and remove the
     /// data dir. Never use it for real data.
     #[arg(long, hide = true)]
@@ -222,6 +231,20 @@ async fn main() -> anyhow::Result<()> {
         cfg.network = Some(net);
     }
 
+    if args.lxcfs != "off" {
+        let dir = args.lxcfs_dir.clone().unwrap_or_else(|| {
+            let tag = burrow_core::config::fnv1a(data_dir.to_string_lossy().as_bytes()) as u32;
+            PathBuf::from(format!("/run/burrow/lxcfs-{tag:08x}"))
+        });
+        let lxcfs = Arc::new(burrow_core::config::Lxcfs::new(&args.lxcfs, dir));
+        // Now rather than at the first sandbox start: a missing lxcfs is said at once, and
+        // sandboxes adopted below keep what they have.
+        let l = lxcfs.clone();
+        tokio::task::spawn_blocking(move || l.ensure()).await?;
+        cfg.lxcfs = Some(lxcfs);
+    }
+    let lxcfs = cfg.lxcfs.clone();
+
     let unix = bind_unix(&args.socket).await?;
     let tcp = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -312,6 +335,11 @@ async fn main() -> anyhow::Result<()> {
             tracing::error!(error = %e, "releasing the pool");
         }
         let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    // Unmounted only if no sandbox uses it: running sandboxes keep reading it, and the next
+    // daemon adopts it.
+    if let Some(lxcfs) = lxcfs {
+        let _ = tokio::task::spawn_blocking(move || lxcfs.release()).await;
     }
     Ok(())
 }

@@ -31,7 +31,7 @@ pub async fn run(app: &App) -> anyhow::Result<u8> {
         })
         .collect();
     print(&format!(
-        "Server: {}\n  API:            {}\n  Agent protocol: {}\n  Engines:        {}\n  Default engine: {}\n  Pool:           {}\n",
+        "Server: {}\n  API:            {}\n  Agent protocol: {}\n  Engines:        {}\n  Default engine: {}\n  Pool:           {}\n  /proc view:     {}\n",
         v.version,
         v.api,
         v.agent_protocol,
@@ -40,6 +40,11 @@ pub async fn run(app: &App) -> anyhow::Result<u8> {
         match &v.pool_space {
             Some(sp) => format!("{} ({})", v.pool, pool_use(sp)),
             None => v.pool.clone(),
+        },
+        if v.lxcfs {
+            "own limits (lxcfs)"
+        } else {
+            "host's (no lxcfs)"
         }
     ))?;
     Ok(0)

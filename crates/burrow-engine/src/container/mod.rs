@@ -15,6 +15,7 @@
 //! This module must never run anything inside a sandbox: that is the agent's job.
 
 pub mod agent_log;
+pub mod lxcfs;
 pub mod oci;
 pub mod runc;
 pub mod seccomp;
@@ -61,6 +62,10 @@ pub struct ContainerConfig {
     /// Replaces the agent's command line as the sandbox's init. Tests only: without the
     /// agent nothing answers on the agent socket.
     pub init_args: Option<Vec<String>>,
+    /// The host's lxcfs: sandboxes see their own limits and uptime in `/proc` and
+    /// `/sys/devices/system/cpu` while it is mounted (see [`lxcfs`]). `None`: the kernel's
+    /// files, which describe the host.
+    pub lxcfs: Option<std::sync::Arc<lxcfs::Lxcfs>>,
 }
 
 impl ContainerConfig {
@@ -74,6 +79,7 @@ impl ContainerConfig {
             uid_count: 65536,
             cgroup_parent: "burrow".to_owned(),
             init_args: None,
+            lxcfs: None,
         }
     }
 }
@@ -325,6 +331,8 @@ impl ContainerEngine {
                 hostname_file: spec.run_dir.join("hostname"),
                 hosts_file: spec.run_dir.join("hosts"),
                 shared_dirs: spec.shared_dirs.clone(),
+                // Checked on every start: a dead lxcfs is started again, or left out.
+                lxcfs: self.cfg.lxcfs.as_ref().and_then(|l| l.ensure()),
             },
         )
     }

@@ -4,7 +4,9 @@
 //! namespaces; root inside mapped to an unprivileged host uid range; Docker's default
 //! capabilities, no new privileges, a seccomp allowlist; masked and read-only `/proc` paths;
 //! cpu, memory and pids limits; the agent binary bind-mounted read-only at `/.burrow/agent`
-//! as PID 1. This module only describes; it never touches the host.
+//! as PID 1; where the host runs lxcfs, its per-sandbox `/proc` files and
+//! `/sys/devices/system/cpu` bound over the kernel's. This module only describes; it never
+//! touches the host.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use oci_spec::runtime::{
     PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User,
 };
 
-use super::seccomp;
+use super::{lxcfs, seccomp};
 use crate::{EngineError, Result, SandboxSpec};
 
 /// Where the agent lives inside every sandbox (a read-only bind mount on a small tmpfs).
@@ -122,6 +124,9 @@ pub struct ConfigInputs<'a> {
     pub hosts_file: PathBuf,
     /// Read-only bind mounts (path inside, host path), from `SandboxSpec::shared_dirs`.
     pub shared_dirs: Vec<(String, PathBuf)>,
+    /// Mount point of the host's lxcfs, whose files are bound over the sandbox's `/proc`
+    /// files and `/sys/devices/system/cpu` (see [`super::lxcfs`]); `None`: the kernel's.
+    pub lxcfs: Option<PathBuf>,
 }
 
 /// The agent's command line; `payload_cgroup_fd` is the fd of the cgroup its children must
@@ -295,6 +300,21 @@ fn mounts(inp: &ConfigInputs<'_>, host_netns: bool) -> Vec<Mount> {
         bind_ro("/etc/hosts", &inp.hosts_file),
     ];
     all.extend(inp.shared_dirs.iter().map(|(dest, src)| bind_ro(dest, src)));
+    if let Some(lxcfs) = &inp.lxcfs {
+        // After /proc and /sys: single files and one directory, never recursive (lxcfs's
+        // own cgroup tree is not for sandboxes).
+        let view = |dest: String, src: PathBuf| {
+            let mut m = mount(&dest, "bind", "", &["bind", "ro", "nosuid", "nodev", "noexec"]);
+            m.set_source(Some(src));
+            m
+        };
+        all.extend(
+            lxcfs::PROC_FILES
+                .iter()
+                .map(|f| view(format!("/proc/{f}"), lxcfs.join("proc").join(f))),
+        );
+        all.push(view(format!("/{}", lxcfs::SYS_CPU), lxcfs.join(lxcfs::SYS_CPU)));
+    }
     all
 }
 
@@ -538,6 +558,7 @@ mod tests {
             hostname_file: "/data/run/sb-1234/hostname".into(),
             hosts_file: "/data/run/sb-1234/hosts".into(),
             shared_dirs: Vec::new(),
+            lxcfs: None,
         }
     }
 
@@ -793,6 +814,61 @@ mod tests {
         // spec(): 256 pids.
         assert_eq!(j["process"]["rlimits"][0]["hard"], budget / 256);
         assert_eq!(j["linux"]["resources"]["pids"]["limit"], 256);
+    }
+
+    #[test]
+    fn lxcfs_files_are_bound_over_the_kernels() {
+        let dests = |j: &serde_json::Value| -> Vec<String> {
+            j["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["destination"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        // Without lxcfs: the kernel's files.
+        assert!(!dests(&json()).iter().any(|d| d == "/proc/meminfo"));
+
+        let mut inp = inputs();
+        inp.lxcfs = Some("/run/burrow/lxcfs-x".into());
+        let j = serde_json::to_value(build(&spec(), &inp).unwrap()).unwrap();
+        let mounts = j["mounts"].as_array().unwrap();
+        let all = dests(&j);
+        let pos = |d: &str| all.iter().position(|m| m == d).unwrap_or_else(|| panic!("{d}"));
+        let mut want: Vec<(String, String)> = [
+            "cpuinfo",
+            "diskstats",
+            "loadavg",
+            "meminfo",
+            "stat",
+            "swaps",
+            "uptime",
+        ]
+        .iter()
+        .map(|f| (format!("/proc/{f}"), format!("/run/burrow/lxcfs-x/proc/{f}")))
+        .collect();
+        want.push((
+            "/sys/devices/system/cpu".into(),
+            "/run/burrow/lxcfs-x/sys/devices/system/cpu".into(),
+        ));
+        let masked = j["linux"]["maskedPaths"].as_array().unwrap();
+        let readonly = j["linux"]["readonlyPaths"].as_array().unwrap();
+        for (dest, src) in &want {
+            let m = &mounts[pos(dest)];
+            assert_eq!(m["source"], src.as_str(), "{dest}");
+            assert_eq!(m["type"], "bind", "{dest}");
+            let opts = m["options"].as_array().unwrap();
+            // Read-only, and not recursive.
+            assert!(
+                opts.contains(&"ro".into()) && opts.contains(&"bind".into()),
+                "{dest}"
+            );
+            assert!(!opts.contains(&"rbind".into()), "{dest}");
+            // Over the kernel's filesystem, not under it; and not hidden again by a mask.
+            assert!(pos("/proc") < pos(dest) && pos("/sys") < pos(dest), "{dest}");
+            assert!(!masked.contains(&dest.as_str().into()) && !readonly.contains(&dest.as_str().into()));
+        }
+        assert!(!all.iter().any(|d| d == "/proc/slabinfo"));
     }
 
     #[test]
