@@ -100,7 +100,23 @@ pub async fn ls(app: &App, a: LsArgs) -> anyhow::Result<u8> {
 
 pub async fn info(app: &App, name: &str) -> anyhow::Result<u8> {
     let v = app.get(&paths::sandbox(name)).await?;
-    app.emit(v, |s: Sandbox| print(&render_info(&s)))?;
+    // The pool its disk lives in (best effort: a narrowed token may not see it).
+    let pool = match app.json {
+        true => None,
+        false => app
+            .get(paths::VERSION)
+            .await
+            .ok()
+            .and_then(|v| serde_json::from_value::<burrow_api::VersionInfo>(v).ok())
+            .and_then(|v| v.pool_space),
+    };
+    app.emit(v, |s: Sandbox| {
+        let mut text = render_info(&s);
+        if let Some(sp) = &pool {
+            let _ = writeln!(text, "{:<14}{}", "Pool:", super::version::pool_use(sp));
+        }
+        print(&text)
+    })?;
     Ok(0)
 }
 

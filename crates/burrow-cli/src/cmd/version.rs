@@ -51,7 +51,7 @@ pub async fn run(app: &App) -> anyhow::Result<u8> {
 }
 
 /// `3.1 GiB of 64.0 GiB used (5%), 60.9 GiB free, 3.2 GiB reserve`, and what a full pool means.
-fn pool_use(sp: &burrow_api::PoolSpaceInfo) -> String {
+pub(crate) fn pool_use(sp: &burrow_api::PoolSpaceInfo) -> String {
     let pct = if sp.size_bytes == 0 {
         0.0
     } else {
