@@ -44,6 +44,11 @@ impl Default for Events {
 
 impl Events {
     pub fn emit(&self, sandbox: &str, kind: &str, data: serde_json::Value) {
+        tracing::debug!(sandbox, kind, "event");
+        // The number is taken under the history lock: history and the live channel then hold
+        // events in number order, so a client resuming after N (`since`) misses nothing that
+        // a concurrent writer numbered below a later one.
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let ev = Event {
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
             time: now_rfc3339(),
@@ -51,8 +56,6 @@ impl Events {
             kind: kind.to_owned(),
             data,
         };
-        tracing::debug!(sandbox, kind, "event");
-        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
         if h.len() == HISTORY {
             h.pop_front();
         }
@@ -94,5 +97,39 @@ mod tests {
         assert_eq!(past.len(), 1);
         ev.emit("a", "started", serde_json::json!({}));
         assert_eq!(rx.try_recv().unwrap().kind, "started");
+    }
+
+    /// Writers on many threads: history and the live channel are in number order with no
+    /// gaps, so resuming after any event's number yields exactly the events after it.
+    #[test]
+    fn concurrent_writers_keep_history_in_order_for_resumption() {
+        let ev = std::sync::Arc::new(Events::default());
+        let (_, mut rx) = ev.subscribe("s", 0);
+        let writers: Vec<_> = (0..8)
+            .map(|t| {
+                let ev = ev.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        ev.emit("s", "tick", serde_json::json!({"t": t, "i": i}));
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let (past, _) = ev.subscribe("s", 0);
+        let seqs: Vec<u64> = past.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=800).collect::<Vec<_>>(), "history in order, no gaps");
+        let mut live = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            live.push(e.seq);
+        }
+        assert_eq!(live, seqs, "the live channel in the same order");
+        for since in [1, 399, 799] {
+            let (after, _) = ev.subscribe("s", since);
+            assert_eq!(after.first().map(|e| e.seq), Some(since + 1));
+            assert_eq!(after.len() as u64, 800 - since);
+        }
     }
 }
