@@ -24,4 +24,11 @@ bash scripts/cleanup-test-leftovers.sh || true
 passed=$(grep -Eo '^test result: .*' /tmp/burrow-test.log | awk '{p+=$4; f+=$6} END {print p+0}')
 failed=$(grep -Eo '^test result: .*' /tmp/burrow-test.log | awk '{p+=$4; f+=$6} END {print f+0}')
 echo "$passed passed, $failed failed"
+# The ten slowest test binaries and the total, so growth is seen.
+times=$(awk '/^ *Running /{bin=$NF; sub(/^.*deps\//, "", bin); sub(/-[0-9a-f]+\)$/, "", bin); bin=bin " (" $2 ")"}
+  /^ *Doc-tests /{bin="doc-tests " $2}
+  /^test result:/{t=$NF; sub(/s$/, "", t); if (bin != "") printf "%8.1f s  %s\n", t, bin; bin=""}' /tmp/burrow-test.log)
+echo "==> slowest test binaries"
+echo "$times" | sort -rn | head -10
+echo "$times" | awk '{s+=$1} END {printf "%8.1f s  total in test binaries\n", s}'
 exit $status
