@@ -69,6 +69,63 @@ pub fn valid_transition(name: &str, from: SandboxStatus, action: Action) -> Resu
 mod tests {
     use super::*;
 
+    /// Every (status, action) pair against a table written out by hand: what each ends in,
+    /// or `-` for a refusal (409 with the action and the status named).
+    #[test]
+    fn the_whole_table() {
+        const ACTIONS: [Action; 6] = [
+            Action::Start,
+            Action::Stop,
+            Action::Restart,
+            Action::Sleep,
+            Action::Wake,
+            Action::Exec,
+        ];
+        //            start       stop       restart    sleep       wake       exec
+        let table: [(SandboxStatus, [&str; 6]); 6] = [
+            (Creating, ["-", "-", "-", "-", "-", "-"]),
+            (
+                Running,
+                ["running", "stopped", "running", "sleeping", "running", "running"],
+            ),
+            (
+                Sleeping,
+                ["running", "stopped", "running", "sleeping", "running", "running"],
+            ),
+            (Stopped, ["running", "stopped", "running", "-", "-", "-"]),
+            (Failed, ["running", "stopped", "running", "-", "-", "-"]),
+            (Destroyed, ["-", "-", "-", "-", "-", "-"]),
+        ];
+        let mut pairs = 0;
+        for (from, row) in table {
+            for (action, want) in ACTIONS.into_iter().zip(row) {
+                pairs += 1;
+                match valid_transition("sb", from, action) {
+                    Ok(to) => assert_eq!(to.as_str(), want, "{from:?} {action:?}"),
+                    Err(e) => {
+                        assert_eq!(want, "-", "{from:?} {action:?} refused: {e}");
+                        assert_eq!(e.kind(), crate::ErrorKind::Conflict);
+                        assert_eq!(e.code(), "illegal_transition");
+                        assert_eq!(
+                            e.to_string(),
+                            format!("cannot {} sandbox 'sb': it is {}", action.as_str(), from.as_str())
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(pairs, 36, "every status times every action");
+        // A new status or action must come with its row or column: these stop compiling.
+        let _ = |s: SandboxStatus| match s {
+            Creating | Running | Sleeping | Stopped | Failed | Destroyed => (),
+        };
+        let _ = |a: Action| match a {
+            Action::Start | Action::Stop | Action::Restart | Action::Sleep | Action::Wake | Action::Exec => {
+                ()
+            }
+        };
+    }
+
     #[test]
     fn legal_and_illegal() {
         assert_eq!(valid_transition("a", Stopped, Action::Start).unwrap(), Running);
