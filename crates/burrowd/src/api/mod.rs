@@ -37,6 +37,7 @@ pub struct AppState {
     pub exec_budget: Arc<ExecBudget>,
 }
 
+pub use auth::ACTIONS;
 pub use exec::{DEFAULT_EXEC_BUFFER_BUDGET_MB, ExecBudget};
 
 /// Largest JSON request body accepted.
