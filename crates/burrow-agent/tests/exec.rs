@@ -112,10 +112,7 @@ async fn env_is_exact_and_cwd_honoured() {
 
 #[tokio::test]
 async fn user_switching() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    burrow_testkit::require!(is_root(), "needs root (switching users)");
     let mut agent = Agent::start();
     let mut conn = agent.connect().await;
     let out = run(

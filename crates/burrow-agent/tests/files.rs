@@ -519,10 +519,7 @@ async fn archives_cannot_escape_their_directory() {
 
 #[tokio::test]
 async fn disk_full_leaves_no_partial_file() {
-    if !is_root() {
-        eprintln!("skipped: needs root to mount a small tmpfs");
-        return;
-    }
+    burrow_testkit::require!(is_root(), "needs root to mount a small tmpfs");
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path();
     let ok = std::process::Command::new("mount")
@@ -530,10 +527,7 @@ async fn disk_full_leaves_no_partial_file() {
         .arg(mnt)
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: cannot mount tmpfs");
-        return;
-    }
+    burrow_testkit::require!(ok, "cannot mount a tmpfs");
     struct Unmount<'a>(&'a Path);
     impl Drop for Unmount<'_> {
         fn drop(&mut self) {

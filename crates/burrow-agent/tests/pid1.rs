@@ -19,10 +19,7 @@ fn can_unshare() -> bool {
 
 #[tokio::test]
 async fn pid1_reaps_orphaned_zombies() {
-    if !can_unshare() {
-        eprintln!("skipped: needs root and unshare");
-        return;
-    }
+    burrow_testkit::require!(can_unshare(), "needs root and unshare");
     let mut agent = Agent::start_with(|sock| {
         let mut cmd = Command::new("unshare");
         cmd.args([

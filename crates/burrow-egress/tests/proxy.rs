@@ -893,14 +893,13 @@ async fn strangers_and_sandboxes_without_network_are_turned_away() {
 
 #[tokio::test]
 async fn curl_through_the_proxy() {
-    if std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("curl is not installed; skipping");
-        return;
-    }
+    burrow_testkit::require!(
+        std::process::Command::new("curl")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "curl is not installed"
+    );
     let env = Env::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("sandbox-ca.pem");

@@ -47,6 +47,33 @@ pub struct Daemon {
     _dir: tempfile::TempDir,
 }
 
+/// Whether a test's prerequisite (root, a tool, a kernel feature) is there. When it is not,
+/// under `BURROW_TEST_STRICT=1` (set by `scripts/test.sh`, so in CI) the test fails and says
+/// what is missing; otherwise it says so on stderr and the caller returns early (a developer's
+/// machine not set up for the suite). Use [`require!`] in a test body.
+pub fn prerequisite(present: bool, what: &str) -> bool {
+    if present {
+        return true;
+    }
+    assert!(
+        std::env::var_os("BURROW_TEST_STRICT").is_none_or(|v| v != "1"),
+        "cannot run this test: {what} (BURROW_TEST_STRICT=1: a missing prerequisite is a failure)"
+    );
+    eprintln!("skipping: {what}");
+    false
+}
+
+/// `require!(cond, "what is missing {}", x)`: returns from the test when `cond` is false,
+/// or fails it under `BURROW_TEST_STRICT=1` ([`prerequisite`]).
+#[macro_export]
+macro_rules! require {
+    ($cond:expr, $($what:tt)+) => {
+        if !$crate::prerequisite($cond, &format!($($what)+)) {
+            return;
+        }
+    };
+}
+
 /// A /24 no other daemon of this host's test runs uses at the same time: test binaries run
 /// one after another, within one a counter tells daemons apart, and a /24 that any interface
 /// of the host already has an address in (a daemon of an earlier binary still cleaning up,

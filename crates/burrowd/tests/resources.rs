@@ -17,10 +17,6 @@ const RESERVE: u64 = 32 * MIB;
 /// Upper bound of every wait-for-condition below (loops exit as soon as it holds).
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn strict() -> bool {
-    std::env::var_os("BURROW_TEST_STRICT").is_some_and(|v| v == "1")
-}
-
 async fn make(c: &Client, f: impl FnOnce(&mut CreateSandbox)) -> burrow_api::Sandbox {
     let mut req = CreateSandbox {
         name: SandboxName::parse(&unique_name("res")).unwrap(),
@@ -92,13 +88,10 @@ fn pids_in(dir: &Path) -> Vec<u32> {
 /// The v1 memory cgroup of the sandbox, or a skip (a failure under BURROW_TEST_STRICT).
 fn v1_memory_dir_or_skip(agent_pid: u32) -> Option<PathBuf> {
     let dir = sandbox_memory_dir(agent_pid).filter(|d| d.join("memory.limit_in_bytes").exists());
-    if dir.is_none() {
-        assert!(
-            !strict(),
-            "no cgroup v1 memory hierarchy: the payload cgroup exists only there"
-        );
-        eprintln!("skipped: no cgroup v1 memory hierarchy");
-    }
+    burrow_testkit::prerequisite(
+        dir.is_some(),
+        "no cgroup v1 memory hierarchy: the payload cgroup exists only there",
+    );
     dir
 }
 

@@ -31,12 +31,7 @@ pub fn host_ready() -> bool {
 }
 
 fn skip(why: &str) -> bool {
-    assert!(
-        std::env::var_os("BURROW_TEST_STRICT").is_none(),
-        "cannot run: {why}"
-    );
-    eprintln!("skipping: {why}");
-    false
+    burrow_testkit::prerequisite(false, why)
 }
 
 /// An engine running the real agent, when the host and the agent build are ready.

@@ -11,11 +11,10 @@ pub const MIB: u64 = 1024 * 1024;
 
 /// These tests mount filesystems and chown files; without root they cannot run at all.
 pub fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipping: needs root (mounts, loop devices, chown)");
-    false
+    burrow_testkit::prerequisite(
+        nix::unistd::geteuid().is_root(),
+        "needs root (mounts, loop devices, chown)",
+    )
 }
 
 /// A data dir with an open pool. Dropping it drops the pool, then unmounts and detaches the
