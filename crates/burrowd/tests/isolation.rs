@@ -95,13 +95,21 @@ async fn host_processes_and_files_are_invisible() {
         r.stdout
     );
     // (/proc/1/root itself is closed: the agent is not dumpable.)
+    let r = sh(&c, &sb.name, "cat /proc/self/root/etc/hostname").await;
+    assert_eq!(r.stdout.lines().next(), Some(sb.name.as_str()));
+    // The host's btrfs filesystems (UUIDs, every subvolume's quota use: the other sandboxes'
+    // disk use) are masked. Control: the host has them, and /sys/fs is there inside.
+    assert!(
+        std::fs::read_dir("/sys/fs/btrfs").unwrap().count() > 1,
+        "the host has btrfs filesystems"
+    );
     let r = sh(
         &c,
         &sb.name,
-        "cat /proc/self/root/etc/hostname; ls /sys/fs/btrfs 2>&1 | head -1",
+        "ls -A /sys/fs/btrfs | wc -l; ls /sys/fs | grep -c cgroup",
     )
     .await;
-    assert_eq!(r.stdout.lines().next(), Some(sb.name.as_str()));
+    assert_eq!(r.stdout, "0\n1\n", "{r:?}");
     c.delete_sandbox(&sb.name).await.unwrap();
 }
 
@@ -110,30 +118,83 @@ async fn kernel_interfaces_are_not_writable() {
     let d = shared();
     let c = d.client();
     let sb = make(&c, |_| {}).await;
-    for (what, script) in [
-        ("sysrq", "echo h > /proc/sysrq-trigger"),
+    // Each probe must fail for the reason named (a typo, a missing tool or a wrong syscall
+    // number fails differently), and the same form of probe succeeds on what is allowed.
+    const REFUSED: &[&str] = &[
+        "Read-only file system",
+        "Permission denied",
+        "permission denied",
+        "Operation not permitted",
+        "Directory nonexistent",
+        "must be root",
+    ];
+    let syscall = |nr: &str, args: &str| {
+        format!(
+            "python3 -c 'import ctypes; l=ctypes.CDLL(None, use_errno=True); r=l.syscall({nr}{args}); print(\"ok\" if r >= 0 else \"errno=%d\" % ctypes.get_errno())'"
+        )
+    };
+    for (what, script, control) in [
+        (
+            "sysrq",
+            "echo h > /proc/sysrq-trigger".to_owned(),
+            "echo h > /tmp/sysrq".to_owned(),
+        ),
         (
             "sys/kernel",
-            "echo 1 > /sys/kernel/profiling || touch /sys/kernel/x",
-        ),
-        ("proc/sys", "echo 1 > /proc/sys/kernel/sysrq"),
-        ("mknod block", "mknod /tmp/sda b 8 0 && head -c1 /tmp/sda"),
-        ("mount", "mount -t tmpfs none /mnt"),
-        ("unshare", "unshare -U true"),
-        ("kernel modules", "echo > /proc/sys/kernel/modprobe"),
-        ("hostname", "hostname evil"),
-        (
-            "keyring",
-            "python3 -c 'import ctypes,sys; l=ctypes.CDLL(None); sys.exit(0 if l.syscall(250, b\"user\", b\"k\", b\"v\", 1, -4) >= 0 else 1)'",
+            "echo 1 > /sys/kernel/profiling".to_owned(),
+            "echo 1 > /tmp/profiling".to_owned(),
         ),
         (
-            "bpf",
-            "python3 -c 'import ctypes,sys; l=ctypes.CDLL(None); sys.exit(0 if l.syscall(321, 0, 0, 0) >= 0 else 1)'",
+            "sys/kernel (new file)",
+            "touch /sys/kernel/x".to_owned(),
+            "touch /tmp/x".to_owned(),
         ),
+        (
+            "proc/sys",
+            "echo 1 > /proc/sys/kernel/sysrq".to_owned(),
+            "cat /proc/uptime".to_owned(),
+        ),
+        (
+            "mknod block",
+            "mknod /tmp/sda b 8 0".to_owned(),
+            "mknod /tmp/fifo p".to_owned(),
+        ),
+        (
+            "mount",
+            "mount -t tmpfs none /mnt".to_owned(),
+            "mount | grep -q ' / '".to_owned(),
+        ),
+        (
+            "unshare",
+            "unshare -U true".to_owned(),
+            "unshare --help >/dev/null".to_owned(),
+        ),
+        (
+            "kernel modules",
+            "echo > /proc/sys/kernel/modprobe".to_owned(),
+            "echo > /tmp/modprobe".to_owned(),
+        ),
+        ("hostname", "hostname evil".to_owned(), "hostname".to_owned()),
     ] {
-        let r = sh(&c, &sb.name, script).await;
+        let r = sh(&c, &sb.name, &script).await;
         assert_ne!(r.exit_code, 0, "{what} succeeded inside the sandbox: {r:?}");
+        assert!(
+            REFUSED.iter().any(|m| r.stderr.contains(m)),
+            "{what} failed for another reason than a refusal: {r:?}"
+        );
+        let ok = sh(&c, &sb.name, &control).await;
+        assert_eq!(ok.exit_code, 0, "control of {what} ({control}): {ok:?}");
     }
+    // Syscalls the seccomp profile refuses: EPERM exactly. Control: the same probe on getpid.
+    for (what, nr, args) in [
+        ("keyring (add_key)", "250", ", b\"user\", b\"k\", b\"v\", 1, -4"),
+        ("bpf", "321", ", 0, 0, 0"),
+    ] {
+        let r = sh(&c, &sb.name, &syscall(nr, args)).await;
+        assert_eq!(r.stdout.trim(), "errno=1", "{what}: {r:?}");
+    }
+    let r = sh(&c, &sb.name, &syscall("39", "")).await;
+    assert_eq!(r.stdout.trim(), "ok", "control (getpid): {r:?}");
     let r = sh(&c, &sb.name, "ls /dev").await;
     for dev in ["sda", "vda", "mem", "kmsg", "kvm"] {
         assert!(

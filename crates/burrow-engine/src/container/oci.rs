@@ -72,7 +72,8 @@ pub const CAPABILITIES: &[Capability] = &[
 /// Masked paths: hidden (bind-mounted over with /dev/null or an empty read-only tmpfs;
 /// runc skips the ones this kernel does not have). Docker's, then what tells the sandbox
 /// about the host and has no use inside: the host's boot arguments, its kernel build
-/// configuration and its kernel's symbols and modules.
+/// configuration, its kernel's symbols and modules, and its btrfs filesystems (their UUIDs,
+/// and every subvolume's quota use: the other sandboxes' disk use).
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/cmdline",
     "/proc/bootconfig",
@@ -90,6 +91,7 @@ pub const MASKED_PATHS: &[&str] = &[
     "/proc/scsi",
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
+    "/sys/fs/btrfs",
 ];
 
 pub const READONLY_PATHS: &[&str] = &[
@@ -710,6 +712,7 @@ mod tests {
             "/sys/firmware",
             "/proc/sched_debug",
             "/sys/devices/virtual/powercap",
+            "/sys/fs/btrfs",
         ] {
             assert!(masked.contains(&p.into()), "{p}");
         }
