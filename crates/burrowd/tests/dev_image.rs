@@ -337,6 +337,7 @@ echo "sudo: $(sudo -n id -u 2>&1)"
     // The echo of the request arrived, with the key masked by the proxy's redaction.
     let echoed: Value = serde_json::from_str(answer.trim()).unwrap_or_else(|e| panic!("{e}: {answer}"));
     assert_eq!(echoed["path"], "/v1/messages");
+    assert_eq!(echoed["headers"]["x-api-key"], "*".repeat(KEY.len()), "{answer}");
     assert!(!answer.contains(KEY), "{answer}");
 
     // Inside: only the placeholder, in dev's environment, and the key in no file a process
