@@ -209,7 +209,19 @@ async fn dev_image_builds_and_runs_a_coding_agent_whose_key_stays_outside() {
     )
     .await;
     assert_eq!(code, 0, "building the dev image: {out}{err}");
-    eprintln!("dev image built in {:.0?}: {}", started.elapsed(), out.trim());
+    let images: Value = d.client().get_json("/v1/images").await.unwrap();
+    let size = images["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["name"] == image.as_str())
+        .map_or(0, |i| i["size_bytes"].as_u64().unwrap_or(0));
+    eprintln!(
+        "dev image built in {:.0?} ({} MB): {}",
+        started.elapsed(),
+        size >> 20,
+        out.trim()
+    );
     let apt: Vec<Value> = inet
         .requests()
         .into_iter()
