@@ -31,12 +31,14 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 # A local Debian repository for the real-workload tests (crates/burrowd/tests/workloads.rs):
 # the .debs of what agents install all day (wget, pip, node + npm) and libgbm1 (its file name
-# holds `bm1_`), with every dependency a bare system lacks, indexed for apt. The tests serve it
+# holds `bm1_`), and the packages of the `dev` image (images/dev/Burrowfile, built offline by
+# crates/burrowd/tests/dev_image.rs: build-essential, venv, ripgrep, jq, sudo, ...; about
+# 92 MB more, 153 MB in all), with every dependency a bare system lacks, indexed for apt. The tests serve it
 # from their fake internet; nothing is fetched while they run. Resolved with a private apt
 # state (Debian's own sources, an empty dpkg status), so the host's own packages and extra
 # repositories change nothing. Rebuilt only when the package list changes.
 DEB_REPO=/var/cache/burrow/debian-repo
-DEB_WANT="wget python3-pip nodejs npm libgbm1"
+DEB_WANT="wget python3-pip nodejs npm libgbm1 build-essential python3-venv ripgrep jq sudo less openssh-client git vim-tiny ca-certificates"
 if [ "$(cat "$DEB_REPO/.packages" 2>/dev/null)" != "$DEB_WANT" ]; then
   echo "==> downloading .debs for the workload tests: $DEB_WANT"
   work=$(mktemp -d)

@@ -2,8 +2,9 @@
 """Builds what the real-workload tests serve from the fake internet (`fake_internet.py
 --static/--git`), offline, from the standard library only:
 - DIR/pypi: a PEP 503 simple index with one pure-Python wheel, `wl-hello` 1.0;
-- DIR/npm: an npm registry layout with one package, `wl-hello` 1.0.0 (packument at
-  `/wl-hello` with the tarball's sha1 and sha512 integrity);
+- DIR/npm: an npm registry layout with two packages (packuments at `/NAME` with the
+  tarball's sha1 and sha512 integrity): `wl-hello` 1.0.0, a library, and `fake-agent` 1.0.0,
+  a command that calls its API host with a key from the environment;
 - DIR/git/wl.git: a bare repository with one commit on `main` (a README and 2 MiB of random
   bytes, so a clone is more than one buffer), pushes allowed.
 Prints a JSON summary (the files' digests) on stdout.
@@ -63,46 +64,88 @@ def pypi(root):
     return {"wheel_sha256": digest}
 
 
-def npm(root):
-    pkg = os.path.join(root, "wl-hello")
+def npm_package(root, name, version, files, manifest=None):
+    """One package in the registry layout: its tarball (`files` under `package/`, with a
+    package.json from `manifest`) and its packument at `/NAME` (sha1 and sha512 integrity).
+    Returns the tarball's sha1."""
+    pkg = os.path.join(root, name)
     os.makedirs(os.path.join(pkg, "-"))
-    members = {
-        "package/package.json": json.dumps(
-            {"name": "wl-hello", "version": "1.0.0", "main": "index.js", "license": "MIT"}
-        ).encode(),
-        "package/index.js": b'module.exports = () => "hello from the wl-hello tarball";\n',
-    }
+    meta = dict({"name": name, "version": version, "license": "MIT"}, **(manifest or {}))
+    members = {"package/package.json": json.dumps(meta).encode()}
+    members.update({"package/" + k: v for k, v in files.items()})
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as t:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
+        for member, data in members.items():
+            info = tarfile.TarInfo(member)
             info.size = len(data)
-            info.mode = 0o644
+            info.mode = 0o755 if data.startswith(b"#!") else 0o644
             t.addfile(info, io.BytesIO(data))
     tgz = buf.getvalue()
-    with open(os.path.join(pkg, "-", "wl-hello-1.0.0.tgz"), "wb") as f:
+    tgz_name = "%s-%s.tgz" % (name, version)
+    with open(os.path.join(pkg, "-", tgz_name), "wb") as f:
         f.write(tgz)
     shasum = hashlib.sha1(tgz).hexdigest()
     integrity = "sha512-" + base64.b64encode(hashlib.sha512(tgz).digest()).decode()
     packument = {
-        "name": "wl-hello",
-        "dist-tags": {"latest": "1.0.0"},
+        "name": name,
+        "dist-tags": {"latest": version},
         "versions": {
-            "1.0.0": {
-                "name": "wl-hello",
-                "version": "1.0.0",
-                "main": "index.js",
-                "license": "MIT",
-                "dist": {
-                    "tarball": "@BASE@/wl-hello/-/wl-hello-1.0.0.tgz",
-                    "shasum": shasum,
-                    "integrity": integrity,
-                },
-            }
+            version: dict(meta, dist={
+                "tarball": "@BASE@/%s/-/%s" % (name, tgz_name),
+                "shasum": shasum,
+                "integrity": integrity,
+            })
         },
     }
     with open(os.path.join(pkg, "index.json"), "w") as f:
         json.dump(packument, f)
+    return shasum
+
+
+# A stand-in for a coding agent (`npm install -g fake-agent`, tests/dev_image.rs): its one
+# command sends its prompt to its API (`AGENT_API_BASE`, default https://api.agent.test) with
+# the key from `$AGENT_API_KEY` in `x-api-key`, the way real agents do (Node's https, which
+# ignores the proxy variables: the burrow's redirect of tcp/443 catches it), and prints the
+# answer, or the status and body of a refusal with exit code 1.
+FAKE_AGENT = b"""#!/usr/bin/env node
+const https = require("https");
+const base = new URL(process.env.AGENT_API_BASE || "https://api.agent.test");
+const body = JSON.stringify({ prompt: process.argv.slice(2).join(" ") });
+const req = https.request(new URL("/v1/messages", base), {
+  method: "POST",
+  headers: {
+    "x-api-key": process.env.AGENT_API_KEY || "",
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(body),
+  },
+}, (res) => {
+  let out = "";
+  res.setEncoding("utf8");
+  res.on("data", (d) => (out += d));
+  res.on("end", () => {
+    if (res.statusCode !== 200) {
+      console.log("fake-agent: " + res.statusCode + " " + out.trim());
+      process.exit(1);
+    }
+    console.log(out);
+  });
+});
+req.on("error", (e) => {
+  console.log("fake-agent: " + e.message);
+  process.exit(1);
+});
+req.end(body);
+"""
+
+
+def npm(root):
+    shasum = npm_package(
+        root, "wl-hello", "1.0.0",
+        {"index.js": b'module.exports = () => "hello from the wl-hello tarball";\n'},
+        {"main": "index.js"},
+    )
+    npm_package(root, "fake-agent", "1.0.0", {"cli.js": FAKE_AGENT},
+                {"bin": {"fake-agent": "cli.js"}})
     return {"tgz_sha1": shasum}
 
 
