@@ -14,7 +14,6 @@
 //! use whatever sources the image they start from has.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use burrow_testkit::{Daemon, unique_name};
@@ -22,53 +21,22 @@ use serde_json::Value;
 
 #[path = "support/fake_internet.rs"]
 mod fake_internet;
-use fake_internet::Serve;
+use fake_internet::{DEB_REPO, Serve, registries};
 
 /// `api.agent.test` stands for the agent's API (api.anthropic.com, api.openai.com);
 /// `other.test` for any other host the agent could be pointed at.
 const NAMES: &[&str] = &["deb.debian.test", "npm.test", "api.agent.test", "other.test"];
 
-/// The Debian repository `scripts/setup.sh` builds.
-const DEB_REPO: &str = "/var/cache/burrow/debian-repo";
-
 /// The agent's API key: only the proxy ever holds it.
 const KEY: &str = "sk-agent-REAL-key-0123456789abcdef";
-
-fn strict() -> bool {
-    std::env::var_os("BURROW_TEST_STRICT").is_some_and(|v| v == "1")
-}
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// What the fake internet serves: the cached Debian repository and the npm registry of
-/// `registries.py`.
-fn content() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("deb")).unwrap();
-        std::os::unix::fs::symlink(DEB_REPO, dir.path().join("deb/debian")).unwrap();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/registries.py");
-        let out = std::process::Command::new("python3")
-            .arg(script)
-            .arg(dir.path())
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "registries.py: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
-    .path()
-}
-
 fn world() -> &'static (fake_internet::FakeInternet, Daemon) {
     fake_internet::world_serving(NAMES, || {
-        let dir = content();
+        let dir = registries();
         vec![
             Serve::Static {
                 name: "deb.debian.test",
@@ -103,9 +71,10 @@ fn repo_ready() -> Option<()> {
     if missing.is_empty() {
         return Some(());
     }
-    let why = format!("the Debian repository at {DEB_REPO} lacks {missing:?} (scripts/setup.sh builds it)");
-    assert!(!strict(), "cannot run: {why}");
-    eprintln!("skipping: {why}");
+    burrow_testkit::prerequisite(
+        false,
+        &format!("the Debian repository at {DEB_REPO} lacks {missing:?} (scripts/setup.sh builds it)"),
+    );
     None
 }
 

@@ -16,7 +16,6 @@
 //! fork.
 
 use std::path::Path;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use burrow_api::{CreateSandbox, ExecRequest, ExecResult, SandboxName};
@@ -27,7 +26,7 @@ use sha2::Digest;
 
 #[path = "support/fake_internet.rs"]
 mod fake_internet;
-use fake_internet::{Serve, create, sh};
+use fake_internet::{DEB_REPO, Serve, attach_secret, create, registries, sh};
 
 const NAMES: &[&str] = &[
     "api.github.test",
@@ -38,10 +37,6 @@ const NAMES: &[&str] = &[
     "git.test",
     "blocked.test",
 ];
-
-/// The Debian repository `scripts/setup.sh` builds (the .debs of wget, pip, node, npm and
-/// libgbm1 with their dependencies, indexed for apt).
-const DEB_REPO: &str = "/var/cache/burrow/debian-repo";
 
 /// The registry credential the proxy injects for git and npm (the sandbox holds only a
 /// placeholder for it), and what the git server requires for a push.
@@ -55,34 +50,9 @@ fn basic(user: &str) -> String {
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
 }
 
-/// What the fake internet serves, built once per test process: the Debian repository (a
-/// link to the cached one), a PEP 503 index, an npm registry and a bare git repository
-/// (`support/registries.py`).
-fn content() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("deb")).unwrap();
-        std::os::unix::fs::symlink(DEB_REPO, dir.path().join("deb/debian")).unwrap();
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/registries.py");
-        let out = std::process::Command::new("python3")
-            .arg(script)
-            .arg(dir.path())
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "registries.py: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
-    .path()
-}
-
 fn world() -> &'static (fake_internet::FakeInternet, Daemon) {
     fake_internet::world_serving(NAMES, || {
-        let dir = content();
+        let dir = registries();
         vec![
             Serve::Static {
                 name: "deb.debian.test",
@@ -135,24 +105,16 @@ async fn a_package_whose_name_holds_the_placeholder_prefix_downloads_over_plain_
     let secret = unique_name("gh");
     create(&c, &plain).await;
     create(&c, &holder).await;
-    let _: Value = c
-        .request_json(
-            Method::POST,
-            "/v1/secrets",
-            Some(&json!({"name": secret, "value": "ghp_REALsecretVALUE0123456789",
-                         "inject": {"header": "Authorization", "format": "token %s"},
-                         "hosts": ["api.github.test"]})),
-        )
-        .await
-        .unwrap();
-    let _: Value = c
-        .request_json(
-            Method::PUT,
-            &format!("/v1/sandboxes/{holder}/secrets/{secret}"),
-            Some(&json!({"env": "GITHUB_TOKEN"})),
-        )
-        .await
-        .unwrap();
+    attach_secret(
+        &c,
+        &holder,
+        &secret,
+        "ghp_REALsecretVALUE0123456789",
+        ("Authorization", "token %s"),
+        &["api.github.test"],
+        "GITHUB_TOKEN",
+    )
+    .await;
     let referer = format!("-H 'Referer: http://deb.test{DEB}'");
     for name in [&plain, &holder] {
         for direct in [false, true] {
@@ -540,24 +502,16 @@ async fn tools_work(mode: Mode, secret: bool) {
     let mut placeholder = None;
     if secret {
         let s = unique_name("reg");
-        let _: Value = c
-            .request_json(
-                Method::POST,
-                "/v1/secrets",
-                Some(&json!({"name": s, "value": REAL,
-                             "inject": {"header": "Authorization", "format": "Bearer %s"},
-                             "hosts": ["git.test", "npm.test", "pypi.test"]})),
-            )
-            .await
-            .unwrap();
-        let _: Value = c
-            .request_json(
-                Method::PUT,
-                &format!("/v1/sandboxes/{name}/secrets/{s}"),
-                Some(&json!({"env": "WL_TOKEN"})),
-            )
-            .await
-            .unwrap();
+        attach_secret(
+            &c,
+            &name,
+            &s,
+            REAL,
+            ("Authorization", "Bearer %s"),
+            &["git.test", "npm.test", "pypi.test"],
+            "WL_TOKEN",
+        )
+        .await;
         let (code, out, err) = sh(&c, &name, "printenv WL_TOKEN").await;
         assert_eq!(code, 0, "{err}");
         let p = out.trim().to_owned();
@@ -816,25 +770,16 @@ async fn a_ca_added_with_update_ca_certificates_is_trusted_by_every_tool() {
     assert_eq!(out, "200\ngit-reached\n200\n", "with the CA added");
 
     // Interception: the sandbox's own CA is still trusted after the user's update.
-    let secret = unique_name("corp-secret");
-    let _: Value = c
-        .request_json(
-            Method::POST,
-            "/v1/secrets",
-            Some(&json!({"name": secret, "value": "corp-REAL-value-0123456789",
-                         "inject": {"header": "Authorization", "format": "token %s"},
-                         "hosts": ["api.github.test"]})),
-        )
-        .await
-        .unwrap();
-    let _: Value = c
-        .request_json(
-            Method::PUT,
-            &format!("/v1/sandboxes/{name}/secrets/{secret}"),
-            Some(&json!({"env": "CORP_TOKEN"})),
-        )
-        .await
-        .unwrap();
+    attach_secret(
+        &c,
+        &name,
+        &unique_name("corp-secret"),
+        "corp-REAL-value-0123456789",
+        ("Authorization", "token %s"),
+        &["api.github.test"],
+        "CORP_TOKEN",
+    )
+    .await;
     let issuer = run(
         &c,
         &name,

@@ -266,3 +266,64 @@ pub async fn sh(c: &Client, name: &str, script: &str) -> (i32, String, String) {
         .unwrap_or_else(|e| panic!("exec in {name}: {e}"));
     (r.exit_code, r.stdout, r.stderr)
 }
+
+/// The Debian repository `scripts/setup.sh` builds (real .debs: the workload tools, the dev
+/// image's packages, and their dependencies, indexed for apt).
+pub const DEB_REPO: &str = "/var/cache/burrow/debian-repo";
+
+/// What the fake internet's registries serve, built once per test process: the Debian
+/// repository (a link to the cached one) under `deb/`, and `support/registries.py`'s PEP 503
+/// index (`pypi/`), npm registry (`npm/`) and bare git repository (`git/`).
+pub fn registries() -> &'static std::path::Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("deb")).unwrap();
+        std::os::unix::fs::symlink(DEB_REPO, dir.path().join("deb/debian")).unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/registries.py");
+        let out = Command::new("python3")
+            .arg(script)
+            .arg(dir.path())
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "registries.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+    .path()
+}
+
+/// A secret for the credential proxy (injected as `header: format` for `hosts`), attached to
+/// `sandbox` under `env`.
+pub async fn attach_secret(
+    c: &Client,
+    sandbox: &str,
+    secret: &str,
+    value: &str,
+    (header, format): (&str, &str),
+    hosts: &[&str],
+    env: &str,
+) {
+    use burrow_testkit::burrow_client::Method;
+    let _: Value = c
+        .request_json(
+            Method::POST,
+            "/v1/secrets",
+            Some(&serde_json::json!({"name": secret, "value": value,
+                                     "inject": {"header": header, "format": format},
+                                     "hosts": hosts})),
+        )
+        .await
+        .unwrap();
+    let _: Value = c
+        .request_json(
+            Method::PUT,
+            &format!("/v1/sandboxes/{sandbox}/secrets/{secret}"),
+            Some(&serde_json::json!({"env": env})),
+        )
+        .await
+        .unwrap();
+}
