@@ -520,10 +520,10 @@ async fn tools_work(mode: Mode, secret: bool) {
     }
     wait_for_ca_install(&c, &name).await;
 
-    let wheel = std::fs::read(content().join("pypi/packages/wl_hello-1.0-py3-none-any.whl")).unwrap();
-    let tgz = std::fs::read(content().join("npm/wl-hello/-/wl-hello-1.0.0.tgz")).unwrap();
+    let wheel = std::fs::read(registries().join("pypi/packages/wl_hello-1.0-py3-none-any.whl")).unwrap();
+    let tgz = std::fs::read(registries().join("npm/wl-hello/-/wl-hello-1.0.0.tgz")).unwrap();
     let release = std::fs::read(Path::new(DEB_REPO).join("dists/bookworm/Release")).unwrap();
-    let bare = content().join("git/wl.git");
+    let bare = registries().join("git/wl.git");
     let data = git_show(&bare, "main:data.bin");
     for transparent in [false, true] {
         let what = format!("{mode:?} secret={secret} transparent={transparent}");
