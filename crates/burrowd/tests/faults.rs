@@ -20,6 +20,21 @@ fn req(name: &str) -> CreateSandbox {
     }
 }
 
+/// Waits (bounded) until the daemon's post-create install into sandbox `id` is done: its last
+/// step writes `run/<id>/host/system-bundle`. A test that deletes the run dir must not race
+/// that write.
+fn wait_post_create_install(d: &Daemon, id: &str) {
+    let marker = d.data_dir.join("run").join(id).join("host/system-bundle");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the post-create install of {id} never finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The agent's host pid (runc's view), once the sandbox is running with a live agent.
 fn agent_pid(d: &Daemon, id: &str) -> u32 {
     let (status, pid) = runc_state(&d.data_dir, id);
@@ -212,6 +227,8 @@ async fn lost_agent_socket_or_run_dir_is_repaired_at_daemon_start() {
     };
     let kept_pid = c.exec(&kept, &bg).await.unwrap().stdout.trim().to_owned();
     let run = d.data_dir.join("run");
+    wait_post_create_install(&d, &sock_id);
+    wait_post_create_install(&d, &dir_id);
     std::fs::remove_file(run.join(&sock_id).join("agent.sock")).unwrap();
     std::fs::remove_dir_all(run.join(&dir_id)).unwrap();
 
@@ -261,6 +278,7 @@ async fn restart_recreates_a_deleted_run_dir() {
     let name = unique_name("rundir");
     let id = c.create_sandbox(&req(&name)).await.unwrap().id;
     let run = d.data_dir.join("run").join(&id);
+    wait_post_create_install(d, &id);
     std::fs::remove_dir_all(&run).unwrap();
     let sb = c.sandbox_action(&name, "restart").await.unwrap();
     assert_eq!((sb.status, sb.failure_reason), (SandboxStatus::Running, None));
