@@ -343,7 +343,8 @@ async fn checkpoints_from_inside_the_sandbox() {
         sh(&c, &name, "cat /.burrow/checkpoints/v0/root/f").await,
         "inside\n"
     );
-    // Checkpoints are read-only inside.
+    // Checkpoints are read-only inside: the write fails for that reason, and the file is
+    // unchanged. Control: the same write to the sandbox's own file works.
     let r = c
         .exec(
             &name,
@@ -358,7 +359,17 @@ async fn checkpoints_from_inside_the_sandbox() {
         )
         .await
         .unwrap();
-    assert_ne!(r.exit_code, 0);
+    assert_ne!(r.exit_code, 0, "{r:?}");
+    assert!(r.stderr.contains("Read-only file system"), "{r:?}");
+    assert_eq!(
+        sh(&c, &name, "cat /.burrow/checkpoints/v0/root/f").await,
+        "inside\n"
+    );
+    assert_eq!(
+        sh(&c, &name, "echo x > /root/g && cat /root/g").await,
+        "x\n",
+        "control"
+    );
     // The inside API reaches only this sandbox: no route to other sandboxes or the admin API.
     let out = sh(
         &c,
@@ -544,7 +555,8 @@ async fn kill9_mid_checkpoint_leaves_no_half_checkpoint() {
                     None
                 )
                 .await
-                .is_err()
+                .is_err_and(|e| e.status().is_none()),
+            "the daemon died at the fault point (no answer), it did not refuse"
         );
     })
     .await;
@@ -583,7 +595,12 @@ async fn kill9_mid_restore_leaves_old_or_new_state_and_says_which() {
         let cp = checkpoint(&c, &name, "").await;
         sh(&c, &name, "echo current-state > /root/f").await;
         crash_at(&d, point, async {
-            assert!(restore(&d.client(), &name, &cp).await.is_err())
+            assert!(
+                restore(&d.client(), &name, &cp)
+                    .await
+                    .is_err_and(|e| e.status().is_none()),
+                "the daemon died at {point} (no answer), it did not refuse"
+            )
         })
         .await;
         let c = d.client();
@@ -652,7 +669,8 @@ async fn kill9_mid_fork_is_cleaned_up() {
             d.client()
                 .create_sandbox(&fork_req(&child, &parent, None))
                 .await
-                .is_err()
+                .is_err_and(|e| e.status().is_none()),
+            "the daemon died at the fault point (no answer), it did not refuse"
         );
     })
     .await;
