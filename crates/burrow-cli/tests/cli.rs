@@ -130,19 +130,17 @@ fn bad_url_is_reported() {
 
 // ---- fake daemon ----
 
+/// A sandbox record as burrowd sends it, plus a field this CLI does not know (a newer daemon's
+/// extension must not break it).
 fn sandbox(name: &str, status: &str) -> Value {
-    json!({
-        "id": format!("id-{name}"), "name": name, "status": status, "engine": "container", "image": "base",
-        "created_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:00Z",
-        "last_active_at": "2025-01-01T00:00:00Z", "url": format!("http://{name}.localhost:7440/"),
-        "config": {"cpus": 1.0, "memory_mb": 512, "disk_gb": 10, "pids": 1024, "idle_timeout_s": 60,
-                   "url_auth": "private"},
-        "env": {}, "labels": {}, "extension_field": 7
-    })
+    let status = burrow_testkit::burrow_client::api::SandboxStatus::parse(status).expect("a status");
+    let mut v = burrow_testkit::fakes::sandbox_json(name, status);
+    v["extension_field"] = json!(7);
+    v
 }
 
 fn not_found(name: &str) -> Response {
-    let body = json!({"error": {"code": "not_found", "message": format!("sandbox '{name}' does not exist")}});
+    let body = burrow_testkit::fakes::error("not_found", &format!("sandbox '{name}' does not exist"));
     (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
 
@@ -262,7 +260,7 @@ async fn fake_daemon(dir: &Path) -> std::path::PathBuf {
             get(|| async {
                 axum::Json(
                     json!({"sandboxes": [sandbox("alpha", "running"), sandbox("beta-long-name", "sleeping")],
-                                  "next_cursor": null}),
+                           "next_cursor": null}),
                 )
             })
             .post(|axum::Json(v): axum::Json<Value>| async move {
@@ -289,10 +287,10 @@ async fn fake_daemon(dir: &Path) -> std::path::PathBuf {
         .route(
             "/v1/sandboxes/{name}/exec",
             get(exec_ws).post(|axum::Json(v): axum::Json<Value>| async move {
-                axum::Json(
-                    json!({"exit_code": 5, "stdout": v["stdin"], "stderr": "", "timed_out": false,
-                                  "duration_ms": 2}),
-                )
+                axum::Json(burrow_testkit::fakes::exec_result(
+                    5,
+                    v["stdin"].as_str().unwrap_or_default(),
+                ))
             }),
         )
         .route("/v1/images/{name}", delete(|| async { StatusCode::NO_CONTENT }));

@@ -8,9 +8,10 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use burrow_client::api::SandboxStatus;
 use burrow_client::api::{CreateSandbox, ExecRequest, SandboxName, WsControl, ws_stream};
 use burrow_client::{Client, ClientError, ExecEvent, ExecStreamOptions};
-use serde_json::json;
+use burrow_testkit::fakes;
 
 #[derive(Clone, Default)]
 struct Seen(Arc<Mutex<Vec<String>>>);
@@ -25,22 +26,11 @@ impl Seen {
 }
 
 fn sandbox_json(name: &str) -> serde_json::Value {
-    json!({
-        "id": "sb-1", "name": name, "status": "running", "engine": "container", "image": "base",
-        "created_at": "2025-01-01T00:00:00Z", "updated_at": "2025-01-01T00:00:00Z",
-        "last_active_at": "2025-01-01T00:00:00Z", "url": format!("http://{name}.localhost:7440/"),
-        "config": {"cpus": 1.0, "memory_mb": 512, "disk_gb": 10, "pids": 1024, "idle_timeout_s": 60,
-                   "url_auth": "private"},
-        "env": {}, "labels": {}
-    })
+    fakes::sandbox_json(name, SandboxStatus::Running)
 }
 
 fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        axum::Json(json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
+    (status, axum::Json(fakes::error(code, message))).into_response()
 }
 
 async fn get_sandbox(Path(name): Path<String>) -> Response {
@@ -77,15 +67,15 @@ async fn create(State(seen): State<Seen>, headers: HeaderMap, body: String) -> R
 
 async fn list(State(seen): State<Seen>, RawQuery(q): RawQuery) -> Response {
     seen.push(format!("list {}", q.unwrap_or_default()));
-    axum::Json(json!({"sandboxes": [sandbox_json("a")], "next_cursor": null})).into_response()
+    axum::Json(fakes::sandbox_list(vec![fakes::sandbox(
+        "a",
+        SandboxStatus::Running,
+    )]))
+    .into_response()
 }
 
 async fn exec_once(Path(_name): Path<String>, axum::Json(req): axum::Json<ExecRequest>) -> Response {
-    axum::Json(
-        json!({"exit_code": 0, "stdout": req.cmd.join(" "), "stderr": "", "timed_out": false,
-                      "duration_ms": 1}),
-    )
-    .into_response()
+    axum::Json(fakes::exec_result(0, &req.cmd.join(" "))).into_response()
 }
 
 async fn exec_ws(

@@ -17,6 +17,8 @@ use burrow_client::Client;
 
 pub use burrow_client;
 
+pub mod fakes;
+
 /// Directory holding the built `burrowd` and `burrow` binaries.
 pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("BURROW_BIN_DIR") {
