@@ -4,8 +4,6 @@
 //! daemon may only forward to 198.18.0.0/15 (`--uplink-only`) and resolves through the fake
 //! DNS only.
 
-use std::time::{Duration, Instant};
-
 use burrow_testkit::burrow_client::{Client, ClientError, Method};
 use burrow_testkit::{Daemon, raw_tcp, unique_name};
 use serde_json::{Value, json};
@@ -239,33 +237,6 @@ async fn sandboxes_cannot_reach_the_host_each_other_or_metadata() {
     c.delete_sandbox(&b).await.unwrap();
 }
 
-/// The sandbox's event stream (history replayed) until an event of each of `kinds` came;
-/// returns the raw text.
-async fn events_until(d: &Daemon, name: &str, kinds: &[&str]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
-    s.write_all(
-        format!("GET /v1/sandboxes/{name}/events?since=0 HTTP/1.1\r\nHost: burrow\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        if kinds.iter().all(|k| text.contains(&format!("event: {k}\n"))) {
-            return text;
-        }
-        let mut chunk = [0u8; 8192];
-        let got = tokio::time::timeout_at(deadline.into(), s.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| panic!("events {kinds:?} did not come: {text}"))
-            .unwrap();
-        assert!(got > 0, "event stream closed: {text}");
-        buf.extend_from_slice(&chunk[..got]);
-    }
-}
-
 async fn add_secret(c: &Client, name: &str, hosts: &[&str]) {
     let r: Value = c
         .request_json(
@@ -393,7 +364,10 @@ async fn secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox() 
         assert_eq!(inet.requests().len(), before);
     }
     // Every use and every refusal is an event, without the value.
-    let seen = events_until(d, &name, &["secret.used", "secret.denied"]).await;
+    let mut seen = String::new();
+    for kind in ["secret.used", "secret.denied"] {
+        seen += &d.events_until(&name, &format!("event: {kind}\n")).await;
+    }
     assert!(
         !seen.contains(SECRET_VALUE),
         "an event carries the secret: {seen}"
