@@ -13,6 +13,7 @@ use burrow_api::{Checkpoint, CheckpointId, RestoreResult, SandboxStatus};
 
 use crate::CoreError;
 use crate::manager::{Manager, blocking};
+use crate::state::{Action, transition};
 use crate::store::{CheckpointRecord, Intent, SandboxRecord};
 use crate::time_util::now_rfc3339;
 
@@ -238,6 +239,7 @@ impl Manager {
         rec.intent = Some(Intent::Restore {
             target: target.seq,
             backup,
+            prior: Some(rec.status),
         });
         rec.updated_at = now_rfc3339();
         self.store.update_sandbox(&rec)?;
@@ -255,7 +257,7 @@ impl Manager {
         );
         self.kill(&rec).await?;
         crate::fault::pause("restore.after_stop").await;
-        rec.status = SandboxStatus::Stopped;
+        transition(&mut rec, Action::Stop)?;
         // 3. Swap volumes: the new one is made aside, then two renames put it in place.
         let pool = self.pool.clone();
         let live = pool.sandbox_path(&rec.id);
@@ -278,7 +280,7 @@ impl Manager {
         rec.intent = None;
         rec.notice = None;
         if was_running {
-            rec.status = SandboxStatus::Running;
+            transition(&mut rec, Action::Start)?;
             self.boot_or_fail(&mut rec).await?;
             // A restore is activity: a sandbox restored while asleep is awake now and gets
             // its whole idle timeout, like after any wake.
@@ -320,7 +322,12 @@ impl Manager {
         }
         // Interrupted restores: old state or new state, never a mix, and say which.
         for mut rec in sandboxes.iter().cloned() {
-            let Some(Intent::Restore { target, backup }) = rec.intent else {
+            let Some(Intent::Restore {
+                target,
+                backup,
+                prior,
+            }) = rec.intent
+            else {
                 continue;
             };
             let pool = self.pool.clone();
@@ -363,8 +370,19 @@ impl Manager {
             tracing::warn!(sandbox = %rec.name, "{notice}");
             rec.intent = None;
             rec.notice = Some(notice);
-            // It was stopped for the restore; reconciliation starts it again if it should run.
-            rec.status = SandboxStatus::Running;
+            // It was stopped for the restore: it goes back to what it was before (a sandbox
+            // that ran or slept runs, reconciliation boots it; a stopped one stays stopped).
+            // Intents from before `prior` was recorded assume it ran, as they always did.
+            let prior = prior.unwrap_or(SandboxStatus::Running);
+            let action = match prior {
+                SandboxStatus::Running | SandboxStatus::Sleeping => Some(Action::Start),
+                SandboxStatus::Stopped => Some(Action::Stop),
+                SandboxStatus::Failed => Some(Action::Fail),
+                SandboxStatus::Creating | SandboxStatus::Destroyed => None,
+            };
+            if let Some(action) = action {
+                transition(&mut rec, action)?;
+            }
             self.store.update_sandbox(&rec)?;
         }
         // Checkpoint volumes nobody owns.

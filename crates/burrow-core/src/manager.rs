@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 use crate::error::chain;
 use crate::exec::{self, ExecSession, StreamExecOptions};
 use crate::images::ImageService;
-use crate::state::{Action, valid_transition};
+use crate::state::{Action, transition, valid_transition};
 use crate::store::{Intent, SandboxRecord, Store, StoreError};
 use crate::time_util::now_rfc3339;
 use crate::{Config, CoreError};
@@ -579,7 +579,7 @@ impl Manager {
         let _guard = lock.lock().await;
         match self.provision(&rec, image_path, fork_src).await {
             Ok(()) => {
-                rec.status = SandboxStatus::Running;
+                transition(&mut rec, Action::Created)?;
                 rec.intent = None;
                 rec.updated_at = now_rfc3339();
                 self.store.update_sandbox(&rec)?;
@@ -796,7 +796,7 @@ impl Manager {
         // No verb acts on a dead agent as if it ran: its death is recorded first (`failed`),
         // so `start` boots it and `sleep`/`wake` refuse.
         self.reap_if_dead(&mut rec).await?;
-        let to = valid_transition(&rec.name, rec.status, action)?;
+        valid_transition(&rec.name, rec.status, action)?;
         match (rec.status, action) {
             (SandboxStatus::Running, Action::Start | Action::Wake) => {}
             (SandboxStatus::Stopped, Action::Stop) => {}
@@ -852,7 +852,7 @@ impl Manager {
                 });
             }
         }
-        rec.status = to;
+        transition(&mut rec, action)?;
         rec.failure_reason = None;
         rec.updated_at = now_rfc3339();
         self.store.update_sandbox(&rec)?;
@@ -903,7 +903,7 @@ impl Manager {
     pub(crate) async fn boot_or_fail(&self, rec: &mut SandboxRecord) -> Result<()> {
         if let Err(e) = self.boot(rec).await {
             let _ = self.halt(rec).await;
-            rec.status = SandboxStatus::Failed;
+            transition(rec, Action::Fail)?;
             rec.failure_reason = Some(chain(&e));
             self.events
                 .emit(&rec.name, "failed", serde_json::json!({"reason": chain(&e)}));
@@ -1122,7 +1122,7 @@ impl Manager {
                 (true, RuntimeStatus::Running { .. }) => {
                     self.adopt_runtime(&rec.id).await;
                     if rec.status == SandboxStatus::Sleeping {
-                        rec.status = SandboxStatus::Running;
+                        transition(&mut rec, Action::Wake)?;
                         self.store.update_sandbox(&rec)?;
                     }
                     // Lost run dir or agent socket: booted again (or `failed` with why).
@@ -1162,7 +1162,7 @@ impl Manager {
                 (true, _) => {
                     tracing::warn!(sandbox = %rec.name, "sandbox should run but does not; starting it");
                     let _ = self.halt(&rec).await;
-                    rec.status = SandboxStatus::Running;
+                    transition(&mut rec, Action::Start)?;
                     if self.boot_or_fail(&mut rec).await.is_ok() {
                         rec.updated_at = now_rfc3339();
                         self.store.update_sandbox(&rec)?;

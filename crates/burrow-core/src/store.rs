@@ -32,9 +32,12 @@ pub enum Intent {
     Create,
     Destroy,
     /// Restoring checkpoint `target`; the replaced state is saved as checkpoint `backup`.
+    /// `prior` is the status before the restore (`None` in intents written by older
+    /// versions), which an interrupted restore returns to.
     Restore {
         target: u64,
         backup: u64,
+        prior: Option<SandboxStatus>,
     },
 }
 
@@ -43,7 +46,16 @@ impl Intent {
         match self {
             Self::Create => "create".into(),
             Self::Destroy => "destroy".into(),
-            Self::Restore { target, backup } => format!("restore:{target}:{backup}"),
+            Self::Restore {
+                target,
+                backup,
+                prior: Some(prior),
+            } => format!("restore:{target}:{backup}:{}", prior.as_str()),
+            Self::Restore {
+                target,
+                backup,
+                prior: None,
+            } => format!("restore:{target}:{backup}"),
         }
     }
     fn parse(s: &str) -> Option<Self> {
@@ -54,7 +66,15 @@ impl Intent {
                 let mut it = s.strip_prefix("restore:")?.split(':');
                 let target = it.next()?.parse().ok()?;
                 let backup = it.next()?.parse().ok()?;
-                Some(Self::Restore { target, backup })
+                let prior = match it.next() {
+                    Some(s) => Some(SandboxStatus::parse(s)?),
+                    None => None,
+                };
+                Some(Self::Restore {
+                    target,
+                    backup,
+                    prior,
+                })
             }
         }
     }
@@ -787,6 +807,36 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn restore_intents_round_trip_with_and_without_the_prior_status() {
+        for intent in [
+            Intent::Restore {
+                target: 3,
+                backup: 4,
+                prior: Some(SandboxStatus::Stopped),
+            },
+            Intent::Restore {
+                target: 3,
+                backup: 4,
+                prior: None,
+            },
+            Intent::Create,
+            Intent::Destroy,
+        ] {
+            assert_eq!(Intent::parse(&intent.encode()), Some(intent));
+        }
+        // Written by versions before `prior`: still read.
+        assert_eq!(
+            Intent::parse("restore:1:2"),
+            Some(Intent::Restore {
+                target: 1,
+                backup: 2,
+                prior: None
+            })
+        );
+        assert_eq!(Intent::parse("restore:1:2:asleep"), None);
+    }
+
     use super::*;
     use burrow_api::UrlAuth;
 

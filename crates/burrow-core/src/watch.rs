@@ -160,7 +160,7 @@ impl Manager {
             tracing::warn!(sandbox = %rec.name, error = %crate::error::chain(&e), "cleaning up after the agent died");
         }
         self.activity.set_sleep(&rec.id, None);
-        rec.status = SandboxStatus::Failed;
+        crate::state::transition(rec, crate::state::Action::Fail)?;
         rec.updated_at = now_rfc3339();
         let plan = self
             .restarts
@@ -220,7 +220,9 @@ impl Manager {
         let reason = rec.failure_reason.clone().unwrap_or_default();
         // Whatever is left of the dead one goes first (as `start` of a failed sandbox does).
         let _ = self.halt(&rec).await;
-        rec.status = SandboxStatus::Running;
+        if crate::state::transition(&mut rec, crate::state::Action::Start).is_err() {
+            return false;
+        }
         match self.boot_or_fail(&mut rec).await {
             Ok(()) => {
                 self.restarts.done(&rec.id, Some(Instant::now()));
@@ -369,7 +371,7 @@ impl Manager {
         self.set_end_reason(&rec.name, what.clone());
         let _ = self.halt(rec).await;
         self.activity.set_sleep(&rec.id, None);
-        rec.status = SandboxStatus::Running;
+        crate::state::transition(rec, crate::state::Action::Start)?;
         rec.notice = Some(what.clone());
         self.boot_or_fail(rec).await?;
         rec.failure_reason = None;

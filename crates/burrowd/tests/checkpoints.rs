@@ -624,6 +624,39 @@ async fn kill9_mid_restore_leaves_old_or_new_state_and_says_which() {
     }
 }
 
+/// A stopped sandbox whose restore a crash interrupts comes back stopped, with the restored
+/// disk (the running case above is the control: it comes back running).
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_mid_restore_of_a_stopped_sandbox_keeps_it_stopped() {
+    let d = Daemon::start();
+    let name = unique_name("crash-st");
+    let c = d.client();
+    c.create_sandbox(&req(&name)).await.unwrap();
+    sh(&c, &name, "echo old-state > /root/f").await;
+    let cp = checkpoint(&c, &name, "").await;
+    sh(&c, &name, "echo current-state > /root/f").await;
+    c.sandbox_action(&name, "stop").await.unwrap();
+    crash_at(&d, "restore.mid_swap", async {
+        assert!(
+            restore(&d.client(), &name, &cp)
+                .await
+                .is_err_and(|e| e.status().is_none()),
+            "the daemon died mid-swap (no answer), it did not refuse"
+        )
+    })
+    .await;
+    let c = d.client();
+    let sb = c.get_sandbox(&name).await.unwrap();
+    assert_eq!(
+        sb.status,
+        SandboxStatus::Stopped,
+        "it was stopped before the restore"
+    );
+    assert!(sb.notice.unwrap_or_default().contains("completed"));
+    c.sandbox_action(&name, "start").await.unwrap();
+    assert_eq!(sh(&c, &name, "cat /root/f").await, "old-state\n");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn second_restore_while_one_runs_is_409() {
     let d = Daemon::start();
