@@ -17,12 +17,11 @@ pub struct Config {
     /// 256 MiB ([`Config::pool_reserve`]).
     pub pool_reserve_bytes: Option<u64>,
     pub agent_bin: PathBuf,
-    pub runc_bin: PathBuf,
     /// Host uid that root of every sandbox maps to (user namespace).
     pub uid_base: u32,
     pub uid_count: u32,
-    /// Name of this daemon's cgroup parent (unique per data dir).
-    pub cgroup_parent: String,
+    /// Settings of the container engine only.
+    pub container: ContainerSettings,
     pub base_domain: String,
     /// Port used when printing sandbox URLs.
     pub public_port: u16,
@@ -35,6 +34,13 @@ pub struct Config {
     /// The host's lxcfs, started by the daemon, that gives sandboxes their own view of
     /// `/proc`; `None`: they see the host's.
     pub lxcfs: Option<std::sync::Arc<Lxcfs>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerSettings {
+    pub runc_bin: PathBuf,
+    /// Name of this daemon's cgroup parent (unique per data dir).
+    pub cgroup_parent: String,
 }
 
 #[derive(Debug, Clone)]
@@ -78,10 +84,12 @@ impl Config {
             pool_size_bytes: 64 << 30,
             pool_reserve_bytes: None,
             agent_bin: PathBuf::from("burrow-agent"),
-            runc_bin: PathBuf::from("runc"),
             uid_base: 2_000_000,
             uid_count: 65536,
-            cgroup_parent,
+            container: ContainerSettings {
+                runc_bin: PathBuf::from("runc"),
+                cgroup_parent,
+            },
             base_domain: "localhost".to_owned(),
             public_port: 7440,
             defaults: SandboxDefaults::default(),
@@ -102,6 +110,20 @@ impl Config {
 
     pub fn runc_root(&self) -> PathBuf {
         self.data_dir.join("runc")
+    }
+
+    /// The container engine's configuration.
+    pub fn container_engine(&self) -> burrow_engine::ContainerConfig {
+        burrow_engine::ContainerConfig {
+            runc_bin: self.container.runc_bin.clone(),
+            runc_root: self.runc_root(),
+            agent_bin: self.agent_bin.clone(),
+            uid_base: self.uid_base,
+            uid_count: self.uid_count,
+            cgroup_parent: self.container.cgroup_parent.clone(),
+            init_args: None,
+            lxcfs: self.lxcfs.clone(),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod build;
 mod checkpoints;
 pub mod config;
 pub mod connect;
+pub mod engines;
 pub mod error;
 pub mod events;
 mod exec;

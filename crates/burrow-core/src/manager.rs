@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use burrow_agent_proto::AgentClient;
 use burrow_api::{
-    CreateSandbox, EngineInfo, EngineKind, ExecRequest, ExecResult, Image, PatchSandbox, Sandbox,
-    SandboxConfig, SandboxList, SandboxStatus, UrlAuth, VersionInfo,
+    CreateSandbox, EngineKind, ExecRequest, ExecResult, Image, PatchSandbox, Sandbox, SandboxConfig,
+    SandboxList, SandboxStatus, UrlAuth, VersionInfo,
 };
 use burrow_engine::{Engine, Resources, RuntimeStatus, SandboxSpec};
 use burrow_storage::Pool;
@@ -38,7 +38,7 @@ pub struct Manager {
     pub(crate) cfg: Config,
     pub(crate) store: Arc<Store>,
     pub(crate) pool: Arc<dyn Pool>,
-    pub(crate) engine: Arc<dyn Engine>,
+    pub(crate) engines: crate::engines::Engines,
     pub(crate) images: ImageService,
     agents: Mutex<HashMap<String, AgentClient<Channel>>>,
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -104,17 +104,11 @@ impl Manager {
         let data_dir = cfg.data_dir.clone();
         let pool: Arc<dyn Pool> =
             blocking(move || Ok(Arc::from(burrow_storage::open_pool(&data_dir, &pool_opts)?))).await?;
-        let engine_cfg = burrow_engine::container::ContainerConfig {
-            runc_bin: cfg.runc_bin.clone(),
-            runc_root: cfg.runc_root(),
-            agent_bin: cfg.agent_bin.clone(),
-            uid_base: cfg.uid_base,
-            uid_count: cfg.uid_count,
-            cgroup_parent: cfg.cgroup_parent.clone(),
-            init_args: None,
-            lxcfs: cfg.lxcfs.clone(),
-        };
-        let engine: Arc<dyn Engine> = Arc::new(burrow_engine::container::ContainerEngine::new(engine_cfg)?);
+        let engines = crate::engines::Engines::new(EngineKind::Container)
+            .with(Arc::new(burrow_engine::container::ContainerEngine::new(
+                cfg.container_engine(),
+            )?))
+            .without(EngineKind::Vm, "the vm engine is not built yet");
         let images = ImageService::new(cfg.clone(), store.clone(), pool.clone());
         let keys = crate::keys::Keys::open(&cfg.data_dir)?;
         let net = match &cfg.network {
@@ -135,7 +129,7 @@ impl Manager {
             cfg,
             store,
             pool,
-            engine,
+            engines,
             images,
             agents: Mutex::new(HashMap::new()),
             op_locks: Mutex::new(HashMap::new()),
@@ -164,19 +158,8 @@ impl Manager {
             version: burrow_api::VERSION.to_owned(),
             api: "v1".to_owned(),
             agent_protocol: burrow_agent_proto::PROTOCOL_VERSION,
-            engines: vec![
-                EngineInfo {
-                    kind: EngineKind::Container,
-                    available: true,
-                    detail: Some("runc".into()),
-                },
-                EngineInfo {
-                    kind: EngineKind::Vm,
-                    available: false,
-                    detail: Some("the vm engine is not built yet".into()),
-                },
-            ],
-            default_engine: EngineKind::Container,
+            engines: self.engines.info(),
+            default_engine: self.engines.default_kind(),
             pool: self.pool.kind_name().to_owned(),
             pool_space: self.pool_space().ok(),
             lxcfs: self.cfg.lxcfs.as_ref().is_some_and(|l| l.available()),
@@ -423,17 +406,21 @@ impl Manager {
         let rec = self.record(name)?;
         let mut view = self.view(&rec);
         if matches!(rec.status, SandboxStatus::Running | SandboxStatus::Sleeping) {
-            view.usage = self.engine.stats(&rec.id).map(|s| burrow_api::SandboxUsage {
-                memory_bytes: s.memory_bytes,
-                pids: s.pids,
-                oom_kills: s.oom_kills,
-                pids_limit: s.pids_limit,
-                disk_bytes: self
-                    .pool
-                    .charged_bytes(&self.pool.sandbox_path(&rec.id))
+            view.usage =
+                self.engine(&rec)
                     .ok()
-                    .flatten(),
-            });
+                    .and_then(|e| e.stats(&rec.id))
+                    .map(|s| burrow_api::SandboxUsage {
+                        memory_bytes: s.memory_bytes,
+                        pids: s.pids,
+                        oom_kills: s.oom_kills,
+                        pids_limit: s.pids_limit,
+                        disk_bytes: self
+                            .pool
+                            .charged_bytes(&self.pool.sandbox_path(&rec.id))
+                            .ok()
+                            .flatten(),
+                    });
         }
         Ok(view)
     }
@@ -506,12 +493,8 @@ impl Manager {
             }
             None => None,
         };
-        let engine = req.engine.unwrap_or(EngineKind::Container);
-        if engine == EngineKind::Vm {
-            return Err(CoreError::Unavailable(
-                "engine 'vm' is not available on this host; use engine 'container'".into(),
-            ));
-        }
+        let engine = req.engine.unwrap_or_else(|| self.engines.default_kind());
+        self.engines.get(engine)?;
         let d = &self.cfg.defaults;
         let config = SandboxConfig {
             cpus: req.cpus.unwrap_or(d.cpus),
@@ -668,7 +651,7 @@ impl Manager {
             .map_err(|e| CoreError::Internal(format!("creating {}: {e}", spec.run_dir.display())))?;
         self.ensure_inside_api(rec)?;
         self.activity.booted(&rec.id);
-        let engine = self.engine.clone();
+        let engine = self.engine(rec)?;
         let t = std::time::Instant::now();
         // The sandbox starts in its (still unwired) namespace while the veth, addresses and
         // rules are set up: the agent needs no network to answer.
@@ -694,7 +677,7 @@ impl Manager {
     }
 
     async fn connect_agent(&self, rec: &SandboxRecord) -> Result<AgentClient<Channel>> {
-        let sock = self.engine.agent_socket(&self.run_dir(&rec.id));
+        let sock = self.engine(rec)?.agent_socket(&self.run_dir(&rec.id));
         let conn = burrow_agent_proto::client::connect_unix(&sock, AGENT_CONNECT_TIMEOUT)
             .await
             .map_err(|e| CoreError::Agent {
@@ -722,6 +705,11 @@ impl Manager {
         }
     }
 
+    /// The engine that runs `rec` (the one its record names).
+    pub(crate) fn engine(&self, rec: &SandboxRecord) -> Result<Arc<dyn Engine>> {
+        self.engines.get(rec.engine)
+    }
+
     pub(crate) fn forget_agent(&self, id: &str) {
         self.agents.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
@@ -730,7 +718,7 @@ impl Manager {
     pub(crate) async fn teardown(&self, rec: &SandboxRecord) -> Result<()> {
         self.forget_agent(&rec.id);
         self.stop_inside_api(&rec.id);
-        let engine = self.engine.clone();
+        let engine = self.engine(rec)?;
         let pool = self.pool.clone();
         let id = rec.id.clone();
         let run_dir = self.run_dir(&rec.id);
@@ -870,7 +858,7 @@ impl Manager {
     }
 
     pub(crate) async fn freeze(&self, rec: &SandboxRecord, freeze: bool) -> Result<()> {
-        let engine = self.engine.clone();
+        let engine = self.engine(rec)?;
         let id = rec.id.clone();
         blocking(move || {
             if freeze {
@@ -886,7 +874,7 @@ impl Manager {
     /// Stops every process of the sandbox without a grace period.
     pub(crate) async fn kill(&self, rec: &SandboxRecord) -> Result<()> {
         self.forget_agent(&rec.id);
-        let engine = self.engine.clone();
+        let engine = self.engine(rec)?;
         let id = rec.id.clone();
         blocking(move || Ok(engine.stop(&id, Duration::ZERO)?)).await
     }
@@ -894,7 +882,7 @@ impl Manager {
     pub(crate) async fn halt(&self, rec: &SandboxRecord) -> Result<()> {
         self.forget_agent(&rec.id);
 
-        let engine = self.engine.clone();
+        let engine = self.engine(rec)?;
         let id = rec.id.clone();
         blocking(move || Ok(engine.stop(&id, STOP_GRACE)?)).await
     }
@@ -1114,13 +1102,13 @@ impl Manager {
                 }
                 Some(Intent::Restore { .. }) | None => {}
             }
-            let engine = self.engine.clone();
+            let engine = self.engine(&rec)?;
             let id = rec.id.clone();
             let status = blocking(move || Ok(engine.status(&id)?)).await?;
             let want_running = matches!(rec.status, SandboxStatus::Running | SandboxStatus::Sleeping);
             match (want_running, status) {
                 (true, RuntimeStatus::Running { .. }) => {
-                    self.adopt_runtime(&rec.id).await;
+                    self.adopt_runtime(&rec).await;
                     if rec.status == SandboxStatus::Sleeping {
                         transition(&mut rec, Action::Wake)?;
                         self.store.update_sandbox(&rec)?;
@@ -1148,7 +1136,7 @@ impl Manager {
                     tracing::info!(sandbox = %rec.name, "adopted cold-sleeping sandbox");
                 }
                 (true, RuntimeStatus::Paused { .. }) => {
-                    self.adopt_runtime(&rec.id).await;
+                    self.adopt_runtime(&rec).await;
                     if rec.status == SandboxStatus::Sleeping {
                         self.activity
                             .set_sleep(&rec.id, Some(crate::idle::SleepMode::Warm));
@@ -1177,12 +1165,14 @@ impl Manager {
         let known: std::collections::HashSet<String> =
             self.store.all_sandboxes()?.into_iter().map(|r| r.id).collect();
         // Runtime containers nobody owns.
-        let engine = self.engine.clone();
-        let listed = blocking(move || Ok(engine.list()?)).await?;
-        for id in listed.into_iter().filter(|id| !known.contains(id)) {
-            tracing::warn!(id, "removing orphaned runtime container");
-            let engine = self.engine.clone();
-            blocking(move || Ok(engine.stop(&id, Duration::ZERO)?)).await?;
+        for engine in self.engines.ready().cloned().collect::<Vec<_>>() {
+            let e = engine.clone();
+            let listed = blocking(move || Ok(e.list()?)).await?;
+            for id in listed.into_iter().filter(|id| !known.contains(id)) {
+                tracing::warn!(id, engine = engine.kind().as_str(), "removing orphaned runtime");
+                let engine = engine.clone();
+                blocking(move || Ok(engine.stop(&id, Duration::ZERO)?)).await?;
+            }
         }
         // Volumes and run dirs nobody owns.
         for dir in [self.pool.sandboxes_dir(), self.cfg.run_dir()] {
@@ -1209,9 +1199,11 @@ impl Manager {
 
     /// Lets the engine re-attach its host-side helpers (the agent log drain) to a running
     /// sandbox; a failure costs diagnostics only, never the sandbox.
-    async fn adopt_runtime(&self, id: &str) {
-        let engine = self.engine.clone();
-        let id = id.to_owned();
+    async fn adopt_runtime(&self, rec: &SandboxRecord) {
+        let Ok(engine) = self.engine(rec) else {
+            return;
+        };
+        let id = rec.id.clone();
         if let Err(e) = blocking(move || Ok(engine.adopt(&id)?)).await {
             tracing::warn!(error = %chain(&e), "re-attaching to a running sandbox");
         }

@@ -133,9 +133,9 @@ impl Manager {
             }
     }
 
-    async fn liveness(&self, id: &str) -> Result<Liveness> {
-        let engine = self.engine.clone();
-        let id = id.to_owned();
+    async fn liveness(&self, rec: &SandboxRecord) -> Result<Liveness> {
+        let engine = self.engine(rec)?;
+        let id = rec.id.clone();
         blocking(move || Ok(engine.liveness(&id)?)).await
     }
 
@@ -146,7 +146,7 @@ impl Manager {
         if !self.agent_expected(rec) {
             return Ok(false);
         }
-        let Liveness::Dead { how } = self.liveness(&rec.id).await? else {
+        let Liveness::Dead { how } = self.liveness(rec).await? else {
             return Ok(false);
         };
         let reason = match &how {
@@ -270,7 +270,7 @@ impl Manager {
         if !self.agent_expected(rec) || self.is_restoring(&rec.id) {
             return false;
         }
-        match self.liveness(&rec.id).await {
+        match self.liveness(rec).await {
             Ok(Liveness::Alive) => return false,
             Ok(Liveness::Dead { .. }) => {}
             Err(e) => {
@@ -308,7 +308,7 @@ impl Manager {
         if !self.agent_expected(&rec) {
             return Ok(());
         }
-        if self.liveness(&rec.id).await? == Liveness::Alive {
+        if self.liveness(&rec).await? == Liveness::Alive {
             return Ok(());
         }
         let lock = self.op_lock(&rec.id);
@@ -336,7 +336,10 @@ impl Manager {
         let Ok(rec) = self.record(name) else {
             return err;
         };
-        let sock = self.engine.agent_socket(&self.run_dir(&rec.id));
+        let Ok(engine) = self.engine(&rec) else {
+            return err;
+        };
+        let sock = engine.agent_socket(&self.run_dir(&rec.id));
         if rec.status == SandboxStatus::Running && !sock.exists() {
             return CoreError::Unavailable(format!(
                 "cannot reach the agent of sandbox '{name}': its socket {} was deleted on the host; \
@@ -354,7 +357,7 @@ impl Manager {
     /// was rebooted.
     pub(crate) async fn repair_runtime_files(&self, rec: &mut SandboxRecord) -> Result<bool> {
         let run_dir = self.run_dir(&rec.id);
-        let sock = self.engine.agent_socket(&run_dir);
+        let sock = self.engine(rec)?.agent_socket(&run_dir);
         let missing = if !run_dir.is_dir() {
             format!("its run directory {} was deleted", run_dir.display())
         } else if !sock.exists() {

@@ -98,9 +98,48 @@ pub enum EngineError {
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
+/// What an engine can do beyond starting and stopping, so callers ask before they try
+/// instead of learning it from an `Unsupported` error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// `freeze`/`thaw`: every process stopped in place, memory kept (warm sleep).
+    pub freeze: bool,
+    /// Guest memory saved to a file and resumed from it (sleep and checkpoints that keep
+    /// processes).
+    pub memory_snapshot: bool,
+    /// Host directories shared into the sandbox (`SandboxSpec::shared_dirs`).
+    pub shared_dirs: bool,
+}
+
+/// How a sandbox's disk lives in its pool volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskKind {
+    /// The volume is the root tree itself (containers).
+    Tree,
+    /// The volume holds a filesystem image file, [`DISK_IMAGE`] (VMs).
+    Image,
+}
+
+/// The disk image's file name inside a sandbox volume of [`DiskKind::Image`].
+pub const DISK_IMAGE: &str = "disk.img";
+
 /// The engine-specific part of a sandbox's life.
 pub trait Engine: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> EngineKind;
+    /// One line for `/v1/version` and `burrow info` (runtime, accelerator, versions).
+    fn describe(&self) -> String;
+    fn capabilities(&self) -> Capabilities;
+    fn disk_kind(&self) -> DiskKind {
+        DiskKind::Tree
+    }
+    /// Makes what sandboxes of this engine are created from out of an image's root tree:
+    /// nothing for engines whose disk is the tree; for [`DiskKind::Image`] engines, writes
+    /// the disk image into the existing directory `out` (done once per image and cached
+    /// by the caller).
+    fn prepare_image(&self, tree: &std::path::Path, out: &std::path::Path) -> Result<()> {
+        let _ = (tree, out);
+        Ok(())
+    }
     /// Starts the sandbox's agent as its init. When this returns Ok, the agent socket
     /// (`agent_socket`) accepts connections (the listening socket is created by the engine
     /// on the host before the sandbox starts, and handed to the agent).

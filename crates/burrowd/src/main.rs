@@ -198,7 +198,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut cfg = Config::with_data_dir(data_dir.clone());
     cfg.agent_bin = find_agent(args.agent_bin)?;
-    cfg.runc_bin = args.runc;
+    cfg.container.runc_bin = args.runc;
     cfg.pool_kind = match args.pool.as_str() {
         "btrfs" => PoolKind::Btrfs,
         "dir" => PoolKind::Dir,

@@ -562,6 +562,18 @@ impl Engine for ContainerEngine {
         EngineKind::Container
     }
 
+    fn describe(&self) -> String {
+        "runc".to_owned()
+    }
+
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities {
+            freeze: true,
+            memory_snapshot: false,
+            shared_dirs: true,
+        }
+    }
+
     fn start(&self, spec: &SandboxSpec) -> Result<()> {
         oci::validate(spec)?;
         // runc keeps a state dir per container; without one there is nothing to check, and
