@@ -33,36 +33,18 @@ fn api_status(e: &ClientError) -> u16 {
     e.status().unwrap_or_else(|| panic!("not an API error: {e}"))
 }
 
-/// Every route of the router is in the OpenAPI document and the other way round.
-#[test]
-fn openapi_document_matches_routes() {
-    let doc: serde_yaml::Value = serde_yaml::from_str(burrow_api::OPENAPI_YAML).unwrap();
-    let mut documented = std::collections::BTreeSet::new();
-    for (path, item) in doc["paths"].as_mapping().unwrap() {
-        for (method, _) in item.as_mapping().unwrap() {
-            let m = method.as_str().unwrap();
-            if ["get", "post", "put", "patch", "delete"].contains(&m) {
-                documented.insert((m.to_owned(), path.as_str().unwrap().to_owned()));
-            }
-        }
-    }
-    let served: std::collections::BTreeSet<_> = burrowd::api::ROUTES
-        .iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
-        .collect();
-    assert_eq!(
-        documented, served,
-        "openapi.yaml and burrowd::api::ROUTES disagree"
-    );
-}
-
 /// The daemon really serves every route in ROUTES (none falls to the 404/405 fallbacks).
 #[tokio::test(flavor = "multi_thread")]
 async fn every_documented_route_is_served() {
     let d = shared();
-    for (method, path) in burrowd::api::ROUTES {
-        let path = path.replace("{name}", "no-such-sandbox-x");
-        let r = raw_unix(&d.socket, &method.to_uppercase(), &path, &[JSON], b"{}".to_vec()).await;
+    // (The OpenAPI document lists the same routes: `burrowd::api::routes` tests that.)
+    for route in burrowd::api::ROUTES {
+        let method = match route.verb {
+            burrowd::api::Verb::Any => "GET".to_owned(),
+            v => v.as_str().to_uppercase(),
+        };
+        let path = route.path.replace("{name}", "no-such-sandbox-x");
+        let r = raw_unix(&d.socket, &method, &path, &[JSON], b"{}".to_vec()).await;
         let code = serde_json::from_slice::<serde_json::Value>(&r.body)
             .ok()
             .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))

@@ -5,11 +5,16 @@
 //! caveats on sandboxes, actions and expiry. A token that does not parse or verify gets 401;
 //! one whose caveat does not hold gets 403 naming the caveat. `/healthz` is open on both.
 //!
+//! What each route needs is its row's [`Rule`] in the route table (`super::routes`); the
+//! middleware looks it up by the route the router matched. A request no row declares is
+//! refused (404/405) on both listeners: nothing is allowed by default.
+//!
 //! `read` (a sandbox's record, events, service definitions, policy; and copying it by a fork
 //! or an image) is implied only by `exec` and `files`, which can read everything in it anyway.
 //! `http` is a sandbox's web URL and nothing else; `tunnel` is the raw TCP relay.
 
-use axum::extract::{Request, State};
+use axum::RequestExt;
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -37,6 +42,73 @@ pub const ACTIONS: &[&str] = &[
 
 /// Actions that imply `read` on the same sandbox: they can read everything in it anyway.
 const READ_IMPLIED_BY: &[&str] = &["exec", "files"];
+
+/// What the caller of a route must hold: the access rule of one row of the route table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Nothing, on either listener (the health check).
+    Open,
+    /// Any valid, unexpired token (the version, the spec, minting a narrower token).
+    AnyToken,
+    /// `action`, or one of `also`, not about one sandbox.
+    Global {
+        action: &'static str,
+        also: &'static [&'static str],
+    },
+    /// `action`, or one of `also`, on the sandbox the route's `{name}` segment names.
+    Sandbox {
+        action: &'static str,
+        also: &'static [&'static str],
+    },
+    /// Listing sandboxes: `read`; a token limited to some sandboxes may list and sees only those.
+    Listing,
+}
+
+impl Rule {
+    /// The action a refusal names: `None` when any valid token will do.
+    pub fn action(&self) -> Option<&'static str> {
+        match self {
+            Rule::Open | Rule::AnyToken => None,
+            Rule::Listing => Some("read"),
+            Rule::Global { action, .. } | Rule::Sandbox { action, .. } => Some(action),
+        }
+    }
+
+    /// Whether a token whose actions caveat lists `held` may call the route: its action, an
+    /// alternative, or one implying it.
+    pub fn allowed_by(&self, held: &str) -> bool {
+        let also = match self {
+            Rule::Global { also, .. } | Rule::Sandbox { also, .. } => also,
+            _ => &[][..],
+        };
+        allows(
+            held,
+            &Access {
+                sandbox: None,
+                action: self.action(),
+                also,
+            },
+        )
+    }
+}
+
+/// What checking a token needs from the daemon (a trait so that the decision can be tested
+/// without a `Manager`).
+pub trait TokenKeys {
+    /// The root key macaroons are verified with.
+    fn token_key(&self) -> &[u8];
+    /// The id of the sandbox named `name`, if it exists (a sandboxes caveat may name either).
+    fn sandbox_id(&self, name: &str) -> Option<String>;
+}
+
+impl TokenKeys for burrow_core::Manager {
+    fn token_key(&self) -> &[u8] {
+        burrow_core::Manager::token_key(self)
+    }
+    fn sandbox_id(&self, name: &str) -> Option<String> {
+        burrow_core::Manager::sandbox_id(self, name)
+    }
+}
 
 /// What a request does, for checking a token's caveats.
 #[derive(Debug, Clone, Copy)]
@@ -81,64 +153,6 @@ impl Caller {
     }
 }
 
-/// Classifies a request by method and path.
-pub fn access_for<'a>(method: &Method, path: &'a str) -> Access<'a> {
-    let is_get = method == Method::GET;
-    let any_token = Access {
-        sandbox: None,
-        action: None,
-        also: &[],
-    };
-    let segs: Vec<&'a str> = path.trim_matches('/').split('/').collect();
-    match segs.as_slice() {
-        ["healthz"] | ["openapi.yaml"] | ["v1", "version"] | ["v1", "tokens"] => any_token,
-        ["v1", "sandboxes"] if is_get => Access::new(None, "read"),
-        // Creating checks `read` on a fork's source too (in the handler: the body names it).
-        ["v1", "sandboxes"] => Access::new(None, "create"),
-        ["v1", "sandboxes", name] => Access::new(
-            Some(name),
-            match *method {
-                Method::GET => "read",
-                Method::DELETE => "delete",
-                _ => "config",
-            },
-        ),
-        ["v1", "sandboxes", name, rest @ ..] => {
-            let (action, also): (&'static str, &'static [&'static str]) = match rest[0] {
-                "start" | "stop" | "restart" | "sleep" | "wake" => ("lifecycle", &[]),
-                "exec" | "sessions" => ("exec", &[]),
-                "files" => ("files", &[]),
-                "events" => ("read", &[]),
-                "checkpoints" => ("checkpoints", &[]),
-                // Definitions carry env (passwords): `read`, or `services` which manages them.
-                "services" if is_get && rest.len() <= 2 => ("read", &["services"]),
-                "services" => ("services", &[]),
-                "policy" if is_get => ("read", &["policy"]),
-                "policy" => ("policy", &[]),
-                "secrets" => ("secrets", &[]),
-                "http" => ("http", &[]),
-                "proxy" => ("tunnel", &[]),
-                _ => ("config", &[]),
-            };
-            Access {
-                sandbox: Some(name),
-                action: Some(action),
-                also,
-            }
-        }
-        // Image names are what `create` picks from.
-        ["v1", "images"] if is_get => Access {
-            sandbox: None,
-            action: Some("read"),
-            also: &["create", "images"],
-        },
-        // Making an image from a sandbox checks `read` on it too (in the handler).
-        ["v1", "images", ..] => Access::new(None, "images"),
-        ["v1", "secrets", ..] => Access::new(None, "secrets"),
-        _ => Access::new(None, "read"),
-    }
-}
-
 /// Whether holding `held` allows a request needing `access`.
 fn allows(held: &str, access: &Access<'_>) -> bool {
     let Some(wanted) = access.action else {
@@ -175,13 +189,13 @@ pub fn ingress_credential(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
-fn verified(state: &AppState, token: Option<&str>) -> Result<(Macaroon, Caveats), ApiError> {
+fn verified(keys: &dyn TokenKeys, token: Option<&str>) -> Result<(Macaroon, Caveats), ApiError> {
     let token = token.ok_or_else(|| {
         unauthorized("missing bearer token: send 'Authorization: Bearer <token>' (the admin token is in DATA_DIR/admin.token)")
     })?;
     let mac = Macaroon::decode(token).map_err(|e| unauthorized(format!("invalid token: {e}")))?;
     let caveats = mac
-        .verify(state.mgr.token_key())
+        .verify(keys.token_key())
         .map_err(|e| unauthorized(format!("invalid token: {e}")))?;
     Ok((mac, caveats))
 }
@@ -189,12 +203,20 @@ fn verified(state: &AppState, token: Option<&str>) -> Result<(Macaroon, Caveats)
 /// Verifies `token` and checks its caveats against `access`: 401 for a missing, malformed or
 /// forged token, 403 naming the caveat that fails.
 pub fn authorize(state: &AppState, token: Option<&str>, access: Access<'_>) -> Result<Macaroon, ApiError> {
-    let (mac, caveats) = verified(state, token)?;
-    check_caveats(state, caveats, access)?;
+    authorize_with(&*state.mgr, token, access)
+}
+
+fn authorize_with(
+    keys: &dyn TokenKeys,
+    token: Option<&str>,
+    access: Access<'_>,
+) -> Result<Macaroon, ApiError> {
+    let (mac, caveats) = verified(keys, token)?;
+    check_caveats(keys, caveats, access)?;
     Ok(mac)
 }
 
-fn check_caveats(state: &AppState, caveats: Caveats, access: Access<'_>) -> Result<(), ApiError> {
+fn check_caveats(keys: &dyn TokenKeys, caveats: Caveats, access: Access<'_>) -> Result<(), ApiError> {
     let Some(action) = access.action else {
         // Still refuse an expired token for everything.
         let expiry_only = Caveats(
@@ -204,7 +226,7 @@ fn check_caveats(state: &AppState, caveats: Caveats, access: Access<'_>) -> Resu
                 .filter(|c| matches!(c, Caveat::ExpiresAt(_)))
                 .collect(),
         );
-        return check(&expiry_only, state, access, None);
+        return check(&expiry_only, keys, access, None);
     };
     // An actions caveat holds when it lists the action, an alternative, or one implying it;
     // one that does not stays, and its check names it.
@@ -218,7 +240,7 @@ fn check_caveats(state: &AppState, caveats: Caveats, access: Access<'_>) -> Resu
             })
             .collect(),
     );
-    check(&caveats, state, access, Some(action))
+    check(&caveats, keys, access, Some(action))
 }
 
 impl Caller {
@@ -231,14 +253,14 @@ impl Caller {
         let caveats = mac
             .verify(state.mgr.token_key())
             .map_err(|e| unauthorized(format!("invalid token: {e}")))?;
-        check_caveats(state, caveats, access)
+        check_caveats(&*state.mgr, caveats, access)
     }
 }
 
 /// Authorizes a listing of sandboxes: a token limited to some sandboxes may list, and sees
 /// only those (the other caveats still apply, `read` among them).
-pub fn authorize_listing(state: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {
-    let (mac, caveats) = verified(state, token)?;
+fn authorize_listing(keys: &dyn TokenKeys, token: Option<&str>) -> Result<Caller, ApiError> {
+    let (mac, caveats) = verified(keys, token)?;
     let read = Access::new(None, "read");
     let mut only: Option<Vec<String>> = None;
     let mut rest = Vec::new();
@@ -255,7 +277,7 @@ pub fn authorize_listing(state: &AppState, token: Option<&str>) -> Result<Caller
             other => rest.push(other),
         }
     }
-    check(&Caveats(rest), state, read, Some("read"))?;
+    check(&Caveats(rest), keys, read, Some("read"))?;
     Ok(Caller {
         macaroon: Some(mac),
         only_sandboxes: only,
@@ -264,11 +286,11 @@ pub fn authorize_listing(state: &AppState, token: Option<&str>) -> Result<Caller
 
 fn check(
     caveats: &Caveats,
-    state: &AppState,
+    keys: &dyn TokenKeys,
     access: Access<'_>,
     action: Option<&str>,
 ) -> Result<(), ApiError> {
-    let id = access.sandbox.and_then(|n| state.mgr.sandbox_id(n));
+    let id = access.sandbox.and_then(|n| keys.sandbox_id(n));
     let req = burrow_macaroon::Request {
         now: time::OffsetDateTime::now_utc().unix_timestamp(),
         sandbox: access.sandbox.map(|n| (n, id.as_deref().unwrap_or(""))),
@@ -281,129 +303,411 @@ fn check(
         .map_err(|d| ApiError::new(StatusCode::FORBIDDEN, "forbidden", d.to_string()).with_caveat(d.caveat))
 }
 
+/// The token middleware: authorises a request by the rule of the row the router matched.
 pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let transport = req
         .extensions()
         .get::<Transport>()
         .copied()
         .unwrap_or(Transport::Tcp);
-    if transport == Transport::Unix || req.uri().path() == "/healthz" {
-        req.extensions_mut().insert(Caller::default());
-        return next.run(req).await;
-    }
-    if req.method() == axum::http::Method::GET && req.uri().path().trim_end_matches('/') == "/v1/sandboxes" {
-        return match authorize_listing(&state, bearer(req.headers())) {
-            Ok(caller) => {
-                req.extensions_mut().insert(caller);
-                next.run(req).await
-            }
-            Err(e) => e.into_response(),
-        };
-    }
-    if bearer(req.headers()).is_none() && ingress_credential(req.headers()).is_some() {
-        return unauthorized(
-            "the burrow_token cookie signs in to a sandbox's web URL only; API requests need \
-             'Authorization: Bearer <token>'",
-        )
-        .into_response();
-    }
-    let access = access_for(req.method(), req.uri().path());
-    match authorize(&state, bearer(req.headers()), access) {
-        Ok(mac) => {
-            req.extensions_mut().insert(Caller {
-                macaroon: Some(mac),
-                only_sandboxes: None,
-            });
+    let pattern = req.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let rule = route_rule(req.method(), pattern, req.uri().path());
+    let sandbox = match rule {
+        Ok(Rule::Sandbox { .. }) => match req.extract_parts::<RawPathParams>().await {
+            Ok(params) => params
+                .iter()
+                .find(|(k, _)| *k == "name")
+                .map(|(_, v)| v.to_owned()),
+            Err(e) => return e.into_response(),
+        },
+        _ => None,
+    };
+    match decide(&*state.mgr, transport, req.headers(), rule, sandbox.as_deref()) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
             next.run(req).await
         }
         Err(e) => e.into_response(),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn actions_by_route() {
-        let a = |m: Method, p: &'static str| {
-            let x = access_for(&m, p);
-            (x.sandbox, x.action)
-        };
-        assert_eq!(a(Method::GET, "/v1/sandboxes"), (None, Some("read")));
-        assert_eq!(a(Method::POST, "/v1/sandboxes"), (None, Some("create")));
-        assert_eq!(a(Method::GET, "/v1/sandboxes/dev"), (Some("dev"), Some("read")));
-        assert_eq!(
-            a(Method::DELETE, "/v1/sandboxes/dev"),
-            (Some("dev"), Some("delete"))
-        );
-        assert_eq!(
-            a(Method::POST, "/v1/sandboxes/dev/exec"),
-            (Some("dev"), Some("exec"))
-        );
-        assert_eq!(
-            a(Method::GET, "/v1/sandboxes/dev/sessions/s-1/attach"),
-            (Some("dev"), Some("exec"))
-        );
-        assert_eq!(
-            a(Method::PUT, "/v1/sandboxes/dev/files"),
-            (Some("dev"), Some("files"))
-        );
-        assert_eq!(
-            a(Method::POST, "/v1/sandboxes/dev/sleep"),
-            (Some("dev"), Some("lifecycle"))
-        );
-        assert_eq!(
-            a(Method::GET, "/v1/sandboxes/dev/services/web/logs"),
-            (Some("dev"), Some("services"))
-        );
-        assert_eq!(
-            a(Method::PUT, "/v1/sandboxes/dev/policy/network"),
-            (Some("dev"), Some("policy"))
-        );
-        assert_eq!(
-            a(Method::GET, "/v1/sandboxes/dev/http/x"),
-            (Some("dev"), Some("http"))
-        );
-        assert_eq!(
-            a(Method::GET, "/v1/sandboxes/dev/proxy/5432"),
-            (Some("dev"), Some("tunnel"))
-        );
-        assert_eq!(
-            a(Method::GET, "/v1/sandboxes/dev/services"),
-            (Some("dev"), Some("read"))
-        );
-        assert_eq!(
-            a(Method::GET, "/v1/sandboxes/dev/events"),
-            (Some("dev"), Some("read"))
-        );
-        assert_eq!(a(Method::POST, "/v1/secrets"), (None, Some("secrets")));
-        assert_eq!(a(Method::POST, "/v1/tokens"), (None, None));
-        for (_, action) in [
-            a(Method::GET, "/v1/sandboxes/d/proxy/1"),
-            a(Method::GET, "/v1/sandboxes/d/events"),
-        ] {
-            assert!(ACTIONS.contains(&action.unwrap()));
+/// The rule of the row for `method` on the route the router matched (`pattern`, `None` when
+/// it matched none); otherwise the 404 or 405 that answers the request.
+fn route_rule(method: &Method, pattern: Option<&str>, path: &str) -> Result<Rule, ApiError> {
+    match pattern {
+        Some(pattern) => {
+            super::routes::rule_for(method, pattern).ok_or_else(|| ApiError::method_not_allowed(method, path))
         }
-        for (_, action) in [
-            a(Method::POST, "/v1/images/build"),
-            a(Method::PUT, "/v1/sandboxes/d/secrets/s"),
-        ] {
-            assert!(ACTIONS.contains(&action.unwrap()));
-        }
+        None => Err(ApiError::no_route(path)),
     }
 }
 
+/// Decides a request from its route's rule (`Err` when no row declares its method and path:
+/// the 404 or 405 to answer), the sandbox its `{name}` names (decoded, as its handler sees
+/// it) and its credentials: the caller it acts as, or the refusal.
+///
+/// An undeclared request is refused whoever sends it. On TCP a valid token is checked first,
+/// so that without one every path answers alike (401).
+fn decide(
+    keys: &dyn TokenKeys,
+    transport: Transport,
+    headers: &HeaderMap,
+    rule: Result<Rule, ApiError>,
+    sandbox: Option<&str>,
+) -> Result<Caller, ApiError> {
+    if transport == Transport::Unix {
+        return rule.map(|_| Caller::default());
+    }
+    if matches!(rule, Ok(Rule::Open)) {
+        return Ok(Caller::default());
+    }
+    let token = bearer(headers);
+    if token.is_none() && ingress_credential(headers).is_some() {
+        return Err(unauthorized(
+            "the burrow_token cookie signs in to a sandbox's web URL only; API requests need \
+             'Authorization: Bearer <token>'",
+        ));
+    }
+    let rule = match rule {
+        Ok(rule) => rule,
+        Err(undeclared) => {
+            verified(keys, token)?;
+            return Err(undeclared);
+        }
+    };
+    let access = match rule {
+        Rule::Open => return Ok(Caller::default()),
+        Rule::Listing => return authorize_listing(keys, token),
+        Rule::AnyToken => Access {
+            sandbox: None,
+            action: None,
+            also: &[],
+        },
+        Rule::Global { action, also } => Access {
+            sandbox: None,
+            action: Some(action),
+            also,
+        },
+        Rule::Sandbox { action, also } => Access {
+            sandbox: Some(sandbox.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the route's rule is about a sandbox but its path names none",
+                )
+            })?),
+            action: Some(action),
+            also,
+        },
+    };
+    let mac = authorize_with(keys, token, access)?;
+    Ok(Caller {
+        macaroon: Some(mac),
+        only_sandboxes: None,
+    })
+}
+
 #[cfg(test)]
-mod implied {
+mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
+    use crate::api::routes::rule_for;
+
+    const KEY: &[u8] = b"a test root key of thirty-two by";
+
+    struct Keys;
+
+    impl TokenKeys for Keys {
+        fn token_key(&self) -> &[u8] {
+            KEY
+        }
+        fn sandbox_id(&self, name: &str) -> Option<String> {
+            (name == "dev").then(|| "sb-dev".to_owned())
+        }
+    }
+
+    fn token(caveats: &[Caveat]) -> HeaderMap {
+        let mac = Macaroon::mint(KEY, "t", caveats);
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {}", mac.encode())).unwrap(),
+        );
+        h
+    }
+
+    fn actions(list: &[&str]) -> Caveat {
+        Caveat::Actions(list.iter().map(|a| a.to_string()).collect())
+    }
+
+    /// What the middleware decides for `method` on the route `pattern` (`None`: no route
+    /// matched) with `headers`; `Ok(true)` when the caller acts with a token's caveats.
+    fn decide_for(
+        transport: Transport,
+        method: Method,
+        pattern: Option<&str>,
+        sandbox: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<bool, (u16, &'static str)> {
+        let rule = route_rule(&method, pattern, "/the/request/path");
+        decide(&Keys, transport, headers, rule, sandbox)
+            .map(|c| c.macaroon.is_some())
+            .map_err(|e| (e.status.as_u16(), e.code))
+    }
+
+    /// The rule of some routes, written out independently of the table.
+    #[test]
+    fn actions_by_route() {
+        let a = |m: Method, p: &str| match rule_for(&m, p).unwrap_or_else(|| panic!("{m} {p}")) {
+            Rule::Global { action, also } => (false, Some(action), also),
+            Rule::Sandbox { action, also } => (true, Some(action), also),
+            Rule::Listing => (false, Some("read"), &[][..]),
+            Rule::Open | Rule::AnyToken => (false, None, &[][..]),
+        };
+        let none: &[&str] = &[];
+        assert_eq!(a(Method::GET, "/v1/sandboxes"), (false, Some("read"), none));
+        assert_eq!(rule_for(&Method::GET, "/v1/sandboxes"), Some(Rule::Listing));
+        assert_eq!(a(Method::POST, "/v1/sandboxes"), (false, Some("create"), none));
+        assert_eq!(a(Method::GET, "/v1/sandboxes/{name}"), (true, Some("read"), none));
+        assert_eq!(
+            a(Method::PATCH, "/v1/sandboxes/{name}"),
+            (true, Some("config"), none)
+        );
+        assert_eq!(
+            a(Method::DELETE, "/v1/sandboxes/{name}"),
+            (true, Some("delete"), none)
+        );
+        assert_eq!(
+            a(Method::POST, "/v1/sandboxes/{name}/exec"),
+            (true, Some("exec"), none)
+        );
+        assert_eq!(
+            a(Method::GET, "/v1/sandboxes/{name}/exec"),
+            (true, Some("exec"), none)
+        );
+        assert_eq!(
+            a(Method::GET, "/v1/sandboxes/{name}/sessions/{id}/attach"),
+            (true, Some("exec"), none)
+        );
+        assert_eq!(
+            a(Method::PUT, "/v1/sandboxes/{name}/files"),
+            (true, Some("files"), none)
+        );
+        assert_eq!(
+            a(Method::POST, "/v1/sandboxes/{name}/sleep"),
+            (true, Some("lifecycle"), none)
+        );
+        assert_eq!(
+            a(Method::GET, "/v1/sandboxes/{name}/services/{svc}/logs"),
+            (true, Some("services"), none)
+        );
+        assert_eq!(
+            a(Method::GET, "/v1/sandboxes/{name}/services"),
+            (true, Some("read"), &["services"][..])
+        );
+        assert_eq!(
+            a(Method::GET, "/v1/sandboxes/{name}/services/{svc}"),
+            (true, Some("read"), &["services"][..])
+        );
+        assert_eq!(
+            a(Method::PUT, "/v1/sandboxes/{name}/policy/network"),
+            (true, Some("policy"), none)
+        );
+        assert_eq!(
+            a(Method::GET, "/v1/sandboxes/{name}/policy/network"),
+            (true, Some("read"), &["policy"][..])
+        );
+        for m in [Method::GET, Method::POST, Method::OPTIONS, Method::HEAD] {
+            for p in [
+                "/v1/sandboxes/{name}/http",
+                "/v1/sandboxes/{name}/http/",
+                "/v1/sandboxes/{name}/http/{*path}",
+            ] {
+                assert_eq!(a(m.clone(), p), (true, Some("http"), none), "{m} {p}");
+            }
+        }
+        assert_eq!(
+            a(Method::GET, "/v1/sandboxes/{name}/proxy/{port}"),
+            (true, Some("tunnel"), none)
+        );
+        assert_eq!(
+            a(Method::GET, "/v1/sandboxes/{name}/events"),
+            (true, Some("read"), none)
+        );
+        assert_eq!(
+            a(Method::GET, "/v1/images"),
+            (false, Some("read"), &["create", "images"][..])
+        );
+        assert_eq!(a(Method::POST, "/v1/images/build"), (false, Some("images"), none));
+        assert_eq!(
+            a(Method::PUT, "/v1/sandboxes/{name}/secrets/{secret}"),
+            (true, Some("secrets"), none)
+        );
+        assert_eq!(a(Method::POST, "/v1/secrets"), (false, Some("secrets"), none));
+        assert_eq!(rule_for(&Method::POST, "/v1/tokens"), Some(Rule::AnyToken));
+        assert_eq!(rule_for(&Method::GET, "/v1/version"), Some(Rule::AnyToken));
+        assert_eq!(rule_for(&Method::GET, "/healthz"), Some(Rule::Open));
+        // HEAD runs the GET handler, so it has the GET rule.
+        assert_eq!(
+            rule_for(&Method::HEAD, "/v1/sandboxes/{name}"),
+            rule_for(&Method::GET, "/v1/sandboxes/{name}")
+        );
+    }
+
+    #[test]
+    fn a_declared_route_is_granted_by_its_action_and_not_without_it() {
+        let exec = Some("/v1/sandboxes/{name}/exec");
+        let ok = token(&[actions(&["exec"]), Caveat::Sandboxes(vec!["dev".into()])]);
+        assert_eq!(
+            decide_for(Transport::Tcp, Method::POST, exec, Some("dev"), &ok),
+            Ok(true)
+        );
+        let wrong_action = token(&[actions(&["files", "read", "http"])]);
+        assert_eq!(
+            decide_for(Transport::Tcp, Method::POST, exec, Some("dev"), &wrong_action),
+            Err((403, "forbidden"))
+        );
+        // The sandbox is the one the route's `{name}` names.
+        assert_eq!(
+            decide_for(Transport::Tcp, Method::POST, exec, Some("other"), &ok),
+            Err((403, "forbidden"))
+        );
+        assert_eq!(
+            decide_for(Transport::Tcp, Method::POST, exec, Some("dev"), &HeaderMap::new()),
+            Err((401, "unauthorized"))
+        );
+        assert_eq!(
+            decide_for(
+                Transport::Unix,
+                Method::POST,
+                exec,
+                Some("dev"),
+                &HeaderMap::new()
+            ),
+            Ok(false)
+        );
+        // Open and any-token routes.
+        let health = Some("/healthz");
+        assert_eq!(
+            decide_for(Transport::Tcp, Method::GET, health, None, &HeaderMap::new()),
+            Ok(false)
+        );
+        let version = Some("/v1/version");
+        assert_eq!(
+            decide_for(Transport::Tcp, Method::GET, version, None, &HeaderMap::new()),
+            Err((401, "unauthorized"))
+        );
+        assert_eq!(
+            decide_for(Transport::Tcp, Method::GET, version, None, &wrong_action),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn a_request_no_row_declares_is_refused_whoever_sends_it() {
+        let admin = token(&[]);
+        for transport in [Transport::Tcp, Transport::Unix] {
+            // No route at all: 404, to the admin token and on the unix socket too.
+            assert_eq!(
+                decide_for(transport, Method::GET, None, None, &admin),
+                Err((404, "route_not_found"))
+            );
+            // A route, but no row for the method: 405.
+            assert_eq!(
+                decide_for(transport, Method::PUT, Some("/v1/sandboxes"), None, &admin),
+                Err((405, "method_not_allowed"))
+            );
+            // A route the router matched but the table does not declare (a router built
+            // from anything but the table): refused, not granted by some default.
+            assert_eq!(
+                decide_for(
+                    transport,
+                    Method::GET,
+                    Some("/v1/sandboxes/{name}/undeclared"),
+                    Some("dev"),
+                    &admin
+                ),
+                Err((405, "method_not_allowed"))
+            );
+            // Control: a declared route with the same caller passes.
+            assert_eq!(
+                decide_for(
+                    transport,
+                    Method::GET,
+                    Some("/v1/sandboxes/{name}"),
+                    Some("dev"),
+                    &admin
+                ),
+                Ok(transport == Transport::Tcp)
+            );
+        }
+        // Without a valid token every path answers alike: 401.
+        assert_eq!(
+            decide_for(Transport::Tcp, Method::GET, None, None, &HeaderMap::new()),
+            Err((401, "unauthorized"))
+        );
+        // A sandbox rule with no sandbox to check is refused too.
+        assert_eq!(
+            decide_for(
+                Transport::Tcp,
+                Method::GET,
+                Some("/v1/sandboxes/{name}"),
+                None,
+                &admin
+            ),
+            Err((500, "internal"))
+        );
+    }
+
+    #[test]
+    fn the_sign_in_cookie_is_not_an_api_credential() {
+        let mac = Macaroon::mint(KEY, "t", &[]);
+        let mut h = HeaderMap::new();
+        h.insert(
+            axum::http::header::COOKIE,
+            HeaderValue::from_str(&format!("burrow_token={}", mac.encode())).unwrap(),
+        );
+        assert_eq!(
+            decide_for(Transport::Tcp, Method::GET, Some("/v1/version"), None, &h),
+            Err((401, "unauthorized"))
+        );
+        // Control: the same token as a bearer header.
+        assert_eq!(
+            decide_for(
+                Transport::Tcp,
+                Method::GET,
+                Some("/v1/version"),
+                None,
+                &token(&[])
+            ),
+            Ok(true)
+        );
+    }
+
+    /// The access a route's rule asks of a request for sandbox `d`.
+    fn access(method: Method, pattern: &str) -> Access<'static> {
+        match rule_for(&method, pattern).unwrap() {
+            Rule::Sandbox { action, also } => Access {
+                sandbox: Some("d"),
+                action: Some(action),
+                also,
+            },
+            Rule::Global { action, also } => Access {
+                sandbox: None,
+                action: Some(action),
+                also,
+            },
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn what_allows_what() {
-        let services_list = access_for(&Method::GET, "/v1/sandboxes/d/services");
-        let events = access_for(&Method::GET, "/v1/sandboxes/d/events");
-        let record = access_for(&Method::GET, "/v1/sandboxes/d");
-        let tunnel = access_for(&Method::GET, "/v1/sandboxes/d/proxy/5432");
+        let services_list = access(Method::GET, "/v1/sandboxes/{name}/services");
+        let events = access(Method::GET, "/v1/sandboxes/{name}/events");
+        let record = access(Method::GET, "/v1/sandboxes/{name}");
+        let tunnel = access(Method::GET, "/v1/sandboxes/{name}/proxy/{port}");
         // `http` is the web URL and nothing else.
         for x in [&services_list, &events, &record, &tunnel] {
             assert!(!allows("http", x), "{x:?}");
@@ -411,7 +715,7 @@ mod implied {
         }
         assert!(allows(
             "http",
-            &access_for(&Method::POST, "/v1/sandboxes/d/http/x")
+            &access(Method::POST, "/v1/sandboxes/{name}/http/{*path}")
         ));
         assert!(allows("tunnel", &tunnel));
         assert!(allows("services", &services_list));
@@ -422,7 +726,7 @@ mod implied {
                 "{x:?}"
             );
         }
-        assert!(allows("create", &access_for(&Method::GET, "/v1/images")));
+        assert!(allows("create", &access(Method::GET, "/v1/images")));
     }
 
     #[test]

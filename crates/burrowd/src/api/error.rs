@@ -94,18 +94,30 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// No route has this path.
+    pub fn no_route(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            format!("no such endpoint: {path}"),
+        )
+    }
+
+    /// A route has this path, but not with this method.
+    pub fn method_not_allowed(method: &axum::http::Method, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}"),
+        )
+    }
+}
+
 pub async fn no_route(uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "route_not_found",
-        format!("no such endpoint: {}", uri.path()),
-    )
+    ApiError::no_route(uri.path())
 }
 
 pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("{method} is not allowed on {}", uri.path()),
-    )
+    ApiError::method_not_allowed(&method, uri.path())
 }

@@ -20,14 +20,12 @@
 
 use std::net::SocketAddr;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
 use burrow_api::UrlAuth;
 use burrow_core::{CoreError, Tunnel};
 use burrow_egress::proxy::strip_hop_by_hop;
@@ -46,15 +44,6 @@ const TOKEN_PARAM: &str = "burrow_token";
 /// (no `allow-same-origin`), so their scripts can neither read the API origin's storage nor
 /// call the API as same-origin.
 const PATH_CSP: &str = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads";
-
-/// The ingress routes (merged into the API router, behind the token middleware).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/sandboxes/{name}/http", any(by_path))
-        .route("/v1/sandboxes/{name}/http/", any(by_path))
-        .route("/v1/sandboxes/{name}/http/{*path}", any(by_path))
-        .route("/v1/sandboxes/{name}/proxy/{port}", get(relay_ws))
-}
 
 /// Runs before the token middleware, on every request. On TCP it routes requests whose Host
 /// is `{name}.{base_domain}` to that sandbox, turns `?burrow_token=…` into a cookie, and lets
@@ -86,7 +75,7 @@ pub async fn before_auth(State(state): State<AppState>, req: Request, next: Next
 }
 
 /// `ANY /v1/sandboxes/{name}/http[/{path}]`, after the token middleware.
-async fn by_path(State(state): State<AppState>, req: Request) -> Response {
+pub(super) async fn by_path(State(state): State<AppState>, req: Request) -> Response {
     match ingress_path(req.uri()) {
         Some((name, target)) => proxy(&state, &name, req, target, Origin::Api).await,
         None => {
@@ -437,7 +426,7 @@ fn set_forwarded(headers: &mut HeaderMap, peer: Option<std::net::IpAddr>, host: 
 // ----- WebSocket relay ---------------------------------------------------------------
 
 /// `GET /v1/sandboxes/{name}/proxy/{port}`: a WebSocket carrying one TCP connection.
-async fn relay_ws(
+pub(super) async fn relay_ws(
     State(state): State<AppState>,
     Path((name, port)): Path<(String, String)>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
