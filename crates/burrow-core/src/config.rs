@@ -22,6 +22,11 @@ pub struct Config {
     pub uid_count: u32,
     /// Settings of the container engine only.
     pub container: ContainerSettings,
+    /// Settings of the vm engine; `None` turns it off.
+    pub vm: Option<VmSettings>,
+    /// The engine of sandboxes that name none; `None`: vm where KVM boots a guest, else
+    /// container.
+    pub default_engine: Option<burrow_api::EngineKind>,
     pub base_domain: String,
     /// Port used when printing sandbox URLs.
     pub public_port: u16,
@@ -41,6 +46,25 @@ pub struct ContainerSettings {
     pub runc_bin: PathBuf,
     /// Name of this daemon's cgroup parent (unique per data dir).
     pub cgroup_parent: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmSettings {
+    pub qemu_bin: PathBuf,
+    /// The guest kernel kit (`scripts/guest-kit.sh`).
+    pub guest_dir: PathBuf,
+    /// Forced accelerator; `None`: KVM where a test boot succeeds, else TCG.
+    pub accel: Option<burrow_engine::vm::Accel>,
+}
+
+impl Default for VmSettings {
+    fn default() -> Self {
+        Self {
+            qemu_bin: PathBuf::from("qemu-system-x86_64"),
+            guest_dir: PathBuf::from(burrow_engine::vm_guest::DEFAULT_GUEST_DIR),
+            accel: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +110,8 @@ impl Config {
             agent_bin: PathBuf::from("burrow-agent"),
             uid_base: 2_000_000,
             uid_count: 65536,
+            vm: Some(VmSettings::default()),
+            default_engine: None,
             container: ContainerSettings {
                 runc_bin: PathBuf::from("runc"),
                 cgroup_parent,
@@ -110,6 +136,14 @@ impl Config {
 
     pub fn runc_root(&self) -> PathBuf {
         self.data_dir.join("runc")
+    }
+
+    /// Host-wide cache shared by every daemon of this host (image downloads, the VM
+    /// accelerator test, initramfs builds).
+    pub fn host_cache_dir(&self) -> PathBuf {
+        self.image_cache_dir
+            .parent()
+            .map_or_else(|| self.data_dir.join("cache"), std::path::Path::to_path_buf)
     }
 
     /// The container engine's configuration.

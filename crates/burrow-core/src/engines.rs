@@ -18,6 +18,63 @@ pub struct Engines {
     default: EngineKind,
 }
 
+/// Builds the vm engine from `cfg.vm`, or says why it cannot run here (the message names
+/// what to install).
+pub fn vm_engine(cfg: &crate::Config) -> Result<burrow_engine::vm::VmEngine, String> {
+    use burrow_engine::vm::{self, VmConfig, VmEngine};
+    let Some(s) = &cfg.vm else {
+        return Err("turned off (--vm off)".into());
+    };
+    let qemu_version = vm::qemu_version(&s.qemu_bin).map_err(|e| {
+        format!(
+            "cannot run {} ({e}); install Debian's qemu-system-x86 (scripts/setup.sh)",
+            s.qemu_bin.display()
+        )
+    })?;
+    let guest = burrow_engine::vm_guest::GuestKernel::find(&s.guest_dir).map_err(|e| e.to_string())?;
+    let cache = cfg.host_cache_dir().join("vm");
+    std::fs::create_dir_all(&cache).map_err(|e| format!("creating {}: {e}", cache.display()))?;
+    // The initramfs is the agent plus the guest's modules: one per agent build and kernel.
+    let agent = std::fs::metadata(&cfg.agent_bin).map_err(|e| format!("{}: {e}", cfg.agent_bin.display()))?;
+    let key = crate::config::fnv1a(
+        format!(
+            "{}:{}:{:?}:{}",
+            cfg.agent_bin.display(),
+            agent.len(),
+            agent.modified().ok(),
+            guest.release
+        )
+        .as_bytes(),
+    );
+    let initramfs = cache.join(format!("initramfs-{key:016x}.cpio"));
+    if !initramfs.is_file() {
+        burrow_engine::vm_guest::build_initramfs(&cfg.agent_bin, &s.guest_dir, &initramfs)
+            .map_err(|e| format!("building the guest's initramfs: {e}"))?;
+    }
+    let (accel, why) = match s.accel {
+        Some(a) => (a, format!("{} (forced)", a.as_str())),
+        None => vm::probe::accel(
+            &s.qemu_bin,
+            &qemu_version,
+            &guest.vmlinuz,
+            &guest.release,
+            &cache.join("accel.json"),
+        ),
+    };
+    tracing::info!(accel = accel.as_str(), %why, "vm engine");
+    VmEngine::new(VmConfig {
+        qemu_bin: s.qemu_bin.clone(),
+        guest,
+        initramfs,
+        accel,
+        run_root: cfg.run_dir(),
+        uid_base: cfg.uid_base,
+        uid_count: cfg.uid_count,
+        tsc_khz: vm::host_tsc_khz(),
+    })
+    .map_err(|e| e.to_string())
+}
+
 impl Engines {
     /// An empty set whose default is `default` (added later, or the first one added).
     pub fn new(default: EngineKind) -> Self {

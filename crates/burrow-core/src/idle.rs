@@ -17,10 +17,12 @@ use burrow_api::SandboxStatus;
 use crate::manager::Manager;
 use crate::state::Action;
 
-/// Warm (frozen, memory kept) or cold (stopped, disk kept).
+/// Warm (frozen, memory kept), memory (a VM's memory and devices saved to its volume, no
+/// process left) or cold (stopped, disk kept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SleepMode {
     Warm,
+    Memory,
     Cold,
 }
 
@@ -28,6 +30,7 @@ impl SleepMode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Warm => "warm",
+            Self::Memory => "memory",
             Self::Cold => "cold",
         }
     }
@@ -242,6 +245,8 @@ impl Manager {
         }
         self.set_end_reason(&rec.name, format!("sandbox '{}' went to cold sleep", rec.name));
         self.halt(&rec).await?;
+        // Cold means no process kept: a saved VM memory goes too.
+        self.discard_memory(&rec).await?;
         self.activity.set_sleep(&rec.id, Some(SleepMode::Cold));
         self.events
             .emit(&rec.name, "sleeping", serde_json::json!({"mode": "cold"}));

@@ -39,6 +39,8 @@ pub struct Manager {
     pub(crate) store: Arc<Store>,
     pub(crate) pool: Arc<dyn Pool>,
     pub(crate) engines: crate::engines::Engines,
+    /// Held while an image's VM disk is made ([`Manager::image_disk`]).
+    image_disks: tokio::sync::Mutex<()>,
     pub(crate) images: ImageService,
     agents: Mutex<HashMap<String, AgentClient<Channel>>>,
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -104,11 +106,23 @@ impl Manager {
         let data_dir = cfg.data_dir.clone();
         let pool: Arc<dyn Pool> =
             blocking(move || Ok(Arc::from(burrow_storage::open_pool(&data_dir, &pool_opts)?))).await?;
-        let engines = crate::engines::Engines::new(EngineKind::Container)
-            .with(Arc::new(burrow_engine::container::ContainerEngine::new(
-                cfg.container_engine(),
-            )?))
-            .without(EngineKind::Vm, "the vm engine is not built yet");
+        let vm_cfg = cfg.clone();
+        let vm = blocking(move || Ok(crate::engines::vm_engine(&vm_cfg))).await?;
+        // The default: what the operator chose, else a VM where KVM boots one.
+        let default = cfg.default_engine.unwrap_or(match &vm {
+            Ok(e) if e.accel() == burrow_engine::vm::Accel::Kvm => EngineKind::Vm,
+            _ => EngineKind::Container,
+        });
+        let mut engines = crate::engines::Engines::new(default).with(Arc::new(
+            burrow_engine::container::ContainerEngine::new(cfg.container_engine())?,
+        ));
+        engines = match vm {
+            Ok(e) => engines.with(Arc::new(e)),
+            Err(why) => {
+                tracing::info!(%why, "vm engine unavailable");
+                engines.without(EngineKind::Vm, why)
+            }
+        };
         let images = ImageService::new(cfg.clone(), store.clone(), pool.clone());
         let keys = crate::keys::Keys::open(&cfg.data_dir)?;
         let net = match &cfg.network {
@@ -130,6 +144,7 @@ impl Manager {
             store,
             pool,
             engines,
+            image_disks: tokio::sync::Mutex::new(()),
             images,
             agents: Mutex::new(HashMap::new()),
             op_locks: Mutex::new(HashMap::new()),
@@ -605,11 +620,16 @@ impl Manager {
         match (image_path, fork_src) {
             (_, Some((src, cp))) => self.snapshot_fork_source(&src, cp.as_deref(), dst).await?,
             (Some(image_path), None) => {
-                blocking(move || Ok(pool.snapshot(&image_path, &dst, false)?)).await?
+                let src = match self.engine(rec)?.disk_kind() {
+                    burrow_engine::DiskKind::Tree => image_path,
+                    burrow_engine::DiskKind::Image => self.image_disk(rec, &image_path).await?,
+                };
+                blocking(move || Ok(pool.snapshot(&src, &dst, false)?)).await?
             }
             (None, None) => return Err(CoreError::Internal("nothing to create the sandbox from".into())),
         }
         tracing::debug!(sandbox = %rec.name, ms = t.elapsed().as_secs_f64() * 1e3, "snapshot");
+        self.size_disk_image(rec).await?;
         self.apply_disk_limit(rec).await?;
         crate::fault::point("create.after_snapshot");
         self.boot(rec).await?;
@@ -617,11 +637,76 @@ impl Manager {
         Ok(())
     }
 
+    /// The volume an image-disk engine's sandboxes of `rec.image` are snapshots of: the
+    /// image's tree made into a disk image by the engine, once per image version (a rebuilt
+    /// image gets a new one), read-only, under `vmdisks/` in the pool.
+    async fn image_disk(&self, rec: &SandboxRecord, tree: &std::path::Path) -> Result<PathBuf> {
+        let engine = self.engine(rec)?;
+        let made = self
+            .store
+            .image(&rec.image)?
+            .map(|i| i.created_at)
+            .unwrap_or_default();
+        let key = format!(
+            "{}-{}-{:08x}",
+            rec.image,
+            engine.kind().as_str(),
+            crate::config::fnv1a(made.as_bytes()) as u32
+        );
+        let dir = self.pool.root().join("vmdisks");
+        let vol = dir.join(&key);
+        // One build at a time: two creates from a fresh image wait for the same disk.
+        let _g = self.image_disks.lock().await;
+        if self.pool.is_volume(&vol) {
+            return Ok(vol);
+        }
+        let pool = self.pool.clone();
+        let tree = tree.to_owned();
+        let out = vol.clone();
+        let t = std::time::Instant::now();
+        blocking(move || {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| CoreError::Internal(format!("creating {}: {e}", dir.display())))?;
+            let tmp = out.with_extension("new");
+            if pool.is_volume(&tmp) {
+                pool.delete_volume(&tmp)?;
+            }
+            pool.create_volume(&tmp)?;
+            if let Err(e) = engine.prepare_image(&tree, &tmp) {
+                let _ = pool.delete_volume(&tmp);
+                return Err(e.into());
+            }
+            pool.set_readonly(&tmp, true)?;
+            std::fs::rename(&tmp, &out)
+                .map_err(|e| CoreError::Internal(format!("renaming {}: {e}", tmp.display())))?;
+            Ok(())
+        })
+        .await?;
+        tracing::info!(image = %rec.image, ms = t.elapsed().as_secs_f64() * 1e3, "made the image's VM disk");
+        Ok(vol)
+    }
+
+    /// Grows an image-disk sandbox's disk file to `disk_gb` (the guest grows its
+    /// filesystem to the device at boot). Nothing for tree disks.
+    pub(crate) async fn size_disk_image(&self, rec: &SandboxRecord) -> Result<()> {
+        if self.engine(rec)?.disk_kind() != burrow_engine::DiskKind::Image {
+            return Ok(());
+        }
+        let disk = self.pool.sandbox_path(&rec.id).join(burrow_engine::DISK_IMAGE);
+        let bytes = rec.config.disk_gb << 30;
+        blocking(move || Ok(burrow_engine::vm::disk::grow(&disk, bytes)?)).await
+    }
+
     /// Enforces `disk_gb` on the sandbox's volume (btrfs qgroup on what it references).
     pub(crate) async fn apply_disk_limit(&self, rec: &SandboxRecord) -> Result<()> {
         let pool = self.pool.clone();
         let path = pool.sandbox_path(&rec.id);
-        let bytes = rec.config.disk_gb << 30;
+        // A VM's volume holds its guest memory too: the limit is on the disk's share.
+        let memory = match self.engine(rec)?.disk_kind() {
+            burrow_engine::DiskKind::Image => rec.config.memory_mb << 20,
+            burrow_engine::DiskKind::Tree => 0,
+        };
+        let bytes = (rec.config.disk_gb << 30) + memory;
         let enforced = blocking(move || Ok(pool.set_quota(&path, bytes)?)).await?;
         if !enforced {
             tracing::warn!(sandbox = %rec.name, "disk limit not enforced: the pool has no quotas (dir pool)");
@@ -677,8 +762,10 @@ impl Manager {
     }
 
     async fn connect_agent(&self, rec: &SandboxRecord) -> Result<AgentClient<Channel>> {
-        let sock = self.engine(rec)?.agent_socket(&self.run_dir(&rec.id));
-        let conn = burrow_agent_proto::client::connect_unix(&sock, AGENT_CONNECT_TIMEOUT)
+        let engine = self.engine(rec)?;
+        let sock = engine.agent_socket(&self.run_dir(&rec.id));
+        let timeout = engine.ready_timeout().max(AGENT_CONNECT_TIMEOUT);
+        let conn = burrow_agent_proto::client::connect_unix(&sock, timeout)
             .await
             .map_err(|e| CoreError::Agent {
                 name: rec.name.clone(),
@@ -703,6 +790,12 @@ impl Manager {
             Some(c) => Ok(c),
             None => self.connect_agent(rec).await,
         }
+    }
+
+    /// Whether `rec`'s volume holds a memory state its engine resumes on the next start.
+    pub(crate) fn has_saved_memory(&self, rec: &SandboxRecord) -> bool {
+        self.engine(rec)
+            .is_ok_and(|e| e.suspended(&self.pool.sandbox_path(&rec.id)))
     }
 
     /// The engine that runs `rec` (the one its record names).
@@ -790,11 +883,10 @@ impl Manager {
             (SandboxStatus::Stopped, Action::Stop) => {}
             (SandboxStatus::Sleeping, Action::Sleep) => {}
             (SandboxStatus::Running, Action::Sleep) => {
-                self.freeze(&rec, true).await?;
-                self.activity
-                    .set_sleep(&rec.id, Some(crate::idle::SleepMode::Warm));
+                let mode = self.put_to_sleep(&rec).await?;
+                self.activity.set_sleep(&rec.id, Some(mode));
                 self.events
-                    .emit(&rec.name, "sleeping", serde_json::json!({"mode": "warm"}));
+                    .emit(&rec.name, "sleeping", serde_json::json!({"mode": mode.as_str()}));
             }
             (SandboxStatus::Sleeping, Action::Wake | Action::Start) => {
                 let t = std::time::Instant::now();
@@ -804,13 +896,16 @@ impl Manager {
                     .unwrap_or(crate::idle::SleepMode::Warm);
                 match mode {
                     crate::idle::SleepMode::Warm => self.freeze(&rec, false).await?,
+                    // Memory: the engine resumes the saved VM, processes and all.
                     // Cold: every process was stopped; boot again (services restart).
-                    crate::idle::SleepMode::Cold => self.boot_or_fail(&mut rec).await?,
+                    crate::idle::SleepMode::Memory | crate::idle::SleepMode::Cold => {
+                        self.boot_or_fail(&mut rec).await?
+                    }
                 }
                 self.activity.set_sleep(&rec.id, None);
                 self.activity.touch(&rec.id);
                 let lost = match mode {
-                    crate::idle::SleepMode::Warm => serde_json::json!([]),
+                    crate::idle::SleepMode::Warm | crate::idle::SleepMode::Memory => serde_json::json!([]),
                     crate::idle::SleepMode::Cold => {
                         serde_json::json!(["every process: the sandbox was booted again"])
                     }
@@ -824,12 +919,14 @@ impl Manager {
             (_, Action::Stop) => {
                 self.set_end_reason(&rec.name, format!("sandbox '{}' was stopped", rec.name));
                 self.halt(&rec).await?;
+                self.discard_memory(&rec).await?;
                 self.activity.set_sleep(&rec.id, None);
             }
             (_, Action::Start) => self.boot_or_fail(&mut rec).await?,
             (_, Action::Restart) => {
                 self.set_end_reason(&rec.name, format!("sandbox '{}' was restarted", rec.name));
                 self.halt(&rec).await?;
+                self.discard_memory(&rec).await?;
                 self.boot_or_fail(&mut rec).await?;
             }
             (from, action) => {
@@ -880,11 +977,52 @@ impl Manager {
     }
 
     pub(crate) async fn halt(&self, rec: &SandboxRecord) -> Result<()> {
-        self.forget_agent(&rec.id);
-
         let engine = self.engine(rec)?;
+        if engine.capabilities().agent_shutdown {
+            self.ask_agent_to_shut_down(rec).await;
+        }
+        self.forget_agent(&rec.id);
         let id = rec.id.clone();
         blocking(move || Ok(engine.stop(&id, STOP_GRACE)?)).await
+    }
+
+    /// Asks a running agent to end its processes (SIGTERM, then SIGKILL after the grace)
+    /// and its sandbox; bounded, and a no-op when nothing answers.
+    async fn ask_agent_to_shut_down(&self, rec: &SandboxRecord) {
+        let cached = self
+            .agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&rec.id)
+            .cloned();
+        let Some(mut client) = cached else {
+            return;
+        };
+        let req = burrow_agent_proto::v1::ShutdownRequest {
+            grace_ms: STOP_GRACE.as_millis() as u32,
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown(req)).await;
+    }
+
+    /// Sends a running sandbox to sleep: its memory saved to its volume and its runtime
+    /// ended where the engine can (VMs), else every process frozen in place.
+    async fn put_to_sleep(&self, rec: &SandboxRecord) -> Result<crate::idle::SleepMode> {
+        let engine = self.engine(rec)?;
+        if !engine.capabilities().memory_snapshot {
+            self.freeze(rec, true).await?;
+            return Ok(crate::idle::SleepMode::Warm);
+        }
+        self.forget_agent(&rec.id);
+        let id = rec.id.clone();
+        blocking(move || Ok(engine.suspend(&id)?)).await?;
+        Ok(crate::idle::SleepMode::Memory)
+    }
+
+    /// Drops a saved memory state, so the next start boots afresh (stop means no process).
+    pub(crate) async fn discard_memory(&self, rec: &SandboxRecord) -> Result<()> {
+        let engine = self.engine(rec)?;
+        let volume = self.pool.sandbox_path(&rec.id);
+        blocking(move || Ok(engine.discard_suspended(&volume)?)).await
     }
 
     /// Boots a sandbox; on failure records `failed` with the reason and returns the error.
@@ -1124,6 +1262,15 @@ impl Manager {
                             tracing::warn!(sandbox = %rec.name, error = %chain(&e), "could not boot again")
                         }
                     }
+                }
+                (true, RuntimeStatus::Missing | RuntimeStatus::Stopped)
+                    if rec.status == SandboxStatus::Sleeping && self.has_saved_memory(&rec) =>
+                {
+                    // A VM asleep with its memory saved: the next request resumes it,
+                    // processes and all.
+                    self.activity
+                        .set_sleep(&rec.id, Some(crate::idle::SleepMode::Memory));
+                    tracing::info!(sandbox = %rec.name, "adopted sandbox asleep with its memory saved");
                 }
                 (true, RuntimeStatus::Missing | RuntimeStatus::Stopped)
                     if rec.status == SandboxStatus::Sleeping =>

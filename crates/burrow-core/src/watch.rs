@@ -128,7 +128,10 @@ impl Manager {
         rec.intent.is_none()
             && match rec.status {
                 SandboxStatus::Running => true,
-                SandboxStatus::Sleeping => self.activity.sleep_mode(&rec.id) != Some(SleepMode::Cold),
+                SandboxStatus::Sleeping => !matches!(
+                    self.activity.sleep_mode(&rec.id),
+                    Some(SleepMode::Cold | SleepMode::Memory)
+                ),
                 _ => false,
             }
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 pub use burrow_api::EngineKind;
 
 pub mod container;
+pub mod vm;
 
 pub use container::{ContainerConfig, ContainerEngine};
 
@@ -109,6 +110,9 @@ pub struct Capabilities {
     pub memory_snapshot: bool,
     /// Host directories shared into the sandbox (`SandboxSpec::shared_dirs`).
     pub shared_dirs: bool,
+    /// The engine cannot signal the sandbox's processes itself: a graceful stop asks the
+    /// agent to shut down first, then `stop` waits for the sandbox to end.
+    pub agent_shutdown: bool,
 }
 
 /// How a sandbox's disk lives in its pool volume.
@@ -187,6 +191,30 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
             RuntimeStatus::Running { .. } | RuntimeStatus::Paused { .. } => Liveness::Alive,
             RuntimeStatus::Stopped | RuntimeStatus::Missing => Liveness::Dead { how: None },
         })
+    }
+    /// Saves the sandbox's memory and device state into its volume and ends its runtime
+    /// (memory sleep): no process left on the host, nothing lost in the guest. The next
+    /// `start` resumes it. Only for engines with `capabilities().memory_snapshot`.
+    fn suspend(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Err(EngineError::Unsupported {
+            engine: self.kind().as_str(),
+            op: "suspend",
+        })
+    }
+    /// Whether the sandbox volume at `volume` holds a saved state that `start` resumes.
+    fn suspended(&self, volume: &std::path::Path) -> bool {
+        let _ = volume;
+        false
+    }
+    /// Drops a saved state, so the next `start` boots afresh (after `stop`).
+    fn discard_suspended(&self, volume: &std::path::Path) -> Result<()> {
+        let _ = volume;
+        Ok(())
+    }
+    /// How long the agent may take to answer after `start` (a VM boots a kernel first).
+    fn ready_timeout(&self) -> Duration {
+        Duration::from_secs(15)
     }
     /// Host path of the agent channel's unix socket for sandbox `id`.
     fn agent_socket(&self, run_dir: &std::path::Path) -> PathBuf {

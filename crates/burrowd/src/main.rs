@@ -99,6 +99,26 @@ struct Args {
     /// Default: /run/burrow/lxcfs-<hash of the data dir>.
     #[arg(long, env = "BURROW_LXCFS_DIR")]
     lxcfs_dir: Option<PathBuf>,
+    /// Engine of sandboxes that name none: vm or container. Default: vm where a test boot
+    /// on KVM succeeds, else container.
+    #[arg(long, env = "BURROW_DEFAULT_ENGINE", value_parser = ["vm", "container"])]
+    default_engine: Option<String>,
+    /// The vm engine: `on` where QEMU and the guest kit are installed, or `off`.
+    #[arg(long, env = "BURROW_VM", default_value = "on", value_parser = ["on", "off"])]
+    vm: String,
+    #[arg(long, env = "BURROW_QEMU", default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// The guest kernel kit (scripts/guest-kit.sh installs it).
+    #[arg(
+        long,
+        env = "BURROW_VM_GUEST_DIR",
+        default_value = "/usr/local/lib/burrow/guest"
+    )]
+    vm_guest_dir: PathBuf,
+    /// The VM accelerator: kvm or tcg. Default: kvm where a test boot succeeds (the answer
+    /// is cached per QEMU and kernel version), else tcg.
+    #[arg(long, env = "BURROW_VM_ACCEL", value_parser = ["kvm", "tcg"])]
+    vm_accel: Option<String>,
     /// Test mode: on SIGTERM/SIGINT destroy every sandbox, release the pool and remove the
     /// data dir. Never use it for real data.
     #[arg(long, hide = true)]
@@ -199,6 +219,18 @@ async fn main() -> anyhow::Result<()> {
     let mut cfg = Config::with_data_dir(data_dir.clone());
     cfg.agent_bin = find_agent(args.agent_bin)?;
     cfg.container.runc_bin = args.runc;
+    cfg.vm = (args.vm == "on").then(|| burrow_core::config::VmSettings {
+        qemu_bin: args.qemu,
+        guest_dir: args.vm_guest_dir,
+        accel: args.vm_accel.as_deref().map(|a| match a {
+            "kvm" => burrow_engine::vm::Accel::Kvm,
+            _ => burrow_engine::vm::Accel::Tcg,
+        }),
+    });
+    cfg.default_engine = args
+        .default_engine
+        .as_deref()
+        .and_then(burrow_api::EngineKind::parse);
     cfg.pool_kind = match args.pool.as_str() {
         "btrfs" => PoolKind::Btrfs,
         "dir" => PoolKind::Dir,

@@ -571,6 +571,7 @@ impl Engine for ContainerEngine {
             freeze: true,
             memory_snapshot: false,
             shared_dirs: true,
+            agent_shutdown: false,
         }
     }
 
