@@ -11,6 +11,7 @@ use std::time::Duration;
 pub use burrow_api::EngineKind;
 
 pub mod container;
+pub mod vm_guest;
 
 pub use container::{ContainerConfig, ContainerEngine};
 
