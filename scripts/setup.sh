@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(runc python3 curl btrfs-progs mmdebstrap nftables iproute2 util-linux tar protobuf-compiler musl-tools docker-registry skopeo
-      busybox-static ca-certificates pkg-config debian-archive-keyring dpkg-dev git lxcfs)
+      busybox-static ca-certificates pkg-config debian-archive-keyring dpkg-dev git lxcfs e2fsprogs xz-utils)
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup.sh must run as root (burrowd manages namespaces, cgroups and btrfs)" >&2
@@ -20,6 +20,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# The vm engine: QEMU from Debian 12. qemu-system-x86 7.2 Breaks a newer qemu-utils (e.g. one
+# from bookworm-backports), so qemu-utils is moved to the same Debian 12 version in the same
+# transaction. Then the guest kernel kit (scripts/guest-kit.sh: Debian's cloud kernel, unpacked,
+# never installed on the host).
+if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed"; then
+  qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  if [ -z "$qemu_version" ] || [ "$qemu_version" = "(none)" ]; then
+    apt-get update -q
+    qemu_version=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  fi
+  echo "==> installing qemu-system-x86 $qemu_version"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends --allow-downgrades \
+    "qemu-system-x86=$qemu_version" "qemu-utils=$qemu_version"
+fi
+bash "$(dirname "$0")/guest-kit.sh"
 
 # btrfs needs the kernel module; on most kernels it autoloads on first mount.
 grep -qw btrfs /proc/filesystems || modprobe btrfs 2>/dev/null || true

@@ -4,7 +4,8 @@
 //! agent protocol on every accepted connection (the host may disconnect and reconnect at
 //! any time; processes keep running), reaps zombies, and turns SIGTERM into a graceful
 //! shutdown. Behaviour lives in the modules: `spawn` (starting processes), `session` (one
-//! exec stream), `reaper` (waiting), `shutdown`, `user` (passwd/group), `sys` (syscalls).
+//! exec stream), `reaper` (waiting), `shutdown`, `user` (passwd/group), `sys` (syscalls),
+//! `guest` (the agent as a VM's init: boot, then serve on the virtio-serial port).
 
 #![deny(unsafe_code)]
 
@@ -22,6 +23,7 @@ mod sys;
 
 mod connect;
 mod files;
+mod guest;
 mod reaper;
 mod service;
 mod session;
@@ -77,6 +79,8 @@ const USAGE: &str = "usage: burrow-agent [--listen-fd N | --listen PATH] [--cgro
 enum Listen {
     Fd(RawFd),
     Path(PathBuf),
+    /// A VM's virtio-serial port device (guest mode only; no command line flag).
+    VirtioPort(PathBuf),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -108,6 +112,12 @@ enum AgentError {
     #[error("fd {fd} is not a cgroup.procs open for writing")]
     CgroupFd {
         fd: RawFd,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open the agent port {path}")]
+    Port {
+        path: PathBuf,
         #[source]
         source: io::Error,
     },
@@ -173,6 +183,9 @@ fn main() -> ExitCode {
         log_line!("burrow-agent: cannot make the agent non-dumpable: {e}");
     }
     sys::cloexec_inherited_fds();
+    if let Some(cfg) = guest::detect() {
+        run_guest(cfg);
+    }
     let result = parse_args(std::env::args_os().skip(1)).and_then(|cmd| match cmd {
         Command::Version => {
             println!(
@@ -202,13 +215,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let mut msg = format!("burrow-agent: {err}");
-            let mut source = std::error::Error::source(&err);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            log_line!("{msg}");
+            log_error(&err);
             if matches!(err, AgentError::Usage(_)) {
                 log_line!("{USAGE}");
                 return ExitCode::from(2);
@@ -218,10 +225,50 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs an error with its whole `source()` chain.
+fn log_error(err: &dyn std::error::Error) {
+    let mut msg = format!("burrow-agent: {err}");
+    let mut source = err.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    log_line!("{msg}");
+}
+
+/// The agent as a VM's init: boot the guest, serve on the virtio-serial port until a
+/// shutdown, then power the VM off. Never returns (init must not exit).
+fn run_guest(cfg: Result<guest::GuestConfig, guest::GuestError>) -> ! {
+    let port = match cfg.and_then(|cfg| guest::boot(&cfg)) {
+        Ok(port) => port,
+        Err(e) => {
+            log_error(&e);
+            guest::power_off();
+        }
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)
+        .and_then(|rt| rt.block_on(serve(Listen::VirtioPort(port))));
+    if let Err(e) = result {
+        log_error(&e);
+    }
+    guest::power_off();
+}
+
 fn bind(listen: &Listen) -> Result<UnixListener, AgentError> {
     let std_listener = match listen {
         Listen::Fd(fd) => {
             sys::adopt_listener(*fd).map_err(|source| AgentError::ListenFd { fd: *fd, source })?
+        }
+        Listen::VirtioPort(path) => {
+            return Err(AgentError::Bind {
+                path: path.clone(),
+                source: io::Error::from(io::ErrorKind::Unsupported),
+            });
         }
         Listen::Path(path) => {
             let bind_err = |source| AgentError::Bind {
@@ -267,7 +314,6 @@ async fn serve(listen: Listen) -> Result<(), AgentError> {
         // Off PID 1, orphans of our sessions would escape to the host's init; adopt them.
         let _ = sys::set_child_subreaper();
     }
-    let listener = bind(&listen)?;
     let shutdown = Shutdown::new(Arc::clone(&reaper));
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signals)?;
@@ -285,11 +331,25 @@ async fn serve(listen: Listen) -> Result<(), AgentError> {
     let service = AgentServer::new(AgentService::new(reaper, Arc::clone(&shutdown)))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .add_service(service)
-        .serve_with_incoming_shutdown(Incoming::new(listener), stop);
+        .add_service(service);
+    type ServerFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    let server: ServerFuture = match &listen {
+        Listen::VirtioPort(path) => {
+            let fd = guest::port::open_port(path).map_err(|source| AgentError::Port {
+                path: path.clone(),
+                source,
+            })?;
+            log_line!("burrow-agent: guest: serving on {}", path.display());
+            Box::pin(router.serve_with_incoming_shutdown(guest::port::PortIncoming::new(fd), stop))
+        }
+        Listen::Fd(_) | Listen::Path(_) => {
+            let listener = bind(&listen)?;
+            Box::pin(router.serve_with_incoming_shutdown(Incoming::new(listener), stop))
+        }
+    };
 
     let mut done = shutdown.done();
     let result = tokio::select! {

@@ -1,5 +1,6 @@
 //! Every raw syscall and ioctl the agent makes: ptys, terminal size, sessions, credentials,
-//! `waitpid`, `kill`, `sync`, and adopting the listening socket handed over by the host.
+//! `waitpid`, `kill`, `sync`, adopting the listening socket handed over by the host, and the
+//! network ioctls of a VM guest's init (address, link up, default route).
 //!
 //! This is the only module allowed to contain `unsafe`; everything above it is safe code.
 //! It owns no state and makes no policy decisions (who to kill, when to reap).
@@ -365,5 +366,120 @@ pub fn cloexec_inherited_fds() {
     for fd in fds {
         // SAFETY: F_SETFD on a number that may or may not be open is harmless (EBADF at worst).
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
+/// `struct rtentry` of `<net/route.h>` (libc has it for musl only; the layout is the
+/// kernel's and the same for both C libraries).
+#[repr(C)]
+struct RtEntry {
+    rt_pad1: libc::c_ulong,
+    rt_dst: libc::sockaddr,
+    rt_gateway: libc::sockaddr,
+    rt_genmask: libc::sockaddr,
+    rt_flags: libc::c_ushort,
+    rt_pad2: libc::c_short,
+    rt_pad3: libc::c_ulong,
+    rt_pad4: *mut libc::c_void,
+    rt_metric: libc::c_short,
+    rt_dev: *mut libc::c_char,
+    rt_mtu: libc::c_ulong,
+    rt_window: libc::c_ulong,
+    rt_irtt: libc::c_ushort,
+}
+
+fn sockaddr_in(addr: std::net::Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(addr).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr are both 16 bytes of plain integers; this is the
+    // reinterpretation the socket API is designed around.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn inet_socket() -> io::Result<OwnedFd> {
+    nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)
+}
+
+fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: ifreq is plain data (integers, arrays, a union of such); all zeroes is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    Ok(req)
+}
+
+fn ioctl_ifreq(sock: &OwnedFd, request: libc::c_ulong, req: &mut libc::ifreq) -> io::Result<()> {
+    // SAFETY: every request passed here (SIOC[GS]IF*) reads or writes one `struct ifreq`,
+    // which `req` points to and which lives for the duration of the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), request as _, req as *mut libc::ifreq) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Brings network interface `name` up, first giving it `addr`/`prefix` when asked.
+pub fn configure_interface(name: &str, addr: Option<(std::net::Ipv4Addr, u8)>) -> io::Result<()> {
+    let sock = inet_socket()?;
+    if let Some((ip, prefix)) = addr {
+        let mut req = ifreq(name)?;
+        req.ifr_ifru.ifru_addr = sockaddr_in(ip);
+        ioctl_ifreq(&sock, libc::SIOCSIFADDR as _, &mut req)?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+        let mut req = ifreq(name)?;
+        req.ifr_ifru.ifru_netmask = sockaddr_in(std::net::Ipv4Addr::from(mask));
+        ioctl_ifreq(&sock, libc::SIOCSIFNETMASK as _, &mut req)?;
+    }
+    let mut req = ifreq(name)?;
+    ioctl_ifreq(&sock, libc::SIOCGIFFLAGS as _, &mut req)?;
+    // SAFETY: SIOCGIFFLAGS just filled the flags member of the union.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    ioctl_ifreq(&sock, libc::SIOCSIFFLAGS as _, &mut req)
+}
+
+/// Adds the IPv4 default route via `gateway`.
+pub fn add_default_route(gateway: std::net::Ipv4Addr) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let any = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+    let mut rt = RtEntry {
+        rt_pad1: 0,
+        rt_dst: any,
+        rt_gateway: sockaddr_in(gateway),
+        rt_genmask: any,
+        rt_flags: (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort,
+        rt_pad2: 0,
+        rt_pad3: 0,
+        rt_pad4: std::ptr::null_mut(),
+        rt_metric: 0,
+        rt_dev: std::ptr::null_mut(),
+        rt_mtu: 0,
+        rt_window: 0,
+        rt_irtt: 0,
+    };
+    // SAFETY: SIOCADDRT reads one `struct rtentry`, which `rt` is (same layout) and which
+    // lives for the duration of the call; its pointers are null (no device name).
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT as _, &mut rt as *mut RtEntry) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }

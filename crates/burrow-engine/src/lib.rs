@@ -12,6 +12,7 @@ pub use burrow_api::EngineKind;
 
 pub mod container;
 pub mod vm;
+pub mod vm_guest;
 
 pub use container::{ContainerConfig, ContainerEngine};
 

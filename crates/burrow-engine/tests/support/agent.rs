@@ -27,12 +27,29 @@ impl ExecResult {
 
 impl Agent {
     pub fn connect(sock: &Path) -> Self {
+        Self::connect_within(sock, Duration::from_secs(30))
+    }
+
+    /// Connects and completes the handshake within `timeout` (a booting VM needs longer).
+    pub fn connect_within(sock: &Path, timeout: Duration) -> Self {
+        Self::try_connect_within(sock, timeout).unwrap()
+    }
+
+    pub fn try_connect_within(
+        sock: &Path,
+        timeout: Duration,
+    ) -> Result<Self, burrow_agent_proto::client::ConnectError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let conn = rt.block_on(connect_unix(sock, Duration::from_secs(30))).unwrap();
-        Self { rt, conn }
+        let conn = rt.block_on(connect_unix(sock, timeout))?;
+        Ok(Self { rt, conn })
+    }
+
+    /// Runs one future (another RPC) on this client's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
     }
 
     /// Runs `argv` to completion (no stdin), collecting its output.

@@ -1,0 +1,285 @@
+//! The agent channel of a VM: the virtio-serial port `burrow.agent`, one byte stream that
+//! carries one HTTP/2 connection at a time.
+//!
+//! The host (burrowd, through QEMU's chardev socket) may disconnect and reconnect at any
+//! time. What the guest sees (Linux `virtio_console`): while the host is disconnected,
+//! `read` returns 0 (EOF) once the buffered data is consumed, `poll` reports
+//! `POLLIN|POLLHUP` continuously, and `write` blocks (`EAGAIN` when non-blocking). So:
+//! - a connection ends at EOF; its port fd comes back to [`PortIncoming`], which waits for
+//!   the host to be connected again (an edge-triggered epoll woken by the driver on every
+//!   host open/close, so no spinning on the level-triggered `POLLHUP`) and yields the
+//!   next connection on the same fd, registered afresh with tokio (tokio's "closed"
+//!   readiness is sticky once seen);
+//! - the port is opened once and never closed: closing and reopening it would make the
+//!   driver discard data the host may already have sent on its new connection.
+//!
+//! A host that reconnects before the guest has seen the EOF of its previous connection
+//! has its first bytes read by the old connection, which fails with a protocol error; the
+//! host's handshake then times out and it connects again (the host bounds every step).
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use nix::fcntl::{OFlag, open};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::stat::Mode;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::sync::oneshot;
+use tokio_stream::Stream;
+
+/// Opens the port (non-blocking, once for the agent's lifetime).
+pub fn open_port(path: &Path) -> io::Result<OwnedFd> {
+    open(
+        path,
+        OFlag::O_RDWR | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Whether the host end of the port is open (no `POLLHUP`).
+fn host_connected(fd: &OwnedFd) -> io::Result<bool> {
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO)?;
+    let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+    Ok(!revents.contains(PollFlags::POLLHUP))
+}
+
+/// After a connection: when it did not end at the host's hangup (EOF), the byte stream is
+/// mid-conversation (the host still sends frames of its HTTP/2 connection), and a new
+/// connection would read them as garbage. So first discard what the host sends until it
+/// hangs up (after the guest's GOAWAY, or its own handshake timeout); then wait for the
+/// host to open its end again.
+///
+/// The driver wakes the port's wait queue whenever the host opens or closes its end or
+/// data arrives; an edge-triggered epoll sleeps until then (`poll` would not: it reports
+/// `POLLHUP` continuously while the host is away).
+fn settle(fd: OwnedFd, saw_eof: bool) -> io::Result<OwnedFd> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLET;
+    epoll.add(&fd, EpollEvent::new(interest, 0))?;
+    let mut events = [EpollEvent::empty()];
+    if !saw_eof {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut discarded = 0usize;
+        loop {
+            match nix::unistd::read(&fd, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => discarded += n,
+                Err(nix::Error::EAGAIN) => match epoll.wait(&mut events, EpollTimeout::NONE) {
+                    Ok(_) | Err(nix::Error::EINTR) => {}
+                    Err(e) => return Err(e.into()),
+                },
+                Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        log_line!(
+            "burrow-agent: guest: the connection ended with the host attached; discarded {discarded} bytes until it hung up"
+        );
+    }
+    // Registered before the first check, so a connection between check and wait is an event.
+    if !host_connected(&fd)? {
+        log_line!("burrow-agent: guest: waiting for the host");
+    }
+    let mut n = 0u32;
+    while !host_connected(&fd)? {
+        n += 1;
+        if n % 20 == 0 { log_line!("DEBUG still waiting {n}"); }
+        match epoll.wait(&mut events, EpollTimeout::from(100u16)) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(fd)
+}
+
+enum State {
+    /// The fd is ours (and whether the last connection ended at the host's hangup); next,
+    /// settle the stream and wait for the host.
+    Idle(Option<(OwnedFd, bool)>),
+    /// A thread waits for the host to connect.
+    Waiting(oneshot::Receiver<io::Result<OwnedFd>>),
+    /// A connection is being served; its fd comes back when it is dropped.
+    Serving(oneshot::Receiver<(OwnedFd, bool)>),
+    Failed,
+}
+
+/// The connections on the port, one at a time, for tonic's `serve_with_incoming`.
+pub struct PortIncoming {
+    state: State,
+}
+
+impl PortIncoming {
+    pub fn new(fd: OwnedFd) -> Self {
+        Self {
+            // Nothing was said on the port yet: nothing to discard.
+            state: State::Idle(Some((fd, true))),
+        }
+    }
+}
+
+impl Stream for PortIncoming {
+    type Item = io::Result<PortConnection>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match &mut self.state {
+                State::Idle(idle) => {
+                    let (fd, saw_eof) = idle.take().expect("an idle port holds its fd");
+                    let (tx, rx) = oneshot::channel();
+                    // A plain thread, not spawn_blocking: it may wait for the host forever,
+                    // and the runtime must not wait for it when the guest powers off.
+                    let spawned = std::thread::Builder::new()
+                        .name("port-wait".into())
+                        .spawn(move || {
+                            let _ = tx.send(settle(fd, saw_eof));
+                        });
+                    if let Err(e) = spawned {
+                        self.state = State::Failed;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    self.state = State::Waiting(rx);
+                }
+                State::Waiting(rx) => {
+                    let waited = ready!(Pin::new(rx).poll(cx));
+                    match waited {
+                        Ok(Ok(fd)) => {
+                            let (back_tx, back_rx) = oneshot::channel();
+                            match crate::sys::async_fd(fd, Interest::READABLE | Interest::WRITABLE) {
+                                Ok(afd) => {
+                                    log_line!("burrow-agent: guest: host attached");
+                                    self.state = State::Serving(back_rx);
+                                    return Poll::Ready(Some(Ok(PortConnection {
+                                        fd: Some(afd),
+                                        back: Some(back_tx),
+                                        saw_eof: false,
+                                    })));
+                                }
+                                Err(e) => {
+                                    log_line!("burrow-agent: cannot register the agent port: {e}");
+                                    self.state = State::Failed;
+                                    return Poll::Ready(None);
+                                }
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            log_line!("burrow-agent: waiting for the host on the agent port: {e}");
+                            self.state = State::Failed;
+                            return Poll::Ready(None);
+                        }
+                        Err(_) => {
+                            self.state = State::Failed;
+                            return Poll::Ready(None);
+                        }
+                    }
+                }
+                State::Serving(rx) => match ready!(Pin::new(rx).poll(cx)) {
+                    Ok((fd, saw_eof)) => {
+                        log_line!("burrow-agent: guest: host connection ended");
+                        self.state = State::Idle(Some((fd, saw_eof)));
+                    }
+                    Err(_) => {
+                        self.state = State::Failed;
+                        return Poll::Ready(None);
+                    }
+                },
+                State::Failed => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+/// One HTTP/2 connection's view of the port. Dropping it hands the fd back to
+/// [`PortIncoming`].
+pub struct PortConnection {
+    fd: Option<AsyncFd<OwnedFd>>,
+    back: Option<oneshot::Sender<(OwnedFd, bool)>>,
+    /// Whether the host hung up (EOF was read): then the stream holds nothing of this
+    /// connection any more.
+    saw_eof: bool,
+}
+
+impl PortConnection {
+    fn fd(&self) -> &AsyncFd<OwnedFd> {
+        self.fd.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for PortConnection {
+    fn drop(&mut self) {
+        if let (Some(fd), Some(back)) = (self.fd.take(), self.back.take()) {
+            let _ = back.send((fd.into_inner(), self.saw_eof));
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for PortConnection {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl AsyncRead for PortConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.fd().poll_read_ready(cx))?;
+            let hung_up = guard.ready().is_read_closed();
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| nix::unistd::read(fd.get_ref(), unfilled).map_err(io::Error::from)) {
+                Ok(Ok(n)) => {
+                    // n == 0: the host closed its end (EOF ends this connection).
+                    buf.advance(n);
+                    if n == 0 {
+                        self.saw_eof = true;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                // The host hung up since this connection began (tokio keeps that readiness
+                // for good) and is back already: this connection is over, end it at EOF.
+                Err(_would_block) if hung_up => {
+                    self.saw_eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for PortConnection {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.fd().poll_write_ready(cx))?;
+            let hung_up = guard.ready().is_write_closed();
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from)) {
+                Ok(result) => return Poll::Ready(result),
+                // Writes block while the host is disconnected, and once tokio saw the hangup
+                // it reports the fd writable for good: retrying would spin. The connection
+                // is over.
+                Err(_would_block) if hung_up => {
+                    return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+                }
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

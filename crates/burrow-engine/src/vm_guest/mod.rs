@@ -1,0 +1,116 @@
+//! The guest side of the vm engine, as the host prepares it: the guest kernel kit installed
+//! by `scripts/guest-kit.sh` ([`GuestKernel`]) and the initramfs that makes the agent the
+//! guest's init ([`initramfs::build_initramfs`]). What the agent does at boot lives in the
+//! agent (`burrow-agent/src/guest.rs`); how QEMU is driven lives in the vm engine.
+
+pub mod initramfs;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use initramfs::build_initramfs;
+
+/// Where `scripts/guest-kit.sh` installs the guest kernel kit.
+pub const DEFAULT_GUEST_DIR: &str = "/usr/local/lib/burrow/guest";
+
+/// A guest kernel kit: Debian's `linux-image-cloud-amd64` bzImage, its release, and the
+/// decompressed modules the guest loads at boot (`modules/load.order`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestKernel {
+    pub vmlinuz: PathBuf,
+    /// e.g. `6.1.0-57-cloud-amd64`.
+    pub release: String,
+    /// Holds the `*.ko` files and `load.order`.
+    pub modules_dir: PathBuf,
+}
+
+impl GuestKernel {
+    /// Checks the kit in `dir` (normally [`DEFAULT_GUEST_DIR`]); the error names what is
+    /// missing and how to install it.
+    pub fn find(dir: &Path) -> io::Result<Self> {
+        let missing = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "guest kernel kit incomplete: {} has no {what}; install it with \
+                     scripts/guest-kit.sh (Debian's linux-image-cloud-amd64, unpacked, never installed on the host)",
+                    dir.display()
+                ),
+            )
+        };
+        let vmlinuz = dir.join("vmlinuz");
+        if !vmlinuz.metadata().is_ok_and(|m| m.is_file() && m.len() > 0) {
+            return Err(missing("vmlinuz"));
+        }
+        let release = std::fs::read_to_string(dir.join("kernel.release"))
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| missing("kernel.release"))?;
+        let modules_dir = dir.join("modules");
+        let order = std::fs::read_to_string(modules_dir.join("load.order"))
+            .map_err(|_| missing("modules/load.order"))?;
+        for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if !valid_module_name(name) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: bad module name {name:?} in load.order", modules_dir.display()),
+                ));
+            }
+            if !modules_dir.join(name).is_file() {
+                return Err(missing(&format!("modules/{name} (listed in load.order)")));
+            }
+        }
+        Ok(Self {
+            vmlinuz,
+            release,
+            modules_dir,
+        })
+    }
+
+    /// The modules in load order.
+    pub fn modules(&self) -> io::Result<Vec<String>> {
+        let order = std::fs::read_to_string(self.modules_dir.join("load.order"))?;
+        Ok(order
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
+/// A plain file name ending in `.ko` (load.order names files in the same directory).
+fn valid_module_name(name: &str) -> bool {
+    name.ends_with(".ko") && !name.contains('/') && !name.starts_with('.') && name.len() < 256
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_validates_the_kit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let err = GuestKernel::find(dir).unwrap_err().to_string();
+        assert!(err.contains("vmlinuz") && err.contains("guest-kit.sh"), "{err}");
+        std::fs::write(dir.join("vmlinuz"), b"bz").unwrap();
+        let err = GuestKernel::find(dir).unwrap_err().to_string();
+        assert!(err.contains("kernel.release"), "{err}");
+        std::fs::write(dir.join("kernel.release"), "6.1.0-1-cloud-amd64\n").unwrap();
+        std::fs::create_dir(dir.join("modules")).unwrap();
+        let err = GuestKernel::find(dir).unwrap_err().to_string();
+        assert!(err.contains("load.order"), "{err}");
+        std::fs::write(dir.join("modules/load.order"), "virtio.ko\nvirtio_blk.ko\n").unwrap();
+        std::fs::write(dir.join("modules/virtio.ko"), b"m").unwrap();
+        let err = GuestKernel::find(dir).unwrap_err().to_string();
+        assert!(err.contains("virtio_blk.ko"), "{err}");
+        std::fs::write(dir.join("modules/virtio_blk.ko"), b"m").unwrap();
+        let kit = GuestKernel::find(dir).unwrap();
+        assert_eq!(kit.release, "6.1.0-1-cloud-amd64");
+        assert_eq!(kit.modules().unwrap(), ["virtio.ko", "virtio_blk.ko"]);
+        std::fs::write(dir.join("modules/load.order"), "../etc/passwd\n").unwrap();
+        assert!(GuestKernel::find(dir).is_err());
+    }
+}
