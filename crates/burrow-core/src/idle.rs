@@ -138,7 +138,7 @@ impl Drop for BusyGuard {
 }
 
 impl Manager {
-    /// Runs the idle policy forever (spawned by `Manager::open`), once a second.
+    /// Runs the idle policy forever (spawned by `Manager::spawn_background`), once a second.
     pub(crate) async fn idle_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -59,7 +59,7 @@ pub struct Manager {
     pub(crate) keys: crate::keys::Keys,
     /// Sandbox networking; `None` = loopback only (`--network off`).
     pub(crate) net: Option<crate::network::Net>,
-    /// The manager itself, for work that outlives a request (set once in `open`).
+    /// The manager itself, for work that outlives a request (set once in `new`).
     me: std::sync::OnceLock<std::sync::Weak<Manager>>,
 }
 
@@ -84,7 +84,9 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + 
 }
 
 impl Manager {
-    /// Opens (or creates) the daemon's state, pool and engine, and reconciles them.
+    /// Opens (or creates) the daemon's state, pool, engines, keys and network, assembles the
+    /// manager from them ([`Manager::new`]), reconciles ([`Manager::reconcile`]) and starts
+    /// its background work ([`Manager::spawn_background`]).
     pub async fn open(cfg: Config, inside_api: Option<InsideApiServer>) -> Result<Arc<Self>> {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| CoreError::Internal(format!("creating {}: {e}", cfg.data_dir.display())))?;
@@ -109,7 +111,6 @@ impl Manager {
                 cfg.container_engine(),
             )?))
             .without(EngineKind::Vm, "the vm engine is not built yet");
-        let images = ImageService::new(cfg.clone(), store.clone(), pool.clone());
         let keys = crate::keys::Keys::open(&cfg.data_dir)?;
         let net = match &cfg.network {
             Some(settings) => {
@@ -122,6 +123,26 @@ impl Manager {
             }
             None => None,
         };
+        let mgr = Self::new(cfg, store, pool, engines, keys, net, inside_api);
+        mgr.reconcile().await?;
+        mgr.spawn_background();
+        Ok(mgr)
+    }
+
+    /// Assembles a manager from parts that are already open; touches no disk, runtime or
+    /// network. Before it serves requests, call [`Manager::reconcile`]; for the idle policy,
+    /// restart policy, pool alarm and base image, [`Manager::spawn_background`]. In-process
+    /// tests build one from a fake engine and a `dir` pool this way.
+    pub fn new(
+        cfg: Config,
+        store: Arc<Store>,
+        pool: Arc<dyn Pool>,
+        engines: crate::engines::Engines,
+        keys: crate::keys::Keys,
+        net: Option<crate::network::Net>,
+        inside_api: Option<InsideApiServer>,
+    ) -> Arc<Self> {
+        let images = ImageService::new(cfg.clone(), store.clone(), pool.clone());
         let mgr = Arc::new(Self {
             keys,
             net,
@@ -143,10 +164,15 @@ impl Manager {
             inside_listeners: Mutex::new(HashMap::new()),
         });
         let _ = mgr.me.set(Arc::downgrade(&mgr));
-        mgr.reconcile().await?;
-        tokio::spawn(mgr.clone().idle_loop());
-        mgr.images.ensure_base_in_background();
-        Ok(mgr)
+        mgr
+    }
+
+    /// Starts the work that runs for the manager's whole life: the background loop (idle
+    /// and restart policies, dead agents, the pool alarm) and, when it is missing, the build
+    /// of the base image.
+    pub fn spawn_background(self: &Arc<Self>) {
+        tokio::spawn(self.clone().idle_loop());
+        self.images.ensure_base_in_background();
     }
 
     pub fn config(&self) -> &Config {
@@ -1085,7 +1111,7 @@ impl Manager {
     /// Brings DB, disk and runtime into agreement after a start (or crash): finishes or
     /// undoes half-done operations, adopts running sandboxes, restarts ones that should run
     /// and do not, and removes runtime containers, volumes and run dirs nobody owns.
-    async fn reconcile(&self) -> Result<()> {
+    pub async fn reconcile(&self) -> Result<()> {
         self.reconcile_checkpoints().await?;
         self.reconcile_builds().await?;
         let records = self.store.all_sandboxes()?;
