@@ -1,9 +1,9 @@
 //! The sandbox manager: every operation on sandboxes, crash-safe (intent, work, commit),
 //! serialised per sandbox, and reconciled with disk and runtime on start.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_agent_proto::AgentClient;
@@ -40,22 +40,14 @@ pub struct Manager {
     pub(crate) pool: Arc<dyn Pool>,
     pub(crate) engines: crate::engines::Engines,
     pub(crate) images: ImageService,
-    agents: Mutex<HashMap<String, AgentClient<Channel>>>,
-    op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Why a sandbox's processes were ended (stop, restore, delete), by sandbox name, so
-    /// sessions that lose their process can tell their client why.
-    end_reasons: Mutex<HashMap<String, (String, std::time::Instant)>>,
-    /// Sandbox ids with a restore in progress (a second one is refused with 409).
-    pub(crate) restoring: Mutex<std::collections::HashSet<String>>,
-    /// Per sandbox: what its restart policy has done and will do (`watch.rs`).
-    pub(crate) restarts: crate::watch::Restarts,
+    /// Each sandbox's in-memory state (agent channel, operation lock, activity, restart
+    /// policy, ...), by id (`runtime.rs`).
+    pub(crate) runtimes: crate::runtime::Runtimes,
     /// Whether the pool is past [`POOL_ALARM`] full (an event was sent; re-armed below
     /// [`POOL_CLEAR`]).
     pool_alarm: std::sync::atomic::AtomicBool,
     inside_api: Option<InsideApiServer>,
-    pub(crate) activity: Arc<crate::idle::Activity>,
     pub events: crate::events::Events,
-    inside_listeners: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     pub(crate) keys: crate::keys::Keys,
     /// Sandbox networking; `None` = loopback only (`--network off`).
     pub(crate) net: Option<crate::network::Net>,
@@ -152,16 +144,10 @@ impl Manager {
             pool,
             engines,
             images,
-            agents: Mutex::new(HashMap::new()),
-            op_locks: Mutex::new(HashMap::new()),
-            end_reasons: Mutex::new(HashMap::new()),
-            restoring: Mutex::new(Default::default()),
-            restarts: Default::default(),
+            runtimes: Default::default(),
             pool_alarm: Default::default(),
             inside_api,
-            activity: Arc::default(),
             events: Default::default(),
-            inside_listeners: Mutex::new(HashMap::new()),
         });
         let _ = mgr.me.set(Arc::downgrade(&mgr));
         mgr
@@ -276,8 +262,7 @@ impl Manager {
     }
 
     pub(crate) fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.op_locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.entry(id.to_owned()).or_default().clone()
+        self.runtime(id).op_lock()
     }
 
     pub(crate) fn record(&self, name: &str) -> Result<SandboxRecord> {
@@ -311,8 +296,8 @@ impl Manager {
             usage: None,
             sleep: (r.status == SandboxStatus::Sleeping).then(|| {
                 let mode = self
-                    .activity
-                    .sleep_mode(&r.id)
+                    .runtime(&r.id)
+                    .sleep_mode()
                     .unwrap_or(crate::idle::SleepMode::Warm);
                 mode.as_str().to_owned()
             }),
@@ -357,14 +342,15 @@ impl Manager {
         let Some(serve) = &self.inside_api else {
             return Ok(());
         };
-        let mut listeners = self.inside_listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let rt = self.runtime(&rec.id);
+        let mut listener_slot = rt.inside_api();
         use std::os::unix::fs::PermissionsExt;
         let dir = self.host_api_dir(&rec.id);
         // A listener whose socket file was deleted (with the run dir) serves nobody: bind anew.
-        if listeners.get(&rec.id).is_some_and(|h| !h.is_finished()) && dir.join("api.sock").exists() {
+        if listener_slot.as_ref().is_some_and(|h| !h.is_finished()) && dir.join("api.sock").exists() {
             return Ok(());
         }
-        if let Some(old) = listeners.remove(&rec.id) {
+        if let Some(old) = listener_slot.take() {
             old.abort();
         }
         let io = |e: std::io::Error| {
@@ -382,18 +368,13 @@ impl Manager {
         listener.set_nonblocking(true).map_err(io)?;
         // Any process in the sandbox may use it; it only reaches this sandbox's checkpoints.
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).map_err(io)?;
-        listeners.insert(rec.id.clone(), serve(rec.id.clone(), listener));
+        *listener_slot = Some(serve(rec.id.clone(), listener));
         Ok(())
     }
 
     fn stop_inside_api(&self, id: &str) {
-        if let Some(h) = self
-            .inside_listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id)
-        {
-            h.abort();
+        if let Some(rt) = self.runtimes.existing(id) {
+            rt.stop_inside_api();
         }
     }
 
@@ -407,23 +388,10 @@ impl Manager {
             .ok_or_else(|| CoreError::not_found("sandbox", id))
     }
 
-    /// Records why the sandbox's processes are about to end.
-    pub(crate) fn set_end_reason(&self, name: &str, reason: String) {
-        let now = std::time::Instant::now();
-        self.end_reasons
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), (reason, now));
-    }
-
-    /// Why the processes of sandbox `name` were ended by the sandbox (stop, restore,
-    /// delete), if that happened after `since` (when the asking session started).
-    pub fn end_reason_since(&self, name: &str, since: std::time::Instant) -> Option<String> {
-        let reasons = self.end_reasons.lock().unwrap_or_else(|p| p.into_inner());
-        reasons
-            .get(name)
-            .filter(|(_, at)| *at >= since)
-            .map(|(r, _)| r.clone())
+    /// Records why the processes of sandbox `id` are about to end; its sessions tell their
+    /// clients (`ExecSession::end_reason_since`).
+    pub(crate) fn set_end_reason(&self, id: &str, reason: String) {
+        self.runtime(id).set_end_reason(reason);
     }
 
     // ----- queries -------------------------------------------------------------------
@@ -599,7 +567,7 @@ impl Manager {
                     let rec = rec.clone();
                     tokio::spawn(async move { me.install_net_files(&rec).await });
                 }
-                self.activity.touch(&rec.id);
+                self.runtime(&rec.id).touch();
                 self.events.emit(
                     &rec.name,
                     "created",
@@ -612,7 +580,7 @@ impl Manager {
                 if let Err(ce) = self.teardown(&rec).await {
                     tracing::error!(sandbox = %rec.name, error = %chain(&ce), "cleanup after failed create");
                 } else {
-                    self.store.delete_sandbox(&rec.id)?;
+                    self.delete_record(&rec.id)?;
                 }
                 Err(e)
             }
@@ -676,7 +644,7 @@ impl Manager {
         std::fs::create_dir_all(&spec.run_dir)
             .map_err(|e| CoreError::Internal(format!("creating {}: {e}", spec.run_dir.display())))?;
         self.ensure_inside_api(rec)?;
-        self.activity.booted(&rec.id);
+        self.runtime(&rec.id).booted();
         let engine = self.engine(rec)?;
         let t = std::time::Instant::now();
         // The sandbox starts in its (still unwired) namespace while the veth, addresses and
@@ -711,20 +679,12 @@ impl Manager {
                 detail: chain(&e),
             })?;
         let client = conn.client;
-        self.agents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(rec.id.clone(), client.clone());
+        self.runtime(&rec.id).set_agent(Some(client.clone()));
         Ok(client)
     }
 
     pub(crate) async fn agent(&self, rec: &SandboxRecord) -> Result<AgentClient<Channel>> {
-        let cached = self
-            .agents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&rec.id)
-            .cloned();
+        let cached = self.runtime(&rec.id).agent();
         match cached {
             Some(c) => Ok(c),
             None => self.connect_agent(rec).await,
@@ -737,7 +697,9 @@ impl Manager {
     }
 
     pub(crate) fn forget_agent(&self, id: &str) {
-        self.agents.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        if let Some(rt) = self.runtimes.existing(id) {
+            rt.set_agent(None);
+        }
     }
 
     /// Stops the runtime and removes the disk and runtime dir of a sandbox. Idempotent.
@@ -782,17 +744,12 @@ impl Manager {
         self.store.update_sandbox(&rec2)?;
         rec = rec2;
         crate::fault::point("delete.after_intent");
-        self.set_end_reason(&rec.name, format!("sandbox '{}' was deleted", rec.name));
+        self.set_end_reason(&rec.id, format!("sandbox '{}' was deleted", rec.name));
         self.teardown(&rec).await?;
         self.delete_all_checkpoints(&rec).await?;
         self.forget_services(&rec);
-        self.store.delete_sandbox(&rec.id)?;
-        self.restarts.forget(&rec.id);
+        self.delete_record(&rec.id)?;
         self.reclaim_space();
-        self.op_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&rec.id);
         tracing::info!(sandbox = %rec.name, id = %rec.id, "destroyed");
         self.events
             .emit(&rec.name, "deleted", serde_json::json!({"id": rec.id}));
@@ -817,24 +774,24 @@ impl Manager {
             (SandboxStatus::Sleeping, Action::Sleep) => {}
             (SandboxStatus::Running, Action::Sleep) => {
                 self.freeze(&rec, true).await?;
-                self.activity
-                    .set_sleep(&rec.id, Some(crate::idle::SleepMode::Warm));
+                self.runtime(&rec.id)
+                    .set_sleep(Some(crate::idle::SleepMode::Warm));
                 self.events
                     .emit(&rec.name, "sleeping", serde_json::json!({"mode": "warm"}));
             }
             (SandboxStatus::Sleeping, Action::Wake | Action::Start) => {
                 let t = std::time::Instant::now();
                 let mode = self
-                    .activity
-                    .sleep_mode(&rec.id)
+                    .runtime(&rec.id)
+                    .sleep_mode()
                     .unwrap_or(crate::idle::SleepMode::Warm);
                 match mode {
                     crate::idle::SleepMode::Warm => self.freeze(&rec, false).await?,
                     // Cold: every process was stopped; boot again (services restart).
                     crate::idle::SleepMode::Cold => self.boot_or_fail(&mut rec).await?,
                 }
-                self.activity.set_sleep(&rec.id, None);
-                self.activity.touch(&rec.id);
+                self.runtime(&rec.id).set_sleep(None);
+                self.runtime(&rec.id).touch();
                 let lost = match mode {
                     crate::idle::SleepMode::Warm => serde_json::json!([]),
                     crate::idle::SleepMode::Cold => {
@@ -848,13 +805,13 @@ impl Manager {
                 );
             }
             (_, Action::Stop) => {
-                self.set_end_reason(&rec.name, format!("sandbox '{}' was stopped", rec.name));
+                self.set_end_reason(&rec.id, format!("sandbox '{}' was stopped", rec.name));
                 self.halt(&rec).await?;
-                self.activity.set_sleep(&rec.id, None);
+                self.runtime(&rec.id).set_sleep(None);
             }
             (_, Action::Start) => self.boot_or_fail(&mut rec).await?,
             (_, Action::Restart) => {
-                self.set_end_reason(&rec.name, format!("sandbox '{}' was restarted", rec.name));
+                self.set_end_reason(&rec.id, format!("sandbox '{}' was restarted", rec.name));
                 self.halt(&rec).await?;
                 self.boot_or_fail(&mut rec).await?;
             }
@@ -990,7 +947,7 @@ impl Manager {
         let rec = self.record(name)?;
         crate::watch::not_running(&rec)?;
         valid_transition(&rec.name, rec.status, Action::Exec)?;
-        self.activity.touch(&rec.id);
+        self.runtime(&rec.id).touch();
         if rec.status == SandboxStatus::Sleeping {
             self.action(name, Action::Wake).await?;
             return self.record(name);
@@ -1062,7 +1019,7 @@ impl Manager {
             }
             other => other,
         }?;
-        session.busy = Some(self.activity.busy_guard(&rec.id));
+        session.busy = Some(self.runtime(&rec.id).busy_guard());
         Ok(session)
     }
 
@@ -1123,7 +1080,7 @@ impl Manager {
                     self.teardown(&rec).await?;
                     self.delete_all_checkpoints(&rec).await?;
                     self.forget_services(&rec);
-                    self.store.delete_sandbox(&rec.id)?;
+                    self.delete_record(&rec.id)?;
                     continue;
                 }
                 Some(Intent::Restore { .. }) | None => {}
@@ -1157,15 +1114,15 @@ impl Manager {
                     // Its processes are gone (host reboot, or it was cold): it stays asleep,
                     // cold, and the next request boots it.
                     let _ = self.halt(&rec).await;
-                    self.activity
-                        .set_sleep(&rec.id, Some(crate::idle::SleepMode::Cold));
+                    self.runtime(&rec.id)
+                        .set_sleep(Some(crate::idle::SleepMode::Cold));
                     tracing::info!(sandbox = %rec.name, "adopted cold-sleeping sandbox");
                 }
                 (true, RuntimeStatus::Paused { .. }) => {
                     self.adopt_runtime(&rec).await;
                     if rec.status == SandboxStatus::Sleeping {
-                        self.activity
-                            .set_sleep(&rec.id, Some(crate::idle::SleepMode::Warm));
+                        self.runtime(&rec.id)
+                            .set_sleep(Some(crate::idle::SleepMode::Warm));
                     }
                     if rec.status == SandboxStatus::Running {
                         let _ = self.freeze(&rec, false).await;
@@ -1242,7 +1199,7 @@ impl Manager {
                 tracing::warn!(sandbox = %rec.name, error = %chain(&e), "teardown");
             }
             let _ = self.delete_all_checkpoints(&rec).await;
-            self.store.delete_sandbox(&rec.id)?;
+            self.delete_record(&rec.id)?;
         }
         if let Some(net) = &self.net
             && let Err(e) = net.host.teardown()
