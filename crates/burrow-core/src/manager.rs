@@ -389,7 +389,7 @@ impl Manager {
     }
 
     /// Records why the processes of sandbox `id` are about to end; its sessions tell their
-    /// clients (`ExecSession::end_reason_since`).
+    /// clients (`SessionOutput::end_reason_since`).
     pub(crate) fn set_end_reason(&self, id: &str, reason: String) {
         self.runtime(id).set_end_reason(reason);
     }
