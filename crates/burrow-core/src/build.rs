@@ -560,7 +560,7 @@ impl Manager {
                 );
                 let _ = self.teardown(&rec).await;
                 let _ = self.delete_all_checkpoints(&rec).await;
-                self.store.delete_sandbox(&rec.id)?;
+                self.delete_record(&rec.id)?;
             }
         }
         Ok(())

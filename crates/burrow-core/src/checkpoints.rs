@@ -203,21 +203,14 @@ impl Manager {
     /// new checkpoint. Processes are stopped; a sandbox that ran runs again afterwards.
     pub async fn restore(&self, name: &str, id: &str) -> Result<RestoreResult> {
         let rec = self.record(name)?;
-        if !self
-            .restoring
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(rec.id.clone())
-        {
+        let rt = self.runtime(&rec.id);
+        if !rt.begin_restore() {
             return Err(CoreError::Conflict(format!(
                 "a restore of sandbox '{name}' is already running"
             )));
         }
         let result = self.restore_locked(name, id).await;
-        self.restoring
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&rec.id);
+        rt.end_restore();
         result
     }
 
@@ -252,7 +245,7 @@ impl Manager {
         // 2. Stop every process at once: their disk is about to be replaced, so there is
         //    nothing to shut down gracefully for. Sessions learn why.
         self.set_end_reason(
-            &rec.name,
+            &rec.id,
             format!("sandbox '{}' is being restored to {id}", rec.name),
         );
         self.kill(&rec).await?;
@@ -284,8 +277,8 @@ impl Manager {
             self.boot_or_fail(&mut rec).await?;
             // A restore is activity: a sandbox restored while asleep is awake now and gets
             // its whole idle timeout, like after any wake.
-            self.activity.set_sleep(&rec.id, None);
-            self.activity.touch(&rec.id);
+            self.runtime(&rec.id).set_sleep(None);
+            self.runtime(&rec.id).touch();
             self.touch(&rec);
         }
         rec.updated_at = now_rfc3339();

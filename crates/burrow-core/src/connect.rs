@@ -45,7 +45,7 @@ pub struct Tunnel {
     pending: Vec<u8>,
     offset: usize,
     read_done: bool,
-    _busy: crate::idle::BusyGuard,
+    _busy: crate::runtime::BusyGuard,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -78,7 +78,7 @@ impl Manager {
         refuse_unless_up(&rec)?;
         let rec = self.ensure_running(name).await?;
         // Held from here on, so the sandbox cannot fall asleep while the tunnel opens.
-        let busy = self.activity.busy_guard(&rec.id);
+        let busy = self.runtime(&rec.id).busy_guard();
         self.touch(&rec);
         let client = self.agent(&rec).await?;
         let (tx, rx) = match open(client, &rec.name, port, SERVICE_START_WAIT).await {

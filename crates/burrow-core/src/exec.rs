@@ -52,7 +52,7 @@ pub struct ExecSession {
     output: tonic::Streaming<ExecOutput>,
     exited: bool,
     /// Keeps the sandbox from idling while the session lives.
-    pub(crate) busy: Option<crate::idle::BusyGuard>,
+    pub(crate) busy: Option<crate::runtime::BusyGuard>,
 }
 
 /// The input half of a session; cheap to clone.
@@ -92,7 +92,7 @@ pub struct SessionOutput {
     sandbox: String,
     output: tonic::Streaming<ExecOutput>,
     exited: bool,
-    _busy: Option<crate::idle::BusyGuard>,
+    busy: Option<crate::runtime::BusyGuard>,
 }
 
 impl SessionOutput {
@@ -100,6 +100,12 @@ impl SessionOutput {
     /// an agent error.
     pub async fn next(&mut self) -> Result<Option<SessionEvent>, CoreError> {
         next_event(&self.sandbox, &mut self.output, &mut self.exited).await
+    }
+
+    /// Why burrowd ended the sandbox's processes (stop, restore, delete, ...), if it did
+    /// after `since` (when the asking session started); still known after a delete.
+    pub fn end_reason_since(&self, since: std::time::Instant) -> Option<String> {
+        self.busy.as_ref().and_then(|b| b.end_reason_since(since))
     }
 }
 
@@ -155,7 +161,7 @@ impl ExecSession {
                 sandbox: self.sandbox,
                 output: self.output,
                 exited: self.exited,
-                _busy: self.busy,
+                busy: self.busy,
             },
         )
     }

@@ -22,6 +22,7 @@ pub mod keys;
 mod manager;
 pub mod network;
 pub mod oci;
+mod runtime;
 pub mod services;
 mod sessions;
 pub mod state;

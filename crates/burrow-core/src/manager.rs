@@ -1,9 +1,9 @@
 //! The sandbox manager: every operation on sandboxes, crash-safe (intent, work, commit),
 //! serialised per sandbox, and reconciled with disk and runtime on start.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_agent_proto::AgentClient;
@@ -42,26 +42,18 @@ pub struct Manager {
     /// Held while an image's VM disk is made ([`Manager::image_disk`]).
     image_disks: tokio::sync::Mutex<()>,
     pub(crate) images: ImageService,
-    agents: Mutex<HashMap<String, AgentClient<Channel>>>,
-    op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Why a sandbox's processes were ended (stop, restore, delete), by sandbox name, so
-    /// sessions that lose their process can tell their client why.
-    end_reasons: Mutex<HashMap<String, (String, std::time::Instant)>>,
-    /// Sandbox ids with a restore in progress (a second one is refused with 409).
-    pub(crate) restoring: Mutex<std::collections::HashSet<String>>,
-    /// Per sandbox: what its restart policy has done and will do (`watch.rs`).
-    pub(crate) restarts: crate::watch::Restarts,
+    /// Each sandbox's in-memory state (agent channel, operation lock, activity, restart
+    /// policy, ...), by id (`runtime.rs`).
+    pub(crate) runtimes: crate::runtime::Runtimes,
     /// Whether the pool is past [`POOL_ALARM`] full (an event was sent; re-armed below
     /// [`POOL_CLEAR`]).
     pool_alarm: std::sync::atomic::AtomicBool,
     inside_api: Option<InsideApiServer>,
-    pub(crate) activity: Arc<crate::idle::Activity>,
     pub events: crate::events::Events,
-    inside_listeners: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     pub(crate) keys: crate::keys::Keys,
     /// Sandbox networking; `None` = loopback only (`--network off`).
     pub(crate) net: Option<crate::network::Net>,
-    /// The manager itself, for work that outlives a request (set once in `open`).
+    /// The manager itself, for work that outlives a request (set once in `new`).
     me: std::sync::OnceLock<std::sync::Weak<Manager>>,
 }
 
@@ -86,7 +78,9 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + 
 }
 
 impl Manager {
-    /// Opens (or creates) the daemon's state, pool and engine, and reconciles them.
+    /// Opens (or creates) the daemon's state, pool, engines, keys and network, assembles the
+    /// manager from them ([`Manager::new`]), reconciles ([`Manager::reconcile`]) and starts
+    /// its background work ([`Manager::spawn_background`]).
     pub async fn open(cfg: Config, inside_api: Option<InsideApiServer>) -> Result<Arc<Self>> {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| CoreError::Internal(format!("creating {}: {e}", cfg.data_dir.display())))?;
@@ -123,7 +117,6 @@ impl Manager {
                 engines.without(EngineKind::Vm, why)
             }
         };
-        let images = ImageService::new(cfg.clone(), store.clone(), pool.clone());
         let keys = crate::keys::Keys::open(&cfg.data_dir)?;
         let net = match &cfg.network {
             Some(settings) => {
@@ -136,6 +129,26 @@ impl Manager {
             }
             None => None,
         };
+        let mgr = Self::new(cfg, store, pool, engines, keys, net, inside_api);
+        mgr.reconcile().await?;
+        mgr.spawn_background();
+        Ok(mgr)
+    }
+
+    /// Assembles a manager from parts that are already open; touches no disk, runtime or
+    /// network. Before it serves requests, call [`Manager::reconcile`]; for the idle policy,
+    /// restart policy, pool alarm and base image, [`Manager::spawn_background`]. In-process
+    /// tests build one from a fake engine and a `dir` pool this way.
+    pub fn new(
+        cfg: Config,
+        store: Arc<Store>,
+        pool: Arc<dyn Pool>,
+        engines: crate::engines::Engines,
+        keys: crate::keys::Keys,
+        net: Option<crate::network::Net>,
+        inside_api: Option<InsideApiServer>,
+    ) -> Arc<Self> {
+        let images = ImageService::new(cfg.clone(), store.clone(), pool.clone());
         let mgr = Arc::new(Self {
             keys,
             net,
@@ -146,22 +159,21 @@ impl Manager {
             engines,
             image_disks: tokio::sync::Mutex::new(()),
             images,
-            agents: Mutex::new(HashMap::new()),
-            op_locks: Mutex::new(HashMap::new()),
-            end_reasons: Mutex::new(HashMap::new()),
-            restoring: Mutex::new(Default::default()),
-            restarts: Default::default(),
+            runtimes: Default::default(),
             pool_alarm: Default::default(),
             inside_api,
-            activity: Arc::default(),
             events: Default::default(),
-            inside_listeners: Mutex::new(HashMap::new()),
         });
         let _ = mgr.me.set(Arc::downgrade(&mgr));
-        mgr.reconcile().await?;
-        tokio::spawn(mgr.clone().idle_loop());
-        mgr.images.ensure_base_in_background();
-        Ok(mgr)
+        mgr
+    }
+
+    /// Starts the work that runs for the manager's whole life: the background loop (idle
+    /// and restart policies, dead agents, the pool alarm) and, when it is missing, the build
+    /// of the base image.
+    pub fn spawn_background(self: &Arc<Self>) {
+        tokio::spawn(self.clone().idle_loop());
+        self.images.ensure_base_in_background();
     }
 
     pub fn config(&self) -> &Config {
@@ -265,8 +277,7 @@ impl Manager {
     }
 
     pub(crate) fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.op_locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.entry(id.to_owned()).or_default().clone()
+        self.runtime(id).op_lock()
     }
 
     pub(crate) fn record(&self, name: &str) -> Result<SandboxRecord> {
@@ -300,8 +311,8 @@ impl Manager {
             usage: None,
             sleep: (r.status == SandboxStatus::Sleeping).then(|| {
                 let mode = self
-                    .activity
-                    .sleep_mode(&r.id)
+                    .runtime(&r.id)
+                    .sleep_mode()
                     .unwrap_or(crate::idle::SleepMode::Warm);
                 mode.as_str().to_owned()
             }),
@@ -346,14 +357,15 @@ impl Manager {
         let Some(serve) = &self.inside_api else {
             return Ok(());
         };
-        let mut listeners = self.inside_listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let rt = self.runtime(&rec.id);
+        let mut listener_slot = rt.inside_api();
         use std::os::unix::fs::PermissionsExt;
         let dir = self.host_api_dir(&rec.id);
         // A listener whose socket file was deleted (with the run dir) serves nobody: bind anew.
-        if listeners.get(&rec.id).is_some_and(|h| !h.is_finished()) && dir.join("api.sock").exists() {
+        if listener_slot.as_ref().is_some_and(|h| !h.is_finished()) && dir.join("api.sock").exists() {
             return Ok(());
         }
-        if let Some(old) = listeners.remove(&rec.id) {
+        if let Some(old) = listener_slot.take() {
             old.abort();
         }
         let io = |e: std::io::Error| {
@@ -371,18 +383,13 @@ impl Manager {
         listener.set_nonblocking(true).map_err(io)?;
         // Any process in the sandbox may use it; it only reaches this sandbox's checkpoints.
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).map_err(io)?;
-        listeners.insert(rec.id.clone(), serve(rec.id.clone(), listener));
+        *listener_slot = Some(serve(rec.id.clone(), listener));
         Ok(())
     }
 
     fn stop_inside_api(&self, id: &str) {
-        if let Some(h) = self
-            .inside_listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id)
-        {
-            h.abort();
+        if let Some(rt) = self.runtimes.existing(id) {
+            rt.stop_inside_api();
         }
     }
 
@@ -396,23 +403,10 @@ impl Manager {
             .ok_or_else(|| CoreError::not_found("sandbox", id))
     }
 
-    /// Records why the sandbox's processes are about to end.
-    pub(crate) fn set_end_reason(&self, name: &str, reason: String) {
-        let now = std::time::Instant::now();
-        self.end_reasons
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), (reason, now));
-    }
-
-    /// Why the processes of sandbox `name` were ended by the sandbox (stop, restore,
-    /// delete), if that happened after `since` (when the asking session started).
-    pub fn end_reason_since(&self, name: &str, since: std::time::Instant) -> Option<String> {
-        let reasons = self.end_reasons.lock().unwrap_or_else(|p| p.into_inner());
-        reasons
-            .get(name)
-            .filter(|(_, at)| *at >= since)
-            .map(|(r, _)| r.clone())
+    /// Records why the processes of sandbox `id` are about to end; its sessions tell their
+    /// clients (`SessionOutput::end_reason_since`).
+    pub(crate) fn set_end_reason(&self, id: &str, reason: String) {
+        self.runtime(id).set_end_reason(reason);
     }
 
     // ----- queries -------------------------------------------------------------------
@@ -588,7 +582,7 @@ impl Manager {
                     let rec = rec.clone();
                     tokio::spawn(async move { me.install_net_files(&rec).await });
                 }
-                self.activity.touch(&rec.id);
+                self.runtime(&rec.id).touch();
                 self.events.emit(
                     &rec.name,
                     "created",
@@ -601,7 +595,7 @@ impl Manager {
                 if let Err(ce) = self.teardown(&rec).await {
                     tracing::error!(sandbox = %rec.name, error = %chain(&ce), "cleanup after failed create");
                 } else {
-                    self.store.delete_sandbox(&rec.id)?;
+                    self.delete_record(&rec.id)?;
                 }
                 Err(e)
             }
@@ -735,7 +729,7 @@ impl Manager {
         std::fs::create_dir_all(&spec.run_dir)
             .map_err(|e| CoreError::Internal(format!("creating {}: {e}", spec.run_dir.display())))?;
         self.ensure_inside_api(rec)?;
-        self.activity.booted(&rec.id);
+        self.runtime(&rec.id).booted();
         let engine = self.engine(rec)?;
         let t = std::time::Instant::now();
         // The sandbox starts in its (still unwired) namespace while the veth, addresses and
@@ -772,20 +766,12 @@ impl Manager {
                 detail: chain(&e),
             })?;
         let client = conn.client;
-        self.agents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(rec.id.clone(), client.clone());
+        self.runtime(&rec.id).set_agent(Some(client.clone()));
         Ok(client)
     }
 
     pub(crate) async fn agent(&self, rec: &SandboxRecord) -> Result<AgentClient<Channel>> {
-        let cached = self
-            .agents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&rec.id)
-            .cloned();
+        let cached = self.runtime(&rec.id).agent();
         match cached {
             Some(c) => Ok(c),
             None => self.connect_agent(rec).await,
@@ -804,7 +790,9 @@ impl Manager {
     }
 
     pub(crate) fn forget_agent(&self, id: &str) {
-        self.agents.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        if let Some(rt) = self.runtimes.existing(id) {
+            rt.set_agent(None);
+        }
     }
 
     /// Stops the runtime and removes the disk and runtime dir of a sandbox. Idempotent.
@@ -849,17 +837,12 @@ impl Manager {
         self.store.update_sandbox(&rec2)?;
         rec = rec2;
         crate::fault::point("delete.after_intent");
-        self.set_end_reason(&rec.name, format!("sandbox '{}' was deleted", rec.name));
+        self.set_end_reason(&rec.id, format!("sandbox '{}' was deleted", rec.name));
         self.teardown(&rec).await?;
         self.delete_all_checkpoints(&rec).await?;
         self.forget_services(&rec);
-        self.store.delete_sandbox(&rec.id)?;
-        self.restarts.forget(&rec.id);
+        self.delete_record(&rec.id)?;
         self.reclaim_space();
-        self.op_locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&rec.id);
         tracing::info!(sandbox = %rec.name, id = %rec.id, "destroyed");
         self.events
             .emit(&rec.name, "deleted", serde_json::json!({"id": rec.id}));
@@ -884,15 +867,15 @@ impl Manager {
             (SandboxStatus::Sleeping, Action::Sleep) => {}
             (SandboxStatus::Running, Action::Sleep) => {
                 let mode = self.put_to_sleep(&rec).await?;
-                self.activity.set_sleep(&rec.id, Some(mode));
+                self.runtime(&rec.id).set_sleep(Some(mode));
                 self.events
                     .emit(&rec.name, "sleeping", serde_json::json!({"mode": mode.as_str()}));
             }
             (SandboxStatus::Sleeping, Action::Wake | Action::Start) => {
                 let t = std::time::Instant::now();
                 let mode = self
-                    .activity
-                    .sleep_mode(&rec.id)
+                    .runtime(&rec.id)
+                    .sleep_mode()
                     .unwrap_or(crate::idle::SleepMode::Warm);
                 match mode {
                     crate::idle::SleepMode::Warm => self.freeze(&rec, false).await?,
@@ -902,8 +885,8 @@ impl Manager {
                         self.boot_or_fail(&mut rec).await?
                     }
                 }
-                self.activity.set_sleep(&rec.id, None);
-                self.activity.touch(&rec.id);
+                self.runtime(&rec.id).set_sleep(None);
+                self.runtime(&rec.id).touch();
                 let lost = match mode {
                     crate::idle::SleepMode::Warm | crate::idle::SleepMode::Memory => serde_json::json!([]),
                     crate::idle::SleepMode::Cold => {
@@ -917,14 +900,14 @@ impl Manager {
                 );
             }
             (_, Action::Stop) => {
-                self.set_end_reason(&rec.name, format!("sandbox '{}' was stopped", rec.name));
+                self.set_end_reason(&rec.id, format!("sandbox '{}' was stopped", rec.name));
                 self.halt(&rec).await?;
                 self.discard_memory(&rec).await?;
-                self.activity.set_sleep(&rec.id, None);
+                self.runtime(&rec.id).set_sleep(None);
             }
             (_, Action::Start) => self.boot_or_fail(&mut rec).await?,
             (_, Action::Restart) => {
-                self.set_end_reason(&rec.name, format!("sandbox '{}' was restarted", rec.name));
+                self.set_end_reason(&rec.id, format!("sandbox '{}' was restarted", rec.name));
                 self.halt(&rec).await?;
                 self.discard_memory(&rec).await?;
                 self.boot_or_fail(&mut rec).await?;
@@ -989,13 +972,7 @@ impl Manager {
     /// Asks a running agent to end its processes (SIGTERM, then SIGKILL after the grace)
     /// and its sandbox; bounded, and a no-op when nothing answers.
     async fn ask_agent_to_shut_down(&self, rec: &SandboxRecord) {
-        let cached = self
-            .agents
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&rec.id)
-            .cloned();
-        let Some(mut client) = cached else {
+        let Some(mut client) = self.runtime(&rec.id).agent() else {
             return;
         };
         let req = burrow_agent_proto::v1::ShutdownRequest {
@@ -1102,7 +1079,7 @@ impl Manager {
         let rec = self.record(name)?;
         crate::watch::not_running(&rec)?;
         valid_transition(&rec.name, rec.status, Action::Exec)?;
-        self.activity.touch(&rec.id);
+        self.runtime(&rec.id).touch();
         if rec.status == SandboxStatus::Sleeping {
             self.action(name, Action::Wake).await?;
             return self.record(name);
@@ -1174,7 +1151,7 @@ impl Manager {
             }
             other => other,
         }?;
-        session.busy = Some(self.activity.busy_guard(&rec.id));
+        session.busy = Some(self.runtime(&rec.id).busy_guard());
         Ok(session)
     }
 
@@ -1223,7 +1200,7 @@ impl Manager {
     /// Brings DB, disk and runtime into agreement after a start (or crash): finishes or
     /// undoes half-done operations, adopts running sandboxes, restarts ones that should run
     /// and do not, and removes runtime containers, volumes and run dirs nobody owns.
-    async fn reconcile(&self) -> Result<()> {
+    pub async fn reconcile(&self) -> Result<()> {
         self.reconcile_checkpoints().await?;
         self.reconcile_builds().await?;
         let records = self.store.all_sandboxes()?;
@@ -1235,7 +1212,7 @@ impl Manager {
                     self.teardown(&rec).await?;
                     self.delete_all_checkpoints(&rec).await?;
                     self.forget_services(&rec);
-                    self.store.delete_sandbox(&rec.id)?;
+                    self.delete_record(&rec.id)?;
                     continue;
                 }
                 Some(Intent::Restore { .. }) | None => {}
@@ -1268,8 +1245,8 @@ impl Manager {
                 {
                     // A VM asleep with its memory saved: the next request resumes it,
                     // processes and all.
-                    self.activity
-                        .set_sleep(&rec.id, Some(crate::idle::SleepMode::Memory));
+                    self.runtime(&rec.id)
+                        .set_sleep(Some(crate::idle::SleepMode::Memory));
                     tracing::info!(sandbox = %rec.name, "adopted sandbox asleep with its memory saved");
                 }
                 (true, RuntimeStatus::Missing | RuntimeStatus::Stopped)
@@ -1278,15 +1255,15 @@ impl Manager {
                     // Its processes are gone (host reboot, or it was cold): it stays asleep,
                     // cold, and the next request boots it.
                     let _ = self.halt(&rec).await;
-                    self.activity
-                        .set_sleep(&rec.id, Some(crate::idle::SleepMode::Cold));
+                    self.runtime(&rec.id)
+                        .set_sleep(Some(crate::idle::SleepMode::Cold));
                     tracing::info!(sandbox = %rec.name, "adopted cold-sleeping sandbox");
                 }
                 (true, RuntimeStatus::Paused { .. }) => {
                     self.adopt_runtime(&rec).await;
                     if rec.status == SandboxStatus::Sleeping {
-                        self.activity
-                            .set_sleep(&rec.id, Some(crate::idle::SleepMode::Warm));
+                        self.runtime(&rec.id)
+                            .set_sleep(Some(crate::idle::SleepMode::Warm));
                     }
                     if rec.status == SandboxStatus::Running {
                         let _ = self.freeze(&rec, false).await;
@@ -1363,7 +1340,7 @@ impl Manager {
                 tracing::warn!(sandbox = %rec.name, error = %chain(&e), "teardown");
             }
             let _ = self.delete_all_checkpoints(&rec).await;
-            self.store.delete_sandbox(&rec.id)?;
+            self.delete_record(&rec.id)?;
         }
         if let Some(net) = &self.net
             && let Err(e) = net.host.teardown()

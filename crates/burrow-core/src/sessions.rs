@@ -134,7 +134,7 @@ impl Manager {
         let mut attached = self
             .with_agent(&rec, |client| attach(client, sandbox.clone(), id.to_owned()))
             .await?;
-        attached.session.busy = Some(self.activity.busy_guard(&rec.id));
+        attached.session.busy = Some(self.runtime(&rec.id).busy_guard());
         Ok(attached)
     }
 

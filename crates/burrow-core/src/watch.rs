@@ -20,8 +20,6 @@
 //! (stop, start: a new run dir and socket) and says so; a running daemon that meets one
 //! names the cause and the fix (`restart`), which recreates whatever is missing.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use burrow_api::{SandboxRestart, SandboxStatus};
@@ -43,13 +41,10 @@ const MAX_DEATHS: u32 = 5;
 /// A sandbox that ran this long since its last restart starts counting from one again.
 const STABLE: Duration = Duration::from_secs(60);
 
-/// What the restart policy knows per sandbox id (memory only: after a daemon restart,
-/// reconciliation boots whatever should run).
+/// What the restart policy knows about one sandbox (memory only, in its runtime: after a
+/// daemon restart, reconciliation boots whatever should run).
 #[derive(Default)]
-pub(crate) struct Restarts(Mutex<HashMap<String, RestartState>>);
-
-#[derive(Default)]
-struct RestartState {
+pub(crate) struct RestartState {
     /// Deaths in a row, each within [`STABLE`] of the restart before it.
     deaths: u32,
     /// When the policy last booted it.
@@ -69,56 +64,39 @@ pub(crate) enum Plan {
     Never,
 }
 
-impl Restarts {
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, RestartState>) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+impl RestartState {
+    /// Records a death at `now` and decides what to do about it.
+    pub(crate) fn on_death(&mut self, policy: SandboxRestart, death: &str, now: Instant) -> Plan {
+        self.due = None;
+        if policy == SandboxRestart::Never {
+            self.deaths = 0;
+            return Plan::Never;
+        }
+        let in_a_row = self.restarted_at.is_some_and(|t| now.duration_since(t) < STABLE);
+        self.deaths = if in_a_row { self.deaths + 1 } else { 1 };
+        if self.deaths >= MAX_DEATHS {
+            return Plan::GiveUp { deaths: self.deaths };
+        }
+        let delay = BACKOFF * 2u32.pow(self.deaths - 1);
+        self.due = Some((now + delay, death.to_owned()));
+        Plan::Restart {
+            attempt: self.deaths,
+            delay,
+        }
     }
 
-    /// Records a death of `id` at `now` and decides what to do about it.
-    pub(crate) fn on_death(&self, id: &str, policy: SandboxRestart, death: &str, now: Instant) -> Plan {
-        self.with(|m| {
-            let st = m.entry(id.to_owned()).or_default();
-            st.due = None;
-            if policy == SandboxRestart::Never {
-                st.deaths = 0;
-                return Plan::Never;
-            }
-            let in_a_row = st.restarted_at.is_some_and(|t| now.duration_since(t) < STABLE);
-            st.deaths = if in_a_row { st.deaths + 1 } else { 1 };
-            if st.deaths >= MAX_DEATHS {
-                return Plan::GiveUp { deaths: st.deaths };
-            }
-            let delay = BACKOFF * 2u32.pow(st.deaths - 1);
-            st.due = Some((now + delay, death.to_owned()));
-            Plan::Restart {
-                attempt: st.deaths,
-                delay,
-            }
-        })
-    }
-
-    /// The death a due restart of `id` answers, if one is due at `now`.
-    fn due(&self, id: &str, now: Instant) -> Option<String> {
-        self.with(|m| {
-            let (at, death) = m.get(id)?.due.as_ref()?;
-            (*at <= now).then(|| death.clone())
-        })
+    /// The death a due restart answers, if one is due at `now`.
+    fn due(&self, now: Instant) -> Option<String> {
+        let (at, death) = self.due.as_ref()?;
+        (*at <= now).then(|| death.clone())
     }
 
     /// The restart was done (or is moot): none is due any more.
-    fn done(&self, id: &str, restarted_at: Option<Instant>) {
-        self.with(|m| {
-            if let Some(st) = m.get_mut(id) {
-                st.due = None;
-                if restarted_at.is_some() {
-                    st.restarted_at = restarted_at;
-                }
-            }
-        })
-    }
-
-    pub(crate) fn forget(&self, id: &str) {
-        self.with(|m| m.remove(id));
+    fn done(&mut self, restarted_at: Option<Instant>) {
+        self.due = None;
+        if restarted_at.is_some() {
+            self.restarted_at = restarted_at;
+        }
     }
 }
 
@@ -129,7 +107,7 @@ impl Manager {
             && match rec.status {
                 SandboxStatus::Running => true,
                 SandboxStatus::Sleeping => !matches!(
-                    self.activity.sleep_mode(&rec.id),
+                    self.runtime(&rec.id).sleep_mode(),
                     Some(SleepMode::Cold | SleepMode::Memory)
                 ),
                 _ => false,
@@ -157,17 +135,16 @@ impl Manager {
             None => "the agent (PID 1) died".to_owned(),
         };
         tracing::warn!(sandbox = %rec.name, %reason, "sandbox agent died");
-        self.set_end_reason(&rec.name, format!("sandbox '{}' stopped: {reason}", rec.name));
+        let rt = self.runtime(&rec.id);
+        rt.set_end_reason(format!("sandbox '{}' stopped: {reason}", rec.name));
         // Its remaining processes (if any) go, and runc forgets the container.
         if let Err(e) = self.kill(rec).await {
             tracing::warn!(sandbox = %rec.name, error = %crate::error::chain(&e), "cleaning up after the agent died");
         }
-        self.activity.set_sleep(&rec.id, None);
+        rt.set_sleep(None);
         crate::state::transition(rec, crate::state::Action::Fail)?;
         rec.updated_at = now_rfc3339();
-        let plan = self
-            .restarts
-            .on_death(&rec.id, rec.config.restart, &rec.updated_at, Instant::now());
+        let plan = rt.restarts(|r| r.on_death(rec.config.restart, &rec.updated_at, Instant::now()));
         let restart = match plan {
             Plan::Restart { attempt, delay } => {
                 tracing::info!(sandbox = %rec.name, attempt, ?delay, "restart policy: booting it again");
@@ -202,22 +179,24 @@ impl Manager {
     /// and it is still `failed` from the death that scheduled it (a `start`, `stop` or
     /// `delete` in between wins). Returns whether it acted.
     pub(crate) async fn restart_if_due(&self, rec: &SandboxRecord) -> bool {
-        if rec.status != SandboxStatus::Failed || self.restarts.due(&rec.id, Instant::now()).is_none() {
+        let rt = self.runtime(&rec.id);
+        if rec.status != SandboxStatus::Failed || rt.restarts(|r| r.due(Instant::now())).is_none() {
             return false;
         }
-        let lock = self.op_lock(&rec.id);
+        let lock = rt.op_lock();
         let Ok(_guard) = lock.try_lock() else {
             return false;
         };
+        // Gone (deleted meanwhile): its runtime went with it.
+        let id = rec.id.clone();
         let Ok(mut rec) = self.record(&rec.name) else {
-            self.restarts.forget(&rec.id);
             return false;
         };
-        let Some(death) = self.restarts.due(&rec.id, Instant::now()) else {
+        let Some(death) = rt.restarts(|r| r.due(Instant::now())) else {
             return false;
         };
-        if rec.status != SandboxStatus::Failed || rec.updated_at != death {
-            self.restarts.done(&rec.id, None);
+        if rec.id != id || rec.status != SandboxStatus::Failed || rec.updated_at != death {
+            rt.restarts(|r| r.done(None));
             return false;
         }
         let reason = rec.failure_reason.clone().unwrap_or_default();
@@ -228,8 +207,8 @@ impl Manager {
         }
         match self.boot_or_fail(&mut rec).await {
             Ok(()) => {
-                self.restarts.done(&rec.id, Some(Instant::now()));
-                self.activity.touch(&rec.id);
+                rt.restarts(|r| r.done(Some(Instant::now())));
+                rt.touch();
                 let what = format!("restarted by its restart policy (on-failure) after: {reason}");
                 tracing::info!(sandbox = %rec.name, "{what}");
                 rec.failure_reason = None;
@@ -250,10 +229,10 @@ impl Manager {
                 let now = Instant::now();
                 // The attempt counts as a restart, so a sandbox that cannot boot at all runs
                 // out of attempts like one that dies at once.
-                self.restarts.done(&rec.id, Some(now));
-                let plan = self
-                    .restarts
-                    .on_death(&rec.id, rec.config.restart, &rec.updated_at, now);
+                let plan = rt.restarts(|r| {
+                    r.done(Some(now));
+                    r.on_death(rec.config.restart, &rec.updated_at, now)
+                });
                 if let Plan::GiveUp { deaths } = plan {
                     rec.failure_reason = Some(format!(
                         "{}; not restarted again: {deaths} attempts in a row failed (restart policy on-failure)",
@@ -270,7 +249,7 @@ impl Manager {
     /// lock, then the verdict under it. A sandbox with an operation in progress is looked at
     /// on the next tick. Returns whether the agent was found dead.
     pub(crate) async fn watch_agent(&self, rec: &SandboxRecord) -> bool {
-        if !self.agent_expected(rec) || self.is_restoring(&rec.id) {
+        if !self.agent_expected(rec) || self.runtime(&rec.id).is_restoring() {
             return false;
         }
         match self.liveness(rec).await {
@@ -295,13 +274,6 @@ impl Manager {
                 false
             }
         }
-    }
-
-    fn is_restoring(&self, id: &str) -> bool {
-        self.restoring
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id)
     }
 
     /// For a request that needs the agent: if it is dead, records that and returns the error
@@ -374,9 +346,10 @@ impl Manager {
             rec.name
         );
         tracing::warn!(sandbox = %rec.name, "{what}");
-        self.set_end_reason(&rec.name, what.clone());
+        let rt = self.runtime(&rec.id);
+        rt.set_end_reason(what.clone());
         let _ = self.halt(rec).await;
-        self.activity.set_sleep(&rec.id, None);
+        rt.set_sleep(None);
         crate::state::transition(rec, crate::state::Action::Start)?;
         rec.notice = Some(what.clone());
         self.boot_or_fail(rec).await?;
@@ -413,42 +386,34 @@ mod tests {
 
     #[test]
     fn backoff_doubles_within_a_minute_and_gives_up_at_the_fifth_death() {
-        let r = Restarts::default();
+        let mut r = RestartState::default();
         let t0 = Instant::now();
         let mut now = t0;
         for attempt in 1..=4u32 {
-            let plan = r.on_death("a", SandboxRestart::OnFailure, &format!("d{attempt}"), now);
+            let plan = r.on_death(SandboxRestart::OnFailure, &format!("d{attempt}"), now);
             let delay = BACKOFF * 2u32.pow(attempt - 1);
             assert_eq!(plan, Plan::Restart { attempt, delay });
-            assert_eq!(r.due("a", now), None, "not before its time");
-            assert_eq!(r.due("a", now + delay), Some(format!("d{attempt}")));
+            assert_eq!(r.due(now), None, "not before its time");
+            assert_eq!(r.due(now + delay), Some(format!("d{attempt}")));
             now += delay;
-            r.done("a", Some(now));
-            assert_eq!(r.due("a", now + STABLE), None, "done");
+            r.done(Some(now));
+            assert_eq!(r.due(now + STABLE), None, "done");
             now += Duration::from_secs(1);
         }
         assert_eq!(
-            r.on_death("a", SandboxRestart::OnFailure, "d5", now),
+            r.on_death(SandboxRestart::OnFailure, "d5", now),
             Plan::GiveUp { deaths: 5 }
         );
-        assert_eq!(r.due("a", now + STABLE), None);
-        // Another sandbox has its own count.
-        assert_eq!(
-            r.on_death("b", SandboxRestart::OnFailure, "x", now),
-            Plan::Restart {
-                attempt: 1,
-                delay: BACKOFF
-            }
-        );
+        assert_eq!(r.due(now + STABLE), None);
     }
 
     #[test]
     fn a_sandbox_that_ran_a_minute_starts_counting_again_and_never_means_never() {
-        let r = Restarts::default();
+        let mut r = RestartState::default();
         let t0 = Instant::now();
-        r.on_death("a", SandboxRestart::OnFailure, "d1", t0);
-        r.done("a", Some(t0));
-        let plan = r.on_death("a", SandboxRestart::OnFailure, "d2", t0 + Duration::from_secs(1));
+        r.on_death(SandboxRestart::OnFailure, "d1", t0);
+        r.done(Some(t0));
+        let plan = r.on_death(SandboxRestart::OnFailure, "d2", t0 + Duration::from_secs(1));
         assert_eq!(
             plan,
             Plan::Restart {
@@ -456,9 +421,9 @@ mod tests {
                 delay: BACKOFF * 2
             }
         );
-        r.done("a", Some(t0 + Duration::from_secs(2)));
+        r.done(Some(t0 + Duration::from_secs(2)));
         let later = t0 + Duration::from_secs(2) + STABLE;
-        let plan = r.on_death("a", SandboxRestart::OnFailure, "d3", later);
+        let plan = r.on_death(SandboxRestart::OnFailure, "d3", later);
         assert_eq!(
             plan,
             Plan::Restart {
@@ -466,7 +431,7 @@ mod tests {
                 delay: BACKOFF
             }
         );
-        assert_eq!(r.on_death("a", SandboxRestart::Never, "d4", later), Plan::Never);
-        assert_eq!(r.due("a", later + STABLE), None, "never schedules nothing");
+        assert_eq!(r.on_death(SandboxRestart::Never, "d4", later), Plan::Never);
+        assert_eq!(r.due(later + STABLE), None, "never schedules nothing");
     }
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 pub use burrow_api::EngineKind;
 
 pub mod container;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod vm;
 pub mod vm_guest;
 

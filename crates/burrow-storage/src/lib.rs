@@ -22,6 +22,13 @@ mod walk;
 pub use error::{Result, StorageError};
 pub use setup::{open_pool, release_pool};
 
+/// The `dir` driver on the existing directory `root`, as it is: none of [`open_pool`]'s setup
+/// (no lock, no change of owner or mode), so it needs no privileges. For in-process tests;
+/// the daemon opens its pool with [`open_pool`].
+pub fn dir_pool(root: &Path) -> Result<Box<dyn Pool>> {
+    Ok(Box::new(dir::DirPool::new(root)?))
+}
+
 /// What kind of pool to open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolKind {

@@ -1,5 +1,6 @@
 //! End-to-end tests of the REST API against a real daemon (runc, btrfs, SQLite): the
-//! contract of `api.md`, bad input, lifecycle and exec.
+//! contract of `api.md`, lifecycle and exec. Bad input that needs no running sandbox (bodies,
+//! names, unknown sandboxes and routes) is tested in process, in `router.rs`.
 
 use std::collections::BTreeMap;
 
@@ -31,146 +32,6 @@ fn exec_req(cmd: &[&str]) -> ExecRequest {
 
 fn api_status(e: &ClientError) -> u16 {
     e.status().unwrap_or_else(|| panic!("not an API error: {e}"))
-}
-
-/// The daemon really serves every route in ROUTES (none falls to the 404/405 fallbacks).
-#[tokio::test(flavor = "multi_thread")]
-async fn every_documented_route_is_served() {
-    let d = shared();
-    // (The OpenAPI document lists the same routes: `burrowd::api::routes` tests that.)
-    for route in burrowd::api::ROUTES {
-        let method = match route.verb {
-            burrowd::api::Verb::Any => "GET".to_owned(),
-            v => v.as_str().to_uppercase(),
-        };
-        let path = route.path.replace("{name}", "no-such-sandbox-x");
-        let r = raw_unix(&d.socket, &method, &path, &[JSON], b"{}".to_vec()).await;
-        let code = serde_json::from_slice::<serde_json::Value>(&r.body)
-            .ok()
-            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
-            .unwrap_or_default();
-        assert!(
-            code != "route_not_found" && code != "method_not_allowed",
-            "{method} {path} is not served: {} {code}",
-            r.status
-        );
-    }
-    let r = raw_unix(&d.socket, "GET", "/v1/nope", &[], vec![]).await;
-    assert_eq!((r.status, r.error_code().as_str()), (404, "route_not_found"));
-    let r = raw_unix(&d.socket, "PUT", "/v1/sandboxes", &[], vec![]).await;
-    assert_eq!(r.status, 405);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn bad_bodies_get_clear_errors() {
-    let d = shared();
-    let s = &d.socket;
-    // No content type: 415 that says so (not "name is required").
-    let r = raw_unix(s, "POST", "/v1/sandboxes", &[], br#"{"name":"x"}"#.to_vec()).await;
-    assert_eq!(r.status, 415);
-    assert!(
-        r.error_message().contains("Content-Type: application/json"),
-        "{}",
-        r.error_message()
-    );
-    let r = raw_unix(
-        s,
-        "POST",
-        "/v1/sandboxes",
-        &[("content-type", "text/plain")],
-        b"{}".to_vec(),
-    )
-    .await;
-    assert_eq!(r.status, 415);
-    // Not JSON: 400.
-    let r = raw_unix(s, "POST", "/v1/sandboxes", &[JSON], b"{name: x".to_vec()).await;
-    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_request"));
-    assert!(r.error_message().contains("not valid JSON"));
-    let r = raw_unix(s, "POST", "/v1/sandboxes", &[JSON], vec![]).await;
-    assert_eq!(r.status, 400);
-    // Valid JSON, invalid values: 422 naming the problem.
-    let r = raw_unix(s, "POST", "/v1/sandboxes", &[JSON], b"{}".to_vec()).await;
-    assert_eq!(r.status, 422);
-    assert!(r.error_message().contains("name"), "{}", r.error_message());
-    let r = raw_unix(
-        s,
-        "POST",
-        "/v1/sandboxes",
-        &[JSON],
-        br#"{"name":"ok-name","colour":"red"}"#.to_vec(),
-    )
-    .await;
-    assert_eq!(r.status, 422);
-    assert!(r.error_message().contains("colour"));
-    // Huge body: 413.
-    let mut huge = br#"{"name":"x","labels":{"a":""#.to_vec();
-    huge.extend(std::iter::repeat_n(b'a', 40 << 20));
-    huge.extend(br#""}}"#);
-    let r = raw_unix(s, "POST", "/v1/sandboxes", &[JSON], huge).await;
-    assert_eq!((r.status, r.error_code().as_str()), (413, "too_large"));
-    // Bad query values: 400.
-    let r = raw_unix(s, "GET", "/v1/sandboxes?limit=lots", &[], vec![]).await;
-    assert_eq!(r.status, 400);
-    let r = raw_unix(s, "GET", "/v1/sandboxes?colour=red", &[], vec![]).await;
-    assert_eq!(r.status, 400);
-    // The daemon is still fine.
-    assert!(d.client().health().await.is_ok());
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn invalid_names_are_refused() {
-    let d = shared();
-    for bad in ["Dev", "../x", "", "-a", "a_b", &"a".repeat(64), "a.b", "ü"] {
-        let body = serde_json::json!({ "name": bad }).to_string().into_bytes();
-        let r = raw_unix(&d.socket, "POST", "/v1/sandboxes", &[JSON], body).await;
-        assert_eq!(
-            r.status,
-            422,
-            "name {bad:?}: {}",
-            String::from_utf8_lossy(&r.body)
-        );
-        assert!(r.error_message().contains("name"), "{}", r.error_message());
-    }
-    // Bad names in paths: 400, never a lookup on disk.
-    for path in [
-        "/v1/sandboxes/UPPER",
-        "/v1/sandboxes/a_b/start",
-        "/v1/sandboxes/..%2Fetc",
-    ] {
-        let method = if path.ends_with("start") { "POST" } else { "GET" };
-        let r = raw_unix(&d.socket, method, path, &[], vec![]).await;
-        assert_eq!(r.status, 400, "{path}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn unknown_sandbox_is_404_everywhere() {
-    let d = shared();
-    let c = d.client();
-    let name = unique_name("ghost");
-    let e = c.get_sandbox(&name).await.unwrap_err();
-    assert_eq!((api_status(&e), e.code()), (404, Some("not_found")));
-    assert!(e.to_string().contains(&name));
-    assert_eq!(api_status(&c.delete_sandbox(&name).await.unwrap_err()), 404);
-    for action in ["start", "stop", "restart", "sleep", "wake"] {
-        assert_eq!(
-            api_status(&c.sandbox_action(&name, action).await.unwrap_err()),
-            404,
-            "{action}"
-        );
-    }
-    assert_eq!(
-        api_status(&c.exec(&name, &exec_req(&["true"])).await.unwrap_err()),
-        404
-    );
-    assert_eq!(
-        api_status(
-            &c.patch_sandbox(&name, &PatchSandbox::default())
-                .await
-                .unwrap_err()
-        ),
-        404
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -392,11 +253,35 @@ async fn create_validates_values() {
     let mut req = create_req(&name);
     req.env = BTreeMap::from([("BAD=NAME".into(), "x".into())]);
     assert_eq!(api_status(&c.create_sandbox(&req).await.unwrap_err()), 422);
-    let mut req = create_req(&name);
-    req.engine = Some(burrow_api::EngineKind::Vm);
-    assert_eq!(api_status(&c.create_sandbox(&req).await.unwrap_err()), 503);
     // Nothing was created by any of these.
     assert_eq!(api_status(&c.get_sandbox(&name).await.unwrap_err()), 404);
+}
+
+/// `--engine vm` on a host without QEMU: 503 that names the package, nothing created; the
+/// container engine still works there (the control).
+#[tokio::test(flavor = "multi_thread")]
+async fn vm_engine_without_qemu_is_503_naming_the_package() {
+    let d = Daemon::start_with(&["--qemu", "/nonexistent/qemu-system-x86_64"]);
+    let c = d.client();
+    let v = c.version().await.unwrap();
+    let vm = v
+        .engines
+        .iter()
+        .find(|e| e.kind == burrow_api::EngineKind::Vm)
+        .unwrap();
+    assert!(!vm.available);
+    let name = unique_name("novm");
+    let mut req = create_req(&name);
+    req.engine = Some(burrow_api::EngineKind::Vm);
+    let e = c.create_sandbox(&req).await.unwrap_err();
+    assert_eq!(api_status(&e), 503, "{e}");
+    assert!(e.to_string().contains("qemu-system-x86"), "{e}");
+    assert_eq!(api_status(&c.get_sandbox(&name).await.unwrap_err()), 404);
+    create(&c, &name).await;
+    assert_eq!(
+        c.get_sandbox(&name).await.unwrap().engine,
+        burrow_api::EngineKind::Container
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

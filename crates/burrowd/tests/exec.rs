@@ -262,3 +262,61 @@ async fn large_output_arrives_complete() {
     .await;
     assert_eq!((out.len(), code), (64 << 20, 0));
 }
+
+/// A session whose process burrowd ends (stop, delete) ends with an exit frame that says
+/// why, even when the sandbox is gone by the time the frame is written (its in-memory state
+/// left with it: the session keeps what it needs). Control: a process that exits by itself
+/// has no reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_ended_by_stop_or_delete_are_told_why() {
+    let (c, shared_name) = sandbox().await;
+    let out = c
+        .exec_stream(&shared_name, ExecStreamOptions::new(["true"]))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.exit_code, out.reason),
+        (0, None),
+        "a process that exits by itself"
+    );
+
+    for (verb, said) in [("stop", "was stopped"), ("delete", "was deleted")] {
+        let name = unique_name("ended");
+        let req = CreateSandbox {
+            name: SandboxName::parse(&name).unwrap(),
+            ..Default::default()
+        };
+        c.create_sandbox(&req).await.unwrap();
+        let mut s = c
+            .exec_stream(&name, ExecStreamOptions::new(["sleep", "1000"]))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.next_event().await.unwrap(),
+            Some(ExecEvent::Session { .. })
+        ));
+        match verb {
+            "stop" => {
+                c.sandbox_action(&name, "stop").await.unwrap();
+            }
+            _ => c.delete_sandbox(&name).await.unwrap(),
+        }
+        let out = s
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{verb}: an exit frame, not a dropped connection: {e}"));
+        let reason = out
+            .reason
+            .unwrap_or_else(|| panic!("{verb}: the exit frame says why"));
+        assert!(
+            reason.contains(&format!("sandbox '{name}' {said}")),
+            "{verb}: {reason}"
+        );
+        if verb == "stop" {
+            c.delete_sandbox(&name).await.unwrap();
+        }
+    }
+}

@@ -90,7 +90,9 @@ fn settle(fd: OwnedFd, saw_eof: bool) -> io::Result<OwnedFd> {
     let mut n = 0u32;
     while !host_connected(&fd)? {
         n += 1;
-        if n % 20 == 0 { log_line!("DEBUG still waiting {n}"); }
+        if n % 20 == 0 {
+            log_line!("DEBUG still waiting {n}");
+        }
         match epoll.wait(&mut events, EpollTimeout::from(100u16)) {
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(e) => return Err(e.into()),

@@ -371,8 +371,7 @@ pub async fn exec_ws(
         return Ok(ws.on_upgrade(move |socket| start_from_frame(socket, name, opts, env, mgr)));
     }
     let session = s.mgr.exec_stream(&name, opts.clone(), &env).await?;
-    let mgr = s.mgr.clone();
-    Ok(ws.on_upgrade(move |socket| bridge(socket, session, opts.tty, mgr, None)))
+    Ok(ws.on_upgrade(move |socket| bridge(socket, session, opts.tty, None)))
 }
 
 /// How long the server waits for the `start` frame of a WebSocket exec without `cmd`.
@@ -426,7 +425,7 @@ async fn start_from_frame(
     }
     .await;
     match started {
-        Ok(Some(session)) => bridge(socket, session, opts.tty, mgr, None).await,
+        Ok(Some(session)) => bridge(socket, session, opts.tty, None).await,
         Ok(None) => {}
         Err(e) => {
             let frame = WsControl::Error {
@@ -476,10 +475,8 @@ pub(super) async fn bridge(
     socket: WebSocket,
     session: burrow_core::ExecSession,
     tty: bool,
-    mgr: std::sync::Arc<burrow_core::Manager>,
     replay: Option<burrow_api::WsNotice>,
 ) {
-    let sandbox = session.sandbox.clone();
     let started = std::time::Instant::now();
     let (mut tx, mut rx) = socket.split();
     let hello = WsControl::Session {
@@ -509,11 +506,11 @@ pub(super) async fn bridge(
                 Ok(Some(SessionEvent::Exited { exit_code, signal })) => {
                     // A process the sandbox's stop/restore ended exits normally (TERM), but
                     // its client still learns why.
-                    let reason = mgr.end_reason_since(&sandbox, started);
+                    let reason = output.end_reason_since(started);
                     break Ok(WsControl::Exit { exit_code, signal: signal.map(signal_name), reason });
                 }
                 Ok(None) => break Err(("internal".to_owned(), "session ended twice".to_owned())),
-                Err(e) => match mgr.end_reason_since(&sandbox, started) {
+                Err(e) => match output.end_reason_since(started) {
                     // The sandbox ended the process (stop, restore, delete): a normal end,
                     // with the reason, rather than an error.
                     Some(reason) => {

@@ -44,9 +44,8 @@ pub async fn attach(
         replay_bytes: attached.replay_bytes,
         dropped_bytes: attached.dropped_bytes,
     };
-    let mgr = s.mgr.clone();
     let tty = attached.tty;
-    Ok(ws.on_upgrade(move |socket| super::exec::bridge(socket, attached.session, tty, mgr, Some(notice))))
+    Ok(ws.on_upgrade(move |socket| super::exec::bridge(socket, attached.session, tty, Some(notice))))
 }
 
 pub async fn kill(
