@@ -35,7 +35,7 @@ mod user;
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -246,6 +246,12 @@ fn run_guest(cfg: Result<guest::GuestConfig, guest::GuestError>) -> ! {
             guest::power_off();
         }
     };
+    // From here on the console must never hold the agent up: a console that stops taking
+    // output (a guest process flooding it, a UART that lost its interrupt over a memory
+    // snapshot) drops the agent's log lines instead of blocking the thread that writes them.
+    if let Err(e) = sys::set_nonblocking(std::io::stderr().as_fd()) {
+        log_line!("burrow-agent: guest: cannot make the console non-blocking: {e}");
+    }
     let result = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)
