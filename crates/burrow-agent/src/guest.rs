@@ -143,9 +143,7 @@ impl Steps {
             "burrow-agent: guest init started {:.0} ms after the kernel",
             uptime_ms()
         );
-        Self {
-            last: Instant::now(),
-        }
+        Self { last: Instant::now() }
     }
 
     fn done(&mut self, step: &str) {
@@ -200,13 +198,7 @@ pub fn boot(cfg: &GuestConfig) -> Result<PathBuf, GuestError> {
     Ok(port)
 }
 
-fn mount_fs(
-    source: &str,
-    target: &str,
-    fstype: &str,
-    flags: MsFlags,
-    data: &str,
-) -> Result<(), GuestError> {
+fn mount_fs(source: &str, target: &str, fstype: &str, flags: MsFlags, data: &str) -> Result<(), GuestError> {
     let _ = std::fs::create_dir_all(target);
     let data = (!data.is_empty()).then_some(data);
     mount(Some(source), target, Some(fstype), flags, data)
@@ -256,27 +248,15 @@ fn switch_root(new_root: &Path) -> Result<(), GuestError> {
     for dir in ["/dev", "/proc", "/sys"] {
         let target = new_root.join(&dir[1..]);
         let _ = std::fs::create_dir_all(&target);
-        mount(
-            Some(dir),
-            &target,
-            None::<&str>,
-            MsFlags::MS_MOVE,
-            None::<&str>,
-        )
-        .map_err(nix_err(format!("move {dir} to {}", target.display())))?;
+        mount(Some(dir), &target, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .map_err(nix_err(format!("move {dir} to {}", target.display())))?;
     }
     // Best effort: the running binary stays mapped after its file is gone.
     let _ = std::fs::remove_file("/init");
     let _ = std::fs::remove_dir_all("/lib");
     std::env::set_current_dir(new_root).map_err(io_err(format!("chdir {}", new_root.display())))?;
-    mount(
-        Some("."),
-        "/",
-        None::<&str>,
-        MsFlags::MS_MOVE,
-        None::<&str>,
-    )
-    .map_err(nix_err("move the new root over /"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(nix_err("move the new root over /"))?;
     nix::unistd::chroot(".").map_err(nix_err("chroot into the new root"))?;
     std::env::set_current_dir("/").map_err(io_err("chdir /"))?;
     Ok(())

@@ -21,6 +21,8 @@ use burrow_testkit::require;
 
 const QEMU: &str = "qemu-system-x86_64";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+/// What the guest agent logs when it waits for the host to (re)connect.
+const HOST_GONE: &str = "burrow-agent: guest: waiting for the host";
 
 /// The static agent `scripts/build.sh debug` puts next to burrowd.
 fn agent_bin() -> PathBuf {
@@ -63,17 +65,18 @@ fn make_disk(dir: &Path) -> PathBuf {
     std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     std::fs::write(tree.join("etc/group"), "root:x:0:\ntty:x:5:\n").unwrap();
     let disk = dir.join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    std::fs::File::create(&disk).unwrap().set_len(64 << 20).unwrap();
     let out = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d"])
         .arg(&tree)
         .arg(&disk)
         .output()
         .unwrap();
-    assert!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mkfs.ext4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     disk
 }
 
@@ -168,15 +171,25 @@ fn write_file(agent: &Agent, path: &str, data: &[u8]) {
 #[test]
 fn agent_boots_a_microvm_and_serves_over_virtio_serial() {
     require!(nix::unistd::geteuid().is_root(), "not root");
-    require!(have(QEMU, "--version"), "{QEMU} is not installed (scripts/setup.sh)");
+    require!(
+        have(QEMU, "--version"),
+        "{QEMU} is not installed (scripts/setup.sh)"
+    );
     require!(have("mkfs.ext4", "-V"), "mkfs.ext4 is not installed (e2fsprogs)");
-    require!(Path::new("/bin/busybox").exists(), "no /bin/busybox (busybox-static)");
+    require!(
+        Path::new("/bin/busybox").exists(),
+        "no /bin/busybox (busybox-static)"
+    );
     let kit = GuestKernel::find(Path::new(DEFAULT_GUEST_DIR));
     let missing_kit = kit.as_ref().err().map(ToString::to_string).unwrap_or_default();
     require!(kit.is_ok(), "{missing_kit}");
     let kit = kit.unwrap();
     let agent = agent_bin();
-    require!(agent.exists(), "{} not built (bash scripts/build.sh debug)", agent.display());
+    require!(
+        agent.exists(),
+        "{} not built (bash scripts/build.sh debug)",
+        agent.display()
+    );
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -198,7 +211,9 @@ fn agent_boots_a_microvm_and_serves_over_virtio_serial() {
     }
     let started = Instant::now();
     let child = Command::new(QEMU)
-        .args(["-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1"])
+        .args([
+            "-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "256", "-smp", "1",
+        ])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
         .arg("-kernel")
         .arg(&kit.vmlinuz)
@@ -218,7 +233,10 @@ fn agent_boots_a_microvm_and_serves_over_virtio_serial() {
         .args(["-device", "virtio-net-device,netdev=net0"])
         .args(["-device", "virtio-serial-device"])
         .arg("-chardev")
-        .arg(format!("socket,id=agent,path={},server=on,wait=off", sock.display()))
+        .arg(format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            sock.display()
+        ))
         .args(["-device", "virtserialport,chardev=agent,name=burrow.agent"])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp.display()))
@@ -250,12 +268,20 @@ fn agent_boots_a_microvm_and_serves_over_virtio_serial() {
 
     // What a container sandbox has: ptys, shm, the guest's own cgroup2.
     let mounts = a.exec(&["cat", "/proc/mounts"]).stdout;
-    for want in [" /dev/pts devpts ", " /dev/shm tmpfs ", " /sys/fs/cgroup cgroup2 ", " / ext4 "] {
+    for want in [
+        " /dev/pts devpts ",
+        " /dev/shm tmpfs ",
+        " /sys/fs/cgroup cgroup2 ",
+        " / ext4 ",
+    ] {
         assert!(mounts.contains(want), "{want:?} not in\n{mounts}");
     }
     // The network from the command line: the address on eth0, the default route, DNS.
     let addr = a.exec(&["ip", "-4", "addr", "show", "dev", "eth0"]).stdout;
-    assert!(addr.contains("inet 10.0.2.15/24") && addr.contains("UP"), "{addr}");
+    assert!(
+        addr.contains("inet 10.0.2.15/24") && addr.contains("UP"),
+        "{addr}"
+    );
     let route = a.exec(&["ip", "-4", "route"]).stdout;
     assert!(route.contains("default via 10.0.2.2 dev eth0"), "{route}");
     let resolv = a.exec(&["cat", "/etc/resolv.conf"]).stdout;
@@ -264,11 +290,26 @@ fn agent_boots_a_microvm_and_serves_over_virtio_serial() {
     // The host goes away (a daemon restart) and comes back: a new connection works, and
     // the file written before is still there.
     for round in 0..3 {
+        let waits = vm.serial_log().matches(HOST_GONE).count();
         drop(a);
+        // A host must let the guest see its hangup before it connects again (QEMU does not
+        // tell the guest about a connection made right after a close reliably; see
+        // docs/vm-guest.md). The guest says so on its console.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while vm.serial_log().matches(HOST_GONE).count() == waits {
+            assert!(
+                Instant::now() < deadline,
+                "the guest did not see the host hang up"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let t = Instant::now();
-        let (next, failures) = connect(&sock, Duration::from_secs(60));
+        let (next, failures) = connect(&sock, Duration::from_secs(30));
         a = next;
-        eprintln!("reconnect {round}: {:?}, {failures} failed handshakes", t.elapsed());
+        eprintln!(
+            "reconnect {round}: {:?}, {failures} failed handshakes",
+            t.elapsed()
+        );
         let cat = a.exec(&["cat", "/root/dir/note.txt"]);
         assert_eq!(cat.stdout.as_bytes(), content);
     }

@@ -87,11 +87,8 @@ fn settle(fd: OwnedFd, saw_eof: bool) -> io::Result<OwnedFd> {
     if !host_connected(&fd)? {
         log_line!("burrow-agent: guest: waiting for the host");
     }
-    let mut n = 0u32;
     while !host_connected(&fd)? {
-        n += 1;
-        if n % 20 == 0 { log_line!("DEBUG still waiting {n}"); }
-        match epoll.wait(&mut events, EpollTimeout::from(100u16)) {
+        match epoll.wait(&mut events, EpollTimeout::NONE) {
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(e) => return Err(e.into()),
         }

@@ -91,7 +91,17 @@ impl<W: Write> CpioWriter<W> {
         let ino = if name == TRAILER { 0 } else { self.ino };
         self.ino += 1;
         let fields = [
-            ino, mode, 0, 0, nlink, 0, size, 0, 0, rdev.0, rdev.1,
+            ino,
+            mode,
+            0,
+            0,
+            nlink,
+            0,
+            size,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
             name.len() as u32 + 1,
             0,
         ];
@@ -174,7 +184,12 @@ mod tests {
                 assert!(buf.is_empty(), "data after the trailer");
                 return out;
             }
-            out.push(Entry { name, mode, rdev, data });
+            out.push(Entry {
+                name,
+                mode,
+                rdev,
+                data,
+            });
         }
     }
 
@@ -221,7 +236,12 @@ mod tests {
 
         build_initramfs(&agent, &kit, &out).unwrap();
         let entries = parse(&std::fs::read(&out).unwrap());
-        let get = |n: &str| entries.iter().find(|e| e.name == n).unwrap_or_else(|| panic!("{n} missing"));
+        let get = |n: &str| {
+            entries
+                .iter()
+                .find(|e| e.name == n)
+                .unwrap_or_else(|| panic!("{n} missing"))
+        };
         assert_eq!(get("init").data, b"\x7fELF-agent");
         assert_eq!(get("init").mode, 0o100755);
         assert_eq!(get("dev/console").rdev, (5, 1));

@@ -54,7 +54,10 @@ impl GuestKernel {
             if !valid_module_name(name) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{}: bad module name {name:?} in load.order", modules_dir.display()),
+                    format!(
+                        "{}: bad module name {name:?} in load.order",
+                        modules_dir.display()
+                    ),
                 ));
             }
             if !modules_dir.join(name).is_file() {
