@@ -343,7 +343,7 @@ async fn serve(listen: Listen) -> Result<(), AgentError> {
                 source,
             })?;
             log_line!("burrow-agent: guest: serving on {}", path.display());
-            Box::pin(router.serve_with_incoming_shutdown(guest::port::PortIncoming::new(fd), stop))
+            Box::pin(router.serve_with_incoming_shutdown(guest::port::PortIncoming::new(fd, path), stop))
         }
         Listen::Fd(_) | Listen::Path(_) => {
             let listener = bind(&listen)?;
