@@ -255,7 +255,7 @@ fn agent_boots_a_microvm_and_serves_over_virtio_serial() {
         ])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
         .arg("-kernel")
-        .arg(&kit.vmlinuz)
+        .arg(kit.boot_image())
         .arg("-initrd")
         .arg(&initramfs)
         .args(["-append", &append])
@@ -336,6 +336,7 @@ fn agent_boots_a_microvm_and_serves_over_virtio_serial() {
     // for QEMU to report that the guest reopened its port, and must succeed at once.
     for round in 0..3 {
         qmp.clear();
+        let hangup = Instant::now();
         drop(a);
         if round > 0 {
             assert!(

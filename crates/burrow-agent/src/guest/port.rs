@@ -4,18 +4,22 @@
 //! The host (burrowd, through QEMU's chardev socket) may disconnect and reconnect at any
 //! time. What the guest sees (Linux `virtio_console`): while the host is disconnected,
 //! `read` returns 0 (EOF) once the buffered data is consumed, `poll` reports
-//! `POLLIN|POLLHUP` continuously, and `write` blocks (`EAGAIN` when non-blocking). So:
-//! - a connection ends at EOF; its port fd comes back to [`PortIncoming`], which waits for
-//!   the host to be connected again (an edge-triggered epoll woken by the driver on every
-//!   host open/close, so no spinning on the level-triggered `POLLHUP`) and yields the
-//!   next connection on the same fd, registered afresh with tokio (tokio's "closed"
-//!   readiness is sticky once seen);
-//! - the port is opened once and never closed: closing and reopening it would make the
-//!   driver discard data the host may already have sent on its new connection.
-//!
-//! A host that reconnects before the guest has seen the EOF of its previous connection
-//! has its first bytes read by the old connection, which fails with a protocol error; the
-//! host's handshake then times out and it connects again (the host bounds every step).
+//! `POLLIN|POLLHUP` continuously, and `write` blocks (`EAGAIN` when non-blocking). The
+//! guest only sees the host's connection *state*, not each connect and hangup: a host that
+//! hangs up and reconnects before the guest looks is one long stream to the guest. So:
+//! - a connection normally ends at EOF (the host hung up);
+//! - one that ends otherwise (an HTTP/2 protocol error: typically the first bytes of a host
+//!   that reconnected too early) leaves the stream mid-conversation: the guest discards
+//!   what the host sends until it hangs up (the host's handshake times out);
+//! - after every connection the guest closes and reopens the port: the driver drops what is
+//!   left in the guest's buffers, QEMU holds what the host sends while the port is closed,
+//!   and reports the reopening to the host as the QMP event `VSERPORT_CHANGE` with
+//!   `open: true` (the device needs an `id`). That event is the host's signal that the next
+//!   connection will be served: a host whose handshake failed waits for it, then
+//!   reconnects (QEMU rate-limits the event to one a second per port);
+//! - waiting for the host uses an edge-triggered epoll, woken by the driver on every host
+//!   open/close and on data, so there is no spinning on the level-triggered `POLLHUP`; each
+//!   connection registers the fd with tokio afresh (tokio's "closed" readiness is sticky).
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
