@@ -348,7 +348,8 @@ fn agent_boots_a_microvm_and_serves_over_virtio_serial() {
         let (next, failures) = connect(&sock, &qmp, Duration::from_secs(60));
         a = next;
         eprintln!(
-            "reconnect {round}: {:?}, {failures} failed handshakes",
+            "reconnect {round}: {:?} from hangup ({:?} connecting), {failures} failed handshakes",
+            hangup.elapsed(),
             t.elapsed()
         );
         if round > 0 {
