@@ -246,13 +246,17 @@ fn run_guest(cfg: Result<guest::GuestConfig, guest::GuestError>) -> ! {
             guest::power_off();
         }
     };
-    let result = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)
         .enable_all()
-        .build()
-        .map_err(AgentError::Runtime)
-        .and_then(|rt| rt.block_on(serve(Listen::VirtioPort(port))));
+        .build();
+    // The runtime is never dropped: dropping it would wait for blocking tasks still running
+    // (a file transfer the host abandoned), and the VM is about to power off anyway.
+    let result = match &runtime {
+        Ok(rt) => rt.block_on(serve(Listen::VirtioPort(port))),
+        Err(e) => Err(AgentError::Runtime(io::Error::new(e.kind(), e.to_string()))),
+    };
     if let Err(e) = result {
         log_error(&e);
     }
