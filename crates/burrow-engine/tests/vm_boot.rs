@@ -57,7 +57,7 @@ fn make_disk(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(tree.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
-    for applet in ["sh", "uname", "cat", "ip", "hostname"] {
+    for applet in ["sh", "uname", "cat", "ip", "hostname", "echo"] {
         symlink("busybox", tree.join("bin").join(applet)).unwrap();
     }
     std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
@@ -302,6 +302,15 @@ fn agent_boots_a_microvm_and_serves_over_virtio_serial() {
     assert_ne!(uname.stdout.trim(), host_release.release().to_str().unwrap());
     let host = a.exec(&["hostname"]);
     assert_eq!(host.stdout.trim(), "vmbox");
+    // /etc/hostname and /etc/hosts as in a container: read-only, naming the sandbox.
+    assert_eq!(a.exec(&["cat", "/etc/hostname"]).stdout, "vmbox\n");
+    let hosts = a.exec(&["cat", "/etc/hosts"]).stdout;
+    assert!(hosts.starts_with("127.0.0.1\tlocalhost vmbox\n"), "{hosts}");
+    let overwrite = a.sh("echo 1.2.3.4 evil >> /etc/hosts");
+    assert!(!overwrite.ok(), "/etc/hosts is writable: {overwrite:?}");
+    assert!(overwrite.stderr.contains("Read-only"), "{overwrite:?}");
+    // Control: the root disk itself is writable.
+    assert!(a.sh("echo ok > /root/probe").ok());
 
     let content = b"written through the agent's file API\n";
     write_file(&a, "/root/dir/note.txt", content);
