@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(runc python3 curl btrfs-progs mmdebstrap nftables iproute2 util-linux tar protobuf-compiler musl-tools docker-registry skopeo
-      busybox-static ca-certificates pkg-config debian-archive-keyring dpkg-dev git lxcfs e2fsprogs xz-utils)
+      busybox-static ca-certificates pkg-config debian-archive-keyring dpkg-dev git lxcfs e2fsprogs xz-utils lz4 zstd)
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup.sh must run as root (burrowd manages namespaces, cgroups and btrfs)" >&2

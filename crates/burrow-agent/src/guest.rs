@@ -319,6 +319,7 @@ fn setup_root() -> Result<(), GuestError> {
 fn setup_network(cfg: &GuestConfig) -> Result<(), GuestError> {
     if let Some(name) = &cfg.hostname {
         nix::unistd::sethostname(name).map_err(nix_err(format!("set hostname {name}")))?;
+        bind_etc_files(name)?;
     }
     crate::sys::configure_interface("lo", None).map_err(io_err("bring lo up"))?;
     if let Some(ip) = cfg.ip {
@@ -332,6 +333,46 @@ fn setup_network(cfg: &GuestConfig) -> Result<(), GuestError> {
     if let Some(dns) = cfg.dns {
         std::fs::write("/etc/resolv.conf", format!("nameserver {dns}\n"))
             .map_err(io_err("write /etc/resolv.conf"))?;
+    }
+    Ok(())
+}
+
+/// `/etc/hostname` and `/etc/hosts` as a container sandbox has them: read-only bind mounts
+/// of files the sandbox's disk does not hold (here on the `/run` tmpfs), so the sandbox
+/// cannot make them lie and the disk is left alone (an empty file is created as the mount
+/// point only when the image has none).
+fn bind_etc_files(hostname: &str) -> Result<(), GuestError> {
+    if !Path::new("/etc").is_dir() {
+        return Ok(());
+    }
+    let dir = Path::new("/run/burrow");
+    std::fs::create_dir_all(dir).map_err(io_err("create /run/burrow"))?;
+    let hosts =
+        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback {hostname}\n");
+    for (name, content) in [("hostname", format!("{hostname}\n")), ("hosts", hosts)] {
+        let source = dir.join(name);
+        let target = Path::new("/etc").join(name);
+        std::fs::write(&source, content).map_err(io_err(format!("write {}", source.display())))?;
+        if std::fs::symlink_metadata(&target).is_err() {
+            File::create(&target).map_err(io_err(format!("create {}", target.display())))?;
+        }
+        let what = format!("bind {} on {}", source.display(), target.display());
+        mount(
+            Some(&source),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(nix_err(what.clone()))?;
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(nix_err(what))?;
     }
     Ok(())
 }

@@ -252,13 +252,17 @@ fn run_guest(cfg: Result<guest::GuestConfig, guest::GuestError>) -> ! {
     if let Err(e) = sys::set_nonblocking(std::io::stderr().as_fd()) {
         log_line!("burrow-agent: guest: cannot make the console non-blocking: {e}");
     }
-    let result = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)
         .enable_all()
-        .build()
-        .map_err(AgentError::Runtime)
-        .and_then(|rt| rt.block_on(serve(Listen::VirtioPort(port))));
+        .build();
+    // The runtime is never dropped: dropping it would wait for blocking tasks still running
+    // (a file transfer the host abandoned), and the VM is about to power off anyway.
+    let result = match &runtime {
+        Ok(rt) => rt.block_on(serve(Listen::VirtioPort(port))),
+        Err(e) => Err(AgentError::Runtime(io::Error::new(e.kind(), e.to_string()))),
+    };
     if let Err(e) = result {
         log_error(&e);
     }
@@ -349,7 +353,7 @@ async fn serve(listen: Listen) -> Result<(), AgentError> {
                 source,
             })?;
             log_line!("burrow-agent: guest: serving on {}", path.display());
-            Box::pin(router.serve_with_incoming_shutdown(guest::port::PortIncoming::new(fd), stop))
+            Box::pin(router.serve_with_incoming_shutdown(guest::port::PortIncoming::new(fd, path), stop))
         }
         Listen::Fd(_) | Listen::Path(_) => {
             let listener = bind(&listen)?;

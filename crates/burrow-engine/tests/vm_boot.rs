@@ -57,7 +57,7 @@ fn make_disk(dir: &Path) -> PathBuf {
         std::fs::create_dir_all(tree.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
-    for applet in ["sh", "uname", "cat", "ip", "hostname"] {
+    for applet in ["sh", "uname", "cat", "ip", "hostname", "echo"] {
         symlink("busybox", tree.join("bin").join(applet)).unwrap();
     }
     std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
@@ -123,19 +123,60 @@ fn wait_for_path(path: &Path, limit: Duration) {
     }
 }
 
-/// Connects like the host must to a virtio-serial channel: a handshake that fails (the
-/// guest was still settling the previous connection, see `burrow-agent/src/guest/port.rs`)
-/// is retried on a fresh socket, within `limit`.
-fn connect(sock: &Path, limit: Duration) -> (Agent, u32) {
+/// QMP events of the VM: `VSERPORT_CHANGE` (`open: true`) is QEMU telling the host that the
+/// guest (re)opened its agent port, i.e. the next connection will be served.
+struct Qmp {
+    port_opened: std::sync::mpsc::Receiver<()>,
+}
+
+impl Qmp {
+    fn connect(path: &Path) -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        wait_for_path(path, Duration::from_secs(10));
+        let mut sock = std::os::unix::net::UnixStream::connect(path).unwrap();
+        let mut lines = BufReader::new(sock.try_clone().unwrap()).lines();
+        lines.next().unwrap().unwrap(); // the greeting
+        sock.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _keep = sock;
+            for line in lines.map_while(Result::ok) {
+                let msg: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if msg["event"] == "VSERPORT_CHANGE" && msg["data"]["open"] == true {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        Self { port_opened: rx }
+    }
+
+    /// Forgets the events so far.
+    fn clear(&self) {
+        while self.port_opened.try_recv().is_ok() {}
+    }
+
+    /// Waits for the guest to (re)open its port; `false` after `limit`.
+    fn wait_port_open(&self, limit: Duration) -> bool {
+        self.port_opened.recv_timeout(limit).is_ok()
+    }
+}
+
+/// Connects like the host must to a virtio-serial channel: when the handshake fails (the
+/// guest was still busy with the previous connection and took our first bytes for its
+/// stream, see `burrow-agent/src/guest/port.rs`), hang up, wait for QEMU to report that the
+/// guest reopened its port, and connect again; all within `limit`.
+fn connect(sock: &Path, qmp: &Qmp, limit: Duration) -> (Agent, u32) {
     let deadline = Instant::now() + limit;
     let mut failures = 0;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match Agent::try_connect_within(sock, left.min(Duration::from_secs(10))) {
+        qmp.clear();
+        match Agent::try_connect_within(sock, left.min(Duration::from_secs(5))) {
             Ok(agent) => return (agent, failures),
             Err(e) if Instant::now() < deadline => {
-                eprintln!("handshake failed, reconnecting: {e}");
+                eprintln!("handshake failed, reconnecting once the guest reopened its port: {e}");
                 failures += 1;
+                qmp.wait_port_open(deadline.saturating_duration_since(Instant::now()));
             }
             Err(e) => panic!("no handshake within {limit:?}: {e}"),
         }
@@ -214,7 +255,7 @@ fn agent_boots_a_microvm_and_serves_over_virtio_serial() {
         ])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
         .arg("-kernel")
-        .arg(&kit.vmlinuz)
+        .arg(kit.boot_image())
         .arg("-initrd")
         .arg(&initramfs)
         .args(["-append", &append])
@@ -235,7 +276,10 @@ fn agent_boots_a_microvm_and_serves_over_virtio_serial() {
             "socket,id=agent,path={},server=on,wait=off",
             sock.display()
         ))
-        .args(["-device", "virtserialport,chardev=agent,name=burrow.agent"])
+        .args([
+            "-device",
+            "virtserialport,chardev=agent,name=burrow.agent,id=agentport",
+        ])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp.display()))
         .stdin(Stdio::null())
@@ -244,10 +288,11 @@ fn agent_boots_a_microvm_and_serves_over_virtio_serial() {
         .spawn()
         .unwrap();
     let mut vm = Vm { child, serial };
+    let qmp = Qmp::connect(&qmp);
     wait_for_path(&sock, Duration::from_secs(10));
 
     // The first connection waits in the socket until the guest opens its port.
-    let (mut a, _) = connect(&sock, BOOT_TIMEOUT);
+    let (mut a, _) = connect(&sock, &qmp, BOOT_TIMEOUT);
     eprintln!("QEMU start to agent handshake: {:?}", started.elapsed());
 
     let uname = a.exec(&["uname", "-r"]);
@@ -257,6 +302,15 @@ fn agent_boots_a_microvm_and_serves_over_virtio_serial() {
     assert_ne!(uname.stdout.trim(), host_release.release().to_str().unwrap());
     let host = a.exec(&["hostname"]);
     assert_eq!(host.stdout.trim(), "vmbox");
+    // /etc/hostname and /etc/hosts as in a container: read-only, naming the sandbox.
+    assert_eq!(a.exec(&["cat", "/etc/hostname"]).stdout, "vmbox\n");
+    let hosts = a.exec(&["cat", "/etc/hosts"]).stdout;
+    assert!(hosts.starts_with("127.0.0.1\tlocalhost vmbox\n"), "{hosts}");
+    let overwrite = a.sh("echo 1.2.3.4 evil >> /etc/hosts");
+    assert!(!overwrite.ok(), "/etc/hosts is writable: {overwrite:?}");
+    assert!(overwrite.stderr.contains("Read-only"), "{overwrite:?}");
+    // Control: the root disk itself is writable.
+    assert!(a.sh("echo ok > /root/probe").ok());
 
     let content = b"written through the agent's file API\n";
     write_file(&a, "/root/dir/note.txt", content);
@@ -285,17 +339,31 @@ fn agent_boots_a_microvm_and_serves_over_virtio_serial() {
     let resolv = a.exec(&["cat", "/etc/resolv.conf"]).stdout;
     assert_eq!(resolv, "nameserver 10.0.2.3\n");
 
-    // The host goes away (a daemon restart) and comes back: a new connection works, and
-    // the file written before is still there.
+    // The host goes away (a daemon restart) and comes back: a new connection works, and the
+    // file written before is still there. Round 0 reconnects at once (the guest may not have
+    // seen the hangup yet: the handshake may fail once, then succeeds); the others first wait
+    // for QEMU to report that the guest reopened its port, and must succeed at once.
     for round in 0..3 {
+        qmp.clear();
+        let hangup = Instant::now();
         drop(a);
+        if round > 0 {
+            assert!(
+                qmp.wait_port_open(Duration::from_secs(30)),
+                "the guest did not reopen its port after the host hung up"
+            );
+        }
         let t = Instant::now();
-        let (next, failures) = connect(&sock, Duration::from_secs(60));
+        let (next, failures) = connect(&sock, &qmp, Duration::from_secs(60));
         a = next;
         eprintln!(
-            "reconnect {round}: {:?}, {failures} failed handshakes",
+            "reconnect {round}: {:?} from hangup ({:?} connecting), {failures} failed handshakes",
+            hangup.elapsed(),
             t.elapsed()
         );
+        if round > 0 {
+            assert_eq!(failures, 0, "reconnect after the port reopened");
+        }
         let cat = a.exec(&["cat", "/root/dir/note.txt"]);
         assert_eq!(cat.stdout.as_bytes(), content);
     }

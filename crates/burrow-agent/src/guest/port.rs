@@ -4,22 +4,26 @@
 //! The host (burrowd, through QEMU's chardev socket) may disconnect and reconnect at any
 //! time. What the guest sees (Linux `virtio_console`): while the host is disconnected,
 //! `read` returns 0 (EOF) once the buffered data is consumed, `poll` reports
-//! `POLLIN|POLLHUP` continuously, and `write` blocks (`EAGAIN` when non-blocking). So:
-//! - a connection ends at EOF; its port fd comes back to [`PortIncoming`], which waits for
-//!   the host to be connected again (an edge-triggered epoll woken by the driver on every
-//!   host open/close, so no spinning on the level-triggered `POLLHUP`) and yields the
-//!   next connection on the same fd, registered afresh with tokio (tokio's "closed"
-//!   readiness is sticky once seen);
-//! - the port is opened once and never closed: closing and reopening it would make the
-//!   driver discard data the host may already have sent on its new connection.
-//!
-//! A host that reconnects before the guest has seen the EOF of its previous connection
-//! has its first bytes read by the old connection, which fails with a protocol error; the
-//! host's handshake then times out and it connects again (the host bounds every step).
+//! `POLLIN|POLLHUP` continuously, and `write` blocks (`EAGAIN` when non-blocking). The
+//! guest only sees the host's connection *state*, not each connect and hangup: a host that
+//! hangs up and reconnects before the guest looks is one long stream to the guest. So:
+//! - a connection normally ends at EOF (the host hung up);
+//! - one that ends otherwise (an HTTP/2 protocol error: typically the first bytes of a host
+//!   that reconnected too early) leaves the stream mid-conversation: the guest discards
+//!   what the host sends until it hangs up (the host's handshake times out);
+//! - after every connection the guest closes and reopens the port: the driver drops what is
+//!   left in the guest's buffers, QEMU holds what the host sends while the port is closed,
+//!   and reports the reopening to the host as the QMP event `VSERPORT_CHANGE` with
+//!   `open: true` (the device needs an `id`). That event is the host's signal that the next
+//!   connection will be served: a host whose handshake failed waits for it, then
+//!   reconnects (QEMU rate-limits the event to one a second per port);
+//! - waiting for the host uses an edge-triggered epoll, woken by the driver on every host
+//!   open/close and on data, so there is no spinning on the level-triggered `POLLHUP`; each
+//!   connection registers the fd with tokio afresh (tokio's "closed" readiness is sticky).
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -50,50 +54,49 @@ fn host_connected(fd: &OwnedFd) -> io::Result<bool> {
     Ok(!revents.contains(PollFlags::POLLHUP))
 }
 
-/// After a connection: when it did not end at the host's hangup (EOF), the byte stream is
-/// mid-conversation (the host still sends frames of its HTTP/2 connection), and a new
-/// connection would read them as garbage. So first discard what the host sends until it
-/// hangs up (after the guest's GOAWAY, or its own handshake timeout); then wait for the
-/// host to open its end again.
+/// How the previous use of the port ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Freshly opened: nothing to clean up.
+    Fresh,
+    /// The connection ended at the host's hangup (EOF).
+    AtHangup,
+    /// The connection ended while the host was still attached (a protocol error, e.g. the
+    /// first bytes of a host that reconnected before the guest saw it hang up).
+    HostAttached,
+}
+
+/// Readies the port for the next connection and waits for the host:
+/// - after a connection that ended with the host attached, the byte stream is
+///   mid-conversation (the host still sends frames of its HTTP/2 connection) and a new
+///   connection would read them as garbage: discard what the host sends until it hangs
+///   up (after the guest's GOAWAY, or its own handshake timeout);
+/// - after any connection, close and reopen the port: the driver drops what is left in the
+///   guest's buffers, and QEMU reports the reopening to the host (QMP `VSERPORT_CHANGE`,
+///   `open: true`), which is the host's signal that a new connection will be served
+///   (while the port is closed QEMU holds what the host sends, it loses nothing);
+/// - then wait for the host to be attached.
 ///
 /// The driver wakes the port's wait queue whenever the host opens or closes its end or
 /// data arrives; an edge-triggered epoll sleeps until then (`poll` would not: it reports
 /// `POLLHUP` continuously while the host is away).
-fn settle(fd: OwnedFd, saw_eof: bool) -> io::Result<OwnedFd> {
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLET;
-    epoll.add(&fd, EpollEvent::new(interest, 0))?;
-    let mut events = [EpollEvent::empty()];
-    if !saw_eof {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut discarded = 0usize;
-        loop {
-            match nix::unistd::read(&fd, &mut buf) {
-                Ok(0) => break,
-                Ok(n) => discarded += n,
-                Err(nix::Error::EAGAIN) => match epoll.wait(&mut events, EpollTimeout::NONE) {
-                    Ok(_) | Err(nix::Error::EINTR) => {}
-                    Err(e) => return Err(e.into()),
-                },
-                Err(nix::Error::EINTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        log_line!(
-            "burrow-agent: guest: the connection ended with the host attached; discarded {discarded} bytes until it hung up"
-        );
+fn settle(mut fd: OwnedFd, ended: Ended, path: &Path) -> io::Result<OwnedFd> {
+    if ended == Ended::HostAttached {
+        drain_until_hangup(&fd)?;
     }
+    if ended != Ended::Fresh {
+        drop(fd);
+        fd = open_port(path)?;
+    }
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(&fd, EpollEvent::new(EPOLL_INTEREST, 0))?;
+    let mut events = [EpollEvent::empty()];
     // Registered before the first check, so a connection between check and wait is an event.
     if !host_connected(&fd)? {
         log_line!("burrow-agent: guest: waiting for the host");
     }
-    let mut n = 0u32;
     while !host_connected(&fd)? {
-        n += 1;
-        if n % 20 == 0 {
-            log_line!("DEBUG still waiting {n}");
-        }
-        match epoll.wait(&mut events, EpollTimeout::from(100u16)) {
+        match epoll.wait(&mut events, EpollTimeout::NONE) {
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
@@ -101,27 +104,58 @@ fn settle(fd: OwnedFd, saw_eof: bool) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+const EPOLL_INTEREST: EpollFlags = EpollFlags::EPOLLIN
+    .union(EpollFlags::EPOLLOUT)
+    .union(EpollFlags::EPOLLET);
+
+/// Reads and discards until the host hangs up (read returns 0).
+fn drain_until_hangup(fd: &OwnedFd) -> io::Result<()> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(fd, EpollEvent::new(EPOLL_INTEREST, 0))?;
+    let mut events = [EpollEvent::empty()];
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut discarded = 0usize;
+    loop {
+        match nix::unistd::read(fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => discarded += n,
+            Err(nix::Error::EAGAIN) => match epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            },
+            Err(nix::Error::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    log_line!(
+        "burrow-agent: guest: the connection ended with the host attached; discarded {discarded} bytes until it hung up"
+    );
+    Ok(())
+}
+
 enum State {
-    /// The fd is ours (and whether the last connection ended at the host's hangup); next,
-    /// settle the stream and wait for the host.
-    Idle(Option<(OwnedFd, bool)>),
+    /// The fd is ours, and how its last connection ended; next, settle the port and wait
+    /// for the host.
+    Idle(Option<(OwnedFd, Ended)>),
     /// A thread waits for the host to connect.
     Waiting(oneshot::Receiver<io::Result<OwnedFd>>),
     /// A connection is being served; its fd comes back when it is dropped.
-    Serving(oneshot::Receiver<(OwnedFd, bool)>),
+    Serving(oneshot::Receiver<(OwnedFd, Ended)>),
     Failed,
 }
 
 /// The connections on the port, one at a time, for tonic's `serve_with_incoming`.
 pub struct PortIncoming {
     state: State,
+    /// The port's device, to reopen it after each connection.
+    path: PathBuf,
 }
 
 impl PortIncoming {
-    pub fn new(fd: OwnedFd) -> Self {
+    pub fn new(fd: OwnedFd, path: &Path) -> Self {
         Self {
-            // Nothing was said on the port yet: nothing to discard.
-            state: State::Idle(Some((fd, true))),
+            state: State::Idle(Some((fd, Ended::Fresh))),
+            path: path.to_owned(),
         }
     }
 }
@@ -133,14 +167,15 @@ impl Stream for PortIncoming {
         loop {
             match &mut self.state {
                 State::Idle(idle) => {
-                    let (fd, saw_eof) = idle.take().expect("an idle port holds its fd");
+                    let (fd, ended) = idle.take().expect("an idle port holds its fd");
+                    let path = self.path.clone();
                     let (tx, rx) = oneshot::channel();
                     // A plain thread, not spawn_blocking: it may wait for the host forever,
                     // and the runtime must not wait for it when the guest powers off.
                     let spawned = std::thread::Builder::new()
                         .name("port-wait".into())
                         .spawn(move || {
-                            let _ = tx.send(settle(fd, saw_eof));
+                            let _ = tx.send(settle(fd, ended, &path));
                         });
                     if let Err(e) = spawned {
                         self.state = State::Failed;
@@ -182,9 +217,9 @@ impl Stream for PortIncoming {
                     }
                 }
                 State::Serving(rx) => match ready!(Pin::new(rx).poll(cx)) {
-                    Ok((fd, saw_eof)) => {
+                    Ok((fd, ended)) => {
                         log_line!("burrow-agent: guest: host connection ended");
-                        self.state = State::Idle(Some((fd, saw_eof)));
+                        self.state = State::Idle(Some((fd, ended)));
                     }
                     Err(_) => {
                         self.state = State::Failed;
@@ -201,7 +236,7 @@ impl Stream for PortIncoming {
 /// [`PortIncoming`].
 pub struct PortConnection {
     fd: Option<AsyncFd<OwnedFd>>,
-    back: Option<oneshot::Sender<(OwnedFd, bool)>>,
+    back: Option<oneshot::Sender<(OwnedFd, Ended)>>,
     /// Whether the host hung up (EOF was read): then the stream holds nothing of this
     /// connection any more.
     saw_eof: bool,
@@ -216,7 +251,12 @@ impl PortConnection {
 impl Drop for PortConnection {
     fn drop(&mut self) {
         if let (Some(fd), Some(back)) = (self.fd.take(), self.back.take()) {
-            let _ = back.send((fd.into_inner(), self.saw_eof));
+            let ended = if self.saw_eof {
+                Ended::AtHangup
+            } else {
+                Ended::HostAttached
+            };
+            let _ = back.send((fd.into_inner(), ended));
         }
     }
 }

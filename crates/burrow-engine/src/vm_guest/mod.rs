@@ -18,6 +18,9 @@ pub const DEFAULT_GUEST_DIR: &str = "/usr/local/lib/burrow/guest";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestKernel {
     pub vmlinuz: PathBuf,
+    /// The same kernel uncompressed (ELF), when the kit has it: QEMU boots it through its
+    /// PVH entry without decompressing (about 0.5 s faster under TCG). Prefer it.
+    pub vmlinux: Option<PathBuf>,
     /// e.g. `6.1.0-57-cloud-amd64`.
     pub release: String,
     /// Holds the `*.ko` files and `load.order`.
@@ -47,6 +50,12 @@ impl GuestKernel {
             .ok()
             .filter(|r| !r.is_empty())
             .ok_or_else(|| missing("kernel.release"))?;
+        let vmlinux = Some(dir.join("vmlinux")).filter(|p| {
+            let mut magic = [0u8; 4];
+            std::fs::File::open(p)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+                .is_ok_and(|()| &magic == b"\x7fELF")
+        });
         let modules_dir = dir.join("modules");
         let order = std::fs::read_to_string(modules_dir.join("load.order"))
             .map_err(|_| missing("modules/load.order"))?;
@@ -66,9 +75,15 @@ impl GuestKernel {
         }
         Ok(Self {
             vmlinuz,
+            vmlinux,
             release,
             modules_dir,
         })
+    }
+
+    /// The kernel image to hand QEMU's `-kernel`: the uncompressed one when there is one.
+    pub fn boot_image(&self) -> &Path {
+        self.vmlinux.as_deref().unwrap_or(&self.vmlinuz)
     }
 
     /// The modules in load order.
@@ -112,6 +127,13 @@ mod tests {
         std::fs::write(dir.join("modules/virtio_blk.ko"), b"m").unwrap();
         let kit = GuestKernel::find(dir).unwrap();
         assert_eq!(kit.release, "6.1.0-1-cloud-amd64");
+        assert_eq!(kit.boot_image(), dir.join("vmlinuz"));
+        // An uncompressed kernel is preferred, but only if it is an ELF file.
+        std::fs::write(dir.join("vmlinux"), b"junk").unwrap();
+        assert_eq!(GuestKernel::find(dir).unwrap().vmlinux, None);
+        std::fs::write(dir.join("vmlinux"), b"\x7fELF...").unwrap();
+        let kit = GuestKernel::find(dir).unwrap();
+        assert_eq!(kit.boot_image(), dir.join("vmlinux"));
         assert_eq!(kit.modules().unwrap(), ["virtio.ko", "virtio_blk.ko"]);
         std::fs::write(dir.join("modules/load.order"), "../etc/passwd\n").unwrap();
         assert!(GuestKernel::find(dir).is_err());
