@@ -28,6 +28,12 @@ type Result<T, E = CoreError> = std::result::Result<T, E>;
 /// How long sandbox processes get between SIGTERM and SIGKILL on stop.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// One-connection channels (VMs): the first handshake may wait for a kernel to boot;
+/// later ones talk to an agent that serves already. Between tries, the pause lets the agent
+/// see the hangup (QEMU reports port changes at most once a second).
+const ONE_CONNECTION_FIRST_TRY: Duration = Duration::from_secs(20);
+const ONE_CONNECTION_RETRY: Duration = Duration::from_secs(3);
+const ONE_CONNECTION_PAUSE: Duration = Duration::from_millis(1100);
 
 /// The share of the pool in use at which every sandbox gets a `pool.almost_full` event.
 const POOL_ALARM: f64 = 0.90;
@@ -731,6 +737,8 @@ impl Manager {
         self.ensure_inside_api(rec)?;
         self.runtime(&rec.id).booted();
         let engine = self.engine(rec)?;
+        // A VM with its memory saved is resumed, not booted: its agent serves at once.
+        let resuming = engine.suspended(&spec.rootfs);
         let t = std::time::Instant::now();
         // The sandbox starts in its (still unwired) namespace while the veth, addresses and
         // rules are set up: the agent needs no network to answer.
@@ -744,7 +752,7 @@ impl Manager {
         }
         started_engine?;
         let started = t.elapsed();
-        self.connect_agent(rec).await?;
+        self.connect_agent(rec, !resuming).await?;
         tracing::debug!(
             sandbox = %rec.name,
             engine_ms = started.as_secs_f64() * 1e3,
@@ -755,16 +763,42 @@ impl Manager {
         Ok(())
     }
 
-    async fn connect_agent(&self, rec: &SandboxRecord) -> Result<AgentClient<Channel>> {
+    /// Connects to the agent of `rec`; `booting`: it may still be on its way up (a fresh
+    /// boot), else it serves already.
+    async fn connect_agent(&self, rec: &SandboxRecord, booting: bool) -> Result<AgentClient<Channel>> {
         let engine = self.engine(rec)?;
         let sock = engine.agent_socket(&self.run_dir(&rec.id));
-        let timeout = engine.ready_timeout().max(AGENT_CONNECT_TIMEOUT);
-        let conn = burrow_agent_proto::client::connect_unix(&sock, timeout)
-            .await
-            .map_err(|e| CoreError::Agent {
-                name: rec.name.clone(),
-                detail: chain(&e),
-            })?;
+        let total = engine.ready_timeout().max(AGENT_CONNECT_TIMEOUT);
+        let agent_err = |e: burrow_agent_proto::client::ConnectError| CoreError::Agent {
+            name: rec.name.clone(),
+            detail: chain(&e),
+        };
+        let conn = if engine.capabilities().one_connection {
+            // A guest may still hold an earlier connection (a daemon restart, a resume):
+            // its first handshake then stalls; hang up, let it see that, and try again.
+            let deadline = tokio::time::Instant::now() + total;
+            let mut attempt = if booting {
+                ONE_CONNECTION_FIRST_TRY
+            } else {
+                ONE_CONNECTION_RETRY
+            };
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match burrow_agent_proto::client::connect_unix(&sock, attempt.min(left)).await {
+                    Ok(c) => break c,
+                    Err(e) if left > attempt + ONE_CONNECTION_PAUSE => {
+                        tracing::debug!(sandbox = %rec.name, error = %chain(&e), "agent handshake: trying again");
+                        tokio::time::sleep(ONE_CONNECTION_PAUSE).await;
+                        attempt = ONE_CONNECTION_RETRY;
+                    }
+                    Err(e) => return Err(agent_err(e)),
+                }
+            }
+        } else {
+            burrow_agent_proto::client::connect_unix(&sock, total)
+                .await
+                .map_err(agent_err)?
+        };
         let client = conn.client;
         self.runtime(&rec.id).set_agent(Some(client.clone()));
         Ok(client)
@@ -774,7 +808,7 @@ impl Manager {
         let cached = self.runtime(&rec.id).agent();
         match cached {
             Some(c) => Ok(c),
-            None => self.connect_agent(rec).await,
+            None => self.connect_agent(rec, false).await,
         }
     }
 

@@ -116,6 +116,10 @@ pub struct Capabilities {
     /// The engine cannot signal the sandbox's processes itself: a graceful stop asks the
     /// agent to shut down first, then `stop` waits for the sandbox to end.
     pub agent_shutdown: bool,
+    /// The agent channel carries one connection at a time and cannot tell a new one from
+    /// the rest of an old one (virtio-serial): a handshake that stalls is given up, and
+    /// retried after a pause in which the agent sees the hangup.
+    pub one_connection: bool,
 }
 
 /// How a sandbox's disk lives in its pool volume.

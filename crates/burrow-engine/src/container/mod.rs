@@ -572,6 +572,7 @@ impl Engine for ContainerEngine {
             memory_snapshot: false,
             shared_dirs: true,
             agent_shutdown: false,
+            one_connection: false,
         }
     }
 

@@ -54,6 +54,8 @@ const MANIFEST_VERSION: u32 = 1;
 const QMP_WAIT: Duration = Duration::from_secs(20);
 /// Bound of saving or loading device state (a few KiB to a few MiB).
 const STATE_WAIT: Duration = Duration::from_secs(60);
+/// How long a suspend waits for the guest to see the host hang up its agent channel.
+const HANGUP_WAIT: Duration = Duration::from_millis(300);
 /// How long QEMU gets to exit after `quit` or SIGTERM before SIGKILL.
 const EXIT_WAIT: Duration = Duration::from_secs(10);
 
@@ -429,7 +431,7 @@ impl VmEngine {
             "-sandbox".into(),
             "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
             "-kernel".into(),
-            p(&self.cfg.guest.vmlinuz)?,
+            p(self.cfg.guest.boot_image())?,
             "-initrd".into(),
             p(&self.cfg.initramfs)?,
             "-append".into(),
@@ -455,7 +457,7 @@ impl VmEngine {
                 p(&run.join("agent.sock"))?
             ),
             "-device".into(),
-            "virtserialport,chardev=agent,name=burrow.agent".into(),
+            "virtserialport,chardev=agent,name=burrow.agent,id=agentport".into(),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", p(&run.join("qmp.sock"))?),
         ];
@@ -686,6 +688,16 @@ impl VmEngine {
             .volume(id)
             .ok_or_else(|| EngineError::Spec(format!("VM {id} does not run")))?;
         let mut q = self.qmp(id)?;
+        // The host has hung up the agent channel (the caller dropped it): let the guest see
+        // that before its CPUs stop, so it is saved waiting for a new connection rather than
+        // inside the old one (whose HTTP/2 state a new host could not continue). The guest
+        // closes and reopens its port on a hangup; QEMU says so with VSERPORT_CHANGE.
+        let closed = q.wait_event(
+            "VSERPORT_CHANGE",
+            |d| d["id"] == "agentport" && d["open"] == false,
+            HANGUP_WAIT,
+        )?;
+        tracing::debug!(id, closed, "agent port before suspend");
         q.stop()?;
         q.ignore_shared_memory()?;
         let tmp = volume.join("state.tmp");
@@ -752,6 +764,7 @@ impl Engine for VmEngine {
             memory_snapshot: true,
             shared_dirs: false,
             agent_shutdown: true,
+            one_connection: true,
         }
     }
 

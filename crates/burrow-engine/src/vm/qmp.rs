@@ -172,6 +172,46 @@ impl Qmp {
         }
     }
 
+    /// Waits (up to `within`) for an event named `name` whose `data` satisfies `matches`,
+    /// reading the events QEMU sends from now on. Returns whether it came.
+    pub fn wait_event(
+        &mut self,
+        name: &str,
+        matches: impl Fn(&serde_json::Value) -> bool,
+        within: Duration,
+    ) -> Result<bool> {
+        use std::io::BufRead;
+        let deadline = Instant::now() + within;
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Ok(false);
+            }
+            let sock = self.session.inner().get_ref_write();
+            sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .map_err(|e| qmp_err("socket", e))?;
+            let mut line = String::new();
+            match self.session.inner_mut().read_line(&mut line) {
+                Ok(0) => break Err(qmp_err("events", "QEMU closed the connection")),
+                Ok(_) => {
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                        continue;
+                    };
+                    if v["event"] == name && matches(&v["data"]) {
+                        break Ok(true);
+                    }
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    break Ok(false);
+                }
+                Err(e) => break Err(qmp_err("events", e)),
+            }
+        };
+        let sock = self.session.inner().get_ref_write();
+        let _ = sock.set_read_timeout(Some(COMMAND_TIMEOUT));
+        result
+    }
+
     /// QEMU's version as `major.minor.micro`.
     pub fn version(&mut self) -> Result<String> {
         let v = self.run("query-version", &qmp::query_version {})?;
