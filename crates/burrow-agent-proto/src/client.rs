@@ -130,6 +130,12 @@ mod tests {
         async fn shutdown(&self, _: Request<ShutdownRequest>) -> Result<Response<ShutdownReply>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        async fn set_clock(
+            &self,
+            _: Request<v1::SetClockRequest>,
+        ) -> Result<Response<v1::SetClockReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
         type ReadFileStream = tokio_stream::Empty<Result<v1::FileChunk, Status>>;
         async fn read_file(
             &self,

@@ -233,9 +233,14 @@ pub struct Sandbox {
     /// Extension: something the owner should know, e.g. how an interrupted restore ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
-    /// Extension: `warm` (frozen, memory kept) or `cold` (stopped, disk kept) while sleeping.
+    /// Extension: `warm` (frozen, memory kept), `memory` (a VM's memory saved to disk, no
+    /// process on the host) or `cold` (stopped, disk kept) while sleeping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sleep: Option<String>,
+    /// Extension: what runs it (on `GET /v1/sandboxes/{name}`): `runc`, or the QEMU
+    /// version, accelerator and guest kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_detail: Option<String>,
     /// Extension: resource use right now (on `GET /v1/sandboxes/{name}` of a running or
     /// warm-sleeping sandbox).
     #[serde(default, skip_serializing_if = "Option::is_none")]

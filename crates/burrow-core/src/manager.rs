@@ -322,6 +322,7 @@ impl Manager {
                     .unwrap_or(crate::idle::SleepMode::Warm);
                 mode.as_str().to_owned()
             }),
+            engine_detail: None,
         }
     }
 
@@ -420,6 +421,7 @@ impl Manager {
     pub fn get(&self, name: &str) -> Result<Sandbox> {
         let rec = self.record(name)?;
         let mut view = self.view(&rec);
+        view.engine_detail = self.engine(&rec).ok().map(|e| e.describe());
         if matches!(rec.status, SandboxStatus::Running | SandboxStatus::Sleeping) {
             view.usage =
                 self.engine(&rec)
@@ -752,7 +754,10 @@ impl Manager {
         }
         started_engine?;
         let started = t.elapsed();
-        self.connect_agent(rec, !resuming).await?;
+        let client = self.connect_agent(rec, !resuming).await?;
+        if resuming {
+            self.sync_clock(rec, client).await;
+        }
         tracing::debug!(
             sandbox = %rec.name,
             engine_ms = started.as_secs_f64() * 1e3,
@@ -761,6 +766,22 @@ impl Manager {
         );
         self.start_services(rec).await;
         Ok(())
+    }
+
+    /// Sets a resumed guest's wall clock to the host's (it stood still while the VM slept).
+    /// Bounded; a failure is logged, never fatal: the guest runs, with a late clock.
+    async fn sync_clock(&self, rec: &SandboxRecord, mut client: AgentClient<Channel>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let req = burrow_agent_proto::v1::SetClockRequest { unix_nanos: now };
+        match tokio::time::timeout(Duration::from_secs(5), client.set_clock(req)).await {
+            Ok(Ok(r)) => {
+                tracing::debug!(sandbox = %rec.name, skew_ms = r.into_inner().skew_nanos / 1_000_000, "guest clock set")
+            }
+            Ok(Err(e)) => tracing::warn!(sandbox = %rec.name, error = %e, "setting the guest's clock"),
+            Err(_) => tracing::warn!(sandbox = %rec.name, "setting the guest's clock: no answer"),
+        }
     }
 
     /// Connects to the agent of `rec`; `booting`: it may still be on its way up (a fresh

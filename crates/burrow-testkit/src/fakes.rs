@@ -36,6 +36,7 @@ pub fn sandbox(name: &str, status: SandboxStatus) -> Sandbox {
         failure_reason: None,
         notice: None,
         sleep: None,
+        engine_detail: None,
         usage: None,
     }
 }

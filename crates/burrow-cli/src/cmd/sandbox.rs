@@ -164,7 +164,10 @@ fn render_info(s: &Sandbox) -> String {
             ),
         );
     }
-    kv("Engine", s.engine.as_str());
+    match &s.engine_detail {
+        Some(d) => kv("Engine", &format!("{} ({d})", s.engine.as_str())),
+        None => kv("Engine", s.engine.as_str()),
+    }
     kv("Image", &s.image);
     if let Some(p) = &s.parent {
         let from = match &p.checkpoint {
@@ -248,7 +251,9 @@ pub async fn sleep(app: &App, name: &str, cold: bool) -> anyhow::Result<u8> {
     let path = format!("{}?mode={mode}", paths::sandbox_action(name, "sleep"));
     let v = app.call::<()>(Method::POST, &path, None).await?;
     app.emit(v, |s: Sandbox| {
-        print(&format!("{}: {} ({mode})\n", s.name, s.status))
+        // The server says how it slept (a VM's "warm" sleep saves its memory to disk).
+        let how = s.sleep.as_deref().unwrap_or(mode);
+        print(&format!("{}: {} ({how})\n", s.name, s.status))
     })?;
     Ok(0)
 }
