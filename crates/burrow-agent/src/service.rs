@@ -9,12 +9,12 @@ use std::time::Duration;
 use burrow_agent_proto::v1::{
     ExecInput, ExecOutput, HelloReply, HelloRequest, ShutdownReply, ShutdownRequest, exec_input, exec_output,
 };
-use burrow_agent_proto::v1::{SetClockReply, SetClockRequest};
 use burrow_agent_proto::v1::{KillSessionReply, KillSessionRequest, ListSessionsReply, ListSessionsRequest};
 use burrow_agent_proto::v1::{
     ListDirRequest, ReadArchiveRequest, ReadFileRequest, RemoveReply, RemoveRequest, RenameReply,
     RenameRequest, WriteArchiveInput, WriteArchiveReply, WriteFileInput, WriteFileReply,
 };
+use burrow_agent_proto::v1::{SetClockReply, SetClockRequest};
 use burrow_agent_proto::{Agent, PROTOCOL_VERSION};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -256,7 +256,8 @@ impl Agent for AgentService {
     async fn set_clock(&self, request: Request<SetClockRequest>) -> Result<Response<SetClockReply>, Status> {
         use nix::time::{ClockId, clock_gettime, clock_settime};
         let want = request.into_inner().unix_nanos;
-        let ts = nix::sys::time::TimeSpec::new(want.div_euclid(1_000_000_000), want.rem_euclid(1_000_000_000));
+        let ts =
+            nix::sys::time::TimeSpec::new(want.div_euclid(1_000_000_000), want.rem_euclid(1_000_000_000));
         let before = clock_gettime(ClockId::CLOCK_REALTIME).map_err(|e| Status::internal(e.to_string()))?;
         let skew = (before.tv_sec() as i64 * 1_000_000_000 + before.tv_nsec() as i64) - want;
         clock_settime(ClockId::CLOCK_REALTIME, ts).map_err(|e| match e {

@@ -85,7 +85,36 @@ pub fn kill_all(signal: i32) -> io::Result<()> {
 
 /// Whether any process other than ourselves is left to signal (see [`kill_all`]).
 pub fn any_other_process() -> bool {
-    !matches!(kill_all(0), Err(e) if e.raw_os_error() == Some(libc::ESRCH))
+    if matches!(kill_all(0), Err(e) if e.raw_os_error() == Some(libc::ESRCH)) {
+        return false;
+    }
+    // In a VM the agent shares its pid namespace with the guest kernel's threads, which
+    // `kill(-1, 0)` counts too: look for a process that is not one.
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    let me = std::process::id();
+    entries.flatten().any(|e| {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            return false;
+        };
+        pid != me && pid != 1 && !is_kernel_thread(pid)
+    })
+}
+
+/// Whether `pid` is a kernel thread (`PF_KTHREAD` in its flags); a process that is gone
+/// counts as one (nothing to wait for).
+fn is_kernel_thread(pid: u32) -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // Fields after the command (which may hold spaces): state is the 3rd, flags the 9th.
+    let flags = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6))
+        .and_then(|f| f.parse::<u64>().ok());
+    flags.is_some_and(|f| f & PF_KTHREAD != 0)
 }
 
 /// Whether `signal` is a signal number the kernel accepts (0 excluded).

@@ -1033,7 +1033,10 @@ impl Manager {
         let req = burrow_agent_proto::v1::ShutdownRequest {
             grace_ms: STOP_GRACE.as_millis() as u32,
         };
-        let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown(req)).await;
+        // The agent answers once every process is gone and the filesystems are synced: the
+        // call must outlive the grace (a cancelled call would stop it before the sync).
+        let bound = STOP_GRACE + Duration::from_secs(15);
+        let _ = tokio::time::timeout(bound, client.shutdown(req)).await;
     }
 
     /// Sends a running sandbox to sleep: its memory saved to its volume and its runtime

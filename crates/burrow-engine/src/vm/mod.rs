@@ -406,7 +406,7 @@ impl VmEngine {
         let accel = self.cfg.accel.as_str();
         let mut a: Vec<String> = vec![
             "-name".into(),
-            format!("burrow-{},debug-threads=off", spec.id),
+            format!("burrow-{}", spec.id),
             "-M".into(),
             format!("microvm,accel={accel},memory-backend=mem,pit=off,pic=off,isa-serial=on,rtc=on"),
             "-cpu".into(),

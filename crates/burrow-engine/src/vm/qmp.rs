@@ -201,7 +201,12 @@ impl Qmp {
                         break Ok(true);
                     }
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     break Ok(false);
                 }
                 Err(e) => break Err(qmp_err("events", e)),

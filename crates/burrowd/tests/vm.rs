@@ -1,0 +1,230 @@
+//! The vm engine end to end, through a real daemon: QEMU microVMs (TCG on hosts without a
+//! working KVM) with the same agent, API and CLI as containers. Guests boot in seconds
+//! under TCG, so this file keeps its VM count small: every test shares what it can.
+
+use std::time::{Duration, Instant};
+
+use burrow_api::{CreateSandbox, EngineKind, ExecRequest, SandboxName, SandboxStatus};
+use burrow_testkit::burrow_client::{Client, Method};
+use burrow_testkit::{Daemon, require, unique_name};
+
+fn vm_req(name: &str) -> CreateSandbox {
+    CreateSandbox {
+        name: SandboxName::parse(name).unwrap(),
+        engine: Some(EngineKind::Vm),
+        memory_mb: Some(512),
+        ..Default::default()
+    }
+}
+
+async fn run(c: &Client, name: &str, script: &str) -> burrow_api::ExecResult {
+    c.exec(
+        name,
+        &ExecRequest {
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("exec in {name}: {e}"))
+}
+
+async fn sh(c: &Client, name: &str, script: &str) -> String {
+    let r = run(c, name, script).await;
+    assert_eq!(r.exit_code, 0, "{script}: {r:?}");
+    r.stdout
+}
+
+/// Whether the vm engine runs on this daemon (QEMU and the guest kit installed).
+async fn vm_available(c: &Client) -> (bool, String) {
+    let v = c.version().await.unwrap();
+    let vm = v.engines.iter().find(|e| e.kind == EngineKind::Vm).unwrap();
+    (vm.available, vm.detail.clone().unwrap_or_default())
+}
+
+/// QEMU processes on the host that run sandbox `id`.
+fn qemu_of(id: &str) -> usize {
+    let needle = format!("burrow-{id}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == needle.as_bytes()))
+        })
+        .count()
+}
+
+fn host_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// A VM runs its own kernel and serves exec, files and the CLI like a container; `info`
+/// names the accelerator and guest kernel; a VM that sleeps keeps its processes with no
+/// QEMU left on the host, across a kill -9 of the daemon, and wakes with the right time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_runs_its_own_kernel_and_sleeps_with_its_processes_across_a_daemon_kill() {
+    let d = Daemon::start();
+    let c = d.client();
+    let (available, detail) = vm_available(&c).await;
+    require!(available, "the vm engine is unavailable here: {detail}");
+    let kit = std::fs::read_to_string("/usr/local/lib/burrow/guest/kernel.release").unwrap();
+    let name = unique_name("vm");
+    let sb = c.create_sandbox(&vm_req(&name)).await.unwrap();
+    assert_eq!(sb.engine, EngineKind::Vm);
+    assert_eq!(sb.status, SandboxStatus::Running);
+
+    // Its own kernel (the guest kit's, not the host's), its own hostname.
+    let uname = sh(&c, &name, "uname -r").await;
+    assert_eq!(uname.trim(), kit.trim());
+    let host = nix::sys::utsname::uname().unwrap();
+    assert_ne!(uname.trim(), host.release().to_str().unwrap());
+    assert_eq!(sh(&c, &name, "hostname").await.trim(), name);
+    let info = c.get_sandbox(&name).await.unwrap();
+    let engine = info.engine_detail.unwrap_or_default();
+    assert!(
+        engine.contains("accel ") && engine.contains(kit.trim()),
+        "{engine}"
+    );
+
+    // Files through the API land in the guest's filesystem.
+    c.write_file_bytes(
+        &name,
+        "/root/note.txt",
+        Default::default(),
+        b"from the host\n".to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sh(&c, &name, "cat /root/note.txt").await, "from the host\n");
+    // The CLI works the same.
+    let out = d
+        .cli()
+        .args(["exec", &name, "--", "cat", "/root/note.txt"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"from the host\n");
+
+    // A counter that runs in the background.
+    sh(
+        &c,
+        &name,
+        "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done' >/dev/null 2>&1 &",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sh(&c, &name, "cat /tmp/n 2>/dev/null || echo 0")
+        .await
+        .trim()
+        .parse::<u64>()
+        .unwrap_or(0)
+        < 3
+    {
+        assert!(Instant::now() < deadline, "the counter never counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(qemu_of(&info.id), 1, "one QEMU runs the VM");
+
+    // Sleep: memory saved, QEMU gone.
+    let slept: serde_json::Value = c
+        .request_json(Method::POST, &format!("/v1/sandboxes/{name}/sleep"), None::<&()>)
+        .await
+        .unwrap();
+    assert_eq!(slept["status"], "sleeping", "{slept}");
+    assert_eq!(slept["sleep"], "memory", "{slept}");
+    assert_eq!(qemu_of(&info.id), 0, "no QEMU left while it sleeps");
+    let volume = d.data_dir.join("pool/sandboxes").join(&info.id);
+    assert!(
+        volume.join("state.json").is_file(),
+        "the saved state is in its volume"
+    );
+
+    // The daemon dies and comes back; the VM is still asleep.
+    d.kill9();
+    d.restart();
+    let c = d.client();
+    let sb = c.get_sandbox(&name).await.unwrap();
+    assert_eq!(sb.status, SandboxStatus::Sleeping);
+    assert_eq!(sb.sleep.as_deref(), Some("memory"));
+
+    // Wake (any request): the counter kept its value and counts on, so the processes
+    // survived; the guest's clock was set to the host's (it stood still while saved).
+    let woke_at = host_now();
+    let first: u64 = sh(&c, &name, "cat /tmp/n").await.trim().parse().unwrap();
+    assert!(first >= 3, "the counter restarted: {first}");
+    let guest_now: f64 = sh(&c, &name, "date +%s.%N").await.trim().parse().unwrap();
+    assert!(
+        guest_now >= woke_at,
+        "the guest's clock ({guest_now}) is behind the host's at wake ({woke_at})"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now: u64 = sh(&c, &name, "cat /tmp/n").await.trim().parse().unwrap();
+        if now > first {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the counter stopped at {now}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(qemu_of(&info.id), 1);
+
+    // Stop ends it for good: the next start boots afresh (no counter), the disk is kept.
+    c.sandbox_action(&name, "stop").await.unwrap();
+    assert_eq!(qemu_of(&info.id), 0);
+    assert!(
+        !volume.join("state.json").exists(),
+        "a stop drops the saved memory"
+    );
+    c.sandbox_action(&name, "start").await.unwrap();
+    assert_eq!(sh(&c, &name, "cat /root/note.txt").await, "from the host\n");
+    let counter = run(&c, &name, "pgrep -f 'echo \\$i' || echo none").await;
+    assert!(counter.stdout.contains("none"), "{counter:?}");
+    c.delete_sandbox(&name).await.unwrap();
+    assert_eq!(qemu_of(&info.id), 0);
+}
+
+/// A saved state that does not match this host (another QEMU) or is damaged is refused
+/// with what is wrong; `stop` then `start` boots afresh (the control).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_or_foreign_memory_state_is_refused_with_why() {
+    let d = Daemon::start();
+    let c = d.client();
+    let (available, detail) = vm_available(&c).await;
+    require!(available, "the vm engine is unavailable here: {detail}");
+    let name = unique_name("vmbad");
+    let id = c.create_sandbox(&vm_req(&name)).await.unwrap().id;
+    let volume = d.data_dir.join("pool/sandboxes").join(&id);
+    for (damage, expect) in [("qemu", "saved by QEMU"), ("state", "damaged")] {
+        c.sandbox_action(&name, "sleep").await.unwrap();
+        match damage {
+            "qemu" => {
+                let path = volume.join("state.json");
+                let mut m: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+                m["qemu"] = "1.0.0".into();
+                std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+            }
+            _ => {
+                let path = volume.join("state.bin");
+                let mut bytes = std::fs::read(&path).unwrap();
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0xff;
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+        let e = c.sandbox_action(&name, "wake").await.unwrap_err();
+        assert!(e.to_string().contains(expect), "{damage}: {e}");
+        let sb = c.get_sandbox(&name).await.unwrap();
+        assert_eq!(sb.status, SandboxStatus::Failed, "{damage}");
+        assert!(sb.failure_reason.unwrap_or_default().contains(expect));
+        // The way out the message names: stop (drops the state), start (boots afresh).
+        c.sandbox_action(&name, "stop").await.unwrap();
+        c.sandbox_action(&name, "start").await.unwrap();
+        assert_eq!(sh(&c, &name, "echo up").await, "up\n", "{damage}");
+    }
+}
