@@ -184,6 +184,12 @@ pub fn boot(cfg: &GuestConfig) -> Result<PathBuf, GuestError> {
     mount_fs(&cfg.root, NEW_ROOT, &cfg.root_fstype, MsFlags::empty(), "discard")?;
     switch_root(Path::new(NEW_ROOT))?;
     steps.done(&format!("mounted {} and switched root", cfg.root));
+    // The host makes the disk `disk_gb` big; the filesystem on it was made for the image.
+    match grow_root(&cfg.root) {
+        Ok(Some(mib)) => steps.done(&format!("grew / to {mib} MiB")),
+        Ok(None) => {}
+        Err(e) => log_line!("burrow-agent: guest: cannot grow / to its disk's size: {e}"),
+    }
     setup_root()?;
     steps.done("mounted /dev/pts, /dev/shm, /dev/mqueue, /run, cgroup2");
     setup_network(cfg)?;
@@ -244,6 +250,27 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<(), GuestErro
 /// What `switch_root` does: move `/dev`, `/proc`, `/sys` into the new root, free the
 /// initramfs (its files are in memory for as long as they exist), move the new root over
 /// `/` and chroot into it.
+/// Grows the root filesystem to its block device's size; `Some(MiB)` when it grew.
+fn grow_root(device: &str) -> std::io::Result<Option<u64>> {
+    let name = Path::new(device)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| std::io::Error::other(format!("no device name in {device}")))?;
+    let sectors: u64 = std::fs::read_to_string(format!("/sys/block/{name}/size"))?
+        .trim()
+        .parse()
+        .map_err(|e| std::io::Error::other(format!("/sys/block/{name}/size: {e}")))?;
+    let st = nix::sys::statvfs::statvfs("/").map_err(std::io::Error::from)?;
+    let block = st.fragment_size().max(1);
+    let want = sectors * 512 / block;
+    // f_blocks leaves out the filesystem's own overhead: only a real difference counts.
+    if want <= st.blocks() + st.blocks() / 20 {
+        return Ok(None);
+    }
+    crate::sys::ext4_resize(Path::new("/"), want)?;
+    Ok(Some(want * block >> 20))
+}
+
 fn switch_root(new_root: &Path) -> Result<(), GuestError> {
     for dir in ["/dev", "/proc", "/sys"] {
         let target = new_root.join(&dir[1..]);

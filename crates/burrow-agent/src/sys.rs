@@ -122,6 +122,21 @@ pub fn valid_signal(signal: i32) -> bool {
     (1..=libc::SIGRTMAX()).contains(&signal)
 }
 
+/// Grows the ext4 filesystem mounted at `dir` to `blocks` blocks of its block size, online
+/// (`EXT4_IOC_RESIZE_FS`). Asking for its current size is a no-op.
+pub fn ext4_resize(dir: &std::path::Path, blocks: u64) -> io::Result<()> {
+    /// `_IOW('f', 16, __u64)`.
+    const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+    let f = std::fs::File::open(dir)?;
+    // SAFETY: the ioctl reads one u64 from the pointer, which points at a live local.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), EXT4_IOC_RESIZE_FS as _, &blocks as *const u64) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Flushes all filesystems.
 pub fn sync() {
     nix::unistd::sync();

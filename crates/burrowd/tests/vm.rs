@@ -84,6 +84,18 @@ async fn a_vm_runs_its_own_kernel_and_sleeps_with_its_processes_across_a_daemon_
     let host = nix::sys::utsname::uname().unwrap();
     assert_ne!(uname.trim(), host.release().to_str().unwrap());
     assert_eq!(sh(&c, &name, "hostname").await.trim(), name);
+    // Its disk is `disk_gb` big (the image's filesystem grown to the device at boot).
+    let size_mb: u64 = sh(&c, &name, "df -B1M --output=size / | tail -1")
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    let want_mb = sb.config.disk_gb * 1024;
+    assert!(
+        size_mb > want_mb * 9 / 10 && size_mb <= want_mb,
+        "/ is {size_mb} MiB, disk_gb {}",
+        sb.config.disk_gb
+    );
     let info = c.get_sandbox(&name).await.unwrap();
     let engine = info.engine_detail.unwrap_or_default();
     assert!(
@@ -227,4 +239,38 @@ async fn a_damaged_or_foreign_memory_state_is_refused_with_why() {
         c.sandbox_action(&name, "start").await.unwrap();
         assert_eq!(sh(&c, &name, "echo up").await, "up\n", "{damage}");
     }
+}
+
+/// A VM is behind the same host rules as a container: it reaches burrowd's proxy on the
+/// gateway (the control: the probe detects an open port) but not a service the host runs
+/// on the gateway address, which the host itself reaches.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_cannot_reach_the_hosts_services() {
+    let d = Daemon::start();
+    let c = d.client();
+    let (available, detail) = vm_available(&c).await;
+    require!(available, "the vm engine is unavailable here: {detail}");
+    let name = unique_name("vmnet");
+    c.create_sandbox(&vm_req(&name)).await.unwrap();
+    let gw = sh(&c, &name, "awk '/^nameserver/{print $2; exit}' /etc/resolv.conf").await;
+    let gw = gw.trim().to_owned();
+    assert!(gw.parse::<std::net::Ipv4Addr>().is_ok(), "{gw:?}");
+    // A host service listening on every address, the gateway's included.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    assert!(
+        std::net::TcpStream::connect((gw.as_str(), port)).is_ok(),
+        "the host reaches its own service on {gw}:{port}"
+    );
+    let probe = |p: u16| format!("timeout 5 bash -c 'echo > /dev/tcp/{gw}/{p}' && echo open || echo closed");
+    assert_eq!(
+        sh(&c, &name, &probe(3128)).await.trim(),
+        "open",
+        "burrowd's proxy"
+    );
+    assert_eq!(
+        sh(&c, &name, &probe(port)).await.trim(),
+        "closed",
+        "a host service"
+    );
 }
