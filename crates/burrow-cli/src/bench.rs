@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Idle running burrows created at once for the density figure.
     #[arg(long, default_value_t = 50)]
     pub density: usize,
+    /// The engine to measure: container (every figure) or vm (the vm engine's figures,
+    /// next to a bare QEMU boot of the same kernel as the floor).
+    #[arg(long, default_value = "container", value_parser = ["container", "vm"])]
+    pub engine: String,
 }
 
 struct Figure {
@@ -90,6 +94,23 @@ pub async fn run(app: &App, args: BenchArgs) -> anyhow::Result<u8> {
     let mut figures = Vec::new();
 
     // Time to interactive: create → first exec result.
+    if args.engine == "vm" {
+        vm_figures(app, &prefix, runs.min(10), &mut figures).await?;
+        if !args.no_floor {
+            match qemu_floor(runs.min(10)) {
+                Ok(samples) => figures.push(Figure {
+                    key: "qemu_boot_floor_ms".into(),
+                    label: "floor: bare QEMU boot of the guest kernel".into(),
+                    unit: "ms",
+                    target: None,
+                    samples,
+                }),
+                Err(e) => eprintln!("skipping the QEMU floor: {e:#}"),
+            }
+        }
+        return report(app, &args, runs, figures).await;
+    }
+
     let mut tti = Vec::new();
     for i in 0..runs {
         let name = format!("{prefix}-t{i}");
@@ -151,6 +172,12 @@ pub async fn run(app: &App, args: BenchArgs) -> anyhow::Result<u8> {
         }
     }
 
+    report(app, &args, runs, figures).await
+}
+
+/// Writes the figures as JSON to `args.out` and prints them as a table (or the JSON).
+async fn report(app: &App, args: &BenchArgs, runs: usize, figures: Vec<Figure>) -> anyhow::Result<u8> {
+    let c = &app.client;
     let version = c.version().await?;
     let results = json!({
         "date": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?,
@@ -159,6 +186,7 @@ pub async fn run(app: &App, args: BenchArgs) -> anyhow::Result<u8> {
             "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         },
         "burrow": version,
+        "engine": args.engine,
         "runs": runs,
         "figures": figures.iter().map(|f| json!({
             "key": f.key, "label": f.label, "unit": f.unit,
@@ -193,6 +221,165 @@ pub async fn run(app: &App, args: BenchArgs) -> anyhow::Result<u8> {
         eprintln!("results written to {}", args.out.display());
     }
     Ok(0)
+}
+
+/// The vm engine: create → first exec, exec round trip, memory sleep, wake from memory →
+/// first exec, and what QEMU holds beyond the guest's RAM (its anonymous memory; guest RAM is
+/// the shared memory file).
+async fn vm_figures(app: &App, prefix: &str, runs: usize, figures: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let c = &app.client;
+    let t_req = ExecRequest {
+        cmd: vec!["true".into()],
+        ..Default::default()
+    };
+    let (mut tti, mut exec, mut sleep, mut wake, mut overhead) = (vec![], vec![], vec![], vec![], vec![]);
+    for i in 0..runs {
+        let name = format!("{prefix}-vm{i}");
+        let req = CreateSandbox {
+            name: SandboxName::parse(&name)?,
+            engine: Some(burrow_api::EngineKind::Vm),
+            memory_mb: Some(512),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let sb = c.create_sandbox(&req).await?;
+        let r = c.exec(&name, &t_req).await?;
+        tti.push(ms(t.elapsed()));
+        anyhow::ensure!(r.exit_code == 0, "exec true failed in {name}");
+        for _ in 0..5 {
+            let t = Instant::now();
+            c.exec(&name, &t_req).await?;
+            exec.push(ms(t.elapsed()));
+        }
+        if let Some(kib) = qemu_anon_kib(&sb.id) {
+            overhead.push(kib as f64 / 1024.0);
+        }
+        let path = format!("/v1/sandboxes/{name}/sleep");
+        let t = Instant::now();
+        c.request_json::<serde_json::Value, ()>(burrow_client::Method::POST, &path, None)
+            .await?;
+        sleep.push(ms(t.elapsed()));
+        let t = Instant::now();
+        c.exec(&name, &t_req).await?;
+        wake.push(ms(t.elapsed()));
+        c.delete_sandbox(&name).await?;
+    }
+    let push = |figures: &mut Vec<Figure>, key: &str, label: &str, unit, target, samples| {
+        figures.push(Figure {
+            key: key.into(),
+            label: label.into(),
+            unit,
+            target,
+            samples,
+        })
+    };
+    push(
+        figures,
+        "vm_tti_ms",
+        "vm: create → first exec result",
+        "ms",
+        Some(("<=", 1500.0)),
+        tti,
+    );
+    push(
+        figures,
+        "vm_exec_ms",
+        "vm: exec round trip of `true`",
+        "ms",
+        None,
+        exec,
+    );
+    push(
+        figures,
+        "vm_sleep_ms",
+        "vm: memory sleep (saved, QEMU gone)",
+        "ms",
+        Some(("<=", 100.0)),
+        sleep,
+    );
+    push(
+        figures,
+        "vm_wake_ms",
+        "vm: wake from memory → first exec",
+        "ms",
+        Some(("<=", 300.0)),
+        wake,
+    );
+    push(
+        figures,
+        "vm_overhead_mib",
+        "vm: QEMU memory beyond guest RAM (idle)",
+        "MiB",
+        Some(("<=", 30.0)),
+        overhead,
+    );
+    Ok(())
+}
+
+/// `RssAnon` of the QEMU that runs sandbox `id` (found by its `-name burrow-<id>`).
+fn qemu_anon_kib(id: &str) -> Option<u64> {
+    let needle = format!("burrow-{id}");
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmd.split(|b| *b == 0).any(|a| a == needle.as_bytes()) {
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            return status
+                .lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok();
+        }
+    }
+    None
+}
+
+/// A bare QEMU microvm boot of the guest kernel until it panics for want of a root
+/// filesystem (what the vm engine's boot cannot beat), with the same clock pinning.
+fn qemu_floor(runs: usize) -> anyhow::Result<Vec<f64>> {
+    let dir = Path::new("/usr/local/lib/burrow/guest");
+    let kernel = [dir.join("vmlinux"), dir.join("vmlinuz")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("no guest kernel in {}", dir.display()))?;
+    let khz = std::fs::read_to_string("/proc/cpuinfo")?
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))
+        .and_then(|l| l.split(':').nth(1))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|mhz| (mhz * 1000.0) as u64);
+    let mut append = "console=ttyS0 panic=-1 loglevel=1 tsc=reliable no_timer_check".to_owned();
+    if let Some(k) = khz {
+        append.push_str(&format!(" tsc_early_khz={k}"));
+    }
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let st = std::process::Command::new("qemu-system-x86_64")
+            .args([
+                "-M",
+                "microvm,accel=tcg",
+                "-cpu",
+                "max",
+                "-m",
+                "512M",
+                "-nodefaults",
+                "-no-user-config",
+            ])
+            .args(["-nographic", "-no-reboot", "-serial", "null"])
+            .arg("-kernel")
+            .arg(&kernel)
+            .args(["-append", &append])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(st.success(), "qemu: {st}");
+        samples.push(ms(t.elapsed()));
+    }
+    Ok(samples)
 }
 
 async fn exec_figures(
