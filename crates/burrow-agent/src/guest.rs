@@ -268,7 +268,7 @@ fn grow_root(device: &str) -> std::io::Result<Option<u64>> {
         return Ok(None);
     }
     crate::sys::ext4_resize(Path::new("/"), want)?;
-    Ok(Some(want * block >> 20))
+    Ok(Some((want * block) >> 20))
 }
 
 fn switch_root(new_root: &Path) -> Result<(), GuestError> {

@@ -255,7 +255,28 @@ impl Agent for AgentService {
 
     async fn set_clock(&self, request: Request<SetClockRequest>) -> Result<Response<SetClockReply>, Status> {
         use nix::time::{ClockId, clock_gettime, clock_settime};
-        let want = request.into_inner().unix_nanos;
+        let req = request.into_inner();
+        let want = req.unix_nanos;
+        if !req.hostname.is_empty() {
+            if req.hostname.len() > 64
+                || !req
+                    .hostname
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                return Err(Status::invalid_argument("bad hostname"));
+            }
+            nix::unistd::sethostname(&req.hostname)
+                .map_err(|e| Status::internal(format!("sethostname: {e}")))?;
+        }
+        if !req.entropy.is_empty() {
+            crate::sys::reseed_random(&req.entropy[..req.entropy.len().min(64)])
+                .map_err(|e| Status::internal(format!("reseeding the RNG: {e}")))?;
+            let id: String = req.entropy.iter().take(16).map(|b| format!("{b:02x}")).collect();
+            if std::path::Path::new("/etc/machine-id").exists() && id.len() == 32 {
+                let _ = std::fs::write("/etc/machine-id", format!("{id}\n"));
+            }
+        }
         let ts =
             nix::sys::time::TimeSpec::new(want.div_euclid(1_000_000_000), want.rem_euclid(1_000_000_000));
         let before = clock_gettime(ClockId::CLOCK_REALTIME).map_err(|e| Status::internal(e.to_string()))?;

@@ -137,6 +137,24 @@ pub fn ext4_resize(dir: &std::path::Path, blocks: u64) -> io::Result<()> {
     }
 }
 
+/// Mixes `bytes` into the kernel's random pool and reseeds the generator from it at once
+/// (`RNDRESEEDCRNG`), so output after this differs from that of any other copy of this
+/// memory (a forked VM).
+pub fn reseed_random(bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    /// `_IO('R', 0x07)`.
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    let mut f = std::fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    f.write_all(bytes)?;
+    // SAFETY: RNDRESEEDCRNG takes no argument and touches no memory of ours.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Flushes all filesystems.
 pub fn sync() {
     nix::unistd::sync();

@@ -378,6 +378,10 @@ pub enum WsControl {
 pub struct CreateCheckpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// Keep memory and device state too (vm engine only): a restore or fork of it resumes
+    /// its processes. Default: the disk only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<bool>,
 }
 
 /// A checkpoint: a read-only snapshot of a sandbox's whole disk.
@@ -390,6 +394,10 @@ pub struct Checkpoint {
     pub size_bytes: u64,
     /// `api`, `inside` (from /.burrow/api.sock) or `restore-backup`.
     pub source: String,
+    /// It holds memory and device state too (a VM's): restoring or forking it resumes the
+    /// processes it had.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -99,6 +99,10 @@ pub struct CheckpointArgs {
     /// A comment to remember it by.
     #[arg(short = 'm', long = "message")]
     pub message: Option<String>,
+    /// Keep memory and devices too (vm engine): restoring or forking it resumes the
+    /// processes as they were.
+    #[arg(long)]
+    pub memory: bool,
 }
 
 #[derive(Debug, Args)]

@@ -63,7 +63,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Attach(a) => cmd::sessions::attach(&app, &a.name, &a.id).await,
         Command::KillSession(a) => cmd::sessions::kill(&app, &a.name, &a.id, a.signal).await,
         Command::Cp(a) => cmd::cp::run(&app, a).await,
-        Command::Checkpoint(a) => cmd::checkpoints::create(&app, &a.name, a.message).await,
+        Command::Checkpoint(a) => cmd::checkpoints::create(&app, &a.name, a.message, a.memory).await,
         Command::Checkpoints(a) => cmd::checkpoints::list(&app, &a.name).await,
         Command::Restore(a) => cmd::checkpoints::restore(&app, &a.name, &a.checkpoint).await,
         Command::RmCheckpoint(a) => cmd::checkpoints::delete(&app, &a.name, &a.checkpoint).await,

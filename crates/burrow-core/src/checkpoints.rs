@@ -37,13 +37,14 @@ impl CheckpointSource {
     }
 }
 
-fn view(r: &CheckpointRecord) -> Checkpoint {
+fn view(r: &CheckpointRecord, memory: bool) -> Checkpoint {
     Checkpoint {
         id: CheckpointId(r.seq).to_string(),
         comment: r.comment.clone(),
         created_at: r.created_at.clone(),
         size_bytes: r.size_bytes,
         source: r.source.clone(),
+        memory,
     }
 }
 
@@ -91,7 +92,8 @@ impl Manager {
             ready: false,
         };
         self.store.insert_checkpoint(&cp)?;
-        let freeze = rec.status == SandboxStatus::Running;
+        // A VM whose memory was just saved has nothing left running to freeze.
+        let freeze = rec.status == SandboxStatus::Running && !self.has_saved_memory(rec);
         if freeze {
             self.freeze(rec, true).await?;
         }
@@ -131,11 +133,22 @@ impl Manager {
         });
     }
 
+    /// Whether checkpoint `seq` of `rec` holds a saved memory state.
+    fn checkpoint_has_memory(&self, rec: &SandboxRecord, seq: u64) -> bool {
+        self.engine(rec)
+            .is_ok_and(|e| e.suspended(&self.checkpoint_path(&rec.id, seq)))
+    }
+
+    fn view_of(&self, rec: &SandboxRecord, cp: &CheckpointRecord) -> Checkpoint {
+        view(cp, self.checkpoint_has_memory(rec, cp.seq))
+    }
+
     pub async fn create_checkpoint(
         &self,
         name: &str,
         comment: Option<String>,
         source: CheckpointSource,
+        memory: bool,
     ) -> Result<Checkpoint> {
         let comment = comment.unwrap_or_default();
         if comment.len() > MAX_COMMENT {
@@ -154,17 +167,57 @@ impl Manager {
                 from: rec.status,
             });
         }
+        let suspend = memory && self.memory_checkpoint_needs_suspend(&rec)?;
         let seq = self.next_seq(&mut rec)?;
-        let cp = self
+        if suspend {
+            // Memory and devices go to the volume (the VM stops for that long), the
+            // snapshot takes them with the disk, and the VM resumes where it was.
+            self.runtime(&rec.id).set_agent(None);
+            let engine = self.engine(&rec)?;
+            let id = rec.id.clone();
+            blocking(move || Ok(engine.suspend(&id)?)).await?;
+        }
+        let snap = self
             .snapshot_checkpoint(&rec, seq, comment, source.as_str())
-            .await?;
-        tracing::info!(sandbox = %rec.name, checkpoint = seq, "checkpoint");
+            .await;
+        if suspend {
+            // Resume whatever happened; the saved state is the checkpoint's now.
+            let resumed = self.boot_or_fail(&mut rec).await;
+            if let Err(e) = &resumed {
+                tracing::error!(sandbox = %rec.name, error = %crate::error::chain(e), "resuming after a memory checkpoint");
+            }
+            resumed?;
+        }
+        let cp = snap?;
+        tracing::info!(sandbox = %rec.name, checkpoint = seq, memory, "checkpoint");
         self.events.emit(
             &rec.name,
             "checkpoint",
             serde_json::json!({"id": CheckpointId(seq).to_string(), "source": source.as_str()}),
         );
-        Ok(view(&cp))
+        Ok(self.view_of(&rec, &cp))
+    }
+
+    /// Checks that `rec` can have a memory checkpoint, and whether its VM must be
+    /// suspended for it (a VM asleep with its memory saved is snapshotted as it is).
+    fn memory_checkpoint_needs_suspend(&self, rec: &SandboxRecord) -> Result<bool> {
+        let engine = self.engine(rec)?;
+        if !engine.capabilities().memory_snapshot {
+            return Err(CoreError::Conflict(format!(
+                "sandbox '{}' runs on the {} engine, whose checkpoints keep the disk only; \
+                 memory checkpoints need the vm engine",
+                rec.name,
+                engine.kind().as_str()
+            )));
+        }
+        match rec.status {
+            SandboxStatus::Running => Ok(true),
+            SandboxStatus::Sleeping if self.has_saved_memory(rec) => Ok(false),
+            other => Err(CoreError::Conflict(format!(
+                "sandbox '{}' is {other}: a memory checkpoint needs processes to keep (start it first)",
+                rec.name
+            ))),
+        }
     }
 
     pub fn list_checkpoints(&self, name: &str) -> Result<Vec<Checkpoint>> {
@@ -174,13 +227,13 @@ impl Manager {
             .checkpoints(Some(&rec.id))?
             .iter()
             .filter(|c| c.ready)
-            .map(view)
+            .map(|cp| self.view_of(&rec, cp))
             .collect())
     }
 
     pub fn get_checkpoint(&self, name: &str, id: &str) -> Result<Checkpoint> {
         let rec = self.record(name)?;
-        Ok(view(&self.checkpoint_record(&rec, id)?))
+        Ok(self.view_of(&rec, &self.checkpoint_record(&rec, id)?))
     }
 
     pub async fn delete_checkpoint(&self, name: &str, id: &str) -> Result<()> {

@@ -510,9 +510,28 @@ impl Manager {
             }
             None => None,
         };
-        let engine = req.engine.unwrap_or_else(|| self.engines.default_kind());
+        // A fork runs on its source's engine: the disk it copies is that engine's kind.
+        let engine = match (&fork_src, req.engine) {
+            (Some((src, _)), Some(asked)) if asked != src.engine => {
+                return Err(CoreError::Invalid(format!(
+                    "sandbox '{}' runs on the {} engine; a fork of it does too (engine '{}' was asked)",
+                    src.name,
+                    src.engine.as_str(),
+                    asked.as_str()
+                )));
+            }
+            (Some((src, _)), _) => src.engine,
+            (None, asked) => asked.unwrap_or_else(|| self.engines.default_kind()),
+        };
         self.engines.get(engine)?;
-        let d = &self.cfg.defaults;
+        let mut d = self.cfg.defaults.clone();
+        // A VM fork resumes its source's memory: it has its source's machine unless told
+        // otherwise (a saved memory state only resumes with the same guest RAM).
+        if let Some((src, _)) = fork_src.as_ref().filter(|(s, _)| s.engine == EngineKind::Vm) {
+            d.cpus = src.config.cpus;
+            d.memory_mb = src.config.memory_mb;
+            d.disk_gb = src.config.disk_gb;
+        }
         let config = SandboxConfig {
             cpus: req.cpus.unwrap_or(d.cpus),
             memory_mb: req.memory_mb.unwrap_or(d.memory_mb),
@@ -774,7 +793,13 @@ impl Manager {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
-        let req = burrow_agent_proto::v1::SetClockRequest { unix_nanos: now };
+        let mut entropy = vec![0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut entropy);
+        let req = burrow_agent_proto::v1::SetClockRequest {
+            unix_nanos: now,
+            hostname: rec.name.clone(),
+            entropy,
+        };
         match tokio::time::timeout(Duration::from_secs(5), client.set_clock(req)).await {
             Ok(Ok(r)) => {
                 tracing::debug!(sandbox = %rec.name, skew_ms = r.into_inner().skew_nanos / 1_000_000, "guest clock set")

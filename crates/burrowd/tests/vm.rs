@@ -274,3 +274,119 @@ async fn a_vm_cannot_reach_the_hosts_services() {
         "a host service"
     );
 }
+
+async fn counter(c: &Client, name: &str) -> u64 {
+    sh(c, name, "cat /tmp/n 2>/dev/null || echo 0")
+        .await
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Waits (bounded) until the counter in `name` passes `above`: its processes run.
+async fn counts_past(c: &Client, name: &str, above: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = counter(c, name).await;
+        if now > above {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "{name}: the counter stays at {now}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A memory checkpoint keeps disk, memory and devices: the VM goes on after it; two forks
+/// of it both run its processes, each with its own hostname and random state; a restore
+/// brings the processes back as they were. Containers refuse memory checkpoints (their
+/// plain checkpoints are the control).
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_checkpoints_restore_and_fork_running_processes() {
+    let d = Daemon::start();
+    let c = d.client();
+    let (available, detail) = vm_available(&c).await;
+    require!(available, "the vm engine is unavailable here: {detail}");
+    let name = unique_name("vmcp");
+    c.create_sandbox(&vm_req(&name)).await.unwrap();
+    sh(
+        &c,
+        &name,
+        "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done' >/dev/null 2>&1 &",
+    )
+    .await;
+    let before = counts_past(&c, &name, 2).await;
+    let cp: burrow_api::Checkpoint = c
+        .request_json(
+            Method::POST,
+            &format!("/v1/sandboxes/{name}/checkpoints"),
+            Some(&serde_json::json!({"comment": "warm", "memory": true})),
+        )
+        .await
+        .unwrap();
+    assert!(cp.memory, "{cp:?}");
+    // The VM went on after its checkpoint.
+    let after = counts_past(&c, &name, before).await;
+    sh(&c, &name, "echo later > /root/later").await;
+
+    // Two forks of the checkpoint: both run the counter, as their own machines.
+    let forks = [unique_name("vmfa"), unique_name("vmfb")];
+    let mut randoms = Vec::new();
+    for f in &forks {
+        let req = CreateSandbox {
+            name: SandboxName::parse(f).unwrap(),
+            from: Some(burrow_api::ForkSource {
+                sandbox: SandboxName::parse(&name).unwrap(),
+                checkpoint: Some(cp.id.clone()),
+            }),
+            ..Default::default()
+        };
+        let sb = c.create_sandbox(&req).await.unwrap();
+        assert_eq!(sb.engine, EngineKind::Vm, "a fork runs on its source's engine");
+        let start = counter(&c, f).await;
+        assert!(start >= before, "{f}: the counter restarted ({start} < {before})");
+        counts_past(&c, f, start).await;
+        assert_eq!(sh(&c, f, "hostname").await.trim(), f.as_str());
+        assert!(
+            run(&c, f, "test -e /root/later").await.exit_code != 0,
+            "{f} has a later file"
+        );
+        randoms.push(sh(&c, f, "head -c 16 /dev/urandom | od -An -tx1").await);
+    }
+    assert_ne!(randoms[0], randoms[1], "two forks share random output");
+
+    // Restore: the processes are back as they were at the checkpoint (the counter goes on
+    // from there), and what was written later is gone.
+    c.request_json::<serde_json::Value, ()>(
+        Method::POST,
+        &format!("/v1/sandboxes/{name}/checkpoints/{}/restore", cp.id),
+        None,
+    )
+    .await
+    .unwrap();
+    let restored = counter(&c, &name).await;
+    assert!(restored >= before && restored < after + 1000, "{restored}");
+    counts_past(&c, &name, restored).await;
+    assert!(run(&c, &name, "test -e /root/later").await.exit_code != 0);
+
+    // A container cannot keep memory in a checkpoint: 409 naming the vm engine.
+    let box_name = unique_name("ctr");
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&box_name).unwrap(),
+        engine: Some(EngineKind::Container),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let path = format!("/v1/sandboxes/{box_name}/checkpoints");
+    let e = c
+        .request_json::<serde_json::Value, _>(Method::POST, &path, Some(&serde_json::json!({"memory": true})))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    assert!(e.to_string().contains("vm engine"), "{e}");
+    let plain: burrow_api::Checkpoint = c
+        .request_json(Method::POST, &path, Some(&serde_json::json!({})))
+        .await
+        .unwrap();
+    assert!(!plain.memory);
+}

@@ -13,13 +13,21 @@ fn checkpoints_path(name: &str) -> String {
     format!("{}/checkpoints", paths::sandbox(name))
 }
 
-pub async fn create(app: &App, name: &str, comment: Option<String>) -> anyhow::Result<u8> {
-    let body = CreateCheckpoint { comment };
+pub async fn create(app: &App, name: &str, comment: Option<String>, memory: bool) -> anyhow::Result<u8> {
+    let body = CreateCheckpoint {
+        comment,
+        memory: memory.then_some(true),
+    };
     let v = app
         .call(Method::POST, &checkpoints_path(name), Some(&body))
         .await?;
     app.emit(v, |c: Checkpoint| {
-        print(&format!("{name}: checkpoint {} created\n", c.id))
+        let what = if c.memory {
+            " (disk, memory and devices)"
+        } else {
+            ""
+        };
+        print(&format!("{name}: checkpoint {} created{what}\n", c.id))
     })?;
     Ok(0)
 }

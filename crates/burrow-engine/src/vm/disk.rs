@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -92,11 +92,11 @@ fn run_in_userns(mut cmd: Command, base: u32, count: u32) -> io::Result<std::pro
     let map = format!("0 {base} {count}\n");
     let helper = std::thread::spawn(move || -> io::Result<()> {
         let mut pid = [0u8; 4];
-        fs::File::from(OwnedFd::from(ready_r)).read_exact(&mut pid)?;
+        fs::File::from(ready_r).read_exact(&mut pid)?;
         let pid = i32::from_ne_bytes(pid);
         fs::write(format!("/proc/{pid}/uid_map"), &map)?;
         fs::write(format!("/proc/{pid}/gid_map"), &map)?;
-        fs::File::from(OwnedFd::from(go_w)).write_all(b"g")
+        fs::File::from(go_w).write_all(b"g")
     });
     // SAFETY: the closure runs between fork and exec and only makes raw syscalls
     // (unshare, getpid, write, read, setgroups, setresgid, setresuid) on fds it owns; it

@@ -501,10 +501,10 @@ impl VmEngine {
                     detail: format!("exited at start ({status}): {log}"),
                 });
             }
-            if sock.exists() {
-                if let Ok(q) = qmp::Qmp::connect(&sock, Duration::from_millis(200)) {
-                    return Ok(q);
-                }
+            if sock.exists()
+                && let Ok(q) = qmp::Qmp::connect(&sock, Duration::from_millis(200))
+            {
+                return Ok(q);
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
@@ -571,10 +571,10 @@ impl VmEngine {
         unsafe {
             cmd.pre_exec(move || {
                 libc::setsid();
-                if let Some(fd) = state_fd {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
+                if let Some(fd) = state_fd
+                    && libc::fcntl(fd, libc::F_SETFD, 0) != 0
+                {
+                    return Err(io::Error::last_os_error());
                 }
                 Ok(())
             });
@@ -672,10 +672,10 @@ impl VmEngine {
         let deadline = Instant::now() + EXIT_WAIT;
         if let Some(pid) = pid {
             while pid_runs(pid, id) && Instant::now() < deadline {
-                if let Some(vm) = self.vms.lock().unwrap_or_else(|p| p.into_inner()).get_mut(id) {
-                    if let Some(c) = vm.child.as_mut() {
-                        let _ = c.try_wait();
-                    }
+                if let Some(vm) = self.vms.lock().unwrap_or_else(|p| p.into_inner()).get_mut(id)
+                    && let Some(c) = vm.child.as_mut()
+                {
+                    let _ = c.try_wait();
                 }
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -792,17 +792,17 @@ impl Engine for VmEngine {
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         // The caller asked the agent to shut the guest down (its processes get their grace,
         // then it syncs and powers off): give it that long to end by itself.
-        if !grace.is_zero() {
-            if let Some(pid) = self.pid(id) {
-                let deadline = Instant::now() + grace + Duration::from_secs(5);
-                while pid_runs(pid, id) && Instant::now() < deadline {
-                    if let Some(vm) = self.vms.lock().unwrap_or_else(|p| p.into_inner()).get_mut(id) {
-                        if let Some(c) = vm.child.as_mut() {
-                            let _ = c.try_wait();
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
+        if !grace.is_zero()
+            && let Some(pid) = self.pid(id)
+        {
+            let deadline = Instant::now() + grace + Duration::from_secs(5);
+            while pid_runs(pid, id) && Instant::now() < deadline {
+                if let Some(vm) = self.vms.lock().unwrap_or_else(|p| p.into_inner()).get_mut(id)
+                    && let Some(c) = vm.child.as_mut()
+                {
+                    let _ = c.try_wait();
                 }
+                std::thread::sleep(Duration::from_millis(10));
             }
         }
         self.quit(id)?;

@@ -75,10 +75,11 @@ pub async fn create(
     headers: HeaderMap,
     OptionalJson(body): OptionalJson<CreateCheckpoint>,
 ) -> Result<Response, ApiError> {
-    let comment = body.and_then(|b| b.comment);
+    let (comment, memory) = body.map_or((None, false), |b| (b.comment, b.memory.unwrap_or(false)));
     let mgr = s.mgr.clone();
     long_op(&headers, StatusCode::CREATED, "checkpoint", async move {
-        mgr.create_checkpoint(&name, comment, CheckpointSource::Api).await
+        mgr.create_checkpoint(&name, comment, CheckpointSource::Api, memory)
+            .await
     })
     .await
 }
@@ -181,10 +182,11 @@ pub mod inside {
         OptionalJson(body): OptionalJson<CreateCheckpoint>,
     ) -> Result<Response, ApiError> {
         let name = s.mgr.name_of(&s.id)?;
+        // From inside, a memory checkpoint would stop the very VM that asks: disk only.
         let comment = body.and_then(|b| b.comment);
         let cp = s
             .mgr
-            .create_checkpoint(&name, comment, CheckpointSource::Inside)
+            .create_checkpoint(&name, comment, CheckpointSource::Inside, false)
             .await?;
         Ok((StatusCode::CREATED, Json(cp)).into_response())
     }
