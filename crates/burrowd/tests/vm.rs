@@ -56,6 +56,20 @@ fn qemu_of(id: &str) -> usize {
         .count()
 }
 
+/// `/proc/<pid>/status` of the QEMU that runs sandbox `id`.
+fn qemu_status(id: &str) -> String {
+    let needle = format!("burrow-{id}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == needle.as_bytes()))
+        })
+        .and_then(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .unwrap_or_default()
+}
+
 fn host_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -141,6 +155,28 @@ async fn a_vm_runs_its_own_kernel_and_sleeps_with_its_processes_across_a_daemon_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(qemu_of(&info.id), 1, "one QEMU runs the VM");
+    // QEMU is jailed: not root, no capabilities, under its seccomp filter (`-sandbox on`).
+    let status = qemu_status(&info.id);
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let uids = field("Uid:");
+    assert!(
+        !uids.is_empty() && uids.iter().all(|u| *u != "0"),
+        "QEMU runs as root: {uids:?}"
+    );
+    assert_eq!(field("CapEff:"), ["0000000000000000"], "QEMU has capabilities");
+    assert_eq!(field("Seccomp:"), ["2"], "QEMU has no seccomp filter");
+    // Control: the same probe reads this test's own (root) process as root.
+    let me = std::fs::read_to_string("/proc/self/status").unwrap();
+    assert!(
+        me.lines().any(|l| l.starts_with("Uid:\t0\t")),
+        "the probe cannot see root"
+    );
 
     // Sleep: memory saved, QEMU gone.
     let slept: serde_json::Value = c

@@ -14,7 +14,8 @@
 //!   daemon restarts (QEMU keeps listening), and is saved and restored with the VM.
 //! - **Network**: a tap in the sandbox's network namespace ([`netns`]); QEMU runs in it.
 //!
-//! Files of one VM in its run dir: `qmp.sock`, `agent.sock`, `agent.log` (the guest's
+//! Files of one VM in its run dir: `vm/qmp.sock`, `vm/agent.sock` (in a directory only
+//! QEMU's uid may write), `agent.log` (the guest's
 //! console and QEMU's messages, capped like a container agent's log) and `vm.json` (what a
 //! restarted daemon needs to find the VM again).
 
@@ -54,6 +55,10 @@ const MANIFEST_VERSION: u32 = 1;
 const QMP_WAIT: Duration = Duration::from_secs(20);
 /// Bound of saving or loading device state (a few KiB to a few MiB).
 const STATE_WAIT: Duration = Duration::from_secs(60);
+/// The fd number QEMU finds its tap at (opened for it before it drops privileges).
+const TAP_FD: i32 = 200;
+/// The directory of a VM's run dir that QEMU may write (its sockets), owned by its uid.
+const QEMU_DIR: &str = "vm";
 /// How long a suspend waits for the guest to see the host hang up its agent channel.
 const HANGUP_WAIT: Duration = Duration::from_millis(300);
 /// How long QEMU gets to exit after `quit` or SIGTERM before SIGKILL.
@@ -297,7 +302,10 @@ impl VmEngine {
     }
 
     fn qmp(&self, id: &str) -> Result<qmp::Qmp> {
-        qmp::Qmp::connect(&self.run_dir(id).join("qmp.sock"), Duration::from_secs(2))
+        qmp::Qmp::connect(
+            &self.run_dir(id).join(QEMU_DIR).join("qmp.sock"),
+            Duration::from_secs(2),
+        )
     }
 
     /// The saved state in `volume`, checked against this host: a state made by another
@@ -388,10 +396,12 @@ impl VmEngine {
     }
 
     /// QEMU's arguments for `spec`; `incoming`: it waits for a saved state to resume from.
-    fn args(&self, spec: &SandboxSpec, incoming: bool) -> Result<Vec<String>> {
+    /// The disk and memory files are given as fds QEMU inherits (`/proc/self/fd/N`): the
+    /// pool's directories stay closed to QEMU's uid.
+    fn args(&self, spec: &SandboxSpec, incoming: bool, disk_fd: i32, mem_fd: i32) -> Result<Vec<String>> {
         let run = &spec.run_dir;
-        let disk = spec.rootfs.join(crate::DISK_IMAGE);
-        let mem = spec.rootfs.join(MEMORY_FILE);
+        let disk = PathBuf::from(format!("/proc/self/fd/{disk_fd}"));
+        let mem = PathBuf::from(format!("/proc/self/fd/{mem_fd}"));
         let mb = spec.resources.memory_mb;
         let cpus = (spec.resources.cpus.ceil() as u32).clamp(1, 16);
         let p = |p: &Path| {
@@ -454,17 +464,20 @@ impl VmEngine {
             "-chardev".into(),
             format!(
                 "socket,id=agent,path={},server=on,wait=off",
-                p(&run.join("agent.sock"))?
+                p(&run.join(QEMU_DIR).join("agent.sock"))?
             ),
             "-device".into(),
             "virtserialport,chardev=agent,name=burrow.agent,id=agentport".into(),
             "-qmp".into(),
-            format!("unix:{},server=on,wait=off", p(&run.join("qmp.sock"))?),
+            format!(
+                "unix:{},server=on,wait=off",
+                p(&run.join(QEMU_DIR).join("qmp.sock"))?
+            ),
         ];
         if spec.netns.is_some() {
             a.extend([
                 "-netdev".into(),
-                format!("tap,id=net0,ifname={},script=no,downscript=no", netns::TAP),
+                format!("tap,id=net0,fd={TAP_FD}"),
                 "-device".into(),
                 "virtio-net-device,netdev=net0,mac=52:54:00:62:77:01".into(),
             ]);
@@ -473,6 +486,22 @@ impl VmEngine {
             a.extend(["-incoming".into(), "defer".into()]);
         }
         Ok(a)
+    }
+
+    /// The host uid and gid QEMU runs as for sandbox `id`: one of 65536 right above the
+    /// container engine's range, chosen by the id, so VMs do not share one with containers
+    /// (and rarely with each other). The gid is the kvm group's where KVM is used.
+    pub fn qemu_ids(&self, id: &str) -> (u32, u32) {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in id.bytes() {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        let uid = self.cfg.uid_base + self.cfg.uid_count + h % 65536;
+        let gid = match self.cfg.accel {
+            Accel::Kvm => fs::metadata("/dev/kvm").map_or(uid, |m| std::os::unix::fs::MetadataExt::gid(&m)),
+            Accel::Tcg => uid,
+        };
+        (uid, gid)
     }
 
     fn ensure_memory_file(path: &Path, bytes: u64) -> Result<()> {
@@ -491,7 +520,7 @@ impl VmEngine {
 
     /// Waits for QEMU to bring up QMP; if it exits first, says why from its output.
     fn wait_started(&self, id: &str, child: &mut Child, run_dir: &Path) -> Result<qmp::Qmp> {
-        let sock = run_dir.join("qmp.sock");
+        let sock = run_dir.join(QEMU_DIR).join("qmp.sock");
         let deadline = Instant::now() + QMP_WAIT;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -535,10 +564,22 @@ impl VmEngine {
         let saved = self.saved_state(&spec.rootfs, mem_bytes)?;
         Self::ensure_memory_file(&spec.rootfs.join(MEMORY_FILE), mem_bytes)?;
         if let Some(ns) = &spec.netns {
-            netns::wire(ns)?;
+            let (uid, gid) = self.qemu_ids(&spec.id);
+            netns::wire(ns, uid, gid)?;
         }
-        for stale in ["agent.sock", "qmp.sock", "vm.json"] {
-            remove_if_exists(&run.join(stale))?;
+        remove_if_exists(&run.join("vm.json"))?;
+        // QEMU runs as the VM's own unprivileged uid: it may write its sockets' directory,
+        // the disk, the memory file, the tap; nothing else of the host.
+        let (uid, gid) = self.qemu_ids(&spec.id);
+        let qdir = run.join(QEMU_DIR);
+        let _ = fs::remove_dir_all(&qdir);
+        fs::create_dir(&qdir).map_err(io_err("create", &qdir))?;
+        std::os::unix::fs::chown(&qdir, Some(uid), Some(gid)).map_err(io_err("chown", &qdir))?;
+        fs::set_permissions(&qdir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(io_err("chmod", &qdir))?;
+        for f in [crate::DISK_IMAGE, MEMORY_FILE] {
+            let path = spec.rootfs.join(f);
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(io_err("chown", &path))?;
         }
         let state_file = match &saved {
             Some(_) => {
@@ -548,29 +589,69 @@ impl VmEngine {
             None => None,
         };
         let state_fd = state_file.as_ref().map(|f| f.as_raw_fd());
-        let args = self.args(spec, state_fd.is_some())?;
+        let open_rw = |name: &str| {
+            let path = spec.rootfs.join(name);
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(io_err("open", &path))
+        };
+        let (disk_file, mem_file) = (open_rw(crate::DISK_IMAGE)?, open_rw(MEMORY_FILE)?);
+        let (disk_fd, mem_fd) = (disk_file.as_raw_fd(), mem_file.as_raw_fd());
+        let args = self.args(spec, state_fd.is_some(), disk_fd, mem_fd)?;
         let fifo = run.join(agent_log::FIFO_FILE);
         let (output, drain) = agent_log::create(run).map_err(io_err("create", &fifo))?;
         let output2 = output.try_clone().map_err(io_err("dup", &fifo))?;
-        let mut cmd = match &spec.netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display()))
-                    .arg("--")
-                    .arg(&self.cfg.qemu_bin);
-                c
-            }
-            None => Command::new(&self.cfg.qemu_bin),
+        let netns = match &spec.netns {
+            Some(ns) => Some(fs::File::open(ns).map_err(io_err("open", ns))?),
+            None => None,
         };
+        let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
+        let mut cmd = Command::new(&self.cfg.qemu_bin);
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(output))
             .stderr(Stdio::from(output2));
-        // SAFETY: between fork and exec only async-signal-safe calls: setsid, and fcntl to
-        // let the saved state's fd (opened above, still open in the parent) survive exec.
+        // SAFETY: between fork and exec only async-signal-safe syscalls on values prepared
+        // before the fork: join the sandbox's network namespace (its fd is open in the
+        // parent), drop to the VM's uid and gid with no supplementary groups, start a new
+        // session, and let the saved state's fd survive exec.
         unsafe {
             cmd.pre_exec(move || {
+                if let Some(fd) = netns_fd {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    // The tap, opened while still privileged, at the fd QEMU is told.
+                    let tun = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR);
+                    if tun < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    let mut ifr = [0u8; 40];
+                    ifr[..netns::TAP.len()].copy_from_slice(netns::TAP.as_bytes());
+                    let flags: i16 = 0x0002 | 0x1000 | 0x4000; // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+                    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+                    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+                    if libc::ioctl(tun, TUNSETIFF as _, ifr.as_mut_ptr()) != 0
+                        || libc::dup2(tun, TAP_FD) != TAP_FD
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                    libc::close(tun);
+                }
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setresgid(gid, gid, gid) != 0
+                    || libc::setresuid(uid, uid, uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
                 libc::setsid();
+                for fd in [disk_fd, mem_fd] {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
                 if let Some(fd) = state_fd
                     && libc::fcntl(fd, libc::F_SETFD, 0) != 0
                 {
@@ -580,6 +661,7 @@ impl VmEngine {
             });
         }
         let mut child = cmd.spawn().map_err(io_err("start", &self.cfg.qemu_bin))?;
+        drop((netns, disk_file, mem_file));
         let pid = child.id();
         let started = self.wait_started(&spec.id, &mut child, run);
         let mut q = match started {
@@ -807,9 +889,8 @@ impl Engine for VmEngine {
         }
         self.quit(id)?;
         let run = self.run_dir(id);
-        for f in ["agent.sock", "qmp.sock", "vm.json"] {
-            remove_if_exists(&run.join(f))?;
-        }
+        remove_if_exists(&run.join("vm.json"))?;
+        let _ = fs::remove_dir_all(run.join(QEMU_DIR));
         Ok(())
     }
 
@@ -938,6 +1019,10 @@ impl Engine for VmEngine {
             remove_if_exists(&volume.join(f))?;
         }
         Ok(())
+    }
+
+    fn agent_socket(&self, run_dir: &Path) -> PathBuf {
+        run_dir.join(QEMU_DIR).join("agent.sock")
     }
 
     fn ready_timeout(&self) -> Duration {

@@ -19,11 +19,13 @@ pub const HOST_SIDE: &str = "169.254.100.1";
 /// The guest's address on its link, with the prefix.
 pub const GUEST_ADDR: &str = "169.254.100.2/30";
 
-/// The script run inside the namespace; idempotent (a restart runs it again).
-fn script() -> String {
+/// The script run inside the namespace; idempotent (a restart runs it again). The tap
+/// belongs to QEMU's uid, which opens it without privileges.
+fn script(uid: u32, gid: u32) -> String {
     format!(
         "set -e
-ip link show {TAP} >/dev/null 2>&1 || ip tuntap add dev {TAP} mode tap
+ip link del {TAP} 2>/dev/null || true
+ip tuntap add dev {TAP} mode tap user {uid} group {gid}
 ip addr replace {HOST_SIDE}/30 dev {TAP}
 ip link set {TAP} up
 echo 1 > /proc/sys/net/ipv4/ip_forward
@@ -42,10 +44,10 @@ EOF
 }
 
 /// Makes the tap and the masquerade in the namespace at `netns`.
-pub fn wire(netns: &Path) -> Result<()> {
+pub fn wire(netns: &Path, uid: u32, gid: u32) -> Result<()> {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
-        .args(["--", "sh", "-c", &script()])
+        .args(["--", "sh", "-c", &script(uid, gid)])
         .stdin(Stdio::null())
         .output()
         .map_err(|e| EngineError::Command {
@@ -67,8 +69,8 @@ mod tests {
 
     #[test]
     fn the_script_names_the_tap_and_the_link() {
-        let s = script();
-        assert!(s.contains("ip tuntap add dev tap0 mode tap"));
+        let s = script(2070000, 2070000);
+        assert!(s.contains("ip tuntap add dev tap0 mode tap user 2070000 group 2070000"));
         assert!(s.contains("masquerade"));
         assert!(s.contains("169.254.100.1/30"));
     }
