@@ -18,6 +18,31 @@ pub struct Engines {
     default: EngineKind,
 }
 
+/// Initramfs builds kept in the host cache (one per agent build; other daemons of the host
+/// may run other builds).
+const KEEP_INITRAMFS: usize = 4;
+
+/// Removes all but the `keep` newest `initramfs-*.cpio` of `dir`. A VM reads its initramfs
+/// at boot only, and a saved memory state made with another agent is refused anyway.
+fn prune_initramfs(dir: &std::path::Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut builds: Vec<(std::time::SystemTime, std::path::PathBuf)> = entries
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("initramfs-") && n.ends_with(".cpio")
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    builds.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, path) in builds.into_iter().skip(keep) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// Builds the vm engine from `cfg.vm`, or says why it cannot run here (the message names
 /// what to install).
 pub fn vm_engine(cfg: &crate::Config) -> Result<burrow_engine::vm::VmEngine, String> {
@@ -50,6 +75,7 @@ pub fn vm_engine(cfg: &crate::Config) -> Result<burrow_engine::vm::VmEngine, Str
     if !initramfs.is_file() {
         burrow_engine::vm_guest::build_initramfs(&cfg.agent_bin, &s.guest_dir, &initramfs)
             .map_err(|e| format!("building the guest's initramfs: {e}"))?;
+        prune_initramfs(&cache, KEEP_INITRAMFS);
     }
     let (accel, why) = match s.accel {
         Some(a) => (a, format!("{} (forced)", a.as_str())),
