@@ -40,7 +40,7 @@ pub enum Command {
     Stop(NameArg),
     /// Restart a sandbox.
     Restart(NameArg),
-    /// Put a sandbox to sleep (frozen, memory kept).
+    /// Put a sandbox to sleep (containers: frozen, memory kept; VMs: memory saved to disk).
     Sleep(SleepArgs),
     /// Wake a sleeping sandbox.
     Wake(NameArg),
