@@ -3,6 +3,10 @@
 # containers, mounts (their lxcfs too, which then exits) and loop devices. Touches only /var/tmp/burrow-test-* data dirs.
 set -uo pipefail
 pkill -TERM -f 'burrowd --data-dir /var/tmp/burrow-test-' 2>/dev/null || true
+# QEMU of their VMs (each names its sandbox with `-name burrow-sb-…`; its run dir is theirs).
+for pid in $(pgrep -f '^qemu-system-x86_64 -name burrow-sb-' 2>/dev/null); do
+  grep -qz '/var/tmp/burrow-test-' "/proc/$pid/cmdline" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+done
 for root in /var/tmp/burrow-test-*/data/runc; do
   [ -d "$root" ] || continue
   for id in $(runc --root "$root" list -q 2>/dev/null); do
