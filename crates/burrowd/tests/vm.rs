@@ -426,3 +426,55 @@ async fn memory_checkpoints_restore_and_fork_running_processes() {
         .unwrap();
     assert!(!plain.memory);
 }
+
+/// A memory hog in a VM meets the guest's own OOM killer: the hog dies, the agent (the
+/// guest's init) and the VM go on, and QEMU on the host holds no more than the guest's RAM
+/// plus its overhead (the control: the hog did fill the guest's memory first).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_hog_stays_in_its_vm() {
+    let d = Daemon::start();
+    let c = d.client();
+    let (available, detail) = vm_available(&c).await;
+    require!(available, "the vm engine is unavailable here: {detail}");
+    let name = unique_name("vmhog");
+    let sb = c.create_sandbox(&vm_req(&name)).await.unwrap();
+    let guest_mb = sb.config.memory_mb;
+    let hog = run(
+        &c,
+        &name,
+        "python3 -c 'import sys\na=[]\nwhile True:\n a.append(bytearray(16<<20)); print(len(a)*16, flush=True)'",
+    )
+    .await;
+    assert_ne!(hog.exit_code, 0, "the hog was not stopped: {hog:?}");
+    let reached: u64 = hog
+        .stdout
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        reached >= guest_mb / 4,
+        "the hog never filled the guest ({reached} MiB of {guest_mb})"
+    );
+    let dmesg = run(&c, &name, "dmesg | grep -ci 'out of memory' || true").await;
+    assert!(
+        dmesg.stdout.trim() != "0",
+        "the guest's OOM killer did not act: {dmesg:?}"
+    );
+    assert_eq!(sh(&c, &name, "echo alive").await, "alive\n");
+    let status = qemu_status(&sb.id);
+    let kib = |k: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let rss_mb = kib("VmRSS:") / 1024;
+    assert!(rss_mb > 0, "no QEMU status: {status}");
+    assert!(
+        rss_mb <= guest_mb + 256,
+        "QEMU holds {rss_mb} MiB for a {guest_mb} MiB guest"
+    );
+}
