@@ -172,10 +172,10 @@ impl Manager {
         if suspend {
             // Memory and devices go to the volume (the VM stops for that long), the
             // snapshot takes them with the disk, and the VM resumes where it was.
-            self.runtime(&rec.id).set_agent(None);
             let engine = self.engine(&rec)?;
             let id = rec.id.clone();
-            blocking(move || Ok(engine.suspend(&id)?)).await?;
+            let rt = self.runtime(&rec.id);
+            blocking(move || Ok(engine.suspend(&id, &move || rt.set_agent(None))?)).await?;
         }
         let snap = self
             .snapshot_checkpoint(&rec, seq, comment, source.as_str())

@@ -1072,9 +1072,9 @@ impl Manager {
             self.freeze(rec, true).await?;
             return Ok(crate::idle::SleepMode::Warm);
         }
-        self.forget_agent(&rec.id);
         let id = rec.id.clone();
-        blocking(move || Ok(engine.suspend(&id)?)).await?;
+        let rt = self.runtime(&rec.id);
+        blocking(move || Ok(engine.suspend(&id, &move || rt.set_agent(None))?)).await?;
         Ok(crate::idle::SleepMode::Memory)
     }
 

@@ -202,8 +202,10 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     /// Saves the sandbox's memory and device state into its volume and ends its runtime
     /// (memory sleep): no process left on the host, nothing lost in the guest. The next
     /// `start` resumes it. Only for engines with `capabilities().memory_snapshot`.
-    fn suspend(&self, id: &str) -> Result<()> {
-        let _ = id;
+    /// `hang_up` drops the host's agent channel; the engine calls it when it is ready to see
+    /// the guest notice (a one-connection channel must not be saved mid-conversation).
+    fn suspend(&self, id: &str, hang_up: &(dyn Fn() + Send + Sync)) -> Result<()> {
+        let _ = (id, hang_up);
         Err(EngineError::Unsupported {
             engine: self.kind().as_str(),
             op: "suspend",

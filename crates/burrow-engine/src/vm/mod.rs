@@ -418,7 +418,14 @@ impl VmEngine {
             "-name".into(),
             format!("burrow-{}", spec.id),
             "-M".into(),
-            format!("microvm,accel={accel},memory-backend=mem,pit=off,pic=off,isa-serial=on,rtc=on"),
+            "microvm,memory-backend=mem,pit=off,pic=off,isa-serial=on,rtc=on".into(),
+            "-accel".into(),
+            match self.cfg.accel {
+                // TCG's translation cache defaults to 1 GiB of host memory; a small guest
+                // needs a few MiB of it.
+                Accel::Tcg => format!("{accel},tb-size=32"),
+                Accel::Kvm => accel.to_owned(),
+            },
             "-cpu".into(),
             if self.cfg.accel == Accel::Kvm {
                 "host".into()
@@ -765,15 +772,16 @@ impl VmEngine {
         self.kill(id)
     }
 
-    fn suspend_locked(&self, id: &str) -> Result<()> {
+    fn suspend_locked(&self, id: &str, hang_up: &(dyn Fn() + Send + Sync)) -> Result<()> {
         let volume = self
             .volume(id)
             .ok_or_else(|| EngineError::Spec(format!("VM {id} does not run")))?;
         let mut q = self.qmp(id)?;
-        // The host has hung up the agent channel (the caller dropped it): let the guest see
-        // that before its CPUs stop, so it is saved waiting for a new connection rather than
+        // The host hangs up the agent channel now that QMP listens: the guest must see that
+        // before its CPUs stop, so it is saved waiting for a new connection rather than
         // inside the old one (whose HTTP/2 state a new host could not continue). The guest
         // closes and reopens its port on a hangup; QEMU says so with VSERPORT_CHANGE.
+        hang_up();
         let closed = q.wait_event(
             "VSERPORT_CHANGE",
             |d| d["id"] == "agentport" && d["open"] == false,
@@ -1004,10 +1012,10 @@ impl Engine for VmEngine {
         })
     }
 
-    fn suspend(&self, id: &str) -> Result<()> {
+    fn suspend(&self, id: &str, hang_up: &(dyn Fn() + Send + Sync)) -> Result<()> {
         let lock = self.lock(id);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.suspend_locked(id)
+        self.suspend_locked(id, hang_up)
     }
 
     fn suspended(&self, volume: &Path) -> bool {
