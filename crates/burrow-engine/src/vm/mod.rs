@@ -59,8 +59,11 @@ const STATE_WAIT: Duration = Duration::from_secs(60);
 const TAP_FD: i32 = 200;
 /// The directory of a VM's run dir that QEMU may write (its sockets), owned by its uid.
 const QEMU_DIR: &str = "vm";
-/// How long a suspend waits for the guest to see the host hang up its agent channel.
-const HANGUP_WAIT: Duration = Duration::from_millis(300);
+/// How long a suspend gives the guest to see the host hang up its agent channel. A guest
+/// that saw the end of the stream just waits for the next host (no event says so); one that
+/// was mid-conversation reopens its port (VSERPORT_CHANGE ends the wait early). A guest
+/// saved before it noticed costs the next wake one retried handshake, never correctness.
+const HANGUP_WAIT: Duration = Duration::from_millis(50);
 /// How long QEMU gets to exit after `quit` or SIGTERM before SIGKILL.
 const EXIT_WAIT: Duration = Duration::from_secs(10);
 
