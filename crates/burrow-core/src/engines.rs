@@ -72,6 +72,7 @@ pub fn vm_engine(cfg: &crate::Config) -> Result<burrow_engine::vm::VmEngine, Str
         .as_bytes(),
     );
     let initramfs = cache.join(format!("initramfs-{key:016x}.cpio"));
+    burrow_engine::vm_guest::require_static(&cfg.agent_bin).map_err(|e| e.to_string())?;
     if !initramfs.is_file() {
         burrow_engine::vm_guest::build_initramfs(&cfg.agent_bin, &s.guest_dir, &initramfs)
             .map_err(|e| format!("building the guest's initramfs: {e}"))?;

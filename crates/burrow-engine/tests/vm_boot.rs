@@ -23,8 +23,15 @@ const QEMU: &str = "qemu-system-x86_64";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The static agent `scripts/build.sh debug` puts next to burrowd.
+/// The static agent: the musl build (`cargo test` may have rebuilt `target/debug/burrow-agent`
+/// for the host's libc, which a guest without one cannot run).
 fn agent_bin() -> PathBuf {
-    burrow_testkit::bin_dir().join("burrow-agent")
+    let dir = burrow_testkit::bin_dir();
+    let musl = dir
+        .parent()
+        .map(|t| t.join("x86_64-unknown-linux-musl/debug/burrow-agent"))
+        .filter(|p| p.is_file());
+    musl.unwrap_or_else(|| dir.join("burrow-agent"))
 }
 
 fn have(cmd: &str, arg: &str) -> bool {
@@ -38,16 +45,7 @@ fn have(cmd: &str, arg: &str) -> bool {
 
 /// Host TSC frequency in kHz, so the guest does not calibrate it (slow and flaky under TCG).
 fn tsc_khz() -> Option<u64> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("cpu MHz"))?
-        .split(':')
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()?;
-    Some((mhz * 1000.0) as u64)
+    burrow_engine::vm::host_tsc_khz()
 }
 
 /// A busybox root tree made into an ext4 image with `mkfs.ext4 -d`.
@@ -157,7 +155,14 @@ impl Qmp {
 
     /// Waits for the guest to (re)open its port; `false` after `limit`.
     fn wait_port_open(&self, limit: Duration) -> bool {
-        self.port_opened.recv_timeout(limit).is_ok()
+        match self.port_opened.recv_timeout(limit) {
+            Ok(()) => true,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
+            // QMP closed: QEMU is gone, and no port will ever open again.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("QEMU exited (its QMP socket closed)")
+            }
+        }
     }
 }
 

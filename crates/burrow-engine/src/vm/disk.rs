@@ -176,8 +176,10 @@ mod tests {
                 .lines()
                 .find(|l| l.ends_with(name))
                 .unwrap_or_else(|| panic!("{name} in {text}"));
+            // `inode mode (type) uid gid size date time name`
             let cols: Vec<&str> = line.split_whitespace().collect();
-            (cols[2].to_owned(), cols[3].to_owned())
+            let at = cols.iter().position(|c| c.starts_with('(')).unwrap_or(1);
+            (cols[at + 1].to_owned(), cols[at + 2].to_owned())
         };
         assert_eq!(owner("hostname"), ("0".into(), "0".into()));
         assert_eq!(owner("user-file"), ("1000".into(), "1000".into()));

@@ -188,7 +188,7 @@ pub fn qemu_version(qemu_bin: &Path) -> io::Result<String> {
         .ok_or_else(|| io::Error::other(format!("unexpected `{} --version`: {text}", qemu_bin.display())))
 }
 
-/// The host's TSC frequency in kHz, from the kernel's boot message or `/proc/cpuinfo`.
+/// The host's TSC frequency in kHz, from `/proc/cpuinfo` (`cpu MHz`).
 pub fn host_tsc_khz() -> Option<u64> {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").ok()?;
     let mhz: f64 = cpuinfo

@@ -10,6 +10,38 @@ use std::path::{Path, PathBuf};
 
 pub use initramfs::build_initramfs;
 
+/// Checks that `path` is a statically linked ELF executable (no program interpreter): the
+/// guest's initramfs has no libc, so a dynamically linked agent cannot start there.
+pub fn require_static(path: &Path) -> io::Result<()> {
+    let bytes = std::fs::read(path)?;
+    let bad = |why: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} {why}; the guest needs the static agent (the musl build of scripts/build.sh)",
+                path.display()
+            ),
+        )
+    };
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 {
+        return Err(bad("is not a 64-bit ELF executable"));
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes")) as usize;
+    let (phoff, phentsize, phnum) = (u64_at(32), u16_at(54), u16_at(56));
+    for i in 0..phnum {
+        let at = phoff + i * phentsize;
+        if at + 4 > bytes.len() {
+            return Err(bad("has a truncated program header table"));
+        }
+        // PT_INTERP: the path of a dynamic loader.
+        if u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) == 3 {
+            return Err(bad("is dynamically linked"));
+        }
+    }
+    Ok(())
+}
+
 /// Where `scripts/guest-kit.sh` installs the guest kernel kit.
 pub const DEFAULT_GUEST_DIR: &str = "/usr/local/lib/burrow/guest";
 
@@ -105,6 +137,21 @@ fn valid_module_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    /// A dynamically linked binary (the host's `ls`) is refused by name; busybox-static (the
+    /// control) passes the same check.
+    #[test]
+    fn the_guest_agent_must_be_static() {
+        let e = super::require_static(Path::new("/bin/ls")).unwrap_err();
+        assert!(e.to_string().contains("dynamically linked"), "{e}");
+        burrow_testkit::require!(
+            Path::new("/bin/busybox").exists(),
+            "no /bin/busybox (busybox-static)"
+        );
+        super::require_static(Path::new("/bin/busybox")).unwrap();
+        assert!(super::require_static(Path::new("/etc/hostname")).is_err());
+    }
+
     use super::*;
 
     #[test]
