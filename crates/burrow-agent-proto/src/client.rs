@@ -130,6 +130,9 @@ mod tests {
         async fn shutdown(&self, _: Request<ShutdownRequest>) -> Result<Response<ShutdownReply>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        async fn sync_fs(&self, _: Request<v1::SyncFsRequest>) -> Result<Response<v1::SyncFsReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
         async fn set_clock(
             &self,
             _: Request<v1::SetClockRequest>,

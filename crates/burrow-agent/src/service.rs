@@ -14,7 +14,7 @@ use burrow_agent_proto::v1::{
     ListDirRequest, ReadArchiveRequest, ReadFileRequest, RemoveReply, RemoveRequest, RenameReply,
     RenameRequest, WriteArchiveInput, WriteArchiveReply, WriteFileInput, WriteFileReply,
 };
-use burrow_agent_proto::v1::{SetClockReply, SetClockRequest};
+use burrow_agent_proto::v1::{SetClockReply, SetClockRequest, SyncFsReply, SyncFsRequest};
 use burrow_agent_proto::{Agent, PROTOCOL_VERSION};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -251,6 +251,13 @@ impl Agent for AgentService {
         crate::connect::connect(request.into_inner(), &self.services)
             .await
             .map(Response::new)
+    }
+
+    async fn sync_fs(&self, _: Request<SyncFsRequest>) -> Result<Response<SyncFsReply>, Status> {
+        tokio::task::spawn_blocking(crate::sys::sync)
+            .await
+            .map_err(|e| Status::internal(format!("sync: {e}")))?;
+        Ok(Response::new(SyncFsReply {}))
     }
 
     async fn set_clock(&self, request: Request<SetClockRequest>) -> Result<Response<SetClockReply>, Status> {

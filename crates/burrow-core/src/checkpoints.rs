@@ -94,6 +94,13 @@ impl Manager {
         self.store.insert_checkpoint(&cp)?;
         // A VM whose memory was just saved has nothing left running to freeze.
         let freeze = rec.status == SandboxStatus::Running && !self.has_saved_memory(rec);
+        if freeze && self.engine(rec)?.capabilities().own_kernel {
+            // A VM's recent writes are in its own page cache: out to its disk first.
+            if let Err(e) = self.sync_guest(rec).await {
+                let _ = self.store.delete_checkpoint(&rec.id, seq);
+                return Err(e);
+            }
+        }
         if freeze {
             self.freeze(rec, true).await?;
         }
@@ -118,6 +125,26 @@ impl Manager {
         self.store.update_checkpoint(&cp)?;
         self.measure_checkpoint_in_background(cp.clone());
         Ok(cp)
+    }
+
+    /// Asks the agent to write the guest's page cache out (bounded).
+    async fn sync_guest(&self, rec: &SandboxRecord) -> Result<()> {
+        let mut client = self.agent(rec).await?;
+        let req = burrow_agent_proto::v1::SyncFsRequest {};
+        match tokio::time::timeout(std::time::Duration::from_secs(60), client.sync_fs(req)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s)) => Err(CoreError::Agent {
+                name: rec.name.clone(),
+                detail: format!(
+                    "syncing the guest's filesystems before the checkpoint: {}",
+                    s.message()
+                ),
+            }),
+            Err(_) => Err(CoreError::Agent {
+                name: rec.name.clone(),
+                detail: "the guest did not sync its filesystems within 60 s; no checkpoint was taken".into(),
+            }),
+        }
     }
 
     /// Fills in `size_bytes` later: walking a big tree takes longer than the snapshot.

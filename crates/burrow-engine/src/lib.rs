@@ -120,6 +120,9 @@ pub struct Capabilities {
     /// the rest of an old one (virtio-serial): a handshake that stalls is given up, and
     /// retried after a pause in which the agent sees the hangup.
     pub one_connection: bool,
+    /// The sandbox has its own kernel and page cache: a consistent disk snapshot asks the
+    /// agent to write it out first.
+    pub own_kernel: bool,
 }
 
 /// How a sandbox's disk lives in its pool volume.

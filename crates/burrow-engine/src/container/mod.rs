@@ -573,6 +573,7 @@ impl Engine for ContainerEngine {
             shared_dirs: true,
             agent_shutdown: false,
             one_connection: false,
+            own_kernel: false,
         }
     }
 

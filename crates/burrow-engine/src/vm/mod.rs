@@ -858,6 +858,7 @@ impl Engine for VmEngine {
             shared_dirs: false,
             agent_shutdown: true,
             one_connection: true,
+            own_kernel: true,
         }
     }
 
