@@ -1075,6 +1075,7 @@ impl Manager {
         let id = rec.id.clone();
         let rt = self.runtime(&rec.id);
         blocking(move || Ok(engine.suspend(&id, &move || rt.set_agent(None))?)).await?;
+        crate::fault::point("sleep.after_suspend");
         Ok(crate::idle::SleepMode::Memory)
     }
 

@@ -478,3 +478,48 @@ async fn a_memory_hog_stays_in_its_vm() {
         "QEMU holds {rss_mb} MiB for a {guest_mb} MiB guest"
     );
 }
+
+/// burrowd killed between saving a VM's memory and recording the sleep: at its next start
+/// the VM is found saved but not running, and resumed, its processes intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_killed_mid_sleep_loses_no_process() {
+    let d = Daemon::start();
+    let c = d.client();
+    let (available, detail) = vm_available(&c).await;
+    require!(available, "the vm engine is unavailable here: {detail}");
+    let name = unique_name("vmkill");
+    let id = c.create_sandbox(&vm_req(&name)).await.unwrap().id;
+    sh(
+        &c,
+        &name,
+        "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done' >/dev/null 2>&1 &",
+    )
+    .await;
+    let before = counts_past(&c, &name, 2).await;
+    d.set_env(&[("BURROW_FAULT", "sleep.after_suspend")]);
+    d.kill9();
+    d.restart();
+    let e = d.client().sandbox_action(&name, "sleep").await.unwrap_err();
+    assert_eq!(
+        e.status(),
+        None,
+        "the daemon died at the fault point, it did not refuse: {e}"
+    );
+    assert!(
+        !d.wait_exit().expect("exit status").success(),
+        "the daemon did not abort"
+    );
+    assert_eq!(
+        qemu_of(&id),
+        0,
+        "the memory was saved and QEMU ended before the crash"
+    );
+    d.set_env(&[]);
+    d.restart();
+    let c = d.client();
+    let sb = c.get_sandbox(&name).await.unwrap();
+    assert_eq!(sb.status, SandboxStatus::Running, "{sb:?}");
+    let after = counter(&c, &name).await;
+    assert!(after >= before, "the counter restarted: {after} < {before}");
+    counts_past(&c, &name, after).await;
+}
