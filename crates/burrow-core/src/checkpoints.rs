@@ -129,9 +129,17 @@ impl Manager {
 
     /// Asks the agent to write the guest's page cache out (bounded).
     async fn sync_guest(&self, rec: &SandboxRecord) -> Result<()> {
-        let mut client = self.agent(rec).await?;
-        let req = burrow_agent_proto::v1::SyncFsRequest {};
-        match tokio::time::timeout(std::time::Duration::from_secs(60), client.sync_fs(req)).await {
+        let call = |mut client: burrow_agent_proto::AgentClient<tonic::transport::Channel>| async move {
+            let req = burrow_agent_proto::v1::SyncFsRequest {};
+            tokio::time::timeout(std::time::Duration::from_secs(60), client.sync_fs(req)).await
+        };
+        let mut answer = call(self.agent(rec).await?).await;
+        if matches!(answer, Ok(Err(_))) {
+            // The cached channel may be stale (the VM was resumed): reconnect once.
+            self.forget_agent(&rec.id);
+            answer = call(self.agent(rec).await?).await;
+        }
+        match answer {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(s)) => Err(CoreError::Agent {
                 name: rec.name.clone(),
