@@ -137,23 +137,7 @@ async fn a_vm_runs_its_own_kernel_and_sleeps_with_its_processes_across_a_daemon_
     assert_eq!(out.stdout, b"from the host\n");
 
     // A counter that runs in the background.
-    sh(
-        &c,
-        &name,
-        "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done' >/dev/null 2>&1 &",
-    )
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while sh(&c, &name, "cat /tmp/n 2>/dev/null || echo 0")
-        .await
-        .trim()
-        .parse::<u64>()
-        .unwrap_or(0)
-        < 3
-    {
-        assert!(Instant::now() < deadline, "the counter never counted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    start_counter(&c, &name).await;
     assert_eq!(qemu_of(&info.id), 1, "one QEMU runs the VM");
     // QEMU is jailed: not root, no capabilities, under its seccomp filter (`-sandbox on`).
     let status = qemu_status(&info.id);
@@ -319,6 +303,18 @@ async fn counter(c: &Client, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Starts a counter in the background of `name` (`/tmp/n`, ten a second, replaced whole so a
+/// reader never sees it empty) and waits until it counts; returns its value then.
+async fn start_counter(c: &Client, name: &str) -> u64 {
+    sh(
+        c,
+        name,
+        "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/n.t; mv /tmp/n.t /tmp/n; sleep 0.1; done' >/dev/null 2>&1 &",
+    )
+    .await;
+    counts_past(c, name, 2).await
+}
+
 /// Waits (bounded) until the counter in `name` passes `above`: its processes run.
 async fn counts_past(c: &Client, name: &str, above: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -344,13 +340,7 @@ async fn memory_checkpoints_restore_and_fork_running_processes() {
     require!(available, "the vm engine is unavailable here: {detail}");
     let name = unique_name("vmcp");
     c.create_sandbox(&vm_req(&name)).await.unwrap();
-    sh(
-        &c,
-        &name,
-        "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done' >/dev/null 2>&1 &",
-    )
-    .await;
-    let before = counts_past(&c, &name, 2).await;
+    let before = start_counter(&c, &name).await;
     let cp: burrow_api::Checkpoint = c
         .request_json(
             Method::POST,
@@ -489,13 +479,7 @@ async fn a_daemon_killed_mid_sleep_loses_no_process() {
     require!(available, "the vm engine is unavailable here: {detail}");
     let name = unique_name("vmkill");
     let id = c.create_sandbox(&vm_req(&name)).await.unwrap().id;
-    sh(
-        &c,
-        &name,
-        "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done' >/dev/null 2>&1 &",
-    )
-    .await;
-    let before = counts_past(&c, &name, 2).await;
+    let before = start_counter(&c, &name).await;
     d.set_env(&[("BURROW_FAULT", "sleep.after_suspend")]);
     d.kill9();
     d.restart();
