@@ -338,6 +338,17 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failing test shows what the daemon saw (its directory goes with it).
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(120)..];
+            eprintln!(
+                "---- burrowd log (last {} lines) ----\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
         self.shutdown();
     }
 }
