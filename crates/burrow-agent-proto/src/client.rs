@@ -4,7 +4,9 @@
 //! every message is bounded in size ([`MAX_MESSAGE_BYTES`]). Per-call deadlines of later
 //! calls are the caller's business (exec sessions legitimately last for hours).
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -53,21 +55,55 @@ pub enum ConnectError {
 
 /// Connects to the agent listening on the unix socket `path` and performs the `Hello`
 /// handshake, all within `timeout`.
+///
+/// A failed or timed-out attempt hangs up every socket it opened before it returns: the
+/// HTTP/2 connection task may outlive the attempt, and an agent that serves one
+/// connection at a time (a VM's channel) would otherwise stay busy with a dead one while
+/// the next attempts wait in the listener's backlog, then find it full.
 pub async fn connect_unix(path: &Path, timeout: Duration) -> Result<Connection, ConnectError> {
-    match tokio::time::timeout(timeout, connect_and_hello(path)).await {
+    let opened = Opened::default();
+    let result = match tokio::time::timeout(timeout, connect_and_hello(path, opened.clone())).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Timeout {
             path: path.to_owned(),
             timeout,
         }),
+    };
+    if result.is_err() {
+        opened.hang_up();
+    }
+    result
+}
+
+/// Duplicates of the sockets an attempt opened, to hang them up if it fails.
+#[derive(Clone, Default)]
+struct Opened(Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>);
+
+impl Opened {
+    fn keep(&self, stream: &UnixStream) {
+        if let Ok(fd) = stream.as_fd().try_clone_to_owned() {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(fd.into());
+        }
+    }
+
+    /// Shuts the sockets down (for every holder of them, unlike a close of our duplicate).
+    fn hang_up(&self) {
+        for s in self.0.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
-async fn connect_and_hello(path: &Path) -> Result<Connection, ConnectError> {
+async fn connect_and_hello(path: &Path, opened: Opened) -> Result<Connection, ConnectError> {
     let socket = path.to_owned();
     let connector = tower::service_fn(move |_: Uri| {
         let socket = socket.clone();
-        async move { UnixStream::connect(socket).await.map(TokioIo::new) }
+        let opened = opened.clone();
+        async move {
+            let stream = UnixStream::connect(socket).await?;
+            opened.keep(&stream);
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
     });
     // The URI is required by the API but never resolved: the connector picks the socket.
     let channel = Endpoint::from_static("http://burrow-agent")
@@ -276,6 +312,38 @@ mod tests {
         let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let err = connect_unix(&path, Duration::from_millis(300)).await.unwrap_err();
         assert!(matches!(err, ConnectError::Timeout { .. }), "{err:?}");
+    }
+
+    /// An agent that serves one connection at a time must not stay busy with a failed
+    /// attempt's: the peer sees the attempt's bytes (the control: it was connected), then
+    /// end-of-file once the attempt gives up.
+    #[tokio::test]
+    async fn a_failed_attempt_hangs_up_its_socket() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("one.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let peer = tokio::task::spawn_blocking(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            // A bound, not a pace: a hang-up that never comes fails the test, not hangs it.
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut seen = 0;
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => return Ok(seen),
+                    Ok(n) => seen += n,
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        let err = connect_unix(&path, Duration::from_millis(300)).await.unwrap_err();
+        assert!(matches!(err, ConnectError::Timeout { .. }), "{err:?}");
+        let seen = peer
+            .await
+            .unwrap()
+            .expect("the peer never saw the attempt hang up");
+        assert!(seen > 0, "the attempt never spoke on the socket");
     }
 
     #[tokio::test]

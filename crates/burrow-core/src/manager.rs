@@ -28,10 +28,9 @@ type Result<T, E = CoreError> = std::result::Result<T, E>;
 /// How long sandbox processes get between SIGTERM and SIGKILL on stop.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// One-connection channels (VMs): the first handshake may wait for a kernel to boot;
-/// later ones talk to an agent that serves already. Between tries, the pause lets the agent
-/// see the hangup (QEMU reports port changes at most once a second).
-const ONE_CONNECTION_FIRST_TRY: Duration = Duration::from_secs(20);
+/// One-connection channels (VMs) to an agent that serves already (a resume, a reconnect):
+/// a handshake stalled by an earlier connection is retried after this long. Between tries,
+/// the pause lets the agent see the hangup (QEMU reports port changes at most once a second).
 const ONE_CONNECTION_RETRY: Duration = Duration::from_secs(3);
 const ONE_CONNECTION_PAUSE: Duration = Duration::from_millis(1100);
 
@@ -819,15 +818,13 @@ impl Manager {
             name: rec.name.clone(),
             detail: chain(&e),
         };
-        let conn = if engine.capabilities().one_connection {
+        let conn = if engine.capabilities().one_connection && !booting {
             // A guest may still hold an earlier connection (a daemon restart, a resume):
             // its first handshake then stalls; hang up, let it see that, and try again.
+            // (A fresh boot has no earlier connection: one attempt takes the whole time,
+            // as a kernel on a loaded host may take long to bring its agent up.)
             let deadline = tokio::time::Instant::now() + total;
-            let mut attempt = if booting {
-                ONE_CONNECTION_FIRST_TRY
-            } else {
-                ONE_CONNECTION_RETRY
-            };
+            let mut attempt = ONE_CONNECTION_RETRY;
             loop {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 match burrow_agent_proto::client::connect_unix(&sock, attempt.min(left)).await {
@@ -841,9 +838,21 @@ impl Manager {
                 }
             }
         } else {
-            burrow_agent_proto::client::connect_unix(&sock, total)
-                .await
-                .map_err(agent_err)?
+            match burrow_agent_proto::client::connect_unix(&sock, total).await {
+                Ok(c) => c,
+                Err(e) if booting => {
+                    // What the sandbox printed on its way up says why it never answered.
+                    let tail = engine.output_tail(&self.run_dir(&rec.id), 1024);
+                    let mut err = agent_err(e);
+                    if let CoreError::Agent { detail, .. } = &mut err
+                        && !tail.is_empty()
+                    {
+                        detail.push_str(&format!("; its output ends with: {tail}"));
+                    }
+                    return Err(err);
+                }
+                Err(e) => return Err(agent_err(e)),
+            }
         };
         let client = conn.client;
         self.runtime(&rec.id).set_agent(Some(client.clone()));

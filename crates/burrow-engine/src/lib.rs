@@ -232,4 +232,10 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     fn agent_socket(&self, run_dir: &std::path::Path) -> PathBuf {
         run_dir.join("agent.sock")
     }
+    /// The last `max` bytes the sandbox wrote to its output log (the agent's; a VM's
+    /// console): what it said before it failed to answer. The guest's words, shown to its
+    /// owner, never parsed.
+    fn output_tail(&self, run_dir: &std::path::Path, max: usize) -> String {
+        container::runc::tail(&run_dir.join(container::agent_log::LOG_FILE), max)
+    }
 }
