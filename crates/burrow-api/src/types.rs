@@ -157,6 +157,11 @@ pub struct ForkSource {
     pub sandbox: SandboxName,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
+    /// A fork of a VM's live state takes its memory too: the copy's processes go on
+    /// (absent: the copy boots afresh from the disk). A checkpoint source has its own
+    /// memory or not; this asks that it has.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory: bool,
 }
 
 /// `PATCH /v1/sandboxes/{name}`: every field optional; absent = unchanged.

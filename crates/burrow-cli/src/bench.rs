@@ -565,6 +565,7 @@ async fn checkpoint_figures(
         let from = burrow_api::ForkSource {
             sandbox: SandboxName::parse(&name)?,
             checkpoint: Some(last.clone()),
+            memory: false,
         };
         c.create_sandbox(&CreateSandbox {
             name: SandboxName::parse(&fork)?,

@@ -119,6 +119,10 @@ pub struct ForkArgs {
     pub source: String,
     /// Name of the new sandbox.
     pub name: SandboxName,
+    /// A VM's memory too: the copy's processes go on where the source's were (from the live
+    /// state, or a checkpoint taken with --memory). Without it a live copy boots afresh.
+    #[arg(long)]
+    pub memory: bool,
 }
 
 #[derive(Debug, Args)]

@@ -67,7 +67,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Checkpoints(a) => cmd::checkpoints::list(&app, &a.name).await,
         Command::Restore(a) => cmd::checkpoints::restore(&app, &a.name, &a.checkpoint).await,
         Command::RmCheckpoint(a) => cmd::checkpoints::delete(&app, &a.name, &a.checkpoint).await,
-        Command::Fork(a) => cmd::checkpoints::fork(&app, &a.source, a.name).await,
+        Command::Fork(a) => cmd::checkpoints::fork(&app, &a.source, a.name, a.memory).await,
         Command::Images(a) => cmd::images::run(&app, a).await,
         Command::Service(a) => cmd::services::run(&app, a.command).await,
         Command::Policy(a) => cmd::network::policy(&app, a.command).await,

@@ -94,15 +94,9 @@ impl Manager {
         self.store.insert_checkpoint(&cp)?;
         // A VM whose memory was just saved has nothing left running to freeze.
         let freeze = rec.status == SandboxStatus::Running && !self.has_saved_memory(rec);
-        if freeze && self.engine(rec)?.capabilities().own_kernel {
-            // A VM's recent writes are in its own page cache: out to its disk first.
-            if let Err(e) = self.sync_guest(rec).await {
-                let _ = self.store.delete_checkpoint(&rec.id, seq);
-                return Err(e);
-            }
-        }
-        if freeze {
-            self.freeze(rec, true).await?;
+        if freeze && let Err(e) = self.freeze_consistent(rec).await {
+            let _ = self.store.delete_checkpoint(&rec.id, seq);
+            return Err(e);
         }
         let pool = self.pool.clone();
         let src = pool.sandbox_path(&rec.id);
@@ -125,6 +119,15 @@ impl Manager {
         self.store.update_checkpoint(&cp)?;
         self.measure_checkpoint_in_background(cp.clone());
         Ok(cp)
+    }
+
+    /// Freezes a running sandbox with its disk consistent for a snapshot: a VM's recent
+    /// writes are in its own page cache, so they go out to its disk first.
+    async fn freeze_consistent(&self, rec: &SandboxRecord) -> Result<()> {
+        if self.engine(rec)?.capabilities().own_kernel {
+            self.sync_guest(rec).await?;
+        }
+        self.freeze(rec, true).await
     }
 
     /// Asks the agent to write the guest's page cache out (bounded).
@@ -513,33 +516,66 @@ impl Manager {
 
     /// Snapshots a fork source into `dst`: a checkpoint, or the live state of a sandbox
     /// (frozen around the snapshot when it runs).
+    /// Snapshots what a fork or an image copies into `dst`: checkpoint `checkpoint` of
+    /// `src`, else its live state. `memory` (a VM): the live state's memory and devices
+    /// too, saved for that long with the VM stopped, so the copy's processes go on; a
+    /// checkpoint source must hold memory then. Without it a live copy boots afresh.
     pub(crate) async fn snapshot_fork_source(
         &self,
         src: &SandboxRecord,
         checkpoint: Option<&str>,
         dst: PathBuf,
+        memory: bool,
     ) -> Result<()> {
         let pool = self.pool.clone();
         match checkpoint {
             Some(id) => {
                 let cp = self.checkpoint_record(src, id)?;
+                if memory && !self.checkpoint_has_memory(src, cp.seq) {
+                    return Err(CoreError::Conflict(format!(
+                        "checkpoint {id} of sandbox '{}' keeps the disk only: a fork with memory \
+                         needs a memory checkpoint (`burrow checkpoint {} --memory`) or the live state",
+                        src.name, src.name
+                    )));
+                }
                 let from = self.checkpoint_path(&src.id, cp.seq);
                 blocking(move || Ok(pool.snapshot(&from, &dst, false)?)).await
             }
             None => {
                 let lock = self.op_lock(&src.id);
                 let _guard = lock.lock().await;
-                let src = self.record(&src.name)?;
-                let freeze = src.status == SandboxStatus::Running;
-                if freeze {
-                    self.freeze(&src, true).await?;
+                let mut src = self.record(&src.name)?;
+                let suspend = memory && self.memory_checkpoint_needs_suspend(&src)?;
+                let freeze = !memory && src.status == SandboxStatus::Running;
+                if suspend {
+                    let engine = self.engine(&src)?;
+                    let id = src.id.clone();
+                    let rt = self.runtime(&src.id);
+                    blocking(move || Ok(engine.suspend(&id, &move || rt.set_agent(None))?)).await?;
+                    crate::fault::point("fork.after_suspend");
+                } else if freeze {
+                    self.freeze_consistent(&src).await?;
                 }
                 let from = pool.sandbox_path(&src.id);
-                let res = blocking(move || Ok(pool.snapshot(&from, &dst, false)?)).await;
-                if freeze {
+                let copy = dst.clone();
+                let res = blocking(move || Ok(pool.snapshot(&from, &copy, false)?)).await;
+                if suspend {
+                    // The source resumes whatever happened; the saved state is the copy's.
+                    let resumed = self.boot_or_fail(&mut src).await;
+                    if let Err(e) = &resumed {
+                        tracing::error!(sandbox = %src.name, error = %crate::error::chain(e), "resuming after a fork with memory");
+                    }
+                    resumed?;
+                } else if freeze {
                     let _ = self.freeze(&src, false).await;
                 }
-                res
+                res?;
+                // A source asleep with its memory saved: without `memory` the copy boots afresh.
+                if !memory {
+                    let engine = self.engine(&src)?;
+                    blocking(move || Ok(engine.discard_suspended(&dst)?)).await?;
+                }
+                Ok(())
             }
         }
     }

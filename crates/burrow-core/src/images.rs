@@ -289,6 +289,11 @@ impl crate::Manager {
         if self.store.image(&name)?.is_some() {
             return Err(CoreError::Conflict(format!("image '{name}' already exists")));
         }
+        if req.from.memory {
+            return Err(CoreError::Invalid(
+                "an image keeps files, not processes: 'memory' applies to forks only".into(),
+            ));
+        }
         let src = self.record(req.from.sandbox.as_str())?;
         let tmp = self.pool.images_dir().join(format!(".template-{name}"));
         let final_path = self.pool.image_path(&name);
@@ -297,7 +302,7 @@ impl crate::Manager {
             let tmp = tmp.clone();
             crate::manager::blocking(move || Ok(pool.delete_volume(&tmp)?)).await?;
         }
-        self.snapshot_fork_source(&src, req.from.checkpoint.as_deref(), tmp.clone())
+        self.snapshot_fork_source(&src, req.from.checkpoint.as_deref(), tmp.clone(), false)
             .await?;
         let pool = self.pool.clone();
         crate::manager::blocking(move || {

@@ -522,7 +522,17 @@ impl Manager {
             (Some((src, _)), _) => src.engine,
             (None, asked) => asked.unwrap_or_else(|| self.engines.default_kind()),
         };
-        self.engines.get(engine)?;
+        let kind = self.engines.get(engine)?;
+        if let (Some((src, _)), Some(true)) = (&fork_src, req.from.as_ref().map(|f| f.memory))
+            && !kind.capabilities().memory_snapshot
+        {
+            return Err(CoreError::Conflict(format!(
+                "sandbox '{}' runs on the {} engine, which keeps no memory: a fork with memory \
+                 needs the vm engine (fork without --memory copies the disk)",
+                src.name,
+                engine.as_str()
+            )));
+        }
         let mut d = self.cfg.defaults.clone();
         // A VM fork resumes its source's memory: it has its source's machine unless told
         // otherwise (a saved memory state only resumes with the same guest RAM).
@@ -638,7 +648,11 @@ impl Manager {
         let dst = pool.sandbox_path(&rec.id);
         let t = std::time::Instant::now();
         match (image_path, fork_src) {
-            (_, Some((src, cp))) => self.snapshot_fork_source(&src, cp.as_deref(), dst).await?,
+            (_, Some((src, cp))) => {
+                let memory = rec.parent.as_ref().is_some_and(|p| p.memory);
+                self.snapshot_fork_source(&src, cp.as_deref(), dst, memory)
+                    .await?
+            }
             (Some(image_path), None) => {
                 let src = match self.engine(rec)?.disk_kind() {
                     burrow_engine::DiskKind::Tree => image_path,

@@ -20,6 +20,7 @@ fn fork_req(name: &str, src: &str, cp: Option<&str>) -> CreateSandbox {
         from: Some(ForkSource {
             sandbox: SandboxName::parse(src).unwrap(),
             checkpoint: cp.map(str::to_owned),
+            memory: false,
         }),
         ..Default::default()
     }
@@ -440,6 +441,7 @@ async fn templates_make_new_sandboxes_and_are_protected_while_used() {
                 from: ForkSource {
                     sandbox: SandboxName::parse(&name).unwrap(),
                     checkpoint: Some(cp),
+                    memory: false,
                 },
             }),
         )

@@ -168,6 +168,7 @@ async fn scenario(engine: EngineKind) {
             from: Some(ForkSource {
                 sandbox: SandboxName::parse(&name).unwrap(),
                 checkpoint: Some(cp.id.clone()),
+                memory: false,
             }),
             ..Default::default()
         })

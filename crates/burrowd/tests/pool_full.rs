@@ -49,6 +49,7 @@ async fn a_full_pool_is_reported_and_refuses_new_sandboxes() {
     fork.from = Some(ForkSource {
         sandbox: SandboxName::parse(&filler).unwrap(),
         checkpoint: None,
+        memory: false,
     });
     c.create_sandbox(&fork).await.unwrap();
 
@@ -82,6 +83,7 @@ async fn a_full_pool_is_reported_and_refuses_new_sandboxes() {
     fork.from = Some(ForkSource {
         sandbox: SandboxName::parse(&filler).unwrap(),
         checkpoint: None,
+        memory: false,
     });
     let e = c.create_sandbox(&fork).await.unwrap_err();
     assert_eq!((e.status(), e.code()), (Some(507), Some("pool_full")), "{e}");

@@ -194,6 +194,7 @@ async fn each_sandbox_sees_its_own_limits_not_the_hosts() {
         from: Some(ForkSource {
             sandbox: SandboxName::parse(&small).unwrap(),
             checkpoint: None,
+            memory: false,
         }),
         memory_mb: Some(384),
         cpus: Some(2.0),

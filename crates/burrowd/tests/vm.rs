@@ -363,6 +363,7 @@ async fn memory_checkpoints_restore_and_fork_running_processes() {
             from: Some(burrow_api::ForkSource {
                 sandbox: SandboxName::parse(&name).unwrap(),
                 checkpoint: Some(cp.id.clone()),
+                memory: false,
             }),
             ..Default::default()
         };
@@ -391,8 +392,53 @@ async fn memory_checkpoints_restore_and_fork_running_processes() {
     .unwrap();
     let restored = counter(&c, &name).await;
     assert!(restored >= before && restored < after + 1000, "{restored}");
-    counts_past(&c, &name, restored).await;
+    let restored = counts_past(&c, &name, restored).await;
     assert!(run(&c, &name, "test -e /root/later").await.exit_code != 0);
+
+    // A fork of the live machine with its memory: the copy goes on from the source's
+    // count, as its own machine, and the source goes on too. Without memory, the copy
+    // of the same live state boots afresh (the control: no counter runs in it).
+    sh(&c, &name, "echo live > /root/live").await;
+    let live = unique_name("vmfl");
+    c.create_sandbox(&live_fork(&name, &live, true)).await.unwrap();
+    let copied = counter(&c, &live).await;
+    assert!(
+        copied >= restored,
+        "the live fork's counter restarted: {copied} < {restored}"
+    );
+    counts_past(&c, &live, copied).await;
+    counts_past(&c, &name, counter(&c, &name).await).await;
+    assert_eq!(sh(&c, &live, "hostname").await.trim(), live.as_str());
+    assert_eq!(sh(&c, &live, "cat /root/live").await, "live\n");
+    let cold = unique_name("vmfc");
+    c.create_sandbox(&live_fork(&name, &cold, false)).await.unwrap();
+    assert_eq!(
+        sh(&c, &cold, "cat /root/live").await,
+        "live\n",
+        "the disk was copied"
+    );
+    // The counter's command line names /tmp/n.t; this probe's own (n\.t) does not match.
+    let procs = sh(
+        &c,
+        &cold,
+        "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -c 'n\\.t' || true",
+    )
+    .await;
+    let control = sh(
+        &c,
+        &live,
+        "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -c 'n\\.t' || true",
+    )
+    .await;
+    assert_ne!(
+        control.trim(),
+        "0",
+        "the probe does not see the counter where it runs"
+    );
+    assert_eq!(procs.trim(), "0", "a fork without memory kept processes");
+    for f in [&live, &cold] {
+        c.delete_sandbox(f).await.unwrap();
+    }
 
     // A container cannot keep memory in a checkpoint: 409 naming the vm engine.
     let box_name = unique_name("ctr");
@@ -410,6 +456,15 @@ async fn memory_checkpoints_restore_and_fork_running_processes() {
         .unwrap_err();
     assert_eq!(e.status(), Some(409), "{e}");
     assert!(e.to_string().contains("vm engine"), "{e}");
+    let e = c
+        .create_sandbox(&live_fork(&box_name, &unique_name("ctrf"), true))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    assert!(e.to_string().contains("vm engine"), "{e}");
+    c.create_sandbox(&live_fork(&box_name, &unique_name("ctrf"), false))
+        .await
+        .unwrap();
     let plain: burrow_api::Checkpoint = c
         .request_json(Method::POST, &path, Some(&serde_json::json!({})))
         .await
@@ -470,9 +525,11 @@ async fn a_memory_hog_stays_in_its_vm() {
 }
 
 /// burrowd killed between saving a VM's memory and recording the sleep: at its next start
-/// the VM is found saved but not running, and resumed, its processes intact.
+/// the VM is found saved but not running, and resumed, its processes intact. The same for a
+/// kill between saving the memory for a fork and copying it: the source resumes, and the
+/// half-made fork leaves nothing behind.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_daemon_killed_mid_sleep_loses_no_process() {
+async fn a_daemon_killed_mid_sleep_or_mid_fork_loses_no_process() {
     let d = Daemon::start();
     let c = d.client();
     let (available, detail) = vm_available(&c).await;
@@ -505,5 +562,56 @@ async fn a_daemon_killed_mid_sleep_loses_no_process() {
     assert_eq!(sb.status, SandboxStatus::Running, "{sb:?}");
     let after = counter(&c, &name).await;
     assert!(after >= before, "the counter restarted: {after} < {before}");
-    counts_past(&c, &name, after).await;
+    let after = counts_past(&c, &name, after).await;
+
+    // Killed mid-fork, after the source's memory was saved.
+    d.set_env(&[("BURROW_FAULT", "fork.after_suspend")]);
+    d.kill9();
+    d.restart();
+    let fork = unique_name("vmkf");
+    let e = d
+        .client()
+        .create_sandbox(&live_fork(&name, &fork, true))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), None, "the daemon died at the fault point: {e}");
+    assert!(!d.wait_exit().expect("exit status").success());
+    assert_eq!(qemu_of(&id), 0, "the source's memory was saved before the crash");
+    d.set_env(&[]);
+    d.restart();
+    let c = d.client();
+    let sb = c.get_sandbox(&name).await.unwrap();
+    assert_eq!(sb.status, SandboxStatus::Running, "{sb:?}");
+    let resumed = counter(&c, &name).await;
+    assert!(resumed >= after, "the counter restarted: {resumed} < {after}");
+    counts_past(&c, &name, resumed).await;
+    let e = c.get_sandbox(&fork).await.unwrap_err();
+    assert_eq!(e.status(), Some(404), "the half-made fork is still listed: {e}");
+    let volumes: Vec<String> = std::fs::read_dir(d.data_dir.join("pool/sandboxes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(volumes, vec![id.clone()], "volumes left behind");
+    // The control: the same fork, uninterrupted, is made and runs the processes.
+    c.create_sandbox(&live_fork(&name, &fork, true)).await.unwrap();
+    let copied = counter(&c, &fork).await;
+    assert!(
+        copied >= after,
+        "the fork's counter restarted: {copied} < {after}"
+    );
+    counts_past(&c, &fork, copied).await;
+}
+
+/// A fork of `src`'s live state named `name`; `memory`: its processes too.
+fn live_fork(src: &str, name: &str, memory: bool) -> CreateSandbox {
+    CreateSandbox {
+        name: SandboxName::parse(name).unwrap(),
+        from: Some(burrow_api::ForkSource {
+            sandbox: SandboxName::parse(src).unwrap(),
+            checkpoint: None,
+            memory,
+        }),
+        ..Default::default()
+    }
 }

@@ -479,6 +479,7 @@ async fn tools_work(mode: Mode, secret: bool) {
         from: Some(burrow_api::ForkSource {
             sandbox: SandboxName::parse(base).unwrap(),
             checkpoint: None,
+            memory: false,
         }),
         idle_timeout_s: Some(3600),
         ..Default::default()

@@ -90,13 +90,17 @@ pub fn parse_source(s: &str) -> anyhow::Result<burrow_api::ForkSource> {
     Ok(burrow_api::ForkSource {
         sandbox,
         checkpoint: cp.map(str::to_owned),
+        memory: false,
     })
 }
 
-pub async fn fork(app: &App, src: &str, new: SandboxName) -> anyhow::Result<u8> {
+pub async fn fork(app: &App, src: &str, new: SandboxName, memory: bool) -> anyhow::Result<u8> {
     let req = CreateSandbox {
         name: new,
-        from: Some(parse_source(src)?),
+        from: Some(burrow_api::ForkSource {
+            memory,
+            ..parse_source(src)?
+        }),
         ..Default::default()
     };
     let v = app.call(Method::POST, paths::SANDBOXES, Some(&req)).await?;

@@ -54,6 +54,7 @@ fn parse_from(s: &str) -> anyhow::Result<ForkSource> {
     Ok(ForkSource {
         sandbox,
         checkpoint: cp.map(str::to_owned),
+        memory: false,
     })
 }
 
