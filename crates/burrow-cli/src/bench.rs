@@ -233,6 +233,7 @@ async fn vm_figures(app: &App, prefix: &str, runs: usize, figures: &mut Vec<Figu
         ..Default::default()
     };
     let (mut tti, mut exec, mut sleep, mut wake, mut overhead) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut fork, mut asleep) = (vec![], vec![]);
     for i in 0..runs {
         let name = format!("{prefix}-vm{i}");
         let req = CreateSandbox {
@@ -259,9 +260,26 @@ async fn vm_figures(app: &App, prefix: &str, runs: usize, figures: &mut Vec<Figu
         c.request_json::<serde_json::Value, ()>(burrow_client::Method::POST, &path, None)
             .await?;
         sleep.push(ms(t.elapsed()));
+        // Asleep, no QEMU is left: what it holds is what a process that is gone holds.
+        asleep.push(qemu_anon_kib(&sb.id).map_or(0.0, |kib| kib as f64 / 1024.0));
         let t = Instant::now();
         c.exec(&name, &t_req).await?;
         wake.push(ms(t.elapsed()));
+        let copy = format!("{name}-f");
+        let t = Instant::now();
+        c.create_sandbox(&CreateSandbox {
+            name: SandboxName::parse(&copy)?,
+            from: Some(burrow_api::ForkSource {
+                sandbox: SandboxName::parse(&name)?,
+                checkpoint: None,
+                memory: true,
+            }),
+            ..Default::default()
+        })
+        .await?;
+        c.exec(&copy, &t_req).await?;
+        fork.push(ms(t.elapsed()));
+        c.delete_sandbox(&copy).await?;
         c.delete_sandbox(&name).await?;
     }
     let push = |figures: &mut Vec<Figure>, key: &str, label: &str, unit, target, samples| {
@@ -304,6 +322,22 @@ async fn vm_figures(app: &App, prefix: &str, runs: usize, figures: &mut Vec<Figu
         "ms",
         Some(("<=", 300.0)),
         wake,
+    );
+    push(
+        figures,
+        "vm_fork_memory_ms",
+        "vm: fork with memory (live) → first exec",
+        "ms",
+        Some(("<=", 400.0)),
+        fork,
+    );
+    push(
+        figures,
+        "vm_asleep_mib",
+        "vm: QEMU memory while asleep",
+        "MiB",
+        Some(("<=", 0.0)),
+        asleep,
     );
     push(
         figures,

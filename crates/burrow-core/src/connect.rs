@@ -33,6 +33,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `http_port` is starting (a cold wake boots every service again); the agent knows when
 /// one is, and does not wait otherwise.
 const SERVICE_START_WAIT: Duration = Duration::from_secs(15);
+/// The agent honours no longer a wait than this.
+const SERVICE_START_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// An open TCP connection to a port inside a sandbox. Reading returns what the sandbox side
 /// sends, EOF once it closed its write side; `shutdown` closes ours. Dropping it closes the
@@ -81,12 +83,18 @@ impl Manager {
         let busy = self.runtime(&rec.id).busy_guard();
         self.touch(&rec);
         let client = self.agent(&rec).await?;
-        let (tx, rx) = match open(client, &rec.name, port, SERVICE_START_WAIT).await {
+        // A VM under emulation boots its services slowly: as long as its engine allows for
+        // a boot, up to the agent's own bound.
+        let wait = self
+            .engine(&rec)?
+            .ready_timeout()
+            .clamp(SERVICE_START_WAIT, SERVICE_START_WAIT_MAX);
+        let (tx, rx) = match open(client, &rec.name, port, wait).await {
             Err(CoreError::Agent { .. }) => {
                 // The cached channel may be stale (agent restarted): reconnect once.
                 self.forget_agent(&rec.id);
                 let client = self.agent(&rec).await?;
-                open(client, &rec.name, port, SERVICE_START_WAIT).await
+                open(client, &rec.name, port, wait).await
             }
             other => other,
         }?;

@@ -309,6 +309,56 @@ impl Manager {
         }
     }
 
+    /// For an engine that cannot share host directories (a VM): copies the files of the
+    /// sandbox's `/.burrow/host` (the CA, the CA bundle, resolv.conf, markers) into the
+    /// guest at that path, read-only for its processes. The copy is the guest's own: the
+    /// host never reads it back. Bounded per file; failures are logged (the trust store
+    /// gets the CA through [`Manager::install_net_files`] all the same).
+    pub(crate) async fn mirror_host_files(&self, rec: &SandboxRecord, client: &AgentClient<Channel>) {
+        const MAX: u64 = 4 << 20;
+        let dir = self.host_api_dir(&rec.id);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            let Some(file) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if !meta.is_file() || meta.len() > MAX {
+                continue;
+            }
+            let Ok(data) = std::fs::read(e.path()) else {
+                continue;
+            };
+            let header = WriteFileInput {
+                kind: Some(write_file_input::Kind::Header(WriteFileHeader {
+                    path: format!("/.burrow/host/{file}"),
+                    mode: Some(0o444),
+                    mkdir: true,
+                })),
+            };
+            let body = futures::stream::once(async move { Ok::<_, std::convert::Infallible>(data) });
+            let mut c = client.clone();
+            let written = upload(
+                &rec.name,
+                header,
+                body,
+                |d| WriteFileInput {
+                    kind: Some(write_file_input::Kind::Data(d)),
+                },
+                WriteFileInput {
+                    kind: Some(write_file_input::Kind::Done(true)),
+                },
+                |input| async move { c.write_file(input).await },
+            )
+            .await;
+            if let Err(e) = written {
+                tracing::warn!(sandbox = %rec.name, file, error = %crate::error::chain(&e), "copying a host file into the guest");
+            }
+        }
+    }
+
     /// `GET …/files`: the contents of a regular file, streamed.
     pub async fn read_file(&self, name: &str, path: &str) -> Result<FileStream> {
         check_path(path)?;

@@ -787,6 +787,9 @@ impl Manager {
         started_engine?;
         let started = t.elapsed();
         let client = self.connect_agent(rec, !resuming).await?;
+        if !self.engine(rec)?.capabilities().shared_dirs {
+            self.mirror_host_files(rec, &client).await;
+        }
         if resuming {
             self.sync_clock(rec, client).await;
         }

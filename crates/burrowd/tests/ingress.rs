@@ -89,9 +89,25 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
+/// Creates `name` on the engine `BURROW_TEST_ENGINE` names (default: the daemon's), so the
+/// whole suite can be run against VMs by hand.
 async fn create(c: &Client, name: &str, url_auth: UrlAuth, idle_s: u64) {
+    let engine = std::env::var("BURROW_TEST_ENGINE").ok().map(|e| {
+        serde_json::from_value(serde_json::Value::String(e)).expect("BURROW_TEST_ENGINE: container or vm")
+    });
+    create_on(c, name, url_auth, idle_s, engine).await
+}
+
+async fn create_on(
+    c: &Client,
+    name: &str,
+    url_auth: UrlAuth,
+    idle_s: u64,
+    engine: Option<burrow_api::EngineKind>,
+) {
     c.create_sandbox(&CreateSandbox {
         name: SandboxName::parse(name).unwrap(),
+        engine,
         url_auth: Some(url_auth),
         idle_timeout_s: Some(idle_s),
         cold_after_s: Some(0),
@@ -130,8 +146,22 @@ async fn service(c: &Client, name: &str, svc: &str, script: &str, port: u16, htt
 
 /// A sandbox with the echo app as its HTTP service on `port`.
 async fn web_sandbox(c: &Client, prefix: &str, url_auth: UrlAuth, port: u16) -> String {
+    web_sandbox_on(c, prefix, url_auth, port, None).await
+}
+
+/// [`web_sandbox`] on `engine` (None: as `create` picks).
+async fn web_sandbox_on(
+    c: &Client,
+    prefix: &str,
+    url_auth: UrlAuth,
+    port: u16,
+    engine: Option<burrow_api::EngineKind>,
+) -> String {
     let name = unique_name(prefix);
-    create(c, &name, url_auth, 3600).await;
+    match engine {
+        Some(e) => create_on(c, &name, url_auth, 3600, Some(e)).await,
+        None => create(c, &name, url_auth, 3600).await,
+    }
     service(c, &name, "web", APP, port, true).await;
     name
 }
@@ -210,9 +240,35 @@ fn host_of(name: &str, d: &Daemon) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_by_api_path_and_by_host_header() {
+    http_by_api_path_and_by_host_header_on(None).await
+}
+
+/// The same ingress checks against a VM's web app.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vms_web_app_is_served_the_same_way() {
+    if vm_available().await {
+        http_by_api_path_and_by_host_header_on(Some(burrow_api::EngineKind::Vm)).await
+    }
+}
+
+/// Whether the daemon runs VMs; a missing vm engine fails under `BURROW_TEST_STRICT=1`.
+async fn vm_available() -> bool {
+    let v = shared().client().version().await.unwrap();
+    let vm = v
+        .engines
+        .iter()
+        .find(|e| e.kind == burrow_api::EngineKind::Vm)
+        .unwrap();
+    burrow_testkit::prerequisite(
+        vm.available,
+        &format!("the vm engine is unavailable: {:?}", vm.detail),
+    )
+}
+
+async fn http_by_api_path_and_by_host_header_on(engine: Option<burrow_api::EngineKind>) {
     let d = shared();
     let c = d.client();
-    let name = web_sandbox(&c, "ingr", UrlAuth::Private, 8080).await;
+    let name = web_sandbox_on(&c, "ingr", UrlAuth::Private, 8080, engine).await;
     let token = d.token();
     let bearer = format!("Bearer {token}");
 
@@ -497,9 +553,14 @@ async fn ingress_wakes_sleeping_sandboxes_warm_and_cold() {
         .await
         .unwrap();
         let sb = c.get_sandbox(&name).await.unwrap();
+        // A VM's warm sleep keeps its memory on disk, not in RAM.
+        let expected = match (sb.engine, mode) {
+            (burrow_api::EngineKind::Vm, "warm") => "memory",
+            _ => mode,
+        };
         assert_eq!(
             (sb.status, sb.sleep.as_deref()),
-            (SandboxStatus::Sleeping, Some(mode))
+            (SandboxStatus::Sleeping, Some(expected))
         );
         let r = tcp_request(d, "GET", &format!("/after-{mode}"), &[("host", &host)], "").await;
         assert_eq!(r.status, 200, "{mode}: {}", r.text());
@@ -604,10 +665,25 @@ async fn next_binary(ws: &mut Ws) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn proxy_relays_raw_tcp_both_ways() {
+    proxy_relays_raw_tcp_both_ways_on(None).await
+}
+
+/// The same raw TCP relay into a VM.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vms_ports_are_relayed_the_same_way() {
+    if vm_available().await {
+        proxy_relays_raw_tcp_both_ways_on(Some(burrow_api::EngineKind::Vm)).await
+    }
+}
+
+async fn proxy_relays_raw_tcp_both_ways_on(engine: Option<burrow_api::EngineKind>) {
     let d = shared();
     let c = d.client();
     let name = unique_name("relay");
-    create(&c, &name, UrlAuth::Private, 3600).await;
+    match engine {
+        Some(e) => create_on(&c, &name, UrlAuth::Private, 3600, Some(e)).await,
+        None => create(&c, &name, UrlAuth::Private, 3600).await,
+    }
     service(&c, &name, "echo", ECHO, 7000, false).await;
     let mut ws = relay_when_listening(d, &name, 7000).await;
     ws.send(Message::Binary(b"ping".to_vec().into())).await.unwrap();

@@ -14,6 +14,29 @@ const SECRET_VALUE: &str = "ghp_REALsecretVALUE0123456789";
 mod fake_internet;
 use fake_internet::{FakeInternet, create, sh};
 
+/// `create` on `engine` (None: as `create` does).
+async fn create_with(c: &Client, name: &str, engine: Option<burrow_api::EngineKind>) {
+    match engine {
+        Some(e) => fake_internet::create_on(c, name, Some(e)).await,
+        None => create(c, name).await,
+    }
+}
+
+/// Whether the daemon runs VMs; a missing vm engine fails under `BURROW_TEST_STRICT=1`.
+async fn vm_available() -> bool {
+    let (_inet, d) = world();
+    let v = d.client().version().await.unwrap();
+    let vm = v
+        .engines
+        .iter()
+        .find(|e| e.kind == burrow_api::EngineKind::Vm)
+        .unwrap();
+    burrow_testkit::prerequisite(
+        vm.available,
+        &format!("the vm engine is unavailable: {:?}", vm.detail),
+    )
+}
+
 /// Tests that count what the fake internet received run one at a time.
 async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -67,11 +90,23 @@ async fn trust_test_ca(c: &Client, name: &str, inet: &FakeInternet) {
 
 #[tokio::test]
 async fn policy_mode_allows_listed_domains_only() {
+    policy_mode_allows_listed_domains_only_on(None).await
+}
+
+/// The same policy, DNS and proxy checks against a VM.
+#[tokio::test]
+async fn a_vm_follows_the_same_policy() {
+    if vm_available().await {
+        policy_mode_allows_listed_domains_only_on(Some(burrow_api::EngineKind::Vm)).await
+    }
+}
+
+async fn policy_mode_allows_listed_domains_only_on(engine: Option<burrow_api::EngineKind>) {
     let _serial = serial().await;
     let (inet, d) = world();
     let c = d.client();
     let name = unique_name("pol");
-    create(&c, &name).await;
+    create_with(&c, &name, engine).await;
     trust_test_ca(&c, &name, inet).await;
     set_policy(
         &c,
@@ -172,11 +207,26 @@ async fn policy_changes_apply_to_a_running_sandbox_at_once() {
 
 #[tokio::test]
 async fn sandboxes_cannot_reach_the_host_each_other_or_metadata() {
+    isolation_of(None).await
+}
+
+/// The same probes from a VM (its guest has a network of its own, behind the same rules).
+#[tokio::test]
+async fn a_vm_cannot_reach_the_host_other_sandboxes_or_metadata() {
+    if vm_available().await {
+        isolation_of(Some(burrow_api::EngineKind::Vm)).await
+    }
+}
+
+/// Sandbox a (on `engine`) probes the host, the daemon's API, sandbox b (a container), the
+/// metadata address and a private range; the host reaching its own service and b reaching
+/// itself are the controls.
+async fn isolation_of(engine: Option<burrow_api::EngineKind>) {
     let _serial = serial().await;
     let (_inet, d) = world();
     let c = d.client();
     let (a, b) = (unique_name("iso-a"), unique_name("iso-b"));
-    create(&c, &a).await;
+    create_with(&c, &a, engine).await;
     create(&c, &b).await;
     // A service on the host, on every address; the host itself reaches it (control).
     let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
@@ -197,9 +247,13 @@ async fn sandboxes_cannot_reach_the_host_each_other_or_metadata() {
     )
     .await;
     assert_eq!(code, 0, "listener in b did not come up: {out}{err}");
-    let (_, gw, _) = sh(&c, &a, "ip route | awk '/default/ {print $3}'").await;
-    let gw = gw.trim().to_owned();
-    assert!(!gw.is_empty());
+    // The host's address on the sandboxes' bridge (a VM's guest sees its own link's
+    // gateway instead, in front of the same rules).
+    let gw = d.subnet.replace(".0/24", ".1");
+    if engine.is_none() {
+        let (_, seen, _) = sh(&c, &a, "ip route | awk '/default/ {print $3}'").await;
+        assert_eq!(seen.trim(), gw, "the subnet's gateway is not the sandbox's");
+    }
     assert!(
         std::net::TcpStream::connect((gw.as_str(), port)).is_ok(),
         "control: the host reaches its own service"
@@ -230,8 +284,11 @@ async fn sandboxes_cannot_reach_the_host_each_other_or_metadata() {
     .await;
     assert_ne!(code, 0, "metadata answered: {out}");
     // Root inside cannot change the sandbox's own network (the namespace is the host's).
-    let (code, _, _) = sh(&c, &a, "ip addr add 10.9.9.9/32 dev eth0").await;
-    assert_ne!(code, 0, "root in the sandbox changed its addresses");
+    // (A VM's root owns its guest's network; the sandbox's namespace is QEMU's, outside.)
+    if engine.is_none() {
+        let (code, _, _) = sh(&c, &a, "ip addr add 10.9.9.9/32 dev eth0").await;
+        assert_ne!(code, 0, "root in the sandbox changed its addresses");
+    }
     drop(listener);
     c.delete_sandbox(&a).await.unwrap();
     c.delete_sandbox(&b).await.unwrap();
@@ -256,12 +313,29 @@ async fn add_secret(c: &Client, name: &str, hosts: &[&str]) {
 
 #[tokio::test]
 async fn secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox() {
+    secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox_on(None).await
+}
+
+/// The credential proxy for a VM: the same checks.
+#[tokio::test]
+async fn a_vms_secrets_are_injected_the_same_way() {
+    if vm_available().await {
+        secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox_on(Some(
+            burrow_api::EngineKind::Vm,
+        ))
+        .await
+    }
+}
+
+async fn secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox_on(
+    engine: Option<burrow_api::EngineKind>,
+) {
     let _serial = serial().await;
     let (inet, d) = world();
     let c = d.client();
     let name = unique_name("sec");
     let secret = unique_name("gh");
-    create(&c, &name).await;
+    create_with(&c, &name, engine).await;
     trust_test_ca(&c, &name, inet).await;
     add_secret(&c, &secret, &["api.github.test"]).await;
     let _: Value = c

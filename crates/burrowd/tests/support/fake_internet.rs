@@ -244,9 +244,20 @@ pub fn world_serving(
     })
 }
 
+/// Creates sandbox `name` on the engine `BURROW_TEST_ENGINE` names (default: the
+/// daemon's), so a whole suite can be run against VMs by hand.
 pub async fn create(c: &Client, name: &str) {
+    let engine = std::env::var("BURROW_TEST_ENGINE").ok().map(|e| {
+        serde_json::from_value(serde_json::Value::String(e)).expect("BURROW_TEST_ENGINE: container or vm")
+    });
+    create_on(c, name, engine).await
+}
+
+/// Creates sandbox `name` on `engine` (None: the daemon's default).
+pub async fn create_on(c: &Client, name: &str, engine: Option<burrow_api::EngineKind>) {
     c.create_sandbox(&CreateSandbox {
         name: SandboxName::parse(name).unwrap(),
+        engine,
         ..Default::default()
     })
     .await
