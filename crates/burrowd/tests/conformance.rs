@@ -1,7 +1,9 @@
 //! One scenario, every engine: what a user does with a burrow must behave the same whether a
 //! container or a VM runs it, so the engines cannot drift apart. Each engine gets the same
-//! steps and the same assertions: exec (output, exit codes, stdin, a terminal), files, a
-//! service reached through ingress, checkpoint and restore, fork, sleep and wake.
+//! steps and the same assertions: exec (output, exit codes, stdin, a terminal), the limits
+//! and the isolation it sees, a session that outlives its connection, files, a service
+//! reached through ingress, checkpoint and restore, forks of a checkpoint and of the live
+//! state, sleep and wake.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,55 @@ async fn http_get(d: &Daemon, name: &str, path: &str) -> (u16, Vec<u8>) {
             return (r.status, r.body);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Reads a session's output until it counted past `above`; returns the last count.
+async fn read_ticks(s: &mut burrow_testkit::burrow_client::ExecStream, above: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = String::new();
+    loop {
+        let ev = tokio::time::timeout_at(deadline.into(), s.next_event())
+            .await
+            .unwrap_or_else(|_| panic!("no tick past {above} in time: {seen:?}"))
+            .unwrap();
+        match ev {
+            Some(ExecEvent::Stdout(b)) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Some(_) => {}
+            None => panic!("the session ended: {seen:?}"),
+        }
+        let last = seen
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("tick-")?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        if last > above {
+            return last;
+        }
+    }
+}
+
+/// Polls (bounded) the session list until session `id` satisfies `cond`.
+async fn wait_listed(
+    c: &Client,
+    name: &str,
+    id: &str,
+    cond: impl Fn(&burrow_api::SessionInfo) -> bool,
+) -> burrow_api::SessionInfo {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = c
+            .list_sessions(name)
+            .await
+            .unwrap()
+            .sessions
+            .into_iter()
+            .find(|s| s.id == id);
+        if let Some(s) = found.filter(|s| cond(s)) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "session {id} never reached the state");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -112,6 +163,66 @@ async fn scenario(engine: EngineKind) {
     let text = String::from_utf8_lossy(&text);
     assert!(text.contains("/dev/pts/") && text.contains("27 91"), "{text:?}");
 
+    // Limits as the sandbox sees them: its CPUs and its memory, not the host's.
+    let seen = exec(
+        &c,
+        &name,
+        "grep -c ^processor /proc/cpuinfo; awk '/^MemTotal/ {print int($2/1024)}' /proc/meminfo",
+    )
+    .await;
+    let mut lines = seen.stdout.lines().map(|l| l.trim().parse::<u64>().unwrap_or(0));
+    let (cpus, mem_mb) = (lines.next().unwrap_or(0), lines.next().unwrap_or(0));
+    assert_eq!(cpus, sb.config.cpus.ceil() as u64, "{seen:?}");
+    assert!(
+        (300..=512).contains(&mem_mb),
+        "MemTotal {mem_mb} MiB for a 512 MiB sandbox"
+    );
+    // No host process is visible (the control: the host sees its burrowd).
+    let host_sees = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("burrowd"))
+    });
+    assert!(host_sees, "the probe does not find burrowd on the host");
+    let inside = exec(
+        &c,
+        &name,
+        "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -c 'burrow[d]' || true",
+    )
+    .await;
+    assert_eq!(inside.stdout.trim(), "0", "burrowd is visible inside: {inside:?}");
+
+    // A session outlives its connection; attaching replays what was missed, then goes on.
+    let mut s = c
+        .exec_stream(
+            &name,
+            ExecStreamOptions {
+                detach_timeout_s: Some(300),
+                ..ExecStreamOptions::new([
+                    "sh",
+                    "-c",
+                    "i=0; while :; do i=$((i+1)); echo tick-$i; sleep 0.05; done",
+                ])
+            },
+        )
+        .await
+        .unwrap();
+    let id = match s.next_event().await.unwrap() {
+        Some(ExecEvent::Session { id, .. }) => id,
+        other => panic!("first event was not the session: {other:?}"),
+    };
+    let seen = read_ticks(&mut s, 3).await;
+    drop(s);
+    let listed = wait_listed(&c, &name, &id, |s| !s.attached).await;
+    assert!(listed.exit_code.is_none(), "{listed:?}");
+    let mut a = c.attach_session(&name, &id).await.unwrap();
+    assert!(matches!(
+        a.next_event().await.unwrap(),
+        Some(ExecEvent::Session { .. })
+    ));
+    read_ticks(&mut a, seen + 3).await;
+    c.kill_session(&name, &id, None).await.unwrap();
+    let ended = wait_listed(&c, &name, &id, |s| s.exit_code.is_some()).await;
+    assert_eq!(ended.signal.as_deref(), Some("KILL"), "{ended:?}");
+
     // Files, then a service that serves them, reached through ingress.
     c.write_file_bytes(&name, "/srv/a.txt", Default::default(), b"version one\n".to_vec())
         .await
@@ -176,6 +287,22 @@ async fn scenario(engine: EngineKind) {
         .unwrap();
     assert_eq!(f.engine, engine);
     assert_eq!(exec(&c, &fork, "cat /srv/a.txt").await.stdout, "version one\n");
+    // A fork of the live state has what was written just before (a VM's page cache too).
+    exec(&c, &name, "echo just now > /srv/live.txt").await;
+    let live = unique_name("conf-live");
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&live).unwrap(),
+        from: Some(ForkSource {
+            sandbox: SandboxName::parse(&name).unwrap(),
+            checkpoint: None,
+            memory: false,
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(exec(&c, &live, "cat /srv/live.txt").await.stdout, "just now\n");
+    c.delete_sandbox(&live).await.unwrap();
 
     // Sleep, then any request wakes it; what ran before still answers.
     let slept = c.sandbox_action(&name, "sleep").await.unwrap();

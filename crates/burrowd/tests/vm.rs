@@ -474,7 +474,8 @@ async fn memory_checkpoints_restore_and_fork_running_processes() {
 
 /// A memory hog in a VM meets the guest's own OOM killer: the hog dies, the agent (the
 /// guest's init) and the VM go on, and QEMU on the host holds no more than the guest's RAM
-/// plus its overhead (the control: the hog did fill the guest's memory first).
+/// plus its overhead (the control: the hog did fill the guest's memory first). A console
+/// flood from root in the guest stays within the VM's capped log on the host.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memory_hog_stays_in_its_vm() {
     let d = Daemon::start();
@@ -522,6 +523,31 @@ async fn a_memory_hog_stays_in_its_vm() {
         rss_mb <= guest_mb + 256,
         "QEMU holds {rss_mb} MiB for a {guest_mb} MiB guest"
     );
+
+    // Root in the guest floods the console (bounded: 15 s): what reaches the host is the
+    // VM's capped log, rotated, never more than its cap (the control: the flood did get
+    // there and made it rotate), and the VM goes on.
+    let flood = run(
+        &c,
+        &name,
+        "timeout 15 sh -c 'yes FLOODFLOODFLOODFLOODFLOODFLOODFLOODFLOOD > /dev/console'; true",
+    )
+    .await;
+    assert_eq!(flood.exit_code, 0, "{flood:?}");
+    let run_dir = d.data_dir.join("run").join(&sb.id);
+    let size = |f: &str| std::fs::metadata(run_dir.join(f)).map_or(0, |m| m.len());
+    let old = std::fs::read(run_dir.join("agent.log.1")).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&old).contains("FLOODFLOOD"),
+        "the flood never reached the host's log, so its cap was not tested ({} bytes)",
+        old.len()
+    );
+    let total = size("agent.log") + size("agent.log.1");
+    assert!(
+        total <= (1 << 20) + (64 << 10),
+        "the VM's log holds {total} bytes"
+    );
+    assert_eq!(sh(&c, &name, "echo alive").await, "alive\n");
 }
 
 /// burrowd killed between saving a VM's memory and recording the sleep: at its next start
