@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::CoreError;
 use crate::images::{ImageConfig, READY, is_plain_name};
 use crate::manager::{Manager, blocking};
+use crate::store::INTERNAL_LABEL;
 use crate::store::ImageRecord;
 use crate::time_util::now_rfc3339;
 
@@ -575,9 +576,6 @@ fn write_chain(dir: &Path, image: &str, chain: &[String]) -> Result<()> {
     std::fs::write(&tmp, chain.join("\n") + "\n").map_err(io)?;
     std::fs::rename(&tmp, dir.join(image)).map_err(io)
 }
-
-/// Label marking sandboxes the daemon made for itself (builds); they are hidden from lists.
-pub const INTERNAL_LABEL: &str = "burrow.internal";
 
 #[cfg(test)]
 mod tests {

@@ -14,29 +14,10 @@ use std::time::Duration;
 use burrow_api::SandboxStatus;
 
 use crate::manager::Manager;
-use crate::state::Action;
-
-/// Warm (frozen, memory kept), memory (a VM's memory and devices saved to its volume, no
-/// process left) or cold (stopped, disk kept).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SleepMode {
-    Warm,
-    Memory,
-    Cold,
-}
-
-impl SleepMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Warm => "warm",
-            Self::Memory => "memory",
-            Self::Cold => "cold",
-        }
-    }
-}
+use crate::state::{Action, SleepMode};
 
 impl Manager {
-    /// Runs the idle policy forever (spawned by `Manager::spawn_background`), once a second.
+    /// Runs the idle policy forever (spawned by `daemon::spawn_background`), once a second.
     pub(crate) async fn idle_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

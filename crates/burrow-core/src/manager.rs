@@ -83,66 +83,9 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + 
 }
 
 impl Manager {
-    /// Opens (or creates) the daemon's state, pool, engines, keys and network, assembles the
-    /// manager from them ([`Manager::new`]), reconciles ([`Manager::reconcile`]) and starts
-    /// its background work ([`Manager::spawn_background`]).
-    pub async fn open(cfg: Config, inside_api: Option<InsideApiServer>) -> Result<Arc<Self>> {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|e| CoreError::Internal(format!("creating {}: {e}", cfg.data_dir.display())))?;
-        // 0711: host users may not list the sandboxes' run dirs.
-        std::fs::create_dir_all(cfg.run_dir())
-            .and_then(|()| {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(cfg.run_dir(), std::fs::Permissions::from_mode(0o711))
-            })
-            .map_err(|e| CoreError::Internal(format!("creating {}: {e}", cfg.run_dir().display())))?;
-        let store = Arc::new(Store::open(&cfg.db_path())?);
-        let pool_opts = burrow_storage::PoolOptions {
-            kind: cfg.pool_kind,
-            loop_size_bytes: cfg.pool_size_bytes,
-            sandbox_gid: Some(cfg.uid_base),
-        };
-        let data_dir = cfg.data_dir.clone();
-        let pool: Arc<dyn Pool> =
-            blocking(move || Ok(Arc::from(burrow_storage::open_pool(&data_dir, &pool_opts)?))).await?;
-        let vm_cfg = cfg.clone();
-        let vm = blocking(move || Ok(crate::engines::vm_engine(&vm_cfg))).await?;
-        // The default: what the operator chose, else a VM where KVM boots one.
-        let default = cfg.default_engine.unwrap_or(match &vm {
-            Ok(e) if e.accel() == burrow_engine::vm::Accel::Kvm => EngineKind::Vm,
-            _ => EngineKind::Container,
-        });
-        let mut engines = crate::engines::Engines::new(default).with(Arc::new(
-            burrow_engine::container::ContainerEngine::new(cfg.container_engine())?,
-        ));
-        engines = match vm {
-            Ok(e) => engines.with(Arc::new(e)),
-            Err(why) => {
-                tracing::info!(%why, "vm engine unavailable");
-                engines.without(EngineKind::Vm, why)
-            }
-        };
-        let keys = crate::keys::Keys::open(&cfg.data_dir)?;
-        let net = match &cfg.network {
-            Some(settings) => {
-                let tag = format!(
-                    "{:06x}",
-                    crate::config::fnv1a(cfg.data_dir.to_string_lossy().as_bytes()) & 0xff_ffff
-                );
-                let settings = settings.clone();
-                Some(blocking(move || crate::network::Net::setup(&tag, settings)).await?)
-            }
-            None => None,
-        };
-        let mgr = Self::new(cfg, store, pool, engines, keys, net, inside_api);
-        mgr.reconcile().await?;
-        mgr.spawn_background();
-        Ok(mgr)
-    }
-
     /// Assembles a manager from parts that are already open; touches no disk, runtime or
     /// network. Before it serves requests, call [`Manager::reconcile`]; for the idle policy,
-    /// restart policy, pool alarm and base image, [`Manager::spawn_background`]. In-process
+    /// restart policy, pool alarm and base image, [`crate::spawn_background`]. In-process
     /// tests build one from a fake engine and a `dir` pool this way.
     pub fn new(
         cfg: Config,
@@ -171,14 +114,6 @@ impl Manager {
         });
         let _ = mgr.me.set(Arc::downgrade(&mgr));
         mgr
-    }
-
-    /// Starts the work that runs for the manager's whole life: the background loop (idle
-    /// and restart policies, dead agents, the pool alarm) and, when it is missing, the build
-    /// of the base image.
-    pub fn spawn_background(self: &Arc<Self>) {
-        tokio::spawn(self.clone().idle_loop());
-        self.images.ensure_base_in_background();
     }
 
     pub fn config(&self) -> &Config {
@@ -318,7 +253,7 @@ impl Manager {
                 let mode = self
                     .runtime(&r.id)
                     .sleep_mode()
-                    .unwrap_or(crate::idle::SleepMode::Warm);
+                    .unwrap_or(crate::state::SleepMode::Warm);
                 mode.as_str().to_owned()
             }),
             engine_detail: None,
@@ -457,7 +392,7 @@ impl Manager {
             let exhausted = page.len() <= limit as usize;
             for r in page.into_iter().take(limit as usize) {
                 after = Some(r.name.clone());
-                if r.intent == Some(Intent::Destroy) || r.labels.contains_key(crate::build::INTERNAL_LABEL) {
+                if r.intent == Some(Intent::Destroy) || r.labels.contains_key(crate::store::INTERNAL_LABEL) {
                     continue;
                 }
                 if labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)) {
@@ -982,20 +917,20 @@ impl Manager {
                 let mode = self
                     .runtime(&rec.id)
                     .sleep_mode()
-                    .unwrap_or(crate::idle::SleepMode::Warm);
+                    .unwrap_or(crate::state::SleepMode::Warm);
                 match mode {
-                    crate::idle::SleepMode::Warm => self.freeze(&rec, false).await?,
+                    crate::state::SleepMode::Warm => self.freeze(&rec, false).await?,
                     // Memory: the engine resumes the saved VM, processes and all.
                     // Cold: every process was stopped; boot again (services restart).
-                    crate::idle::SleepMode::Memory | crate::idle::SleepMode::Cold => {
+                    crate::state::SleepMode::Memory | crate::state::SleepMode::Cold => {
                         self.boot_or_fail(&mut rec).await?
                     }
                 }
                 self.runtime(&rec.id).set_sleep(None);
                 self.runtime(&rec.id).touch();
                 let lost = match mode {
-                    crate::idle::SleepMode::Warm | crate::idle::SleepMode::Memory => serde_json::json!([]),
-                    crate::idle::SleepMode::Cold => {
+                    crate::state::SleepMode::Warm | crate::state::SleepMode::Memory => serde_json::json!([]),
+                    crate::state::SleepMode::Cold => {
                         serde_json::json!(["every process: the sandbox was booted again"])
                     }
                 };
@@ -1092,17 +1027,17 @@ impl Manager {
 
     /// Sends a running sandbox to sleep: its memory saved to its volume and its runtime
     /// ended where the engine can (VMs), else every process frozen in place.
-    async fn put_to_sleep(&self, rec: &SandboxRecord) -> Result<crate::idle::SleepMode> {
+    async fn put_to_sleep(&self, rec: &SandboxRecord) -> Result<crate::state::SleepMode> {
         let engine = self.engine(rec)?;
         if !engine.capabilities().memory_snapshot {
             self.freeze(rec, true).await?;
-            return Ok(crate::idle::SleepMode::Warm);
+            return Ok(crate::state::SleepMode::Warm);
         }
         let id = rec.id.clone();
         let rt = self.runtime(&rec.id);
         blocking(move || Ok(engine.suspend(&id, &move || rt.set_agent(None))?)).await?;
         crate::fault::point("sleep.after_suspend");
-        Ok(crate::idle::SleepMode::Memory)
+        Ok(crate::state::SleepMode::Memory)
     }
 
     /// Drops a saved memory state, so the next start boots afresh (stop means no process).
@@ -1312,7 +1247,6 @@ impl Manager {
     /// and do not, and removes runtime containers, volumes and run dirs nobody owns.
     pub async fn reconcile(&self) -> Result<()> {
         self.reconcile_checkpoints().await?;
-        self.reconcile_builds().await?;
         let records = self.store.all_sandboxes()?;
         self.net_reconcile(&records)?;
         for mut rec in records.clone() {
@@ -1356,7 +1290,7 @@ impl Manager {
                     // A VM asleep with its memory saved: the next request resumes it,
                     // processes and all.
                     self.runtime(&rec.id)
-                        .set_sleep(Some(crate::idle::SleepMode::Memory));
+                        .set_sleep(Some(crate::state::SleepMode::Memory));
                     tracing::info!(sandbox = %rec.name, "adopted sandbox asleep with its memory saved");
                 }
                 (true, RuntimeStatus::Missing | RuntimeStatus::Stopped)
@@ -1366,14 +1300,14 @@ impl Manager {
                     // cold, and the next request boots it.
                     let _ = self.halt(&rec).await;
                     self.runtime(&rec.id)
-                        .set_sleep(Some(crate::idle::SleepMode::Cold));
+                        .set_sleep(Some(crate::state::SleepMode::Cold));
                     tracing::info!(sandbox = %rec.name, "adopted cold-sleeping sandbox");
                 }
                 (true, RuntimeStatus::Paused { .. }) => {
                     self.adopt_runtime(&rec).await;
                     if rec.status == SandboxStatus::Sleeping {
                         self.runtime(&rec.id)
-                            .set_sleep(Some(crate::idle::SleepMode::Warm));
+                            .set_sleep(Some(crate::state::SleepMode::Warm));
                     }
                     if rec.status == SandboxStatus::Running {
                         let _ = self.freeze(&rec, false).await;

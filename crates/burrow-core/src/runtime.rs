@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use burrow_agent_proto::AgentClient;
 use tonic::transport::Channel;
 
-use crate::idle::SleepMode;
 use crate::manager::Manager;
+use crate::state::SleepMode;
 use crate::watch::RestartState;
 
 /// Every sandbox's runtime, by sandbox id.

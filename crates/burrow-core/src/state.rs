@@ -192,3 +192,22 @@ mod tests {
         }
     }
 }
+
+/// Warm (frozen, memory kept), memory (a VM's memory and devices saved to its volume, no
+/// process left) or cold (stopped, disk kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SleepMode {
+    Warm,
+    Memory,
+    Cold,
+}
+
+impl SleepMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warm => "warm",
+            Self::Memory => "memory",
+            Self::Cold => "cold",
+        }
+    }
+}

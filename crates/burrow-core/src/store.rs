@@ -80,6 +80,9 @@ impl Intent {
     }
 }
 
+/// Label marking sandboxes the daemon made for itself (builds); they are hidden from lists.
+pub const INTERNAL_LABEL: &str = "burrow.internal";
+
 /// A sandbox as stored.
 #[derive(Debug, Clone)]
 pub struct SandboxRecord {

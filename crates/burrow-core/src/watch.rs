@@ -26,8 +26,8 @@ use burrow_api::{SandboxRestart, SandboxStatus};
 use burrow_engine::Liveness;
 
 use crate::CoreError;
-use crate::idle::SleepMode;
 use crate::manager::{Manager, blocking};
+use crate::state::SleepMode;
 use crate::store::SandboxRecord;
 use crate::time_util::now_rfc3339;
 

@@ -305,7 +305,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .abort_handle()
     });
-    let mgr = Manager::open(cfg, Some(inside))
+    let mgr = burrow_core::open(cfg, Some(inside))
         .await
         .map_err(|e| anyhow::anyhow!(burrow_core::error::chain(&e)))?;
     let _ = mgr_tx.send(Some(Arc::downgrade(&mgr)));
