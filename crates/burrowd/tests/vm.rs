@@ -176,8 +176,13 @@ async fn a_vm_runs_its_own_kernel_and_sleeps_with_its_processes_across_a_daemon_
         "the saved state is in its volume"
     );
 
-    // The daemon dies and comes back; the VM is still asleep.
+    // The daemon dies and comes back; the VM is still asleep. Its runtime directory goes
+    // too (sockets, vm.json, console log: what a host restart loses), as only its volume
+    // holds what a wake needs.
     d.kill9();
+    let run_dir = d.data_dir.join("run").join(&info.id);
+    assert!(run_dir.is_dir(), "no runtime dir at {}", run_dir.display());
+    std::fs::remove_dir_all(&run_dir).unwrap();
     d.restart();
     let c = d.client();
     let sb = c.get_sandbox(&name).await.unwrap();
