@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -55,17 +56,39 @@ pub enum ConnectError {
 
 /// Connects to the agent listening on the unix socket `path` and performs the `Hello`
 /// handshake, all within `timeout`.
+pub async fn connect_unix(path: &Path, timeout: Duration) -> Result<Connection, ConnectError> {
+    let socket = path.to_owned();
+    connect(
+        move || {
+            let socket = socket.clone();
+            async move { UnixStream::connect(socket).await }
+        },
+        path,
+        timeout,
+    )
+    .await
+}
+
+/// Connects to an agent over the byte streams `dial` opens (a unix socket, a vsock, …) and
+/// performs the `Hello` handshake, all within `timeout`; `endpoint` names the channel in
+/// errors.
 ///
-/// A failed or timed-out attempt hangs up every socket it opened before it returns: the
+/// A failed or timed-out attempt hangs up every stream it opened before it returns: the
 /// HTTP/2 connection task may outlive the attempt, and an agent that serves one
 /// connection at a time (a VM's channel) would otherwise stay busy with a dead one while
 /// the next attempts wait in the listener's backlog, then find it full.
-pub async fn connect_unix(path: &Path, timeout: Duration) -> Result<Connection, ConnectError> {
+pub async fn connect<D, F, S>(dial: D, endpoint: &Path, timeout: Duration) -> Result<Connection, ConnectError>
+where
+    D: Fn() -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + AsFd + Send + Unpin + 'static,
+{
     let opened = Opened::default();
-    let result = match tokio::time::timeout(timeout, connect_and_hello(path, opened.clone())).await {
+    let attempt = connect_and_hello(dial, endpoint, opened.clone());
+    let result = match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
         Err(_) => Err(ConnectError::Timeout {
-            path: path.to_owned(),
+            path: endpoint.to_owned(),
             timeout,
         }),
     };
@@ -80,7 +103,7 @@ pub async fn connect_unix(path: &Path, timeout: Duration) -> Result<Connection, 
 struct Opened(Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>);
 
 impl Opened {
-    fn keep(&self, stream: &UnixStream) {
+    fn keep(&self, stream: &impl AsFd) {
         if let Ok(fd) = stream.as_fd().try_clone_to_owned() {
             self.0.lock().unwrap_or_else(|e| e.into_inner()).push(fd.into());
         }
@@ -94,18 +117,23 @@ impl Opened {
     }
 }
 
-async fn connect_and_hello(path: &Path, opened: Opened) -> Result<Connection, ConnectError> {
-    let socket = path.to_owned();
+async fn connect_and_hello<D, F, S>(dial: D, path: &Path, opened: Opened) -> Result<Connection, ConnectError>
+where
+    D: Fn() -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + AsFd + Send + Unpin + 'static,
+{
+    let dial = Arc::new(dial);
     let connector = tower::service_fn(move |_: Uri| {
-        let socket = socket.clone();
+        let dial = dial.clone();
         let opened = opened.clone();
         async move {
-            let stream = UnixStream::connect(socket).await?;
+            let stream = dial().await?;
             opened.keep(&stream);
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });
-    // The URI is required by the API but never resolved: the connector picks the socket.
+    // The URI is required by the API but never resolved: the connector picks the stream.
     let channel = Endpoint::from_static("http://burrow-agent")
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)

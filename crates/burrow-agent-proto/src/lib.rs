@@ -13,7 +13,7 @@ pub mod v1 {
 
 pub mod client;
 
-pub use client::{ConnectError, Connection, connect_unix};
+pub use client::{ConnectError, Connection, connect, connect_unix};
 pub use v1::agent_client::AgentClient;
 pub use v1::agent_server::{Agent, AgentServer};
 

@@ -764,7 +764,18 @@ impl Manager {
     /// boot), else it serves already.
     async fn connect_agent(&self, rec: &SandboxRecord, booting: bool) -> Result<AgentClient<Channel>> {
         let engine = self.engine(rec)?;
-        let sock = engine.agent_socket(&self.run_dir(&rec.id));
+        let dialer = engine.agent_dialer(&self.run_dir(&rec.id));
+        let connect = |timeout| {
+            let d = dialer.clone();
+            burrow_agent_proto::client::connect(
+                move || {
+                    let d = d.clone();
+                    async move { d.dial().await }
+                },
+                dialer.endpoint(),
+                timeout,
+            )
+        };
         let total = engine.ready_timeout().max(AGENT_CONNECT_TIMEOUT);
         let agent_err = |e: burrow_agent_proto::client::ConnectError| CoreError::Agent {
             name: rec.name.clone(),
@@ -779,7 +790,7 @@ impl Manager {
             let mut attempt = ONE_CONNECTION_RETRY;
             loop {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                match burrow_agent_proto::client::connect_unix(&sock, attempt.min(left)).await {
+                match connect(attempt.min(left)).await {
                     Ok(c) => break c,
                     Err(e) if left > attempt + ONE_CONNECTION_PAUSE => {
                         tracing::debug!(sandbox = %rec.name, error = %chain(&e), "agent handshake: trying again");
@@ -790,7 +801,7 @@ impl Manager {
                 }
             }
         } else {
-            match burrow_agent_proto::client::connect_unix(&sock, total).await {
+            match connect(total).await {
                 Ok(c) => c,
                 Err(e) if booting => {
                     // What the sandbox printed on its way up says why it never answered.

@@ -314,7 +314,8 @@ impl Manager {
         let Ok(engine) = self.engine(&rec) else {
             return err;
         };
-        let sock = engine.agent_socket(&self.run_dir(&rec.id));
+        let dialer = engine.agent_dialer(&self.run_dir(&rec.id));
+        let sock = dialer.endpoint();
         if rec.status == SandboxStatus::Running && !sock.exists() {
             return CoreError::Unavailable(format!(
                 "cannot reach the agent of sandbox '{name}': its socket {} was deleted on the host; \
@@ -332,7 +333,8 @@ impl Manager {
     /// was rebooted.
     pub(crate) async fn repair_runtime_files(&self, rec: &mut SandboxRecord) -> Result<bool> {
         let run_dir = self.run_dir(&rec.id);
-        let sock = self.engine(rec)?.agent_socket(&run_dir);
+        let dialer = self.engine(rec)?.agent_dialer(&run_dir);
+        let sock = dialer.endpoint();
         let missing = if !run_dir.is_dir() {
             format!("its run directory {} was deleted", run_dir.display())
         } else if !sock.exists() {

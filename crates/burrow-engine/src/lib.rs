@@ -135,6 +135,37 @@ pub enum DiskKind {
 }
 
 /// The disk image's file name inside a sandbox volume of [`DiskKind::Image`].
+/// How the host reaches a sandbox's agent: each `dial` opens one byte stream to it (the
+/// host speaks the agent protocol over it). An engine may serve the channel however it
+/// likes; a vsock-style transport (a unix socket plus a `CONNECT port` preamble) would be
+/// one more variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentDialer {
+    /// A unix socket on the host: the container agent's own listener, or the QEMU chardev
+    /// that carries a VM's virtio-serial port.
+    Unix(PathBuf),
+}
+
+/// A byte stream to an agent.
+pub trait AgentIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsFd + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsFd + Send + Unpin> AgentIo for T {}
+
+impl AgentDialer {
+    /// Opens one byte stream to the agent.
+    pub async fn dial(&self) -> std::io::Result<Box<dyn AgentIo>> {
+        match self {
+            Self::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
+        }
+    }
+
+    /// The host file the channel needs (for diagnostics: "it was deleted").
+    pub fn endpoint(&self) -> &std::path::Path {
+        match self {
+            Self::Unix(path) => path,
+        }
+    }
+}
+
 pub const DISK_IMAGE: &str = "disk.img";
 
 /// The engine-specific part of a sandbox's life.
@@ -154,9 +185,9 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
         let _ = (tree, out);
         Ok(())
     }
-    /// Starts the sandbox's agent as its init. When this returns Ok, the agent socket
-    /// (`agent_socket`) accepts connections (the listening socket is created by the engine
-    /// on the host before the sandbox starts, and handed to the agent).
+    /// Starts the sandbox's agent as its init. When this returns Ok, the agent's channel
+    /// (`agent_dialer`) accepts connections (the engine creates its host end before the
+    /// sandbox starts: a listening socket handed to a container's agent, QEMU's chardev).
     fn start(&self, spec: &SandboxSpec) -> Result<()>;
     /// Stops every process of the sandbox and releases runtime resources (not its disk).
     /// `grace` is how long processes get after SIGTERM. Idempotent: stopping a stopped or
@@ -228,9 +259,10 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     fn ready_timeout(&self) -> Duration {
         Duration::from_secs(15)
     }
-    /// Host path of the agent channel's unix socket for sandbox `id`.
-    fn agent_socket(&self, run_dir: &std::path::Path) -> PathBuf {
-        run_dir.join("agent.sock")
+    /// How the host opens a byte stream to the agent of the sandbox whose run dir is
+    /// `run_dir`.
+    fn agent_dialer(&self, run_dir: &std::path::Path) -> AgentDialer {
+        AgentDialer::Unix(run_dir.join("agent.sock"))
     }
     /// The last `max` bytes the sandbox wrote to its output log (the agent's; a VM's
     /// console): what it said before it failed to answer. The guest's words, shown to its

@@ -259,7 +259,7 @@ fn bench_start_to_hello() {
         let spec = t.spec("bench", SMALL);
         let t0 = Instant::now();
         let sb = t.start(spec);
-        let a = support::agent::Agent::connect(&t.engine.agent_socket(&sb.spec.run_dir));
+        let a = support::agent::Agent::connect(t.engine.agent_dialer(&sb.spec.run_dir).endpoint());
         times.push(t0.elapsed());
         assert_eq!(a.conn.hello.pid, 1);
         drop(a);

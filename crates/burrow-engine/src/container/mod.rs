@@ -374,7 +374,7 @@ impl ContainerEngine {
 
     fn launch(&self, spec: &SandboxSpec, bundle: &Path) -> Result<()> {
         let run_dir = &spec.run_dir;
-        let sock = self.agent_socket(run_dir);
+        let sock = agent_socket(run_dir);
         let pid_file = run_dir.join("init.pid");
         let runc_log = run_dir.join("runc.log");
         for stale in [&sock, &pid_file, &runc_log] {
@@ -598,7 +598,7 @@ impl Engine for ContainerEngine {
             if let Err(clean) = self.runc.delete_force(&spec.id) {
                 tracing::warn!(id = spec.id, error = %clean, "cleanup after failed start");
             }
-            let _ = remove_if_exists(&self.agent_socket(&spec.run_dir));
+            let _ = remove_if_exists(&agent_socket(&spec.run_dir));
             self.remove_payload(&spec.id);
             return Err(e);
         }
@@ -623,7 +623,7 @@ impl Engine for ContainerEngine {
         }
         // The bundle is `run_dir/bundle`.
         if let Some(run_dir) = st.bundle.parent() {
-            remove_if_exists(&self.agent_socket(run_dir))?;
+            remove_if_exists(&agent_socket(run_dir))?;
         }
         tracing::debug!(id, "container stopped");
         Ok(())
@@ -749,4 +749,9 @@ impl Engine for ContainerEngine {
     fn thaw(&self, id: &str) -> Result<()> {
         self.set_frozen(id, false)
     }
+}
+
+/// The agent's listening socket in the run dir (bound before runc starts the container).
+fn agent_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("agent.sock")
 }

@@ -1033,8 +1033,8 @@ impl Engine for VmEngine {
         Ok(())
     }
 
-    fn agent_socket(&self, run_dir: &Path) -> PathBuf {
-        run_dir.join(QEMU_DIR).join("agent.sock")
+    fn agent_dialer(&self, run_dir: &Path) -> crate::AgentDialer {
+        crate::AgentDialer::Unix(run_dir.join(QEMU_DIR).join("agent.sock"))
     }
 
     fn ready_timeout(&self) -> Duration {

@@ -212,7 +212,7 @@ impl Running {
 
     /// Connects to the sandbox's agent (handshake included).
     pub fn agent(&self) -> agent::Agent {
-        agent::Agent::connect(&self.engine.agent_socket(&self.spec.run_dir))
+        agent::Agent::connect(self.engine.agent_dialer(&self.spec.run_dir).endpoint())
     }
 
     pub fn log(&self) -> String {
