@@ -213,3 +213,110 @@ async fn qemu_runs_in_its_own_cgroup_with_the_sandboxs_limits() {
         assert!(!dir.exists(), "{} outlived QEMU", dir.display());
     }
 }
+
+/// QEMU's root holds only its own files: through `/proc/<qemu>/root` its socket directory
+/// (with its sockets) and the initramfs are there, while the daemon's data dir, the pool's
+/// volumes (another sandbox's and its own), other run dirs, `/root`, `/home`, `/tmp` and
+/// `/etc` are not, each of which the host has (the control). The VM boots and runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn qemu_sees_only_its_own_files() {
+    let d = Daemon::start();
+    let c = d.client();
+    let (available, detail) = vm_available(&c).await;
+    require!(available, "the vm engine is unavailable here: {detail}");
+    let other = unique_name("ctr");
+    let other_id = c
+        .create_sandbox(&CreateSandbox {
+            name: SandboxName::parse(&other).unwrap(),
+            engine: Some(EngineKind::Container),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id;
+    let name = unique_name("vmns");
+    let sb = c.create_sandbox(&vm_req(&name)).await.unwrap();
+    assert_eq!(sh(&c, &name, "echo up").await, "up\n");
+    let pid = qemu_pid(&sb.id).expect("QEMU runs");
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap());
+
+    // What it needs is there (the control for the probe through its root).
+    let own = d.data_dir.join("run").join(&sb.id).join("vm");
+    for sock in ["qmp.sock", "agent.sock"] {
+        assert!(
+            inside(&own.join(sock)).exists(),
+            "its own {sock} is not visible to QEMU"
+        );
+    }
+    let initramfs = std::fs::read_dir("/var/cache/burrow/vm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| inside(p).is_file());
+    assert!(initramfs.is_some(), "QEMU sees no initramfs");
+    assert!(inside(Path::new("/usr/lib")).is_dir());
+
+    // What it must not see, each present on the host.
+    let hidden = [
+        d.data_dir.join("state.db"),
+        d.data_dir.join("pool/sandboxes").join(&other_id),
+        d.data_dir.join("pool/sandboxes").join(&sb.id),
+        d.data_dir.join("run").join(&other_id),
+        d.data_dir.join("run").join(&sb.id).join("agent.log"),
+        PathBuf::from("/root"),
+        PathBuf::from("/home"),
+        PathBuf::from("/tmp"),
+        PathBuf::from("/var/lib"),
+        PathBuf::from("/etc/passwd"),
+    ];
+    for p in &hidden {
+        assert!(p.exists(), "control: {} exists on the host", p.display());
+        assert!(
+            !inside(p).exists(),
+            "QEMU sees {} (as {})",
+            p.display(),
+            inside(p).display()
+        );
+    }
+    // On the way to its socket directory, each directory holds only the next step (the
+    // data dir shows `run` alone, the run dir this VM's alone).
+    let mut at = own.clone();
+    while at != d.data_dir {
+        let parent = at.parent().unwrap();
+        let names: Vec<String> = std::fs::read_dir(inside(parent))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        let next = at.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(names, [next], "QEMU sees more of {}", parent.display());
+        at = parent.to_owned();
+    }
+    // Its root is read-only but for its socket directory.
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let rw: Vec<&str> = mountinfo
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(5)
+                .is_some_and(|o| o.split(',').any(|f| f == "rw"))
+        })
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .collect();
+    let own_s = own.to_string_lossy();
+    assert!(
+        rw.iter()
+            .all(|m| *m == own_s || m.starts_with("/dev/") || *m == "/proc"),
+        "writable mounts in QEMU's root: {rw:?}"
+    );
+    assert!(
+        rw.contains(&own_s.as_ref()),
+        "its socket dir is not writable: {rw:?}"
+    );
+
+    // The VM works in its jail: the agent answers, sleep and wake go through.
+    c.sandbox_action(&name, "sleep").await.unwrap();
+    assert_eq!(qemu_pid(&sb.id), None);
+    assert_eq!(sh(&c, &name, "echo woke").await, "woke\n");
+}

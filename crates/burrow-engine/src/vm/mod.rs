@@ -14,15 +14,18 @@
 //!   daemon restarts (QEMU keeps listening), and is saved and restored with the VM.
 //! - **Network**: a tap in the sandbox's network namespace ([`netns`]); QEMU runs in it.
 //! - **Jail**: QEMU runs as the VM's own uid, under its seccomp filter, in its own cgroup
-//!   ([`cgroup`]: guest RAM plus a bounded overhead, its threads, its cpus).
+//!   ([`cgroup`]: guest RAM plus a bounded overhead, its threads, its cpus) and its own
+//!   mount namespace, whose root holds only its files ([`jail`]).
 //!
 //! Files of one VM in its run dir: `vm/qmp.sock`, `vm/agent.sock` (in a directory only
 //! QEMU's uid may write), `agent.log` (the guest's
-//! console and QEMU's messages, capped like a container agent's log) and `vm.json` (what a
-//! restarted daemon needs to find the VM again).
+//! console and QEMU's messages, capped like a container agent's log), `vm.json` (what a
+//! restarted daemon needs to find the VM again) and `jail/` (empty on the host: QEMU's root
+//! is built on it in QEMU's own mount namespace).
 
 pub mod cgroup;
 pub mod disk;
+pub mod jail;
 pub mod netns;
 pub mod probe;
 pub mod qmp;
@@ -62,6 +65,9 @@ const STATE_WAIT: Duration = Duration::from_secs(60);
 const TAP_FD: i32 = 200;
 /// The directory of a VM's run dir that QEMU may write (its sockets), owned by its uid.
 const QEMU_DIR: &str = "vm";
+/// The empty directory of a VM's run dir on which QEMU's root is built, in its own mount
+/// namespace ([`jail`]).
+const JAIL_DIR: &str = "jail";
 /// How long a suspend gives the guest to see the host hang up its agent channel. A guest
 /// that saw the end of the stream just waits for the next host (no event says so); one that
 /// was mid-conversation reopens its port (VSERPORT_CHANGE ends the wait early). A guest
@@ -708,6 +714,20 @@ impl VmEngine {
             None => None,
         };
         let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
+        let jail_dir = run.join(JAIL_DIR);
+        fs::create_dir_all(&jail_dir).map_err(io_err("create", &jail_dir))?;
+        let kvm = Path::new("/dev/kvm");
+        let devices: &[&Path] = if self.cfg.accel == Accel::Kvm { &[kvm] } else { &[] };
+        let jail = jail::Jail::plan(
+            &jail_dir,
+            &[
+                &self.cfg.qemu_bin,
+                self.cfg.guest.boot_image(),
+                &self.cfg.initramfs,
+            ],
+            devices,
+            &qdir,
+        )?;
         let mut cmd = Command::new(&self.cfg.qemu_bin);
         cmd.args(&args)
             .stdin(Stdio::null())
@@ -715,9 +735,10 @@ impl VmEngine {
             .stderr(Stdio::from(output2));
         // SAFETY: between fork and exec only async-signal-safe syscalls on values prepared
         // before the fork (nothing is allocated): join the VM's cgroup and the sandbox's
-        // network namespace (their fds are open in the parent), drop to the VM's uid and
-        // gid with no supplementary groups, start a new session, and let the saved state's
-        // fd survive exec.
+        // network namespace (their fds are open in the parent), enter the planned mount
+        // namespace (this is the forked child, single-threaded, as `Jail::enter` needs),
+        // drop to the VM's uid and gid with no supplementary groups, start a new session,
+        // and let the saved state's fd survive exec.
         unsafe {
             cmd.pre_exec(move || {
                 for fd in &proc_fds {
@@ -746,6 +767,8 @@ impl VmEngine {
                     }
                     libc::close(tun);
                 }
+                // Its own mount namespace and root, while it may still mount.
+                jail.enter()?;
                 if libc::setgroups(0, std::ptr::null()) != 0
                     || libc::setresgid(gid, gid, gid) != 0
                     || libc::setresuid(uid, uid, uid) != 0
@@ -999,6 +1022,7 @@ impl Engine for VmEngine {
         let run = self.run_dir(id);
         remove_if_exists(&run.join("vm.json"))?;
         let _ = fs::remove_dir_all(run.join(QEMU_DIR));
+        let _ = fs::remove_dir(run.join(JAIL_DIR));
         Ok(())
     }
 
