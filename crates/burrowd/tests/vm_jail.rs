@@ -1,10 +1,11 @@
 //! The jail around a VM's QEMU, end to end through a real daemon: its own cgroup with the
-//! sandbox's limits (removed with QEMU), its own mount namespace holding only its files.
+//! sandbox's limits (removed with QEMU), its own mount namespace holding only its files;
+//! and what the host still changes under a running VM (its disk, grown online).
 //! Guests boot in seconds under TCG: each test shares one VM across its checks.
 
 use std::path::{Path, PathBuf};
 
-use burrow_api::{CreateSandbox, EngineKind, ExecRequest, SandboxName};
+use burrow_api::{CreateSandbox, EngineKind, ExecRequest, PatchSandbox, SandboxName};
 use burrow_engine::vm::cgroup;
 use burrow_testkit::burrow_client::Client;
 use burrow_testkit::{Daemon, require, unique_name};
@@ -319,4 +320,72 @@ async fn qemu_sees_only_its_own_files() {
     c.sandbox_action(&name, "sleep").await.unwrap();
     assert_eq!(qemu_pid(&sb.id), None);
     assert_eq!(sh(&c, &name, "echo woke").await, "woke\n");
+}
+
+/// The size of `/` in the guest, in MiB.
+async fn root_mb(c: &Client, name: &str) -> u64 {
+    sh(c, name, "df -B1M --output=size / | tail -1")
+        .await
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A larger `disk_gb` reaches a running VM at once: the guest's `/` is that big right after
+/// the PATCH, with no restart (the same QEMU) and its files intact; a smaller one is refused
+/// with 409 and changes nothing (the growth before is the control).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_vms_disk_grows_online_and_never_shrinks() {
+    let d = Daemon::start();
+    let c = d.client();
+    let (available, detail) = vm_available(&c).await;
+    require!(available, "the vm engine is unavailable here: {detail}");
+    let name = unique_name("vmdisk");
+    let sb = c
+        .create_sandbox(&CreateSandbox {
+            disk_gb: Some(2),
+            ..vm_req(&name)
+        })
+        .await
+        .unwrap();
+    let before = root_mb(&c, &name).await;
+    assert!(before <= 2048 && before > 2048 * 9 / 10, "/ is {before} MiB");
+    sh(&c, &name, "echo kept > /root/keep && sync").await;
+    let pid = qemu_pid(&sb.id).expect("QEMU runs");
+
+    let patched = c
+        .patch_sandbox(
+            &name,
+            &PatchSandbox {
+                disk_gb: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.config.disk_gb, 3);
+    let after = root_mb(&c, &name).await;
+    assert!(
+        after <= 3072 && after > 3072 * 9 / 10,
+        "/ is {after} MiB after growing to 3 GB (was {before})"
+    );
+    assert_eq!(qemu_pid(&sb.id), Some(pid), "the VM was restarted");
+    assert_eq!(sh(&c, &name, "cat /root/keep").await, "kept\n");
+    // The guest can use the new room.
+    sh(&c, &name, "fallocate -l 2600M /root/big && rm /root/big").await;
+
+    let e = c
+        .patch_sandbox(
+            &name,
+            &PatchSandbox {
+                disk_gb: Some(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    assert!(e.to_string().contains("cannot shrink"), "{e}");
+    assert_eq!(c.get_sandbox(&name).await.unwrap().config.disk_gb, 3);
+    assert_eq!(root_mb(&c, &name).await, after);
 }

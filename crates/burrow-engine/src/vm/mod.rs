@@ -1157,6 +1157,22 @@ impl Engine for VmEngine {
         run_dir.join(QEMU_DIR).join("agent.sock")
     }
 
+    /// Grows `disk.img`; a running QEMU is told at once (`block_resize` of the `root`
+    /// drive), so the guest sees the larger device without a restart. A VM that does not
+    /// run (stopped, or asleep with its memory saved) grows its filesystem at its next boot.
+    fn grow_disk(&self, id: &str, volume: &Path, bytes: u64) -> Result<bool> {
+        let lock = self.lock(id);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let path = volume.join(crate::DISK_IMAGE);
+        disk::grow(&path, bytes)?;
+        if self.pid(id).is_none() {
+            return Ok(false);
+        }
+        let size = fs::metadata(&path).map_err(io_err("stat", &path))?.len();
+        self.qmp(id)?.block_resize("root", size)?;
+        Ok(true)
+    }
+
     fn ready_timeout(&self) -> Duration {
         match self.cfg.accel {
             Accel::Kvm => Duration::from_secs(30),
