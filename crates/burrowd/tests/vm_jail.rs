@@ -97,8 +97,9 @@ fn read_trim(path: &Path) -> String {
 }
 
 /// QEMU runs in its own cgroup under the daemon's parent, with guest RAM plus the bounded
-/// overhead, its threads and its cpus as limits; stop removes it; a daemon restart removes
-/// a leftover cgroup of a VM that is gone and keeps a running VM's (the control).
+/// overhead, its threads and its cpus as limits; a daemon restart removes a leftover cgroup
+/// of a VM that is gone and keeps a running VM's (the control); sleep, a start that fails
+/// after QEMU ran, and stop remove it.
 #[tokio::test(flavor = "multi_thread")]
 async fn qemu_runs_in_its_own_cgroup_with_the_sandboxs_limits() {
     let d = Daemon::start();
@@ -206,6 +207,46 @@ async fn qemu_runs_in_its_own_cgroup_with_the_sandboxs_limits() {
     }
     assert_eq!(qemu_pid(&sb.id), Some(pid), "the VM went on across the restart");
     assert_eq!(sh(&c, &name, "echo still").await, "still\n");
+
+    // Sleep ends QEMU and removes its cgroup. A wake that fails once QEMU runs (a saved
+    // state it cannot load, under a manifest that matches it, so only QEMU can refuse it)
+    // leaves none behind either.
+    c.sandbox_action(&name, "sleep").await.unwrap();
+    for dir in &dirs {
+        assert!(!dir.exists(), "{} outlived a sleeping VM's QEMU", dir.display());
+    }
+    let volume = d.data_dir.join("pool/sandboxes").join(&sb.id);
+    let garbage = vec![0x5au8; 4096];
+    std::fs::write(volume.join("state.bin"), &garbage).unwrap();
+    let manifest = volume.join("state.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["state_bytes"] = garbage.len().into();
+    m["state_sha256"] = {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(&garbage)).into()
+    };
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    let e = c.sandbox_action(&name, "wake").await.unwrap_err();
+    assert!(
+        e.to_string().contains("QMP"),
+        "QEMU did not get to refuse the state: {e}"
+    );
+    assert_eq!(qemu_pid(&sb.id), None);
+    for dir in &dirs {
+        assert!(!dir.exists(), "{} outlived a failed start", dir.display());
+    }
+    // Control: the next start makes the cgroup again, with the new QEMU in it.
+    c.sandbox_action(&name, "stop").await.unwrap();
+    c.sandbox_action(&name, "start").await.unwrap();
+    let pid = qemu_pid(&sb.id).expect("QEMU runs again");
+    for dir in &dirs {
+        let procs = read_trim(&dir.join("cgroup.procs"));
+        assert!(
+            procs.lines().any(|l| l == pid.to_string()),
+            "{}: {procs}",
+            dir.display()
+        );
+    }
 
     // Stop: QEMU is gone, and its cgroup with it.
     c.sandbox_action(&name, "stop").await.unwrap();
