@@ -197,6 +197,9 @@ mod tests {
         async fn sync_fs(&self, _: Request<v1::SyncFsRequest>) -> Result<Response<v1::SyncFsReply>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        async fn grow_fs(&self, _: Request<v1::GrowFsRequest>) -> Result<Response<v1::GrowFsReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
         async fn set_clock(
             &self,
             _: Request<v1::SetClockRequest>,

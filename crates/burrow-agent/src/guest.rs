@@ -184,6 +184,7 @@ pub fn boot(cfg: &GuestConfig) -> Result<PathBuf, GuestError> {
     mount_fs(&cfg.root, NEW_ROOT, &cfg.root_fstype, MsFlags::empty(), "discard")?;
     switch_root(Path::new(NEW_ROOT))?;
     steps.done(&format!("mounted {} and switched root", cfg.root));
+    let _ = ROOT_DEVICE.set(cfg.root.clone());
     // The host makes the disk `disk_gb` big; the filesystem on it was made for the image.
     match grow_root(&cfg.root) {
         Ok(Some(mib)) => steps.done(&format!("grew / to {mib} MiB")),
@@ -250,8 +251,16 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<(), GuestErro
 /// What `switch_root` does: move `/dev`, `/proc`, `/sys` into the new root, free the
 /// initramfs (its files are in memory for as long as they exist), move the new root over
 /// `/` and chroot into it.
-/// Grows the root filesystem to its block device's size; `Some(MiB)` when it grew.
-fn grow_root(device: &str) -> std::io::Result<Option<u64>> {
+/// The guest's root device, once [`boot`] mounted it; `None` outside a VM.
+static ROOT_DEVICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The root device of this guest (`/dev/vda`); `None` when the agent is not a VM's init.
+pub fn root_device() -> Option<String> {
+    ROOT_DEVICE.get().cloned()
+}
+
+/// The size of block device `device` in bytes, as the kernel sees it now.
+fn device_bytes(device: &str) -> std::io::Result<u64> {
     let name = Path::new(device)
         .file_name()
         .and_then(|n| n.to_str())
@@ -260,6 +269,35 @@ fn grow_root(device: &str) -> std::io::Result<Option<u64>> {
         .trim()
         .parse()
         .map_err(|e| std::io::Error::other(format!("/sys/block/{name}/size: {e}")))?;
+    Ok(sectors * 512)
+}
+
+/// Grows the mounted root filesystem to its device's size once the device is at least
+/// `min_bytes` big (the kernel updates it when the host says so, asynchronously; waited
+/// for up to [`DEVICE_WAIT`]). Returns the filesystem's size after.
+pub fn grow_root_online(device: &str, min_bytes: u64) -> std::io::Result<u64> {
+    let deadline = Instant::now() + DEVICE_WAIT;
+    let mut bytes = device_bytes(device)?;
+    while bytes < min_bytes {
+        if Instant::now() >= deadline {
+            return Err(std::io::Error::other(format!(
+                "{device} is {bytes} bytes, not the {min_bytes} the host gave it, after {DEVICE_WAIT:?}"
+            )));
+        }
+        std::thread::sleep(DEVICE_POLL);
+        bytes = device_bytes(device)?;
+    }
+    let st = nix::sys::statvfs::statvfs("/").map_err(std::io::Error::from)?;
+    let block = st.fragment_size().max(1);
+    // Asking ext4 for its current size is a no-op: no threshold here.
+    crate::sys::ext4_resize(Path::new("/"), bytes / block)?;
+    let st = nix::sys::statvfs::statvfs("/").map_err(std::io::Error::from)?;
+    Ok(st.blocks() * st.fragment_size())
+}
+
+/// Grows the root filesystem to its block device's size; `Some(MiB)` when it grew.
+fn grow_root(device: &str) -> std::io::Result<Option<u64>> {
+    let sectors = device_bytes(device)? / 512;
     let st = nix::sys::statvfs::statvfs("/").map_err(std::io::Error::from)?;
     let block = st.fragment_size().max(1);
     let want = sectors * 512 / block;

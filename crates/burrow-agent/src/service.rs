@@ -9,12 +9,14 @@ use std::time::Duration;
 use burrow_agent_proto::v1::{
     ExecInput, ExecOutput, HelloReply, HelloRequest, ShutdownReply, ShutdownRequest, exec_input, exec_output,
 };
+use burrow_agent_proto::v1::{
+    GrowFsReply, GrowFsRequest, SetClockReply, SetClockRequest, SyncFsReply, SyncFsRequest,
+};
 use burrow_agent_proto::v1::{KillSessionReply, KillSessionRequest, ListSessionsReply, ListSessionsRequest};
 use burrow_agent_proto::v1::{
     ListDirRequest, ReadArchiveRequest, ReadFileRequest, RemoveReply, RemoveRequest, RenameReply,
     RenameRequest, WriteArchiveInput, WriteArchiveReply, WriteFileInput, WriteFileReply,
 };
-use burrow_agent_proto::v1::{SetClockReply, SetClockRequest, SyncFsReply, SyncFsRequest};
 use burrow_agent_proto::{Agent, PROTOCOL_VERSION};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -258,6 +260,20 @@ impl Agent for AgentService {
             .await
             .map_err(|e| Status::internal(format!("sync: {e}")))?;
         Ok(Response::new(SyncFsReply {}))
+    }
+
+    async fn grow_fs(&self, request: Request<GrowFsRequest>) -> Result<Response<GrowFsReply>, Status> {
+        let min = request.into_inner().min_device_bytes;
+        let Some(device) = crate::guest::root_device() else {
+            return Err(Status::failed_precondition(
+                "this sandbox's root filesystem belongs to the host (not a VM)",
+            ));
+        };
+        let size_bytes = tokio::task::spawn_blocking(move || crate::guest::grow_root_online(&device, min))
+            .await
+            .map_err(|e| Status::internal(format!("growing /: {e}")))?
+            .map_err(|e| Status::internal(format!("growing /: {e}")))?;
+        Ok(Response::new(GrowFsReply { size_bytes }))
     }
 
     async fn set_clock(&self, request: Request<SetClockRequest>) -> Result<Response<SetClockReply>, Status> {

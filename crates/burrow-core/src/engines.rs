@@ -98,6 +98,7 @@ pub fn vm_engine(cfg: &crate::Config) -> Result<burrow_engine::vm::VmEngine, Str
         uid_base: cfg.uid_base,
         uid_count: cfg.uid_count,
         tsc_khz: vm::host_tsc_khz(),
+        cgroup_parent: cfg.container.cgroup_parent.clone(),
     })
     .map_err(|e| e.to_string())
 }

@@ -1111,8 +1111,18 @@ impl Manager {
             validate_labels(labels)?;
         }
         // cpu, memory and pids limits of a running sandbox take effect at its next start; the
-        // disk limit at once.
+        // disk limit at once (a VM's disk grows online; its filesystem fills it, so it
+        // cannot shrink).
         let disk_changed = rec.config.disk_gb != cfg.disk_gb;
+        if cfg.disk_gb < rec.config.disk_gb
+            && self.engine(&rec)?.disk_kind() == burrow_engine::DiskKind::Image
+        {
+            return Err(CoreError::Conflict(format!(
+                "the disk of sandbox '{}' cannot shrink from {} GB to {} GB: a VM's filesystem \
+                 fills its whole disk; copy its files into a new sandbox with the smaller disk_gb",
+                rec.name, rec.config.disk_gb, cfg.disk_gb
+            )));
+        }
         rec.config = cfg;
         if disk_changed {
             self.apply_disk_limit(&rec).await?;
@@ -1125,7 +1135,51 @@ impl Manager {
         }
         rec.updated_at = now_rfc3339();
         self.store.update_sandbox(&rec)?;
+        if disk_changed {
+            self.grow_disk(&rec).await?;
+        }
         Ok(self.view(&rec))
+    }
+
+    /// Grows an image disk to `disk_gb` now: a running VM sees the larger device at once
+    /// and its agent grows the filesystem online; a VM that does not run grows it at its
+    /// next boot. Nothing for tree disks (their limit is the quota).
+    async fn grow_disk(&self, rec: &SandboxRecord) -> Result<()> {
+        let engine = self.engine(rec)?;
+        let volume = self.pool.sandbox_path(&rec.id);
+        let bytes = rec.config.disk_gb << 30;
+        let id = rec.id.clone();
+        if !blocking(move || Ok(engine.grow_disk(&id, &volume, bytes)?)).await? {
+            return Ok(());
+        }
+        let call = |mut client: AgentClient<Channel>| async move {
+            let req = burrow_agent_proto::v1::GrowFsRequest {
+                min_device_bytes: bytes,
+            };
+            tokio::time::timeout(Duration::from_secs(60), client.grow_fs(req)).await
+        };
+        let mut answer = call(self.agent(rec).await?).await;
+        if matches!(&answer, Ok(Err(s)) if s.code() != tonic::Code::Unimplemented) {
+            // The cached channel may be stale (the VM was resumed): reconnect once.
+            self.forget_agent(&rec.id);
+            answer = call(self.agent(rec).await?).await;
+        }
+        let detail = match answer {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+                "its agent predates online disk growth".to_owned()
+            }
+            Ok(Err(s)) => s.message().to_owned(),
+            Err(_) => "the guest did not answer within 60 s".to_owned(),
+        };
+        Err(CoreError::Agent {
+            name: rec.name.clone(),
+            detail: format!(
+                "its disk is now {} GB but the guest did not grow its filesystem ({detail}); \
+                 a restart grows it",
+                rec.config.disk_gb
+            ),
+        })
     }
 
     // ----- exec ------------------------------------------------------------------------

@@ -255,6 +255,14 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
         let _ = volume;
         Ok(())
     }
+    /// Grows the disk of the sandbox whose volume is `volume` to `bytes` (never shrinks
+    /// it). `Ok(true)`: the sandbox runs and its device grew at once, so its agent must
+    /// grow the filesystem (`GrowFs`); `Ok(false)`: nothing more to do now (a tree disk,
+    /// whose limit is the pool's quota, or an image disk that grows at the next boot).
+    fn grow_disk(&self, id: &str, volume: &std::path::Path, bytes: u64) -> Result<bool> {
+        let _ = (id, volume, bytes);
+        Ok(false)
+    }
     /// How long the agent may take to answer after `start` (a VM boots a kernel first).
     fn ready_timeout(&self) -> Duration {
         Duration::from_secs(15)

@@ -127,7 +127,7 @@ fn unavailable(why: String) -> EngineError {
 }
 
 /// `name` as given if it contains a slash, else the first executable of that name on PATH.
-fn find_executable(name: &Path) -> Option<PathBuf> {
+pub(crate) fn find_executable(name: &Path) -> Option<PathBuf> {
     let is_exec =
         |p: &Path| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if name.components().count() > 1 || name.is_absolute() {

@@ -13,13 +13,19 @@
 //!   this kind of host does not have loaded, a chardev socket is plain QEMU, survives
 //!   daemon restarts (QEMU keeps listening), and is saved and restored with the VM.
 //! - **Network**: a tap in the sandbox's network namespace ([`netns`]); QEMU runs in it.
+//! - **Jail**: QEMU runs as the VM's own uid, under its seccomp filter, in its own cgroup
+//!   ([`cgroup`]: guest RAM plus a bounded overhead, its threads, its cpus) and its own
+//!   mount namespace, whose root holds only its files ([`jail`]).
 //!
 //! Files of one VM in its run dir: `vm/qmp.sock`, `vm/agent.sock` (in a directory only
 //! QEMU's uid may write), `agent.log` (the guest's
-//! console and QEMU's messages, capped like a container agent's log) and `vm.json` (what a
-//! restarted daemon needs to find the VM again).
+//! console and QEMU's messages, capped like a container agent's log), `vm.json` (what a
+//! restarted daemon needs to find the VM again) and `jail/` (empty on the host: QEMU's root
+//! is built on it in QEMU's own mount namespace).
 
+pub mod cgroup;
 pub mod disk;
+pub mod jail;
 pub mod netns;
 pub mod probe;
 pub mod qmp;
@@ -59,6 +65,9 @@ const STATE_WAIT: Duration = Duration::from_secs(60);
 const TAP_FD: i32 = 200;
 /// The directory of a VM's run dir that QEMU may write (its sockets), owned by its uid.
 const QEMU_DIR: &str = "vm";
+/// The empty directory of a VM's run dir on which QEMU's root is built, in its own mount
+/// namespace ([`jail`]).
+const JAIL_DIR: &str = "jail";
 /// How long a suspend gives the guest to see the host hang up its agent channel. A guest
 /// that saw the end of the stream just waits for the next host (no event says so); one that
 /// was mid-conversation reopens its port (VSERPORT_CHANGE ends the wait early). A guest
@@ -99,6 +108,9 @@ pub struct VmConfig {
     /// The host TSC frequency in kHz, pinned on the guest's command line (TCG guests hang
     /// in some boots without it).
     pub tsc_khz: Option<u64>,
+    /// The daemon's cgroup parent (the container engine's); VMs' QEMUs go under
+    /// `<parent>/vm/<id>` ([`cgroup`]).
+    pub cgroup_parent: String,
 }
 
 /// What `vm.json` in a run dir records.
@@ -137,6 +149,7 @@ pub struct VmEngine {
     cfg: VmConfig,
     qemu_version: String,
     initramfs_sha256: String,
+    cgroups: cgroup::Cgroups,
     vms: Mutex<HashMap<String, Vm>>,
     /// One operation at a time per VM (QEMU serves one QMP client).
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -217,6 +230,11 @@ fn pid_runs(pid: u32, id: &str) -> bool {
     })
 }
 
+/// The guest's vCPUs: the sandbox's cpus, rounded up.
+fn vcpus(spec: &SandboxSpec) -> u32 {
+    (spec.resources.cpus.ceil() as u32).clamp(1, 16)
+}
+
 /// A guest kernel command line word must not let a value add words of its own.
 fn cmdline_safe(value: &str) -> bool {
     !value.is_empty()
@@ -238,7 +256,11 @@ fn nameserver(resolv: &Path) -> Option<String> {
 impl VmEngine {
     /// Checks QEMU and the guest kit. The accelerator was decided by the caller (a test
     /// boot, see [`crate::vm`] docs in `docs/vm.md`).
-    pub fn new(cfg: VmConfig) -> Result<Self> {
+    pub fn new(mut cfg: VmConfig) -> Result<Self> {
+        // An absolute path: QEMU is started in a mount namespace of its own.
+        if let Some(found) = crate::container::find_executable(&cfg.qemu_bin) {
+            cfg.qemu_bin = found;
+        }
         let qemu_version = qemu_version(&cfg.qemu_bin).map_err(|e| {
             EngineError::Unavailable(
                 "vm",
@@ -249,13 +271,48 @@ impl VmEngine {
             )
         })?;
         let initramfs_sha256 = sha256_file(&cfg.initramfs).map_err(io_err("read", &cfg.initramfs))?;
-        Ok(Self {
+        let cgroups = cgroup::Cgroups::new(cgroup::Hierarchy::detect(), &cfg.cgroup_parent)?;
+        let engine = Self {
             cfg,
             qemu_version,
             initramfs_sha256,
+            cgroups,
             vms: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
-        })
+        };
+        engine.sweep_cgroups();
+        Ok(engine)
+    }
+
+    /// Removes the cgroups of VMs whose QEMU is gone (a daemon killed while it stopped
+    /// one, a QEMU that died while no daemon ran). A QEMU in its cgroup that no `vm.json`
+    /// names (the daemon died between starting it and recording it) can never be found
+    /// again: it is killed first.
+    fn sweep_cgroups(&self) {
+        for id in self.cgroups.list() {
+            let recorded = self.vm_file(&id).map(|f| f.pid).filter(|p| pid_runs(*p, &id));
+            if recorded.is_some() {
+                continue;
+            }
+            for pid in self.cgroups.pids(&id) {
+                if pid_runs(pid, &id) {
+                    tracing::warn!(id, pid, "killing a QEMU no daemon recorded");
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::SIGKILL,
+                    );
+                }
+            }
+            match self.cgroups.remove(&id) {
+                Ok(()) => tracing::info!(id, "removed a leftover VM cgroup"),
+                Err(e) => tracing::warn!(id, error = %e, "cannot remove a leftover VM cgroup"),
+            }
+        }
+    }
+
+    /// The cgroup directories of VM `id`'s QEMU.
+    pub fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
+        self.cgroups.dirs(id)
     }
 
     pub fn accel(&self) -> Accel {
@@ -406,7 +463,7 @@ impl VmEngine {
         let disk = PathBuf::from(format!("/proc/self/fd/{disk_fd}"));
         let mem = PathBuf::from(format!("/proc/self/fd/{mem_fd}"));
         let mb = spec.resources.memory_mb;
-        let cpus = (spec.resources.cpus.ceil() as u32).clamp(1, 16);
+        let cpus = vcpus(spec);
         let p = |p: &Path| {
             let s = p.to_string_lossy().into_owned();
             // QEMU option values are comma-separated: a comma in a path would split it.
@@ -443,6 +500,12 @@ impl VmEngine {
             format!(
                 "memory-backend-file,id=mem,size={mb}M,mem-path={},share=on",
                 p(&mem)?
+            ),
+            // A bounded block I/O pool: the cgroup's pids limit counts on it.
+            "-object".into(),
+            format!(
+                "main-loop,id=mainloop,thread-pool-max={}",
+                cgroup::THREAD_POOL_MAX
             ),
             "-nodefaults".into(),
             "-no-user-config".into(),
@@ -570,6 +633,39 @@ impl VmEngine {
         if self.pid(&spec.id).is_some() {
             return Ok(());
         }
+        // QEMU joins its cgroup before it runs anything: the files are opened here, the
+        // child writes itself into them before it execs.
+        let limits = cgroup::Limits::for_vm(spec.resources.memory_mb, spec.resources.cpus, vcpus(spec));
+        self.cgroups.remove(&spec.id)?;
+        let procs = self.cgroups.create(&spec.id, limits)?;
+        let launched = self.launch(spec, &procs);
+        drop(procs);
+        if launched.is_err() {
+            self.end_cgroup(&spec.id);
+        }
+        launched
+    }
+
+    /// Ends whatever runs in VM `id`'s cgroup after a failed start, and removes it.
+    fn end_cgroup(&self, id: &str) {
+        let pids = self.cgroups.pids(id);
+        for pid in &pids {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::SIGKILL);
+        }
+        let deadline = Instant::now() + EXIT_WAIT;
+        while pids.iter().any(|p| pid_runs(*p, id)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Err(e) = self.cgroups.remove(id) {
+            tracing::warn!(id, error = %e, "cannot remove the VM's cgroup");
+        }
+    }
+
+    /// Starts QEMU for `spec` in the cgroup whose `cgroup.procs` files are `procs`.
+    fn launch(&self, spec: &SandboxSpec, procs: &[OwnedFd]) -> Result<()> {
+        let run = &spec.run_dir;
+        let proc_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
         let mem_bytes = spec.resources.memory_mb << 20;
         let saved = self.saved_state(&spec.rootfs, mem_bytes)?;
         Self::ensure_memory_file(&spec.rootfs.join(MEMORY_FILE), mem_bytes)?;
@@ -618,17 +714,38 @@ impl VmEngine {
             None => None,
         };
         let netns_fd = netns.as_ref().map(|f| f.as_raw_fd());
+        let jail_dir = run.join(JAIL_DIR);
+        fs::create_dir_all(&jail_dir).map_err(io_err("create", &jail_dir))?;
+        let kvm = Path::new("/dev/kvm");
+        let devices: &[&Path] = if self.cfg.accel == Accel::Kvm { &[kvm] } else { &[] };
+        let jail = jail::Jail::plan(
+            &jail_dir,
+            &[
+                &self.cfg.qemu_bin,
+                self.cfg.guest.boot_image(),
+                &self.cfg.initramfs,
+            ],
+            devices,
+            &qdir,
+        )?;
         let mut cmd = Command::new(&self.cfg.qemu_bin);
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(output))
             .stderr(Stdio::from(output2));
         // SAFETY: between fork and exec only async-signal-safe syscalls on values prepared
-        // before the fork: join the sandbox's network namespace (its fd is open in the
-        // parent), drop to the VM's uid and gid with no supplementary groups, start a new
-        // session, and let the saved state's fd survive exec.
+        // before the fork (nothing is allocated): join the VM's cgroup and the sandbox's
+        // network namespace (their fds are open in the parent), enter the planned mount
+        // namespace (this is the forked child, single-threaded, as `Jail::enter` needs),
+        // drop to the VM's uid and gid with no supplementary groups, start a new session,
+        // and let the saved state's fd survive exec.
         unsafe {
             cmd.pre_exec(move || {
+                for fd in &proc_fds {
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
                 if let Some(fd) = netns_fd {
                     if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                         return Err(io::Error::last_os_error());
@@ -650,6 +767,8 @@ impl VmEngine {
                     }
                     libc::close(tun);
                 }
+                // Its own mount namespace and root, while it may still mount.
+                jail.enter()?;
                 if libc::setgroups(0, std::ptr::null()) != 0
                     || libc::setresgid(gid, gid, gid) != 0
                     || libc::setresuid(uid, uid, uid) != 0
@@ -752,7 +871,7 @@ impl VmEngine {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        Ok(())
+        self.cgroups.remove(id)
     }
 
     /// Asks QEMU to quit and waits for it to be gone (SIGKILL after [`EXIT_WAIT`]).
@@ -903,6 +1022,7 @@ impl Engine for VmEngine {
         let run = self.run_dir(id);
         remove_if_exists(&run.join("vm.json"))?;
         let _ = fs::remove_dir_all(run.join(QEMU_DIR));
+        let _ = fs::remove_dir(run.join(JAIL_DIR));
         Ok(())
     }
 
@@ -1035,6 +1155,22 @@ impl Engine for VmEngine {
 
     fn agent_dialer(&self, run_dir: &Path) -> crate::AgentDialer {
         crate::AgentDialer::Unix(run_dir.join(QEMU_DIR).join("agent.sock"))
+    }
+
+    /// Grows `disk.img`; a running QEMU is told at once (`block_resize` of the `root`
+    /// drive), so the guest sees the larger device without a restart. A VM that does not
+    /// run (stopped, or asleep with its memory saved) grows its filesystem at its next boot.
+    fn grow_disk(&self, id: &str, volume: &Path, bytes: u64) -> Result<bool> {
+        let lock = self.lock(id);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let path = volume.join(crate::DISK_IMAGE);
+        disk::grow(&path, bytes)?;
+        if self.pid(id).is_none() {
+            return Ok(false);
+        }
+        let size = fs::metadata(&path).map_err(io_err("stat", &path))?.len();
+        self.qmp(id)?.block_resize("root", size)?;
+        Ok(true)
     }
 
     fn ready_timeout(&self) -> Duration {

@@ -105,6 +105,21 @@ impl Qmp {
         Ok(self.run("query-status", &qmp::query_status {})?.running)
     }
 
+    /// Tells QEMU that the image behind block device `device` is now `bytes` big: the
+    /// guest's virtio-blk device grows (the guest kernel is told by a config interrupt).
+    pub fn block_resize(&mut self, device: &str, bytes: u64) -> Result<()> {
+        let size = i64::try_from(bytes).map_err(|_| qmp_err("block_resize", "size out of range"))?;
+        self.run(
+            "block_resize",
+            &qmp::block_resize {
+                device: Some(device.to_owned()),
+                node_name: None,
+                size,
+            },
+        )
+        .map(drop)
+    }
+
     /// Asks QEMU to exit now (the guest gets no say).
     pub fn quit(&mut self) -> Result<()> {
         self.run("quit", &qmp::quit {}).map(drop)
