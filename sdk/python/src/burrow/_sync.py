@@ -1,0 +1,419 @@
+"""The blocking client: thin wrappers that drive the asyncio implementation (`_async`) on a
+private event loop thread, so both clients behave the same by construction. It works in any
+thread, and inside a program that already runs an event loop (Jupyter, an async agent
+framework) too."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Coroutine, Iterable, Iterator, Mapping, Optional, Sequence, TypeVar, Union
+
+import httpx
+
+from ._async import (AsyncBurrow, AsyncFiles, AsyncProcess, AsyncSandbox, AsyncSecrets, AsyncServices,
+                     AsyncSessions, AsyncTokens, Command, SandboxCreation)
+from .models import (Checkpoint, CommandResult, Event, Exit, FileEntry, ForkSource, NetworkPolicy,
+                     NetworkRule, Replay, RestoreResult, SandboxInfo, Secret, Service, SessionInfo)
+from .tokens import Expiry
+
+T = TypeVar("T")
+
+
+class _Portal:
+    """An event loop on a daemon thread; `call` runs a coroutine there and waits for it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.call_soon(ready.set)
+            self.loop.run_forever()
+        self.thread = threading.Thread(target=run, name="burrow-sdk", daemon=True)
+        self.thread.start()
+        ready.wait()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self.thread:
+            coro.close()
+            raise RuntimeError("a burrow sync call from inside its own event loop")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join()
+        self.loop.close()
+
+
+async def _make(kw: dict[str, Any]) -> AsyncBurrow:
+    return AsyncBurrow(**kw)
+
+
+class Burrow:
+    """A connection to burrowd (blocking). With no arguments: `BURROW_SOCKET`, else `BURROW_URL`
+    with `BURROW_TOKEN`, else the default socket `/run/burrow/burrowd.sock`."""
+
+    def __init__(self, *, socket: Optional[str] = None, url: Optional[str] = None,
+                 token: Optional[str] = None, timeout: float = 300.0) -> None:
+        self._portal = _Portal()
+        self._a = self._portal.call(_make(dict(socket=socket, url=url, token=token, timeout=timeout)))
+        self.secrets = Secrets(self._portal, self._a.secrets)
+        self.tokens = Tokens(self._portal, self._a.tokens)
+
+    def close(self) -> None:
+        if self._portal.loop.is_running():
+            self._portal.call(self._a.close())
+        self._portal.stop()
+
+    def __enter__(self) -> "Burrow":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _wrap(self, sb: AsyncSandbox) -> "Sandbox":
+        return Sandbox(self._portal, sb)
+
+    def create(self, name: str, *, image: Optional[str] = None, engine: Optional[str] = None,
+               cpus: Optional[float] = None, memory_mb: Optional[int] = None, disk_gb: Optional[int] = None,
+               env: Optional[Mapping[str, str]] = None, labels: Optional[Mapping[str, str]] = None,
+               idle_timeout_s: Optional[int] = None, url_auth: Optional[str] = None,
+               fork_from: Optional[ForkSource] = None, keep: bool = False, **extra: Any) -> "Sandbox":
+        """Creates a sandbox and waits until it runs. As a context manager (`with bw.create(…)
+        as sb:`) it is deleted on exit unless `keep=True`."""
+        creation = self._a.create(name, image=image, engine=engine, cpus=cpus, memory_mb=memory_mb,
+                                  disk_gb=disk_gb, env=env, labels=labels, idle_timeout_s=idle_timeout_s,
+                                  url_auth=url_auth, fork_from=fork_from, keep=keep, **extra)
+        return self._wrap(self._portal.call(_await(creation)))
+
+    def get(self, name: str) -> "Sandbox":
+        return self._wrap(self._portal.call(self._a.get(name)))
+
+    def list(self, *, prefix: Optional[str] = None, labels: Optional[Mapping[str, str]] = None) -> list["Sandbox"]:
+        return [self._wrap(s) for s in self._portal.call(self._a.list(prefix=prefix, labels=labels))]
+
+    def delete(self, name: str) -> None:
+        self._portal.call(self._a.delete(name))
+
+    def version(self) -> dict[str, Any]:
+        return self._portal.call(self._a.version())
+
+    def health(self) -> bool:
+        return self._portal.call(self._a.health())
+
+    def images(self) -> "builtins.list[dict[str, Any]]":
+        return self._portal.call(self._a.images())
+
+
+async def _await(c: SandboxCreation) -> AsyncSandbox:
+    return await c
+
+
+class Sandbox:
+    """One sandbox (blocking). `info` is its record as last seen; `with sb:` deletes it on exit
+    unless `keep` is true (a sandbox from `get`/`list` is kept)."""
+
+    def __init__(self, portal: _Portal, sb: AsyncSandbox) -> None:
+        self._p, self._a = portal, sb
+        self.name = sb.name
+        self.files = Files(portal, sb.files)
+        self.sessions = Sessions(portal, sb.sessions)
+        self.services = Services(portal, sb.services)
+
+    def __repr__(self) -> str:
+        return repr(self._a)
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, et: Optional[type[BaseException]], ev: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        self._p.call(self._a.__aexit__(et, ev, tb))
+
+    @property
+    def keep(self) -> bool:
+        return self._a.keep
+
+    @keep.setter
+    def keep(self, value: bool) -> None:
+        self._a.keep = value
+
+    @property
+    def info(self) -> SandboxInfo:
+        return self._a.info
+
+    @property
+    def id(self) -> str:
+        return self._a.id
+
+    @property
+    def status(self) -> str:
+        return self._a.status
+
+    @property
+    def url(self) -> str:
+        return self._a.url
+
+    def refresh(self) -> SandboxInfo:
+        return self._p.call(self._a.refresh())
+
+    def update(self, **fields: Any) -> SandboxInfo:
+        return self._p.call(self._a.update(**fields))
+
+    def delete(self) -> None:
+        self._p.call(self._a.delete())
+
+    kill = delete
+
+    def start(self) -> SandboxInfo:
+        return self._p.call(self._a.start())
+
+    def stop(self) -> SandboxInfo:
+        return self._p.call(self._a.stop())
+
+    def restart(self) -> SandboxInfo:
+        return self._p.call(self._a.restart())
+
+    def sleep(self, mode: Optional[str] = None) -> SandboxInfo:
+        return self._p.call(self._a.sleep(mode))
+
+    def wake(self) -> SandboxInfo:
+        return self._p.call(self._a.wake())
+
+    def run(self, cmd: Command, *, check: bool = False, timeout: Optional[float] = None,
+            env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None, user: Optional[str] = None,
+            stdin: Union[str, bytes, None] = None, max_output_bytes: Optional[int] = None) -> CommandResult:
+        """Runs a command to completion (see AsyncSandbox.run)."""
+        return self._p.call(self._a.run(cmd, check=check, timeout=timeout, env=env, cwd=cwd, user=user,
+                                        stdin=stdin, max_output_bytes=max_output_bytes))
+
+    exec = run
+
+    def spawn(self, cmd: Command, *, tty: bool = False, stdin: bool = False,
+              env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None, user: Optional[str] = None,
+              cols: Optional[int] = None, rows: Optional[int] = None,
+              detach_timeout_s: Optional[float] = None) -> "Process":
+        """Starts a command and streams it (see AsyncSandbox.spawn)."""
+        return Process(self._p, self._p.call(self._a.spawn(
+            cmd, tty=tty, stdin=stdin, env=env, cwd=cwd, user=user, cols=cols, rows=rows,
+            detach_timeout_s=detach_timeout_s)))
+
+    def checkpoint(self, comment: Optional[str] = None) -> Checkpoint:
+        return self._p.call(self._a.checkpoint(comment))
+
+    def checkpoints(self) -> list[Checkpoint]:
+        return self._p.call(self._a.checkpoints())
+
+    def get_checkpoint(self, id: str) -> Checkpoint:
+        return self._p.call(self._a.get_checkpoint(id))
+
+    def delete_checkpoint(self, checkpoint: Union[Checkpoint, str]) -> None:
+        self._p.call(self._a.delete_checkpoint(checkpoint))
+
+    def restore(self, checkpoint: Union[Checkpoint, str]) -> RestoreResult:
+        return self._p.call(self._a.restore(checkpoint))
+
+    def fork(self, name: str, checkpoint: Union[Checkpoint, str, None] = None, *, keep: bool = False,
+             **create: Any) -> "Sandbox":
+        """A new sandbox `name` from this one's current state, or from `checkpoint`."""
+        return Sandbox(self._p, self._p.call(_await(self._a.fork(name, checkpoint, keep=keep, **create))))
+
+    def network_policy(self) -> NetworkPolicy:
+        return self._p.call(self._a.network_policy())
+
+    def set_network_policy(self, mode: str, rules: Iterable[Union[NetworkRule, tuple[str, str]]] = ()
+                           ) -> NetworkPolicy:
+        return self._p.call(self._a.set_network_policy(mode, list(rules)))
+
+    def attach_secret(self, secret: str, env: str) -> Secret:
+        return self._p.call(self._a.attach_secret(secret, env))
+
+    def detach_secret(self, secret: str) -> None:
+        self._p.call(self._a.detach_secret(secret))
+
+    def fetch(self, path: str = "/", *, method: str = "GET", headers: Optional[Mapping[str, str]] = None,
+              content: Union[str, bytes, None] = None, timeout: float = 60.0) -> httpx.Response:
+        return self._p.call(self._a.fetch(path, method=method, headers=headers, content=content, timeout=timeout))
+
+
+class Process:
+    """A streaming command or attached session (blocking): iterate it for Stdout/Stderr events
+    then Exit; `wait()` collects the rest."""
+
+    def __init__(self, portal: _Portal, proc: AsyncProcess) -> None:
+        self._p, self._a = portal, proc
+
+    @property
+    def session_id(self) -> str:
+        return self._a.session_id
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._a.pid
+
+    @property
+    def replay(self) -> Optional[Replay]:
+        return self._a.replay
+
+    @property
+    def exit(self) -> Optional[Exit]:
+        return self._a.exit
+
+    @property
+    def exit_code(self) -> Optional[int]:
+        return self._a.exit_code
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        try:
+            return self._p.call(self._a.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def write(self, data: Union[bytes, str]) -> None:
+        self._p.call(self._a.write(data))
+
+    def close_stdin(self) -> None:
+        self._p.call(self._a.close_stdin())
+
+    def signal(self, sig: Union[str, int] = "TERM") -> None:
+        self._p.call(self._a.signal(sig))
+
+    def kill(self) -> None:
+        self._p.call(self._a.kill())
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._p.call(self._a.resize(cols, rows))
+
+    def wait(self, *, check: bool = False) -> CommandResult:
+        return self._p.call(self._a.wait(check=check))
+
+    def close(self) -> None:
+        self._p.call(self._a.close())
+
+    def __enter__(self) -> "Process":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Sessions:
+    def __init__(self, portal: _Portal, a: AsyncSessions) -> None:
+        self._p, self._a = portal, a
+
+    def list(self) -> list[SessionInfo]:
+        return self._p.call(self._a.list())
+
+    def attach(self, session_id: str) -> Process:
+        return Process(self._p, self._p.call(self._a.attach(session_id)))
+
+    def kill(self, session_id: str, signal: Union[str, int, None] = None) -> None:
+        self._p.call(self._a.kill(session_id, signal))
+
+
+class Files:
+    def __init__(self, portal: _Portal, a: AsyncFiles) -> None:
+        self._p, self._a = portal, a
+
+    def read(self, path: str) -> bytes:
+        return self._p.call(self._a.read(path))
+
+    def read_text(self, path: str, encoding: str = "utf-8") -> str:
+        return self._p.call(self._a.read_text(path, encoding))
+
+    def write(self, path: str, data: Union[bytes, str], *, mode: Optional[int] = None, mkdir: bool = True) -> None:
+        self._p.call(self._a.write(path, data, mode=mode, mkdir=mkdir))
+
+    def upload(self, local: Union[str, Path], path: str, *, mode: Optional[int] = None) -> None:
+        self._p.call(self._a.upload(local, path, mode=mode))
+
+    def download(self, path: str, local: Union[str, Path]) -> None:
+        self._p.call(self._a.download(path, local))
+
+    def list(self, path: str) -> list[FileEntry]:
+        return self._p.call(self._a.list(path))
+
+    def exists(self, path: str) -> bool:
+        return self._p.call(self._a.exists(path))
+
+    def make_dir(self, path: str) -> None:
+        self._p.call(self._a.make_dir(path))
+
+    def remove(self, path: str, *, recursive: bool = False) -> None:
+        self._p.call(self._a.remove(path, recursive=recursive))
+
+    def rename(self, src: str, dst: str) -> None:
+        self._p.call(self._a.rename(src, dst))
+
+    def upload_dir(self, local: Union[str, Path], path: str) -> None:
+        self._p.call(self._a.upload_dir(local, path))
+
+    def download_dir(self, path: str, local: Union[str, Path]) -> None:
+        self._p.call(self._a.download_dir(path, local))
+
+
+class Services:
+    def __init__(self, portal: _Portal, a: AsyncServices) -> None:
+        self._p, self._a = portal, a
+
+    def put(self, name: str, cmd: Command, *, env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
+            user: Optional[str] = None, http_port: Optional[int] = None, restart: Optional[str] = None,
+            needs: Optional[Sequence[str]] = None) -> Service:
+        return self._p.call(self._a.put(name, cmd, env=env, cwd=cwd, user=user, http_port=http_port,
+                                         restart=restart, needs=needs))
+
+    create = put
+
+    def list(self) -> list[Service]:
+        return self._p.call(self._a.list())
+
+    def get(self, name: str) -> Service:
+        return self._p.call(self._a.get(name))
+
+    def start(self, name: str) -> Service:
+        return self._p.call(self._a.start(name))
+
+    def stop(self, name: str) -> Service:
+        return self._p.call(self._a.stop(name))
+
+    def delete(self, name: str) -> None:
+        self._p.call(self._a.delete(name))
+
+    def logs(self, name: str, *, tail: Optional[int] = None) -> str:
+        return self._p.call(self._a.logs(name, tail=tail))
+
+
+class Secrets:
+    def __init__(self, portal: _Portal, a: AsyncSecrets) -> None:
+        self._p, self._a = portal, a
+
+    def create(self, name: str, value: str, hosts: Sequence[str], *, header: Optional[str] = None,
+               format: Optional[str] = None) -> Secret:
+        return self._p.call(self._a.create(name, value, hosts, header=header, format=format))
+
+    def list(self) -> list[Secret]:
+        return self._p.call(self._a.list())
+
+    def get(self, name: str) -> Secret:
+        return self._p.call(self._a.get(name))
+
+    def delete(self, name: str) -> None:
+        self._p.call(self._a.delete(name))
+
+
+class Tokens:
+    def __init__(self, portal: _Portal, a: AsyncTokens) -> None:
+        self._p, self._a = portal, a
+
+    def create(self, *, sandboxes: Optional[Sequence[str]] = None, actions: Optional[Sequence[str]] = None,
+               expires_at: Optional[Expiry] = None) -> str:
+        return self._p.call(self._a.create(sandboxes=sandboxes, actions=actions, expires_at=expires_at))
