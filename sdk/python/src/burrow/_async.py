@@ -45,7 +45,7 @@ def _argv(cmd: Command) -> list[str]:
         return ["sh", "-c", cmd]
     argv = [str(a) for a in cmd]
     if not argv:
-        raise ValueError("the command is empty")
+        raise errors.InvalidRequest("the command is empty", code="invalid")
     return argv
 
 
