@@ -40,9 +40,17 @@ def _host_ipv4() -> list[str]:
 _counter = 0
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM (the ephemeral daemon's cleanup) when the process that
+    started it dies, so a killed test run leaves no daemon behind (as the Rust testkit does)."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def next_subnet() -> str:
     """A /24 no interface of the host has an address in (as the testkit's next_subnet), in a
-    range of its own (10.200-249.x) so it never meets a Rust test binary's daemons."""
+    range of its own (10.200-249.x) so it never meets a Rust test binary's daemons (10.100-199)."""
     global _counter
     in_use = _host_ipv4()
     start = os.getpid() % 50
@@ -56,7 +64,7 @@ def next_subnet() -> str:
 
 class Daemon:
     def __init__(self, extra_args: Sequence[str] = ()) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="burrow-pysdk-", dir="/var/tmp"))
+        self.dir = Path(tempfile.mkdtemp(prefix="burrow-test-pysdk-", dir="/var/tmp"))
         os.chmod(self.dir, 0o711)
         self.data_dir = self.dir / "data"
         self.socket = self.dir / "burrowd.sock"
@@ -80,7 +88,7 @@ class Daemon:
             env.pop(k, None)
         with open(self.log, "ab") as log:
             self.proc: Optional[subprocess.Popen[bytes]] = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, preexec_fn=_die_with_parent
             )
         self._wait_ready()
         self.addr = (self.data_dir / "burrowd.addr").read_text().strip()

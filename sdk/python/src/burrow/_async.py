@@ -281,6 +281,8 @@ class AsyncSandbox:
         self.files = AsyncFiles(conn, self._p)
         self.sessions = AsyncSessions(conn, self._p)
         self.services = AsyncServices(conn, self._p)
+        self.commands = self
+        """E2B's spelling: `sb.commands.run(…)` is `sb.run(…)`."""
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.name} {self.info.status}>"
@@ -324,6 +326,7 @@ class AsyncSandbox:
         await self._c.request("DELETE", self._p)
 
     kill = delete  # E2B's name
+    destroy = delete  # Sprites' name
 
     async def _verb(self, verb: str, params: Any = None) -> SandboxInfo:
         return self._set(await self._c.json("POST", f"{self._p}/{verb}", params=params))

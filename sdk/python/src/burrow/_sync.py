@@ -125,6 +125,8 @@ class Sandbox:
         self.files = Files(portal, sb.files)
         self.sessions = Sessions(portal, sb.sessions)
         self.services = Services(portal, sb.services)
+        self.commands = self
+        """E2B's spelling: `sb.commands.run(…)` is `sb.run(…)`."""
 
     def __repr__(self) -> str:
         return repr(self._a)
@@ -170,6 +172,7 @@ class Sandbox:
         self._p.call(self._a.delete())
 
     kill = delete
+    destroy = delete
 
     def start(self) -> SandboxInfo:
         return self._p.call(self._a.start())
