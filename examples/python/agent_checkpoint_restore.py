@@ -4,7 +4,7 @@ notices, and restores.
     python3 agent_checkpoint_restore.py
 """
 
-from burrow import Burrow
+from burrow import Burrow, Sandbox
 
 STEPS = [
     "python3 -c \"open('/project/notes.txt','a').write('step one\\n')\"",
@@ -13,7 +13,7 @@ STEPS = [
 ]
 
 
-def healthy(sb) -> bool:  # type: ignore[no-untyped-def]
+def healthy(sb: Sandbox) -> bool:
     return sb.run("test -f /project/app.py && python3 /project/app.py").exit_code == 0
 
 

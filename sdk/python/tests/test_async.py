@@ -91,3 +91,11 @@ async def test_async_tcp_with_token(daemon: Daemon) -> None:
             assert (await sb.run(["echo", "tcp"])).stdout == "tcp\n"
         finally:
             await sb.delete()
+
+
+async def test_sync_client_inside_a_running_event_loop(daemon: Daemon) -> None:
+    # Agent frameworks and notebooks call blocking code from inside a loop: it must still work.
+    from burrow import Burrow
+    with Burrow(socket=str(daemon.socket)) as bw, bw.create(unique("inloop")) as sb:
+        assert sb.run(["echo", "inline"]).stdout == "inline\n"
+        assert list(sb.spawn(["echo", "streamed"])) == [Stdout(b"streamed\n"), Exit(0)]

@@ -46,7 +46,7 @@ def test_services_and_fetch(sb: Sandbox) -> None:
     with pytest.raises(NotFound):
         sb.services.get("web")
     with pytest.raises(InvalidRequest):
-        sb.services.put("web", [])  # type: ignore[arg-type]
+        sb.services.put("web", [])
 
 
 def test_network_policy(sb: Sandbox) -> None:

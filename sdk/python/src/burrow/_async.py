@@ -61,7 +61,11 @@ class _Conn:
     """Where the daemon is and how to talk to it (shared by HTTP and WebSocket)."""
 
     def __init__(self, socket: Optional[str], url: Optional[str], token: Optional[str],
-                 timeout: float) -> None:
+                 timeout: float, inline: bool = False) -> None:
+        # `inline`: plain HTTP over a blocking httpx.Client, so a coroutine of this connection
+        # never suspends and the sync client runs it to completion in its own thread (no loop,
+        # no thread hop). Streams (WebSocket, streamed bodies) need the asyncio connection.
+        self.inline = inline
         env = os.environ
         if socket is None and url is None:
             socket = env.get("BURROW_SOCKET") or None
@@ -81,18 +85,39 @@ class _Conn:
         if socket is not None:
             self.base = "http://burrow"
             self.ws_base = "ws://burrow"
-            transport = httpx.AsyncHTTPTransport(uds=socket)
         else:
             assert url is not None
             if not url.startswith("http://"):
                 raise errors.InvalidRequest(f"BURROW_URL '{url}' must start with http://", code="config")
             self.base = url.rstrip("/")
             self.ws_base = "ws://" + self.base[len("http://"):]
-            transport = httpx.AsyncHTTPTransport()
-        self.http = httpx.AsyncClient(transport=transport, base_url=self.base, headers=headers,
-                                      timeout=httpx.Timeout(timeout, connect=10.0))
+        t = httpx.Timeout(timeout, connect=10.0)
+        if inline:
+            self.http_sync = httpx.Client(transport=httpx.HTTPTransport(uds=socket), base_url=self.base,
+                                          headers=headers, timeout=t)
+        else:
+            self.http = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=socket), base_url=self.base,
+                                          headers=headers, timeout=t)
+
+    async def aclose(self) -> None:
+        if self.inline:
+            self.http_sync.close()
+        else:
+            await self.http.aclose()
+
+    async def send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """One request, its answer whatever the status; transport failures typed."""
+        try:
+            if self.inline:
+                return self.http_sync.request(method, path, **kw)
+            return await self.http.request(method, path, **kw)
+        except httpx.TimeoutException as e:
+            raise errors.Timeout(f"{method} {path}: no answer in time ({e!r})", code="timeout") from e
+        except httpx.TransportError as e:
+            raise ConnectionFailed(f"cannot reach burrowd at {self.where}: {e!r}", code="connection") from e
 
     async def ws(self, path: str, query: Sequence[tuple[str, str]] = ()) -> ClientConnection:
+        assert not self.inline, "WebSockets need the asyncio connection"
         qs = httpx.QueryParams(list(query))
         uri = f"{self.ws_base}{path}" + (f"?{qs}" if qs else "")
         kw: dict[str, Any] = dict(max_size=None, compression=None, open_timeout=30,
@@ -121,13 +146,7 @@ class _Conn:
         kw: dict[str, Any] = {}
         if timeout is not ...:
             kw["timeout"] = timeout
-        try:
-            resp = await self.http.request(method, path, json=json_body, params=params,
-                                           content=content, headers=headers, **kw)
-        except httpx.TimeoutException as e:
-            raise errors.Timeout(f"{method} {path}: no answer in time ({e!r})", code="timeout") from e
-        except httpx.TransportError as e:
-            raise ConnectionFailed(f"cannot reach burrowd at {self.where}: {e!r}", code="connection") from e
+        resp = await self.send(method, path, json=json_body, params=params, content=content, headers=headers, **kw)
         if resp.status_code >= 400:
             raise _error_from(resp.status_code, resp.content, resp.headers.get("retry-after"))
         return resp
@@ -137,6 +156,7 @@ class _Conn:
         return resp.json() if resp.content else None
 
     async def stream(self, method: str, path: str, params: Any = None) -> httpx.Response:
+        assert not self.inline, "streams need the asyncio connection"
         req = self.http.build_request(method, path, params=params, timeout=httpx.Timeout(None, connect=10.0))
         try:
             resp = await self.http.send(req, stream=True)
@@ -173,13 +193,13 @@ class AsyncBurrow:
     `BURROW_TOKEN` (TCP), else the default socket `/run/burrow/burrowd.sock`."""
 
     def __init__(self, *, socket: Optional[str] = None, url: Optional[str] = None,
-                 token: Optional[str] = None, timeout: float = 300.0) -> None:
-        self._c = _Conn(socket, url, token, timeout)
+                 token: Optional[str] = None, timeout: float = 300.0, _inline: bool = False) -> None:
+        self._c = _Conn(socket, url, token, timeout, _inline)
         self.secrets = AsyncSecrets(self._c)
         self.tokens = AsyncTokens(self._c)
 
     async def close(self) -> None:
-        await self._c.http.aclose()
+        await self._c.aclose()
 
     async def __aenter__(self) -> "AsyncBurrow":
         return self
@@ -484,10 +504,7 @@ class AsyncSandbox:
         """An HTTP request to the sandbox's web app through the daemon's ingress
         (`/v1/sandboxes/{name}/http/{path}`); the answer is the app's, whatever its status."""
         url = f"{self._p}/http/{path.lstrip('/')}"
-        try:
-            return await self._c.http.request(method, url, headers=headers, content=content, timeout=timeout)
-        except httpx.TransportError as e:
-            raise ConnectionFailed(f"cannot reach burrowd at {self._c.where}: {e!r}", code="connection") from e
+        return await self._c.send(method, url, headers=headers, content=content, timeout=timeout)
 
 
 class AsyncProcess:
