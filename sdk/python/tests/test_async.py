@@ -99,3 +99,65 @@ async def test_sync_client_inside_a_running_event_loop(daemon: Daemon) -> None:
     with Burrow(socket=str(daemon.socket)) as bw, bw.create(unique("inloop")) as sb:
         assert sb.run(["echo", "inline"]).stdout == "inline\n"
         assert list(sb.spawn(["echo", "streamed"])) == [Stdout(b"streamed\n"), Exit(0)]
+
+
+async def test_async_remaining_methods(abw: AsyncBurrow, daemon: Daemon, tmp_path: Path) -> None:
+    assert await abw.health() and (await abw.version())["api"]
+    assert "base" in [i["name"] for i in await abw.images()]
+    async with abw.create(unique("arest")) as sb:
+        assert (await sb.update(labels={"a": "b"})).labels == {"a": "b"}
+        assert (await sb.refresh()).labels == {"a": "b"}
+        assert (await sb.sleep()).status == "sleeping"
+        assert (await sb.wake()).status == "running"
+        assert (await sb.restart()).status == "running"
+        r = await sb.run("head -c 5000 /dev/zero | tr '\\0' x", max_output_bytes=1000)
+        assert r.stdout_truncated and len(r.stdout) == 1000
+
+        p = await sb.spawn(["sh", "-c", "read x; stty size"], tty=True, cols=90, rows=20)
+        await p.resize(91, 21)
+        await p.write("\r")
+        assert "21 91" in (await p.wait()).stdout
+        p = await sb.spawn(["sleep", "60"])
+        await p.signal("INT")
+        assert (await p.wait()).signal == "INT"
+        p = await sb.spawn(["sleep", "60"])
+        await p.kill()
+        assert (await p.wait()).signal == "KILL"
+
+        big = tmp_path / "f.bin"
+        big.write_bytes(bytes(range(256)) * 4096)
+        await sb.files.upload(big, "/u/f.bin", mode=0o640)
+        assert (await sb.run(["stat", "-c", "%a %s", "/u/f.bin"])).stdout == f"640 {256 * 4096}\n"
+        await sb.files.download("/u/f.bin", tmp_path / "g.bin")
+        assert (tmp_path / "g.bin").read_bytes() == big.read_bytes()
+        await sb.files.make_dir("/u/d")
+        assert {e.name: e.type for e in await sb.files.list("/u")} == {"f.bin": "file", "d": "dir"}
+
+        cp = await sb.checkpoint("x")
+        assert (await sb.get_checkpoint(cp.id)).comment == "x"
+        await sb.delete_checkpoint(cp)
+        with pytest.raises(NotFound):
+            await sb.get_checkpoint(cp.id)
+
+        await sb.services.put("echoes", ["sh", "-c", "for i in 1 2 3; do echo line$i; done; sleep 600"])
+        got = await sb.services.get("echoes")
+        assert got.name == "echoes"
+        assert (await sb.services.stop("echoes")).status == "stopped"
+        assert (await sb.services.start("echoes")).name == "echoes"
+        for _ in range(100):  # bounded: until the restarted service has printed its lines
+            if (await sb.services.logs("echoes", tail=1)).strip() == "line3":
+                break
+            await sb.run(["sleep", "0.05"])
+        assert (await sb.services.logs("echoes", tail=1)).strip() == "line3"
+        assert (await sb.fetch("/")).status_code == 502  # nothing serves 8080
+
+        sec = unique("asec")
+        await abw.secrets.create(sec, "v4lue", ["h.example.test"])
+        assert (await abw.secrets.get(sec)).header == "Authorization"
+        assert sec in [s.name for s in await abw.secrets.list()]
+        await sb.attach_secret(sec, "TOK")
+        assert (await sb.run('printf %s "$TOK"')).stdout.startswith("bm1_")
+        await sb.detach_secret(sec)
+        await abw.secrets.delete(sec)
+    with pytest.raises(NotFound):
+        await abw.delete(sb.name)

@@ -121,3 +121,13 @@ def test_environment_selects_the_daemon(daemon: Daemon, monkeypatch: pytest.Monk
     with Burrow() as c:
         with pytest.raises(ConnectionFailed):
             c.health()
+
+
+def test_e2b_and_sprites_spellings(bw: Burrow) -> None:
+    sb = bw.create(unique("alias"))
+    assert sb.commands.run("echo e2b").stdout == "e2b\n"
+    assert sb.exec(["echo", "x"]).stdout == "x\n"
+    assert sb.services.create("s", ["sleep", "600"]).name == "s"
+    sb.destroy()
+    with pytest.raises(NotFound):
+        bw.get(sb.name)

@@ -65,6 +65,7 @@ def test_secrets_attach_placeholder(bw: Burrow, sb: Sandbox) -> None:
     s = bw.secrets.create(name, value, ["api.example.test"], header="Authorization", format="token %s")
     assert s.name == name and s.hosts == ["api.example.test"] and value not in repr(s.raw)
     assert name in [x.name for x in bw.secrets.list()]
+    assert bw.secrets.get(name).format == "token %s"
     with pytest.raises(Conflict):
         bw.secrets.create(name, value, ["api.example.test"])
     att = sb.attach_secret(name, "API_TOKEN")
