@@ -59,9 +59,13 @@ def main() -> None:
                 raw_run()
                 sdk_run()
             t_raw, t_sdk = [], []
-            for _ in range(rounds):
-                t_raw.append(timed(raw_run))
-                t_sdk.append(timed(sdk_run))
+            for i in range(rounds):  # alternate which goes first, so order favours neither
+                if i % 2:
+                    t_raw.append(timed(raw_run))
+                    t_sdk.append(timed(sdk_run))
+                else:
+                    t_sdk.append(timed(sdk_run))
+                    t_raw.append(timed(raw_run))
             raw.close()
 
             async def async_pair() -> tuple[list[float], list[float]]:
@@ -69,16 +73,26 @@ def main() -> None:
                 async with AsyncBurrow(socket=sock) as abw, httpx.AsyncClient(
                         transport=httpx.AsyncHTTPTransport(uds=sock), base_url="http://burrow") as araw:
                     asb = await abw.get(name)
-                    for i in range(rounds + 20):
+                    async def raw_once() -> float:
                         t = time.perf_counter()
                         r = await araw.post(path, json={"cmd": ["true"]})
                         assert r.json()["exit_code"] == 0
-                        t1 = time.perf_counter()
+                        return (time.perf_counter() - t) * 1000
+
+                    async def sdk_once() -> float:
+                        t = time.perf_counter()
                         assert (await asb.run(["true"])).exit_code == 0
-                        t2 = time.perf_counter()
+                        return (time.perf_counter() - t) * 1000
+
+                    for i in range(rounds + 20):
+                        if i % 2:
+                            pair = (await raw_once(), await sdk_once())
+                        else:
+                            s_first = await sdk_once()
+                            pair = (await raw_once(), s_first)
                         if i >= 20:
-                            a_raw.append((t1 - t) * 1000)
-                            a_sdk.append((t2 - t1) * 1000)
+                            a_raw.append(pair[0])
+                            a_sdk.append(pair[1])
                 return a_raw, a_sdk
             a_raw, a_sdk = asyncio.run(async_pair())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from burrow import (AsyncBurrow, Burrow, CommandError, CommandTimeout, Exit, NotFound, Sandbox,
+from burrow import (AsyncBurrow, Burrow, CommandError, CommandTimeout, Exit, Gone, NotFound, Sandbox,
                     Stderr, Stdout, Timeout)
 
 from conftest import unique
@@ -124,6 +124,9 @@ def test_sessions_list_attach_replay_kill(sb: Sandbox) -> None:
     assert r.signal == "TERM"
     done = {x.id: x for x in sb.sessions.list()}[sid]
     assert not done.running and done.signal == "TERM"
+    with pytest.raises(Gone) as gone:
+        sb.sessions.attach(sid)  # it has exited
+    assert gone.value.status == 410
     with pytest.raises(NotFound):
         sb.sessions.attach("s-0000000000000000")
     with pytest.raises(NotFound):

@@ -11,7 +11,7 @@
 from ._async import (DEFAULT_SOCKET, AsyncBurrow, AsyncFiles, AsyncProcess, AsyncSandbox, AsyncSecrets,
                      AsyncServices, AsyncSessions, AsyncTokens, Command, SandboxCreation)
 from ._sync import Burrow, Files, Process, Sandbox, Secrets, Services, Sessions, Tokens
-from .errors import (BurrowError, CommandError, CommandTimeout, Conflict, ConnectionFailed, Forbidden,
+from .errors import (BurrowError, CommandError, CommandTimeout, Conflict, ConnectionFailed, Forbidden, Gone,
                      InsufficientStorage, InvalidRequest, NotFound, PayloadTooLarge, RateLimited, ServerError,
                      Timeout, Unauthorized, Unavailable)
 from .models import (Checkpoint, CommandResult, Event, Exit, FileEntry, ForkSource, NetworkPolicy, NetworkRule,
@@ -25,7 +25,7 @@ __all__ = [
     "DEFAULT_SOCKET", "AsyncBurrow", "AsyncFiles", "AsyncProcess", "AsyncSandbox", "AsyncSecrets",
     "AsyncServices", "AsyncSessions", "AsyncTokens", "Command", "SandboxCreation",
     "Burrow", "Files", "Process", "Sandbox", "Secrets", "Services", "Sessions", "Tokens",
-    "BurrowError", "CommandError", "CommandTimeout", "Conflict", "ConnectionFailed", "Forbidden",
+    "BurrowError", "CommandError", "CommandTimeout", "Conflict", "ConnectionFailed", "Forbidden", "Gone",
     "InsufficientStorage", "InvalidRequest", "NotFound", "PayloadTooLarge", "RateLimited", "ServerError",
     "Timeout", "Unauthorized", "Unavailable",
     "Checkpoint", "CommandResult", "Event", "Exit", "FileEntry", "ForkSource", "NetworkPolicy", "NetworkRule",

@@ -55,6 +55,10 @@ class NotFound(BurrowError, LookupError):
     """404 (or 410 for a session that is gone): no such sandbox, checkpoint, file, …"""
 
 
+class Gone(NotFound):
+    """410: the session has exited (it can no longer be attached to or signalled)."""
+
+
 class Conflict(BurrowError):
     """409: the name is taken, or the sandbox's state does not allow this now."""
 
@@ -123,7 +127,7 @@ _BY_STATUS: dict[int, type[BurrowError]] = {
     403: Forbidden,
     404: NotFound,
     409: Conflict,
-    410: NotFound,
+    410: Gone,
     413: PayloadTooLarge,
     415: InvalidRequest,
     422: InvalidRequest,
