@@ -29,7 +29,7 @@ with Burrow() as bw, bw.create("fork-base") as base:
     with cf.ThreadPoolExecutor(len(forks)) as pool:
         results = list(pool.map(attempt, range(len(forks))))
     winner = forks[results.index(True)]
-    for sb, ok in zip(forks, results):
+    for sb, ok in zip(forks, results, strict=True):
         print(f"{sb.name}: {'pass' if ok else 'fail'}")
         if sb is not winner:
             sb.delete()

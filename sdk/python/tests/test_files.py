@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from burrow import InvalidRequest, NotFound, Sandbox
+from burrow import Conflict, InvalidRequest, NotFound, Sandbox
 
 
 def test_write_read_bytes_and_text(sb: Sandbox) -> None:
@@ -43,8 +43,9 @@ def test_list_exists_rename_remove(sb: Sandbox) -> None:
         sb.files.rename("/ls/f1", "/ls/f3")
     sb.files.remove("/ls/link")
     assert not sb.files.exists("/ls/link")
-    with pytest.raises(Exception):
+    with pytest.raises(Conflict) as e:
         sb.files.remove("/ls/sub")  # not empty without recursive
+    assert e.value.code == "file_conflict"
     sb.files.remove("/ls", recursive=True)
     assert not sb.files.exists("/ls")
 

@@ -532,7 +532,7 @@ class AsyncProcess:
             raise BurrowError("the exec stream sent output before its session frame", code="protocol")
         return cast(dict[str, Any], json.loads(msg))
 
-    async def _handshake(self, attach: bool = False) -> None:
+    async def _handshake(self) -> None:
         j = await self._control()
         if j.get("type") == "error":
             raise errors.error_for(int(j.get("status") or 500), str(j.get("code")), str(j.get("message")), {"error": j})
@@ -636,7 +636,7 @@ class AsyncSessions:
         ws = await self._c.ws(f"{self._p}/sessions/{_q(session_id)}/attach")
         proc = AsyncProcess(ws, [])
         try:
-            await proc._handshake(attach=True)
+            await proc._handshake()
         except BaseException:
             await proc.close()
             raise
