@@ -3,9 +3,11 @@ typed errors (unknown sandbox, bad name, conflict), over the unix socket and TCP
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from burrow import (Burrow, Conflict, ConnectionFailed, InvalidRequest, NotFound, Sandbox,
+from burrow import (Burrow, Conflict, ConnectionFailed, Exit, InvalidRequest, NotFound, Sandbox, Stdout,
                     Unauthorized)
 
 from conftest import unique
@@ -98,6 +100,9 @@ def test_tcp_with_token_and_without(bw_tcp: Burrow, daemon: Daemon) -> None:
     name = unique("tcp")
     with bw_tcp.create(name) as sb:
         assert sb.run(["echo", "over tcp"]).stdout == "over tcp\n"
+        assert list(sb.spawn(["echo", "streamed"])) == [Stdout(b"streamed\n"), Exit(0)]
+        sb.files.upload_dir(Path(__file__).parent, "/tests")  # a streamed body over TCP
+        assert sb.files.exists("/tests/conftest.py")
         assert name in [s.name for s in bw_tcp.list()]
     with Burrow(url=daemon.url) as anon:
         with pytest.raises(Unauthorized) as e:
