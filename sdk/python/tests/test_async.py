@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from burrow import (AsyncBurrow, CommandError, CommandTimeout, Conflict, Exit, InvalidRequest, NotFound,
-                    Stdout)
+from burrow import (AsyncBurrow, CommandError, CommandResult, CommandTimeout, Conflict, Exit, InvalidRequest, NotFound,
+                    RateLimited, Stdout, Timeout)
 
 from conftest import unique
 from daemon import Daemon
 
 
-async def test_async_surface(abw: AsyncBurrow, tmp_path: Path) -> None:
+async def test_async_surface(abw: AsyncBurrow, daemon: Daemon, tmp_path: Path) -> None:
     name = unique("async")
     async with abw.create(name, labels={"k": "v"}) as sb:
         assert sb.status == "running" and (await abw.get(name)).id == sb.id
@@ -26,9 +26,30 @@ async def test_async_surface(abw: AsyncBurrow, tmp_path: Path) -> None:
             await sb.run("exit 2", check=True)
         with pytest.raises(CommandTimeout):
             await sb.run(["sleep", "30"], timeout=0.3)
-        # Many commands at once on one client.
-        outs = await asyncio.gather(*(sb.run(["echo", str(i)]) for i in range(20)))
-        assert [o.stdout for o in outs] == [f"{i}\n" for i in range(20)]
+        # Many commands at once on one client, each held until /tmp/go exists: more than the
+        # daemon's one-shot exec budget holds (512 MiB, 32 MiB each by default). Without
+        # retries some are turned away (429, nothing run); with them every one runs.
+        wait_go = "while [ ! -e /tmp/go ]; do sleep 0.01; done; echo {}"
+        cmds = [["sh", "-c", wait_go.format(i)] for i in range(24)]
+        async with AsyncBurrow(socket=str(daemon.socket), retries=0) as no_retry:
+            nsb = await no_retry.get(name)
+            tasks = [asyncio.create_task(nsb.run(c)) for c in cmds]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            first = next(iter(done)).exception()  # nothing can finish before /tmp/go but a refusal
+            assert isinstance(first, RateLimited) and first.code == "exec_budget_exhausted", first
+            assert first.retry_after
+            await sb.files.write("/tmp/go", "")
+            got = await asyncio.gather(*tasks, return_exceptions=True)
+        ran = [g for g in got if isinstance(g, CommandResult)]
+        assert ran and all(r.exit_code == 0 for r in ran)
+        assert len(ran) + sum(isinstance(g, RateLimited) for g in got) == len(cmds)
+        await sb.files.remove("/tmp/go")
+        tasks = [asyncio.create_task(sb.run(c)) for c in cmds]
+        # Let some be turned away and wait for their retry (the result holds either way).
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED, timeout=0.5)
+        await sb.files.write("/tmp/go", "")
+        outs = await asyncio.gather(*tasks)
+        assert [o.stdout for o in outs] == [f"{i}\n" for i in range(24)]
 
         async with await sb.spawn(["cat"], stdin=True) as p:
             await p.write("streamed")
@@ -135,6 +156,16 @@ async def test_async_remaining_methods(abw: AsyncBurrow, daemon: Daemon, tmp_pat
 
         cp = await sb.checkpoint("x")
         assert (await sb.get_checkpoint(cp.id)).comment == "x"
+        seen = []
+        async for ev in sb.events(timeout=30):  # history first
+            seen.append(ev["kind"])
+            if ev["kind"] == "checkpoint":
+                last = int(ev["seq"])
+                break
+        assert seen[0] == "created"
+        with pytest.raises(Timeout):  # nothing after `last` happens meanwhile: the wait runs out
+            async for ev in sb.events(since=last, timeout=0.3):
+                raise AssertionError(f"unexpected event {ev}")
         await sb.delete_checkpoint(cp)
         with pytest.raises(NotFound):
             await sb.get_checkpoint(cp.id)

@@ -46,3 +46,19 @@ def test_fork_live_and_from_checkpoint(bw: Burrow, sb: Sandbox) -> None:
     for n in names:
         with pytest.raises(NotFound):
             bw.get(n)
+
+
+def test_events_follow_the_sandbox(bw: Burrow) -> None:
+    with bw.create(unique("ev")) as sb:
+        cp = sb.checkpoint("watched")
+        kinds = []
+        with sb.events(since=0, timeout=30) as events:
+            for ev in events:  # the history first, then live
+                assert ev["sandbox"] in (sb.name, sb.id), ev
+                kinds.append(ev["kind"])
+                if ev["kind"] == "checkpoint":
+                    assert cp.id in str(ev["data"])
+                    sb.stop()
+                if ev["kind"] == "stopped":
+                    break
+        assert kinds[0] == "created" and kinds.index("checkpoint") < kinds.index("stopped")

@@ -10,7 +10,7 @@
 
 from ._async import (DEFAULT_SOCKET, AsyncBurrow, AsyncFiles, AsyncProcess, AsyncSandbox, AsyncSecrets,
                      AsyncServices, AsyncSessions, AsyncTokens, Command, SandboxCreation)
-from ._sync import Burrow, Files, Process, Sandbox, Secrets, Services, Sessions, Tokens
+from ._sync import Burrow, Events, Files, Process, Sandbox, Secrets, Services, Sessions, Tokens
 from .errors import (BurrowError, CommandError, CommandTimeout, Conflict, ConnectionFailed, Forbidden, Gone,
                      InsufficientStorage, InvalidRequest, NotFound, PayloadTooLarge, RateLimited, ServerError,
                      Timeout, Unauthorized, Unavailable)
@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_SOCKET", "AsyncBurrow", "AsyncFiles", "AsyncProcess", "AsyncSandbox", "AsyncSecrets",
     "AsyncServices", "AsyncSessions", "AsyncTokens", "Command", "SandboxCreation",
-    "Burrow", "Files", "Process", "Sandbox", "Secrets", "Services", "Sessions", "Tokens",
+    "Burrow", "Events", "Files", "Process", "Sandbox", "Secrets", "Services", "Sessions", "Tokens",
     "BurrowError", "CommandError", "CommandTimeout", "Conflict", "ConnectionFailed", "Forbidden", "Gone",
     "InsufficientStorage", "InvalidRequest", "NotFound", "PayloadTooLarge", "RateLimited", "ServerError",
     "Timeout", "Unauthorized", "Unavailable",

@@ -14,9 +14,10 @@ import json
 import os
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
-from typing import (IO, Any, AsyncIterator, Awaitable, Generator, Iterable, Mapping, Optional,
+from typing import (IO, Any, AsyncGenerator, AsyncIterator, Awaitable, Generator, Iterable, Mapping, Optional,
                     Sequence, Union, cast)
 from urllib.parse import quote
 
@@ -61,7 +62,8 @@ class _Conn:
     """Where the daemon is and how to talk to it (shared by HTTP and WebSocket)."""
 
     def __init__(self, socket: Optional[str], url: Optional[str], token: Optional[str],
-                 timeout: float, inline: bool = False) -> None:
+                 timeout: float, inline: bool = False, retries: int = 10) -> None:
+        self.retries = retries
         # `inline`: plain HTTP over a blocking httpx.Client, so a coroutine of this connection
         # never suspends and the sync client runs it to completion in its own thread (no loop,
         # no thread hop). Streams (WebSocket, streamed bodies) need the asyncio connection.
@@ -146,18 +148,39 @@ class _Conn:
         kw: dict[str, Any] = {}
         if timeout is not ...:
             kw["timeout"] = timeout
-        resp = await self.send(method, path, json=json_body, params=params, content=content, headers=headers, **kw)
-        if resp.status_code >= 400:
-            raise _error_from(resp.status_code, resp.content, resp.headers.get("retry-after"))
-        return resp
+        attempt = 0
+        while True:
+            resp = await self.send(method, path, json=json_body, params=params, content=content,
+                                   headers=headers, **kw)
+            if resp.status_code < 400:
+                return resp
+            err = _error_from(resp.status_code, resp.content, resp.headers.get("retry-after"))
+            # The daemon's shared buffer budget was taken by other requests: nothing was done,
+            # so the same request is safe to send again after its Retry-After (a body that is
+            # a stream cannot be replayed).
+            replayable = content is None or isinstance(content, (bytes, str))
+            if (isinstance(err, errors.RateLimited) and err.code in _RETRYABLE and replayable
+                    and attempt < self.retries):
+                attempt += 1
+                await self.pause(min(err.retry_after or 1.0, 5.0))
+                continue
+            raise err
+
+    async def pause(self, seconds: float) -> None:
+        if self.inline:
+            time.sleep(seconds)  # must not suspend: the sync client runs this coroutine inline
+        else:
+            await asyncio.sleep(seconds)
 
     async def json(self, method: str, path: str, **kw: Any) -> Any:
         resp = await self.request(method, path, **kw)
         return resp.json() if resp.content else None
 
-    async def stream(self, method: str, path: str, params: Any = None) -> httpx.Response:
+    async def stream(self, method: str, path: str, params: Any = None,
+                     read_timeout: Optional[float] = None) -> httpx.Response:
         assert not self.inline, "streams need the asyncio connection"
-        req = self.http.build_request(method, path, params=params, timeout=httpx.Timeout(None, connect=10.0))
+        req = self.http.build_request(method, path, params=params,
+                                      timeout=httpx.Timeout(None, connect=10.0, read=read_timeout))
         try:
             resp = await self.http.send(req, stream=True)
         except httpx.TransportError as e:
@@ -167,6 +190,10 @@ class _Conn:
             await resp.aclose()
             raise _error_from(resp.status_code, body, resp.headers.get("retry-after"))
         return resp
+
+
+_RETRYABLE = {"exec_budget_exhausted", "buffer_budget_exhausted"}
+"""429 codes that mean the daemon did nothing because its shared buffer budget was taken."""
 
 
 def _error_from(status: int, body: bytes, retry_after: Optional[str] = None) -> BurrowError:
@@ -190,11 +217,15 @@ class AsyncBurrow:
     """A connection to burrowd.
 
     With no arguments: `BURROW_SOCKET` (a unix socket, no token), else `BURROW_URL` with
-    `BURROW_TOKEN` (TCP), else the default socket `/run/burrow/burrowd.sock`."""
+    `BURROW_TOKEN` (TCP), else the default socket `/run/burrow/burrowd.sock`. A request the
+    daemon turned away because its shared buffer budget was taken (429
+    `exec_budget_exhausted`, `buffer_budget_exhausted`: nothing was done) is sent again after
+    its Retry-After, up to `retries` times; then it raises RateLimited."""
 
     def __init__(self, *, socket: Optional[str] = None, url: Optional[str] = None,
-                 token: Optional[str] = None, timeout: float = 300.0, _inline: bool = False) -> None:
-        self._c = _Conn(socket, url, token, timeout, _inline)
+                 token: Optional[str] = None, timeout: float = 300.0, retries: int = 10,
+                 _inline: bool = False) -> None:
+        self._c = _Conn(socket, url, token, timeout, _inline, retries)
         self.secrets = AsyncSecrets(self._c)
         self.tokens = AsyncTokens(self._c)
 
@@ -438,6 +469,30 @@ class AsyncSandbox:
             await proc.close()
             raise
         return proc
+
+    # ---- events ----
+
+    async def events(self, *, since: Optional[int] = None,
+                     timeout: Optional[float] = None) -> AsyncGenerator[dict[str, Any], None]:
+        """The sandbox's events as they happen (server-sent events): dicts with `seq`, `time`,
+        `sandbox`, `kind` (created, started, stopped, sleeping, woke, checkpoint, restored,
+        deleted, failed, …) and `data`. The daemon replays what it remembers after `since`
+        (an event's `seq`; by default from the start) first. It never ends by itself: break
+        out of the loop. `timeout`: longest wait for the next event, else Timeout."""
+        params = {"since": str(since)} if since is not None else None
+        resp = await self._c.stream("GET", f"{self._p}/events", params, read_timeout=timeout)
+        try:
+            data: list[str] = []
+            async for line in resp.aiter_lines():
+                if line.startswith("data:"):
+                    data.append(line[5:].lstrip())
+                elif not line and data:
+                    yield cast(dict[str, Any], json.loads("\n".join(data)))
+                    data = []
+        except httpx.ReadTimeout as e:
+            raise errors.Timeout(f"no event from sandbox '{self.name}' within {timeout} s", code="timeout") from e
+        finally:
+            await resp.aclose()
 
     # ---- checkpoints, restore, fork ----
 

@@ -14,7 +14,7 @@ import builtins
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Coroutine, cast, Iterable, Iterator, Mapping, Optional, Sequence, TypeVar, Union
+from typing import Any, AsyncGenerator, Callable, Coroutine, cast, Iterable, Iterator, Mapping, Optional, Sequence, TypeVar, Union
 
 import httpx
 
@@ -104,11 +104,12 @@ class _Runtime:
 
 class Burrow:
     """A connection to burrowd (blocking). With no arguments: `BURROW_SOCKET`, else `BURROW_URL`
-    with `BURROW_TOKEN`, else the default socket `/run/burrow/burrowd.sock`."""
+    with `BURROW_TOKEN`, else the default socket `/run/burrow/burrowd.sock`. `retries`: see
+    AsyncBurrow."""
 
     def __init__(self, *, socket: Optional[str] = None, url: Optional[str] = None,
-                 token: Optional[str] = None, timeout: float = 300.0) -> None:
-        self._r = _Runtime(dict(socket=socket, url=url, token=token, timeout=timeout))
+                 token: Optional[str] = None, timeout: float = 300.0, retries: int = 10) -> None:
+        self._r = _Runtime(dict(socket=socket, url=url, token=token, timeout=timeout, retries=retries))
         self._a = self._r.inline
         self.secrets = Secrets(self._r, self._a.secrets)
         self.tokens = Tokens(self._r, self._a.tokens)
@@ -259,6 +260,10 @@ class Sandbox:
             cmd, tty=tty, stdin=stdin, env=env, cwd=cwd, user=user, cols=cols, rows=rows,
             detach_timeout_s=detach_timeout_s)))
 
+    def events(self, *, since: Optional[int] = None, timeout: Optional[float] = None) -> "Events":
+        """The sandbox's events as they happen (see AsyncSandbox.events); `with` closes the stream."""
+        return Events(self._r, self._s().events(since=since, timeout=timeout))
+
     def checkpoint(self, comment: Optional[str] = None) -> Checkpoint:
         return self._r.run(self._a.checkpoint(comment))
 
@@ -295,6 +300,31 @@ class Sandbox:
     def fetch(self, path: str = "/", *, method: str = "GET", headers: Optional[Mapping[str, str]] = None,
               content: Union[str, bytes, None] = None, timeout: float = 60.0) -> httpx.Response:
         return self._r.run(self._a.fetch(path, method=method, headers=headers, content=content, timeout=timeout))
+
+
+class Events:
+    """An iterator over a sandbox's events (dicts); it never ends by itself: break, then close."""
+
+    def __init__(self, runtime: _Runtime, agen: AsyncGenerator[dict[str, Any], None]) -> None:
+        self._r, self._a = runtime, agen
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        try:
+            return self._r.call(self._a.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._r.call(self._a.aclose())
+
+    def __enter__(self) -> "Events":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Process:
