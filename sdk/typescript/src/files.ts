@@ -8,7 +8,7 @@ import { mkdir } from "node:fs/promises";
 import * as tar from "tar";
 import type { Transport } from "./transport.js";
 import type { FileEntry } from "./types.js";
-import { NotFoundError } from "./errors.js";
+import { NotFoundError, ProtocolError } from "./errors.js";
 
 export type FileData = string | Uint8Array | Readable | AsyncIterable<Uint8Array>;
 
@@ -126,17 +126,24 @@ export class Files {
    * (created when missing). The archive comes from an untrusted sandbox, so it is unpacked
    * defensively: nothing is written outside `localDir` (no `..`, no absolute names, never
    * through a symlink), only files, directories and symlinks are made, owners are not kept
-   * and setuid, setgid and sticky bits are dropped.
+   * and setuid, setgid and sticky bits are dropped (an absolute symlink target is made
+   * relative). Entries refused for these reasons fail the copy with a ProtocolError
+   * (`unsafe_archive`) after the rest was unpacked.
    */
   async downloadDir(path: string, localDir: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
     await mkdir(localDir, { recursive: true });
     const body = await this.downloadTar(path, opts);
+    const refused: string[] = [];
     const extract = tar.x({
       cwd: localDir,
       strip: 1,
       preserveOwner: false,
       preservePaths: false,
-      strict: true,
+      // Informational notes (an absolute symlink target made relative) are fine; anything
+      // node-tar refused (a `..` name, a path through a symlink) fails the copy afterwards.
+      onwarn: (code, message) => {
+        if (code !== "TAR_ENTRY_INFO") refused.push(`${code}: ${String(message)}`);
+      },
       filter: (_p, entry) => {
         const e = entry as tar.ReadEntry;
         if (e.type !== "File" && e.type !== "Directory" && e.type !== "SymbolicLink") return false;
@@ -145,5 +152,10 @@ export class Files {
       },
     });
     await pipeline(body, extract);
+    if (refused.length > 0) {
+      throw new ProtocolError(`the archive of ${path} had entries that were not unpacked: ${refused.join("; ")}`, {
+        code: "unsafe_archive",
+      });
+    }
   }
 }
