@@ -19,7 +19,8 @@ const STDIN_EOF = 4;
 export type ExecEvent =
   | { type: "stdout"; data: Uint8Array; text: string }
   | { type: "stderr"; data: Uint8Array; text: string }
-  | { type: "error"; code: string; message: string }
+  /** The session cannot go on (an exit event still follows when the status is known); `text` is the message. */
+  | { type: "error"; code: string; message: string; text: string }
   | { type: "exit"; exitCode: number; signal: string | undefined; reason: string | undefined };
 
 /** The end of a command: its status and the output that was not consumed by an iterator. */
@@ -137,7 +138,7 @@ export class ExecSession implements AsyncIterable<ExecEvent> {
             failStart(errorFromResponse(status, JSON.stringify({ error: { code, message } })));
             return;
           }
-          this.#push({ type: "error", code, message });
+          this.#push({ type: "error", code, message, text: message });
           break;
         }
         case "exit": {

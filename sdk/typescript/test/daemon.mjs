@@ -61,7 +61,8 @@ export class Daemon {
       "--ephemeral",
       "--subnet", d.subnet,
       "--uplink-only", "198.18.0.0/15",
-      "--dns-upstream", "127.0.0.1:9",
+      // DNS to a port where nothing listens, unless the test brings its own resolver.
+      ...(extraArgs.includes("--dns-upstream") ? [] : ["--dns-upstream", "127.0.0.1:9"]),
       ...extraArgs,
     ], {
       stdio: ["ignore", log, log],
