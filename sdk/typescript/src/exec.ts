@@ -8,7 +8,7 @@
  * silent success.
  */
 import type WebSocket from "ws";
-import { ProtocolError, errorFromResponse } from "./errors.js";
+import { ProtocolError, TimeoutError, errorFromResponse } from "./errors.js";
 
 const STDIN = 0;
 const STDOUT = 1;
@@ -50,7 +50,8 @@ export interface SpawnOptions {
   /** Called with each chunk of stdout / stderr as it arrives (in addition to the iterator). */
   onStdout?: (text: string, data: Uint8Array) => void;
   onStderr?: (text: string, data: Uint8Array) => void;
-  /** Aborting kills the process (KILL) and closes the connection. */
+  /** Aborting kills the process (KILL) and closes the connection; iterating or waiting then
+   * throws the abort's reason (a {@link TimeoutError} for `AbortSignal.timeout()`). */
   signal?: AbortSignal;
 }
 
@@ -84,6 +85,11 @@ export class ExecSession implements AsyncIterable<ExecEvent> {
   #dec = { out: new TextDecoder(), err: new TextDecoder() };
   #opts: SpawnOptions;
   #started: Promise<void>;
+  /** Aborting the spawn's signal kills the process and drops the connection. */
+  #onAbort = (): void => {
+    void this.kill("KILL").catch(() => undefined);
+    this.#ws.close();
+  };
 
   /** @internal */
   constructor(ws: WebSocket, opened: Promise<void>, opts: SpawnOptions, startFrame?: unknown) {
@@ -154,25 +160,29 @@ export class ExecSession implements AsyncIterable<ExecEvent> {
       }
     });
     ws.on("close", () => {
-      if (!this.#exit) {
-        const e = new ProtocolError(
+      opts.signal?.removeEventListener("abort", this.#onAbort);
+      if (this.#exit) return;
+      let e: unknown;
+      const reason: unknown = opts.signal?.aborted ? opts.signal.reason : undefined;
+      if (reason !== undefined && (reason as { name?: string }).name === "TimeoutError") {
+        e = new TimeoutError("the command ran past its signal's timeout and was killed", { cause: reason });
+      } else if (reason !== undefined) {
+        e = reason; // as fetch does: the abort's reason
+      } else {
+        e = new ProtocolError(
           this.#failure ? String(this.#failure) : "the exec connection closed before the command's exit frame",
           { code: "no_exit_frame", cause: this.#failure },
         );
-        failStart(e);
-        this.#fail(e);
       }
+      failStart(e);
+      this.#fail(e);
     });
     ws.on("error", (e) => {
       this.#failure = e;
     });
     if (opts.signal) {
-      const onAbort = () => {
-        void this.kill("KILL").catch(() => undefined);
-        this.#ws.close();
-      };
-      if (opts.signal.aborted) onAbort();
-      else opts.signal.addEventListener("abort", onAbort, { once: true });
+      if (opts.signal.aborted) this.#onAbort();
+      else opts.signal.addEventListener("abort", this.#onAbort, { once: true });
     }
     opened.then(
       () => {

@@ -5,7 +5,7 @@
  */
 import { fetch as undiciFetch, Headers, type RequestInit as UndiciRequestInit, type Response as UndiciResponse } from "undici";
 import type { Transport } from "./transport.js";
-import type { Burrow } from "./client.js";
+import { Burrow, randomName, type ConnectOptions } from "./client.js";
 import { ExecSession, MAX_QUERY_BYTES, type SpawnOptions } from "./exec.js";
 import { Files } from "./files.js";
 import { queryString } from "./transport.js";
@@ -279,6 +279,44 @@ export class Sandbox {
   /** @internal */
   readonly path: string;
 
+  #ownsClient = false;
+
+  /**
+   * E2B-style: connects (as `Burrow.connect(opts)`) and creates a sandbox named `name` (a
+   * random `sb-…` name by default). The sandbox owns that connection: `delete()` or
+   * `close()` closes it.
+   */
+  static async create(opts: CreateOptions & ConnectOptions & { name?: string } = {}): Promise<Sandbox> {
+    const { socket, url, token, name, ...rest } = opts;
+    const bw = await Burrow.connect({ socket, url, token });
+    try {
+      const sb = await bw.create(name ?? randomName("sb"), rest);
+      sb.#ownsClient = true;
+      return sb;
+    } catch (e) {
+      await bw.close();
+      throw e;
+    }
+  }
+
+  /** E2B-style: connects and gets the existing sandbox `name` (it owns that connection). */
+  static async connect(name: string, opts: ConnectOptions = {}): Promise<Sandbox> {
+    const bw = await Burrow.connect(opts);
+    try {
+      const sb = await bw.get(name);
+      sb.#ownsClient = true;
+      return sb;
+    } catch (e) {
+      await bw.close();
+      throw e;
+    }
+  }
+
+  /** Closes the connection this sandbox made itself (`Sandbox.create/connect`); else nothing. */
+  async close(): Promise<void> {
+    if (this.#ownsClient) await this.client.close();
+  }
+
   /** @internal Use `bw.sandbox(name)`, `bw.get(name)` or `bw.create(name)`. */
   constructor(client: Burrow, name: string, info?: SandboxInfo) {
     this.client = client;
@@ -364,7 +402,11 @@ export class Sandbox {
 
   /** Destroys the sandbox and its disk (its checkpoints too, unless a fork or image needs them). */
   async delete(): Promise<void> {
-    await this.transport.json("DELETE", this.path);
+    try {
+      await this.transport.json("DELETE", this.path);
+    } finally {
+      await this.close();
+    }
   }
 
   /** E2B's name for {@link delete}. */

@@ -132,6 +132,26 @@ describe("sandboxes", () => {
     });
   });
 
+  test("E2B-style Sandbox.create / Sandbox.connect / kill, and the bw.sandboxes namespace", async () => {
+    const sb = await Sandbox.create({ socket: d.socket, name: "e2b-style", labels: { via: "static" } });
+    assert.equal((await sb.commands.run("echo e2b")).stdout, "e2b\n");
+    const p = await sb.commands.spawn(["echo", "spawned"]);
+    assert.equal((await p.wait()).stdout, "spawned\n");
+    const again = await Sandbox.connect("e2b-style", { socket: d.socket });
+    assert.equal(again.info.labels.via, "static");
+    await again.close();
+    await sb.kill(); // deletes it and closes its own connection
+    await assert.rejects(bw.get("e2b-style"), NotFoundError);
+    const anon = await Sandbox.create({ socket: d.socket });
+    assert.match(anon.name, /^sb-[0-9a-f]{8}$/);
+    await anon.delete();
+
+    const n = await bw.sandboxes.create("ns-1");
+    assert.equal((await bw.sandboxes.get("ns-1")).id, n.id);
+    assert.deepEqual((await bw.sandboxes.list({ prefix: "ns-" })).map((x) => x.name), ["ns-1"]);
+    await bw.sandboxes.delete("ns-1");
+  });
+
   test("withSandbox deletes afterwards, also when the body throws", async () => {
     const r = await bw.withSandbox("with-1", {}, async (sb) => (await sb.run("echo in")).stdout);
     assert.equal(r, "in\n");
@@ -316,9 +336,19 @@ describe("spawn and sessions", () => {
     const ac = new AbortController();
     const a = await sb.spawn(["sleep", "30"], { signal: ac.signal });
     ac.abort();
-    await assert.rejects(a.wait(), BurrowError);
-    const s = (await sb.sessions.list()).find((x) => x.id === a.id);
-    assert.ok(s);
+    await assert.rejects(a.wait(), (e) => e.name === "AbortError");
+    const t2 = await sb.spawn(["sleep", "30"], { signal: AbortSignal.timeout(200) });
+    await assert.rejects(t2.wait(), (e) => e instanceof TimeoutError && e.code === "timeout");
+    // Both were killed, not left running.
+    for (const id of [a.id, t2.id]) {
+      let s;
+      for (let i = 0; i < 100; i++) {
+        s = (await sb.sessions.list()).find((x) => x.id === id);
+        if (s?.exited_at) break;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.equal(s.signal, "KILL");
+    }
   });
 
   test("1,000 fast commands through spawn, no lost exit", async () => {
