@@ -21,6 +21,7 @@ export {
 } from "./sandbox.js";
 export { ExecSession, type ExecEvent, type ExecExit, type SpawnOptions } from "./exec.js";
 export { Files, type FileData, type WriteOptions } from "./files.js";
+export { PortConnection } from "./relay.js";
 export { attenuateToken, inspectToken } from "./macaroon.js";
 export type { Target } from "./transport.js";
 export * from "./errors.js";

@@ -8,6 +8,7 @@ import type { Transport } from "./transport.js";
 import { Burrow, randomName, type ConnectOptions } from "./client.js";
 import { ExecSession, MAX_QUERY_BYTES, type SpawnOptions } from "./exec.js";
 import { Files } from "./files.js";
+import { PortConnection } from "./relay.js";
 import { queryString } from "./transport.js";
 import { CommandError, TimeoutError } from "./errors.js";
 import type {
@@ -492,6 +493,18 @@ export class Sandbox {
     const { checkpoint, ...rest } = opts;
     const cp = checkpoint === undefined ? undefined : typeof checkpoint === "string" ? checkpoint : checkpoint.id;
     return this.client.create(name, { ...rest, from: cp === undefined ? { sandbox: this.name } : { sandbox: this.name, checkpoint: cp } });
+  }
+
+  /**
+   * A TCP connection to `port` on the sandbox's loopback address, as a Node `Duplex` (over
+   * the API's WebSocket relay; `end()` half-closes). Fails before any byte with the server's
+   * error, e.g. UnavailableError `not_listening` when nothing listens there.
+   */
+  async openPort(port: number): Promise<PortConnection> {
+    const { ws, opened } = this.transport.openWebSocket(`${this.path}/proxy/${port}`);
+    const conn = new PortConnection(ws);
+    await opened;
+    return conn;
   }
 
   /** The sandbox's network policy. */

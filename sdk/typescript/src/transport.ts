@@ -54,7 +54,7 @@ export class Transport {
   constructor(target: Target) {
     this.target = target;
     if (target.kind === "unix") {
-      this.agent = new Agent({ connect: { socketPath: target.socket }, keepAliveTimeout: 10_000 });
+      this.agent = new Agent({ connect: { socketPath: target.socket }, keepAliveTimeout: 4_000 });
       this.origin = "http://burrow";
     } else {
       let u: URL;
@@ -66,7 +66,7 @@ export class Transport {
       if (u.protocol !== "http:") {
         throw new ConnectionError(`BURROW_URL '${target.url}' must start with http://, e.g. http://127.0.0.1:7440`, { code: "config" });
       }
-      this.agent = new Agent({ keepAliveTimeout: 10_000 });
+      this.agent = new Agent({ keepAliveTimeout: 4_000 });
       this.origin = u.origin;
     }
     this.#auth = target.kind === "tcp" && target.token ? `Bearer ${target.token}` : undefined;

@@ -555,6 +555,15 @@ describe("services, url, events", () => {
       }
       assert.match(logged, /GET \/followed/);
 
+      // A raw TCP connection to the port, through the API's relay.
+      const conn = await sb.openPort(8080);
+      conn.end("GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n");
+      let raw = "";
+      for await (const c of conn) raw += c;
+      assert.match(raw, /^HTTP\/1\.0 200/);
+      assert.match(raw, /<h1>hello from web<\/h1>$/);
+      await assert.rejects(sb.openPort(9), (e) => e instanceof BurrowError && e.code === "not_listening" && e.status === 502);
+
       assert.equal((await sb.services.stop("app")).status, "stopped");
       assert.equal((await sb.services.start("app")).name, "app");
       await sb.services.delete("app");
