@@ -44,7 +44,8 @@ export class Daemon {
     if (!existsSync(bin)) {
       throw new Error(`no burrowd at ${bin}: set BURROW_BIN_DIR (or build it: scripts/build.sh debug)`);
     }
-    const dir = mkdtempSync("/var/tmp/burrow-tssdk-");
+    // The burrow-test- prefix: scripts/cleanup-test-leftovers.sh removes what a killed run left.
+    const dir = mkdtempSync("/var/tmp/burrow-test-tssdk-");
     chmodSync(dir, 0o711);
     const d = new Daemon();
     d.dir = dir;
@@ -69,14 +70,26 @@ export class Daemon {
       env: { ...process.env, BURROW_LOG: "info,burrow=debug", BURROW_LXCFS_DIR: join(dir, "lxcfs") },
     });
     d.exited = new Promise((resolve) => d.child.once("exit", (code, sig) => resolve({ code, sig })));
+    // Whatever ends this process, the daemon gets SIGTERM (it then cleans up by itself).
+    const onExit = () => d.child.kill("SIGTERM");
+    process.once("exit", onExit);
+    d.exited.then(() => process.removeListener("exit", onExit));
     let gone = null;
     d.exited.then((r) => { gone = r; });
     // The very first daemon on a host builds the base image: up to 10 minutes.
     const deadline = Date.now() + 600_000;
     for (;;) {
-      if (gone) throw new Error(`burrowd exited during start (${JSON.stringify(gone)}); log:\n${d.logTail()}`);
+      if (gone) {
+        const log = d.logTail();
+        await d.stop();
+        throw new Error(`burrowd exited during start (${JSON.stringify(gone)}); log:\n${log}`);
+      }
       if (await healthz(d.socket)) break;
-      if (Date.now() > deadline) throw new Error(`burrowd did not become ready; log:\n${d.logTail()}`);
+      if (Date.now() > deadline) {
+        const log = d.logTail();
+        await d.stop();
+        throw new Error(`burrowd did not become ready; log:\n${log}`);
+      }
       await new Promise((r) => setTimeout(r, 20));
     }
     d.addr = readFileSync(join(d.dataDir, "burrowd.addr"), "utf8").trim();

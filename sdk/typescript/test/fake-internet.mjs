@@ -25,10 +25,11 @@ export class FakeInternet {
   static async start(names) {
     const f = new FakeInternet();
     f.net = freeNet();
-    f.ns = `bwts-inet-${f.net}`;
-    f.hostIf = `bwtsi${f.net}`;
+    // bwt-/bwti prefixes: scripts/cleanup-test-leftovers.sh removes what a killed run left.
+    f.ns = `bwt-tsinet-${f.net}`;
+    f.hostIf = `bwtits${f.net}`;
     f.names = names;
-    f.dir = mkdtempSync("/var/tmp/burrow-tssdk-inet-");
+    f.dir = mkdtempSync("/var/tmp/burrow-test-tssdk-inet-");
     const ip = (...a) => execFileSync("ip", a, { stdio: ["ignore", "ignore", "pipe"] });
     try { ip("netns", "del", f.ns); } catch { /* none left */ }
     try { ip("link", "del", f.hostIf); } catch { /* none left */ }
@@ -59,6 +60,7 @@ export class FakeInternet {
       rl.once("line", resolve);
       f.child.once("exit", (c) => reject(new Error(`fake internet exited (${c}) before READY`)));
     });
+    process.once("exit", () => f.stop());
     if (line.trim() !== "READY") throw new Error(`fake internet did not start: ${line}`);
     return f;
   }
@@ -74,6 +76,8 @@ export class FakeInternet {
   }
 
   stop() {
+    if (this.stopped) return;
+    this.stopped = true;
     this.child.kill();
     try { execFileSync("ip", ["link", "del", this.hostIf], { stdio: "ignore" }); } catch { /* gone with the namespace */ }
     try { execFileSync("ip", ["netns", "del", this.ns], { stdio: "ignore" }); } catch { /* already gone */ }
