@@ -37,6 +37,8 @@ echo "== tsc: build and type check (strict)"
 (cd "$sdk" && npm run --silent build)
 echo "== npm ci (examples/typescript)"
 (cd "$examples" && npm ci --prefer-offline)
+echo "== tsc: the examples type-check against the SDK's .d.ts"
+(cd "$sdk" && npm run --silent typecheck)
 
 echo "== tests against real daemons (burrowd from $BURROW_BIN_DIR)"
 cd "$sdk"

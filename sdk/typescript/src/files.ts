@@ -125,7 +125,7 @@ export class Files {
    * Copies the sandbox's directory `path`'s contents into the local directory `localDir`
    * (created when missing). The archive comes from an untrusted sandbox, so it is unpacked
    * defensively: nothing is written outside `localDir` (no `..`, no absolute names, never
-   * through a symlink), only files, directories and symlinks are made, owners are not kept
+   * through a symlink), only files, directories, symlinks and hard links (to files inside) are made, owners are not kept
    * and setuid, setgid and sticky bits are dropped (an absolute symlink target is made
    * relative). Entries refused for these reasons fail the copy with a ProtocolError
    * (`unsafe_archive`) after the rest was unpacked.
@@ -146,7 +146,9 @@ export class Files {
       },
       filter: (_p, entry) => {
         const e = entry as tar.ReadEntry;
-        if (e.type !== "File" && e.type !== "Directory" && e.type !== "SymbolicLink") return false;
+        // Hard links are kept (node-tar refuses targets outside `localDir`); FIFOs and
+        // devices are skipped.
+        if (e.type !== "File" && e.type !== "Directory" && e.type !== "SymbolicLink" && e.type !== "Link") return false;
         if (typeof e.mode === "number") e.mode &= 0o777;
         return true;
       },

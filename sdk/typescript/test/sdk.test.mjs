@@ -453,9 +453,10 @@ describe("files", () => {
       assert.equal((await sb.run("cat /srv/tree/top.txt")).stdout, "top\n");
       assert.equal((await sb.run("sha256sum /srv/tree/sub/deeper/data.bin | cut -d' ' -f1")).stdout.trim(), sha256(payload));
       // Something hostile the sandbox adds: a setuid file and a symlink out of the tree.
-      await sb.run("cp /bin/true /srv/tree/suid && chmod 4755 /srv/tree/suid && ln -s /etc/passwd /srv/tree/link");
+      await sb.run("cp /bin/true /srv/tree/suid && chmod 4755 /srv/tree/suid && ln -s /etc/passwd /srv/tree/link && mkfifo /srv/tree/fifo && ln /srv/tree/top.txt /srv/tree/hard", { check: true });
       await sb.files.downloadDir("/srv/tree", dst);
-      assert.deepEqual(readdirSync(dst).sort(), ["link", "sub", "suid", "top.txt"]);
+      assert.deepEqual(readdirSync(dst).sort(), ["hard", "link", "sub", "suid", "top.txt"]); // no FIFO
+      assert.equal(readFileSync(join(dst, "hard"), "utf8"), "top\n");
       assert.equal(readFileSync(join(dst, "top.txt"), "utf8"), "top\n");
       assert.equal(sha256(readFileSync(join(dst, "sub/deeper/data.bin"))), sha256(payload));
       assert.equal(lstatSync(join(dst, "suid")).mode & 0o7000, 0, "setuid bit dropped");
