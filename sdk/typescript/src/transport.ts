@@ -119,8 +119,14 @@ export class Transport {
     } catch (e) {
       if (opts.signal?.aborted) throw e;
       const code = (e as { code?: string })?.code;
-      if (code && /^(ENOENT|ECONNREFUSED|EACCES|ECONNRESET|EHOSTUNREACH|ETIMEDOUT|UND_ERR_CONNECT_TIMEOUT|UND_ERR_SOCKET)$/.test(code)) {
+      if (code && /^(ENOENT|ECONNREFUSED|EACCES|EHOSTUNREACH|ETIMEDOUT|UND_ERR_CONNECT_TIMEOUT)$/.test(code)) {
         throw this.connectError(e);
+      }
+      if (code && /^(ECONNRESET|EPIPE|UND_ERR_SOCKET|UND_ERR_CLOSED)$/.test(code)) {
+        throw new ConnectionError(`the connection to burrowd at ${this.describe()} was lost during ${method} ${path} (${code})`, {
+          code: "connection_lost",
+          cause: e,
+        });
       }
       throw e;
     }

@@ -21,6 +21,7 @@ import {
   AuthenticationError,
   PermissionDeniedError,
   ConnectionError,
+  GoneError,
   TimeoutError,
   CommandError,
   attenuateToken,
@@ -222,6 +223,8 @@ describe("run", () => {
     const bytes = new Uint8Array([0, 255, 1, 254, 10]);
     const bin = await sb.run(["cat"], { stdin: bytes });
     assert.deepEqual(Buffer.from(bin.stdoutBytes), Buffer.from(bytes));
+    const binErr = await sb.run(["sh", "-c", "cat >&2"], { stdin: bytes });
+    assert.deepEqual(Buffer.from(binErr.stderrBytes), Buffer.from(bytes));
     assert.equal(sb.commands.run, sb.commands.run); // the E2B-style alias exists
     assert.equal((await sb.commands.run("echo alias")).stdout, "alias\n");
   });
@@ -387,6 +390,9 @@ describe("spawn and sessions", () => {
     for (let r = await ait.next(); !r.done; r = await ait.next()) rest.push(r.value);
     assert.equal(rest.at(-1).signal, "TERM");
     await assert.rejects(sb.sessions.attach("s-0000000000000000"), NotFoundError);
+    // A finished session is gone: 410.
+    await assert.rejects(sb.sessions.attach(p.id), (e) => e instanceof GoneError && e.code === "gone");
+    await assert.rejects(sb.sessions.kill(p.id), GoneError);
   });
 });
 
@@ -635,6 +641,12 @@ describe("network policy, secrets, tokens", () => {
         // Narrowed offline: read only. Exec is refused; reading the record still works.
         const readOnly = bw.tokens.attenuate(token, { actions: ["read"] });
         assert.deepEqual(inspectToken(readOnly).caveats.slice(-1), ["actions=read"]);
+        assert.deepEqual(bw.tokens.inspect(readOnly), inspectToken(readOnly));
+        assert.deepEqual(bw.tokens.caveatTexts({ sandboxes: ["x", "y"], actions: ["read"], expiresAt: "2030-01-01T00:00:00Z" }), [
+          "sandboxes=x,y",
+          "actions=read",
+          "expires=1893456000",
+        ]);
         assert.equal(attenuateToken(token, { actions: ["read"] }), readOnly);
         const ro = await Burrow.connect({ url: d.url, token: readOnly });
         assert.equal((await ro.get("tok-a")).name, "tok-a");
