@@ -131,33 +131,45 @@ export class Files {
    * (`unsafe_archive`) after the rest was unpacked.
    */
   async downloadDir(path: string, localDir: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
-    await mkdir(localDir, { recursive: true });
     const body = await this.downloadTar(path, opts);
-    const refused: string[] = [];
-    const extract = tar.x({
-      cwd: localDir,
-      strip: 1,
-      preserveOwner: false,
-      preservePaths: false,
-      // Informational notes (an absolute symlink target made relative) are fine; anything
-      // node-tar refused (a `..` name, a path through a symlink) fails the copy afterwards.
-      onwarn: (code, message) => {
-        if (code !== "TAR_ENTRY_INFO") refused.push(`${code}: ${String(message)}`);
-      },
-      filter: (_p, entry) => {
-        const e = entry as tar.ReadEntry;
-        // Hard links are kept (node-tar refuses targets outside `localDir`); FIFOs and
-        // devices are skipped.
-        if (e.type !== "File" && e.type !== "Directory" && e.type !== "SymbolicLink" && e.type !== "Link") return false;
-        if (typeof e.mode === "number") e.mode &= 0o777;
-        return true;
-      },
-    });
-    await pipeline(body, extract);
-    if (refused.length > 0) {
-      throw new ProtocolError(`the archive of ${path} had entries that were not unpacked: ${refused.join("; ")}`, {
-        code: "unsafe_archive",
-      });
-    }
+    await extractUntrusted(body, localDir, `the archive of ${path}`);
+  }
+
+}
+
+/**
+ * Unpacks a tar stream that an untrusted sandbox produced into `localDir` (created when
+ * missing), dropping its first path component (the archived directory's own name). Nothing
+ * is written outside `localDir`: node-tar refuses `..` names, strips absolute ones and never
+ * writes through a symlink. Only files, directories, symlinks and hard links are made; owners
+ * are not kept; setuid, setgid and sticky bits are dropped. Entries refused for these reasons
+ * fail the call (ProtocolError `unsafe_archive`) after the rest was unpacked.
+ * @internal Exported for the SDK's tests.
+ */
+export async function extractUntrusted(archive: Readable, localDir: string, what: string): Promise<void> {
+  await mkdir(localDir, { recursive: true });
+  const refused: string[] = [];
+  const extract = tar.x({
+    cwd: localDir,
+    strip: 1,
+    preserveOwner: false,
+    preservePaths: false,
+    // Informational notes (an absolute symlink target made relative) are fine; anything
+    // node-tar refused (a `..` name, a path through a symlink) fails the copy afterwards.
+    onwarn: (code, message) => {
+      if (code !== "TAR_ENTRY_INFO") refused.push(`${code}: ${String(message)}`);
+    },
+    filter: (_p, entry) => {
+      const e = entry as tar.ReadEntry;
+      // Hard links are kept (node-tar refuses targets outside `localDir`); FIFOs and
+      // devices are skipped.
+      if (e.type !== "File" && e.type !== "Directory" && e.type !== "SymbolicLink" && e.type !== "Link") return false;
+      if (typeof e.mode === "number") e.mode &= 0o777;
+      return true;
+    },
+  });
+  await pipeline(archive, extract);
+  if (refused.length > 0) {
+    throw new ProtocolError(`${what} had entries that were not unpacked: ${refused.join("; ")}`, { code: "unsafe_archive" });
   }
 }

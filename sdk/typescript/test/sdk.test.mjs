@@ -10,6 +10,9 @@ import { tmpdir } from "node:os";
 import { Readable } from "node:stream";
 import { request as httpRequest } from "node:http";
 import { Daemon } from "./daemon.mjs";
+import { extractUntrusted } from "../dist/files.js";
+import { execFileSync } from "node:child_process";
+import { createReadStream, existsSync } from "node:fs";
 import {
   Burrow,
   Sandbox,
@@ -475,6 +478,43 @@ describe("files", () => {
     } finally {
       rmSync(src, { recursive: true, force: true });
       rmSync(dst, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("unpacking what a sandbox sends", () => {
+  test("a hostile archive writes nothing outside the target and fails the copy", async () => {
+    const root = mkdtempSync(join(tmpdir(), "tssdk-hostile-"));
+    try {
+      const outside = join(root, "outside");
+      mkdirSync(outside);
+      const dst = join(root, "dst");
+      // Made with Python's tarfile, which writes whatever names it is given.
+      execFileSync("python3", ["-c", `
+import io, tarfile, sys
+t = tarfile.open(sys.argv[1], "w")
+def add(name, data=b"x", **kw):
+    i = tarfile.TarInfo(name); i.size = len(data)
+    for k, v in kw.items(): setattr(i, k, v)
+    t.addfile(i, io.BytesIO(data))
+d = tarfile.TarInfo("top"); d.type = tarfile.DIRTYPE; d.mode = 0o755; t.addfile(d)
+add("top/ok.txt", b"fine")
+add("top/../../escape.txt", b"escaped")
+l = tarfile.TarInfo("top/link"); l.type = tarfile.SYMTYPE; l.linkname = sys.argv[2]; t.addfile(l)
+add("top/link/pwned.txt", b"through the symlink")
+add("top/suid", b"s", mode=0o4755)
+t.close()
+`, join(root, "evil.tar"), outside]);
+      // (The positive control is "directories up and down" above: the same unpacking takes
+      // the sandbox's own archive without complaint.)
+      await assert.rejects(extractUntrusted(createReadStream(join(root, "evil.tar")), dst, "evil.tar"), (e) => e instanceof BurrowError && e.code === "unsafe_archive");
+      assert.equal(readFileSync(join(dst, "ok.txt"), "utf8"), "fine");
+      assert.equal(existsSync(join(root, "escape.txt")), false);
+      assert.equal(existsSync(join(dst, "..", "escape.txt")), false);
+      assert.deepEqual(readdirSync(outside), [], "nothing written through the symlink");
+      assert.equal(lstatSync(join(dst, "suid")).mode & 0o7000, 0);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
     }
   });
 });
