@@ -10,7 +10,8 @@ import { ExecSession, MAX_QUERY_BYTES, type SpawnOptions } from "./exec.js";
 import { Files } from "./files.js";
 import { PortConnection } from "./relay.js";
 import { queryString } from "./transport.js";
-import { CommandError, TimeoutError } from "./errors.js";
+import { CommandError, RateLimitError, TimeoutError } from "./errors.js";
+import { setTimeout as sleepTimer } from "node:timers/promises";
 import type {
   Checkpoint,
   CreateOptions,
@@ -101,6 +102,13 @@ interface ExecResultWire {
 
 export function argv(cmd: Cmd): string[] {
   return typeof cmd === "string" ? ["/bin/sh", "-c", cmd] : [...cmd];
+}
+
+/** Waits `ms`, or rejects with the signal's reason when it aborts first. */
+function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return sleepTimer(ms, undefined, signal ? { signal } : undefined).catch((e: unknown) => {
+    throw signal?.aborted ? signal.reason : e;
+  });
 }
 
 function isTimeoutReason(reason: unknown): boolean {
@@ -432,8 +440,7 @@ export class Sandbox {
     if (opts.maxOutputBytes !== undefined) body["max_output_bytes"] = opts.maxOutputBytes;
     let wire: ExecResultWire;
     try {
-      // Dropping the connection kills the command, so aborting the request is enough.
-      wire = await this.transport.json<ExecResultWire>("POST", `${this.path}/exec`, { json: body, signal: opts.signal });
+      wire = await this.#execOnce(body, opts.signal);
     } catch (e) {
       if (opts.signal?.aborted && isTimeoutReason(opts.signal.reason)) {
         throw new TimeoutError(`command ${JSON.stringify(args)} timed out (its signal's timeout) and was killed`, { cause: opts.signal.reason });
@@ -449,6 +456,25 @@ export class Sandbox {
     }
     if (opts.check && !r.ok) throw new CommandError(args, r);
     return r;
+  }
+
+  /**
+   * One `POST …/exec`. Dropping the connection kills the command, so aborting the request is
+   * enough. When the daemon's output budget for one-shot execs is taken by other running
+   * execs (429 `exec_budget_exhausted`: nothing was run) it is tried again, backing off from
+   * 25 ms to the server's Retry-After, for up to a minute.
+   */
+  async #execOnce(body: Record<string, unknown>, signal: AbortSignal | undefined): Promise<ExecResultWire> {
+    const giveUp = Date.now() + 60_000;
+    for (let delay = 25; ; delay = delay * 2) {
+      try {
+        return await this.transport.json<ExecResultWire>("POST", `${this.path}/exec`, { json: body, signal });
+      } catch (e) {
+        if (!(e instanceof RateLimitError) || e.code !== "exec_budget_exhausted" || Date.now() > giveUp) throw e;
+        const cap = (e.retryAfter ?? 1) * 1000;
+        await sleep(Math.min(delay, cap) * (0.5 + Math.random()), signal);
+      }
+    }
   }
 
   /**

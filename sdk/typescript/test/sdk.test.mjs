@@ -357,6 +357,14 @@ describe("spawn and sessions", () => {
     }
   });
 
+  test("concurrent commands keep their own output and exit", async () => {
+    const runs = Array.from({ length: 40 }, (_, i) => sb.run(["sh", "-c", `echo r${i}; exit ${i % 3}`]));
+    const spawns = Array.from({ length: 20 }, async (_, i) => (await sb.spawn(["sh", "-c", `echo s${i}; exit ${i % 4}`])).wait());
+    const [r, s] = await Promise.all([Promise.all(runs), Promise.all(spawns)]);
+    r.forEach((x, i) => assert.deepEqual([x.stdout, x.exitCode], [`r${i}\n`, i % 3]));
+    s.forEach((x, i) => assert.deepEqual([x.stdout, x.exitCode], [`s${i}\n`, i % 4]));
+  });
+
   test("1,000 fast commands through spawn, no lost exit", async () => {
     for (let i = 0; i < 1000; i++) {
       const p = await sb.spawn(["sh", "-c", `echo ${i}; exit ${i % 5}`]);
