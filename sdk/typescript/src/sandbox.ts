@@ -43,6 +43,12 @@ export interface RunOptions {
   check?: boolean;
   /** Cap on each of stdout and stderr in bytes (the server's default is 16 MiB). */
   maxOutputBytes?: number;
+  /**
+   * Called with output as it arrives (E2B's callbacks); the result still has all of it. With
+   * either one the command runs over the streaming exec instead of the one-shot one.
+   */
+  onStdout?: (text: string, data: Uint8Array) => void;
+  onStderr?: (text: string, data: Uint8Array) => void;
 }
 
 /** What a finished command printed and how it ended. */
@@ -430,6 +436,7 @@ export class Sandbox {
    */
   async run(cmd: Cmd, opts: RunOptions = {}): Promise<CommandResult> {
     const args = argv(cmd);
+    if (opts.onStdout || opts.onStderr) return this.#runStreaming(args, opts);
     const body: Record<string, unknown> = { cmd: args };
     if (opts.env) body["env"] = opts.env;
     if (opts.cwd) body["cwd"] = opts.cwd;
@@ -456,6 +463,70 @@ export class Sandbox {
     }
     if (opts.check && !r.ok) throw new CommandError(args, r);
     return r;
+  }
+
+  /** `run` over the WebSocket exec, for output callbacks. Same result, errors and timeout. */
+  async #runStreaming(args: string[], opts: RunOptions): Promise<CommandResult> {
+    const started = Date.now();
+    const ac = new AbortController();
+    let timedOut = false;
+    const timer = opts.timeoutMs === undefined ? undefined : setTimeout(() => {
+      timedOut = true;
+      ac.abort();
+    }, opts.timeoutMs);
+    const onAbort = () => ac.abort(opts.signal?.reason);
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    if (opts.signal?.aborted) onAbort();
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    try {
+      const p = await this.spawn(args, {
+        env: opts.env,
+        cwd: opts.cwd,
+        user: opts.user,
+        stdin: opts.stdin !== undefined,
+        signal: ac.signal,
+        onStdout: (text, data) => {
+          out.push(Buffer.from(data));
+          opts.onStdout?.(text, data);
+        },
+        onStderr: (text, data) => {
+          err.push(Buffer.from(data));
+          opts.onStderr?.(text, data);
+        },
+      });
+      if (opts.stdin !== undefined) {
+        await p.write(opts.stdin);
+        await p.closeStdin();
+      }
+      const exit = await p.wait();
+      const o = Buffer.concat(out);
+      const e = Buffer.concat(err);
+      const r = new CommandResult({
+        exit_code: exit.exitCode,
+        signal: exit.signal,
+        stdout: o.toString("utf8"),
+        stderr: e.toString("utf8"),
+        stdout_b64: o.toString("base64"),
+        stderr_b64: e.toString("base64"),
+        timed_out: false,
+        duration_ms: Date.now() - started,
+      });
+      if (opts.check && !r.ok) throw new CommandError(args, r);
+      return r;
+    } catch (e) {
+      if (timedOut || (opts.signal?.aborted && isTimeoutReason(opts.signal.reason))) {
+        throw new TimeoutError(`command ${JSON.stringify(args)} timed out and was killed`, {
+          stdout: Buffer.concat(out).toString("utf8"),
+          stderr: Buffer.concat(err).toString("utf8"),
+          cause: e,
+        });
+      }
+      throw e;
+    } finally {
+      clearTimeout(timer);
+      opts.signal?.removeEventListener("abort", onAbort);
+    }
   }
 
   /**

@@ -232,6 +232,22 @@ describe("run", () => {
     assert.equal((await sb.commands.run("echo alias")).stdout, "alias\n");
   });
 
+  test("output callbacks stream while run still returns everything", async () => {
+    const seen = { out: "", err: "" };
+    const r = await sb.run("echo one; echo two >&2; cat; printf '\\377'", {
+      stdin: "in\n",
+      onStdout: (t) => (seen.out += t),
+      onStderr: (t) => (seen.err += t),
+    });
+    assert.equal(r.exitCode, 0);
+    assert.equal(r.stderr, "two\n");
+    assert.deepEqual(Buffer.from(r.stdoutBytes), Buffer.from("one\nin\n\xff", "latin1"));
+    assert.equal(seen.out.slice(0, 7), "one\nin\n");
+    assert.equal(seen.err, "two\n");
+    await assert.rejects(sb.run("exit 4", { onStdout: () => undefined, check: true }), (e) => e instanceof CommandError && e.exitCode === 4);
+    await assert.rejects(sb.run("echo so far; sleep 30", { onStdout: () => undefined, timeoutMs: 300 }), (e) => e instanceof TimeoutError && e.stdout === "so far\n");
+  });
+
   test("check throws CommandError with stdout and stderr", async () => {
     await assert.rejects(sb.run("echo out; echo bad >&2; exit 3", { check: true }), (e) => {
       assert.ok(e instanceof CommandError);
