@@ -85,8 +85,19 @@ export class ExecSession implements AsyncIterable<ExecEvent> {
   #dec = { out: new TextDecoder(), err: new TextDecoder() };
   #opts: SpawnOptions;
   #started: Promise<void>;
+  #failStart: (e: unknown) => void = () => undefined;
+  /** Set when the spawn's signal aborted: every later wait or read throws it. */
+  #aborted: unknown;
   /** Aborting the spawn's signal kills the process and drops the connection. */
   #onAbort = (): void => {
+    if (this.#exit || this.#aborted) return; // finished before: nothing to abort
+    const reason: unknown = this.#opts.signal?.reason;
+    this.#aborted =
+      (reason as { name?: string } | undefined)?.name === "TimeoutError"
+        ? new TimeoutError("the command ran past its signal's timeout and was killed", { cause: reason })
+        : reason; // as fetch does: the abort's reason
+    this.#failStart(this.#aborted);
+    this.#fail(this.#aborted);
     void this.kill("KILL").catch(() => undefined);
     this.#ws.close();
   };
@@ -101,6 +112,7 @@ export class ExecSession implements AsyncIterable<ExecEvent> {
       gotSession = res;
       failStart = rej;
     });
+    this.#failStart = failStart;
     let sessionSeen = false;
     ws.on("message", (data: Buffer, isBinary: boolean) => {
       if (isBinary) {
@@ -161,19 +173,11 @@ export class ExecSession implements AsyncIterable<ExecEvent> {
     });
     ws.on("close", () => {
       opts.signal?.removeEventListener("abort", this.#onAbort);
-      if (this.#exit) return;
-      let e: unknown;
-      const reason: unknown = opts.signal?.aborted ? opts.signal.reason : undefined;
-      if (reason !== undefined && (reason as { name?: string }).name === "TimeoutError") {
-        e = new TimeoutError("the command ran past its signal's timeout and was killed", { cause: reason });
-      } else if (reason !== undefined) {
-        e = reason; // as fetch does: the abort's reason
-      } else {
-        e = new ProtocolError(
-          this.#failure ? String(this.#failure) : "the exec connection closed before the command's exit frame",
-          { code: "no_exit_frame", cause: this.#failure },
-        );
-      }
+      if (this.#exit || this.#aborted) return;
+      const e = new ProtocolError(
+        this.#failure ? String(this.#failure) : "the exec connection closed before the command's exit frame",
+        { code: "no_exit_frame", cause: this.#failure },
+      );
       failStart(e);
       this.#fail(e);
     });
@@ -243,6 +247,7 @@ export class ExecSession implements AsyncIterable<ExecEvent> {
   }
 
   #next(): Promise<IteratorResult<ExecEvent>> {
+    if (this.#aborted) return Promise.reject(this.#aborted);
     const ev = this.#queue.shift();
     if (ev) {
       if (this.#paused && this.#queue.length < 64) {
@@ -285,6 +290,7 @@ export class ExecSession implements AsyncIterable<ExecEvent> {
    * `stdout` / `stderr` of the result; events already taken by an iterator are not repeated.
    */
   async wait(): Promise<ExecExit> {
+    if (this.#aborted) throw this.#aborted;
     if (this.#iterating) {
       if (this.#exit) return this.#exit;
       return new Promise((resolve, reject) => this.#exitWaiters.push({ resolve, reject }));
