@@ -10,13 +10,10 @@ try {
   await sb.files.write("/srv/www/index.html", "<h1>hello from a burrow</h1>\n");
   await sb.services.put("web", { cmd: ["python3", "-m", "http.server", "8080"], cwd: "/srv/www", httpPort: 8080 });
 
-  // Through the API (works over the unix socket too); wait until the server listens.
-  let res = await sb.fetch("/");
-  for (let i = 0; res.status === 502 && i < 200; i++) {
-    await res.arrayBuffer();
-    await new Promise((r) => setTimeout(r, 25));
-    res = await sb.fetch("/");
-  }
+  await sb.waitForPort(8080); // the service is up once its port accepts connections
+
+  // Through the API (works over the unix socket too).
+  const res = await sb.fetch("/");
   console.log("through the API:", res.status, (await res.text()).trim());
 
   // By its URL, as a browser would open it (browsers resolve *.localhost to loopback).

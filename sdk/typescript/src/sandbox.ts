@@ -10,7 +10,7 @@ import { ExecSession, MAX_QUERY_BYTES, type SpawnOptions } from "./exec.js";
 import { Files } from "./files.js";
 import { PortConnection } from "./relay.js";
 import { queryString } from "./transport.js";
-import { CommandError, RateLimitError, TimeoutError } from "./errors.js";
+import { BurrowError, CommandError, RateLimitError, TimeoutError } from "./errors.js";
 import { setTimeout as sleepTimer } from "node:timers/promises";
 import type {
   Checkpoint,
@@ -602,6 +602,28 @@ export class Sandbox {
     const conn = new PortConnection(ws);
     await opened;
     return conn;
+  }
+
+  /**
+   * Waits until something accepts TCP connections on `port` inside the sandbox (a service
+   * just started), probing through the relay, for at most `timeoutMs` (default 30 s: then
+   * TimeoutError).
+   */
+  async waitForPort(port: number, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
+    const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
+    for (let delay = 10; ; delay = Math.min(delay * 2, 250)) {
+      try {
+        const conn = await this.openPort(port);
+        conn.destroy();
+        return;
+      } catch (e) {
+        if (!(e instanceof BurrowError) || e.code !== "not_listening") throw e;
+        if (Date.now() + delay > deadline) {
+          throw new TimeoutError(`nothing listened on port ${port} of sandbox '${this.name}' within ${opts.timeoutMs ?? 30_000} ms`, { cause: e });
+        }
+        await sleep(delay, opts.signal);
+      }
+    }
   }
 
   /** The sandbox's network policy. */

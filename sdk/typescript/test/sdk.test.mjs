@@ -585,14 +585,9 @@ describe("services, url, events", () => {
       const svc = await sb.services.put("app", { cmd: ["python3", "-m", "http.server", "8080"], cwd: "/srv/www", httpPort: 8080 });
       assert.equal(svc.name, "app");
       assert.deepEqual((await sb.services.list()).map((s) => s.name), ["app"]);
-      // The service is up once its port answers: retry the request through the API.
-      let res;
-      for (let i = 0; i < 200; i++) {
-        res = await sb.fetch("/index.html");
-        if (res.status === 200) break;
-        await res.arrayBuffer();
-        await new Promise((r) => setTimeout(r, 25));
-      }
+      await assert.rejects(sb.waitForPort(9, { timeoutMs: 100 }), TimeoutError); // nothing there
+      await sb.waitForPort(8080);
+      const res = await sb.fetch("/index.html");
       assert.equal(res.status, 200);
       assert.equal(await res.text(), "<h1>hello from web</h1>");
       assert.equal((await sb.services.get("app")).status, "running");
