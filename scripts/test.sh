@@ -20,6 +20,18 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "==> tests"
 status=0
 cargo test --workspace --no-fail-fast -- --test-threads=4 2>&1 | tee /tmp/burrow-test.log || status=$?
+# The SDKs, MCP and the API document, each against real daemons of this build.
+suites=()
+for suite in scripts/test-python-sdk.sh scripts/test-typescript-sdk.sh scripts/test-mcp.sh scripts/test-openapi.sh; do
+  [ -f "$suite" ] || continue
+  start=$SECONDS
+  if bash "$suite"; then
+    suites+=("$(printf '%8.1f s  %s: ok' $((SECONDS - start)) "$suite")")
+  else
+    suites+=("$(printf '%8.1f s  %s: FAILED' $((SECONDS - start)) "$suite")")
+    status=1
+  fi
+done
 bash scripts/cleanup-test-leftovers.sh || true
 passed=$(grep -Eo '^test result: .*' /tmp/burrow-test.log | awk '{p+=$4; f+=$6} END {print p+0}')
 failed=$(grep -Eo '^test result: .*' /tmp/burrow-test.log | awk '{p+=$4; f+=$6} END {print f+0}')
@@ -31,4 +43,6 @@ times=$(awk '/^ *Running /{bin=$NF; sub(/^.*deps\//, "", bin); sub(/-[0-9a-f]+\)
 echo "==> slowest test binaries"
 echo "$times" | sort -rn | head -10
 echo "$times" | awk '{s+=$1} END {printf "%8.1f s  total in test binaries\n", s}'
+echo "==> other suites"
+printf '%s\n' "${suites[@]}"
 exit $status
