@@ -10,6 +10,7 @@
 //!
 //! Boot parameters (kernel command line): `burrow.guest=1` (required),
 //! `burrow.hostname=NAME`, `burrow.ip=A.B.C.D/P`, `burrow.gw=A.B.C.D`, `burrow.dns=A.B.C.D`,
+//! `burrow.pids=N` (the process limit of what the agent starts),
 //! `burrow.root=/dev/vda` (the default), `burrow.rootfstype=ext4` (the default).
 //!
 //! Every step is logged with its timing to stderr (the serial console). A boot that fails
@@ -71,6 +72,8 @@ pub struct GuestConfig {
     pub dns: Option<Ipv4Addr>,
     pub root: String,
     pub root_fstype: String,
+    /// The sandbox's process limit (`pids.max` of the cgroup its processes run in).
+    pub pids: Option<u64>,
 }
 
 impl GuestConfig {
@@ -103,6 +106,7 @@ impl GuestConfig {
                 "burrow.dns" => cfg.dns = Some(value.parse().map_err(|_| bad(param))?),
                 "burrow.root" => cfg.root = value.to_owned(),
                 "burrow.rootfstype" => cfg.root_fstype = value.to_owned(),
+                "burrow.pids" => cfg.pids = Some(value.parse().map_err(|_| bad(param))?),
                 _ => {}
             }
         }
@@ -195,6 +199,15 @@ pub fn boot(cfg: &GuestConfig) -> Result<PathBuf, GuestError> {
     steps.done("mounted /dev/pts, /dev/shm, /dev/mqueue, /run, cgroup2");
     setup_network(cfg)?;
     steps.done("configured hostname and network");
+    if let Some(max) = cfg.pids {
+        match payload_cgroup(max) {
+            Ok(procs) => {
+                crate::spawn::set_payload_cgroup(procs);
+                steps.done(&format!("processes limited to {max} (pids)"));
+            }
+            Err(e) => log_line!("burrow-agent: guest: no process limit for the sandbox's processes: {e}"),
+        }
+    }
     let mut port = None;
     wait_for(&format!("virtio port {PORT_NAME}"), || {
         port = find_port(PORT_NAME).ok().flatten();
@@ -203,6 +216,28 @@ pub fn boot(cfg: &GuestConfig) -> Result<PathBuf, GuestError> {
     let port = port.expect("set by the wait");
     steps.done(&format!("found the agent port {}", port.display()));
     Ok(port)
+}
+
+/// The cgroup every process the agent starts runs in (the agent stays in the root one):
+/// `pids.max` = the sandbox's process limit, so a fork bomb meets that limit, as in a
+/// container, while the agent can still serve. Returns its `cgroup.procs`, open for writing.
+fn payload_cgroup(max: u64) -> Result<std::os::fd::OwnedFd, GuestError> {
+    let root = Path::new("/sys/fs/cgroup");
+    let dir = root.join("payload");
+    std::fs::write(root.join("cgroup.subtree_control"), "+pids")
+        .map_err(io_err("enable the pids controller"))?;
+    match std::fs::create_dir(&dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            return Err(io_err("create the payload cgroup")(e));
+        }
+        _ => {}
+    }
+    std::fs::write(dir.join("pids.max"), max.to_string()).map_err(io_err("set pids.max"))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.procs"))
+        .map_err(io_err("open the payload cgroup"))?;
+    Ok(f.into())
 }
 
 fn mount_fs(source: &str, target: &str, fstype: &str, flags: MsFlags, data: &str) -> Result<(), GuestError> {
@@ -510,7 +545,7 @@ mod tests {
         assert_eq!(GuestConfig::parse("console=ttyS0 quiet").unwrap(), None);
         assert_eq!(GuestConfig::parse("burrow.guest=0").unwrap(), None);
         let cfg = GuestConfig::parse(
-            "console=ttyS0 burrow.guest=1 burrow.hostname=box burrow.ip=10.0.0.2/24 burrow.gw=10.0.0.1 burrow.dns=10.0.0.1",
+            "console=ttyS0 burrow.guest=1 burrow.hostname=box burrow.ip=10.0.0.2/24 burrow.gw=10.0.0.1 burrow.dns=10.0.0.1 burrow.pids=512",
         )
         .unwrap()
         .unwrap();
@@ -520,6 +555,8 @@ mod tests {
         assert_eq!(cfg.dns, Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(cfg.root, "/dev/vda");
         assert_eq!(cfg.root_fstype, "ext4");
+        assert_eq!(cfg.pids, Some(512));
+        assert!(GuestConfig::parse("burrow.guest=1 burrow.pids=lots").is_err());
         assert!(GuestConfig::parse("burrow.guest=1 burrow.ip=10.0.0.2").is_err());
         assert!(GuestConfig::parse("burrow.guest=1 burrow.ip=10.0.0.2/33").is_err());
         assert!(GuestConfig::parse("burrow.guest=1 burrow.gw=x").is_err());

@@ -161,6 +161,8 @@ fn pids_limit() -> Option<(String, String)> {
     let mut dirs = vec![
         PathBuf::from("/sys/fs/cgroup"),
         PathBuf::from("/sys/fs/cgroup/pids"),
+        // A VM guest's: the agent runs in the root, what it starts in `payload`.
+        PathBuf::from("/sys/fs/cgroup/payload"),
     ];
     // Without a cgroup namespace the own cgroup is below the mount's root.
     if let Ok(s) = std::fs::read_to_string("/proc/self/cgroup") {

@@ -480,15 +480,22 @@ async fn memory_checkpoints_restore_and_fork_running_processes() {
 /// A memory hog in a VM meets the guest's own OOM killer: the hog dies, the agent (the
 /// guest's init) and the VM go on, and QEMU on the host holds no more than the guest's RAM
 /// plus its overhead (the control: the hog did fill the guest's memory first). A console
-/// flood from root in the guest stays within the VM's capped log on the host.
+/// flood from root in the guest stays within the VM's capped log on the host; a fork bomb
+/// meets the sandbox's process limit inside the guest.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_memory_hog_stays_in_its_vm() {
+async fn a_memory_hog_a_fork_bomb_and_a_console_flood_stay_in_their_vm() {
     let d = Daemon::start();
     let c = d.client();
     let (available, detail) = vm_available(&c).await;
     require!(available, "the vm engine is unavailable here: {detail}");
     let name = unique_name("vmhog");
-    let sb = c.create_sandbox(&vm_req(&name)).await.unwrap();
+    let sb = c
+        .create_sandbox(&CreateSandbox {
+            pids: Some(128),
+            ..vm_req(&name)
+        })
+        .await
+        .unwrap();
     let guest_mb = sb.config.memory_mb;
     let hog = run(
         &c,
@@ -553,6 +560,77 @@ async fn a_memory_hog_stays_in_its_vm() {
         "the VM's log holds {total} bytes"
     );
     assert_eq!(sh(&c, &name, "echo alive").await, "alive\n");
+
+    // A fork bomb meets the sandbox's process limit inside the guest (its processes run in
+    // a cgroup of their own there): the count stays at the limit, forks fail, the agent
+    // (outside that cgroup) still answers, QEMU's threads stay few, and killing the bomb's
+    // session frees it (the control: a command that forks works again).
+    let mut bomb = c
+        .exec_stream(
+            &name,
+            burrow_testkit::burrow_client::ExecStreamOptions {
+                detach_timeout_s: Some(300),
+                ..burrow_testkit::burrow_client::ExecStreamOptions::new([
+                    "bash",
+                    "-c",
+                    "f(){ f & f & wait; }; f 2>/dev/null & exec sleep 600",
+                ])
+            },
+        )
+        .await
+        .unwrap();
+    let bomb_id = match bomb.next_event().await.unwrap() {
+        Some(burrow_testkit::burrow_client::ExecEvent::Session { id, .. }) => id,
+        other => panic!("first event was not the session: {other:?}"),
+    };
+    let argv = |cmd: &[&str]| ExecRequest {
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        // `cat` is run without a fork inside: it works while the limit is reached.
+        let r = c
+            .exec(&name, &argv(&["cat", "/sys/fs/cgroup/payload/pids.current"]))
+            .await
+            .unwrap();
+        if r.stdout.trim() == "128" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fork bomb never reached the limit: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let forks = c
+        .exec(&name, &argv(&["sh", "-c", "echo $(echo x)"]))
+        .await
+        .unwrap();
+    assert_ne!(forks.stdout, "x\n", "a fork succeeded at the limit: {forks:?}");
+    let threads = qemu_status(&sb.id)
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    assert!((1..=64).contains(&threads), "QEMU runs {threads} threads");
+    c.kill_session(&name, &bomb_id, Some("KILL")).await.unwrap();
+    drop(bomb);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = c
+            .exec(&name, &argv(&["sh", "-c", "echo $(echo free)"]))
+            .await
+            .unwrap();
+        if r.stdout == "free\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the VM never recovered from the bomb: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// burrowd killed between saving a VM's memory and recording the sleep: at its next start

@@ -438,6 +438,7 @@ impl VmEngine {
             )));
         }
         c.push_str(&format!(" burrow.hostname={}", spec.hostname));
+        c.push_str(&format!(" burrow.pids={}", spec.resources.pids));
         if spec.netns.is_some() {
             c.push_str(&format!(
                 " burrow.ip={} burrow.gw={}",
