@@ -10,15 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use burrow_api::{CheckpointList, ExecRequest, ExecResult, RestoreResult, WsNotice};
+use burrow_api::{CheckpointList, ExecRequest, ExecResult, RestoreResult};
 use burrow_client::{Client, ClientError, ExecEvent, ExecStreamOptions, Method, WriteFileOptions};
+use futures::StreamExt as _;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, Extensions, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    CallToolResult, ContentBlock, Extensions, Implementation, ServerCapabilities, ServerConfig,
+};
 use rmcp::{ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use futures::StreamExt as _;
 
 use crate::ClientSource;
 
@@ -31,8 +33,6 @@ const MAX_OUTPUT_BYTES: u64 = 4 << 20;
 const BACKGROUND_DETACH_TIMEOUT_S: u64 = 7 * 86_400;
 /// The longest a poll waits for a background command to finish.
 const MAX_POLL_WAIT_S: f64 = 60.0;
-/// After the buffered output, how long a poll listens for more before it answers.
-const POLL_SETTLE: Duration = Duration::from_millis(50);
 
 /// The MCP server: the tool table and where each call gets its client.
 #[derive(Clone)]
@@ -293,7 +293,11 @@ impl BurrowTools {
 
     /// List sandboxes (name, status, image, URL, labels).
     #[tool(annotations(title = "List sandboxes", read_only_hint = true, open_world_hint = false))]
-    async fn list_sandboxes(&self, ext: Extensions, Parameters(a): Parameters<ListSandboxesArgs>) -> ToolResult {
+    async fn list_sandboxes(
+        &self,
+        ext: Extensions,
+        Parameters(a): Parameters<ListSandboxesArgs>,
+    ) -> ToolResult {
         let client = client!(self, ext);
         let r = client.list_all_sandboxes(a.prefix.as_deref(), &[]).await;
         result(r.map(|sandboxes| json!({ "sandboxes": sandboxes })))
@@ -315,12 +319,15 @@ impl BurrowTools {
         idempotent_hint = false,
         open_world_hint = false
     ))]
-    async fn create_sandbox(&self, ext: Extensions, Parameters(a): Parameters<CreateSandboxArgs>) -> ToolResult {
+    async fn create_sandbox(
+        &self,
+        ext: Extensions,
+        Parameters(a): Parameters<CreateSandboxArgs>,
+    ) -> ToolResult {
         let client = client!(self, ext);
         // Sent as given: the API checks the name and values and says what is wrong.
-        let r: Result<burrow_api::Sandbox, _> = client
-            .request_json(Method::POST, "/v1/sandboxes", Some(&a))
-            .await;
+        let r: Result<burrow_api::Sandbox, _> =
+            client.request_json(Method::POST, "/v1/sandboxes", Some(&a)).await;
         result(r)
     }
 
@@ -392,16 +399,31 @@ impl BurrowTools {
     }
 
     /// The output so far and, once it has finished, the exit status of a background command.
-    #[tool(annotations(title = "Poll a background command", read_only_hint = true, open_world_hint = false))]
+    #[tool(annotations(
+        title = "Poll a background command",
+        read_only_hint = true,
+        open_world_hint = false
+    ))]
     async fn exec_poll(&self, ext: Extensions, Parameters(a): Parameters<PollArgs>) -> ToolResult {
         let client = client!(self, ext);
         let limit = check!(output_limit(a.max_output_bytes));
         let wait = match a.wait_s {
             None => 0.0,
             Some(w) if (0.0..=MAX_POLL_WAIT_S).contains(&w) => w,
-            Some(w) => return Ok(fail(format!("wait_s {w} must be between 0 and {MAX_POLL_WAIT_S}"))),
+            Some(w) => {
+                return Ok(fail(format!(
+                    "wait_s {w} must be between 0 and {MAX_POLL_WAIT_S}"
+                )));
+            }
         };
-        Ok(poll(&client, &a.sandbox, &a.session_id, Duration::from_secs_f64(wait), limit).await)
+        Ok(poll(
+            &client,
+            &a.sandbox,
+            &a.session_id,
+            Duration::from_secs_f64(wait),
+            limit,
+        )
+        .await)
     }
 
     /// Send a signal (default KILL) to a background command.
@@ -417,7 +439,9 @@ impl BurrowTools {
         let r = client
             .kill_session(&a.sandbox, &a.session_id, a.signal.as_deref())
             .await;
-        result(r.map(|()| json!({ "session_id": a.session_id, "signal": a.signal.unwrap_or_else(|| "KILL".into()) })))
+        result(r.map(
+            |()| json!({ "session_id": a.session_id, "signal": a.signal.unwrap_or_else(|| "KILL".into()) }),
+        ))
     }
 
     /// Read a file from a sandbox (text, or base64 when it is not UTF-8).
@@ -472,7 +496,11 @@ impl BurrowTools {
         } else {
             a.content.into_bytes()
         };
-        let mode = match a.mode.as_deref().map(|m| u32::from_str_radix(m.trim_start_matches("0o"), 8)) {
+        let mode = match a
+            .mode
+            .as_deref()
+            .map(|m| u32::from_str_radix(m.trim_start_matches("0o"), 8))
+        {
             None => None,
             Some(Ok(m)) if m <= 0o7777 => Some(m),
             Some(_) => return Ok(fail("mode must be octal permission bits, e.g. \"0644\"")),
@@ -553,13 +581,19 @@ impl BurrowTools {
             from["checkpoint"] = json!(cp);
         }
         let body = json!({ "name": a.name, "from": from });
-        let r: Result<burrow_api::Sandbox, _> = client.request_json(Method::POST, "/v1/sandboxes", Some(&body)).await;
+        let r: Result<burrow_api::Sandbox, _> = client
+            .request_json(Method::POST, "/v1/sandboxes", Some(&body))
+            .await;
         result(r)
     }
 
     /// The web URL of a sandbox: it reaches the service that declares an http_port (default
     /// port 8080). Also the API path that proxies to it.
-    #[tool(annotations(title = "URL of a sandbox's web service", read_only_hint = true, open_world_hint = false))]
+    #[tool(annotations(
+        title = "URL of a sandbox's web service",
+        read_only_hint = true,
+        open_world_hint = false
+    ))]
     async fn service_url(&self, ext: Extensions, Parameters(a): Parameters<SandboxArg>) -> ToolResult {
         let client = client!(self, ext);
         let r = client.get_sandbox(&a.sandbox).await;
@@ -601,7 +635,6 @@ fn exec_json(r: ExecResult) -> Value {
     v
 }
 
-
 /// Drops an incomplete UTF-8 sequence that a cut left at the end, so cut text stays text.
 fn trim_partial_char(data: &mut Vec<u8>) {
     if let Err(e) = std::str::from_utf8(data)
@@ -611,9 +644,21 @@ fn trim_partial_char(data: &mut Vec<u8>) {
     }
 }
 
+/// The wrapper a background command runs under: `sh -c WRAPPER BASE CMD…` runs CMD with its
+/// stdout and stderr in `BASE.out` and `BASE.err`. A session's buffered output is gone once
+/// it exits (attach answers 410), so the files keep it for `exec_poll`; the session list
+/// shows the argv, so a poll finds BASE from the session id alone.
+const BG_WRAPPER: &str = r#"exec "$@" >"$0.out" 2>"$0.err""#;
+/// Where the output files of background commands go (world-writable, any user).
+const BG_DIR: &str = "/tmp/burrow-mcp-";
+
 /// Starts a background command: opens an exec stream that may outlive its connection, takes
 /// the session id from its first event and leaves.
-async fn start_background(client: &Client, sandbox: &str, opts: ExecStreamOptions) -> CallToolResult {
+async fn start_background(client: &Client, sandbox: &str, mut opts: ExecStreamOptions) -> CallToolResult {
+    let base = format!("{BG_DIR}{:016x}", random_u64());
+    let mut cmd = vec!["sh".to_owned(), "-c".to_owned(), BG_WRAPPER.to_owned(), base];
+    cmd.append(&mut opts.cmd);
+    opts.cmd = cmd;
     let mut stream = match client.exec_stream(sandbox, opts).await {
         Ok(s) => s,
         Err(e) => return api_error(&e),
@@ -624,105 +669,190 @@ async fn start_background(client: &Client, sandbox: &str, opts: ExecStreamOption
             structured(json!({ "session_id": id, "pid": pid, "running": true }))
         }
         Ok(Some(ExecEvent::Error { message, code, .. })) => fail(format!("{message} ({code})")),
-        Ok(other) => fail(format!("the exec stream began with {other:?} instead of a session")),
+        Ok(other) => fail(format!(
+            "the exec stream began with {other:?} instead of a session"
+        )),
         Err(e) => api_error(&e),
     }
 }
 
-/// Attaches to a background command's session: the buffered output (its most recent `limit`
-/// bytes), then, when it has exited, its status. Waits up to `wait` for it to exit.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS per instance: unique enough for a file name.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// A background command's state: running or its exit, and the last `limit` bytes of its
+/// stdout and stderr. Waits up to `wait` for it to exit (attached to its session, so the
+/// exit ends the wait at once).
 async fn poll(client: &Client, sandbox: &str, id: &str, wait: Duration, limit: u64) -> CallToolResult {
-    let mut stream = match client.attach_session(sandbox, id).await {
+    let mut session = match find_session(client, sandbox, id).await {
         Ok(s) => s,
+        Err(r) => return r,
+    };
+    if session.exited_at.is_none() && !wait.is_zero() {
+        if let Ok(mut stream) = client.attach_session(sandbox, id).await {
+            let _ = tokio::time::timeout(wait, async {
+                while let Ok(Some(ev)) = stream.next_event().await {
+                    if matches!(ev, ExecEvent::Exit { .. }) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        // Attached or not (410: it has just exited), the list has its state now.
+        session = match find_session(client, sandbox, id).await {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+    }
+    let Some(base) = background_base(&session.cmd) else {
+        return fail(format!(
+            "session '{id}' was not started by the exec tool with background: true, so its output \
+             was not kept; its state: {}",
+            if session.exited_at.is_some() {
+                "exited"
+            } else {
+                "running"
+            }
+        ));
+    };
+    // The tails, by one exec (the caller may run commands; it may not hold `files`). One byte
+    // more than the limit tells whether there was more.
+    let n = (limit + 1).to_string();
+    let req = ExecRequest {
+        cmd: [
+            "sh",
+            "-c",
+            r#"tail -c "$1" "$0.out" 2>/dev/null; tail -c "$1" "$0.err" >&2 2>/dev/null"#,
+            base,
+            &n,
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        max_output_bytes: Some(limit + 1),
+        ..ExecRequest::default()
+    };
+    let out = match client.exec(sandbox, &req).await {
+        Ok(r) => r,
         Err(e) => return api_error(&e),
     };
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut stdout = Tail::new(limit);
-    let mut stderr = Tail::new(limit);
-    let mut exit = None;
-    loop {
-        // The buffered output arrives at once; once it is in and the wait is over, answer.
-        // Until the replay notice is in, listen a little past the deadline for it.
-        let now = tokio::time::Instant::now();
-        let replayed = stream
-            .replay()
-            .is_some_and(|WsNotice::Replay { replay_bytes, .. }| stdout.seen + stderr.seen >= *replay_bytes);
-        if replayed && now >= deadline {
-            break;
-        }
-        let budget = deadline.saturating_duration_since(now).max(POLL_SETTLE);
-        match tokio::time::timeout(budget, stream.next_event()).await {
-            Err(_) => break,
-            Ok(Ok(Some(ExecEvent::Stdout(b)))) => stdout.push(&b),
-            Ok(Ok(Some(ExecEvent::Stderr(b)))) => stderr.push(&b),
-            Ok(Ok(Some(ExecEvent::Exit {
-                exit_code, signal, ..
-            }))) => {
-                exit = Some((exit_code, signal));
-                break;
-            }
-            Ok(Ok(Some(ExecEvent::Error { message, code, .. }))) => {
-                return fail(format!("{message} ({code})"));
-            }
-            Ok(Ok(Some(_))) => {}
-            Ok(Ok(None)) => break,
-            Ok(Err(e)) => return api_error(&e),
-        }
-    }
-    // Older output the session no longer buffers.
-    let dropped = stream
-        .replay()
-        .is_some_and(|WsNotice::Replay { dropped_bytes, .. }| *dropped_bytes > 0) || stdout.dropped || stderr.dropped;
-    drop(stream);
+    let (stdout, cut_out) = tail_text(&out.stdout, &out.stdout_b64, limit);
+    let (stderr, cut_err) = tail_text(&out.stderr, &out.stderr_b64, limit);
     let mut v = json!({
         "session_id": id,
-        "running": exit.is_none(),
-        "stdout": stdout.text(),
-        "stderr": stderr.text(),
-        "output_truncated": dropped,
+        "running": session.exited_at.is_none(),
+        "stdout": stdout,
+        "stderr": stderr,
+        "output_truncated": cut_out || cut_err,
     });
-    if let Some((code, signal)) = exit {
-        v["exit_code"] = json!(code);
-        if let Some(s) = signal {
+    if session.exited_at.is_some() {
+        v["exit_code"] = json!(session.exit_code);
+        if let Some(s) = session.signal {
             v["signal"] = json!(s);
         }
     }
     structured(v)
 }
 
+/// Session `id` of the sandbox, or the tool error saying it is unknown.
+async fn find_session(
+    client: &Client,
+    sandbox: &str,
+    id: &str,
+) -> Result<burrow_api::SessionInfo, CallToolResult> {
+    let list = client.list_sessions(sandbox).await.map_err(|e| api_error(&e))?;
+    list.sessions.into_iter().find(|s| s.id == id).ok_or_else(|| {
+        fail(format!(
+            "session '{id}' does not exist in sandbox '{sandbox}' (not_found)"
+        ))
+    })
+}
+
+/// BASE of a command started by [`start_background`].
+fn background_base(cmd: &[String]) -> Option<&str> {
+    match cmd {
+        [sh, c, wrapper, base, ..]
+            if sh == "sh" && c == "-c" && wrapper == BG_WRAPPER && base.starts_with(BG_DIR) =>
+        {
+            Some(base)
+        }
+        _ => None,
+    }
+}
+
+/// The last `limit` bytes of an output (`b64` when it was not UTF-8), as text, and whether
+/// anything came before them.
+fn tail_text(text: &str, b64: &Option<String>, limit: u64) -> (String, bool) {
+    let bytes = match b64 {
+        Some(b) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .unwrap_or_else(|_| text.as_bytes().to_vec()),
+        None => text.as_bytes().to_vec(),
+    };
+    let limit = limit as usize;
+    if bytes.len() <= limit {
+        return (String::from_utf8_lossy(&bytes).into_owned(), false);
+    }
+    let tail = &bytes[bytes.len() - limit..];
+    (String::from_utf8_lossy(tail).into_owned(), true)
+}
+
 fn structured(v: Value) -> CallToolResult {
     CallToolResult::structured(v)
 }
 
-/// The last `limit` bytes of a stream.
-struct Tail {
-    buf: Vec<u8>,
-    limit: usize,
-    seen: u64,
-    dropped: bool,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Tail {
-    fn new(limit: u64) -> Self {
-        Self {
-            buf: Vec::new(),
-            limit: limit as usize,
-            seen: 0,
-            dropped: false,
-        }
+    #[test]
+    fn background_commands_are_recognised_by_their_wrapper() {
+        let cmd = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let base = format!("{BG_DIR}00ff");
+        assert_eq!(
+            background_base(&cmd(&["sh", "-c", BG_WRAPPER, &base, "sleep", "1"])),
+            Some(base.as_str())
+        );
+        assert_eq!(
+            background_base(&cmd(&["sh", "-c", BG_WRAPPER, "/etc/passwd", "x"])),
+            None
+        );
+        assert_eq!(background_base(&cmd(&["sleep", "1"])), None);
     }
 
-    fn push(&mut self, b: &[u8]) {
-        self.seen += b.len() as u64;
-        self.buf.extend_from_slice(b);
-        if self.buf.len() > self.limit {
-            let cut = self.buf.len() - self.limit;
-            self.buf.drain(..cut);
-            self.dropped = true;
-        }
+    #[test]
+    fn tails_keep_the_end_and_say_so() {
+        assert_eq!(tail_text("hello", &None, 10), ("hello".into(), false));
+        assert_eq!(tail_text("hello", &None, 3), ("llo".into(), true));
+        let b64 = Some(base64::engine::general_purpose::STANDARD.encode([0xff, b'a', b'b']));
+        assert_eq!(tail_text("", &b64, 2), ("ab".into(), true));
     }
 
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.buf).into_owned()
+    #[test]
+    fn a_cut_keeps_whole_characters() {
+        let mut v = "aé".as_bytes()[..2].to_vec();
+        trim_partial_char(&mut v);
+        assert_eq!(v, b"a");
+    }
+
+    #[test]
+    fn every_tool_is_annotated() {
+        let tools = BurrowTools::tool_router().list_all();
+        assert!(tools.len() >= 15);
+        for t in tools {
+            let a = t
+                .annotations
+                .as_ref()
+                .unwrap_or_else(|| panic!("{} has no annotations", t.name));
+            assert!(a.read_only_hint.is_some(), "{}", t.name);
+        }
     }
 }

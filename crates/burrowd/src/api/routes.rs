@@ -14,7 +14,9 @@ use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter, any, on};
 
 use super::auth::Rule;
-use super::{AppState, checkpoints, events, exec, files, ingress, mcp, network, sandboxes, services, sessions};
+use super::{
+    AppState, checkpoints, events, exec, files, ingress, mcp, network, sandboxes, services, sessions,
+};
 
 /// The HTTP method a row answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
