@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use burrow_api::{CheckpointList, ExecRequest, ExecResult, RestoreResult};
+use burrow_api::{CheckpointList, ExecRequest, RestoreResult};
 use burrow_client::{Client, ClientError, ExecEvent, ExecStreamOptions, Method, WriteFileOptions};
 use futures::StreamExt as _;
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -395,7 +395,7 @@ impl BurrowTools {
             ..ExecRequest::default()
         };
         let r = client.exec(&a.sandbox, &req).await;
-        result(r.map(exec_json))
+        result(r)
     }
 
     /// The output so far and, once it has finished, the exit status of a background command.
@@ -626,15 +626,6 @@ fn checkpoints_path(sandbox: &str) -> String {
     format!("{}/checkpoints", burrow_client::paths::sandbox(sandbox))
 }
 
-fn exec_json(r: ExecResult) -> Value {
-    let mut v = serde_json::to_value(&r).unwrap_or_else(|_| json!({}));
-    // Not UTF-8: the text fields are lossy and the base64 is the truth; keep the pair.
-    if let Value::Object(m) = &mut v {
-        m.retain(|_, x| !x.is_null());
-    }
-    v
-}
-
 /// Drops an incomplete UTF-8 sequence that a cut left at the end, so cut text stays text.
 fn trim_partial_char(data: &mut Vec<u8>) {
     if let Err(e) = std::str::from_utf8(data)
@@ -666,7 +657,7 @@ async fn start_background(client: &Client, sandbox: &str, mut opts: ExecStreamOp
     match stream.next_event().await {
         Ok(Some(ExecEvent::Session { id, pid, .. })) => {
             drop(stream);
-            structured(json!({ "session_id": id, "pid": pid, "running": true }))
+            CallToolResult::structured(json!({ "session_id": id, "pid": pid, "running": true }))
         }
         Ok(Some(ExecEvent::Error { message, code, .. })) => fail(format!("{message} ({code})")),
         Ok(other) => fail(format!(
@@ -759,7 +750,7 @@ async fn poll(client: &Client, sandbox: &str, id: &str, wait: Duration, limit: u
             v["signal"] = json!(s);
         }
     }
-    structured(v)
+    CallToolResult::structured(v)
 }
 
 /// Session `id` of the sandbox, or the tool error saying it is unknown.
@@ -803,10 +794,6 @@ fn tail_text(text: &str, b64: &Option<String>, limit: u64) -> (String, bool) {
     }
     let tail = &bytes[bytes.len() - limit..];
     (String::from_utf8_lossy(tail).into_owned(), true)
-}
-
-fn structured(v: Value) -> CallToolResult {
-    CallToolResult::structured(v)
 }
 
 #[cfg(test)]
