@@ -31,10 +31,14 @@ DESTRUCTIVE = {"delete_sandbox", "exec", "exec_kill", "write_file", "restore"}
 
 @contextlib.asynccontextmanager
 async def connect(daemon: Daemon, transport: str, token: str | None = None) -> AsyncIterator[Client]:
-    """An MCP client session: `burrow mcp` on the daemon's socket, or /mcp with a token."""
+    """An MCP client session: `burrow mcp` (on the daemon's socket, or over TCP with `token`),
+    or /mcp with `token` (default: the admin's)."""
     if transport == "stdio":
         env = {k: v for k, v in os.environ.items() if not k.startswith("BURROW_")}
-        env["BURROW_SOCKET"] = daemon.socket
+        if token is None:
+            env["BURROW_SOCKET"] = daemon.socket
+        else:
+            env.update(BURROW_URL=daemon.url, BURROW_TOKEN=token)
         server: Any = StdioServerParameters(command=str(bin_dir() / "burrow"), args=["mcp"], env=env)
     else:
         http = create_mcp_http_client(headers={"Authorization": f"Bearer {token or daemon.admin_token}"})
@@ -214,7 +218,8 @@ def test_http_needs_a_valid_token(daemon: Daemon):
     run(go())
 
 
-def test_a_scoped_token_reaches_only_its_sandboxes_and_actions(daemon: Daemon):
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_a_scoped_token_reaches_only_its_sandboxes_and_actions(daemon: Daemon, transport: str):
     mine, other = unique("mcp-mine"), unique("mcp-other")
     for n in (mine, other):
         status, body = daemon.api("POST", "/v1/sandboxes", {"name": n})
@@ -222,7 +227,7 @@ def test_a_scoped_token_reaches_only_its_sandboxes_and_actions(daemon: Daemon):
     token = daemon.token([mine], ["exec", "files", "read"])
 
     async def go():
-        async with connect(daemon, "http", token) as c:
+        async with connect(daemon, transport, token) as c:
             # Positive control: its own sandbox, its own actions.
             r = await call(c, "exec", sandbox=mine, cmd=["echo", "mine"])
             assert r["stdout"] == "mine\n"

@@ -24,7 +24,7 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
 pub use rmcp::model::Extensions;
-pub use tools::{BurrowTools, DEFAULT_MAX_OUTPUT_BYTES, tool_names};
+pub use tools::{BurrowTools, DEFAULT_MAX_OUTPUT_BYTES};
 
 /// The Streamable HTTP service of [`http_service`].
 pub type HttpService = StreamableHttpService<BurrowTools, NeverSessionManager>;

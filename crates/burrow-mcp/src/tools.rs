@@ -47,15 +47,6 @@ impl std::fmt::Debug for BurrowTools {
     }
 }
 
-/// The names of every tool, in the order they are listed.
-pub fn tool_names() -> Vec<String> {
-    BurrowTools::tool_router()
-        .list_all()
-        .into_iter()
-        .map(|t| t.name.into_owned())
-        .collect()
-}
-
 // ---- arguments ----
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]

@@ -4,7 +4,7 @@
 
 use burrow_api::{CreateSandbox, SandboxName};
 use burrow_testkit::burrow_client::Method;
-use burrow_testkit::{RawResponse, raw_tcp, shared, unique_name};
+use burrow_testkit::{RawResponse, raw_tcp, raw_unix, shared, unique_name};
 use serde_json::{Value, json};
 
 async fn mcp(token: Option<&str>, method: &str, params: Value) -> RawResponse {
@@ -113,6 +113,26 @@ async fn mcp_over_http_lists_and_calls_tools_as_the_token_allows() {
             .contains("does not exist"),
         "{res}"
     );
+
+    // On the unix socket no token is needed, and the tools act as the root of the API.
+    let body = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+                      "params": {"name": "exec", "arguments": {"sandbox": other, "cmd": ["echo", "root"]}}});
+    let r = raw_unix(
+        &d.socket,
+        "POST",
+        "/mcp",
+        &[
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2025-06-18"),
+        ],
+        body.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let res = &r.json()["result"];
+    assert_eq!(res["isError"], false, "{res}");
+    assert_eq!(res["structuredContent"]["stdout"], "root\n");
 
     for n in [mine, other] {
         d.tcp_client().delete_sandbox(&n).await.unwrap();
