@@ -123,7 +123,7 @@ def start_daemon() -> Iterator[Daemon]:
         "--dns-upstream", "127.0.0.1:9",
         "--default-engine", "container",
     ]
-    env = dict(os.environ, BURROW_LOG="info", BURROW_LXCFS_DIR=str(tmp / "lxcfs"))
+    env = dict(os.environ, BURROW_LOG="info,rmcp=warn", BURROW_LXCFS_DIR=str(tmp / "lxcfs"))
     with open(log, "ab") as logf:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env,
                                 preexec_fn=_die_with_parent)

@@ -201,7 +201,9 @@ async fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BURROW_LOG").unwrap_or_else(|_| "info".into()),
+            // rmcp logs each stateless MCP request at info: one per tool call.
+            tracing_subscriber::EnvFilter::try_from_env("BURROW_LOG")
+                .unwrap_or_else(|_| "info,rmcp=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
