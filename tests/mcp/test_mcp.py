@@ -263,3 +263,20 @@ def test_a_scoped_token_reaches_only_its_sandboxes_and_actions(daemon: Daemon, t
     finally:
         for n in (mine, other):
             daemon.api("DELETE", f"/v1/sandboxes/{n}")
+
+
+def test_stdio_without_a_daemon_answers_with_tool_errors(tmp_path):
+    """`burrow mcp` starts and lists its tools with no daemon; a call says it cannot reach it."""
+
+    async def go():
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BURROW_")}
+        env["BURROW_SOCKET"] = str(tmp_path / "no-daemon.sock")
+        params = StdioServerParameters(command=str(bin_dir() / "burrow"), args=["mcp"], env=env)
+        async with Client(params) as c:
+            assert TOOLS <= {t.name for t in (await c.list_tools()).tools}
+            msg = await fails(c, "list_sandboxes")
+            assert "cannot reach burrowd" in msg, msg
+            # The server is still there after the error.
+            assert "cannot reach burrowd" in await fails(c, "exec", sandbox="x", cmd=["true"])
+
+    run(go())
