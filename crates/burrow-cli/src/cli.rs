@@ -90,6 +90,9 @@ pub enum Command {
     Version,
     /// Measure the daemon's performance.
     Bench(BenchArgs),
+    /// Serve MCP (Model Context Protocol) on stdin/stdout, for Claude Code, Cursor and other
+    /// agents: `claude mcp add burrow -- burrow mcp`. Connects like every other command.
+    Mcp,
 }
 
 #[derive(Debug, Args)]

@@ -77,5 +77,6 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Proxy(a) => cmd::ingress::proxy(&app, a).await,
         Command::Version => cmd::version::run(&app).await,
         Command::Bench(a) => bench::run(&app, a).await,
+        Command::Mcp => cmd::mcp::run(&app).await,
     }
 }

@@ -53,7 +53,7 @@ fn help_lists_the_commands() {
     let help = text(&out.stdout);
     for cmd in [
         "create", "ls", "info", "rm", "start", "stop", "restart", "sleep", "wake", "exec", "console",
-        "images", "version", "bench",
+        "images", "version", "bench", "mcp",
     ] {
         assert!(
             help.lines().any(|l| l.trim_start().starts_with(cmd)),

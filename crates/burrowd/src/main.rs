@@ -201,7 +201,9 @@ async fn bind_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BURROW_LOG").unwrap_or_else(|_| "info".into()),
+            // rmcp logs each stateless MCP request at info: one per tool call.
+            tracing_subscriber::EnvFilter::try_from_env("BURROW_LOG")
+                .unwrap_or_else(|_| "info,rmcp=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -317,6 +319,7 @@ async fn main() -> anyhow::Result<()> {
         exec_budget: Arc::new(burrowd::api::ExecBudget::new(
             usize::try_from(args.exec_buffer_budget_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
         )),
+        mcp: Arc::new(burrowd::api::mcp::McpEndpoint::new(args.socket.clone(), addr)),
     };
 
     tracing::info!(socket = %args.socket.display(), tcp = %addr, data_dir = %data_dir.display(), "burrowd serving");

@@ -48,6 +48,10 @@ async fn app() -> App {
         mgr,
         admin_token: Arc::new("unused on the unix socket".into()),
         exec_budget: Arc::new(ExecBudget::new((DEFAULT_EXEC_BUFFER_BUDGET_MB << 20) as usize)),
+        mcp: Arc::new(burrowd::api::mcp::McpEndpoint::new(
+            dir.path().join("burrowd.sock"),
+            "127.0.0.1:9".parse().unwrap(),
+        )),
     };
     App {
         router: burrowd::router(state, Transport::Unix),

@@ -5,6 +5,7 @@ pub mod cp;
 pub mod exec;
 pub mod images;
 pub mod ingress;
+pub mod mcp;
 pub mod network;
 pub mod sandbox;
 pub mod services;

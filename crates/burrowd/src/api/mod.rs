@@ -8,6 +8,7 @@ mod exec;
 mod extract;
 mod files;
 mod ingress;
+pub mod mcp;
 mod network;
 pub mod routes;
 mod sandboxes;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub admin_token: Arc<String>,
     /// Memory for one-shot exec output, shared by every request.
     pub exec_budget: Arc<ExecBudget>,
+    /// `POST /mcp`: the MCP server over Streamable HTTP.
+    pub mcp: Arc<mcp::McpEndpoint>,
 }
 
 pub use auth::{ACTIONS, Rule};

@@ -14,7 +14,9 @@ use axum::http::Method;
 use axum::routing::{MethodFilter, MethodRouter, any, on};
 
 use super::auth::Rule;
-use super::{AppState, checkpoints, events, exec, files, ingress, network, sandboxes, services, sessions};
+use super::{
+    AppState, checkpoints, events, exec, files, ingress, mcp, network, sandboxes, services, sessions,
+};
 
 /// The HTTP method a row answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +130,9 @@ pub static ROUTES: &[Route] = &[
     route!(Get "/v1/version", ANY_TOKEN, sandboxes::version),
     // Minting a narrower token of one's own: it can only add caveats.
     route!(Post "/v1/tokens", ANY_TOKEN, network::create_token),
+    // MCP over Streamable HTTP. Each tool call is a REST request with the caller's token, so
+    // the rule of that request's row decides it (`mcp`).
+    route!(Post "/mcp", ANY_TOKEN, mcp::serve),
     // Image names are what `create` picks from.
     route!(Get "/v1/images", Rule::Global { action: "read", also: &["create", "images"] }, sandboxes::list_images),
     // Making an image from a sandbox checks `read` on it too (in the handler: the body names it).
@@ -247,7 +252,8 @@ mod tests {
                 "{what}"
             );
         }
-        // Only the health check is open; only the version, the spec and minting take any token.
+        // Only the health check is open; only the version, the spec, minting and MCP (whose
+        // tool calls are checked one by one) take any token.
         let open: Vec<_> = ROUTES
             .iter()
             .filter(|r| r.rule == Rule::Open)
@@ -259,7 +265,7 @@ mod tests {
             .filter(|r| r.rule == Rule::AnyToken)
             .map(|r| r.path)
             .collect();
-        assert_eq!(any, ["/openapi.yaml", "/v1/version", "/v1/tokens"]);
+        assert_eq!(any, ["/openapi.yaml", "/v1/version", "/v1/tokens", "/mcp"]);
     }
 
     #[test]
