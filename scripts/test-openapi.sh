@@ -81,6 +81,9 @@ for _ in $(seq 1 6000); do
 done
 curl -fsS -o /dev/null "http://$addr/healthz" || { echo "error: burrowd did not become ready" >&2; exit 1; }
 token=$(cat "$work/data/admin.token")
+# The sandbox schemathesis.toml points the in-sandbox operations at.
+curl -fsS -o /dev/null -H "Authorization: Bearer $token" -H "Content-Type: application/json" \
+  -d '{"name": "st-fixture", "memory_mb": 256}' "http://$addr/v1/sandboxes"
 
 # --- 3. schemathesis against the served document ------------------------------------------
 echo "==> schemathesis (max $max_examples examples per operation, seed $seed) against http://$addr"
