@@ -56,8 +56,9 @@ trap cleanup EXIT
 
 # A /24 no interface of this host has an address in (test daemons use 10.100-199.x).
 subnet=
+in_use=$(ip -o -4 addr show)
 for third in $(seq 0 255); do
-  if ! ip -o -4 addr show | grep -q " inet 10\.99\.$third\."; then subnet=10.99.$third.0/24; break; fi
+  if ! grep -q " inet 10\.99\.$third\." <<<"$in_use"; then subnet=10.99.$third.0/24; break; fi
 done
 [ -n "$subnet" ] || { echo "error: no free /24 in 10.99.0.0/16" >&2; exit 1; }
 
