@@ -189,9 +189,10 @@ impl Manager {
         memory: bool,
     ) -> Result<Checkpoint> {
         let comment = comment.unwrap_or_default();
-        if comment.len() > MAX_COMMENT {
+        // Characters, as the OpenAPI document's maxLength counts them.
+        if comment.chars().count() > MAX_COMMENT {
             return Err(CoreError::Invalid(format!(
-                "comment is longer than {MAX_COMMENT} bytes"
+                "comment is longer than {MAX_COMMENT} characters"
             )));
         }
         let rec = self.record(name)?;

@@ -447,3 +447,66 @@ async fn a_refused_start_leaves_the_sandbox_failed_with_the_reason() {
         (404, "not_found".into())
     );
 }
+
+/// Found by schemathesis: serde reads a struct from a JSON array of its fields, so
+/// `PATCH …` with `[null, null]` changed nothing and answered 200, and `POST /v1/tokens` with
+/// `{"caveats": [null, null]}` minted a token. An array where the API wants an object is 422
+/// naming where; the same bodies as objects are served (the control).
+#[tokio::test]
+async fn an_array_in_place_of_an_object_is_422() {
+    let app = app().await;
+    app.insert("arr", SandboxStatus::Stopped);
+    let patch = |body: &str| app.send("PATCH", "/v1/sandboxes/arr", &[JSON], body.as_bytes().to_vec());
+    let r = patch("[null, null]").await;
+    assert_eq!(r.error(), (422, "invalid".into()));
+    assert_eq!(
+        r.message(),
+        "invalid request: expected an object at '(body)', got an array"
+    );
+    let r = app.post_json("/v1/tokens", r#"{"caveats": [null, null]}"#).await;
+    assert_eq!(r.error(), (422, "invalid".into()));
+    assert_eq!(
+        r.message(),
+        "invalid request: expected an object at 'caveats', got an array"
+    );
+    let r = app
+        .post_json("/v1/sandboxes", r#"{"name": "arr-2", "from": ["arr"]}"#)
+        .await;
+    assert_eq!(r.error(), (422, "invalid".into()));
+    assert!(r.message().contains("at 'from'"), "{}", r.message());
+    // Control: objects, and arrays where arrays belong.
+    let r = patch(r#"{"labels": {"k": "v"}}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["labels"]["k"], "v");
+    let r = app
+        .post_json(
+            "/v1/tokens",
+            r#"{"caveats": {"sandboxes": ["arr"], "actions": ["read"]}}"#,
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(r.json()["token"].as_str().is_some_and(|t| !t.is_empty()));
+}
+
+/// Found by schemathesis: a checkpoint comment's limit (1024) counted bytes while the
+/// OpenAPI document's `maxLength` counts characters, so 1000 'é' were refused. The limit is
+/// checked before the sandbox is looked up: within it, the answer is the unknown sandbox's 404.
+#[tokio::test]
+async fn a_checkpoint_comment_is_limited_in_characters() {
+    let app = app().await;
+    let body = |n: usize| format!(r#"{{"comment": "{}"}}"#, "é".repeat(n));
+    let r = app
+        .post_json("/v1/sandboxes/no-such-sb/checkpoints", &body(1024))
+        .await;
+    assert_eq!(r.error(), (404, "not_found".into()));
+    let r = app
+        .post_json("/v1/sandboxes/no-such-sb/checkpoints", &body(1025))
+        .await;
+    assert_eq!(r.error(), (422, "invalid".into()));
+    assert_eq!(r.message(), "comment is longer than 1024 characters");
+}

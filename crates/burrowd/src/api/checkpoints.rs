@@ -402,7 +402,7 @@ pub async fn import_image(
     .await
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PullImage {
     pub reference: String,

@@ -4,7 +4,9 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use super::ApiError;
 
@@ -13,7 +15,7 @@ use super::ApiError;
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<S: Send + Sync, T: DeserializeOwned + Serialize> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
@@ -73,7 +75,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+/// Parses a JSON body into `T`. Objects must be objects: serde also reads a struct from an
+/// array of its fields in order (`[null, null]` for `{"a": null, "b": null}`), which no
+/// client means and the OpenAPI document does not allow, so that is 422 too.
+pub fn parse_json<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -81,6 +86,43 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             "request body is empty; expected JSON",
         ));
     }
+    let value: T = from_slice(bytes)?;
+    let input: Value = from_slice(bytes)?;
+    if let Ok(parsed) = serde_json::to_value(&value)
+        && let Some(at) = array_for_object(&input, &parsed, "")
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("invalid request: expected an object at '{at}', got an array"),
+        ));
+    }
+    Ok(value)
+}
+
+/// The path (`a.b`, empty for the whole body) of the first array in `input` that was read
+/// into what `parsed` (the value re-serialized) has as an object.
+fn array_for_object(input: &Value, parsed: &Value, at: &str) -> Option<String> {
+    match (input, parsed) {
+        (Value::Array(_), Value::Object(_)) => Some(if at.is_empty() { "(body)".into() } else { at.into() }),
+        (Value::Object(i), Value::Object(p)) => i.iter().find_map(|(k, v)| {
+            let at = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            p.get(k).and_then(|pv| array_for_object(v, pv, &at))
+        }),
+        (Value::Array(i), Value::Array(p)) => i
+            .iter()
+            .zip(p)
+            .enumerate()
+            .find_map(|(n, (iv, pv))| array_for_object(iv, pv, &format!("{at}[{n}]"))),
+        _ => None,
+    }
+}
+
+fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
@@ -114,7 +156,7 @@ pub fn query_pairs(raw: Option<&str>) -> Result<Vec<(String, String)>, ApiError>
 #[derive(Debug)]
 pub struct OptionalJson<T>(pub Option<T>);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
+impl<S: Send + Sync, T: DeserializeOwned + Serialize> FromRequest<S> for OptionalJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {

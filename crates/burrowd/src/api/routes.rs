@@ -287,11 +287,24 @@ mod tests {
     fn the_openapi_document_lists_every_route_and_no_other() {
         let doc: serde_yaml::Value = serde_yaml::from_str(burrow_api::OPENAPI_YAML).unwrap();
         let mut documented = BTreeSet::new();
+        // Every operation has an operationId (SDK generators and fuzzers name things by it),
+        // each a different one.
+        let mut ids = BTreeSet::new();
         for (path, item) in doc["paths"].as_mapping().unwrap() {
-            for (method, _) in item.as_mapping().unwrap() {
+            for (method, op) in item.as_mapping().unwrap() {
                 let m = method.as_str().unwrap();
                 if ["get", "post", "put", "patch", "delete", "head", "options"].contains(&m) {
-                    documented.insert((m.to_owned(), path.as_str().unwrap().to_owned()));
+                    let path = path.as_str().unwrap();
+                    let id = op["operationId"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{m} {path} has no operationId"));
+                    assert!(
+                        id.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                            && id.chars().all(|c| c.is_ascii_alphanumeric()),
+                        "{m} {path}: operationId {id:?} is not camelCase"
+                    );
+                    assert!(ids.insert(id.to_owned()), "operationId {id} twice");
+                    documented.insert((m.to_owned(), path.to_owned()));
                 }
             }
         }
