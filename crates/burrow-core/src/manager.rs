@@ -722,7 +722,11 @@ impl Manager {
         started_engine?;
         let started = t.elapsed();
         let client = self.connect_agent(rec, !resuming).await?;
-        if !self.engine(rec)?.capabilities().shared_dirs {
+        // A VM woken from its own memory has them already; a fresh boot or a fork (its own
+        // CA) gets them.
+        if !self.engine(rec)?.capabilities().shared_dirs
+            && (!resuming || rec.status == SandboxStatus::Creating)
+        {
             self.mirror_host_files(rec, &client).await;
         }
         if resuming {
