@@ -481,9 +481,10 @@ async fn memory_checkpoints_restore_and_fork_running_processes() {
 /// guest's init) and the VM go on, and QEMU on the host holds no more than the guest's RAM
 /// plus its overhead (the control: the hog did fill the guest's memory first). A console
 /// flood from root in the guest stays within the VM's capped log on the host; a fork bomb
-/// meets the sandbox's process limit inside the guest.
+/// meets the sandbox's process limit inside the guest; garbage that root makes the agent
+/// send down its channel costs the host that connection only.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_memory_hog_a_fork_bomb_and_a_console_flood_stay_in_their_vm() {
+async fn a_hostile_guest_stays_in_its_vm() {
     let d = Daemon::start();
     let c = d.client();
     let (available, detail) = vm_available(&c).await;
@@ -631,7 +632,108 @@ async fn a_memory_hog_a_fork_bomb_and_a_console_flood_stay_in_their_vm() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Root in the guest takes over the agent and sends garbage (up to 4 MiB of its memory)
+    // down the agent channel. The host drops that connection (it parses nothing it did not
+    // bound), the daemon goes on, and once the agent serves again the VM answers (the
+    // control: the injection did happen and wrote into the channel).
+    c.write_file_bytes(
+        &name,
+        "/root/inject.py",
+        Default::default(),
+        INJECT_WRITE_FD.as_bytes().to_vec(),
+    )
+    .await
+    .unwrap();
+    let fd = sh(
+        &c,
+        &name,
+        "for f in /proc/1/fd/*; do case $(readlink $f) in /dev/vport*) echo ${f##*/}; break;; esac; done",
+    )
+    .await;
+    let fd: u32 = fd
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no agent channel fd in PID 1: {fd:?}"));
+    sh(
+        &c,
+        &name,
+        &format!(
+            "nohup python3 /root/inject.py 1 {fd} {} > /root/inject.out 2>&1 &",
+            4 << 20
+        ),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let out = loop {
+        if let Ok(r) = c.exec(&name, &argv(&["cat", "/root/inject.out"])).await
+            && r.stdout.starts_with("wrote")
+        {
+            break r.stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the VM never answered after the injection"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    // The port is non-blocking: the write stops when the channel pushes back or closes.
+    let wrote: u64 = out.trim().trim_start_matches("wrote ").parse().unwrap_or(0);
+    assert!(wrote >= 4096, "the injection wrote {wrote} bytes: {out:?}");
+    assert_eq!(sh(&c, &name, "echo alive").await, "alive\n");
+    assert!(c.get_sandbox(&name).await.is_ok(), "the daemon went down");
 }
+
+/// Run as root in a guest: makes PID 1 (the agent) write `total` bytes of its own memory to
+/// its fd `fd` (ptrace: a `write` syscall injected at its instruction pointer). Root in a VM
+/// owns its kernel, so this works there: what a guest that took over its agent can send.
+const INJECT_WRITE_FD: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+libc.ptrace.restype = ctypes.c_long
+NAMES = ("r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags rsp ss "
+         "fs_base gs_base ds es fs gs").split()
+class Regs(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_ulonglong) for n in NAMES]
+pid, fd, total = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+WALL = 0x40000000
+def pt(req, addr=0, data=0):
+    ctypes.set_errno(0)
+    r = libc.ptrace(req, pid, ctypes.c_void_p(addr), ctypes.c_void_p(data))
+    if r == -1 and ctypes.get_errno():
+        raise OSError(ctypes.get_errno(), "ptrace %d" % req)
+    return r
+pt(16)
+os.waitpid(pid, WALL)
+saved = Regs()
+pt(12, 0, ctypes.addressof(saved))
+start = end = 0
+for line in open("/proc/%d/maps" % pid):
+    f = line.split()
+    a, b = (int(x, 16) for x in f[0].split("-"))
+    if f[1].startswith("r") and not line.rstrip().endswith(("[vvar]", "[vsyscall]", "[vvar_vclock]")) \
+            and b - a > end - start:
+        start, end = a, b
+word = pt(1, saved.rip) & 0xffffffffffffffff
+pt(4, saved.rip, (word & ~0xffff) | 0x050f)
+written = 0
+while written < total:
+    r = Regs.from_buffer_copy(saved)
+    r.rax, r.orig_rax, r.rdi, r.rsi, r.rdx = 1, 2**64 - 1, fd, start, min(end - start, 1 << 16, total - written)
+    pt(13, 0, ctypes.addressof(r))
+    pt(9)
+    os.waitpid(pid, WALL)
+    pt(12, 0, ctypes.addressof(r))
+    n = ctypes.c_longlong(r.rax).value
+    if n <= 0:
+        break
+    written += n
+pt(4, saved.rip, word)
+pt(13, 0, ctypes.addressof(saved))
+pt(17)
+print("wrote", written, flush=True)
+"#;
 
 /// burrowd killed between saving a VM's memory and recording the sleep: at its next start
 /// the VM is found saved but not running, and resumed, its processes intact. The same for a
