@@ -25,6 +25,17 @@ use crate::{Config, CoreError};
 
 type Result<T, E = CoreError> = std::result::Result<T, E>;
 
+/// Why the host connects to an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connect {
+    /// A fresh boot: the agent may still be on its way up.
+    Boot,
+    /// A resume from saved memory: it serves at once, maybe still holding an old connection.
+    Resume,
+    /// Anything else: it serves already (or should; the caller gives up when it should not).
+    Reconnect,
+}
+
 /// How long sandbox processes get between SIGTERM and SIGKILL on stop.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -721,7 +732,8 @@ impl Manager {
         }
         started_engine?;
         let started = t.elapsed();
-        let client = self.connect_agent(rec, !resuming).await?;
+        let why = if resuming { Connect::Resume } else { Connect::Boot };
+        let client = self.connect_agent(rec, why).await?;
         // A VM woken from its own memory has them already; a fresh boot or a fork (its own
         // CA) gets them.
         if !self.engine(rec)?.capabilities().shared_dirs
@@ -764,9 +776,32 @@ impl Manager {
         }
     }
 
-    /// Connects to the agent of `rec`; `booting`: it may still be on its way up (a fresh
-    /// boot), else it serves already.
-    async fn connect_agent(&self, rec: &SandboxRecord, booting: bool) -> Result<AgentClient<Channel>> {
+    /// Connects to the agent of `rec`, one connect at a time per sandbox; `why` says what
+    /// the agent is doing (on its way up, resumed, or serving already).
+    async fn connect_agent(&self, rec: &SandboxRecord, why: Connect) -> Result<AgentClient<Channel>> {
+        let booting = why == Connect::Boot;
+        let rt = self.runtime(&rec.id);
+        let lock = rt.connect_lock();
+        let _connecting = lock.lock().await;
+        if let Some(c) = rt.agent() {
+            // Connected by whoever held the lock before us: after a stop or a sleep the
+            // cached client is dropped, so one here talks to this very instance. A boot
+            // makes sure it answers (a one-connection channel cannot take a second).
+            match why {
+                Connect::Reconnect => return Ok(c),
+                Connect::Boot | Connect::Resume => {
+                    let mut ping = c.clone();
+                    let hello = burrow_agent_proto::v1::HelloRequest {
+                        protocol_version: burrow_agent_proto::PROTOCOL_VERSION,
+                        host_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    };
+                    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), ping.hello(hello)).await {
+                        return Ok(c);
+                    }
+                    rt.set_agent(None);
+                }
+            }
+        }
         let engine = self.engine(rec)?;
         let dialer = engine.agent_dialer(&self.run_dir(&rec.id));
         let connect = |timeout| {
@@ -796,6 +831,12 @@ impl Manager {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 match connect(attempt.min(left)).await {
                     Ok(c) => break c,
+                    // A caller that is not booting it gives up as soon as the sandbox
+                    // is no longer expected to serve (it went to sleep, stopped, …): its
+                    // next start connects on its own.
+                    Err(e) if why == Connect::Reconnect && !self.still_serving(rec) => {
+                        return Err(agent_err(e));
+                    }
                     Err(e) if left > attempt + ONE_CONNECTION_PAUSE => {
                         tracing::debug!(sandbox = %rec.name, error = %chain(&e), "agent handshake: trying again");
                         tokio::time::sleep(ONE_CONNECTION_PAUSE).await;
@@ -826,11 +867,20 @@ impl Manager {
         Ok(client)
     }
 
+    /// Whether `rec`'s sandbox (as stored now) should still have an agent to talk to.
+    fn still_serving(&self, rec: &SandboxRecord) -> bool {
+        self.store
+            .sandbox_by_name(&rec.name)
+            .ok()
+            .flatten()
+            .is_some_and(|now| now.id == rec.id && self.agent_expected(&now))
+    }
+
     pub(crate) async fn agent(&self, rec: &SandboxRecord) -> Result<AgentClient<Channel>> {
         let cached = self.runtime(&rec.id).agent();
         match cached {
             Some(c) => Ok(c),
-            None => self.connect_agent(rec, false).await,
+            None => self.connect_agent(rec, Connect::Reconnect).await,
         }
     }
 

@@ -58,6 +58,9 @@ impl Runtimes {
 pub(crate) struct SandboxRuntime {
     /// Serialises operations on the sandbox (create, lifecycle, restore, services, ...).
     op_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Held while connecting to the agent: a one-connection channel (a VM's) must never
+    /// see two connects at once, or the second waits in QEMU's backlog behind the first.
+    connect_lock: Arc<tokio::sync::Mutex<()>>,
     state: Mutex<State>,
     /// The task serving its `/.burrow/api.sock`; its own lock, held while a socket is bound.
     inside_api: Mutex<Option<tokio::task::AbortHandle>>,
@@ -83,6 +86,7 @@ impl Default for SandboxRuntime {
     fn default() -> Self {
         Self {
             op_lock: Arc::default(),
+            connect_lock: Arc::default(),
             state: Mutex::new(State {
                 agent: None,
                 busy: 0,
@@ -105,6 +109,10 @@ impl SandboxRuntime {
 
     pub(crate) fn op_lock(&self) -> Arc<tokio::sync::Mutex<()>> {
         self.op_lock.clone()
+    }
+
+    pub(crate) fn connect_lock(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.connect_lock.clone()
     }
 
     pub(crate) fn agent(&self) -> Option<AgentClient<Channel>> {

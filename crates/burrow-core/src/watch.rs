@@ -102,7 +102,7 @@ impl RestartState {
 
 impl Manager {
     /// Whether the agent of `rec` should be running: running, or warm asleep (frozen).
-    fn agent_expected(&self, rec: &SandboxRecord) -> bool {
+    pub(crate) fn agent_expected(&self, rec: &SandboxRecord) -> bool {
         rec.intent.is_none()
             && match rec.status {
                 SandboxStatus::Running => true,
