@@ -103,7 +103,7 @@ export class ExecSession implements AsyncIterable<ExecEvent> {
   };
 
   /** @internal */
-  constructor(ws: WebSocket, opened: Promise<void>, opts: SpawnOptions, startFrame?: unknown) {
+  constructor(ws: WebSocket, opened: Promise<void>, opts: SpawnOptions, startFrame?: unknown, awaitReplay = false) {
     this.#ws = ws;
     this.#opts = opts;
     let gotSession!: () => void;
@@ -142,10 +142,12 @@ export class ExecSession implements AsyncIterable<ExecEvent> {
           this.pid = typeof msg["pid"] === "number" ? msg["pid"] : undefined;
           this.tty = msg["tty"] === true;
           sessionSeen = true;
-          gotSession();
+          // An attach is ready once its replay notice (sent right after) is in too.
+          if (!awaitReplay) gotSession();
           break;
         case "replay":
           this.replay = { replayBytes: Number(msg["replay_bytes"] ?? 0), droppedBytes: Number(msg["dropped_bytes"] ?? 0) };
+          if (awaitReplay && sessionSeen) gotSession();
           break;
         case "error": {
           const code = String(msg["code"] ?? "error");
@@ -206,8 +208,14 @@ export class ExecSession implements AsyncIterable<ExecEvent> {
   }
 
   /** @internal Opens a session: `ws` was just created, nothing has been read from it yet. */
-  static async open(ws: WebSocket, opened: Promise<void>, opts: SpawnOptions, startFrame?: unknown): Promise<ExecSession> {
-    const s = new ExecSession(ws, opened, opts, startFrame);
+  static async open(
+    ws: WebSocket,
+    opened: Promise<void>,
+    opts: SpawnOptions,
+    startFrame?: unknown,
+    awaitReplay = false,
+  ): Promise<ExecSession> {
+    const s = new ExecSession(ws, opened, opts, startFrame, awaitReplay);
     try {
       await s.started();
     } catch (e) {

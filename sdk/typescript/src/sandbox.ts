@@ -138,7 +138,7 @@ export class Sessions {
   /** Attaches to a running session: buffered output is replayed first (see `replay`), then live output. */
   async attach(id: string, opts: Pick<SpawnOptions, "onStdout" | "onStderr" | "signal"> = {}): Promise<ExecSession> {
     const { ws, opened } = this.#sb.transport.openWebSocket(`${this.#sb.path}/sessions/${encodeURIComponent(id)}/attach`);
-    return ExecSession.open(ws, opened, opts);
+    return ExecSession.open(ws, opened, opts, undefined, true);
   }
 
   /** Sends a signal (default KILL) to the session's process group. */
