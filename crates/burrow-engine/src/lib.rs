@@ -263,6 +263,20 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
         let _ = (id, volume, bytes);
         Ok(false)
     }
+    /// Gives a running sandbox a new hostname and new cpu and memory limits in place, without
+    /// restarting anything: how a pre-started sandbox becomes the one a create asked for.
+    /// `Ok(false)`: this engine cannot (the caller starts a fresh sandbox instead). The pids
+    /// limit is not changed (the agent's file limit was derived from it at start).
+    fn reassign(
+        &self,
+        id: &str,
+        run_dir: &std::path::Path,
+        hostname: &str,
+        resources: &Resources,
+    ) -> Result<bool> {
+        let _ = (id, run_dir, hostname, resources);
+        Ok(false)
+    }
     /// How long the agent may take to answer after `start` (a VM boots a kernel first).
     fn ready_timeout(&self) -> Duration {
         Duration::from_secs(15)

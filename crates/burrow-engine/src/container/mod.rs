@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::{Engine, EngineError, EngineKind, Liveness, Result, RuntimeStatus, SandboxSpec};
+use crate::{Engine, EngineError, EngineKind, Liveness, Resources, Result, RuntimeStatus, SandboxSpec};
 use runc::{RunArgs, Runc};
 
 /// How long the sandbox's init gets to die after SIGKILL before `runc delete --force` is
@@ -437,6 +437,72 @@ impl ContainerEngine {
         Ok(())
     }
 
+    /// Sets the cpu and memory limits of a running sandbox's cgroups to `r`, as `start`
+    /// would have (the payload cgroup's memory limit too).
+    fn set_limits(&self, id: &str, r: &Resources) -> Result<()> {
+        let memory = r.memory_mb.saturating_mul(1024 * 1024);
+        let quota = (r.cpus * oci::CPU_PERIOD_US as f64).round() as u64;
+        let write = |path: PathBuf, value: &str| fs::write(&path, value).map_err(io_err("write", &path));
+        // memory <= memory+swap at every step: a lower limit goes to memory first, a higher
+        // one to memory+swap first.
+        let set_v1_memory = |dir: &Path, bytes: u64| -> Result<()> {
+            let value = bytes.to_string();
+            if self.limit_swap {
+                if fs::write(dir.join("memory.limit_in_bytes"), &value).is_err() {
+                    write(dir.join("memory.memsw.limit_in_bytes"), &value)?;
+                }
+                write(dir.join("memory.limit_in_bytes"), &value)?;
+                write(dir.join("memory.memsw.limit_in_bytes"), &value)
+            } else {
+                write(dir.join("memory.limit_in_bytes"), &value)
+            }
+        };
+        match self.cgroups {
+            CgroupVersion::V2 => {
+                let [dir] = &self.cgroup_dirs(id)[..] else {
+                    return Err(unavailable(format!("no cgroup for {id}")));
+                };
+                write(dir.join("cpu.max"), &format!("{quota} {}", oci::CPU_PERIOD_US))?;
+                write(dir.join("memory.max"), &memory.to_string())?;
+            }
+            CgroupVersion::V1 => {
+                for dir in self.cgroup_dirs(id) {
+                    let hierarchy = dir
+                        .strip_prefix(CGROUP_ROOT)
+                        .ok()
+                        .and_then(|p| p.components().next())
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let controllers: Vec<&str> = hierarchy.split(',').collect();
+                    if controllers.contains(&"cpu") {
+                        write(dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                    }
+                    if controllers.contains(&"memory") {
+                        // Growing: the parent first; shrinking: the payload first.
+                        let payload = self.payload.then(|| dir.join(PAYLOAD_CGROUP));
+                        let payload_bytes = oci::payload_memory_limit(memory);
+                        let current = fs::read_to_string(dir.join("memory.limit_in_bytes"))
+                            .ok()
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                            .unwrap_or(0);
+                        if memory >= current {
+                            set_v1_memory(&dir, memory)?;
+                            if let Some(p) = &payload {
+                                set_v1_memory(p, payload_bytes)?;
+                            }
+                        } else {
+                            if let Some(p) = &payload {
+                                set_v1_memory(p, payload_bytes)?;
+                            }
+                            set_v1_memory(&dir, memory)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The sandbox's payload cgroup in the v1 memory hierarchy.
     fn payload_dir(&self, id: &str) -> PathBuf {
         let rel = oci::cgroup_path(&self.cfg.cgroup_parent, id);
@@ -680,6 +746,29 @@ impl Engine for ContainerEngine {
         Ok(Liveness::Dead {
             how: status.map(sys::describe_wait_status),
         })
+    }
+
+    fn reassign(&self, id: &str, run_dir: &Path, hostname: &str, resources: &Resources) -> Result<bool> {
+        oci::validate_hostname(hostname)?;
+        self.set_limits(id, resources)?;
+        // `/etc/hostname` and `/etc/hosts` are bind mounts of these files: rewritten in place
+        // (same inode), the sandbox sees the new text at once.
+        for (file, text) in [
+            ("hostname", format!("{hostname}\n")),
+            ("hosts", oci::hosts_file(hostname)),
+        ] {
+            let path = run_dir.join(file);
+            fs::write(&path, text).map_err(io_err("write", &path))?;
+        }
+        let pidfd = {
+            let inits = self.inits.lock().unwrap_or_else(|p| p.into_inner());
+            match inits.get(id) {
+                Some(fd) => fd.try_clone().map_err(io_err("dup", Path::new("pidfd")))?,
+                None => return Ok(false),
+            }
+        };
+        sys::set_hostname_of(pidfd, hostname).map_err(io_err("sethostname", Path::new("/proc")))?;
+        Ok(true)
     }
 
     fn adopt(&self, id: &str) -> Result<()> {

@@ -189,6 +189,20 @@ pub fn hosts_file(hostname: &str) -> String {
     format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback {hostname}\n")
 }
 
+/// Checks that `hostname` is a DNS label (1-63 of `[A-Za-z0-9-]`, not starting with `-`).
+pub fn validate_hostname(hostname: &str) -> Result<()> {
+    let ok = !hostname.is_empty()
+        && hostname.len() <= 63
+        && !hostname.starts_with('-')
+        && hostname.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !ok {
+        return Err(EngineError::Spec(format!(
+            "hostname {hostname:?}: want a DNS label (1-63 of [A-Za-z0-9-])"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks the parts of a spec that end up in paths, command lines and kernel settings.
 pub fn validate(spec: &SandboxSpec) -> Result<()> {
     let bad = |what: String| Err(EngineError::Spec(what));
@@ -205,19 +219,7 @@ pub fn validate(spec: &SandboxSpec) -> Result<()> {
             spec.id
         ));
     }
-    let host_ok = !spec.hostname.is_empty()
-        && spec.hostname.len() <= 63
-        && !spec.hostname.starts_with('-')
-        && spec
-            .hostname
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if !host_ok {
-        return bad(format!(
-            "hostname {:?}: want a DNS label (1-63 of [A-Za-z0-9-])",
-            spec.hostname
-        ));
-    }
+    validate_hostname(&spec.hostname)?;
     if !spec.rootfs.is_absolute() || !spec.run_dir.is_absolute() {
         return bad("rootfs and run_dir must be absolute paths".to_owned());
     }

@@ -14,6 +14,22 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
 use nix::sys::stat::{Mode, fchmod};
 
+/// Sets the hostname of the UTS namespace the process behind `pidfd` is in. A thread of its
+/// own joins that namespace (setns on a pidfd) and ends after, so no other thread of the
+/// daemon, and no pooled worker thread, ever runs in a sandbox's namespace.
+pub(crate) fn set_hostname_of(pidfd: OwnedFd, hostname: &str) -> io::Result<()> {
+    let name = hostname.to_owned();
+    std::thread::Builder::new()
+        .name("sethostname".into())
+        .spawn(move || -> io::Result<()> {
+            nix::sched::setns(&pidfd, nix::sched::CloneFlags::CLONE_NEWUTS)?;
+            nix::unistd::sethostname(&name)?;
+            Ok(())
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the sethostname thread panicked"))?
+}
+
 /// A pidfd for `pid`, or `None` when no such process exists (already reaped).
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<Option<OwnedFd>> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
