@@ -460,6 +460,19 @@ pub struct VersionInfo {
     /// `/proc` and `/sys/devices/system/cpu` (lxcfs runs), rather than the host's.
     #[serde(default)]
     pub lxcfs: bool,
+    /// Extension: pre-started container sandboxes (absent when the pool is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prestart: Option<PrestartInfo>,
+}
+
+/// Pre-started sandboxes: how many are kept per image in use, and how many wait now. A
+/// create of a container with the default pids limit takes one when one of its image waits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrestartInfo {
+    pub per_image: u32,
+    pub ready: u32,
+    /// The images kept ready.
+    pub images: Vec<String>,
 }
 
 /// How full the storage pool is: below `reserve_bytes` free, create, fork and image builds

@@ -31,6 +31,8 @@ pub struct Config {
     /// Port used when printing sandbox URLs.
     pub public_port: u16,
     pub defaults: SandboxDefaults,
+    /// Pre-started container sandboxes kept ready per wanted image (`prestart.rs`); 0: off.
+    pub prestart: usize,
     /// Debian mirror for building the base image; None = mmdebstrap's default.
     pub debian_mirror: Option<String>,
     /// Sandbox networking (netns + veth + bridge, nftables, DNS, credential proxy); `None`
@@ -119,6 +121,7 @@ impl Config {
             base_domain: "localhost".to_owned(),
             public_port: 7440,
             defaults: SandboxDefaults::default(),
+            prestart: 0,
             debian_mirror: None,
             network: None,
             lxcfs: None,

@@ -76,5 +76,8 @@ pub async fn open(cfg: Config, inside_api: Option<InsideApiServer>) -> Result<Ar
 /// base image.
 pub fn spawn_background(mgr: &Arc<Manager>) {
     tokio::spawn(mgr.clone().idle_loop());
+    if mgr.prestart.enabled() {
+        tokio::spawn(mgr.clone().prestart_loop());
+    }
     mgr.images.ensure_base_in_background();
 }

@@ -331,11 +331,13 @@ impl crate::Manager {
                 "image 'base' is built in and cannot be deleted".into(),
             ));
         }
+        // Its pre-started sandboxes go first: they are the pool's, not users.
+        self.discard_prestarted_of(name).await;
         let users: Vec<String> = self
             .store
             .all_sandboxes()?
             .into_iter()
-            .filter(|s| s.image == name)
+            .filter(|s| s.image == name && !crate::prestart::is_prestarted(s))
             .map(|s| s.name)
             .collect();
         if !users.is_empty() {

@@ -23,6 +23,7 @@ pub mod keys;
 mod manager;
 pub mod network;
 pub mod oci;
+mod prestart;
 mod runtime;
 pub mod services;
 mod sessions;

@@ -19,7 +19,7 @@ use crate::error::chain;
 use crate::exec::{self, ExecSession, StreamExecOptions};
 use crate::images::ImageService;
 use crate::state::{Action, transition, valid_transition};
-use crate::store::{Intent, SandboxRecord, Store, StoreError};
+use crate::store::{INTERNAL_LABEL, Intent, SandboxRecord, Store, StoreError};
 use crate::time_util::now_rfc3339;
 use crate::{Config, CoreError};
 
@@ -69,6 +69,8 @@ pub struct Manager {
     pub(crate) keys: crate::keys::Keys,
     /// Sandbox networking; `None` = loopback only (`--network off`).
     pub(crate) net: Option<crate::network::Net>,
+    /// Pre-started sandboxes that creates take (`prestart.rs`).
+    pub(crate) prestart: crate::prestart::Prestart,
     /// The manager itself, for work that outlives a request (set once in `new`).
     me: std::sync::OnceLock<std::sync::Weak<Manager>>,
 }
@@ -109,6 +111,7 @@ impl Manager {
     ) -> Arc<Self> {
         let images = ImageService::new(cfg.clone(), store.clone(), pool.clone());
         let mgr = Arc::new(Self {
+            prestart: crate::prestart::Prestart::new(cfg.prestart),
             keys,
             net,
             me: std::sync::OnceLock::new(),
@@ -127,6 +130,11 @@ impl Manager {
         mgr
     }
 
+    /// The manager itself, for work that outlives the request that starts it.
+    pub(crate) fn me(&self) -> Option<Arc<Manager>> {
+        self.me.get().and_then(std::sync::Weak::upgrade)
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -141,6 +149,7 @@ impl Manager {
             pool: self.pool.kind_name().to_owned(),
             pool_space: self.pool_space().ok(),
             lxcfs: self.cfg.lxcfs.as_ref().is_some_and(|l| l.available()),
+            prestart: self.prestart.info(),
         }
     }
 
@@ -234,7 +243,7 @@ impl Manager {
     pub(crate) fn record(&self, name: &str) -> Result<SandboxRecord> {
         burrow_api::SandboxName::parse(name).map_err(|e| CoreError::BadRequest(e.to_string()))?;
         match self.store.sandbox_by_name(name)? {
-            Some(r) if r.intent != Some(Intent::Destroy) => Ok(r),
+            Some(r) if r.intent != Some(Intent::Destroy) && !crate::prestart::is_prestarted(&r) => Ok(r),
             _ => Err(CoreError::not_found("sandbox", name)),
         }
     }
@@ -434,6 +443,7 @@ impl Manager {
     // ----- create / delete -------------------------------------------------------------
 
     pub async fn create(&self, req: CreateSandbox) -> Result<Sandbox> {
+        reject_internal_label(&req.labels)?;
         self.create_from(req, None).await
     }
 
@@ -503,6 +513,26 @@ impl Manager {
         if self.store.sandbox_by_name(&name)?.is_some() {
             return Err(CoreError::NameTaken(name));
         }
+        // A plain create of a container may take a pre-started sandbox (`prestart.rs`).
+        let pooled = req
+            .labels
+            .get(INTERNAL_LABEL)
+            .is_some_and(|v| v == crate::prestart::PRESTART);
+        let poolable = fork_src.is_none()
+            && layer.is_none()
+            && !req.labels.contains_key(INTERNAL_LABEL)
+            && self.prestart_fits(engine, &config);
+        if poolable {
+            let image = req.image.clone().unwrap_or_else(|| "base".to_owned());
+            let mut env = self.images.config(&image).env;
+            env.extend(req.env.clone());
+            if let Some(sb) = self
+                .claim_prestarted(&name, &image, &config, env, req.labels.clone())
+                .await?
+            {
+                return Ok(sb);
+            }
+        }
         self.check_pool_room(&match (&fork_src, &layer) {
             (Some((src, _)), _) => format!("fork sandbox '{}' into '{name}'", src.name),
             (None, Some((label, _))) => format!("run a build step of image '{label}'"),
@@ -560,16 +590,18 @@ impl Manager {
                 tracing::info!(sandbox = %rec.name, id = %rec.id, "created");
                 // The CA into the image's trust store, off the create's path (processes already
                 // find it through SSL_CERT_FILE and friends).
-                if let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) {
+                if let Some(me) = self.me() {
                     let rec = rec.clone();
                     tokio::spawn(async move { me.install_net_files(&rec).await });
                 }
                 self.runtime(&rec.id).touch();
-                self.events.emit(
-                    &rec.name,
-                    "created",
-                    serde_json::json!({"id": rec.id, "parent": rec.parent}),
-                );
+                if !pooled {
+                    self.events.emit(
+                        &rec.name,
+                        "created",
+                        serde_json::json!({"id": rec.id, "parent": rec.parent}),
+                    );
+                }
                 Ok(self.view(&rec))
             }
             Err(e) => {
@@ -1163,6 +1195,7 @@ impl Manager {
         }
         if let Some(labels) = &p.labels {
             validate_labels(labels)?;
+            reject_internal_label(labels)?;
         }
         // cpu, memory and pids limits of a running sandbox take effect at its next start; the
         // disk limit at once (a VM's disk grows online; its filesystem fills it, so it
@@ -1537,6 +1570,17 @@ fn validate_env(env: &BTreeMap<String, String>) -> Result<()> {
                 "environment variable '{k}' contains a NUL byte"
             )));
         }
+    }
+    Ok(())
+}
+
+/// The daemon's own label ([`INTERNAL_LABEL`]: builds, pre-started sandboxes) is not for
+/// users: a sandbox carrying it would be hidden, or discarded at the next start.
+fn reject_internal_label(labels: &BTreeMap<String, String>) -> Result<()> {
+    if labels.contains_key(INTERNAL_LABEL) {
+        return Err(CoreError::Invalid(format!(
+            "label '{INTERNAL_LABEL}' is reserved for the daemon's own sandboxes"
+        )));
     }
     Ok(())
 }

@@ -312,6 +312,42 @@ impl Store {
         })
     }
 
+    /// Gives the pre-started sandbox `r.id` its new name and identity (every field a create
+    /// sets), in one statement: a name taken meanwhile is a [`StoreError::Unique`] and
+    /// changes nothing.
+    pub fn claim_sandbox(&self, r: &SandboxRecord) -> Result<()> {
+        self.with(|c| {
+            let res = c.execute(
+                "UPDATE sandboxes SET name=?2, created_at=?3, updated_at=?4, last_active_at=?5, config=?6, \
+                 env=?7, labels=?8 WHERE id=?1",
+                params![
+                    r.id,
+                    r.name,
+                    r.created_at,
+                    r.updated_at,
+                    r.last_active_at,
+                    to_json(&r.config),
+                    to_json(&r.env),
+                    to_json(&r.labels),
+                ],
+            );
+            unique(res)
+        })
+    }
+
+    pub fn sandbox_by_id(&self, id: &str) -> Result<Option<SandboxRecord>> {
+        self.with(|c| {
+            c.query_row(
+                &format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE id=?1"),
+                params![id],
+                row_raw,
+            )
+            .optional()?
+            .map(RawSandbox::decode)
+            .transpose()
+        })
+    }
+
     pub fn touch_sandbox(&self, id: &str, last_active_at: &str) -> Result<()> {
         self.with(|c| {
             c.execute(

@@ -185,6 +185,13 @@ impl Daemon {
             } else {
                 &["--dns-upstream", "127.0.0.1:9"][..]
             })
+            // No pre-started sandboxes unless a test asks (`--prestart N`): most tests count
+            // what a daemon runs; `prestart.rs` and the conformance suite turn them on.
+            .args(if self.extra_args.iter().any(|a| a == "--prestart") {
+                &[][..]
+            } else {
+                &["--prestart", "0"][..]
+            })
             .args(&self.extra_args)
             .env("BURROW_LOG", "info,burrow=debug")
             // Its lxcfs mount next to its data dir, where the leftover cleanup finds it

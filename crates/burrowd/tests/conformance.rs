@@ -93,7 +93,9 @@ async fn wait_listed(
 }
 
 async fn scenario(engine: EngineKind) {
-    let d = Daemon::start();
+    // With pre-started sandboxes on: a container create takes one (`prestart.rs`), so the
+    // scenario checks that a sandbox from the pool behaves like a booted one.
+    let d = Daemon::start_with(&["--prestart", "1"]);
     let c = d.client();
     let v = c.version().await.unwrap();
     let info = v.engines.iter().find(|e| e.kind == engine).unwrap();
@@ -103,6 +105,13 @@ async fn scenario(engine: EngineKind) {
         engine.as_str(),
         info.detail.clone().unwrap_or_default()
     );
+    if engine == EngineKind::Container {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while c.version().await.unwrap().prestart.is_none_or(|p| p.ready == 0) {
+            assert!(Instant::now() < deadline, "no pre-started sandbox in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let name = unique_name(&format!("conf-{}", engine.as_str()));
     let sb = c
         .create_sandbox(&CreateSandbox {
@@ -114,6 +123,11 @@ async fn scenario(engine: EngineKind) {
         .await
         .unwrap();
     assert_eq!((sb.engine, sb.status), (engine, SandboxStatus::Running));
+    assert_eq!(
+        d.log_text().contains("created (pre-started)"),
+        engine == EngineKind::Container,
+        "a container comes from the pool, a VM boots"
+    );
 
     // Exec: output on both streams, the exit code, stdin, a terminal.
     let r = exec(&c, &name, "echo out; echo err >&2; exit 3").await;

@@ -1,0 +1,330 @@
+//! Pre-started sandboxes (`burrowd --prestart N`): a create takes one that already runs and
+//! it becomes exactly what was asked for (name, hostname, limits, env, labels), hidden until
+//! then; the pool refills, follows images as they change and go, and a restarted daemon
+//! starts it afresh. Whether a create was served from the pool is read from the daemon's
+//! log ("created (pre-started)"), and each check has its control: a create the pool cannot
+//! serve goes the usual way and says so.
+
+use std::time::{Duration, Instant};
+
+use burrow_api::{CreateSandbox, ExecRequest, PrestartInfo, SandboxName};
+use burrow_testkit::burrow_client::Client;
+use burrow_testkit::{Daemon, raw_unix, unique_name};
+
+async fn sh(c: &Client, name: &str, script: &str) -> String {
+    let r = c
+        .exec(
+            name,
+            &ExecRequest {
+                cmd: vec!["sh".into(), "-c".into(), script.into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exec in {name}: {e}"));
+    assert_eq!(r.exit_code, 0, "{script}: {r:?}");
+    r.stdout.trim().to_owned()
+}
+
+async fn prestart(c: &Client) -> PrestartInfo {
+    c.version().await.unwrap().prestart.expect("the pool is on")
+}
+
+/// Waits (bounded) until the pool says `ok`.
+async fn wait_pool(c: &Client, what: &str, ok: impl Fn(&PrestartInfo) -> bool) -> PrestartInfo {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = prestart(c).await;
+        if ok(&p) {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "the pool never got to {what}: {p:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The daemon's log without its colour codes.
+fn log(d: &Daemon) -> String {
+    let text = d.log_text();
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\x1b' {
+            // ESC [ … m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// Whether the daemon's log says `name` was created from the pool.
+fn from_pool(d: &Daemon, name: &str) -> bool {
+    log(d)
+        .lines()
+        .any(|l| l.contains("created (pre-started)") && l.contains(&format!("sandbox={name} ")))
+}
+
+/// Names of the pool's sandboxes, from the daemon's log.
+fn pooled_names(d: &Daemon) -> Vec<String> {
+    let mut names: Vec<String> = log(d)
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("prestarted-"))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Containers runc knows under this daemon's runc root.
+fn runc_containers(d: &Daemon) -> usize {
+    std::fs::read_dir(d.data_dir.join("runc")).map_or(0, |r| r.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_takes_a_prestarted_sandbox_and_becomes_what_was_asked() {
+    let d = Daemon::start_with(&["--prestart", "2"]);
+    let c = d.client();
+    let p = wait_pool(&c, "two ready", |p| p.ready == 2).await;
+    assert_eq!(p.per_image, 2);
+    assert_eq!(p.images, vec!["base".to_owned()]);
+    // Hidden: not listed, not reachable by name (the control: the pool's names are real).
+    let hidden = pooled_names(&d);
+    assert_eq!(hidden.len(), 2, "{hidden:?}");
+    assert!(c.list_all_sandboxes(None, &[]).await.unwrap().is_empty());
+    for n in &hidden {
+        assert_eq!(
+            raw_unix(&d.socket, "GET", &format!("/v1/sandboxes/{n}"), &[], vec![])
+                .await
+                .status,
+            404
+        );
+    }
+    assert_eq!(runc_containers(&d), 2, "the two pool containers run");
+
+    let name = unique_name("job");
+    let sb = c
+        .create_sandbox(&CreateSandbox {
+            name: SandboxName::parse(&name).unwrap(),
+            memory_mb: Some(512),
+            cpus: Some(0.5),
+            disk_gb: Some(3),
+            idle_timeout_s: Some(300),
+            env: [("GREETING".to_owned(), "hi".to_owned())].into(),
+            labels: [("team".to_owned(), "a".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(from_pool(&d, &name), "the create was served from the pool");
+    assert_eq!(sb.name, name);
+    assert_eq!(sb.config.memory_mb, 512);
+    assert_eq!(sb.config.idle_timeout_s, 300);
+    assert_eq!(sb.labels.get("team").map(String::as_str), Some("a"));
+
+    // Its identity inside: hostname (kernel, /etc/hostname, /etc/hosts, $HOSTNAME), env,
+    // memory and cpu limits as lxcfs and the cgroup show them.
+    let seen = sh(
+        &c,
+        &name,
+        "hostname; cat /etc/hostname; grep -c \"$(hostname)\" /etc/hosts; echo $HOSTNAME; echo $GREETING; \
+         awk '/MemTotal/ {print $2}' /proc/meminfo; cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+    )
+    .await;
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(
+        lines,
+        [&name, &name, "2", &name, "hi", "524288", "50000"],
+        "{seen}"
+    );
+    // The listing shows it like any other; the pool is back to two.
+    let listed = c.list_all_sandboxes(None, &[]).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        [name.as_str()]
+    );
+    wait_pool(&c, "refilled", |p| p.ready == 2).await;
+
+    // The control: a create the pool cannot serve (a pids limit of its own) boots as usual.
+    let other = unique_name("own-pids");
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&other).unwrap(),
+        pids: Some(256),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(
+        !from_pool(&d, &other),
+        "a pids limit of its own is not served from the pool"
+    );
+    assert_eq!(sh(&c, &other, "hostname").await, other);
+
+    // Its own name taken meanwhile: a second create of the same name is refused either way.
+    let again = raw_unix(
+        &d.socket,
+        "POST",
+        "/v1/sandboxes",
+        &[("content-type", "application/json")],
+        format!(r#"{{"name":"{name}"}}"#).into_bytes(),
+    )
+    .await;
+    assert_eq!(again.status, 409, "{}", again.error_message());
+
+    // The daemon's own label is not for users (the control: any other label is).
+    let reserved = raw_unix(
+        &d.socket,
+        "POST",
+        "/v1/sandboxes",
+        &[("content-type", "application/json")],
+        br#"{"name":"sneaky","labels":{"burrow.internal":"prestart"}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(reserved.status, 422, "{}", reserved.error_message());
+    assert!(
+        reserved.error_message().contains("reserved"),
+        "{}",
+        reserved.error_message()
+    );
+    let fine = raw_unix(
+        &d.socket,
+        "POST",
+        "/v1/sandboxes",
+        &[("content-type", "application/json")],
+        br#"{"name":"labelled","labels":{"burrow.team":"x"}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(fine.status, 201, "{}", fine.error_message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_follows_images_and_a_restart() {
+    let d = Daemon::start_with(&["--prestart", "1"]);
+    let c = d.client();
+    wait_pool(&c, "base ready", |p| p.ready == 1).await;
+
+    // An image joins the pool on its first create (served the usual way).
+    let src = unique_name("src");
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&src).unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    sh(&c, &src, "echo v1 > /etc/flavour").await;
+    let made = raw_unix(
+        &d.socket,
+        "POST",
+        "/v1/images",
+        &[("content-type", "application/json")],
+        format!(r#"{{"name":"tpl","from":{{"sandbox":"{src}"}}}}"#).into_bytes(),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.error_message());
+    let first = unique_name("tpl-a");
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&first).unwrap(),
+        image: Some("tpl".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(!from_pool(&d, &first), "the image's first create boots");
+    wait_pool(&c, "tpl kept ready", |p| {
+        p.images.contains(&"tpl".to_owned()) && p.ready == 2
+    })
+    .await;
+    let second = unique_name("tpl-b");
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&second).unwrap(),
+        image: Some("tpl".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(
+        from_pool(&d, &second),
+        "the image's next create comes from the pool"
+    );
+    assert_eq!(sh(&c, &second, "cat /etc/flavour").await, "v1");
+
+    // The image deleted: its pre-started sandbox goes with it, it is not "in use".
+    wait_pool(&c, "tpl refilled", |p| p.ready == 2).await;
+    for n in [&first, &second] {
+        c.delete_sandbox(n).await.unwrap();
+    }
+    let gone = raw_unix(&d.socket, "DELETE", "/v1/images/tpl", &[], vec![]).await;
+    assert_eq!(gone.status, 204, "{}", gone.error_message());
+    let p = wait_pool(&c, "tpl gone", |p| !p.images.contains(&"tpl".to_owned())).await;
+    assert_eq!(p.ready, 1, "only base's is left: {p:?}");
+
+    // kill -9: the pool's sandboxes are discarded at start and new ones made; none is ever
+    // listed, and nothing of the old ones runs.
+    let before = pooled_names(&d);
+    d.kill9();
+    d.restart();
+    wait_pool(&c, "base ready after the restart", |p| p.ready == 1).await;
+    let listed: Vec<String> = c
+        .list_all_sandboxes(None, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&src), "only the user's sandbox is listed");
+    assert_eq!(
+        runc_containers(&d),
+        2,
+        "src and one new pool container run: {before:?}"
+    );
+    let after = unique_name("after");
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&after).unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(from_pool(&d, &after));
+    assert_eq!(sh(&c, &after, "hostname").await, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_a_create_takes_one_loses_nothing() {
+    let d = Daemon::start_with(&["--prestart", "1"]);
+    let c = d.client();
+    d.set_env(&[("BURROW_FAULT", "prestart.before_claim")]);
+    d.kill9();
+    d.restart();
+    wait_pool(&c, "one ready", |p| p.ready == 1).await;
+    let name = unique_name("crash");
+    let req = CreateSandbox {
+        name: SandboxName::parse(&name).unwrap(),
+        ..Default::default()
+    };
+    assert!(
+        c.create_sandbox(&req).await.is_err(),
+        "the daemon died mid-create"
+    );
+    assert!(
+        d.wait_exit().is_some_and(|s| !s.success()),
+        "it aborted at the fault point"
+    );
+    assert!(d.log_text().contains("aborting at prestart.before_claim"));
+
+    // Restarted: the half-given sandbox is gone (it had the new hostname already), the name
+    // is free, and the same create succeeds from a new pool sandbox.
+    d.set_env(&[]);
+    d.restart();
+    wait_pool(&c, "one ready after the restart", |p| p.ready == 1).await;
+    assert!(c.list_all_sandboxes(None, &[]).await.unwrap().is_empty());
+    assert_eq!(runc_containers(&d), 1, "only the new pool container runs");
+    c.create_sandbox(&req).await.unwrap();
+    assert!(from_pool(&d, &name));
+    assert_eq!(sh(&c, &name, "hostname").await, name);
+}
