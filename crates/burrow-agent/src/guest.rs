@@ -437,6 +437,26 @@ fn setup_network(cfg: &GuestConfig) -> Result<(), GuestError> {
     Ok(())
 }
 
+/// Gives the guest's `/etc/hostname` and `/etc/hosts` a new hostname (after `SetClock`
+/// renamed the machine: a fork with memory, a pre-started VM taken by a create): their
+/// sources on `/run` are rewritten in place, so the read-only binds show the new text.
+/// Nothing outside a VM (a container's files are the host's).
+pub fn rename_etc_files(hostname: &str) -> std::io::Result<()> {
+    if root_device().is_none() {
+        return Ok(());
+    }
+    let dir = Path::new("/run/burrow");
+    if !dir.join("hostname").exists() {
+        return Ok(());
+    }
+    std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
+    std::fs::write(dir.join("hosts"), hosts_text(hostname))
+}
+
+fn hosts_text(hostname: &str) -> String {
+    format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback {hostname}\n")
+}
+
 /// `/etc/hostname` and `/etc/hosts` as a container sandbox has them: read-only bind mounts
 /// of files the sandbox's disk does not hold (here on the `/run` tmpfs), so the sandbox
 /// cannot make them lie and the disk is left alone (an empty file is created as the mount
@@ -447,8 +467,7 @@ fn bind_etc_files(hostname: &str) -> Result<(), GuestError> {
     }
     let dir = Path::new("/run/burrow");
     std::fs::create_dir_all(dir).map_err(io_err("create /run/burrow"))?;
-    let hosts =
-        format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback {hostname}\n");
+    let hosts = hosts_text(hostname);
     for (name, content) in [("hostname", format!("{hostname}\n")), ("hosts", hosts)] {
         let source = dir.join(name);
         let target = Path::new("/etc").join(name);

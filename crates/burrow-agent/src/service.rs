@@ -291,6 +291,8 @@ impl Agent for AgentService {
             }
             nix::unistd::sethostname(&req.hostname)
                 .map_err(|e| Status::internal(format!("sethostname: {e}")))?;
+            crate::guest::rename_etc_files(&req.hostname)
+                .map_err(|e| Status::internal(format!("rewriting /etc/hostname and /etc/hosts: {e}")))?;
         }
         if !req.entropy.is_empty() {
             crate::sys::reseed_random(&req.entropy[..req.entropy.len().min(64)])

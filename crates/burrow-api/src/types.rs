@@ -465,14 +465,21 @@ pub struct VersionInfo {
     pub prestart: Option<PrestartInfo>,
 }
 
-/// Pre-started sandboxes: how many are kept per image in use, and how many wait now. A
-/// create of a container with the default pids limit takes one when one of its image waits.
+/// Pre-started sandboxes: how many wait now, in all and per engine and image kept ready.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrestartInfo {
-    pub per_image: u32,
     pub ready: u32,
-    /// The images kept ready.
-    pub images: Vec<String>,
+    pub pools: Vec<PrestartPool>,
+}
+
+/// The pre-started sandboxes of one engine and image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrestartPool {
+    pub engine: EngineKind,
+    pub image: String,
+    pub ready: u32,
+    /// How many are kept ready.
+    pub target: u32,
 }
 
 /// How full the storage pool is: below `reserve_bytes` free, create, fork and image builds

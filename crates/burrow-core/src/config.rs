@@ -33,6 +33,9 @@ pub struct Config {
     pub defaults: SandboxDefaults,
     /// Pre-started container sandboxes kept ready per wanted image (`prestart.rs`); 0: off.
     pub prestart: usize,
+    /// Pre-started VMs kept ready per wanted image; `None`: 1 where VMs run on KVM, else 0
+    /// (under TCG an idle VM costs a share of a core).
+    pub prestart_vm: Option<usize>,
     /// Debian mirror for building the base image; None = mmdebstrap's default.
     pub debian_mirror: Option<String>,
     /// Sandbox networking (netns + veth + bridge, nftables, DNS, credential proxy); `None`
@@ -122,6 +125,7 @@ impl Config {
             public_port: 7440,
             defaults: SandboxDefaults::default(),
             prestart: 0,
+            prestart_vm: Some(0),
             debian_mirror: None,
             network: None,
             lxcfs: None,

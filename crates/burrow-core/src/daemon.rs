@@ -16,7 +16,7 @@ type Result<T, E = CoreError> = std::result::Result<T, E>;
 /// Opens (or creates) the daemon's state, pool, engines, keys and network, assembles the
 /// manager from them ([`Manager::new`]), clears what interrupted builds left, reconciles
 /// ([`Manager::reconcile`]) and starts the background work ([`spawn_background`]).
-pub async fn open(cfg: Config, inside_api: Option<InsideApiServer>) -> Result<Arc<Manager>> {
+pub async fn open(mut cfg: Config, inside_api: Option<InsideApiServer>) -> Result<Arc<Manager>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| CoreError::Internal(format!("creating {}: {e}", cfg.data_dir.display())))?;
     // 0711: host users may not list the sandboxes' run dirs.
@@ -42,6 +42,10 @@ pub async fn open(cfg: Config, inside_api: Option<InsideApiServer>) -> Result<Ar
         Ok(e) if e.accel() == burrow_engine::vm::Accel::Kvm => EngineKind::Vm,
         _ => EngineKind::Container,
     });
+    if cfg.prestart_vm.is_none() {
+        let kvm = matches!(&vm, Ok(e) if e.accel() == burrow_engine::vm::Accel::Kvm);
+        cfg.prestart_vm = Some(usize::from(kvm));
+    }
     let mut engines = crate::engines::Engines::new(default).with(Arc::new(
         burrow_engine::container::ContainerEngine::new(cfg.container_engine())?,
     ));

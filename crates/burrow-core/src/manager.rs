@@ -111,7 +111,10 @@ impl Manager {
     ) -> Arc<Self> {
         let images = ImageService::new(cfg.clone(), store.clone(), pool.clone());
         let mgr = Arc::new(Self {
-            prestart: crate::prestart::Prestart::new(cfg.prestart),
+            prestart: crate::prestart::Prestart::new(std::collections::HashMap::from([
+                (EngineKind::Container, cfg.prestart),
+                (EngineKind::Vm, cfg.prestart_vm.unwrap_or(0)),
+            ])),
             keys,
             net,
             me: std::sync::OnceLock::new(),
@@ -527,7 +530,7 @@ impl Manager {
             let mut env = self.images.config(&image).env;
             env.extend(req.env.clone());
             if let Some(sb) = self
-                .claim_prestarted(&name, &image, &config, env, req.labels.clone())
+                .claim_prestarted(&name, engine, &image, &config, env, req.labels.clone())
                 .await?
             {
                 return Ok(sb);

@@ -38,55 +38,71 @@ pub(crate) fn is_prestarted(rec: &SandboxRecord) -> bool {
     rec.labels.get(INTERNAL_LABEL).is_some_and(|v| v == PRESTART)
 }
 
-/// The pool's bookkeeping: which sandboxes wait for which image, and which images are
+/// What a pool is kept for: an engine and an image.
+type Key = (EngineKind, String);
+
+/// The pool's bookkeeping: which sandboxes wait for which engine and image, and which are
 /// wanted. The sandboxes themselves are ordinary records in the store.
 #[derive(Debug)]
 pub(crate) struct Prestart {
-    per_image: usize,
+    /// Sandboxes kept ready per wanted image, by engine (absent or 0: none).
+    targets: HashMap<EngineKind, usize>,
     inner: Mutex<Inner>,
     wake: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Ready sandboxes by image: id and the image version they were made from.
-    ready: HashMap<String, VecDeque<(String, String)>>,
-    /// When a create last asked for each image.
-    wanted: HashMap<String, Instant>,
+    /// Ready sandboxes: id and the image version they were made from.
+    ready: HashMap<Key, VecDeque<(String, String)>>,
+    /// When a create last asked for each.
+    wanted: HashMap<Key, Instant>,
 }
 
 impl Prestart {
-    /// A pool that keeps `per_image` sandboxes ready per wanted image (0: off).
-    pub(crate) fn new(per_image: usize) -> Self {
+    /// A pool that keeps `targets[engine]` sandboxes ready per wanted image of that engine.
+    pub(crate) fn new(targets: HashMap<EngineKind, usize>) -> Self {
         Self {
-            per_image,
+            targets,
             inner: Mutex::new(Inner::default()),
             wake: tokio::sync::Notify::new(),
         }
     }
 
+    fn target(&self, engine: EngineKind) -> usize {
+        self.targets.get(&engine).copied().unwrap_or(0)
+    }
+
+    /// Whether any engine keeps sandboxes ready.
     pub(crate) fn enabled(&self) -> bool {
-        self.per_image > 0
+        self.targets.values().any(|n| *n > 0)
+    }
+
+    /// Whether `engine`'s sandboxes are kept ready.
+    pub(crate) fn serves(&self, engine: EngineKind) -> bool {
+        self.target(engine) > 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Notes that a create asked for `image`, and wakes the loop if it has work.
-    pub(crate) fn want(&self, image: &str) {
-        if !self.enabled() {
+    /// Notes that a create asked for `image` on `engine`, and wakes the loop.
+    pub(crate) fn want(&self, engine: EngineKind, image: &str) {
+        if !self.serves(engine) {
             return;
         }
-        self.lock().wanted.insert(image.to_owned(), Instant::now());
+        self.lock()
+            .wanted
+            .insert((engine, image.to_owned()), Instant::now());
         self.wake.notify_one();
     }
 
-    /// Takes a ready sandbox of `image` made from `version`; also returns the ones made from
-    /// another version (to be discarded).
-    fn take(&self, image: &str, version: &str) -> (Option<String>, Vec<String>) {
+    /// Takes a ready sandbox made from `version` of the image; also returns the ones made
+    /// from another version (to be discarded).
+    fn take(&self, key: &Key, version: &str) -> (Option<String>, Vec<String>) {
         let mut inner = self.lock();
-        let Some(queue) = inner.ready.get_mut(image) else {
+        let Some(queue) = inner.ready.get_mut(key) else {
             return (None, Vec::new());
         };
         let mut stale = Vec::new();
@@ -99,37 +115,33 @@ impl Prestart {
         (None, stale)
     }
 
-    fn put(&self, image: &str, id: String, version: String) {
-        self.lock()
-            .ready
-            .entry(image.to_owned())
-            .or_default()
-            .push_back((id, version));
+    fn put(&self, key: Key, id: String, version: String) {
+        self.lock().ready.entry(key).or_default().push_back((id, version));
     }
 
-    /// A wanted image short of sandboxes, if any.
-    fn short(&self) -> Option<String> {
+    /// A wanted engine and image short of sandboxes, if any.
+    fn short(&self) -> Option<Key> {
         let inner = self.lock();
         inner
             .wanted
             .keys()
-            .find(|image| inner.ready.get(*image).map_or(0, VecDeque::len) < self.per_image)
+            .find(|key| inner.ready.get(*key).map_or(0, VecDeque::len) < self.target(key.0))
             .cloned()
     }
 
-    /// Forgets images nobody asked for in [`UNWANTED_AFTER`]; returns their sandboxes.
+    /// Forgets what nobody asked for in [`UNWANTED_AFTER`]; returns their sandboxes.
     fn drop_unwanted(&self) -> Vec<String> {
         let mut inner = self.lock();
-        let gone: Vec<String> = inner
+        let gone: Vec<Key> = inner
             .wanted
             .iter()
             .filter(|(_, at)| at.elapsed() >= UNWANTED_AFTER)
-            .map(|(image, _)| image.clone())
+            .map(|(key, _)| key.clone())
             .collect();
         let mut ids = Vec::new();
-        for image in gone {
-            inner.wanted.remove(&image);
-            ids.extend(inner.ready.remove(&image).into_iter().flatten().map(|(id, _)| id));
+        for key in gone {
+            inner.wanted.remove(&key);
+            ids.extend(inner.ready.remove(&key).into_iter().flatten().map(|(id, _)| id));
         }
         ids
     }
@@ -140,23 +152,31 @@ impl Prestart {
             return None;
         }
         let inner = self.lock();
-        let mut images: Vec<String> = inner.wanted.keys().cloned().collect();
-        images.sort();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let mut pools: Vec<burrow_api::PrestartPool> = inner
+            .wanted
+            .keys()
+            .map(|key| burrow_api::PrestartPool {
+                engine: key.0,
+                image: key.1.clone(),
+                ready: count(inner.ready.get(key).map_or(0, VecDeque::len)),
+                target: count(self.target(key.0)),
+            })
+            .collect();
+        pools.sort_by(|a, b| (a.engine.as_str(), &a.image).cmp(&(b.engine.as_str(), &b.image)));
         Some(burrow_api::PrestartInfo {
-            per_image: u32::try_from(self.per_image).unwrap_or(u32::MAX),
-            ready: u32::try_from(inner.ready.values().map(VecDeque::len).sum::<usize>()).unwrap_or(u32::MAX),
-            images,
+            ready: pools.iter().map(|p| p.ready).sum(),
+            pools,
         })
     }
 
-    /// Forgets `image` (being deleted); returns its sandboxes.
+    /// Forgets `image` on every engine (it is being deleted); returns its sandboxes.
     fn forget(&self, image: &str) -> Vec<String> {
         let mut inner = self.lock();
-        inner.wanted.remove(image);
-        inner
-            .ready
-            .remove(image)
-            .into_iter()
+        inner.wanted.retain(|key, _| key.1 != image);
+        let keys: Vec<Key> = inner.ready.keys().filter(|k| k.1 == image).cloned().collect();
+        keys.into_iter()
+            .filter_map(|k| inner.ready.remove(&k))
             .flatten()
             .map(|(id, _)| id)
             .collect()
@@ -175,9 +195,19 @@ impl Manager {
             .unwrap_or_default()
     }
 
-    /// Whether a create with these parameters can take a pre-started sandbox.
+    /// Whether a create with these parameters can take a pre-started sandbox: a container
+    /// with the default pids limit (cpu and memory are set in place); a VM with the default
+    /// machine (its cpus, memory, pids limit and disk are fixed when it boots).
     pub(crate) fn prestart_fits(&self, engine: EngineKind, config: &SandboxConfig) -> bool {
-        self.prestart.enabled() && engine == EngineKind::Container && config.pids == self.cfg.defaults.pids
+        let d = &self.cfg.defaults;
+        self.prestart.serves(engine)
+            && config.pids == d.pids
+            && match engine {
+                EngineKind::Container => true,
+                EngineKind::Vm => {
+                    config.cpus == d.cpus && config.memory_mb == d.memory_mb && config.disk_gb == d.disk_gb
+                }
+            }
     }
 
     /// Serves a create from the pool: `Ok(None)` when no pre-started sandbox of `image` is
@@ -185,6 +215,7 @@ impl Manager {
     pub(crate) async fn claim_prestarted(
         &self,
         name: &str,
+        engine: EngineKind,
         image: &str,
         config: &SandboxConfig,
         env: BTreeMap<String, String>,
@@ -194,10 +225,11 @@ impl Manager {
         if self.store.image(image)?.is_none() {
             return Ok(None);
         }
-        self.prestart.want(image);
+        self.prestart.want(engine, image);
         let version = self.image_version(image);
+        let key = (engine, image.to_owned());
         loop {
-            let (id, stale) = self.prestart.take(image, &version);
+            let (id, stale) = self.prestart.take(&key, &version);
             for id in stale {
                 self.discard_prestarted_in_background(id);
             }
@@ -252,6 +284,14 @@ impl Manager {
                 return Ok(None);
             }
         }
+        // A VM names itself: the agent sets the hostname (and reseeds its RNG).
+        if self.engine(&rec)?.capabilities().own_kernel
+            && let Err(e) = self.rename_guest(&rec, name).await
+        {
+            tracing::warn!(id, error = %crate::error::chain(&e), "renaming a pre-started VM; discarded");
+            self.discard_prestarted_in_background(id.to_owned());
+            return Ok(None);
+        }
         let disk_changed = rec.config.disk_gb != config.disk_gb;
         let now = now_rfc3339();
         rec.name = name.to_owned();
@@ -284,14 +324,39 @@ impl Manager {
         Ok(Some(self.view(&rec)))
     }
 
-    /// Makes one pre-started sandbox of `image` and puts it in the pool.
-    async fn make_prestarted(&self, image: &str) -> Result<()> {
-        let version = self.image_version(image);
+    /// Tells the guest of VM `rec` its new hostname, with fresh randomness (bounded: 10 s).
+    async fn rename_guest(&self, rec: &SandboxRecord, hostname: &str) -> Result<()> {
+        let mut client = self.agent(rec).await?;
+        let mut entropy = vec![0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut entropy);
+        let req = burrow_agent_proto::v1::SetClockRequest {
+            unix_nanos: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64),
+            hostname: hostname.to_owned(),
+            entropy,
+        };
+        match tokio::time::timeout(Duration::from_secs(10), client.set_clock(req)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s)) => Err(CoreError::Agent {
+                name: hostname.to_owned(),
+                detail: s.message().to_owned(),
+            }),
+            Err(_) => Err(CoreError::Agent {
+                name: hostname.to_owned(),
+                detail: "the guest did not answer within 10 s".to_owned(),
+            }),
+        }
+    }
+
+    /// Makes one pre-started sandbox of `image` on `engine` and puts it in the pool.
+    async fn make_prestarted(&self, (engine, image): Key) -> Result<()> {
+        let version = self.image_version(&image);
         let name = format!("prestarted-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let req = CreateSandbox {
             name: SandboxName::parse(&name).expect("a valid name"),
-            image: Some(image.to_owned()),
-            engine: Some(EngineKind::Container),
+            image: Some(image.clone()),
+            engine: Some(engine),
             labels: BTreeMap::from([(INTERNAL_LABEL.to_owned(), PRESTART.to_owned())]),
             // Never put to sleep while it waits; a create gives it its own policy.
             idle_timeout_s: Some(0),
@@ -299,8 +364,32 @@ impl Manager {
             ..Default::default()
         };
         let sb = self.create_from(req, None).await?;
-        self.prestart.put(image, sb.id, version);
+        self.warm_up(&sb.id).await;
+        self.prestart.put((engine, image), sb.id, version);
         Ok(())
+    }
+
+    /// Runs `sh -c /bin/true` once in pre-started sandbox `id`: a sandbox's first process pays
+    /// for reading the shell and the C library from its fresh snapshot (page cache is per
+    /// file, and a snapshot's files are new ones) and for the agent's first spawn, about
+    /// 15 ms; paid here, a create's first command does not. Best effort.
+    async fn warm_up(&self, id: &str) {
+        let Ok(Some(rec)) = self.store.sandbox_by_id(id) else {
+            return;
+        };
+        let opts = crate::exec::StreamExecOptions {
+            argv: vec!["/bin/sh".into(), "-c".into(), "/bin/true".into()],
+            env: self.exec_env(&rec, &BTreeMap::new(), false),
+            ..Default::default()
+        };
+        let run = async {
+            let client = self.agent(&rec).await?;
+            let session = crate::exec::start_session(client, &rec.name, opts).await?;
+            crate::exec::collect(session, None, Some(Duration::from_secs(10)), 4096).await
+        };
+        if let Err(e) = run.await {
+            tracing::debug!(id, error = %crate::error::chain(&e), "warming up a pre-started sandbox");
+        }
     }
 
     /// Removes pre-started sandbox `id` (off the caller's path).
@@ -352,26 +441,33 @@ impl Manager {
                 self.discard_prestarted(&rec.id).await;
             }
         }
-        self.prestart.want("base");
+        for engine in [EngineKind::Container, EngineKind::Vm] {
+            if self.engines.get(engine).is_ok() {
+                self.prestart.want(engine, "base");
+            }
+        }
         let mut backoff = Duration::from_secs(1);
         loop {
             for id in self.prestart.drop_unwanted() {
                 self.discard_prestarted(&id).await;
             }
-            let Some(image) = self.prestart.short() else {
+            let Some(key) = self.prestart.short() else {
                 // Woken by a create (demand, or a sandbox taken); the timeout drops unwanted
                 // images.
                 let _ = tokio::time::timeout(Duration::from_secs(60), self.prestart.wake.notified()).await;
                 continue;
             };
-            match self.make_prestarted(&image).await {
+            let image = key.1.clone();
+            match self.make_prestarted(key).await {
                 Ok(()) => backoff = Duration::from_secs(1),
                 Err(e) => {
                     tracing::warn!(image, error = %crate::error::chain(&e), ?backoff, "could not pre-start a sandbox");
                     if matches!(e, CoreError::NotFound { .. }) && image != "base" {
                         // The image is gone: stop wanting it. (`base` is recorded a moment
                         // after the daemon starts: wait for it.)
-                        let _ = self.prestart.forget(&image);
+                        for id in self.prestart.forget(&image) {
+                            self.discard_prestarted(&id).await;
+                        }
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);

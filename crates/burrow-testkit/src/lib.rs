@@ -192,6 +192,11 @@ impl Daemon {
             } else {
                 &["--prestart", "0"][..]
             })
+            .args(if self.extra_args.iter().any(|a| a == "--prestart-vm") {
+                &[][..]
+            } else {
+                &["--prestart-vm", "0"][..]
+            })
             .args(&self.extra_args)
             .env("BURROW_LOG", "info,burrow=debug")
             // Its lxcfs mount next to its data dir, where the leftover cleanup finds it

@@ -125,6 +125,11 @@ struct Args {
     /// 4 GiB of memory or more, else 0 (off).
     #[arg(long, env = "BURROW_PRESTART", value_name = "N")]
     prestart: Option<usize>,
+    /// Pre-started VMs kept ready per image in use (a create of a VM with the default cpus,
+    /// memory, disk and pids limit takes one). Default: 1 where VMs run on KVM, else 0 (under
+    /// TCG an idle VM costs a share of a core).
+    #[arg(long, env = "BURROW_PRESTART_VM", value_name = "N")]
+    prestart_vm: Option<usize>,
     /// Test mode: on SIGTERM/SIGINT destroy every sandbox, release the pool and remove the
     /// data dir. Never use it for real data.
     #[arg(long, hide = true)]
@@ -256,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
         "dir" => PoolKind::Dir,
         _ => PoolKind::Auto,
     };
+    cfg.prestart_vm = args.prestart_vm;
     cfg.prestart = args
         .prestart
         .unwrap_or_else(|| if host_memory_bytes() >= 4 << 30 { 2 } else { 0 });

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use burrow_api::{CreateSandbox, ExecRequest, PrestartInfo, SandboxName};
+use burrow_api::{CreateSandbox, EngineKind, ExecRequest, PrestartInfo, SandboxName};
 use burrow_testkit::burrow_client::Client;
 use burrow_testkit::{Daemon, raw_unix, unique_name};
 
@@ -41,6 +41,10 @@ async fn wait_pool(c: &Client, what: &str, ok: impl Fn(&PrestartInfo) -> bool) -
         assert!(Instant::now() < deadline, "the pool never got to {what}: {p:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+fn has_pool(p: &PrestartInfo, image: &str) -> bool {
+    p.pools.iter().any(|x| x.image == image)
 }
 
 /// The daemon's log without its colour codes.
@@ -92,8 +96,11 @@ async fn a_create_takes_a_prestarted_sandbox_and_becomes_what_was_asked() {
     let d = Daemon::start_with(&["--prestart", "2"]);
     let c = d.client();
     let p = wait_pool(&c, "two ready", |p| p.ready == 2).await;
-    assert_eq!(p.per_image, 2);
-    assert_eq!(p.images, vec!["base".to_owned()]);
+    assert_eq!(p.pools.len(), 1, "{p:?}");
+    assert_eq!(
+        (p.pools[0].engine, p.pools[0].image.as_str(), p.pools[0].target),
+        (EngineKind::Container, "base", 2)
+    );
     // Hidden: not listed, not reachable by name (the control: the pool's names are real).
     let hidden = pooled_names(&d);
     assert_eq!(hidden.len(), 2, "{hidden:?}");
@@ -236,10 +243,7 @@ async fn the_pool_follows_images_and_a_restart() {
     .await
     .unwrap();
     assert!(!from_pool(&d, &first), "the image's first create boots");
-    wait_pool(&c, "tpl kept ready", |p| {
-        p.images.contains(&"tpl".to_owned()) && p.ready == 2
-    })
-    .await;
+    wait_pool(&c, "tpl kept ready", |p| has_pool(p, "tpl") && p.ready == 2).await;
     let second = unique_name("tpl-b");
     c.create_sandbox(&CreateSandbox {
         name: SandboxName::parse(&second).unwrap(),
@@ -261,7 +265,7 @@ async fn the_pool_follows_images_and_a_restart() {
     }
     let gone = raw_unix(&d.socket, "DELETE", "/v1/images/tpl", &[], vec![]).await;
     assert_eq!(gone.status, 204, "{}", gone.error_message());
-    let p = wait_pool(&c, "tpl gone", |p| !p.images.contains(&"tpl".to_owned())).await;
+    let p = wait_pool(&c, "tpl gone", |p| !has_pool(p, "tpl")).await;
     assert_eq!(p.ready, 1, "only base's is left: {p:?}");
 
     // kill -9: the pool's sandboxes are discarded at start and new ones made; none is ever
@@ -277,7 +281,11 @@ async fn the_pool_follows_images_and_a_restart() {
         .into_iter()
         .map(|s| s.name)
         .collect();
-    assert_eq!(listed, std::slice::from_ref(&src), "only the user's sandbox is listed");
+    assert_eq!(
+        listed,
+        std::slice::from_ref(&src),
+        "only the user's sandbox is listed"
+    );
     assert_eq!(
         runc_containers(&d),
         2,
@@ -327,4 +335,75 @@ async fn a_crash_while_a_create_takes_one_loses_nothing() {
     c.create_sandbox(&req).await.unwrap();
     assert!(from_pool(&d, &name));
     assert_eq!(sh(&c, &name, "hostname").await, name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_create_takes_a_prestarted_vm() {
+    let d = Daemon::start_with(&["--prestart", "0", "--prestart-vm", "1"]);
+    let c = d.client();
+    let v = c.version().await.unwrap();
+    let vm = v.engines.iter().find(|e| e.kind == EngineKind::Vm).unwrap();
+    burrow_testkit::require!(
+        vm.available,
+        "the vm engine: {}",
+        vm.detail.clone().unwrap_or_default()
+    );
+    let p = wait_pool(&c, "a VM ready", |p| p.ready == 1).await;
+    assert_eq!(
+        p.pools
+            .iter()
+            .map(|x| (x.engine, x.image.as_str(), x.target))
+            .collect::<Vec<_>>(),
+        [(EngineKind::Vm, "base", 1)],
+        "only VMs are kept ready"
+    );
+
+    let name = unique_name("vmjob");
+    let sb = c
+        .create_sandbox(&CreateSandbox {
+            name: SandboxName::parse(&name).unwrap(),
+            engine: Some(EngineKind::Vm),
+            env: [("GREETING".to_owned(), "hi".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(sb.engine, EngineKind::Vm);
+    assert!(from_pool(&d, &name), "the VM came from the pool");
+    let seen = sh(
+        &c,
+        &name,
+        "hostname; cat /etc/hostname; grep -c \"$(hostname)\" /etc/hosts; echo $HOSTNAME; echo $GREETING",
+    )
+    .await;
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        [&name, &name, "2", &name, "hi"],
+        "{seen}"
+    );
+
+    // The control: a VM with a machine of its own boots as usual.
+    let other = unique_name("vm-own");
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&other).unwrap(),
+        engine: Some(EngineKind::Vm),
+        memory_mb: Some(384),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(
+        !from_pool(&d, &other),
+        "another memory size is not served from the pool"
+    );
+    assert_eq!(sh(&c, &other, "hostname").await, other);
+    // A container create is not served by the VM pool either.
+    let ct = unique_name("ct");
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&ct).unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(!from_pool(&d, &ct));
 }

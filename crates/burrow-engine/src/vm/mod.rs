@@ -1161,6 +1161,19 @@ impl Engine for VmEngine {
     /// Grows `disk.img`; a running QEMU is told at once (`block_resize` of the `root`
     /// drive), so the guest sees the larger device without a restart. A VM that does not
     /// run (stopped, or asleep with its memory saved) grows its filesystem at its next boot.
+    /// A VM's cpus and memory are fixed when QEMU starts (the caller only hands out VMs
+    /// booted with the asked-for ones) and its hostname is the guest's business (the
+    /// agent's `SetClock`): nothing to do on the host.
+    fn reassign(
+        &self,
+        _id: &str,
+        _run_dir: &Path,
+        hostname: &str,
+        _resources: &crate::Resources,
+    ) -> Result<bool> {
+        Ok(cmdline_safe(hostname))
+    }
+
     fn grow_disk(&self, id: &str, volume: &Path, bytes: u64) -> Result<bool> {
         let lock = self.lock(id);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
