@@ -41,14 +41,22 @@ struct FakeInternet {
     child: Child,
     log: PathBuf,
     _dir: tempfile::TempDir,
+    /// Last, so that the network is only given back once the namespace is gone.
+    _claim: burrow_testkit::Claim,
 }
 
 impl FakeInternet {
     fn start() -> FakeInternet {
-        let net = (std::process::id() % 200) as u8 + 20;
+        // Claimed, not derived from the pid: test processes run side by side.
+        let in_use = burrow_testkit::host_ipv4_addrs();
+        let claim = burrow_testkit::claim("egress-attack-internets", 200, |n| {
+            let prefix = format!("198.19.{}.", n + 20);
+            !in_use.iter().any(|a| a.starts_with(&prefix))
+        });
+        let net = claim.number as u8 + 20;
         let ns = format!("bwt-eatk-{net}");
         let host_if = format!("bwea{net}");
-        // Left by an earlier run of this binary with the same pid: would clash.
+        // Whatever a killed test process left on this network would clash.
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         let _ = Command::new("ip").args(["link", "del", &host_if]).output();
         ip(&["netns", "add", &ns]);
@@ -132,6 +140,7 @@ impl FakeInternet {
             child,
             log,
             _dir: dir,
+            _claim: claim,
         }
     }
 
