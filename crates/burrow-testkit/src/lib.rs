@@ -17,7 +17,9 @@ use burrow_client::Client;
 
 pub use burrow_client;
 
+pub mod cli;
 pub mod fakes;
+pub mod fixtures;
 
 /// Directory holding the built `burrowd` and `burrow` binaries.
 pub fn bin_dir() -> PathBuf {
