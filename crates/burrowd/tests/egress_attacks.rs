@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use burrow_api::{CreateSandbox, ExecRequest, SandboxName};
 use burrow_testkit::burrow_client::{Client, ClientError, Method};
+use burrow_testkit::fixtures::{create, sh_parts};
 use burrow_testkit::{Daemon, unique_name};
 use serde_json::{Value, json};
 
@@ -276,29 +276,6 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-async fn create(c: &Client, name: &str) {
-    c.create_sandbox(&CreateSandbox {
-        name: SandboxName::parse(name).unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-}
-
-async fn sh(c: &Client, name: &str, script: &str) -> (i32, String, String) {
-    let r = c
-        .exec(
-            name,
-            &ExecRequest {
-                cmd: vec!["sh".into(), "-c".into(), script.into()],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec in {name}: {e}"));
-    (r.exit_code, r.stdout, r.stderr)
-}
-
 async fn set_policy(c: &Client, name: &str, policy: Value) -> Result<Value, ClientError> {
     c.request_json(
         Method::PUT,
@@ -373,16 +350,16 @@ async fn open_mode_proxy_refuses_the_hosts_own_addresses() {
     let (any, http, tls) = (w.any.seen(), w.http.seen(), w.tls.seen());
 
     // Explicit, absolute-form, to a service on the host's 0.0.0.0.
-    let (_, out, err) = sh(&c, &name, &via_proxy(&format!("http://{host}:{}/", w.any.port))).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_proxy(&format!("http://{host}:{}/", w.any.port))).await;
     assert_eq!(status(&out), "403", "{out}{err}");
     assert!(out.contains(HOST_OWN), "{out}");
     // CONNECT to it.
-    let (_, out, err) = sh(&c, &name, &via_connect(&format!("http://{host}:{}/", w.any.port))).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_connect(&format!("http://{host}:{}/", w.any.port))).await;
     assert_eq!(out.trim(), "403", "{out}{err}");
     // Transparent tcp/80 and tcp/443 to the host's address: closed without an answer.
-    let (code, out, err) = sh(&c, &name, &direct(&format!("http://{host}/"))).await;
+    let (code, out, err) = sh_parts(&c, &name, &direct(&format!("http://{host}/"))).await;
     closed_without_answer(code, &out, &err);
-    let (code, out, err) = sh(&c, &name, &direct(&format!("https://{host}/"))).await;
+    let (code, out, err) = sh_parts(&c, &name, &direct(&format!("https://{host}/"))).await;
     assert_ne!(code, 0, "{out}{err}");
     assert!(!out.contains("HOST-LOCAL"), "{out}");
     assert_eq!(
@@ -395,11 +372,11 @@ async fn open_mode_proxy_refuses_the_hosts_own_addresses() {
 
     // Control: the same three paths to an address of the fake internet work.
     let site = w.inet.site();
-    let (_, out, err) = sh(&c, &name, &via_proxy(&format!("http://{site}/x"))).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_proxy(&format!("http://{site}/x"))).await;
     assert_eq!(status(&out), "200", "{out}{err}");
-    let (_, out, err) = sh(&c, &name, &via_connect(&format!("http://{site}/x"))).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_connect(&format!("http://{site}/x"))).await;
     assert_eq!(out.trim(), "200", "{out}{err}");
-    let (_, out, err) = sh(&c, &name, &direct(&format!("http://{site}/x"))).await;
+    let (_, out, err) = sh_parts(&c, &name, &direct(&format!("http://{site}/x"))).await;
     assert_eq!(status(&out), "200", "{out}{err}");
     c.delete_sandbox(&name).await.unwrap();
 }
@@ -425,17 +402,17 @@ async fn policy_mode_name_resolving_to_the_host_is_refused() {
     let (any, http) = (w.any.seen(), w.http.seen());
 
     // The name is allowed and resolves to the host's address...
-    let (code, out, _) = sh(&c, &name, "getent hosts hostlocal.test").await;
+    let (code, out, _) = sh_parts(&c, &name, "getent hosts hostlocal.test").await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&host.to_string()), "{out}");
     // ...but no path through the proxy connects to it.
     let url = format!("http://hostlocal.test:{}/", w.any.port);
-    let (_, out, err) = sh(&c, &name, &via_proxy(&url)).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_proxy(&url)).await;
     assert_eq!(status(&out), "403", "{out}{err}");
     assert!(out.contains(HOST_OWN), "{out}");
-    let (_, out, err) = sh(&c, &name, &via_connect(&url)).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_connect(&url)).await;
     assert_eq!(out.trim(), "403", "{out}{err}");
-    let (code, out, err) = sh(&c, &name, &direct("http://hostlocal.test/")).await;
+    let (code, out, err) = sh_parts(&c, &name, &direct("http://hostlocal.test/")).await;
     closed_without_answer(code, &out, &err);
     assert_eq!(
         (w.any.seen(), w.http.seen()),
@@ -444,9 +421,9 @@ async fn policy_mode_name_resolving_to_the_host_is_refused() {
     );
 
     // Control: an allowed name of the fake internet goes through, both ways.
-    let (_, out, err) = sh(&c, &name, &via_proxy("http://site.test/y")).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_proxy("http://site.test/y")).await;
     assert_eq!(status(&out), "200", "{out}{err}");
-    let (_, out, err) = sh(&c, &name, &direct("http://site.test/y")).await;
+    let (_, out, err) = sh_parts(&c, &name, &direct("http://site.test/y")).await;
     assert_eq!(status(&out), "200", "{out}{err}");
     c.delete_sandbox(&name).await.unwrap();
 }
@@ -481,15 +458,15 @@ async fn the_proxy_honours_uplink_only() {
         ("absolute-form", via_proxy(&format!("http://{outside}/"))),
         ("by name", via_proxy("http://outside.test/")),
     ] {
-        let (_, out, err) = sh(&c, &name, &script).await;
+        let (_, out, err) = sh_parts(&c, &name, &script).await;
         assert_eq!(status(&out), "403", "{what}: {out}{err}");
         assert!(out.contains(OUTSIDE), "{what}: {out}");
     }
-    let (_, out, err) = sh(&c, &name, &via_connect(&format!("http://{outside}/"))).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_connect(&format!("http://{outside}/"))).await;
     assert_eq!(out.trim(), "403", "{out}{err}");
-    let (code, out, err) = sh(&c, &name, &direct(&format!("http://{outside}/"))).await;
+    let (code, out, err) = sh_parts(&c, &name, &direct(&format!("http://{outside}/"))).await;
     closed_without_answer(code, &out, &err);
-    let (code, out, err) = sh(&c, &name, &direct(&format!("https://{outside}/"))).await;
+    let (code, out, err) = sh_parts(&c, &name, &direct(&format!("https://{outside}/"))).await;
     assert_ne!(code, 0, "{out}{err}");
     let reached = w.inet.reached();
     assert!(
@@ -500,9 +477,9 @@ async fn the_proxy_honours_uplink_only() {
     w.daemon.events_until(&name, OUTSIDE).await;
 
     // Control: inside the list, the same requests pass.
-    let (_, out, err) = sh(&c, &name, &via_proxy(&format!("http://{site}/z"))).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_proxy(&format!("http://{site}/z"))).await;
     assert_eq!(status(&out), "200", "{out}{err}");
-    let (_, out, err) = sh(&c, &name, &direct(&format!("http://{site}/z"))).await;
+    let (_, out, err) = sh_parts(&c, &name, &direct(&format!("http://{site}/z"))).await;
     assert_eq!(status(&out), "200", "{out}{err}");
     c.delete_sandbox(&name).await.unwrap();
 }

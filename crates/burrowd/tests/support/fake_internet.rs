@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-use burrow_api::{CreateSandbox, ExecRequest, SandboxName};
+use burrow_api::CreateSandbox;
 use burrow_testkit::Daemon;
 use burrow_testkit::burrow_client::Client;
 use serde_json::Value;
@@ -266,27 +266,11 @@ pub async fn create(c: &Client, name: &str) {
 
 /// Creates sandbox `name` on `engine` (None: the daemon's default).
 pub async fn create_on(c: &Client, name: &str, engine: Option<burrow_api::EngineKind>) {
-    c.create_sandbox(&CreateSandbox {
-        name: SandboxName::parse(name).unwrap(),
+    let req = CreateSandbox {
         engine,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-}
-
-pub async fn sh(c: &Client, name: &str, script: &str) -> (i32, String, String) {
-    let r = c
-        .exec(
-            name,
-            &ExecRequest {
-                cmd: vec!["sh".into(), "-c".into(), script.into()],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec in {name}: {e}"));
-    (r.exit_code, r.stdout, r.stderr)
+        ..burrow_testkit::fixtures::create_req(name)
+    };
+    burrow_testkit::fixtures::create_with(c, &req).await;
 }
 
 /// The Debian repository `scripts/setup.sh` builds (real .debs: the workload tools, the dev
