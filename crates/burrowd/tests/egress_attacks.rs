@@ -46,14 +46,23 @@ struct FakeInternet {
 }
 
 impl FakeInternet {
-    fn start() -> FakeInternet {
-        // Claimed, not derived from the pid: test processes run side by side.
+    /// Claims a network 198.19.N.0/24 (N from 20 to 219) for [`FakeInternet::start`]: claimed,
+    /// not derived from the pid, as test processes run side by side.
+    fn claim() -> burrow_testkit::Claim {
         let in_use = burrow_testkit::host_ipv4_addrs();
-        let claim = burrow_testkit::claim("egress-attack-internets", 200, |n| {
+        burrow_testkit::claim("egress-attack-internets", 200, |n| {
             let prefix = format!("198.19.{}.", n + 20);
             !in_use.iter().any(|a| a.starts_with(&prefix))
-        });
-        let net = claim.number as u8 + 20;
+        })
+    }
+
+    /// The network of a claim: N in 198.19.N.0/24.
+    fn net_of(claim: &burrow_testkit::Claim) -> u8 {
+        claim.number as u8 + 20
+    }
+
+    fn start(claim: burrow_testkit::Claim) -> FakeInternet {
+        let net = FakeInternet::net_of(&claim);
         let ns = format!("bwt-eatk-{net}");
         let host_if = format!("bwea{net}");
         // Whatever a killed test process left on this network would clash.
@@ -243,11 +252,12 @@ fn world() -> &'static World {
     WORLD.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let net = (std::process::id() % 200) as u8 + 20;
+            let claim = FakeInternet::claim();
+            let net = FakeInternet::net_of(&claim);
             // The daemon first: the host address the fake internet adds comes after it
             // started, so the daemon must keep its list of host addresses current.
             let daemon = Daemon::start_with(&["--dns-upstream", &format!("198.19.{net}.2:53")]);
-            let inet = FakeInternet::start();
+            let inet = FakeInternet::start(claim);
             assert_eq!(inet.dns(), format!("198.19.{net}.2:53"));
             let _ = WORLD_NS.set(inet.ns.clone());
             // SAFETY: registers a plain extern "C" function with no captured state.
