@@ -54,7 +54,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A /24 no interface of this host has an address in (test daemons use 10.100-199.x).
+# A /24 no interface of this host has an address in (test daemons use 10.100-187.x).
 subnet=
 in_use=$(ip -o -4 addr show)
 for third in $(seq 0 255); do

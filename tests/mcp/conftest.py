@@ -74,15 +74,16 @@ class Daemon:
 
 
 def free_subnet() -> str:
-    """A /24 no interface of this host has an address in (daemons run side by side)."""
+    """A /24 no interface of this host has an address in (daemons run side by side), in a range
+    of its own (10.250.x): the other suites' daemons run at the same time (scripts/test.sh)."""
     out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True).stdout
     used = out
     start = os.getpid() % 200
     for i in range(256):
-        prefix = f"10.231.{(start + i) % 256}."
+        prefix = f"10.250.{(start + i) % 256}."
         if prefix not in used:
             return prefix + "0/24"
-    raise RuntimeError("no free 10.231.x.0/24")
+    raise RuntimeError("no free 10.250.x.0/24")
 
 
 def _die_with_parent() -> None:

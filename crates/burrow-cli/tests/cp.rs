@@ -4,42 +4,18 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-use burrow_testkit::{shared, unique_name};
-
-fn burrow(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_burrow"));
-    c.args(args)
-        .env("BURROW_SOCKET", &shared().socket)
-        .env_remove("BURROW_URL")
-        .env_remove("BURROW_TOKEN");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    burrow(args).stdin(Stdio::null()).output().expect("run burrow")
-}
-
-fn ok(args: &[&str]) -> Vec<u8> {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "burrow {args:?} failed ({}): {}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o.stdout
-}
+use burrow_testkit::cli::{burrow, ok, ok_bytes, run};
+use burrow_testkit::unique_name;
 
 fn sh(name: &str, script: &str) -> String {
-    String::from_utf8(ok(&["exec", name, "--", "sh", "-c", script])).unwrap()
+    ok(&["exec", name, "--", "sh", "-c", script])
 }
 
 fn sandbox() -> String {
     let name = unique_name("cp");
-    ok(&["create", &name]);
+    ok_bytes(&["create", &name]);
     name
 }
 
@@ -77,10 +53,10 @@ fn files_both_ways_and_stdio() {
     std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o640)).unwrap();
 
     // Into an existing directory: keeps its name (and mode).
-    ok(&["cp", local.to_str().unwrap(), &format!("{name}:/tmp")]);
+    ok_bytes(&["cp", local.to_str().unwrap(), &format!("{name}:/tmp")]);
     assert_eq!(sh(&name, "stat -c '%s %a' /tmp/bin.dat"), "3000000 640\n");
     // To a new name, creating parents with -p.
-    ok(&[
+    ok_bytes(&[
         "cp",
         "-p",
         local.to_str().unwrap(),
@@ -89,7 +65,7 @@ fn files_both_ways_and_stdio() {
 
     // Back: to a file name, and into a directory.
     let back = dir.path().join("back.dat");
-    ok(&[
+    ok_bytes(&[
         "cp",
         &format!("{name}:/srv/a/b/renamed.dat"),
         back.to_str().unwrap(),
@@ -97,7 +73,7 @@ fn files_both_ways_and_stdio() {
     assert_eq!(std::fs::read(&back).unwrap(), data);
     let into = dir.path().join("into");
     std::fs::create_dir(&into).unwrap();
-    ok(&["cp", &format!("{name}:/tmp/bin.dat"), into.to_str().unwrap()]);
+    ok_bytes(&["cp", &format!("{name}:/tmp/bin.dat"), into.to_str().unwrap()]);
     assert_eq!(std::fs::read(into.join("bin.dat")).unwrap(), data);
 
     // stdin and stdout.
@@ -113,7 +89,7 @@ fn files_both_ways_and_stdio() {
         .unwrap();
     assert!(child.wait().unwrap().success());
     assert_eq!(
-        ok(&["cp", &format!("{name}:/tmp/from-stdin"), "-"]),
+        ok_bytes(&["cp", &format!("{name}:/tmp/from-stdin"), "-"]),
         b"piped \x00\xff bytes"
     );
 
@@ -131,7 +107,7 @@ fn files_both_ways_and_stdio() {
     let o = run(&["cp", "a", "b"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("NAME:/path"), "{o:?}");
-    ok(&["rm", &name]);
+    ok_bytes(&["rm", &name]);
 }
 
 #[test]
@@ -142,8 +118,8 @@ fn directories_both_ways() {
     tree(&src);
 
     // To a new path: takes that name. Into an existing directory: keeps its own.
-    ok(&["cp", src.to_str().unwrap(), &format!("{name}:/srv/copy")]);
-    ok(&["cp", src.to_str().unwrap(), &format!("{name}:/tmp")]);
+    ok_bytes(&["cp", src.to_str().unwrap(), &format!("{name}:/srv/copy")]);
+    ok_bytes(&["cp", src.to_str().unwrap(), &format!("{name}:/tmp")]);
     assert_eq!(
         sh(
             &name,
@@ -154,11 +130,11 @@ fn directories_both_ways() {
 
     // Back to a new path and into an existing directory.
     let back = dir.path().join("back");
-    ok(&["cp", &format!("{name}:/srv/copy"), back.to_str().unwrap()]);
+    ok_bytes(&["cp", &format!("{name}:/srv/copy"), back.to_str().unwrap()]);
     same_tree(&src, &back);
     let into = dir.path().join("into");
     std::fs::create_dir(&into).unwrap();
-    ok(&["cp", &format!("{name}:/tmp/proj"), into.to_str().unwrap()]);
+    ok_bytes(&["cp", &format!("{name}:/tmp/proj"), into.to_str().unwrap()]);
     same_tree(&src, &into.join("proj"));
     assert!(
         std::fs::symlink_metadata(back.join("link"))
@@ -176,14 +152,14 @@ fn directories_both_ways() {
     );
 
     // A directory to stdout is a tar stream.
-    let tar = ok(&["cp", &format!("{name}:/srv/copy"), "-"]);
+    let tar = ok_bytes(&["cp", &format!("{name}:/srv/copy"), "-"]);
     let names: Vec<String> = tar::Archive::new(&tar[..])
         .entries()
         .unwrap()
         .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
         .collect();
     assert!(names.iter().any(|n| n == "copy/sub/deeper/data.bin"), "{names:?}");
-    ok(&["rm", &name]);
+    ok_bytes(&["rm", &name]);
 }
 
 /// `(mode & 0o7777, uid)` of a local path, not following symlinks.
@@ -269,7 +245,7 @@ fn downloads_create_no_setuid_devices_or_foreign_owners() {
     );
 
     // Into an existing directory (`dest/x`): the same.
-    ok(&["cp", &format!("{name}:/srv/x"), dest.to_str().unwrap()]);
+    ok_bytes(&["cp", &format!("{name}:/srv/x"), dest.to_str().unwrap()]);
     assert_eq!(mode_owner(&dest.join("x/sh")), (0o755, me));
 
     // Positive control: with --preserve the same probe sees the setuid bit and the
@@ -289,7 +265,7 @@ fn downloads_create_no_setuid_devices_or_foreign_owners() {
     assert!(std::fs::symlink_metadata(kept.join("fifo")).is_err());
     // Do not leave a setuid root shell behind.
     std::fs::remove_dir_all(&kept).unwrap();
-    ok(&["rm", &name]);
+    ok_bytes(&["rm", &name]);
 }
 
 fn nix_euid() -> u32 {
@@ -309,17 +285,17 @@ fn file_downloads_never_take_special_bits() {
     std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4750)).unwrap();
     let link = dir.path().join("link");
     std::os::unix::fs::symlink(&suid, &link).unwrap();
-    ok(&["cp", &format!("{name}:/srv/f"), link.to_str().unwrap()]);
+    ok_bytes(&["cp", &format!("{name}:/srv/f"), link.to_str().unwrap()]);
     assert_eq!(mode_owner(&link), (0o644, me));
     assert_eq!(std::fs::read(&link).unwrap(), b"from-the-sandbox\n");
     assert_eq!(std::fs::read(&suid).unwrap(), b"original");
-    ok(&["cp", &format!("{name}:/srv/f"), suid.to_str().unwrap()]);
+    ok_bytes(&["cp", &format!("{name}:/srv/f"), suid.to_str().unwrap()]);
     assert_eq!(mode_owner(&suid), (0o750, me));
     // Control: a plain mode of the replaced file is kept.
     let plain = dir.path().join("plain");
     std::fs::write(&plain, b"x").unwrap();
     std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o600)).unwrap();
-    ok(&["cp", &format!("{name}:/srv/f"), plain.to_str().unwrap()]);
+    ok_bytes(&["cp", &format!("{name}:/srv/f"), plain.to_str().unwrap()]);
     assert_eq!(mode_owner(&plain), (0o600, me));
-    ok(&["rm", &name]);
+    ok_bytes(&["rm", &name]);
 }

@@ -6,32 +6,8 @@ use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use burrow_testkit::cli::{burrow, ok, run};
 use burrow_testkit::{shared, unique_name};
-
-fn burrow(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_burrow"));
-    c.args(args)
-        .env("BURROW_SOCKET", &shared().socket)
-        .env_remove("BURROW_URL")
-        .env_remove("BURROW_TOKEN");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    burrow(args).stdin(Stdio::null()).output().expect("run burrow")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "burrow {args:?} failed ({}): {}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
 
 /// Runs a shell command line under a pseudo-terminal (util-linux `script`), feeding `input`.
 fn in_pty(cmdline: &str, input: &str) -> Output {

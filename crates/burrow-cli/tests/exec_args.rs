@@ -3,34 +3,8 @@
 //! the kernel's limits cannot reach `burrow` itself: the same kernel refuses to start it; the
 //! API's answers to such commands are tested in burrowd's `tests/limits.rs`.)
 
-use std::process::{Command, Output, Stdio};
-
-use burrow_testkit::{shared, unique_name};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_burrow"))
-        .args(args)
-        .env("BURROW_SOCKET", &shared().socket)
-        .env_remove("BURROW_URL")
-        .env_remove("BURROW_TOKEN")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run burrow")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "burrow {:?} failed ({}): {}",
-        args.iter()
-            .map(|a| a.chars().take(40).collect::<String>())
-            .collect::<Vec<_>>(),
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
+use burrow_testkit::cli::ok;
+use burrow_testkit::unique_name;
 
 #[test]
 fn exec_passes_a_100_kb_argument_and_environment() {

@@ -4,9 +4,10 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use burrow_testkit::cli::{burrow, ok, run};
 use burrow_testkit::{shared, unique_name};
 
 /// Bound of every blocking read below (a hang fails the test instead of stalling it).
@@ -29,31 +30,6 @@ while True:
     c, _ = s.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 ";
-
-fn burrow(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_burrow"));
-    c.args(args)
-        .env("BURROW_SOCKET", &shared().socket)
-        .env_remove("BURROW_URL")
-        .env_remove("BURROW_TOKEN");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    burrow(args).stdin(Stdio::null()).output().expect("run burrow")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = run(args);
-    assert!(
-        o.status.success(),
-        "burrow {args:?} failed ({}): {}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
 
 /// Kills the proxy when the test ends, passed or not.
 struct Killed(Child);

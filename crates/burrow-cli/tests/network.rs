@@ -4,17 +4,8 @@
 
 use std::process::{Command, Output, Stdio};
 
+use burrow_testkit::cli::{burrow, ok};
 use burrow_testkit::{shared, unique_name};
-
-fn burrow(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_burrow"));
-    c.args(args)
-        .env("BURROW_SOCKET", &shared().socket)
-        .env_remove("BURROW_URL")
-        .env_remove("BURROW_TOKEN")
-        .stdin(Stdio::null());
-    c
-}
 
 /// The CLI over TCP with `token` instead of the unix socket.
 fn burrow_tcp(token: &str, args: &[&str]) -> Output {
@@ -26,17 +17,6 @@ fn burrow_tcp(token: &str, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = burrow(args).output().unwrap();
-    assert!(
-        o.status.success(),
-        "burrow {args:?}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
 }
 
 fn fails(o: &Output) -> String {

@@ -1,6 +1,6 @@
 //! Test infrastructure: real `burrowd` daemons in temporary data dirs, with their own unix
 //! socket, TCP port, runc root, cgroup parent and loop-backed btrfs pool, so that several
-//! run side by side. Nothing is mocked.
+//! run side by side, in one test process or several. Nothing is mocked.
 //!
 //! Binaries are found in `BURROW_BIN_DIR`, else `$CARGO_TARGET_DIR/debug`, else the
 //! workspace's `target/debug`. The static agent is found by burrowd itself (the musl build
@@ -17,7 +17,9 @@ use burrow_client::Client;
 
 pub use burrow_client;
 
+pub mod cli;
 pub mod fakes;
+pub mod fixtures;
 
 /// Directory holding the built `burrowd` and `burrow` binaries.
 pub fn bin_dir() -> PathBuf {
@@ -45,6 +47,7 @@ pub struct Daemon {
     log: PathBuf,
     /// This daemon's sandbox subnet (a /24 of its own, so daemons run side by side).
     pub subnet: String,
+    _subnet_claim: Claim,
     extra_args: Vec<String>,
     _dir: tempfile::TempDir,
 }
@@ -76,26 +79,63 @@ macro_rules! require {
     };
 }
 
-/// A /24 no other daemon of this host's test runs uses at the same time: test binaries run
-/// one after another, within one a counter tells daemons apart, and a /24 that any interface
-/// of the host already has an address in (a daemon of an earlier binary still cleaning up,
-/// or killed) is passed over: burrowd would refuse it.
-fn next_subnet() -> String {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let in_use = host_ipv4_prefixes();
-    let start = std::process::id() % 100;
-    loop {
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (second, third) = (100 + (start + n / 256) % 100, n % 256);
-        let prefix = format!("10.{second}.{third}.");
-        if !in_use.iter().any(|a| a.starts_with(&prefix)) {
-            return format!("{prefix}0/24");
+/// Where test processes claim what must be theirs alone on this host (a daemon's subnet,
+/// a fake internet's network): one lock file per thing, locked (`flock`) for as long as its
+/// holder lives. The kernel drops a lock when its process ends, however it ends.
+const CLAIMS: &str = "/run/burrow-test-claims";
+
+/// A held claim on one of `kind`'s numbers; dropping it lets another test take the number.
+#[derive(Debug)]
+pub struct Claim {
+    pub number: u32,
+    _lock: std::fs::File,
+}
+
+/// Claims a number of `kind` below `count` that no other test process on this host holds and
+/// for which `usable` says yes (e.g. nothing on the host uses it already). Test processes run
+/// side by side (the lanes of `scripts/test.sh`), so a pid or a counter cannot tell them
+/// apart; a lock file per number can.
+pub fn claim(kind: &str, count: u32, usable: impl Fn(u32) -> bool) -> Claim {
+    let dir = Path::new(CLAIMS).join(kind);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    // Start somewhere else in each process so claims seldom meet.
+    let start = rand_u32() % count;
+    for i in 0..count {
+        let number = (start + i) % count;
+        if !usable(number) {
+            continue;
+        }
+        let path = dir.join(number.to_string());
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        if lock.try_lock().is_ok() {
+            return Claim { number, _lock: lock };
         }
     }
+    panic!("all {count} of {kind} are claimed or in use on this host");
+}
+
+/// A /24 of 10.100.0.0 to 10.187.255.0 that no other test daemon uses, held while the claim
+/// lives. The other suites keep out of that range (OpenAPI 10.99, TypeScript 10.188, burrow-net
+/// 10.192-199, Python 10.200-249, MCP 10.250: docs/testing.md), as they run at the same time.
+/// One that an interface of the host already has an address in (a daemon of an ended test
+/// process still cleaning up, or one left behind) is passed over: burrowd would refuse it.
+fn claim_subnet() -> (String, Claim) {
+    let in_use = host_ipv4_addrs();
+    let prefix = |n: u32| format!("10.{}.{}.", 100 + n / 256, n % 256);
+    let c = claim("subnets", 88 * 256, |n| {
+        let p = prefix(n);
+        !in_use.iter().any(|a| a.starts_with(&p))
+    });
+    (format!("{}0/24", prefix(c.number)), c)
 }
 
 /// The host's IPv4 addresses, as text (`ip -o -4 addr`).
-fn host_ipv4_prefixes() -> Vec<String> {
+pub fn host_ipv4_addrs() -> Vec<String> {
     let out = Command::new("ip")
         .args(["-o", "-4", "addr", "show"])
         .output()
@@ -128,6 +168,7 @@ impl Daemon {
         let data_dir = dir.path().join("data");
         let socket = dir.path().join("burrowd.sock");
         let log = dir.path().join("burrowd.log");
+        let (subnet, subnet_claim) = claim_subnet();
         let d = Daemon {
             data_dir,
             socket,
@@ -135,7 +176,8 @@ impl Daemon {
             addr: Mutex::new(None),
             env: Mutex::new(Vec::new()),
             log,
-            subnet: next_subnet(),
+            subnet,
+            _subnet_claim: subnet_claim,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
         };

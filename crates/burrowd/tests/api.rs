@@ -4,24 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use burrow_api::{CreateSandbox, ExecRequest, PatchSandbox, SandboxName, SandboxStatus};
-use burrow_testkit::burrow_client::{Client, ClientError};
+use burrow_api::{ExecRequest, PatchSandbox, SandboxStatus};
+use burrow_testkit::burrow_client::ClientError;
+use burrow_testkit::fixtures::{create, create_req};
 use burrow_testkit::{Daemon, raw_tcp, raw_unix, shared, unique_name};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
-
-fn create_req(name: &str) -> CreateSandbox {
-    CreateSandbox {
-        name: SandboxName::parse(name).unwrap(),
-        ..Default::default()
-    }
-}
-
-async fn create(c: &Client, name: &str) -> burrow_api::Sandbox {
-    c.create_sandbox(&create_req(name))
-        .await
-        .unwrap_or_else(|e| panic!("create {name}: {e}"))
-}
 
 fn exec_req(cmd: &[&str]) -> ExecRequest {
     ExecRequest {

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use burrow_api::{CreateImage, CreateSandbox, ExecRequest, ForkSource, SandboxName, SandboxStatus};
 use burrow_testkit::burrow_client::{Client, ClientError, ExecEvent, ExecStreamOptions, Method};
+use burrow_testkit::fixtures::sh_ok;
 use burrow_testkit::{Daemon, raw_unix, shared, unique_name};
 
 fn req(name: &str) -> CreateSandbox {
@@ -24,21 +25,6 @@ fn fork_req(name: &str, src: &str, cp: Option<&str>) -> CreateSandbox {
         }),
         ..Default::default()
     }
-}
-
-async fn sh(c: &Client, name: &str, script: &str) -> String {
-    let r = c
-        .exec(
-            name,
-            &ExecRequest {
-                cmd: vec!["sh".into(), "-c".into(), script.into()],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec in {name}: {e}"));
-    assert_eq!(r.exit_code, 0, "{script}: {r:?}");
-    r.stdout
 }
 
 async fn checkpoint(c: &Client, name: &str, comment: &str) -> String {
@@ -67,14 +53,14 @@ async fn restore_brings_back_the_checkpoint_and_keeps_the_replaced_state() {
     let c = shared().client();
     let name = unique_name("cp");
     c.create_sandbox(&req(&name)).await.unwrap();
-    sh(
+    sh_ok(
         &c,
         &name,
         "echo before > /root/data; mkdir -p /srv && echo kept > /srv/x",
     )
     .await;
     // A background process survives a live checkpoint untouched.
-    let pid = sh(
+    let pid = sh_ok(
         &c,
         &name,
         "setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!",
@@ -83,24 +69,24 @@ async fn restore_brings_back_the_checkpoint_and_keeps_the_replaced_state() {
     let v0 = checkpoint(&c, &name, "first").await;
     assert_eq!(v0, "v0");
     assert_eq!(
-        sh(&c, &name, &format!("kill -0 {} && echo alive", pid.trim())).await,
+        sh_ok(&c, &name, &format!("kill -0 {} && echo alive", pid.trim())).await,
         "alive\n"
     );
-    sh(&c, &name, "echo after > /root/data; echo new > /root/only-after").await;
+    sh_ok(&c, &name, "echo after > /root/data; echo new > /root/only-after").await;
 
     let r = restore(&c, &name, &v0).await.unwrap();
     assert_eq!(r["restored"], "v0");
     let backup = r["backup"].as_str().unwrap().to_owned();
     assert_eq!(backup, "v1");
     assert_eq!(c.get_sandbox(&name).await.unwrap().status, SandboxStatus::Running);
-    assert_eq!(sh(&c, &name, "cat /root/data /srv/x").await, "before\nkept\n");
+    assert_eq!(sh_ok(&c, &name, "cat /root/data /srv/x").await, "before\nkept\n");
     assert_eq!(
-        sh(&c, &name, "test -e /root/only-after || echo gone").await,
+        sh_ok(&c, &name, "test -e /root/only-after || echo gone").await,
         "gone\n"
     );
     // The replaced state is in the backup, readable from inside.
     assert_eq!(
-        sh(
+        sh_ok(
             &c,
             &name,
             "cat /.burrow/checkpoints/v1/root/data /.burrow/checkpoints/v1/root/only-after"
@@ -111,7 +97,7 @@ async fn restore_brings_back_the_checkpoint_and_keeps_the_replaced_state() {
     // And restoring the backup brings it back (ids keep growing, never reused).
     let r = restore(&c, &name, &backup).await.unwrap();
     assert_eq!(r["backup"], "v2");
-    assert_eq!(sh(&c, &name, "cat /root/data").await, "after\n");
+    assert_eq!(sh_ok(&c, &name, "cat /root/data").await, "after\n");
 
     let list: serde_json::Value = c
         .get_json(&format!("/v1/sandboxes/{name}/checkpoints"))
@@ -153,7 +139,7 @@ while True:
     os.fsync(fd)
     i += 1
 "#;
-    sh(
+    sh_ok(
         &c,
         &name,
         &format!(
@@ -161,14 +147,14 @@ while True:
         ),
     )
     .await;
-    sh(
+    sh_ok(
         &c,
         &name,
         "while [ $(wc -l < /root/log 2>/dev/null || echo 0) -lt 200 ]; do sleep 0.01; done",
     )
     .await;
     let cp = checkpoint(&c, &name, "mid-write").await;
-    sh(
+    sh_ok(
         &c,
         &name,
         "n=$(wc -l < /root/log); while [ $(wc -l < /root/log) -lt $((n+200)) ]; do sleep 0.01; done",
@@ -184,7 +170,7 @@ for i, l in enumerate(lines):
     assert l == b"%08d %s" % (i, b"x" * 100), "line %d is %r" % (i, l[:20])
 print(len(lines))
 "#;
-    let n: u64 = sh(&c, &name, &format!("python3 -c '{check}'"))
+    let n: u64 = sh_ok(&c, &name, &format!("python3 -c '{check}'"))
         .await
         .trim()
         .parse()
@@ -198,9 +184,9 @@ async fn forks_are_independent_and_parallel() {
     let c = shared().client();
     let parent = unique_name("parent");
     c.create_sandbox(&req(&parent)).await.unwrap();
-    sh(&c, &parent, "echo base > /root/f").await;
+    sh_ok(&c, &parent, "echo base > /root/f").await;
     let cp = checkpoint(&c, &parent, "").await;
-    sh(&c, &parent, "echo parent-after > /root/f").await;
+    sh_ok(&c, &parent, "echo parent-after > /root/f").await;
     // Ten forks of one checkpoint at once.
     let mut tasks = Vec::new();
     for i in 0..10 {
@@ -213,8 +199,8 @@ async fn forks_are_independent_and_parallel() {
                 .await
                 .unwrap();
             assert_eq!(sb.parent.unwrap().checkpoint.as_deref(), Some(cp.as_str()));
-            assert_eq!(sh(&c, &name, "cat /root/f").await, "base\n");
-            sh(&c, &name, &format!("echo fork-{i} > /root/f")).await;
+            assert_eq!(sh_ok(&c, &name, "cat /root/f").await, "base\n");
+            sh_ok(&c, &name, &format!("echo fork-{i} > /root/f")).await;
             name
         }));
     }
@@ -223,17 +209,17 @@ async fn forks_are_independent_and_parallel() {
         forks.push(t.await.unwrap());
     }
     // No fork's write shows in its parent or siblings.
-    assert_eq!(sh(&c, &parent, "cat /root/f").await, "parent-after\n");
+    assert_eq!(sh_ok(&c, &parent, "cat /root/f").await, "parent-after\n");
     for (i, f) in forks.iter().enumerate() {
-        assert_eq!(sh(&c, f, "cat /root/f").await, format!("fork-{i}\n"));
+        assert_eq!(sh_ok(&c, f, "cat /root/f").await, format!("fork-{i}\n"));
     }
     // A fork of the live state sees the parent's current files, from another sandbox too.
     let live = unique_name("live");
     c.create_sandbox(&fork_req(&live, &parent, None)).await.unwrap();
-    assert_eq!(sh(&c, &live, "cat /root/f").await, "parent-after\n");
+    assert_eq!(sh_ok(&c, &live, "cat /root/f").await, "parent-after\n");
     // Deleting the parent never breaks its forks.
     c.delete_sandbox(&parent).await.unwrap();
-    assert_eq!(sh(&c, &forks[3], "cat /root/f").await, "fork-3\n");
+    assert_eq!(sh_ok(&c, &forks[3], "cat /root/f").await, "fork-3\n");
     for f in forks.iter().chain([&live]) {
         c.delete_sandbox(f).await.unwrap();
     }
@@ -326,14 +312,14 @@ async fn checkpoints_from_inside_the_sandbox() {
     let c = shared().client();
     let name = unique_name("inside");
     c.create_sandbox(&req(&name)).await.unwrap();
-    sh(&c, &name, "echo inside > /root/f").await;
-    let out = sh(&c, &name, "curl -sf --unix-socket /.burrow/api.sock -X POST http://burrow/checkpoints -H 'content-type: application/json' -d '{\"comment\":\"from inside\"}'").await;
+    sh_ok(&c, &name, "echo inside > /root/f").await;
+    let out = sh_ok(&c, &name, "curl -sf --unix-socket /.burrow/api.sock -X POST http://burrow/checkpoints -H 'content-type: application/json' -d '{\"comment\":\"from inside\"}'").await;
     let cp: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         (cp["id"].as_str(), cp["source"].as_str()),
         (Some("v0"), Some("inside"))
     );
-    let out = sh(
+    let out = sh_ok(
         &c,
         &name,
         "curl -sf --unix-socket /.burrow/api.sock http://burrow/checkpoints",
@@ -341,7 +327,7 @@ async fn checkpoints_from_inside_the_sandbox() {
     .await;
     assert!(out.contains("from inside"), "{out}");
     assert_eq!(
-        sh(&c, &name, "cat /.burrow/checkpoints/v0/root/f").await,
+        sh_ok(&c, &name, "cat /.burrow/checkpoints/v0/root/f").await,
         "inside\n"
     );
     // Checkpoints are read-only inside: the write fails for that reason, and the file is
@@ -363,16 +349,16 @@ async fn checkpoints_from_inside_the_sandbox() {
     assert_ne!(r.exit_code, 0, "{r:?}");
     assert!(r.stderr.contains("Read-only file system"), "{r:?}");
     assert_eq!(
-        sh(&c, &name, "cat /.burrow/checkpoints/v0/root/f").await,
+        sh_ok(&c, &name, "cat /.burrow/checkpoints/v0/root/f").await,
         "inside\n"
     );
     assert_eq!(
-        sh(&c, &name, "echo x > /root/g && cat /root/g").await,
+        sh_ok(&c, &name, "echo x > /root/g && cat /root/g").await,
         "x\n",
         "control"
     );
     // The inside API reaches only this sandbox: no route to other sandboxes or the admin API.
-    let out = sh(
+    let out = sh_ok(
         &c,
         &name,
         "curl -s -o /dev/null -w '%{http_code}' --unix-socket /.burrow/api.sock http://burrow/v1/sandboxes",
@@ -380,7 +366,7 @@ async fn checkpoints_from_inside_the_sandbox() {
     .await;
     assert_eq!(out, "404");
     // Restore from inside: accepted, then the sandbox comes back on the checkpoint.
-    sh(&c, &name, "echo changed > /root/f").await;
+    sh_ok(&c, &name, "echo changed > /root/f").await;
     // The restore ends every process, the caller too: its exec may be cut off before the
     // answer comes back (then the restore below shows it was accepted).
     let asked = c
@@ -429,7 +415,7 @@ async fn templates_make_new_sandboxes_and_are_protected_while_used() {
     let c = shared().client();
     let name = unique_name("tpl-src");
     c.create_sandbox(&req(&name)).await.unwrap();
-    sh(&c, &name, "echo toolchain > /opt/tool").await;
+    sh_ok(&c, &name, "echo toolchain > /opt/tool").await;
     let cp = checkpoint(&c, &name, "deps installed").await;
     let image = unique_name("tpl");
     let img: serde_json::Value = c
@@ -452,10 +438,10 @@ async fn templates_make_new_sandboxes_and_are_protected_while_used() {
     let mut r = req(&user);
     r.image = Some(image.clone());
     c.create_sandbox(&r).await.unwrap();
-    assert_eq!(sh(&c, &user, "cat /opt/tool").await, "toolchain\n");
+    assert_eq!(sh_ok(&c, &user, "cat /opt/tool").await, "toolchain\n");
     // The source can go; the template and its sandbox stay intact.
     c.delete_sandbox(&name).await.unwrap();
-    assert_eq!(sh(&c, &user, "cat /opt/tool").await, "toolchain\n");
+    assert_eq!(sh_ok(&c, &user, "cat /opt/tool").await, "toolchain\n");
     // In use: 409. Unused: 204. base: 409.
     let path = format!("/v1/images/{image}");
     let e = c
@@ -595,7 +581,7 @@ async fn kill9_mid_checkpoint_leaves_no_half_checkpoint() {
     // The next checkpoint does not reuse the number of the lost one.
     assert_eq!(checkpoint(&c, &name, "").await, "v1");
     // The sandbox still runs (it was thawed or restarted).
-    assert_eq!(sh(&c, &name, "echo ok").await, "ok\n");
+    assert_eq!(sh_ok(&c, &name, "echo ok").await, "ok\n");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -609,9 +595,9 @@ async fn kill9_mid_restore_leaves_old_or_new_state_and_says_which() {
         let name = unique_name("crash-rs");
         let id = d.client().create_sandbox(&req(&name)).await.unwrap().id;
         let c = d.client();
-        sh(&c, &name, "echo old-state > /root/f").await;
+        sh_ok(&c, &name, "echo old-state > /root/f").await;
         let cp = checkpoint(&c, &name, "").await;
-        sh(&c, &name, "echo current-state > /root/f").await;
+        sh_ok(&c, &name, "echo current-state > /root/f").await;
         crash_at(&d, point, async {
             assert!(
                 restore(&d.client(), &name, &cp)
@@ -625,7 +611,7 @@ async fn kill9_mid_restore_leaves_old_or_new_state_and_says_which() {
         let sb = c.get_sandbox(&name).await.unwrap();
         assert_eq!(sb.status, SandboxStatus::Running, "{point}");
         let notice = sb.notice.unwrap_or_else(|| panic!("{point}: no notice"));
-        let got = sh(&c, &name, "cat /root/f").await;
+        let got = sh_ok(&c, &name, "cat /root/f").await;
         if expect_new {
             assert_eq!(got, "old-state\n", "{point}: expected the restored state");
             assert!(notice.contains("completed"), "{point}: {notice}");
@@ -650,9 +636,9 @@ async fn kill9_mid_restore_of_a_stopped_sandbox_keeps_it_stopped() {
     let name = unique_name("crash-st");
     let c = d.client();
     c.create_sandbox(&req(&name)).await.unwrap();
-    sh(&c, &name, "echo old-state > /root/f").await;
+    sh_ok(&c, &name, "echo old-state > /root/f").await;
     let cp = checkpoint(&c, &name, "").await;
-    sh(&c, &name, "echo current-state > /root/f").await;
+    sh_ok(&c, &name, "echo current-state > /root/f").await;
     c.sandbox_action(&name, "stop").await.unwrap();
     crash_at(&d, "restore.mid_swap", async {
         assert!(
@@ -672,7 +658,7 @@ async fn kill9_mid_restore_of_a_stopped_sandbox_keeps_it_stopped() {
     );
     assert!(sb.notice.unwrap_or_default().contains("completed"));
     c.sandbox_action(&name, "start").await.unwrap();
-    assert_eq!(sh(&c, &name, "cat /root/f").await, "old-state\n");
+    assert_eq!(sh_ok(&c, &name, "cat /root/f").await, "old-state\n");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -706,7 +692,7 @@ async fn second_restore_while_one_runs_is_409() {
     assert_eq!(e.status(), Some(409), "{e}");
     std::fs::remove_file(&pause).unwrap();
     first.await.unwrap().unwrap();
-    assert_eq!(sh(&c, &name, "echo back").await, "back\n");
+    assert_eq!(sh_ok(&c, &name, "echo back").await, "back\n");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -728,5 +714,5 @@ async fn kill9_mid_fork_is_cleaned_up() {
     let c = d.client();
     assert_eq!(c.get_sandbox(&child).await.unwrap_err().status(), Some(404));
     assert_eq!(volumes(&d.data_dir.join("pool/sandboxes")), [pid]);
-    assert_eq!(sh(&c, &parent, "echo parent-ok").await, "parent-ok\n");
+    assert_eq!(sh_ok(&c, &parent, "echo parent-ok").await, "parent-ok\n");
 }

@@ -7,21 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use burrow_api::{CreateSandbox, EngineKind, ExecRequest, ForkSource, SandboxName, SandboxStatus};
+use burrow_api::{CreateSandbox, EngineKind, ForkSource, SandboxName, SandboxStatus};
 use burrow_testkit::burrow_client::{Client, ExecEvent, ExecStreamOptions, Method};
+use burrow_testkit::fixtures::{PATIENCE, poll, sh};
 use burrow_testkit::{Daemon, raw_unix, require, unique_name};
-
-async fn exec(c: &Client, name: &str, script: &str) -> burrow_api::ExecResult {
-    c.exec(
-        name,
-        &ExecRequest {
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("exec in {name}: {e}"))
-}
 
 /// GET `path` of the sandbox's web app through ingress (the agent channel), retried while
 /// its service starts; returns status and body.
@@ -75,21 +64,25 @@ async fn wait_listed(
     id: &str,
     cond: impl Fn(&burrow_api::SessionInfo) -> bool,
 ) -> burrow_api::SessionInfo {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let found = c
-            .list_sessions(name)
-            .await
-            .unwrap()
-            .sessions
-            .into_iter()
-            .find(|s| s.id == id);
-        if let Some(s) = found.filter(|s| cond(s)) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "session {id} never reached the state");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let cond = &cond;
+    poll(
+        &format!("session {id} to reach the state"),
+        PATIENCE,
+        || async move {
+            let found = c
+                .list_sessions(name)
+                .await
+                .unwrap()
+                .sessions
+                .into_iter()
+                .find(|s| s.id == id);
+            match found {
+                Some(s) if cond(&s) => Ok(s),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
 }
 
 async fn scenario(engine: EngineKind) {
@@ -130,7 +123,7 @@ async fn scenario(engine: EngineKind) {
     );
 
     // Exec: output on both streams, the exit code, stdin, a terminal.
-    let r = exec(&c, &name, "echo out; echo err >&2; exit 3").await;
+    let r = sh(&c, &name, "echo out; echo err >&2; exit 3").await;
     assert_eq!(
         (r.stdout.as_str(), r.stderr.as_str(), r.exit_code),
         ("out\n", "err\n", 3)
@@ -178,7 +171,7 @@ async fn scenario(engine: EngineKind) {
     assert!(text.contains("/dev/pts/") && text.contains("27 91"), "{text:?}");
 
     // Limits as the sandbox sees them: its CPUs and its memory, not the host's.
-    let seen = exec(
+    let seen = sh(
         &c,
         &name,
         "grep -c ^processor /proc/cpuinfo; awk '/^MemTotal/ {print int($2/1024)}' /proc/meminfo",
@@ -196,7 +189,7 @@ async fn scenario(engine: EngineKind) {
         std::fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("burrowd"))
     });
     assert!(host_sees, "the probe does not find burrowd on the host");
-    let inside = exec(
+    let inside = sh(
         &c,
         &name,
         "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -c 'burrow[d]' || true",
@@ -271,7 +264,7 @@ async fn scenario(engine: EngineKind) {
         )
         .await
         .unwrap();
-    exec(&c, &name, "echo version two > /srv/a.txt").await;
+    sh(&c, &name, "echo version two > /srv/a.txt").await;
     assert_eq!(http_get(&d, &name, "a.txt").await.1, b"version two\n");
     c.request_json::<serde_json::Value, ()>(
         Method::POST,
@@ -300,9 +293,9 @@ async fn scenario(engine: EngineKind) {
         .await
         .unwrap();
     assert_eq!(f.engine, engine);
-    assert_eq!(exec(&c, &fork, "cat /srv/a.txt").await.stdout, "version one\n");
+    assert_eq!(sh(&c, &fork, "cat /srv/a.txt").await.stdout, "version one\n");
     // A fork of the live state has what was written just before (a VM's page cache too).
-    exec(&c, &name, "echo just now > /srv/live.txt").await;
+    sh(&c, &name, "echo just now > /srv/live.txt").await;
     let live = unique_name("conf-live");
     c.create_sandbox(&CreateSandbox {
         name: SandboxName::parse(&live).unwrap(),
@@ -315,13 +308,13 @@ async fn scenario(engine: EngineKind) {
     })
     .await
     .unwrap();
-    assert_eq!(exec(&c, &live, "cat /srv/live.txt").await.stdout, "just now\n");
+    assert_eq!(sh(&c, &live, "cat /srv/live.txt").await.stdout, "just now\n");
     c.delete_sandbox(&live).await.unwrap();
 
     // Sleep, then any request wakes it; what ran before still answers.
     let slept = c.sandbox_action(&name, "sleep").await.unwrap();
     assert_eq!(slept.status, SandboxStatus::Sleeping);
-    assert_eq!(exec(&c, &name, "echo awake").await.stdout, "awake\n");
+    assert_eq!(sh(&c, &name, "echo awake").await.stdout, "awake\n");
     assert_eq!(c.get_sandbox(&name).await.unwrap().status, SandboxStatus::Running);
     assert_eq!(
         http_get(&d, &name, "a.txt").await,

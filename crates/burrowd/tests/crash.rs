@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use burrow_api::{CreateSandbox, ExecRequest, SandboxName, SandboxStatus};
+use burrow_api::{CreateSandbox, SandboxName, SandboxStatus};
+use burrow_testkit::fixtures::sh_req;
 use burrow_testkit::{Daemon, unique_name};
 
 fn runc_ids(data_dir: &Path) -> Vec<String> {
@@ -34,13 +35,6 @@ fn req(name: &str) -> CreateSandbox {
     }
 }
 
-fn sh(script: &str) -> ExecRequest {
-    ExecRequest {
-        cmd: vec!["sh".into(), "-c".into(), script.into()],
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kill9_while_running_loses_nothing() {
     let d = Daemon::start();
@@ -52,7 +46,7 @@ async fn kill9_while_running_loses_nothing() {
     let pid = c
         .exec(
             &run,
-            &sh("setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!"),
+            &sh_req("setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!"),
         )
         .await
         .unwrap();
@@ -65,13 +59,13 @@ async fn kill9_while_running_loses_nothing() {
     assert_eq!(c.get_sandbox(&stop).await.unwrap().status, SandboxStatus::Stopped);
     // The process started before the crash still runs, and exec works.
     let r = c
-        .exec(&run, &sh(&format!("kill -0 {pid} && echo alive")))
+        .exec(&run, &sh_req(&format!("kill -0 {pid} && echo alive")))
         .await
         .unwrap();
     assert_eq!(r.stdout, "alive\n");
     // The stopped one starts again.
     c.sandbox_action(&stop, "start").await.unwrap();
-    assert_eq!(c.exec(&stop, &sh("echo up")).await.unwrap().stdout, "up\n");
+    assert_eq!(c.exec(&stop, &sh_req("echo up")).await.unwrap().stdout, "up\n");
 }
 
 async fn assert_no_orphans(d: &Daemon, known_ids: &[String]) {

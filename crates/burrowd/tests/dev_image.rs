@@ -80,11 +80,7 @@ fn repo_ready() -> Option<()> {
 
 /// Runs the real `burrow` CLI against the test daemon: (exit code, stdout, stderr).
 async fn burrow(d: &Daemon, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = d.cli();
-    cmd.args(args);
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("burrow CLI"))
-        .await
-        .unwrap();
+    let out = tokio::task::block_in_place(|| burrow_testkit::cli::run_on(d, args));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

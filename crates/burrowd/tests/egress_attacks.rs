@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use burrow_api::{CreateSandbox, ExecRequest, SandboxName};
 use burrow_testkit::burrow_client::{Client, ClientError, Method};
+use burrow_testkit::fixtures::{create, sh_parts};
 use burrow_testkit::{Daemon, unique_name};
 use serde_json::{Value, json};
 
@@ -41,14 +41,31 @@ struct FakeInternet {
     child: Child,
     log: PathBuf,
     _dir: tempfile::TempDir,
+    /// Last, so that the network is only given back once the namespace is gone.
+    _claim: burrow_testkit::Claim,
 }
 
 impl FakeInternet {
-    fn start() -> FakeInternet {
-        let net = (std::process::id() % 200) as u8 + 20;
+    /// Claims a network 198.19.N.0/24 (N from 20 to 219) for [`FakeInternet::start`]: claimed,
+    /// not derived from the pid, as test processes run side by side.
+    fn claim() -> burrow_testkit::Claim {
+        let in_use = burrow_testkit::host_ipv4_addrs();
+        burrow_testkit::claim("egress-attack-internets", 200, |n| {
+            let prefix = format!("198.19.{}.", n + 20);
+            !in_use.iter().any(|a| a.starts_with(&prefix))
+        })
+    }
+
+    /// The network of a claim: N in 198.19.N.0/24.
+    fn net_of(claim: &burrow_testkit::Claim) -> u8 {
+        claim.number as u8 + 20
+    }
+
+    fn start(claim: burrow_testkit::Claim) -> FakeInternet {
+        let net = FakeInternet::net_of(&claim);
         let ns = format!("bwt-eatk-{net}");
         let host_if = format!("bwea{net}");
-        // Left by an earlier run of this binary with the same pid: would clash.
+        // Whatever a killed test process left on this network would clash.
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         let _ = Command::new("ip").args(["link", "del", &host_if]).output();
         ip(&["netns", "add", &ns]);
@@ -132,6 +149,7 @@ impl FakeInternet {
             child,
             log,
             _dir: dir,
+            _claim: claim,
         }
     }
 
@@ -234,11 +252,12 @@ fn world() -> &'static World {
     WORLD.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let net = (std::process::id() % 200) as u8 + 20;
+            let claim = FakeInternet::claim();
+            let net = FakeInternet::net_of(&claim);
             // The daemon first: the host address the fake internet adds comes after it
             // started, so the daemon must keep its list of host addresses current.
             let daemon = Daemon::start_with(&["--dns-upstream", &format!("198.19.{net}.2:53")]);
-            let inet = FakeInternet::start();
+            let inet = FakeInternet::start(claim);
             assert_eq!(inet.dns(), format!("198.19.{net}.2:53"));
             let _ = WORLD_NS.set(inet.ns.clone());
             // SAFETY: registers a plain extern "C" function with no captured state.
@@ -265,29 +284,6 @@ fn world() -> &'static World {
 async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
-}
-
-async fn create(c: &Client, name: &str) {
-    c.create_sandbox(&CreateSandbox {
-        name: SandboxName::parse(name).unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-}
-
-async fn sh(c: &Client, name: &str, script: &str) -> (i32, String, String) {
-    let r = c
-        .exec(
-            name,
-            &ExecRequest {
-                cmd: vec!["sh".into(), "-c".into(), script.into()],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec in {name}: {e}"));
-    (r.exit_code, r.stdout, r.stderr)
 }
 
 async fn set_policy(c: &Client, name: &str, policy: Value) -> Result<Value, ClientError> {
@@ -364,16 +360,16 @@ async fn open_mode_proxy_refuses_the_hosts_own_addresses() {
     let (any, http, tls) = (w.any.seen(), w.http.seen(), w.tls.seen());
 
     // Explicit, absolute-form, to a service on the host's 0.0.0.0.
-    let (_, out, err) = sh(&c, &name, &via_proxy(&format!("http://{host}:{}/", w.any.port))).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_proxy(&format!("http://{host}:{}/", w.any.port))).await;
     assert_eq!(status(&out), "403", "{out}{err}");
     assert!(out.contains(HOST_OWN), "{out}");
     // CONNECT to it.
-    let (_, out, err) = sh(&c, &name, &via_connect(&format!("http://{host}:{}/", w.any.port))).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_connect(&format!("http://{host}:{}/", w.any.port))).await;
     assert_eq!(out.trim(), "403", "{out}{err}");
     // Transparent tcp/80 and tcp/443 to the host's address: closed without an answer.
-    let (code, out, err) = sh(&c, &name, &direct(&format!("http://{host}/"))).await;
+    let (code, out, err) = sh_parts(&c, &name, &direct(&format!("http://{host}/"))).await;
     closed_without_answer(code, &out, &err);
-    let (code, out, err) = sh(&c, &name, &direct(&format!("https://{host}/"))).await;
+    let (code, out, err) = sh_parts(&c, &name, &direct(&format!("https://{host}/"))).await;
     assert_ne!(code, 0, "{out}{err}");
     assert!(!out.contains("HOST-LOCAL"), "{out}");
     assert_eq!(
@@ -386,11 +382,11 @@ async fn open_mode_proxy_refuses_the_hosts_own_addresses() {
 
     // Control: the same three paths to an address of the fake internet work.
     let site = w.inet.site();
-    let (_, out, err) = sh(&c, &name, &via_proxy(&format!("http://{site}/x"))).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_proxy(&format!("http://{site}/x"))).await;
     assert_eq!(status(&out), "200", "{out}{err}");
-    let (_, out, err) = sh(&c, &name, &via_connect(&format!("http://{site}/x"))).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_connect(&format!("http://{site}/x"))).await;
     assert_eq!(out.trim(), "200", "{out}{err}");
-    let (_, out, err) = sh(&c, &name, &direct(&format!("http://{site}/x"))).await;
+    let (_, out, err) = sh_parts(&c, &name, &direct(&format!("http://{site}/x"))).await;
     assert_eq!(status(&out), "200", "{out}{err}");
     c.delete_sandbox(&name).await.unwrap();
 }
@@ -416,17 +412,17 @@ async fn policy_mode_name_resolving_to_the_host_is_refused() {
     let (any, http) = (w.any.seen(), w.http.seen());
 
     // The name is allowed and resolves to the host's address...
-    let (code, out, _) = sh(&c, &name, "getent hosts hostlocal.test").await;
+    let (code, out, _) = sh_parts(&c, &name, "getent hosts hostlocal.test").await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&host.to_string()), "{out}");
     // ...but no path through the proxy connects to it.
     let url = format!("http://hostlocal.test:{}/", w.any.port);
-    let (_, out, err) = sh(&c, &name, &via_proxy(&url)).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_proxy(&url)).await;
     assert_eq!(status(&out), "403", "{out}{err}");
     assert!(out.contains(HOST_OWN), "{out}");
-    let (_, out, err) = sh(&c, &name, &via_connect(&url)).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_connect(&url)).await;
     assert_eq!(out.trim(), "403", "{out}{err}");
-    let (code, out, err) = sh(&c, &name, &direct("http://hostlocal.test/")).await;
+    let (code, out, err) = sh_parts(&c, &name, &direct("http://hostlocal.test/")).await;
     closed_without_answer(code, &out, &err);
     assert_eq!(
         (w.any.seen(), w.http.seen()),
@@ -435,9 +431,9 @@ async fn policy_mode_name_resolving_to_the_host_is_refused() {
     );
 
     // Control: an allowed name of the fake internet goes through, both ways.
-    let (_, out, err) = sh(&c, &name, &via_proxy("http://site.test/y")).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_proxy("http://site.test/y")).await;
     assert_eq!(status(&out), "200", "{out}{err}");
-    let (_, out, err) = sh(&c, &name, &direct("http://site.test/y")).await;
+    let (_, out, err) = sh_parts(&c, &name, &direct("http://site.test/y")).await;
     assert_eq!(status(&out), "200", "{out}{err}");
     c.delete_sandbox(&name).await.unwrap();
 }
@@ -472,15 +468,15 @@ async fn the_proxy_honours_uplink_only() {
         ("absolute-form", via_proxy(&format!("http://{outside}/"))),
         ("by name", via_proxy("http://outside.test/")),
     ] {
-        let (_, out, err) = sh(&c, &name, &script).await;
+        let (_, out, err) = sh_parts(&c, &name, &script).await;
         assert_eq!(status(&out), "403", "{what}: {out}{err}");
         assert!(out.contains(OUTSIDE), "{what}: {out}");
     }
-    let (_, out, err) = sh(&c, &name, &via_connect(&format!("http://{outside}/"))).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_connect(&format!("http://{outside}/"))).await;
     assert_eq!(out.trim(), "403", "{out}{err}");
-    let (code, out, err) = sh(&c, &name, &direct(&format!("http://{outside}/"))).await;
+    let (code, out, err) = sh_parts(&c, &name, &direct(&format!("http://{outside}/"))).await;
     closed_without_answer(code, &out, &err);
-    let (code, out, err) = sh(&c, &name, &direct(&format!("https://{outside}/"))).await;
+    let (code, out, err) = sh_parts(&c, &name, &direct(&format!("https://{outside}/"))).await;
     assert_ne!(code, 0, "{out}{err}");
     let reached = w.inet.reached();
     assert!(
@@ -491,9 +487,9 @@ async fn the_proxy_honours_uplink_only() {
     w.daemon.events_until(&name, OUTSIDE).await;
 
     // Control: inside the list, the same requests pass.
-    let (_, out, err) = sh(&c, &name, &via_proxy(&format!("http://{site}/z"))).await;
+    let (_, out, err) = sh_parts(&c, &name, &via_proxy(&format!("http://{site}/z"))).await;
     assert_eq!(status(&out), "200", "{out}{err}");
-    let (_, out, err) = sh(&c, &name, &direct(&format!("http://{site}/z"))).await;
+    let (_, out, err) = sh_parts(&c, &name, &direct(&format!("http://{site}/z"))).await;
     assert_eq!(status(&out), "200", "{out}{err}");
     c.delete_sandbox(&name).await.unwrap();
 }

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use burrow_api::{CreateSandbox, ExecRequest, Sandbox, SandboxName, SandboxRestart, SandboxStatus};
-use burrow_testkit::burrow_client::Client;
+use burrow_api::{CreateSandbox, ExecRequest, SandboxName, SandboxRestart, SandboxStatus};
+use burrow_testkit::fixtures::wait_for;
 use burrow_testkit::{Daemon, shared, unique_name};
 
 fn req(name: &str) -> CreateSandbox {
@@ -82,18 +82,6 @@ fn kill_agent(d: &Daemon, id: &str) {
     )];
     let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16)).expect("poll pidfd");
     assert_eq!(ready, 1, "agent {pid} survived SIGKILL for 10 s");
-}
-
-async fn wait_for(c: &Client, name: &str, what: &str, ok: impl Fn(&Sandbox) -> bool) -> Sandbox {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let sb = c.get_sandbox(name).await.unwrap();
-        if ok(&sb) {
-            return sb;
-        }
-        assert!(Instant::now() < deadline, "{name} never became {what}: {sb:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 const DIED: &str = "the agent (PID 1) died: killed by signal 9 (SIGKILL)";

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use burrow_api::{CreateSandbox, ExecRequest, FileKind, SandboxName};
 use burrow_testkit::burrow_client::{ByteStream, Client, ClientError, WriteFileOptions};
+use burrow_testkit::fixtures::{create_unique, sh_ok};
 use burrow_testkit::{shared, unique_name};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -16,34 +17,9 @@ use tokio::sync::OnceCell;
 /// One sandbox shared by the tests of this binary.
 async fn sandbox() -> (Client, String) {
     static NAME: OnceCell<String> = OnceCell::const_new();
-    let d = shared();
-    let name = NAME.get_or_init(|| create("files")).await.clone();
-    (d.client(), name)
-}
-
-async fn create(prefix: &str) -> String {
-    let name = unique_name(prefix);
-    let req = CreateSandbox {
-        name: SandboxName::parse(&name).unwrap(),
-        ..Default::default()
-    };
-    shared().client().create_sandbox(&req).await.expect("create");
-    name
-}
-
-async fn sh(c: &Client, name: &str, script: &str) -> String {
-    let r = c
-        .exec(
-            name,
-            &ExecRequest {
-                cmd: vec!["sh".into(), "-c".into(), script.into()],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(r.exit_code, 0, "{script}: {}", r.stderr);
-    r.stdout
+    let c = shared().client();
+    let name = NAME.get_or_init(|| create_unique(&c, "files")).await.clone();
+    (c, name)
 }
 
 fn status(e: &ClientError) -> u16 {
@@ -117,7 +93,7 @@ async fn large_file_round_trip_is_streamed() {
     .await
     .unwrap();
     eprintln!("upload 200 MiB: {:.0} MiB/s", mib_s(LEN as u64, t));
-    let inside = sh(
+    let inside = sh_ok(
         &c,
         &name,
         "sha256sum /root/big.bin; stat -c '%s %a %u' /root/big.bin",
@@ -151,7 +127,7 @@ async fn binary_list_mkdir_rename_delete() {
     c.write_file_bytes(&name, "/srv/t1/empty", WriteFileOptions::default(), Vec::new())
         .await
         .unwrap();
-    sh(&c, &name, "ln -s deep/bin.dat /srv/t1/link").await;
+    sh_ok(&c, &name, "ln -s deep/bin.dat /srv/t1/link").await;
 
     let list = c.list_files(&name, "/srv/t1").await.unwrap();
     let got: Vec<_> = list.entries.iter().map(|e| (e.name.as_str(), e.kind)).collect();
@@ -254,13 +230,13 @@ async fn errors_have_fitting_statuses() {
         c.read_file_bytes(&name, "/tmp/j.json").await.unwrap(),
         b"{not json"
     );
-    assert_eq!(sh(&c, &name, "stat -c %a /tmp/j.json").await, "600\n");
+    assert_eq!(sh_ok(&c, &name, "stat -c %a /tmp/j.json").await, "600\n");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sleeping_sandbox_is_woken() {
     let c = shared().client();
-    let name = create("files-sleep").await;
+    let name = create_unique(&c, "files-sleep").await;
     c.sandbox_action(&name, "sleep").await.unwrap();
     assert_eq!(
         c.read_file_bytes(&name, "/etc/hostname").await.unwrap(),
@@ -474,7 +450,7 @@ async fn archives_in_and_out() {
         add_symlink(b, "proj/latest", "src/deep/x.bin");
     });
     c.write_archive(&name, "/srv/arch", once(tar)).await.unwrap();
-    let out = sh(
+    let out = sh_ok(
         &c,
         &name,
         "cd /srv/arch/proj && readlink latest && stat -c '%a %u' run.sh src/deep/x.bin && ./run.sh",
@@ -540,10 +516,10 @@ fn assert_not_on_host(marker: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn symlinks_and_dotdot_resolve_inside_the_sandbox() {
     let c = shared().client();
-    let name = create("files-esc").await;
+    let name = create_unique(&c, "files-esc").await;
     let marker = format!("burrow-marker-{}", unique_name("m"));
-    sh(&c, &name, &format!("echo {marker} > /etc/shadow")).await;
-    sh(
+    sh_ok(&c, &name, &format!("echo {marker} > /etc/shadow")).await;
+    sh_ok(
         &c,
         &name,
         "ln -s /etc/shadow /tmp/l1 && ln -s /../../../../../../etc/shadow /tmp/l2 && \
@@ -574,7 +550,7 @@ async fn symlinks_and_dotdot_resolve_inside_the_sandbox() {
     assert!(root.entries.iter().any(|e| e.name == "etc"));
 
     // Writes through escaping links and `..` land inside the sandbox.
-    sh(&c, &name, &format!("ln -s /../../../../tmp/{marker}-w1 /tmp/wl")).await;
+    sh_ok(&c, &name, &format!("ln -s /../../../../tmp/{marker}-w1 /tmp/wl")).await;
     let opts = WriteFileOptions::default();
     c.write_file_bytes(&name, "/tmp/wl", opts, "w1").await.unwrap();
     c.write_file_bytes(&name, &format!("/tmp/rel/tmp/{marker}-w2"), opts, "w2")
@@ -586,7 +562,7 @@ async fn symlinks_and_dotdot_resolve_inside_the_sandbox() {
     c.write_file_bytes(&name, &format!("/proc/1/root/tmp/{marker}-w4"), opts, "w4")
         .await
         .unwrap();
-    let inside = sh(
+    let inside = sh_ok(
         &c,
         &name,
         &format!("cat /tmp/{marker}-w1 /tmp/{marker}-w2 /{marker}-w3 /tmp/{marker}-w4"),
@@ -655,7 +631,7 @@ async fn hostile_archives_are_refused_or_confined() {
     assert_eq!(status(&e), 404, "the write went through the link: {e}");
 
     // Extracting into a directory that is itself an escaping symlink stays in the sandbox.
-    sh(&c, &name, "ln -sfn /../../../../../../tmp /srv/linkdir").await;
+    sh_ok(&c, &name, "ln -sfn /../../../../../../tmp /srv/linkdir").await;
     let t = tar_of(|b| add_file(b, &format!("{marker}-via-dir"), b"ok", 0o644));
     c.write_archive(&name, "/srv/linkdir", once(t)).await.unwrap();
     assert_eq!(
@@ -674,14 +650,14 @@ async fn hostile_archives_are_refused_or_confined() {
 async fn swapping_a_directory_for_a_symlink_during_uploads_never_escapes() {
     let (c, name) = sandbox().await;
     let marker = format!("burrow-race-{}", unique_name("m"));
-    sh(&c, &name, "mkdir -p /srv/race/d").await;
+    sh_ok(&c, &name, "mkdir -p /srv/race/d").await;
     // Inside the sandbox: flip /srv/race/d between a directory and a link that would point
     // at the host's /tmp if anything resolved it on the host.
     let flipper = {
         let c = c.clone();
         let name = name.clone();
         tokio::spawn(async move {
-            sh(
+            sh_ok(
                 &c,
                 &name,
                 "i=0; while [ $i -lt 400 ]; do \

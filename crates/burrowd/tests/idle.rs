@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use burrow_api::{CreateSandbox, ExecRequest, SandboxName, SandboxStatus};
 use burrow_testkit::burrow_client::{Client, ExecEvent, ExecStreamOptions};
+use burrow_testkit::fixtures::wait_for;
 use burrow_testkit::{Daemon, shared, unique_name};
 
 fn req(name: &str, idle: u64, cold: u64) -> CreateSandbox {
@@ -14,23 +15,6 @@ fn req(name: &str, idle: u64, cold: u64) -> CreateSandbox {
         idle_timeout_s: Some(idle),
         cold_after_s: Some(cold),
         ..Default::default()
-    }
-}
-
-async fn wait_for(
-    c: &Client,
-    name: &str,
-    what: &str,
-    ok: impl Fn(&burrow_api::Sandbox) -> bool,
-) -> burrow_api::Sandbox {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let sb = c.get_sandbox(name).await.unwrap();
-        if ok(&sb) {
-            return sb;
-        }
-        assert!(Instant::now() < deadline, "{name} never became {what}: {sb:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

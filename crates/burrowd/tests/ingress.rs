@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use burrow_api::{CreateSandbox, PatchSandbox, SandboxName, SandboxStatus, UrlAuth};
 use burrow_testkit::burrow_client::{Client, Method, WriteFileOptions};
+use burrow_testkit::fixtures::{vm_available, wait_status};
 use burrow_testkit::{Daemon, raw_tcp, raw_unix, shared, unique_name};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -246,23 +247,9 @@ async fn http_by_api_path_and_by_host_header() {
 /// The same ingress checks against a VM's web app.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vms_web_app_is_served_the_same_way() {
-    if vm_available().await {
+    if vm_available(&shared().client()).await {
         http_by_api_path_and_by_host_header_on(Some(burrow_api::EngineKind::Vm)).await
     }
-}
-
-/// Whether the daemon runs VMs; a missing vm engine fails under `BURROW_TEST_STRICT=1`.
-async fn vm_available() -> bool {
-    let v = shared().client().version().await.unwrap();
-    let vm = v
-        .engines
-        .iter()
-        .find(|e| e.kind == burrow_api::EngineKind::Vm)
-        .unwrap();
-    burrow_testkit::prerequisite(
-        vm.available,
-        &format!("the vm engine is unavailable: {:?}", vm.detail),
-    )
 }
 
 async fn http_by_api_path_and_by_host_header_on(engine: Option<burrow_api::EngineKind>) {
@@ -524,18 +511,6 @@ async fn private_and_public_urls() {
     c.delete_sandbox(&name).await.unwrap();
 }
 
-async fn wait_status(c: &Client, name: &str, want: SandboxStatus) -> burrow_api::Sandbox {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let sb = c.get_sandbox(name).await.unwrap();
-        if sb.status == want {
-            return sb;
-        }
-        assert!(Instant::now() < deadline, "{name} never became {want}: {sb:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn ingress_wakes_sleeping_sandboxes_warm_and_cold() {
     let d = shared();
@@ -671,7 +646,7 @@ async fn proxy_relays_raw_tcp_both_ways() {
 /// The same raw TCP relay into a VM.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vms_ports_are_relayed_the_same_way() {
-    if vm_available().await {
+    if vm_available(&shared().client()).await {
         proxy_relays_raw_tcp_both_ways_on(Some(burrow_api::EngineKind::Vm)).await
     }
 }

@@ -2,6 +2,7 @@
 
 use burrow_api::{CreateSandbox, ExecRequest, ExecResult, SandboxName};
 use burrow_testkit::burrow_client::Client;
+use burrow_testkit::fixtures::sh;
 use burrow_testkit::{shared, unique_name};
 
 async fn make(c: &Client, f: impl FnOnce(&mut CreateSandbox)) -> burrow_api::Sandbox {
@@ -11,16 +12,6 @@ async fn make(c: &Client, f: impl FnOnce(&mut CreateSandbox)) -> burrow_api::San
     };
     f(&mut req);
     c.create_sandbox(&req).await.expect("create")
-}
-
-async fn sh(c: &Client, name: &str, script: &str) -> ExecResult {
-    let req = ExecRequest {
-        cmd: vec!["sh".into(), "-c".into(), script.into()],
-        ..Default::default()
-    };
-    c.exec(name, &req)
-        .await
-        .unwrap_or_else(|e| panic!("exec {script}: {e}"))
 }
 
 fn host_uid_of(pid: u32) -> u32 {

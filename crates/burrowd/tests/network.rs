@@ -5,6 +5,7 @@
 //! DNS only.
 
 use burrow_testkit::burrow_client::{Client, ClientError, Method};
+use burrow_testkit::fixtures::{sh_parts, vm_available};
 use burrow_testkit::{Daemon, raw_tcp, unique_name};
 use serde_json::{Value, json};
 
@@ -12,7 +13,7 @@ const SECRET_VALUE: &str = "ghp_REALsecretVALUE0123456789";
 
 #[path = "support/fake_internet.rs"]
 mod fake_internet;
-use fake_internet::{FakeInternet, create, sh};
+use fake_internet::{FakeInternet, create};
 
 /// `create` on `engine` (None: as `create` does).
 async fn create_with(c: &Client, name: &str, engine: Option<burrow_api::EngineKind>) {
@@ -20,21 +21,6 @@ async fn create_with(c: &Client, name: &str, engine: Option<burrow_api::EngineKi
         Some(e) => fake_internet::create_on(c, name, Some(e)).await,
         None => create(c, name).await,
     }
-}
-
-/// Whether the daemon runs VMs; a missing vm engine fails under `BURROW_TEST_STRICT=1`.
-async fn vm_available() -> bool {
-    let (_inet, d) = world();
-    let v = d.client().version().await.unwrap();
-    let vm = v
-        .engines
-        .iter()
-        .find(|e| e.kind == burrow_api::EngineKind::Vm)
-        .unwrap();
-    burrow_testkit::prerequisite(
-        vm.available,
-        &format!("the vm engine is unavailable: {:?}", vm.detail),
-    )
 }
 
 /// Tests that count what the fake internet received run one at a time.
@@ -79,7 +65,7 @@ fn curl(url: &str, direct: bool, extra: &str) -> String {
 /// fake internet's CA, which hosts relayed end to end present.
 async fn trust_test_ca(c: &Client, name: &str, inet: &FakeInternet) {
     let pem = std::fs::read_to_string(&inet.ca_pem).unwrap();
-    let (code, out, err) = sh(
+    let (code, out, err) = sh_parts(
         c,
         name,
         &format!("cat /.burrow/host/ca-bundle.crt > /tmp/trust.pem && printf '%s' '{pem}' >> /tmp/trust.pem"),
@@ -96,7 +82,7 @@ async fn policy_mode_allows_listed_domains_only() {
 /// The same policy, DNS and proxy checks against a VM.
 #[tokio::test]
 async fn a_vm_follows_the_same_policy() {
-    if vm_available().await {
+    if vm_available(&world().1.client()).await {
         policy_mode_allows_listed_domains_only_on(Some(burrow_api::EngineKind::Vm)).await
     }
 }
@@ -119,22 +105,22 @@ async fn policy_mode_allows_listed_domains_only_on(engine: Option<burrow_api::En
     .await
     .unwrap();
     // Allowed names resolve to what the fake DNS says; denied ones are refused.
-    let (code, out, _) = sh(&c, &name, "getent hosts api.github.test").await;
+    let (code, out, _) = sh_parts(&c, &name, "getent hosts api.github.test").await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&inet.addr("api.github.test").to_string()), "{out}");
-    let (code, _, _) = sh(&c, &name, "getent hosts evil.test").await;
+    let (code, _, _) = sh_parts(&c, &name, "getent hosts evil.test").await;
     assert_ne!(code, 0, "a denied name must not resolve");
 
     for direct in [false, true] {
         // HTTPS to an allowed host works, through the explicit proxy and transparently.
-        let (code, out, err) = sh(&c, &name, &curl("https://pypi.test/simple/", direct, "")).await;
+        let (code, out, err) = sh_parts(&c, &name, &curl("https://pypi.test/simple/", direct, "")).await;
         assert_eq!(code, 0, "direct={direct}: {out}{err}");
         let seen: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(seen["host"], "pypi.test");
         assert_eq!(seen["path"], "/simple/");
         // A denied host is not reached.
         let before = inet.requests().len();
-        let (code, _, _) = sh(&c, &name, &curl("https://evil.test/", direct, "")).await;
+        let (code, _, _) = sh_parts(&c, &name, &curl("https://evil.test/", direct, "")).await;
         assert_ne!(code, 0, "direct={direct}: a denied domain must fail");
         let after = inet.requests();
         assert_eq!(
@@ -147,15 +133,15 @@ async fn policy_mode_allows_listed_domains_only_on(engine: Option<burrow_api::En
     // A raw IP is dropped, even one an allowed name resolves to from elsewhere.
     let before = inet.requests().len();
     let other = inet.addr("other.test");
-    let (code, out, _) = sh(&c, &name, &curl(&format!("http://{other}/"), true, "-f")).await;
+    let (code, out, _) = sh_parts(&c, &name, &curl(&format!("http://{other}/"), true, "-f")).await;
     assert_ne!(code, 0, "{out}");
-    let (_, out, _) = sh(&c, &name, &tcp_hello(&other.to_string(), 7000)).await;
+    let (_, out, _) = sh_parts(&c, &name, &tcp_hello(&other.to_string(), 7000)).await;
     assert!(!out.contains("HELLO"), "a raw IP was reachable: {out}");
     assert_eq!(inet.requests().len(), before);
     // ...while the same port on an allowed name's address is reachable (the check above
     // can fail).
     let allowed = inet.addr("pypi.test");
-    let (_, out, _) = sh(
+    let (_, out, _) = sh_parts(
         &c,
         &name,
         &format!(
@@ -181,10 +167,10 @@ async fn policy_changes_apply_to_a_running_sandbox_at_once() {
     trust_test_ca(&c, &name, inet).await;
     let url = "https://other.test/x";
     set_policy(&c, &name, json!({"mode": "none"})).await.unwrap();
-    let (code, _, _) = sh(&c, &name, &curl(url, true, "")).await;
+    let (code, _, _) = sh_parts(&c, &name, &curl(url, true, "")).await;
     assert_ne!(code, 0, "mode none must block");
     set_policy(&c, &name, json!({"mode": "open"})).await.unwrap();
-    let (code, out, err) = sh(&c, &name, &curl(url, true, "")).await;
+    let (code, out, err) = sh_parts(&c, &name, &curl(url, true, "")).await;
     assert_eq!(code, 0, "open must allow: {out}{err}");
     set_policy(
         &c,
@@ -193,7 +179,7 @@ async fn policy_changes_apply_to_a_running_sandbox_at_once() {
     )
     .await
     .unwrap();
-    let (code, _, _) = sh(&c, &name, &curl(url, true, "")).await;
+    let (code, _, _) = sh_parts(&c, &name, &curl(url, true, "")).await;
     assert_ne!(code, 0, "policy without other.test must block");
     let got: Value = c
         .get_json(&format!("/v1/sandboxes/{name}/policy/network"))
@@ -213,7 +199,7 @@ async fn sandboxes_cannot_reach_the_host_each_other_or_metadata() {
 /// The same probes from a VM (its guest has a network of its own, behind the same rules).
 #[tokio::test]
 async fn a_vm_cannot_reach_the_host_other_sandboxes_or_metadata() {
-    if vm_available().await {
+    if vm_available(&world().1.client()).await {
         isolation_of(Some(burrow_api::EngineKind::Vm)).await
     }
 }
@@ -231,14 +217,14 @@ async fn isolation_of(engine: Option<burrow_api::EngineKind>) {
     // A service on the host, on every address; the host itself reaches it (control).
     let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let (_, b_ip, _) = sh(&c, &b, "hostname -I").await;
+    let (_, b_ip, _) = sh_parts(&c, &b, "hostname -I").await;
     let b_ip = b_ip
         .split_whitespace()
         .next()
         .expect("sandbox b has an address")
         .to_owned();
     // b listens on 7777 and reaches itself (control).
-    let (code, out, err) = sh(
+    let (code, out, err) = sh_parts(
         &c,
         &b,
         "nohup python3 -c 'import socket\ns=socket.socket()\ns.bind((\"0.0.0.0\",7777))\ns.listen()\n\
@@ -251,7 +237,7 @@ async fn isolation_of(engine: Option<burrow_api::EngineKind>) {
     // gateway instead, in front of the same rules).
     let gw = d.subnet.replace(".0/24", ".1");
     if engine.is_none() {
-        let (_, seen, _) = sh(&c, &a, "ip route | awk '/default/ {print $3}'").await;
+        let (_, seen, _) = sh_parts(&c, &a, "ip route | awk '/default/ {print $3}'").await;
         assert_eq!(seen.trim(), gw, "the subnet's gateway is not the sandbox's");
     }
     assert!(
@@ -269,14 +255,14 @@ async fn isolation_of(engine: Option<burrow_api::EngineKind>) {
         ("the metadata service", "169.254.169.254".to_owned(), 7000),
         ("a private range", "10.0.0.1".to_owned(), 7000),
     ] {
-        let (code, out, err) = sh(&c, &a, &tcp_hello(&host, port)).await;
+        let (code, out, err) = sh_parts(&c, &a, &tcp_hello(&host, port)).await;
         assert!(
             !out.contains("CONNECTED"),
             "{what} was reachable: {out}{err} (exit {code})"
         );
     }
     // HTTP to the metadata address goes to the transparent proxy, which refuses it.
-    let (code, out, _) = sh(
+    let (code, out, _) = sh_parts(
         &c,
         &a,
         "curl -sf --max-time 5 http://169.254.169.254/latest/meta-data/",
@@ -286,7 +272,7 @@ async fn isolation_of(engine: Option<burrow_api::EngineKind>) {
     // Root inside cannot change the sandbox's own network (the namespace is the host's).
     // (A VM's root owns its guest's network; the sandbox's namespace is QEMU's, outside.)
     if engine.is_none() {
-        let (code, _, _) = sh(&c, &a, "ip addr add 10.9.9.9/32 dev eth0").await;
+        let (code, _, _) = sh_parts(&c, &a, "ip addr add 10.9.9.9/32 dev eth0").await;
         assert_ne!(code, 0, "root in the sandbox changed its addresses");
     }
     drop(listener);
@@ -319,7 +305,7 @@ async fn secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox() 
 /// The credential proxy for a VM: the same checks.
 #[tokio::test]
 async fn a_vms_secrets_are_injected_the_same_way() {
-    if vm_available().await {
+    if vm_available(&world().1.client()).await {
         secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox_on(Some(
             burrow_api::EngineKind::Vm,
         ))
@@ -347,9 +333,9 @@ async fn secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox_on
         .await
         .unwrap();
     // The sandbox holds a placeholder, and the value is nowhere inside.
-    let (_, token, _) = sh(&c, &name, "printf %s \"$GITHUB_TOKEN\"").await;
+    let (_, token, _) = sh_parts(&c, &name, "printf %s \"$GITHUB_TOKEN\"").await;
     assert!(token.starts_with("bm1_"), "{token}");
-    let (code, out, _) = sh(
+    let (code, out, _) = sh_parts(
         &c,
         &name,
         &format!(
@@ -392,7 +378,7 @@ async fn secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox_on
             direct,
             "-H \"Authorization: token $GITHUB_TOKEN\"",
         );
-        let (code, out, err) = sh(&c, &name, &cmd).await;
+        let (code, out, err) = sh_parts(&c, &name, &cmd).await;
         assert_eq!(code, 0, "direct={direct}: {out}{err}");
         // The server got the real value; the sandbox saw it redacted.
         let reqs = inet.requests();
@@ -415,7 +401,7 @@ async fn secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox_on
             direct,
             "-H \"Authorization: token $GITHUB_TOKEN\" -w '%{http_code}'",
         );
-        let (_, out, _) = sh(&c, &name, &cmd).await;
+        let (_, out, _) = sh_parts(&c, &name, &cmd).await;
         assert!(out.contains("403") || out.is_empty(), "direct={direct}: {out}");
         assert_eq!(inet.requests().len(), before, "evil.test received the request");
     }
@@ -433,7 +419,7 @@ async fn secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox_on
             false,
             &format!("-X {method} -H 'Authorization: token {tok}' -w ' %{{http_code}}'"),
         );
-        let (_, out, _) = sh(&c, &name, &cmd).await;
+        let (_, out, _) = sh_parts(&c, &name, &cmd).await;
         assert!(out.contains("403") && out.contains(caveat), "{caveat}: {out}");
         assert_eq!(inet.requests().len(), before);
     }
@@ -591,9 +577,9 @@ async fn rules_survive_a_daemon_crash() {
     let check = |c: Client| {
         let (open, closed, target) = (open.clone(), closed.clone(), target.clone());
         async move {
-            let (_, out, _) = sh(&c, &open, &tcp_hello(&target, 7000)).await;
+            let (_, out, _) = sh_parts(&c, &open, &tcp_hello(&target, 7000)).await;
             assert!(out.contains("HELLO"), "open sandbox cut off: {out}");
-            let (_, out, _) = sh(&c, &closed, &tcp_hello(&target, 7000)).await;
+            let (_, out, _) = sh_parts(&c, &closed, &tcp_hello(&target, 7000)).await;
             assert!(!out.contains("CONNECTED"), "sandbox in mode none got out: {out}");
         }
     };

@@ -7,7 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use burrow_api::{CreateSandbox, ExecRequest, ForkSource, SandboxName};
+use burrow_api::{CreateSandbox, ForkSource, SandboxName};
+use burrow_testkit::fixtures::sh_req;
 use burrow_testkit::{Daemon, raw_unix, unique_name};
 
 fn req(name: &str) -> CreateSandbox {
@@ -16,13 +17,6 @@ fn req(name: &str) -> CreateSandbox {
         // Its limit is above the pool's size: the pool, not the quota, runs out.
         disk_gb: Some(8),
         idle_timeout_s: Some(0),
-        ..Default::default()
-    }
-}
-
-fn sh(cmd: &str) -> ExecRequest {
-    ExecRequest {
-        cmd: vec!["sh".into(), "-c".into(), cmd.into()],
         ..Default::default()
     }
 }
@@ -54,7 +48,7 @@ async fn a_full_pool_is_reported_and_refuses_new_sandboxes() {
     c.create_sandbox(&fork).await.unwrap();
 
     let out = c
-        .exec(&filler, &sh("head -c 3G /dev/zero > /root/fill; sync"))
+        .exec(&filler, &sh_req("head -c 3G /dev/zero > /root/fill; sync"))
         .await
         .unwrap();
     assert!(
@@ -118,7 +112,7 @@ async fn a_full_pool_is_reported_and_refuses_new_sandboxes() {
     );
 
     // Control: room again (the data deleted), and create works.
-    c.exec(&filler, &sh("rm -f /root/fill; sync")).await.unwrap();
+    c.exec(&filler, &sh_req("rm -f /root/fill; sync")).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let sp = c.version().await.unwrap().pool_space.unwrap();

@@ -4,37 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use burrow_api::{CreateSandbox, ExecRequest, SandboxName};
 use burrow_testkit::burrow_client::{Client, ClientError, Method};
+use burrow_testkit::fixtures::{create, poll, sh_parts};
 use burrow_testkit::{Daemon, shared, unique_name};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
 /// Upper bound of every wait-for-condition below (loops exit as soon as it holds).
 const PATIENCE: Duration = Duration::from_secs(60);
-
-async fn create(c: &Client, name: &str) {
-    c.create_sandbox(&CreateSandbox {
-        name: SandboxName::parse(name).unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-}
-
-async fn sh(c: &Client, name: &str, script: &str) -> (i32, String) {
-    let r = c
-        .exec(
-            name,
-            &ExecRequest {
-                cmd: vec!["sh".into(), "-c".into(), script.into()],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec in {name}: {e}"));
-    (r.exit_code, r.stdout)
-}
 
 fn svc_path(name: &str, svc: &str) -> String {
     format!("/v1/sandboxes/{name}/services/{svc}")
@@ -56,15 +33,12 @@ async fn post(c: &Client, name: &str, svc: &str, action: &str) -> Value {
 }
 
 async fn wait_svc(c: &Client, name: &str, svc: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
+    let ok = &ok;
+    poll(&format!("{svc} to have {what}"), PATIENCE, || async move {
         let v = get(c, name, svc).await;
-        if ok(&v) {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{svc} never {what}: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if ok(&v) { Ok(v) } else { Err(v.to_string()) }
+    })
+    .await
 }
 
 async fn wait_running(c: &Client, name: &str, svc: &str) -> u64 {
@@ -86,13 +60,14 @@ async fn logs(c: &Client, name: &str, svc: &str) -> String {
 
 /// Fetches `http://localhost:8080/` from inside the sandbox (curl when the image has it).
 async fn fetch_8080(c: &Client, name: &str) -> (i32, String) {
-    sh(
+    let (code, out, _) = sh_parts(
         c,
         name,
         "if command -v curl >/dev/null; then curl -sf localhost:8080/; else \
          python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://localhost:8080/\").read().decode())'; fi",
     )
-    .await
+    .await;
+    (code, out)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -100,7 +75,7 @@ async fn http_service_runs_and_survives_stop_start_and_restart() {
     let c = shared().client();
     let name = unique_name("svc");
     create(&c, &name).await;
-    sh(
+    sh_parts(
         &c,
         &name,
         "mkdir -p /srv/www && echo hello-from-service > /srv/www/index.html",
@@ -213,7 +188,7 @@ async fn restart_policies_logs_and_stop_start() {
     let pid = wait_running(&c, &name, "sleeper").await;
     let v = post(&c, &name, "sleeper", "stop").await;
     assert_eq!(v["status"], "stopped");
-    let (code, _) = sh(&c, &name, &format!("kill -0 {pid}")).await;
+    let (code, _, _) = sh_parts(&c, &name, &format!("kill -0 {pid}")).await;
     assert_ne!(code, 0, "the stopped service's process is gone");
     // Stopped stays stopped across a sandbox restart, until started.
     c.sandbox_action(&name, "restart").await.unwrap();
@@ -260,7 +235,7 @@ async fn dependencies_start_in_order() {
     wait_running(&c, &name, "worker").await;
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let (_, out) = sh(&c, &name, "cat /root/order 2>/dev/null").await;
+        let (_, out, _) = sh_parts(&c, &name, "cat /root/order 2>/dev/null").await;
         if out.lines().count() == 3 {
             assert_eq!(out, "db\napi\nworker\n");
             break;

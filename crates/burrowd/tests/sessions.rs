@@ -4,9 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use burrow_api::{CreateSandbox, SandboxName, SessionInfo, WsNotice};
+use burrow_api::{SessionInfo, WsNotice};
 use burrow_testkit::burrow_client::{Client, ExecEvent, ExecStream, ExecStreamOptions};
-use burrow_testkit::{Daemon, shared, unique_name};
+use burrow_testkit::fixtures::{create_unique, poll};
+use burrow_testkit::{Daemon, shared};
 use tokio::sync::OnceCell;
 
 /// Upper bound of every wait-for-condition loop (they end as soon as the condition holds).
@@ -17,20 +18,10 @@ async fn sandbox() -> (Client, String) {
     static NAME: OnceCell<String> = OnceCell::const_new();
     let d = shared();
     let name = NAME
-        .get_or_init(|| async { create(&d.client(), "sess").await })
+        .get_or_init(|| async { create_unique(&d.client(), "sess").await })
         .await
         .clone();
     (d.client(), name)
-}
-
-async fn create(c: &Client, prefix: &str) -> String {
-    let name = unique_name(prefix);
-    let req = CreateSandbox {
-        name: SandboxName::parse(&name).unwrap(),
-        ..Default::default()
-    };
-    c.create_sandbox(&req).await.expect("create");
-    name
 }
 
 /// Reads events until the session event; returns its id.
@@ -81,15 +72,14 @@ async fn wait_session(
     what: &str,
     cond: impl Fn(&SessionInfo) -> bool,
 ) -> SessionInfo {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let s = find(c, name, id).await;
-        if let Some(s) = s.as_ref().filter(|s| cond(s)) {
-            return s.clone();
+    let cond = &cond;
+    poll(what, PATIENCE, || async move {
+        match find(c, name, id).await {
+            Some(s) if cond(&s) => Ok(s),
+            other => Err(format!("{other:?}")),
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Reads to the exit event; returns (output, exit_code, signal).
@@ -313,7 +303,7 @@ async fn ring_buffer_is_bounded_and_says_what_it_dropped() {
 async fn sessions_survive_a_burrowd_crash() {
     let d = Daemon::start();
     let c = d.client();
-    let name = create(&c, "crash").await;
+    let name = create_unique(&c, "crash").await;
     let mut opts = ExecStreamOptions::new(counter("live"));
     opts.tty = true;
     let mut s = c.exec_stream(&name, opts).await.unwrap();

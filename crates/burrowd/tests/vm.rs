@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use burrow_api::{CreateSandbox, EngineKind, ExecRequest, SandboxName, SandboxStatus};
 use burrow_testkit::burrow_client::{Client, Method};
-use burrow_testkit::{Daemon, require, unique_name};
+use burrow_testkit::fixtures::{sh, sh_ok, vm_available};
+use burrow_testkit::{Daemon, unique_name};
 
 fn vm_req(name: &str) -> CreateSandbox {
     CreateSandbox {
@@ -15,31 +16,6 @@ fn vm_req(name: &str) -> CreateSandbox {
         memory_mb: Some(512),
         ..Default::default()
     }
-}
-
-async fn run(c: &Client, name: &str, script: &str) -> burrow_api::ExecResult {
-    c.exec(
-        name,
-        &ExecRequest {
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("exec in {name}: {e}"))
-}
-
-async fn sh(c: &Client, name: &str, script: &str) -> String {
-    let r = run(c, name, script).await;
-    assert_eq!(r.exit_code, 0, "{script}: {r:?}");
-    r.stdout
-}
-
-/// Whether the vm engine runs on this daemon (QEMU and the guest kit installed).
-async fn vm_available(c: &Client) -> (bool, String) {
-    let v = c.version().await.unwrap();
-    let vm = v.engines.iter().find(|e| e.kind == EngineKind::Vm).unwrap();
-    (vm.available, vm.detail.clone().unwrap_or_default())
 }
 
 /// QEMU processes on the host that run sandbox `id`.
@@ -84,8 +60,9 @@ fn host_now() -> f64 {
 async fn a_vm_runs_its_own_kernel_and_sleeps_with_its_processes_across_a_daemon_kill() {
     let d = Daemon::start();
     let c = d.client();
-    let (available, detail) = vm_available(&c).await;
-    require!(available, "the vm engine is unavailable here: {detail}");
+    if !vm_available(&c).await {
+        return;
+    }
     let kit = std::fs::read_to_string("/usr/local/lib/burrow/guest/kernel.release").unwrap();
     let name = unique_name("vm");
     let sb = c.create_sandbox(&vm_req(&name)).await.unwrap();
@@ -93,13 +70,13 @@ async fn a_vm_runs_its_own_kernel_and_sleeps_with_its_processes_across_a_daemon_
     assert_eq!(sb.status, SandboxStatus::Running);
 
     // Its own kernel (the guest kit's, not the host's), its own hostname.
-    let uname = sh(&c, &name, "uname -r").await;
+    let uname = sh_ok(&c, &name, "uname -r").await;
     assert_eq!(uname.trim(), kit.trim());
     let host = nix::sys::utsname::uname().unwrap();
     assert_ne!(uname.trim(), host.release().to_str().unwrap());
-    assert_eq!(sh(&c, &name, "hostname").await.trim(), name);
+    assert_eq!(sh_ok(&c, &name, "hostname").await.trim(), name);
     // Its disk is `disk_gb` big (the image's filesystem grown to the device at boot).
-    let size_mb: u64 = sh(&c, &name, "df -B1M --output=size / | tail -1")
+    let size_mb: u64 = sh_ok(&c, &name, "df -B1M --output=size / | tail -1")
         .await
         .trim()
         .parse()
@@ -126,7 +103,7 @@ async fn a_vm_runs_its_own_kernel_and_sleeps_with_its_processes_across_a_daemon_
     )
     .await
     .unwrap();
-    assert_eq!(sh(&c, &name, "cat /root/note.txt").await, "from the host\n");
+    assert_eq!(sh_ok(&c, &name, "cat /root/note.txt").await, "from the host\n");
     // The CLI works the same.
     let out = d
         .cli()
@@ -192,16 +169,16 @@ async fn a_vm_runs_its_own_kernel_and_sleeps_with_its_processes_across_a_daemon_
     // Wake (any request): the counter kept its value and counts on, so the processes
     // survived; the guest's clock was set to the host's (it stood still while saved).
     let woke_at = host_now();
-    let first: u64 = sh(&c, &name, "cat /tmp/n").await.trim().parse().unwrap();
+    let first: u64 = sh_ok(&c, &name, "cat /tmp/n").await.trim().parse().unwrap();
     assert!(first >= 3, "the counter restarted: {first}");
-    let guest_now: f64 = sh(&c, &name, "date +%s.%N").await.trim().parse().unwrap();
+    let guest_now: f64 = sh_ok(&c, &name, "date +%s.%N").await.trim().parse().unwrap();
     assert!(
         guest_now >= woke_at,
         "the guest's clock ({guest_now}) is behind the host's at wake ({woke_at})"
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let now: u64 = sh(&c, &name, "cat /tmp/n").await.trim().parse().unwrap();
+        let now: u64 = sh_ok(&c, &name, "cat /tmp/n").await.trim().parse().unwrap();
         if now > first {
             break;
         }
@@ -218,8 +195,8 @@ async fn a_vm_runs_its_own_kernel_and_sleeps_with_its_processes_across_a_daemon_
         "a stop drops the saved memory"
     );
     c.sandbox_action(&name, "start").await.unwrap();
-    assert_eq!(sh(&c, &name, "cat /root/note.txt").await, "from the host\n");
-    let counter = run(&c, &name, "pgrep -f 'echo \\$i' || echo none").await;
+    assert_eq!(sh_ok(&c, &name, "cat /root/note.txt").await, "from the host\n");
+    let counter = sh(&c, &name, "pgrep -f 'echo \\$i' || echo none").await;
     assert!(counter.stdout.contains("none"), "{counter:?}");
     c.delete_sandbox(&name).await.unwrap();
     assert_eq!(qemu_of(&info.id), 0);
@@ -231,8 +208,9 @@ async fn a_vm_runs_its_own_kernel_and_sleeps_with_its_processes_across_a_daemon_
 async fn a_damaged_or_foreign_memory_state_is_refused_with_why() {
     let d = Daemon::start();
     let c = d.client();
-    let (available, detail) = vm_available(&c).await;
-    require!(available, "the vm engine is unavailable here: {detail}");
+    if !vm_available(&c).await {
+        return;
+    }
     let name = unique_name("vmbad");
     let id = c.create_sandbox(&vm_req(&name)).await.unwrap().id;
     let volume = d.data_dir.join("pool/sandboxes").join(&id);
@@ -262,7 +240,7 @@ async fn a_damaged_or_foreign_memory_state_is_refused_with_why() {
         // The way out the message names: stop (drops the state), start (boots afresh).
         c.sandbox_action(&name, "stop").await.unwrap();
         c.sandbox_action(&name, "start").await.unwrap();
-        assert_eq!(sh(&c, &name, "echo up").await, "up\n", "{damage}");
+        assert_eq!(sh_ok(&c, &name, "echo up").await, "up\n", "{damage}");
     }
 }
 
@@ -273,11 +251,12 @@ async fn a_damaged_or_foreign_memory_state_is_refused_with_why() {
 async fn a_vm_cannot_reach_the_hosts_services() {
     let d = Daemon::start();
     let c = d.client();
-    let (available, detail) = vm_available(&c).await;
-    require!(available, "the vm engine is unavailable here: {detail}");
+    if !vm_available(&c).await {
+        return;
+    }
     let name = unique_name("vmnet");
     c.create_sandbox(&vm_req(&name)).await.unwrap();
-    let gw = sh(&c, &name, "awk '/^nameserver/{print $2; exit}' /etc/resolv.conf").await;
+    let gw = sh_ok(&c, &name, "awk '/^nameserver/{print $2; exit}' /etc/resolv.conf").await;
     let gw = gw.trim().to_owned();
     assert!(gw.parse::<std::net::Ipv4Addr>().is_ok(), "{gw:?}");
     // A host service listening on every address, the gateway's included.
@@ -289,19 +268,19 @@ async fn a_vm_cannot_reach_the_hosts_services() {
     );
     let probe = |p: u16| format!("timeout 5 bash -c 'echo > /dev/tcp/{gw}/{p}' && echo open || echo closed");
     assert_eq!(
-        sh(&c, &name, &probe(3128)).await.trim(),
+        sh_ok(&c, &name, &probe(3128)).await.trim(),
         "open",
         "burrowd's proxy"
     );
     assert_eq!(
-        sh(&c, &name, &probe(port)).await.trim(),
+        sh_ok(&c, &name, &probe(port)).await.trim(),
         "closed",
         "a host service"
     );
 }
 
 async fn counter(c: &Client, name: &str) -> u64 {
-    sh(c, name, "cat /tmp/n 2>/dev/null || echo 0")
+    sh_ok(c, name, "cat /tmp/n 2>/dev/null || echo 0")
         .await
         .trim()
         .parse()
@@ -311,7 +290,7 @@ async fn counter(c: &Client, name: &str) -> u64 {
 /// Starts a counter in the background of `name` (`/tmp/n`, ten a second, replaced whole so a
 /// reader never sees it empty) and waits until it counts; returns its value then.
 async fn start_counter(c: &Client, name: &str) -> u64 {
-    sh(
+    sh_ok(
         c,
         name,
         "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/n.t; mv /tmp/n.t /tmp/n; sleep 0.1; done' >/dev/null 2>&1 &",
@@ -341,8 +320,9 @@ async fn counts_past(c: &Client, name: &str, above: u64) -> u64 {
 async fn memory_checkpoints_restore_and_fork_running_processes() {
     let d = Daemon::start();
     let c = d.client();
-    let (available, detail) = vm_available(&c).await;
-    require!(available, "the vm engine is unavailable here: {detail}");
+    if !vm_available(&c).await {
+        return;
+    }
     let name = unique_name("vmcp");
     c.create_sandbox(&vm_req(&name)).await.unwrap();
     let before = start_counter(&c, &name).await;
@@ -357,7 +337,7 @@ async fn memory_checkpoints_restore_and_fork_running_processes() {
     assert!(cp.memory, "{cp:?}");
     // The VM went on after its checkpoint.
     let after = counts_past(&c, &name, before).await;
-    sh(&c, &name, "echo later > /root/later").await;
+    sh_ok(&c, &name, "echo later > /root/later").await;
 
     // Two forks of the checkpoint: both run the counter, as their own machines.
     let forks = [unique_name("vmfa"), unique_name("vmfb")];
@@ -377,12 +357,12 @@ async fn memory_checkpoints_restore_and_fork_running_processes() {
         let start = counter(&c, f).await;
         assert!(start >= before, "{f}: the counter restarted ({start} < {before})");
         counts_past(&c, f, start).await;
-        assert_eq!(sh(&c, f, "hostname").await.trim(), f.as_str());
+        assert_eq!(sh_ok(&c, f, "hostname").await.trim(), f.as_str());
         assert!(
-            run(&c, f, "test -e /root/later").await.exit_code != 0,
+            sh(&c, f, "test -e /root/later").await.exit_code != 0,
             "{f} has a later file"
         );
-        randoms.push(sh(&c, f, "head -c 16 /dev/urandom | od -An -tx1").await);
+        randoms.push(sh_ok(&c, f, "head -c 16 /dev/urandom | od -An -tx1").await);
     }
     assert_ne!(randoms[0], randoms[1], "two forks share random output");
 
@@ -398,12 +378,12 @@ async fn memory_checkpoints_restore_and_fork_running_processes() {
     let restored = counter(&c, &name).await;
     assert!(restored >= before && restored < after + 1000, "{restored}");
     let restored = counts_past(&c, &name, restored).await;
-    assert!(run(&c, &name, "test -e /root/later").await.exit_code != 0);
+    assert!(sh(&c, &name, "test -e /root/later").await.exit_code != 0);
 
     // A fork of the live machine with its memory: the copy goes on from the source's
     // count, as its own machine, and the source goes on too. Without memory, the copy
     // of the same live state boots afresh (the control: no counter runs in it).
-    sh(&c, &name, "echo live > /root/live").await;
+    sh_ok(&c, &name, "echo live > /root/live").await;
     let live = unique_name("vmfl");
     c.create_sandbox(&live_fork(&name, &live, true)).await.unwrap();
     let copied = counter(&c, &live).await;
@@ -413,23 +393,23 @@ async fn memory_checkpoints_restore_and_fork_running_processes() {
     );
     counts_past(&c, &live, copied).await;
     counts_past(&c, &name, counter(&c, &name).await).await;
-    assert_eq!(sh(&c, &live, "hostname").await.trim(), live.as_str());
-    assert_eq!(sh(&c, &live, "cat /root/live").await, "live\n");
+    assert_eq!(sh_ok(&c, &live, "hostname").await.trim(), live.as_str());
+    assert_eq!(sh_ok(&c, &live, "cat /root/live").await, "live\n");
     let cold = unique_name("vmfc");
     c.create_sandbox(&live_fork(&name, &cold, false)).await.unwrap();
     assert_eq!(
-        sh(&c, &cold, "cat /root/live").await,
+        sh_ok(&c, &cold, "cat /root/live").await,
         "live\n",
         "the disk was copied"
     );
     // The counter's command line names /tmp/n.t; this probe's own (n\.t) does not match.
-    let procs = sh(
+    let procs = sh_ok(
         &c,
         &cold,
         "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -c 'n\\.t' || true",
     )
     .await;
-    let control = sh(
+    let control = sh_ok(
         &c,
         &live,
         "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n' | grep -c 'n\\.t' || true",
@@ -487,8 +467,9 @@ async fn memory_checkpoints_restore_and_fork_running_processes() {
 async fn a_hostile_guest_stays_in_its_vm() {
     let d = Daemon::start();
     let c = d.client();
-    let (available, detail) = vm_available(&c).await;
-    require!(available, "the vm engine is unavailable here: {detail}");
+    if !vm_available(&c).await {
+        return;
+    }
     let name = unique_name("vmhog");
     let sb = c
         .create_sandbox(&CreateSandbox {
@@ -498,7 +479,7 @@ async fn a_hostile_guest_stays_in_its_vm() {
         .await
         .unwrap();
     let guest_mb = sb.config.memory_mb;
-    let hog = run(
+    let hog = sh(
         &c,
         &name,
         "python3 -c 'import sys\na=[]\nwhile True:\n a.append(bytearray(16<<20)); print(len(a)*16, flush=True)'",
@@ -515,12 +496,12 @@ async fn a_hostile_guest_stays_in_its_vm() {
         reached >= guest_mb / 4,
         "the hog never filled the guest ({reached} MiB of {guest_mb})"
     );
-    let dmesg = run(&c, &name, "dmesg | grep -ci 'out of memory' || true").await;
+    let dmesg = sh(&c, &name, "dmesg | grep -ci 'out of memory' || true").await;
     assert!(
         dmesg.stdout.trim() != "0",
         "the guest's OOM killer did not act: {dmesg:?}"
     );
-    assert_eq!(sh(&c, &name, "echo alive").await, "alive\n");
+    assert_eq!(sh_ok(&c, &name, "echo alive").await, "alive\n");
     let status = qemu_status(&sb.id);
     let kib = |k: &str| -> u64 {
         status
@@ -540,7 +521,7 @@ async fn a_hostile_guest_stays_in_its_vm() {
     // Root in the guest floods the console (bounded: 15 s): what reaches the host is the
     // VM's capped log, rotated, never more than its cap (the control: the flood did get
     // there and made it rotate), and the VM goes on.
-    let flood = run(
+    let flood = sh(
         &c,
         &name,
         "timeout 15 sh -c 'yes FLOODFLOODFLOODFLOODFLOODFLOODFLOODFLOOD > /dev/console'; true",
@@ -560,7 +541,7 @@ async fn a_hostile_guest_stays_in_its_vm() {
         total <= (1 << 20) + (64 << 10),
         "the VM's log holds {total} bytes"
     );
-    assert_eq!(sh(&c, &name, "echo alive").await, "alive\n");
+    assert_eq!(sh_ok(&c, &name, "echo alive").await, "alive\n");
 
     // A fork bomb meets the sandbox's process limit inside the guest (its processes run in
     // a cgroup of their own there): the count stays at the limit, forks fail, the agent
@@ -645,7 +626,7 @@ async fn a_hostile_guest_stays_in_its_vm() {
     )
     .await
     .unwrap();
-    let fd = sh(
+    let fd = sh_ok(
         &c,
         &name,
         "for f in /proc/1/fd/*; do case $(readlink $f) in /dev/vport*) echo ${f##*/}; break;; esac; done",
@@ -655,7 +636,7 @@ async fn a_hostile_guest_stays_in_its_vm() {
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("no agent channel fd in PID 1: {fd:?}"));
-    sh(
+    sh_ok(
         &c,
         &name,
         &format!(
@@ -680,7 +661,7 @@ async fn a_hostile_guest_stays_in_its_vm() {
     // The port is non-blocking: the write stops when the channel pushes back or closes.
     let wrote: u64 = out.trim().trim_start_matches("wrote ").parse().unwrap_or(0);
     assert!(wrote >= 4096, "the injection wrote {wrote} bytes: {out:?}");
-    assert_eq!(sh(&c, &name, "echo alive").await, "alive\n");
+    assert_eq!(sh_ok(&c, &name, "echo alive").await, "alive\n");
     assert!(c.get_sandbox(&name).await.is_ok(), "the daemon went down");
 }
 
@@ -743,8 +724,9 @@ print("wrote", written, flush=True)
 async fn a_daemon_killed_mid_sleep_or_mid_fork_loses_no_process() {
     let d = Daemon::start();
     let c = d.client();
-    let (available, detail) = vm_available(&c).await;
-    require!(available, "the vm engine is unavailable here: {detail}");
+    if !vm_available(&c).await {
+        return;
+    }
     let name = unique_name("vmkill");
     let id = c.create_sandbox(&vm_req(&name)).await.unwrap().id;
     let before = start_counter(&c, &name).await;

@@ -50,7 +50,7 @@ def _die_with_parent() -> None:
 
 def next_subnet() -> str:
     """A /24 no interface of the host has an address in (as the testkit's next_subnet), in a
-    range of its own (10.200-249.x) so it never meets a Rust test binary's daemons (10.100-199)."""
+    range of its own (10.200-249.x) so it never meets a Rust test binary's daemons (10.100-187)."""
     global _counter
     in_use = _host_ipv4()
     start = os.getpid() % 50

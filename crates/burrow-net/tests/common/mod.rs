@@ -116,11 +116,13 @@ impl Env {
         let seed = pid
             .wrapping_mul(2_654_435_761)
             .wrapping_add(u64::from(n) * 40_503);
-        let (subnet, fake_net) = (0..14_336u64)
-            .map(|i| ((seed + i) % 14_336) as u32)
+        // 10.192-199 and 198.18.0-31: the ranges no other suite's daemons or fake internets
+        // use (docs/testing.md), as they run at the same time as these.
+        let (subnet, fake_net) = (0..2_048u64)
+            .map(|i| ((seed + i) % 2_048) as u32)
             .map(|c| {
                 let subnet =
-                    Cidr::new(Ipv4Addr::new(10, 200 + (c / 256) as u8, (c % 256) as u8, 0), 24).unwrap();
+                    Cidr::new(Ipv4Addr::new(10, 192 + (c / 256) as u8, (c % 256) as u8, 0), 24).unwrap();
                 let fake = Cidr::new(
                     Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + c * 4),
                     30,

@@ -11,13 +11,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-use burrow_api::{CreateSandbox, ExecRequest, SandboxName};
+use burrow_api::CreateSandbox;
 use burrow_testkit::Daemon;
 use burrow_testkit::burrow_client::Client;
 use serde_json::Value;
 
-/// A namespace with a veth to the host: 198.18.N.1 on the host side, the servers on
-/// 198.18.N.2 (DNS) and one address per name from 198.18.N.10.
+/// A namespace with a veth to the host: 198.18.N.1 on the host side (N from 32 to 231), the
+/// servers on 198.18.N.2 (DNS) and one address per name from 198.18.N.10.
 pub struct FakeInternet {
     pub ns: String,
     host_if: String,
@@ -27,6 +27,8 @@ pub struct FakeInternet {
     log: PathBuf,
     pub ca_pem: PathBuf,
     _dir: tempfile::TempDir,
+    /// Last, so that the network is only given back once the namespace is gone.
+    _claim: burrow_testkit::Claim,
 }
 
 fn ip(args: &[&str]) {
@@ -57,10 +59,18 @@ impl FakeInternet {
     }
 
     pub fn start_serving(names: &[&str], serve: &[Serve]) -> FakeInternet {
-        let net = (std::process::id() % 200) as u8 + 20;
+        // Test processes run side by side: the network is claimed, not derived from the pid,
+        // in 198.18.32-231 (burrow-net's tests take 198.18.0-31), and one that the host already
+        // has an address in is passed over.
+        let in_use = burrow_testkit::host_ipv4_addrs();
+        let claim = burrow_testkit::claim("fake-internets", 200, |n| {
+            let prefix = format!("198.18.{}.", n + 32);
+            !in_use.iter().any(|a| a.starts_with(&prefix))
+        });
+        let net = claim.number as u8 + 32;
         let ns = format!("bwt-inet-{net}");
         let host_if = format!("bwti{net}");
-        // A namespace left by an earlier run of this binary with the same pid would clash.
+        // Whatever a killed test process left on this network would clash.
         let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         let _ = Command::new("ip").args(["link", "del", &host_if]).output();
         ip(&["netns", "add", &ns]);
@@ -165,6 +175,7 @@ impl FakeInternet {
             log,
             ca_pem,
             _dir: dir,
+            _claim: claim,
         }
     }
 
@@ -255,27 +266,11 @@ pub async fn create(c: &Client, name: &str) {
 
 /// Creates sandbox `name` on `engine` (None: the daemon's default).
 pub async fn create_on(c: &Client, name: &str, engine: Option<burrow_api::EngineKind>) {
-    c.create_sandbox(&CreateSandbox {
-        name: SandboxName::parse(name).unwrap(),
+    let req = CreateSandbox {
         engine,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-}
-
-pub async fn sh(c: &Client, name: &str, script: &str) -> (i32, String, String) {
-    let r = c
-        .exec(
-            name,
-            &ExecRequest {
-                cmd: vec!["sh".into(), "-c".into(), script.into()],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("exec in {name}: {e}"));
-    (r.exit_code, r.stdout, r.stderr)
+        ..burrow_testkit::fixtures::create_req(name)
+    };
+    burrow_testkit::fixtures::create_with(c, &req).await;
 }
 
 /// The Debian repository `scripts/setup.sh` builds (real .debs: the workload tools, the dev
