@@ -29,7 +29,7 @@ cargo test --workspace --no-run --message-format=json-render-diagnostics >"$logs
 # The queue: one line per job, "seconds<TAB>name<TAB>dir<TAB>command". A job not timed before
 # counts as 30 s. Heavy jobs boot VMs, under TCG where there is no KVM: two at once starve
 # each other's guests (and their tests' timeouts), so they run one at a time.
-heavy=" burrowd/vm burrowd/network burrowd/conformance burrowd/vm_jail burrowd/ingress burrowd/docs burrow-engine/vm_boot "
+heavy=" burrowd/vm burrowd/network burrowd/conformance burrowd/vm_jail burrowd/ingress burrowd/docs burrowd/prestart burrow-engine/vm_boot "
 python3 - "$logs/artifacts.json" "$times_file" "$only" >"$logs/queue.unsorted" <<'EOF'
 import json, os, re, sys
 

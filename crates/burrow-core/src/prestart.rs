@@ -351,6 +351,9 @@ impl Manager {
 
     /// Makes one pre-started sandbox of `image` on `engine` and puts it in the pool.
     async fn make_prestarted(&self, (engine, image): Key) -> Result<()> {
+        // The version once the image is ready: an image being imported gets its final
+        // record (and creation time) when the import ends.
+        self.images.wait_ready(&image).await?;
         let version = self.image_version(&image);
         let name = format!("prestarted-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let req = CreateSandbox {
