@@ -49,7 +49,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "container", value_parser = ["container", "vm"])]
     pub engine: String,
     /// Parallel clients for the throughput figures, one level each (comma-separated); each
-    /// client runs create → exec `true` → delete cycles. Empty to skip them.
+    /// client runs create → exec `true` → delete cycles. `0` to skip them.
     #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
     pub clients: Vec<usize>,
     /// Cycles each parallel client runs per level (a level also stops at --clients-cap-s).
@@ -199,7 +199,7 @@ pub async fn run(app: &App, args: BenchArgs) -> anyhow::Result<u8> {
     ingress_figures(app, &prefix, INGRESS_REQUESTS, &mut figures).await?;
     policy_figures(app, &prefix, runs, &mut figures).await?;
     let mut extras = Extras::default();
-    if !args.clients.is_empty() {
+    if args.clients.iter().any(|&n| n > 0) {
         let bounds = concurrency::Bounds {
             cycles_per_client: args.client_cycles.max(1),
             cap: Duration::from_secs(args.clients_cap_s),
@@ -1222,5 +1222,7 @@ mod tests {
             (vec![2, 4], vec!["lxc".to_owned()], 3)
         );
         assert!(T::try_parse_from(["bench", "--peers", "docker"]).is_err());
+        let t = T::try_parse_from(["bench", "--clients", "0"]).unwrap();
+        assert_eq!(t.b.clients, [0], "a level of 0 clients is skipped");
     }
 }

@@ -19,33 +19,41 @@ use anyhow::Context as _;
 
 use super::{Figure, Stat, ms, stats};
 
-/// The figures Burrow is compared on: (burrow key, peer key, label, target on the ratio).
-/// `{mb}` is the data written before a checkpoint (the first `--disk-mb`).
-const COMPARISONS: &[(&str, &str, &str, Option<(&str, f64)>)] = &[
-    (
-        "tti_ms",
-        "lxc_clone_start_attach_ms",
-        "create → first exec / LXC copy -s + start + attach (no net)",
-        Some(("<=", 0.5)),
-    ),
-    (
-        "tti_ms",
-        "lxc_clone_start_attach_veth_ms",
-        "create → first exec / LXC copy -s + start + attach (veth)",
-        Some(("<=", 0.5)),
-    ),
-    (
-        "restore_{mb}mb_ms",
-        "lxc_restore_start_attach_{mb}mb_ms",
-        "restore → first exec / LXC snapshot -r + start + attach",
-        None,
-    ),
-    (
-        "fork_{mb}mb_ms",
-        "lxc_fork_start_attach_{mb}mb_ms",
-        "fork → first exec / LXC copy -s of a container + start + attach",
-        None,
-    ),
+/// A pair of figures Burrow is compared on. `{mb}` in a key is the data written before a
+/// checkpoint (the first `--disk-mb`).
+struct Comparison {
+    burrow: &'static str,
+    peer: &'static str,
+    label: &'static str,
+    /// Target on the ratio Burrow / peer.
+    target: Option<(&'static str, f64)>,
+}
+
+const COMPARISONS: &[Comparison] = &[
+    Comparison {
+        burrow: "tti_ms",
+        peer: "lxc_clone_start_attach_ms",
+        label: "create → first exec / LXC copy -s + start + attach (no net)",
+        target: Some(("<=", 0.5)),
+    },
+    Comparison {
+        burrow: "tti_ms",
+        peer: "lxc_clone_start_attach_veth_ms",
+        label: "create → first exec / LXC copy -s + start + attach (veth)",
+        target: Some(("<=", 0.5)),
+    },
+    Comparison {
+        burrow: "restore_{mb}mb_ms",
+        peer: "lxc_restore_start_attach_{mb}mb_ms",
+        label: "restore → first exec / LXC snapshot -r + start + attach",
+        target: None,
+    },
+    Comparison {
+        burrow: "fork_{mb}mb_ms",
+        peer: "lxc_fork_start_attach_{mb}mb_ms",
+        label: "fork → first exec / LXC copy -s of a container + start + attach",
+        target: None,
+    },
 ];
 
 /// A Burrow / peer ratio of medians, for the JSON and the table.
@@ -73,16 +81,16 @@ pub(super) fn ratios(figures: &[Figure], mb: Option<u64>) -> Vec<Ratio> {
     let mb = mb.map(|m| m.to_string()).unwrap_or_default();
     COMPARISONS
         .iter()
-        .filter_map(|&(ours, theirs, label, target)| {
-            let (ours, theirs) = (ours.replace("{mb}", &mb), theirs.replace("{mb}", &mb));
+        .filter_map(|c| {
+            let (ours, theirs) = (c.burrow.replace("{mb}", &mb), c.peer.replace("{mb}", &mb));
             let (o, t) = (find(&ours)?, find(&theirs)?);
             Some(Ratio {
-                label: label.into(),
+                label: c.label.into(),
                 burrow_median: o.median(),
                 peer_median: t.median(),
                 burrow_key: ours,
                 peer_key: theirs,
-                target,
+                target: c.target,
             })
         })
         .collect()
@@ -221,7 +229,6 @@ pub(super) fn lxc_figures(opts: &LxcOptions, cancel: &AtomicBool) -> anyhow::Res
         &format!("LXC: snapshot -r ({mb} MB) + start + attach"),
         restore,
     ));
-    drop(lxc);
     pool.teardown()?;
     Ok(figures)
 }
