@@ -4,7 +4,8 @@
 set -euo pipefail
 
 PKGS=(runc python3 curl btrfs-progs mmdebstrap nftables iproute2 util-linux tar protobuf-compiler musl-tools docker-registry skopeo
-      busybox-static ca-certificates pkg-config debian-archive-keyring dpkg-dev git lxcfs e2fsprogs xz-utils lz4 zstd)
+      busybox-static ca-certificates pkg-config debian-archive-keyring dpkg-dev git lxcfs e2fsprogs xz-utils lz4 zstd
+      lxc)
 
 if [ "$(id -u)" != 0 ]; then
   echo "setup.sh must run as root (burrowd manages namespaces, cgroups and btrfs)" >&2
@@ -19,6 +20,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${missing[*]}"
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# lxc is the peer `burrow bench --peers lxc` measures (docs/benchmarks.md); its containers there
+# get no network or a veth linked to nothing. Debian's lxc-net would add an lxcbr0 bridge with
+# dnsmasq and NAT rules to the host, which Burrow's tests must not see: it is stopped (while its
+# config still says it runs, so that its stop removes the bridge) and kept off.
+if [ -f /etc/default/lxc-net ]; then
+  if [ -d /run/systemd/system ] && systemctl is-active --quiet lxc-net.service; then
+    systemctl stop lxc-net.service
+  fi
+  if grep -q '^USE_LXC_BRIDGE=' /etc/default/lxc-net; then
+    sed -i 's/^USE_LXC_BRIDGE=.*/USE_LXC_BRIDGE="false"/' /etc/default/lxc-net
+  else
+    echo 'USE_LXC_BRIDGE="false"' >> /etc/default/lxc-net
+  fi
+  if [ -d /run/systemd/system ]; then
+    systemctl disable --quiet lxc-net.service 2>/dev/null || true
+  fi
 fi
 
 # The vm engine: QEMU from Debian 12. qemu-system-x86 7.2 Breaks a newer qemu-utils (e.g. one

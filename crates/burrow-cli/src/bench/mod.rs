@@ -3,18 +3,25 @@
 //! Measures through the public API, as a user would see it: time to interactive (create →
 //! first exec result), exec round trip of `true` (one-shot JSON and WebSocket), exec stdout
 //! throughput, ingress latency (through burrowd, through a raw tunnel, and inside the sandbox),
-//! and the floor of the same machine: a bare `runc run` of a trivial container.
-//! Writes every sample and the medians to a JSON file and prints a table.
+//! throughput under parallel clients (`concurrency`), the floor of the same machine (a bare
+//! `runc run` of a trivial container) and, when asked, peers measured in the same run with
+//! the ratios Burrow / peer (`peers`: LXC). Writes every sample and the medians to a JSON
+//! file and prints a table.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use burrow_api::{CreateSandbox, ExecRequest, SandboxName};
 use burrow_client::{ExecEvent, ExecStreamOptions};
 use clap::Args;
 use serde_json::json;
 
 use crate::app::App;
+
+mod concurrency;
+mod peers;
+mod stats;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -41,6 +48,32 @@ pub struct BenchArgs {
     /// next to a bare QEMU boot of the same kernel as the floor).
     #[arg(long, default_value = "container", value_parser = ["container", "vm"])]
     pub engine: String,
+    /// Parallel clients for the throughput figures, one level each (comma-separated); each
+    /// client runs create → exec `true` → delete cycles. `0` to skip them.
+    #[arg(long, default_value = "1,8,32", value_delimiter = ',')]
+    pub clients: Vec<usize>,
+    /// Cycles each parallel client runs per level (a level also stops at --clients-cap-s).
+    #[arg(long, default_value_t = 10)]
+    pub client_cycles: usize,
+    /// Wall-clock cap per parallel-clients level, in seconds: no cycle starts after it.
+    #[arg(long, default_value_t = 60)]
+    pub clients_cap_s: u64,
+    /// Peers to measure in the same run, next to Burrow, with the ratios Burrow / peer
+    /// (comma-separated; none unless asked). `lxc`: Debian's lxc, privileged (root), on a
+    /// btrfs pool the benchmark makes on a loop file in the temp dir and removes after; its
+    /// rootfs is Burrow's base image tarball from --image-cache (nothing is downloaded).
+    #[arg(long, value_delimiter = ',', value_parser = ["lxc"])]
+    pub peers: Vec<String>,
+    /// Where burrowd caches its base image tarball (the LXC peer's rootfs).
+    #[arg(long, default_value = "/var/cache/burrow/images")]
+    pub image_cache: PathBuf,
+}
+
+/// Which statistic of a figure its target is about.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stat {
+    Median,
+    P99,
 }
 
 struct Figure {
@@ -48,38 +81,43 @@ struct Figure {
     label: String,
     unit: &'static str,
     target: Option<(&'static str, f64)>,
+    /// What `target` is compared with.
+    stat: Stat,
     samples: Vec<f64>,
 }
 
 impl Figure {
     fn median(&self) -> f64 {
-        let mut s = self.samples.clone();
-        s.sort_by(|a, b| a.total_cmp(b));
-        if s.is_empty() {
-            return f64::NAN;
-        }
-        let m = s.len() / 2;
-        if s.len().is_multiple_of(2) {
-            (s[m - 1] + s[m]) / 2.0
-        } else {
-            s[m]
-        }
+        stats::median(&self.samples)
     }
     fn pct(&self, p: f64) -> f64 {
-        let mut s = self.samples.clone();
-        s.sort_by(|a, b| a.total_cmp(b));
-        if s.is_empty() {
-            return f64::NAN;
+        stats::percentile(&self.samples, p)
+    }
+    fn judged(&self) -> f64 {
+        match self.stat {
+            Stat::Median => self.median(),
+            Stat::P99 => self.pct(0.99),
         }
-        s[((s.len() as f64 - 1.0) * p).round() as usize]
+    }
+    fn target_text(&self) -> Option<String> {
+        let (op, t) = self.target?;
+        Some(match self.stat {
+            Stat::Median => format!("{op} {t}"),
+            Stat::P99 => format!("p99 {op} {t}"),
+        })
     }
     fn verdict(&self) -> &'static str {
-        match self.target {
-            Some(("<=", t)) if self.median() <= t => "meets",
-            Some((">=", t)) if self.median() >= t => "meets",
-            Some(_) => "misses",
-            None => "",
-        }
+        verdict(self.target, self.judged())
+    }
+}
+
+/// "meets" or "misses" a target (`<=`/`>=` a bound), "" without one.
+fn verdict(target: Option<(&'static str, f64)>, value: f64) -> &'static str {
+    match target {
+        Some(("<=", t)) if value <= t => "meets",
+        Some((">=", t)) if value >= t => "meets",
+        Some(_) => "misses",
+        None => "",
     }
 }
 
@@ -103,12 +141,13 @@ pub async fn run(app: &App, args: BenchArgs) -> anyhow::Result<u8> {
                     label: "floor: bare QEMU boot of the guest kernel".into(),
                     unit: "ms",
                     target: None,
+                    stat: Stat::Median,
                     samples,
                 }),
                 Err(e) => eprintln!("skipping the QEMU floor: {e:#}"),
             }
         }
-        return report(app, &args, runs, figures).await;
+        return report(app, &args, runs, figures, Extras::default()).await;
     }
 
     let mut tti = Vec::new();
@@ -138,6 +177,7 @@ pub async fn run(app: &App, args: BenchArgs) -> anyhow::Result<u8> {
         label: "create → first exec result".into(),
         unit: "ms",
         target: Some(("<=", 50.0)),
+        stat: Stat::Median,
         samples: tti,
     });
 
@@ -158,6 +198,15 @@ pub async fn run(app: &App, args: BenchArgs) -> anyhow::Result<u8> {
     always_there_figures(app, &prefix, runs.min(10), args.density, &mut figures).await?;
     ingress_figures(app, &prefix, INGRESS_REQUESTS, &mut figures).await?;
     policy_figures(app, &prefix, runs, &mut figures).await?;
+    let mut extras = Extras::default();
+    if args.clients.iter().any(|&n| n > 0) {
+        let bounds = concurrency::Bounds {
+            cycles_per_client: args.client_cycles.max(1),
+            cap: Duration::from_secs(args.clients_cap_s),
+        };
+        extras.concurrency =
+            Some(concurrency::concurrency_figures(c, &prefix, &args.clients, bounds, &mut figures).await?);
+    }
 
     if !args.no_floor {
         match runc_floor(runs) {
@@ -166,20 +215,69 @@ pub async fn run(app: &App, args: BenchArgs) -> anyhow::Result<u8> {
                 label: "floor: bare `runc run` of a trivial container".into(),
                 unit: "ms",
                 target: None,
+                stat: Stat::Median,
                 samples,
             }),
             Err(e) => eprintln!("skipping the runc floor: {e:#}"),
         }
     }
 
-    report(app, &args, runs, figures).await
+    if args.peers.iter().any(|p| p == "lxc") {
+        let mb = args.disk_mb.first().copied();
+        let opts = peers::LxcOptions {
+            runs: runs.min(10),
+            mb: mb.unwrap_or(10),
+            rootfs_tar: peers::base_tarball(&args.image_cache)?,
+        };
+        figures.extend(lxc_on_a_thread(opts).await?);
+        extras.ratios = peers::ratios(&figures, mb);
+    }
+
+    report(app, &args, runs, figures, extras).await
+}
+
+/// What the JSON and the table carry besides the figures.
+#[derive(Default)]
+struct Extras {
+    /// Per-level summary of the parallel-clients figures.
+    concurrency: Option<serde_json::Value>,
+    /// Burrow / peer ratios of medians.
+    ratios: Vec<peers::Ratio>,
+}
+
+/// Runs the LXC measurements on a blocking thread; Ctrl-C asks them to stop at the next step
+/// and waits for the loop pool to be torn down before returning.
+async fn lxc_on_a_thread(opts: peers::LxcOptions) -> anyhow::Result<Vec<Figure>> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut job = tokio::task::spawn_blocking({
+        let cancel = cancel.clone();
+        move || peers::lxc_figures(&opts, &cancel)
+    });
+    let figures = tokio::select! {
+        r = &mut job => r?,
+        _ = tokio::signal::ctrl_c() => {
+            cancel.store(true, Ordering::Relaxed);
+            eprintln!("interrupted: tearing down the LXC pool");
+            let _ = job.await;
+            anyhow::bail!("interrupted");
+        }
+    };
+    figures.context("measuring LXC")
 }
 
 /// Writes the figures as JSON to `args.out` and prints them as a table (or the JSON).
-async fn report(app: &App, args: &BenchArgs, runs: usize, figures: Vec<Figure>) -> anyhow::Result<u8> {
+async fn report(
+    app: &App,
+    args: &BenchArgs,
+    runs: usize,
+    figures: Vec<Figure>,
+    extras: Extras,
+) -> anyhow::Result<u8> {
     let c = &app.client;
     let version = c.version().await?;
-    let results = json!({
+    let mut results = json!({
         "date": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?,
         "host": {
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -188,13 +286,14 @@ async fn report(app: &App, args: &BenchArgs, runs: usize, figures: Vec<Figure>) 
         "burrow": version,
         "engine": args.engine,
         "runs": runs,
-        "figures": figures.iter().map(|f| json!({
-            "key": f.key, "label": f.label, "unit": f.unit,
-            "median": f.median(), "p10": f.pct(0.1), "p90": f.pct(0.9),
-            "target": f.target.map(|(op, t)| format!("{op} {t}")),
-            "verdict": f.verdict(), "samples": f.samples,
-        })).collect::<Vec<_>>(),
+        "figures": figures.iter().map(figure_json).collect::<Vec<_>>(),
     });
+    if let Some(levels) = extras.concurrency {
+        results["concurrency"] = levels;
+    }
+    if !extras.ratios.is_empty() {
+        results["ratios"] = extras.ratios.iter().map(ratio_json).collect();
+    }
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -202,25 +301,74 @@ async fn report(app: &App, args: &BenchArgs, runs: usize, figures: Vec<Figure>) 
     if app.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
-        println!(
-            "{:<46} {:>10} {:>10} {:>10}  {:<10} verdict",
-            "figure", "median", "p10", "p90", "target"
-        );
-        for f in &figures {
-            let target = f.target.map(|(op, t)| format!("{op} {t}")).unwrap_or_default();
-            println!(
-                "{:<46} {:>10.2} {:>10.2} {:>10.2}  {:<10} {}",
-                format!("{} ({})", f.label, f.unit),
-                f.median(),
-                f.pct(0.1),
-                f.pct(0.9),
-                target,
-                f.verdict()
-            );
-        }
+        print!("{}", table(&figures, &extras.ratios));
         eprintln!("results written to {}", args.out.display());
     }
     Ok(0)
+}
+
+fn figure_json(f: &Figure) -> serde_json::Value {
+    json!({
+        "key": f.key, "label": f.label, "unit": f.unit,
+        "median": f.median(), "p10": f.pct(0.1), "p90": f.pct(0.9), "p99": f.pct(0.99),
+        "target": f.target_text(),
+        "verdict": f.verdict(), "samples": f.samples,
+    })
+}
+
+fn ratio_json(r: &peers::Ratio) -> serde_json::Value {
+    json!({
+        "label": r.label,
+        "burrow": r.burrow_key, "burrow_median": r.burrow_median,
+        "peer": r.peer_key, "peer_median": r.peer_median,
+        "ratio": r.value(),
+        "target": r.target.map(|(op, t)| format!("{op} {t}")),
+        "verdict": r.verdict(),
+    })
+}
+
+/// The human table: every figure, then the Burrow / peer ratios if any.
+fn table(figures: &[Figure], ratios: &[peers::Ratio]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<60} {:>10} {:>10} {:>10} {:>10}  {:<14} verdict",
+        "figure", "median", "p10", "p90", "p99", "target"
+    );
+    for f in figures {
+        let _ = writeln!(
+            out,
+            "{:<60} {:>10.2} {:>10.2} {:>10.2} {:>10.2}  {:<14} {}",
+            format!("{} ({})", f.label, f.unit),
+            f.median(),
+            f.pct(0.1),
+            f.pct(0.9),
+            f.pct(0.99),
+            f.target_text().unwrap_or_default(),
+            f.verdict()
+        );
+    }
+    if !ratios.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<66} {:>10} {:>10} {:>7}  {:<14} verdict",
+            "Burrow / peer (medians, same run)", "burrow ms", "peer ms", "ratio", "target"
+        );
+        for r in ratios {
+            let _ = writeln!(
+                out,
+                "{:<66} {:>10.2} {:>10.2} {:>6.2}×  {:<14} {}",
+                r.label,
+                r.burrow_median,
+                r.peer_median,
+                r.value(),
+                r.target.map(|(op, t)| format!("{op} {t}")).unwrap_or_default(),
+                r.verdict()
+            );
+        }
+    }
+    out
 }
 
 /// The vm engine: create → first exec, exec round trip, memory sleep, wake from memory →
@@ -288,6 +436,7 @@ async fn vm_figures(app: &App, prefix: &str, runs: usize, figures: &mut Vec<Figu
             label: label.into(),
             unit,
             target,
+            stat: Stat::Median,
             samples,
         })
     };
@@ -443,6 +592,7 @@ async fn exec_figures(
         label: "exec `true` round trip (POST …/exec)".into(),
         unit: "ms",
         target: Some(("<=", 3.0)),
+        stat: Stat::Median,
         samples: once,
     });
     let mut ws = Vec::with_capacity(n);
@@ -461,6 +611,7 @@ async fn exec_figures(
         label: "exec `true` round trip (WebSocket)".into(),
         unit: "ms",
         target: Some(("<=", 3.0)),
+        stat: Stat::Median,
         samples: ws,
     });
     let mut tput = Vec::new();
@@ -484,6 +635,7 @@ async fn exec_figures(
         label: "exec stdout throughput (WebSocket)".into(),
         unit: "MB/s",
         target: Some((">=", 500.0)),
+        stat: Stat::Median,
         samples: tput,
     });
     Ok(())
@@ -624,6 +776,7 @@ async fn checkpoint_figures(
         label: format!("checkpoint, {mb} MB written"),
         unit: "ms",
         target: Some(("<=", 20.0)),
+        stat: Stat::Median,
         samples: cp,
     });
     figures.push(Figure {
@@ -631,6 +784,7 @@ async fn checkpoint_figures(
         label: format!("restore → first exec, {mb} MB written"),
         unit: "ms",
         target: Some(("<=", 50.0)),
+        stat: Stat::Median,
         samples: rs,
     });
     figures.push(Figure {
@@ -638,6 +792,7 @@ async fn checkpoint_figures(
         label: format!("fork → first exec, {mb} MB written"),
         unit: "ms",
         target: Some(("<=", 50.0)),
+        stat: Stat::Median,
         samples: fk,
     });
     Ok(())
@@ -684,6 +839,7 @@ async fn always_there_figures(
         label: "wake from warm → first exec".into(),
         unit: "ms",
         target: Some(("<=", 10.0)),
+        stat: Stat::Median,
         samples: warm,
     });
     figures.push(Figure {
@@ -691,6 +847,7 @@ async fn always_there_figures(
         label: "wake from cold → first exec".into(),
         unit: "ms",
         target: Some(("<=", 100.0)),
+        stat: Stat::Median,
         samples: cold,
     });
 
@@ -725,6 +882,7 @@ async fn always_there_figures(
         label: "file upload, 256 MiB".into(),
         unit: "MB/s",
         target: Some((">=", 300.0)),
+        stat: Stat::Median,
         samples: up,
     });
     figures.push(Figure {
@@ -732,6 +890,7 @@ async fn always_there_figures(
         label: "file download, 256 MiB".into(),
         unit: "MB/s",
         target: None,
+        stat: Stat::Median,
         samples: down,
     });
     let _ = c.delete_sandbox(&name).await;
@@ -759,6 +918,7 @@ async fn always_there_figures(
             label: format!("memory per idle running burrow ({density} at once)"),
             unit: "MiB",
             target: Some(("<=", 5.0)),
+            stat: Stat::Median,
             samples: mem,
         });
     }
@@ -838,6 +998,7 @@ async fn policy_figures(
         label: "network policy change → in effect".into(),
         unit: "ms",
         target: None,
+        stat: Stat::Median,
         samples,
     });
     Ok(())
@@ -862,6 +1023,7 @@ async fn ingress_figures(app: &App, prefix: &str, n: usize, figures: &mut Vec<Fi
         label: "ingress GET round trip (…/http/, reverse proxy)".into(),
         unit: "ms",
         target: None,
+        stat: Stat::Median,
         samples: proxied,
     });
     figures.push(Figure {
@@ -869,6 +1031,7 @@ async fn ingress_figures(app: &App, prefix: &str, n: usize, figures: &mut Vec<Fi
         label: "GET round trip through a raw tunnel (…/proxy/)".into(),
         unit: "ms",
         target: None,
+        stat: Stat::Median,
         samples: tunnel,
     });
     figures.push(Figure {
@@ -876,6 +1039,7 @@ async fn ingress_figures(app: &App, prefix: &str, n: usize, figures: &mut Vec<Fi
         label: "floor: the same GET inside the sandbox".into(),
         unit: "ms",
         target: None,
+        stat: Stat::Median,
         samples: direct,
     });
     Ok(())
@@ -964,4 +1128,101 @@ async fn ingress_samples(app: &App, name: &str, n: usize) -> anyhow::Result<(Vec
         .map(str::parse::<f64>)
         .collect::<Result<Vec<_>, _>>()?;
     Ok((proxied, tunnel, direct))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fig(key: &str, target: Option<(&'static str, f64)>, stat: Stat, samples: Vec<f64>) -> Figure {
+        Figure {
+            key: key.into(),
+            label: key.into(),
+            unit: "ms",
+            target,
+            stat,
+            samples,
+        }
+    }
+
+    #[test]
+    fn a_p99_target_is_judged_on_the_p99() {
+        // Median 10 ms, p99 500 ms: meets a median target of 200, misses a p99 target of 200.
+        let mut s = vec![10.0; 99];
+        s.push(500.0);
+        s.push(500.0);
+        let on_median = fig("m", Some(("<=", 200.0)), Stat::Median, s.clone());
+        let on_p99 = fig("p", Some(("<=", 200.0)), Stat::P99, s);
+        assert_eq!(on_median.verdict(), "meets");
+        assert_eq!(on_p99.verdict(), "misses");
+        assert_eq!(on_median.target_text().as_deref(), Some("<= 200"));
+        assert_eq!(on_p99.target_text().as_deref(), Some("p99 <= 200"));
+        let throughput = fig("t", Some((">=", 20.0)), Stat::Median, vec![25.0]);
+        assert_eq!(throughput.verdict(), "meets");
+        assert_eq!(fig("n", None, Stat::Median, vec![1.0]).verdict(), "");
+    }
+
+    #[test]
+    fn json_and_table_carry_p99_and_ratios() {
+        let figures = vec![
+            fig("tti_ms", Some(("<=", 50.0)), Stat::Median, vec![30.0, 40.0, 50.0]),
+            fig("lxc_clone_start_attach_ms", None, Stat::Median, vec![160.0]),
+        ];
+        let j = figure_json(&figures[0]);
+        assert_eq!(j["median"], 40.0);
+        assert_eq!(j["p99"], 50.0);
+        assert_eq!(j["verdict"], "meets");
+        let ratios = peers::ratios(&figures, None);
+        let r = ratio_json(&ratios[0]);
+        assert_eq!(r["ratio"], 0.25);
+        assert_eq!(r["peer_median"], 160.0);
+        assert_eq!(r["verdict"], "meets");
+        let t = table(&figures, &ratios);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("figure") && lines[0].contains("p99"), "{t}");
+        assert!(
+            lines[1].starts_with("tti_ms (ms)") && lines[1].ends_with("<= 50          meets"),
+            "{t}"
+        );
+        let ratio_line = lines
+            .iter()
+            .find(|l| l.starts_with("create → first exec / LXC"))
+            .expect(&t);
+        assert!(
+            ratio_line.contains("0.25×") && ratio_line.ends_with("meets"),
+            "{t}"
+        );
+        // Without peers there is no ratio section.
+        assert!(!table(&figures, &[]).contains("Burrow / peer"));
+    }
+
+    #[test]
+    fn bench_flags_parse() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            b: BenchArgs,
+        }
+        let t = T::try_parse_from(["bench"]).unwrap();
+        assert_eq!(t.b.clients, [1, 8, 32]);
+        assert!(t.b.peers.is_empty(), "peers are opt-in");
+        let t = T::try_parse_from([
+            "bench",
+            "--clients",
+            "2,4",
+            "--peers",
+            "lxc",
+            "--client-cycles",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(
+            (t.b.clients, t.b.peers, t.b.client_cycles),
+            (vec![2, 4], vec!["lxc".to_owned()], 3)
+        );
+        assert!(T::try_parse_from(["bench", "--peers", "docker"]).is_err());
+        let t = T::try_parse_from(["bench", "--clients", "0"]).unwrap();
+        assert_eq!(t.b.clients, [0], "a level of 0 clients is skipped");
+    }
 }
