@@ -43,6 +43,12 @@ const COMPARISONS: &[Comparison] = &[
         target: Some(("<=", 0.5)),
     },
     Comparison {
+        burrow: "tti_boot_ms",
+        peer: "lxc_clone_start_attach_veth_ms",
+        label: "create → first exec, booted / LXC copy -s + start + attach (veth)",
+        target: None,
+    },
+    Comparison {
         burrow: "restore_{mb}mb_ms",
         peer: "lxc_restore_start_attach_{mb}mb_ms",
         label: "restore → first exec / LXC snapshot -r + start + attach",
