@@ -336,16 +336,7 @@ impl Store {
     }
 
     pub fn sandbox_by_id(&self, id: &str) -> Result<Option<SandboxRecord>> {
-        self.with(|c| {
-            c.query_row(
-                &format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE id=?1"),
-                params![id],
-                row_raw,
-            )
-            .optional()?
-            .map(RawSandbox::decode)
-            .transpose()
-        })
+        self.sandbox_where("id", id)
     }
 
     pub fn touch_sandbox(&self, id: &str, last_active_at: &str) -> Result<()> {
@@ -489,10 +480,15 @@ impl Store {
     }
 
     pub fn sandbox_by_name(&self, name: &str) -> Result<Option<SandboxRecord>> {
+        self.sandbox_where("name", name)
+    }
+
+    /// The sandbox whose `column` (a unique one: `id` or `name`) is `value`.
+    fn sandbox_where(&self, column: &'static str, value: &str) -> Result<Option<SandboxRecord>> {
         self.with(|c| {
             c.query_row(
-                &format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE name=?1"),
-                params![name],
+                &format!("SELECT {SANDBOX_COLS} FROM sandboxes WHERE {column}=?1"),
+                params![value],
                 row_raw,
             )
             .optional()?

@@ -20,6 +20,7 @@ pub use burrow_client;
 pub mod cli;
 pub mod fakes;
 pub mod fixtures;
+mod template;
 
 /// Directory holding the built `burrowd` and `burrow` binaries.
 pub fn bin_dir() -> PathBuf {
@@ -181,6 +182,13 @@ impl Daemon {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
         };
+        // The base image comes with the template's pool instead of an import of its own.
+        if let Some(template) = template::data_dir_for(&d.extra_args)
+            && let Err(e) = template::copy_to(&template, &d.data_dir)
+        {
+            eprintln!("copying the template data dir: {e}; this daemon imports the base image");
+            let _ = std::fs::remove_dir_all(&d.data_dir);
+        }
         d.spawn();
         d
     }

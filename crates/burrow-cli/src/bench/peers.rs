@@ -360,18 +360,7 @@ impl Lxc<'_> {
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {shown}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{shown}: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
+    run_output(cmd).map(drop)
 }
 
 fn run_output(cmd: &mut Command) -> anyhow::Result<String> {
