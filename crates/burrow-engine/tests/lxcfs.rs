@@ -72,6 +72,20 @@ fn lxcfs_is_started_adopted_replaced_when_dead_and_released() {
     assert!(std::fs::read_to_string(dir.join("proc/uptime")).is_ok());
     assert!(ours.available());
 
+    // Its FUSE connection is aborted while the process still runs (what a dying lxcfs looks
+    // like for a moment: reads fail before the process is gone): not available, and the next
+    // start replaces it.
+    let second = pid_of(&pidfile);
+    abort_connection(&dir);
+    assert!(std::fs::read_to_string(dir.join("proc/uptime")).is_err());
+    assert!(
+        !ours.available(),
+        "an lxcfs whose mount fails reads counts as available"
+    );
+    assert_eq!(ours.ensure().as_deref(), Some(dir.as_path()));
+    assert_ne!(pid_of(&pidfile), second);
+    assert!(std::fs::read_to_string(dir.join("proc/uptime")).is_ok());
+
     // A process in a mount namespace of its own holds a bind mount of one of its files, as a
     // sandbox does: release leaves lxcfs mounted.
     let target = tmp.path().join("uptime");
@@ -102,6 +116,22 @@ fn lxcfs_is_started_adopted_replaced_when_dead_and_released() {
     ours.release();
     assert!(!mounted(&dir));
     assert!(ends(&pidfile), "lxcfs still runs after its release");
+}
+
+/// Aborts the FUSE connection of the mount at `dir` through fusectl, mounted in a mount
+/// namespace of its own so that the host's mount table stays as it was.
+fn abort_connection(dir: &Path) {
+    use std::os::linux::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).unwrap().st_dev();
+    let id = nix::sys::stat::minor(dev);
+    let status = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t fusectl none /sys/fs/fuse/connections && echo 1 > /sys/fs/fuse/connections/{id}/abort"
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success(), "aborting FUSE connection {id}: {status}");
 }
 
 /// Waits (bounded) until the lxcfs of `pidfile` has ended: the file is gone.

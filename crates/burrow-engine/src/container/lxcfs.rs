@@ -208,16 +208,37 @@ impl Lxcfs {
                 st.mounted = false;
                 false
             }
-            Some(fd) if !sys::wait_pidfd(fd, Duration::ZERO).unwrap_or(true) => true,
-            Some(_) => {
-                st.process = None;
-                st.mounted = false;
-                if let Some(mut child) = st.child.take() {
-                    let status = child.try_wait();
-                    tracing::debug!(?status, "lxcfs exited");
+            Some(fd) if !sys::wait_pidfd(fd, Duration::ZERO).unwrap_or(true) => {
+                if healthy(&self.dir) {
+                    return true;
                 }
+                // Its mount fails reads while the process still runs: it is exiting (the
+                // FUSE connection closes before the process is gone) or its connection was
+                // aborted. Either way it serves nothing more; make sure it has ended before
+                // another takes its place.
+                if let Err(e) = sys::pidfd_kill(fd) {
+                    tracing::warn!(error = %e, "could not kill an lxcfs that no longer answers");
+                }
+                if !sys::wait_pidfd(fd, Duration::from_secs(5)).unwrap_or(false) {
+                    tracing::warn!("an lxcfs that no longer answers has not ended within 5 s");
+                }
+                self.forget_process(st);
                 false
             }
+            Some(_) => {
+                self.forget_process(st);
+                false
+            }
+        }
+    }
+
+    /// The lxcfs we knew has ended: reaps it when it was our child.
+    fn forget_process(&self, st: &mut State) {
+        st.process = None;
+        st.mounted = false;
+        if let Some(mut child) = st.child.take() {
+            let status = child.try_wait();
+            tracing::debug!(?status, "lxcfs exited");
         }
     }
 

@@ -68,6 +68,28 @@ pub(crate) fn wait_pidfd(pidfd: &OwnedFd, timeout: Duration) -> io::Result<bool>
     }
 }
 
+/// Sends SIGKILL to the process behind `pidfd` (nothing when it has exited already).
+pub(crate) fn pidfd_kill(pidfd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal takes an fd, a signal number, a null siginfo pointer and a
+    // flags word; it reads no memory of ours when the siginfo pointer is null.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
 /// Creates a listening unix stream socket at `path`, mode 0600 from the start (the socket
 /// inode's mode is set before `bind`, which creates the file with it), close-on-exec.
 pub(crate) fn listen_unix(path: &Path) -> io::Result<OwnedFd> {
