@@ -851,9 +851,18 @@ impl Manager {
             )
         };
         let total = engine.ready_timeout().max(AGENT_CONNECT_TIMEOUT);
-        let agent_err = |e: burrow_agent_proto::client::ConnectError| CoreError::Agent {
-            name: rec.name.clone(),
-            detail: chain(&e),
+        // What the sandbox printed last says why it does not answer (a kernel or an agent
+        // that failed on its way up, a guest that ran out of memory).
+        let agent_err = |e: burrow_agent_proto::client::ConnectError| {
+            let mut detail = chain(&e);
+            let tail = engine.output_tail(&self.run_dir(&rec.id), 1024);
+            if !tail.is_empty() {
+                detail.push_str(&format!("; its output ends with: {tail}"));
+            }
+            CoreError::Agent {
+                name: rec.name.clone(),
+                detail,
+            }
         };
         let conn = if engine.capabilities().one_connection && !booting {
             // A guest may still hold an earlier connection (a daemon restart, a resume):
@@ -881,21 +890,7 @@ impl Manager {
                 }
             }
         } else {
-            match connect(total).await {
-                Ok(c) => c,
-                Err(e) if booting => {
-                    // What the sandbox printed on its way up says why it never answered.
-                    let tail = engine.output_tail(&self.run_dir(&rec.id), 1024);
-                    let mut err = agent_err(e);
-                    if let CoreError::Agent { detail, .. } = &mut err
-                        && !tail.is_empty()
-                    {
-                        detail.push_str(&format!("; its output ends with: {tail}"));
-                    }
-                    return Err(err);
-                }
-                Err(e) => return Err(agent_err(e)),
-            }
+            connect(total).await.map_err(agent_err)?
         };
         let client = conn.client;
         self.runtime(&rec.id).set_agent(Some(client.clone()));

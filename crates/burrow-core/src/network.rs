@@ -456,10 +456,10 @@ impl Manager {
             bundle.push(b'\n');
         }
         bundle.extend_from_slice(ca.cert_pem().as_bytes());
-        write_file(&dir.join("ca.crt"), ca.cert_pem().as_bytes(), 0o644).map_err(io)?;
-        write_file(&dir.join("ca-bundle.crt"), &bundle, 0o644).map_err(io)?;
+        write_derived_file(&dir.join("ca.crt"), ca.cert_pem().as_bytes(), 0o644).map_err(io)?;
+        write_derived_file(&dir.join("ca-bundle.crt"), &bundle, 0o644).map_err(io)?;
         let resolv = format!("nameserver {}\noptions edns0\n", net.gateway());
-        write_file(&dir.join("resolv.conf"), resolv.as_bytes(), 0o644).map_err(io)?;
+        write_derived_file(&dir.join("resolv.conf"), resolv.as_bytes(), 0o644).map_err(io)?;
         Ok(())
     }
 
@@ -507,7 +507,7 @@ impl Manager {
         // whatever CA the image or the user adds to it.
         if ok && has_system_bundle {
             let marker = self.host_api_dir(&rec.id).join(SYSTEM_BUNDLE_MARKER);
-            if let Err(e) = write_file(&marker, bundle_path.as_bytes(), 0o644) {
+            if let Err(e) = write_derived_file(&marker, bundle_path.as_bytes(), 0o644) {
                 tracing::warn!(sandbox = %rec.name, error = %e, "recording the system CA store");
             }
         }
@@ -759,9 +759,23 @@ impl Manager {
     }
 }
 
+/// Replaces `path` with `data` (through a temporary file and a rename), synced to disk: for
+/// what cannot be made again (the CA's key and certificate, which the sandbox's trust store
+/// holds).
 fn write_file(path: &std::path::Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    replace_file(path, data, mode, true)
+}
+
+/// [`write_file`] without the sync, for what is made again or lost without harm: the files
+/// under `/.burrow/host/` (every boot writes them again from the CA) and the marker of the
+/// system store (without it, processes get the shared bundle). No fsync on every create.
+fn write_derived_file(path: &std::path::Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    replace_file(path, data, mode, false)
+}
+
+fn replace_file(path: &std::path::Path, data: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
     use std::io::Write;
-    // Most boots find the files as they were: skip the write and its fsync.
+    // Most boots find the files as they were: skip the write (and its fsync).
     if std::fs::read(path).is_ok_and(|old| old == data) {
         return Ok(());
     }
@@ -774,7 +788,9 @@ fn write_file(path: &std::path::Path, data: &[u8], mode: u32) -> std::io::Result
         .mode(mode)
         .open(&tmp)?;
     f.write_all(data)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)
 }
 

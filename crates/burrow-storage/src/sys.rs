@@ -76,6 +76,48 @@ pub fn enable_simple_quota(fd: BorrowedFd<'_>) -> nix::Result<()> {
     unsafe { btrfs_ioc_quota_ctl(fd.as_raw_fd(), &mut args) }.map(drop)
 }
 
+/// `struct btrfs_qgroup_limit`.
+#[repr(C)]
+#[derive(Default)]
+struct QgroupLimit {
+    flags: u64,
+    max_rfer: u64,
+    max_excl: u64,
+    rsv_rfer: u64,
+    rsv_excl: u64,
+}
+
+/// `struct btrfs_ioctl_qgroup_limit_args`.
+#[repr(C)]
+#[derive(Default)]
+pub struct QgroupLimitArgs {
+    qgroupid: u64,
+    lim: QgroupLimit,
+}
+
+/// `BTRFS_QGROUP_LIMIT_MAX_RFER`: `max_rfer` is set.
+const QGROUP_LIMIT_MAX_RFER: u64 = 1 << 0;
+
+// The kernel header declares it `_IOR` although the kernel only reads the struct.
+nix::ioctl_read!(btrfs_ioc_qgroup_limit, BTRFS_IOCTL_MAGIC, 43, QgroupLimitArgs);
+
+/// Limits what the subvolume whose root directory is open at `vol` references to `bytes`
+/// (its own qgroup: a zero qgroup id means the fd's subvolume), what `btrfs qgroup limit
+/// BYTES PATH` does, without a process. Quotas must be on.
+pub fn limit_referenced(vol: BorrowedFd<'_>, bytes: u64) -> nix::Result<()> {
+    let mut args = QgroupLimitArgs {
+        qgroupid: 0,
+        lim: QgroupLimit {
+            flags: QGROUP_LIMIT_MAX_RFER,
+            max_rfer: bytes,
+            ..Default::default()
+        },
+    };
+    // SAFETY: `args` is a valid, initialised btrfs_ioctl_qgroup_limit_args that lives across
+    // the call; the kernel reads it.
+    unsafe { btrfs_ioc_qgroup_limit(vol.as_raw_fd(), &mut args) }.map(drop)
+}
+
 /// Copies a single path component into a NUL-terminated kernel name buffer.
 fn fill_name<const N: usize>(buf: &mut [u8; N], name: &OsStr) -> nix::Result<()> {
     let bytes = name.as_bytes();

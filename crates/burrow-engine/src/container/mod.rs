@@ -109,9 +109,18 @@ pub struct ContainerEngine {
     /// The agent log drain of every sandbox this engine started or adopted, by id. Dropping
     /// the engine stops them (the sandboxes' output then waits in, or is dropped by, the FIFO).
     drains: Mutex<HashMap<String, agent_log::Drain>>,
-    /// A pidfd of the init (the agent) of every sandbox whose liveness was asked or that this
-    /// engine started, by id: `liveness` polls it instead of running `runc state`.
-    inits: Mutex<HashMap<String, OwnedFd>>,
+    /// The init (the agent) of every sandbox whose liveness was asked or that this engine
+    /// started, by id: `liveness` polls it instead of running `runc state`.
+    inits: Mutex<HashMap<String, Init>>,
+}
+
+/// A sandbox's init process, as the engine keeps it.
+#[derive(Debug)]
+struct Init {
+    /// A pidfd of the init: never a recycled pid.
+    pidfd: OwnedFd,
+    /// The sandbox's run dir (runc's bundle is `run_dir/bundle`).
+    run_dir: PathBuf,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> EngineError + 'a {
@@ -423,7 +432,13 @@ impl ContainerEngine {
         {
             // Watched from now on (see `liveness`); an init already gone is found by `runc state`.
             if let Ok(Some(fd)) = sys::pidfd_open(pid) {
-                self.set_init(&spec.id, Some(fd));
+                self.set_init(
+                    &spec.id,
+                    Some(Init {
+                        pidfd: fd,
+                        run_dir: spec.run_dir.clone(),
+                    }),
+                );
             }
             let path = PathBuf::from(format!("/proc/{pid}/oom_score_adj"));
             if let Err(e) = fs::write(&path, "-1000") {
@@ -577,12 +592,43 @@ impl ContainerEngine {
     }
 
     /// Replaces the pidfd kept for the init of `id`.
-    fn set_init(&self, id: &str, fd: Option<OwnedFd>) -> Option<OwnedFd> {
+    fn set_init(&self, id: &str, init: Option<Init>) -> Option<Init> {
         let mut inits = self.inits.lock().unwrap_or_else(|p| p.into_inner());
-        match fd {
-            Some(fd) => inits.insert(id.to_owned(), fd),
+        match init {
+            Some(init) => inits.insert(id.to_owned(), init),
             None => inits.remove(id),
         }
+    }
+
+    /// A copy of the pidfd of `id`'s init, when it is kept.
+    fn init_pidfd(&self, id: &str) -> Result<Option<OwnedFd>> {
+        let inits = self.inits.lock().unwrap_or_else(|p| p.into_inner());
+        inits
+            .get(id)
+            .map(|i| i.pidfd.try_clone().map_err(io_err("dup", Path::new("pidfd"))))
+            .transpose()
+    }
+
+    /// A stop without grace of a sandbox whose init is kept: KILL through the pidfd (its PID
+    /// namespace dies with it), then one `runc delete`. Two runc starts fewer than asking
+    /// runc for the state and to kill.
+    fn kill_and_delete(&self, id: &str, init: Init) -> Result<()> {
+        // A frozen task acts on KILL only once thawed; a cgroup already gone has none.
+        if let Err(e) = self.set_frozen(id, false) {
+            tracing::debug!(id, error = %e, "thaw before kill");
+        }
+        sys::pidfd_kill(&init.pidfd).map_err(io_err("pidfd_send_signal", Path::new("pidfd")))?;
+        if !sys::wait_pidfd(&init.pidfd, KILL_WAIT).map_err(io_err("poll", Path::new("pidfd")))? {
+            tracing::warn!(id, "init still alive after SIGKILL; deleting anyway");
+        }
+        self.runc.delete_force(id)?;
+        self.remove_payload(id);
+        if let Some(drain) = self.set_drain(id, None) {
+            drain.finish(DRAIN_WAIT);
+        }
+        remove_if_exists(&agent_socket(&init.run_dir))?;
+        tracing::debug!(id, "container stopped");
+        Ok(())
     }
 
     fn has_drain(&self, id: &str) -> bool {
@@ -673,7 +719,12 @@ impl Engine for ContainerEngine {
     }
 
     fn stop(&self, id: &str, grace: Duration) -> Result<()> {
-        self.set_init(id, None);
+        let init = self.set_init(id, None);
+        if let Some(init) = init
+            && grace.is_zero()
+        {
+            return self.kill_and_delete(id, init);
+        }
         let Some(st) = self.state(id)? else {
             self.set_drain(id, None);
             return Ok(());
@@ -712,14 +763,7 @@ impl Engine for ContainerEngine {
     }
 
     fn liveness(&self, id: &str) -> Result<Liveness> {
-        let kept = {
-            let inits = self.inits.lock().unwrap_or_else(|p| p.into_inner());
-            match inits.get(id) {
-                Some(fd) => Some(fd.try_clone().map_err(io_err("dup", Path::new("pidfd")))?),
-                None => None,
-            }
-        };
-        let pidfd = match kept {
+        let pidfd = match self.init_pidfd(id)? {
             Some(fd) => fd,
             // Not watched yet (adopted after a daemon restart): ask runc once, then keep a
             // pidfd. runc checks the pid's start time, so the pid is the init's.
@@ -728,7 +772,8 @@ impl Engine for ContainerEngine {
                     match sys::pidfd_open(st.pid).map_err(io_err("pidfd_open", Path::new("/proc")))? {
                         Some(fd) => {
                             let copy = fd.try_clone().map_err(io_err("dup", Path::new("pidfd")))?;
-                            self.set_init(id, Some(fd));
+                            let run_dir = st.bundle.parent().unwrap_or(&st.bundle).to_owned();
+                            self.set_init(id, Some(Init { pidfd: fd, run_dir }));
                             copy
                         }
                         None => return Ok(Liveness::Dead { how: None }),
@@ -760,12 +805,8 @@ impl Engine for ContainerEngine {
             let path = run_dir.join(file);
             fs::write(&path, text).map_err(io_err("write", &path))?;
         }
-        let pidfd = {
-            let inits = self.inits.lock().unwrap_or_else(|p| p.into_inner());
-            match inits.get(id) {
-                Some(fd) => fd.try_clone().map_err(io_err("dup", Path::new("pidfd")))?,
-                None => return Ok(false),
-            }
+        let Some(pidfd) = self.init_pidfd(id)? else {
+            return Ok(false);
         };
         sys::set_hostname_of(pidfd, hostname).map_err(io_err("sethostname", Path::new("/proc")))?;
         Ok(true)
