@@ -134,6 +134,53 @@ fn freeze_and_thaw() {
     assert_eq!(t.engine.status(sb.id()).unwrap(), RuntimeStatus::Missing);
 }
 
+/// A stop without grace (delete, restore) kills through the init's pidfd and one `runc
+/// delete`: everything in the sandbox ends (the init's child too, with its PID namespace),
+/// frozen or not, and nothing is left behind.
+#[test]
+fn stop_without_grace_ends_everything_frozen_or_not() {
+    if !host_ready() {
+        return;
+    }
+    let t = TestEngine::with_init(GRACEFUL_INIT);
+    for frozen in [false, true] {
+        let sb = t.start(t.spec(if frozen { "icy" } else { "quick" }, SMALL));
+        wait_graceful(&sb);
+        let pid = sb.pid();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+        let child: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+        let sock = sb.spec.run_dir.join("agent.sock");
+        assert!(sock.exists());
+        if frozen {
+            t.engine.freeze(sb.id()).unwrap();
+            assert_eq!(t.engine.status(sb.id()).unwrap(), RuntimeStatus::Paused { pid });
+        }
+        t.engine.stop(sb.id(), Duration::ZERO).unwrap();
+        assert_eq!(
+            t.engine.status(sb.id()).unwrap(),
+            RuntimeStatus::Missing,
+            "frozen: {frozen}"
+        );
+        assert!(!t.engine.list().unwrap().contains(&sb.spec.id));
+        for p in [pid, child] {
+            // Gone, or at most a zombie waiting for its reaper.
+            let state = std::fs::read_to_string(format!("/proc/{p}/stat")).ok();
+            let state = state
+                .as_deref()
+                .and_then(|s| s.rsplit(')').next()?.split_whitespace().next());
+            assert!(
+                matches!(state, None | Some("Z")),
+                "pid {p} is {state:?} (frozen: {frozen})"
+            );
+        }
+        assert!(!sock.exists(), "agent socket removed");
+        for dir in t.engine.cgroup_dirs(sb.id()) {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
+        t.engine.stop(sb.id(), Duration::ZERO).unwrap();
+    }
+}
+
 #[test]
 fn init_holds_the_listening_socket_at_fd_3() {
     if !host_ready() {
