@@ -134,6 +134,19 @@ impl Manager {
     }
 
     /// The manager itself, for work that outlives the request that starts it.
+    /// Runs `f` with the manager on the blocking pool: for work that waits on processes
+    /// (`ip`, `nft`) and must not hold up an async worker (there is one per core). Inline
+    /// when the manager is not shared through an `Arc` (in-process tests).
+    pub(crate) async fn off_runtime<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Manager) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        match self.me() {
+            Some(me) => blocking(move || f(&me)).await,
+            None => f(self),
+        }
+    }
+
     pub(crate) fn me(&self) -> Option<Arc<Manager>> {
         self.me.get().and_then(std::sync::Weak::upgrade)
     }
@@ -732,7 +745,7 @@ impl Manager {
     /// Starts the engine and waits for the agent's handshake.
     pub(crate) async fn boot(&self, rec: &SandboxRecord) -> Result<()> {
         let mut spec = self.spec(rec);
-        spec.netns = self.net_namespace(rec)?;
+        spec.netns = self.net_namespace(rec).await?;
         if spec.netns.is_some() {
             // burrowd's resolver, bound read-only over the image's resolv.conf.
             spec.shared_dirs.push((
@@ -942,7 +955,7 @@ impl Manager {
         let stopped = engine.clone();
         let sid = id.clone();
         blocking(move || Ok(stopped.stop(&sid, Duration::ZERO)?)).await?;
-        self.net_detach(&id);
+        self.net_detach(&id).await;
         blocking(move || {
             pool.delete_volume(&pool.sandbox_path(&id))?;
             match std::fs::remove_dir_all(&run_dir) {

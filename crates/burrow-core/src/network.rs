@@ -225,13 +225,19 @@ impl Manager {
 
     /// The network namespace the sandbox is to join (made now if missing, not yet wired), or
     /// None with networking off. [`Manager::net_attach`] wires it while the engine starts.
-    pub(crate) fn net_namespace(&self, rec: &SandboxRecord) -> Result<Option<PathBuf>> {
-        let Some(net) = &self.net else {
+    pub(crate) async fn net_namespace(&self, rec: &SandboxRecord) -> Result<Option<PathBuf>> {
+        if self.net.is_none() {
             return Ok(None);
-        };
-        // resolv.conf and the CA bundle are bound into the sandbox at start: they must exist.
-        self.ensure_ca_files(&rec.id)?;
-        Ok(Some(net.host.ensure_netns(&rec.id).map_err(net_err)?))
+        }
+        let id = rec.id.clone();
+        self.off_runtime(move |m| {
+            let net = m.net.as_ref().expect("networking is on");
+            // resolv.conf and the CA bundle are bound into the sandbox at start: they must
+            // exist.
+            m.ensure_ca_files(&id)?;
+            Ok(Some(net.host.ensure_netns(&id).map_err(net_err)?))
+        })
+        .await
     }
 
     /// Gives the sandbox an address (once) and a network namespace wired to the bridge with
@@ -251,15 +257,19 @@ impl Manager {
                 (addr, policy)
             }
         };
-        let host = &net.host;
-        let path = host
-            .attach_in_mode(
-                &rec.id,
-                addr,
-                mode_of(policy.mode),
-                policy.mode != NetworkMode::None,
-            )
-            .map_err(net_err)?;
+        let (id, mode, transparent) = (
+            rec.id.clone(),
+            mode_of(policy.mode),
+            policy.mode != NetworkMode::None,
+        );
+        let path = self
+            .off_runtime(move |m| {
+                let net = m.net.as_ref().expect("networking is on");
+                net.host
+                    .attach_in_mode(&id, addr, mode, transparent)
+                    .map_err(net_err)
+            })
+            .await?;
         Ok(Some(path))
     }
 
@@ -301,11 +311,21 @@ impl Manager {
     }
 
     /// Removes the sandbox's namespace and veth (its row goes with the sandbox's).
-    pub(crate) fn net_detach(&self, id: &str) {
+    pub(crate) async fn net_detach(&self, id: &str) {
+        if self.net.is_none() {
+            return;
+        }
+        let owned = id.to_owned();
+        let detached = self
+            .off_runtime(move |m| {
+                let net = m.net.as_ref().expect("networking is on");
+                net.host.detach(&owned).map_err(net_err)
+            })
+            .await;
+        if let Err(e) = detached {
+            tracing::warn!(id, error = %e, "removing a sandbox's network");
+        }
         if let Some(net) = &self.net {
-            if let Err(e) = net.host.detach(id) {
-                tracing::warn!(id, error = %e, "removing a sandbox's network");
-            }
             net.cas.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         }
     }
