@@ -64,6 +64,9 @@ pub struct Manager {
     /// Whether the pool is past [`POOL_ALARM`] full (an event was sent; re-armed below
     /// [`POOL_CLEAR`]).
     pool_alarm: std::sync::atomic::AtomicBool,
+    /// The background reclaim of deleted volumes' space: idle, running, or running with
+    /// another pass asked for (see `reclaim_space`).
+    reclaim: Arc<std::sync::atomic::AtomicU8>,
     inside_api: Option<InsideApiServer>,
     pub events: crate::events::Events,
     pub(crate) keys: crate::keys::Keys,
@@ -126,6 +129,7 @@ impl Manager {
             images,
             runtimes: Default::default(),
             pool_alarm: Default::default(),
+            reclaim: Default::default(),
             inside_api,
             events: Default::default(),
         });
@@ -222,11 +226,36 @@ impl Manager {
 
     /// In the background: makes the space of just-deleted volumes free (and uncharged from
     /// quotas) within about a second instead of at btrfs's next periodic commit.
+    /// One pass runs at a time: a delete during a pass asks for one more after it, so a
+    /// burst of deletes costs two passes (each two btrfs commits), not one per delete.
     pub(crate) fn reclaim_space(&self) {
-        let pool = self.pool.clone();
+        use std::sync::atomic::Ordering;
+        const IDLE: u8 = 0;
+        const RUNNING: u8 = 1;
+        const AGAIN: u8 = 2;
+        let was = self
+            .reclaim
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                Some(if s == IDLE { RUNNING } else { AGAIN })
+            })
+            .unwrap_or(AGAIN);
+        if was != IDLE {
+            return;
+        }
+        let (pool, state) = (self.pool.clone(), self.reclaim.clone());
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = pool.reclaim() {
-                tracing::debug!(error = %e, "reclaiming deleted volumes' space");
+            loop {
+                if let Err(e) = pool.reclaim() {
+                    tracing::debug!(error = %e, "reclaiming deleted volumes' space");
+                }
+                // Nothing asked for since this pass began: done. Otherwise one more pass.
+                if state
+                    .compare_exchange(RUNNING, IDLE, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return;
+                }
+                state.store(RUNNING, Ordering::Release);
             }
         });
     }
