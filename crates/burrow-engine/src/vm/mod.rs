@@ -230,9 +230,15 @@ fn pid_runs(pid: u32, id: &str) -> bool {
     })
 }
 
-/// The guest's vCPUs: the sandbox's cpus, rounded up.
-fn vcpus(spec: &SandboxSpec) -> u32 {
-    (spec.resources.cpus.ceil() as u32).clamp(1, 16)
+/// The guest's vCPUs: the sandbox's cpus, rounded up; one under TCG. A guest with more
+/// than one vCPU under TCG can hang in early boot on a loaded host (seen here: its console
+/// reported a soft lockup of CPU#1 in pid 1's initcalls, for minutes), and TCG's vCPUs
+/// share the host's cores anyway; the cgroup's cpu quota is `cpus` either way.
+fn vcpus(spec: &SandboxSpec, accel: Accel) -> u32 {
+    match accel {
+        Accel::Tcg => 1,
+        Accel::Kvm => (spec.resources.cpus.ceil() as u32).clamp(1, 16),
+    }
 }
 
 /// A guest kernel command line word must not let a value add words of its own.
@@ -464,7 +470,7 @@ impl VmEngine {
         let disk = PathBuf::from(format!("/proc/self/fd/{disk_fd}"));
         let mem = PathBuf::from(format!("/proc/self/fd/{mem_fd}"));
         let mb = spec.resources.memory_mb;
-        let cpus = vcpus(spec);
+        let cpus = vcpus(spec, self.cfg.accel);
         let p = |p: &Path| {
             let s = p.to_string_lossy().into_owned();
             // QEMU option values are comma-separated: a comma in a path would split it.
@@ -636,7 +642,11 @@ impl VmEngine {
         }
         // QEMU joins its cgroup before it runs anything: the files are opened here, the
         // child writes itself into them before it execs.
-        let limits = cgroup::Limits::for_vm(spec.resources.memory_mb, spec.resources.cpus, vcpus(spec));
+        let limits = cgroup::Limits::for_vm(
+            spec.resources.memory_mb,
+            spec.resources.cpus,
+            vcpus(spec, self.cfg.accel),
+        );
         self.cgroups.remove(&spec.id)?;
         let procs = self.cgroups.create(&spec.id, limits)?;
         let launched = self.launch(spec, &procs);
