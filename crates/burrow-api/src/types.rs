@@ -478,7 +478,7 @@ pub struct PrestartPool {
     pub engine: EngineKind,
     pub image: String,
     pub ready: u32,
-    /// How many are kept ready.
+    /// How many are kept ready now: the base size plus what demand added.
     pub target: u32,
 }
 

@@ -33,6 +33,9 @@ pub struct Config {
     pub defaults: SandboxDefaults,
     /// Pre-started container sandboxes kept ready per wanted image (`prestart.rs`); 0: off.
     pub prestart: usize,
+    /// How many pre-started containers demand may grow a pool to (each create that finds
+    /// the pool empty adds one for a while); at most `prestart`: no growth.
+    pub prestart_max: usize,
     /// Pre-started VMs kept ready per wanted image; `None`: 1 where VMs run on KVM, else 0
     /// (under TCG an idle VM costs a share of a core).
     pub prestart_vm: Option<usize>,
@@ -125,6 +128,7 @@ impl Config {
             public_port: 7440,
             defaults: SandboxDefaults::default(),
             prestart: 0,
+            prestart_max: 0,
             prestart_vm: Some(0),
             debian_mirror: None,
             network: None,

@@ -114,10 +114,13 @@ impl Manager {
     ) -> Arc<Self> {
         let images = ImageService::new(cfg.clone(), store.clone(), pool.clone());
         let mgr = Arc::new(Self {
-            prestart: crate::prestart::Prestart::new(std::collections::HashMap::from([
-                (EngineKind::Container, cfg.prestart),
-                (EngineKind::Vm, cfg.prestart_vm.unwrap_or(0)),
-            ])),
+            prestart: crate::prestart::Prestart::new(
+                std::collections::HashMap::from([
+                    (EngineKind::Container, cfg.prestart),
+                    (EngineKind::Vm, cfg.prestart_vm.unwrap_or(0)),
+                ]),
+                std::collections::HashMap::from([(EngineKind::Container, cfg.prestart_max)]),
+            ),
             keys,
             net,
             me: std::sync::OnceLock::new(),

@@ -12,6 +12,11 @@
 //! [`UNWANTED_AFTER`] without one. Pre-started sandboxes carry [`INTERNAL_LABEL`] =
 //! [`PRESTART`]: no list, lookup, event or idle policy sees them, and a restarted daemon
 //! discards the ones it finds (it cannot vouch for them) and makes new ones.
+//!
+//! Demand sizes a container pool: each create that finds its pool empty raises that pool's
+//! target by one, up to the configured maximum, so the next burst of the same size is served
+//! from the pool; [`DEMAND_DECAY`] without such a miss brings it back to the base size (the
+//! surplus is removed). VM pools keep their size (an idle VM holds its memory).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -32,6 +37,9 @@ pub(crate) const PRESTART: &str = "prestart";
 const UNWANTED_AFTER: Duration = Duration::from_secs(30 * 60);
 /// Longest pause between attempts after the pool failed to make a sandbox.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A pool grown by demand goes back to its base size after this long without a create that
+/// found it empty.
+const DEMAND_DECAY: Duration = Duration::from_secs(5 * 60);
 
 /// Whether `rec` is a pre-started sandbox (hidden from users until a create takes it).
 pub(crate) fn is_prestarted(rec: &SandboxRecord) -> bool {
@@ -47,6 +55,8 @@ type Key = (EngineKind, String);
 pub(crate) struct Prestart {
     /// Sandboxes kept ready per wanted image, by engine (absent or 0: none).
     targets: HashMap<EngineKind, usize>,
+    /// How far demand may grow a pool, by engine (absent or at most the target: no growth).
+    maxima: HashMap<EngineKind, usize>,
     inner: Mutex<Inner>,
     wake: tokio::sync::Notify,
 }
@@ -57,20 +67,51 @@ struct Inner {
     ready: HashMap<Key, VecDeque<(String, String)>>,
     /// When a create last asked for each.
     wanted: HashMap<Key, Instant>,
+    /// Creates that found a pool empty: how many since it last was at its base size (what
+    /// it grows by), and when the last one was.
+    misses: HashMap<Key, (usize, Instant)>,
 }
 
 impl Prestart {
-    /// A pool that keeps `targets[engine]` sandboxes ready per wanted image of that engine.
-    pub(crate) fn new(targets: HashMap<EngineKind, usize>) -> Self {
+    /// A pool that keeps `targets[engine]` sandboxes ready per wanted image of that engine,
+    /// and grows by demand up to `maxima[engine]`.
+    pub(crate) fn new(targets: HashMap<EngineKind, usize>, maxima: HashMap<EngineKind, usize>) -> Self {
         Self {
             targets,
+            maxima,
             inner: Mutex::new(Inner::default()),
             wake: tokio::sync::Notify::new(),
         }
     }
 
+    /// The base size of `engine`'s pools.
     fn target(&self, engine: EngineKind) -> usize {
         self.targets.get(&engine).copied().unwrap_or(0)
+    }
+
+    /// What the pool of `key` holds now: its base size plus what demand added (forgotten
+    /// after [`DEMAND_DECAY`] without a miss), at most the engine's maximum.
+    fn target_of(&self, inner: &Inner, key: &Key) -> usize {
+        let base = self.target(key.0);
+        let max = self.maxima.get(&key.0).copied().unwrap_or(base).max(base);
+        match inner.misses.get(key) {
+            Some((n, at)) if at.elapsed() < DEMAND_DECAY => (base + n).min(max),
+            _ => base,
+        }
+    }
+
+    /// A create found the pool of `key` empty: it grows by one (up to its maximum), and the
+    /// loop is woken to fill it.
+    fn missed(&self, key: &Key) {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        let entry = inner.misses.entry(key.clone()).or_insert((0, now));
+        if entry.1.elapsed() >= DEMAND_DECAY {
+            entry.0 = 0;
+        }
+        *entry = (entry.0 + 1, now);
+        drop(inner);
+        self.wake.notify_one();
     }
 
     /// Whether any engine keeps sandboxes ready.
@@ -125,8 +166,28 @@ impl Prestart {
         inner
             .wanted
             .keys()
-            .find(|key| inner.ready.get(*key).map_or(0, VecDeque::len) < self.target(key.0))
+            .find(|key| inner.ready.get(*key).map_or(0, VecDeque::len) < self.target_of(&inner, key))
             .cloned()
+    }
+
+    /// The sandboxes of pools above their target (demand that went away); the newest go.
+    fn drop_surplus(&self) -> Vec<String> {
+        let mut inner = self.lock();
+        let targets: Vec<(Key, usize)> = inner
+            .ready
+            .keys()
+            .map(|key| (key.clone(), self.target_of(&inner, key)))
+            .collect();
+        let mut ids = Vec::new();
+        for (key, target) in targets {
+            if let Some(queue) = inner.ready.get_mut(&key) {
+                while queue.len() > target {
+                    ids.extend(queue.pop_back().map(|(id, _)| id));
+                }
+            }
+        }
+        inner.misses.retain(|_, (_, at)| at.elapsed() < DEMAND_DECAY);
+        ids
     }
 
     /// Forgets what nobody asked for in [`UNWANTED_AFTER`]; returns their sandboxes.
@@ -141,6 +202,7 @@ impl Prestart {
         let mut ids = Vec::new();
         for key in gone {
             inner.wanted.remove(&key);
+            inner.misses.remove(&key);
             ids.extend(inner.ready.remove(&key).into_iter().flatten().map(|(id, _)| id));
         }
         ids
@@ -160,7 +222,7 @@ impl Prestart {
                 engine: key.0,
                 image: key.1.clone(),
                 ready: count(inner.ready.get(key).map_or(0, VecDeque::len)),
-                target: count(self.target(key.0)),
+                target: count(self.target_of(&inner, key)),
             })
             .collect();
         pools.sort_by(|a, b| (a.engine.as_str(), &a.image).cmp(&(b.engine.as_str(), &b.image)));
@@ -174,6 +236,7 @@ impl Prestart {
     fn forget(&self, image: &str) -> Vec<String> {
         let mut inner = self.lock();
         inner.wanted.retain(|key, _| key.1 != image);
+        inner.misses.retain(|key, _| key.1 != image);
         let keys: Vec<Key> = inner.ready.keys().filter(|k| k.1 == image).cloned().collect();
         keys.into_iter()
             .filter_map(|k| inner.ready.remove(&k))
@@ -233,7 +296,10 @@ impl Manager {
             for id in stale {
                 self.discard_prestarted_in_background(id);
             }
-            let Some(id) = id else { return Ok(None) };
+            let Some(id) = id else {
+                self.prestart.missed(&key);
+                return Ok(None);
+            };
             if let Some(sb) = self.reassign(&id, name, config, &env, &labels).await? {
                 return Ok(Some(sb));
             }
@@ -451,7 +517,8 @@ impl Manager {
         }
         let mut backoff = Duration::from_secs(1);
         loop {
-            for id in self.prestart.drop_unwanted() {
+            let surplus = self.prestart.drop_surplus();
+            for id in self.prestart.drop_unwanted().into_iter().chain(surplus) {
                 self.discard_prestarted(&id).await;
             }
             let Some(key) = self.prestart.short() else {
@@ -477,5 +544,65 @@ impl Manager {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Key {
+        (EngineKind::Container, "base".to_owned())
+    }
+
+    fn pool(base: usize, max: usize) -> Prestart {
+        let p = Prestart::new(
+            HashMap::from([(EngineKind::Container, base), (EngineKind::Vm, base)]),
+            HashMap::from([(EngineKind::Container, max)]),
+        );
+        p.want(EngineKind::Container, "base");
+        p
+    }
+
+    fn target(p: &Prestart, key: &Key) -> usize {
+        p.target_of(&p.lock(), key)
+    }
+
+    #[test]
+    fn demand_grows_a_pool_to_its_maximum_then_it_shrinks_back() {
+        let p = pool(2, 4);
+        let key = key();
+        assert_eq!(target(&p, &key), 2);
+        p.missed(&key);
+        assert_eq!(target(&p, &key), 3);
+        p.missed(&key);
+        p.missed(&key);
+        assert_eq!(target(&p, &key), 4, "capped at the maximum");
+        for i in 0..4 {
+            p.put(key.clone(), format!("sb-{i}"), "v1".into());
+        }
+        assert_eq!(p.short(), None);
+        assert!(p.drop_surplus().is_empty(), "at its target, nothing is surplus");
+        // Five minutes without a miss: back to the base size, the newest two go.
+        let long_ago = Instant::now().checked_sub(DEMAND_DECAY).unwrap();
+        p.lock().misses.get_mut(&key).unwrap().1 = long_ago;
+        assert_eq!(target(&p, &key), 2);
+        assert_eq!(p.drop_surplus(), vec!["sb-3".to_owned(), "sb-2".to_owned()]);
+        assert!(p.lock().misses.is_empty());
+        // A miss after the decay counts from the base again.
+        p.missed(&key);
+        assert_eq!(target(&p, &key), 3);
+    }
+
+    #[test]
+    fn without_a_maximum_above_the_base_a_pool_keeps_its_size() {
+        let p = pool(2, 0);
+        let key = key();
+        p.missed(&key);
+        assert_eq!(target(&p, &key), 2);
+        // VM pools have no maximum: they never grow.
+        let vm = (EngineKind::Vm, "base".to_owned());
+        p.missed(&vm);
+        assert_eq!(target(&p, &vm), 2);
     }
 }

@@ -242,6 +242,13 @@ impl Daemon {
             } else {
                 &["--prestart", "0"][..]
             })
+            // Pools keep their size unless a test asks for growth (it would boot sandboxes in
+            // the background of tests that only want one from the pool).
+            .args(if self.extra_args.iter().any(|a| a == "--prestart-max") {
+                &[][..]
+            } else {
+                &["--prestart-max", "0"][..]
+            })
             .args(if self.extra_args.iter().any(|a| a == "--prestart-vm") {
                 &[][..]
             } else {

@@ -125,6 +125,12 @@ struct Args {
     /// 4 GiB of memory or more, else 0 (off).
     #[arg(long, env = "BURROW_PRESTART", value_name = "N")]
     prestart: Option<usize>,
+    /// How far demand grows a pool of pre-started containers: each create that finds its pool
+    /// empty adds one (up to N) until 5 minutes pass without such a create, so the next burst
+    /// of the same size is served from the pool. At most `--prestart`: the pool keeps its
+    /// size. Default: 4 × `--prestart`.
+    #[arg(long, env = "BURROW_PRESTART_MAX", value_name = "N")]
+    prestart_max: Option<usize>,
     /// Pre-started VMs kept ready per image in use (a create of a VM with the default cpus,
     /// memory, disk and pids limit takes one). Default: 1 where VMs run on KVM, else 0 (under
     /// TCG an idle VM costs a share of a core).
@@ -265,6 +271,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.prestart = args
         .prestart
         .unwrap_or_else(|| if host_memory_bytes() >= 4 << 30 { 2 } else { 0 });
+    cfg.prestart_max = args.prestart_max.unwrap_or(cfg.prestart * 4);
     cfg.pool_size_bytes = args.pool_size_gb << 30;
     cfg.pool_reserve_bytes = args.pool_reserve_mb.map(|mb| mb << 20);
     cfg.image_cache_dir = args.image_cache;

@@ -3,7 +3,7 @@
 //! then; the pool refills, follows images as they change and go, and a restarted daemon
 //! starts it afresh. Whether a create was served from the pool is read from the daemon's
 //! log ("created (pre-started)"), and each check has its control: a create the pool cannot
-//! serve goes the usual way and says so.
+//! serve goes the usual way and says so. Demand grows a pool (`--prestart-max`).
 
 use std::time::{Duration, Instant};
 
@@ -300,6 +300,60 @@ async fn the_pool_follows_images_and_a_restart() {
     .unwrap();
     assert!(from_pool(&d, &after));
     assert_eq!(sh(&c, &after, "hostname").await, after);
+}
+
+/// Creates `names` at once; returns how many the pool served.
+async fn burst(d: &Daemon, c: &Client, names: &[String]) -> usize {
+    let creates = names.iter().map(|n| {
+        let req = CreateSandbox {
+            name: SandboxName::parse(n).unwrap(),
+            ..Default::default()
+        };
+        async move { c.create_sandbox(&req).await }
+    });
+    for r in futures::future::join_all(creates).await {
+        r.unwrap();
+    }
+    names.iter().filter(|n| from_pool(d, n)).count()
+}
+
+/// `--prestart-max`: creates that find the pool empty grow it, so the next burst of the same
+/// size is served from the pool. The control: before the burst, the pool holds its base size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demand_grows_the_pool_so_the_next_burst_is_served_from_it() {
+    let d = Daemon::start_with(&["--prestart", "1", "--prestart-max", "3"]);
+    let c = d.client();
+    let p = wait_pool(&c, "one ready", |p| p.ready == 1).await;
+    assert_eq!(p.pools[0].target, 1, "the base size before any demand: {p:?}");
+
+    // Three at once against a pool of one: the ones it cannot serve boot, and each of those
+    // grows it by one. (A refill that lands mid-burst serves one more, and grows it less.)
+    let first: Vec<String> = (0..3).map(|_| unique_name("burst")).collect();
+    let served = burst(&d, &c, &first).await;
+    let grown = (1 + (first.len() - served)).min(3) as u32;
+    assert!(
+        grown >= 2,
+        "three creates at once against a pool of one: {served} served from it"
+    );
+    let p = prestart(&c).await;
+    assert_eq!(p.pools[0].target, grown, "{p:?}");
+    let p = wait_pool(&c, "the grown pool ready", |p| p.ready == grown).await;
+    assert_eq!(p.pools[0].target, grown);
+
+    // The same burst again: every create from the pool.
+    let second: Vec<String> = (0..grown).map(|_| unique_name("again")).collect();
+    assert_eq!(
+        burst(&d, &c, &second).await,
+        second.len(),
+        "all served from the grown pool"
+    );
+    for n in &second {
+        assert_eq!(sh(&c, n, "hostname").await, *n);
+    }
+    // It never grows past its maximum.
+    let third: Vec<String> = (0..4).map(|_| unique_name("more")).collect();
+    burst(&d, &c, &third).await;
+    assert_eq!(prestart(&c).await.pools[0].target, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
