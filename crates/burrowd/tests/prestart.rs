@@ -339,6 +339,14 @@ async fn demand_grows_the_pool_so_the_next_burst_is_served_from_it() {
     assert_eq!(p.pools[0].target, grown, "{p:?}");
     let p = wait_pool(&c, "the grown pool ready", |p| p.ready == grown).await;
     assert_eq!(p.pools[0].target, grown);
+    // What `burrow version` shows a user.
+    let o = burrow_testkit::cli::run_on(&d, &["version"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let want = format!("Pre-started:    container/base {grown} of {grown} ready");
+    assert!(
+        o.status.success() && out.contains(&want),
+        "{want:?} not in: {out}"
+    );
 
     // The same burst again: every create from the pool.
     let second: Vec<String> = (0..grown).map(|_| unique_name("again")).collect();

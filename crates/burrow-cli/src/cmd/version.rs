@@ -47,7 +47,30 @@ pub async fn run(app: &App) -> anyhow::Result<u8> {
             "host's (no lxcfs)"
         }
     ))?;
+    if let Some(p) = &v.prestart {
+        print(&format!("  Pre-started:    {}\n", prestart_line(p)))?;
+    }
     Ok(0)
+}
+
+/// `container/base 6 of 6 ready, vm/base 0 of 1 ready`, or `none yet`.
+fn prestart_line(p: &burrow_api::PrestartInfo) -> String {
+    if p.pools.is_empty() {
+        return "none yet".to_owned();
+    }
+    p.pools
+        .iter()
+        .map(|x| {
+            format!(
+                "{}/{} {} of {} ready",
+                x.engine.as_str(),
+                x.image,
+                x.ready,
+                x.target
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `3.1 GiB of 64.0 GiB used (5%), 60.9 GiB free, 3.2 GiB reserve`, and what a full pool means.
