@@ -88,6 +88,26 @@ async fn connect(agent: &mut Agent) -> Connection {
     agent.connect().await
 }
 
+/// Two consecutive loopback ports that nothing listens on now, below the kernel's ephemeral
+/// range: no outgoing connection of another test takes them as its local port, which would
+/// make a server's bind fail (a port derived from the pid alone landed in that range).
+fn free_port_pair() -> u16 {
+    let ephemeral_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, span) = (10_000u16, ephemeral_start.saturating_sub(10_000 + 2).max(1));
+    let first = (std::process::id() % u32::from(span)) as u16;
+    (0..span)
+        .map(|i| low + (first + i) % span)
+        .find(|p| {
+            [*p, p + 1]
+                .iter()
+                .all(|q| std::net::TcpListener::bind(("127.0.0.1", *q)).is_ok())
+        })
+        .expect("two free loopback ports below the ephemeral range")
+}
+
 #[tokio::test]
 async fn restart_policies_backoff_and_logs() {
     let mut agent = Agent::start();
@@ -200,7 +220,7 @@ async fn dependencies_start_in_order() {
     let o = order.display();
     // `db` and `web` are up only once their ports accept (each writes its marker before it
     // listens); `web` needs `db`, `worker` needs `web`.
-    let port = 20000 + (std::process::id() % 20000) as u16;
+    let port = free_port_pair();
     let mut db = sh(
         "db",
         &format!("sleep 0.3; echo db >> {o}; exec python3 -m http.server {port} --bind 127.0.0.1"),
@@ -225,7 +245,19 @@ async fn dependencies_start_in_order() {
     worker.needs = vec!["web".into()];
     // Listed dependents first: order must come from `needs`, not from the list.
     set(&mut c, vec![worker, web, db]).await;
-    wait_state(&mut c, "worker", running).await;
+    // Bounded; on a timeout, what each of the three did says which one held the others up.
+    let deadline = Instant::now() + PATIENCE;
+    while !running(&state(&mut c, "worker").await) {
+        if Instant::now() >= deadline {
+            let mut why = String::new();
+            for name in ["db", "web", "worker"] {
+                let s = state(&mut c, name).await;
+                why.push_str(&format!("\n{name}: {s:?}\n{}", logs(&mut c, name).await));
+            }
+            panic!("worker never ran:{why}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let deadline = Instant::now() + PATIENCE;
     loop {
         let text = std::fs::read_to_string(&order).unwrap_or_default();
