@@ -23,6 +23,12 @@ use crate::store::{INTERNAL_LABEL, Intent, SandboxRecord, Store, StoreError};
 use crate::time_util::now_rfc3339;
 use crate::{Config, CoreError};
 
+tokio::task_local! {
+    /// Set around the daemon's own work inside a sandbox (installing the CA after a create):
+    /// it runs only while the sandbox does, and never wakes one its user put to sleep.
+    pub(crate) static NO_WAKE: ();
+}
+
 type Result<T, E = CoreError> = std::result::Result<T, E>;
 
 /// Why the host connects to an agent.
@@ -640,7 +646,7 @@ impl Manager {
                 // find it through SSL_CERT_FILE and friends).
                 if let Some(me) = self.me() {
                     let rec = rec.clone();
-                    tokio::spawn(async move { me.install_net_files(&rec).await });
+                    tokio::spawn(NO_WAKE.scope((), async move { me.install_net_files(&rec).await }));
                 }
                 self.runtime(&rec.id).touch();
                 if !pooled {
@@ -1321,6 +1327,11 @@ impl Manager {
         valid_transition(&rec.name, rec.status, Action::Exec)?;
         self.runtime(&rec.id).touch();
         if rec.status == SandboxStatus::Sleeping {
+            if NO_WAKE.try_with(|_| ()).is_ok() {
+                return Err(CoreError::Conflict(format!(
+                    "sandbox '{name}' is asleep (not woken for the daemon's own work)"
+                )));
+            }
             self.action(name, Action::Wake).await?;
             return self.record(name);
         }

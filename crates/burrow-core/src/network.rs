@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use burrow_api::{NetworkMode, NetworkPolicy, Secret, SecretAttachment, SecretInject};
+use burrow_api::{NetworkMode, NetworkPolicy, SandboxStatus, Secret, SecretAttachment, SecretInject};
 use burrow_egress::ca::SandboxCa;
 use burrow_egress::{SandboxView, SecretValue};
 use burrow_macaroon::{Caveat, Macaroon};
@@ -509,6 +509,7 @@ impl Manager {
                 files.push((bundle_path, current));
             }
         }
+        crate::fault::pause("net_files.before_write").await;
         let mut ok = true;
         for (path, data) in files {
             if let Err(e) = self.write_small_file(&rec.name, path, data).await {
@@ -516,6 +517,15 @@ impl Manager {
                 let gone = !self.record(&rec.name).is_ok_and(|now| now.id == rec.id);
                 if gone {
                     tracing::debug!(sandbox = %rec.name, path, "sandbox deleted; network files not installed");
+                    return;
+                }
+                // Put to sleep or stopped meanwhile: it is not woken for this (processes
+                // find the CA through SSL_CERT_FILE and friends all the same).
+                if !self
+                    .record(&rec.name)
+                    .is_ok_and(|now| now.status == SandboxStatus::Running)
+                {
+                    tracing::debug!(sandbox = %rec.name, path, "sandbox no longer running; network files not installed");
                     return;
                 }
                 tracing::warn!(sandbox = %rec.name, path, error = %crate::error::chain(&e), "installing network files");

@@ -279,3 +279,48 @@ async fn restoring_a_sleeping_burrow_counts_as_activity() {
     );
     c.delete_sandbox(&name).await.unwrap();
 }
+
+/// The daemon's own work inside a new sandbox (installing its CA into the trust store, in
+/// the background after the create) never wakes a sandbox its user put to sleep meanwhile.
+/// The install is held at a pause point until the sandbox sleeps; the control: the same
+/// status probe reads `running` once a request wakes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemons_own_work_never_wakes_a_sleeping_sandbox() {
+    let d = Daemon::start();
+    let pause = d.data_dir.parent().unwrap().join("pause");
+    d.set_env(&[
+        ("BURROW_PAUSE", "net_files.before_write"),
+        ("BURROW_PAUSE_FILE", pause.to_str().unwrap()),
+    ]);
+    d.kill9();
+    d.restart();
+    let c = d.client();
+    let name = unique_name("nowake");
+    c.create_sandbox(&req(&name, 0, 0)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pause.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the CA install never reached its pause point"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.sandbox_action(&name, "sleep").await.unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    // The install ends (bounded) and says why it stopped.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d
+        .log_text()
+        .contains("sandbox no longer running; network files not installed")
+    {
+        assert!(Instant::now() < deadline, "the install never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        c.get_sandbox(&name).await.unwrap().status,
+        SandboxStatus::Sleeping
+    );
+    // Control: a request does wake it, and the probe sees that.
+    assert_eq!(echo(&c, &name, "up").await, "up\n");
+    assert_eq!(c.get_sandbox(&name).await.unwrap().status, SandboxStatus::Running);
+}
