@@ -1585,6 +1585,9 @@ impl Manager {
 
     /// Destroys every sandbox and releases the pool (for ephemeral test daemons).
     pub async fn destroy_all(&self) -> Result<()> {
+        // No pre-started sandbox may be in the making while the rest go (it would be left
+        // running with nothing that knows of it).
+        self.prestart.close().await;
         for rec in self.store.all_sandboxes()? {
             if let Err(e) = self.teardown(&rec).await {
                 tracing::warn!(sandbox = %rec.name, error = %chain(&e), "teardown");

@@ -59,6 +59,10 @@ pub(crate) struct Prestart {
     maxima: HashMap<EngineKind, usize>,
     inner: Mutex<Inner>,
     wake: tokio::sync::Notify,
+    /// Held by the loop while it makes a sandbox; `close` takes it to wait for that one.
+    making: tokio::sync::Mutex<()>,
+    /// Set once the daemon is going away: the loop makes no more.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -81,7 +85,27 @@ impl Prestart {
             maxima,
             inner: Mutex::new(Inner::default()),
             wake: tokio::sync::Notify::new(),
+            making: tokio::sync::Mutex::new(()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Stops the loop for good and waits (at most a minute: a make may wait for an image's
+    /// import) until the sandbox it was making, if any, is made: after this, every
+    /// pre-started sandbox is in the store.
+    pub(crate) async fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+        if tokio::time::timeout(Duration::from_secs(60), self.making.lock())
+            .await
+            .is_err()
+        {
+            tracing::warn!("a pre-started sandbox still in the making after a minute; not waiting");
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The base size of `engine`'s pools.
@@ -528,7 +552,13 @@ impl Manager {
                 continue;
             };
             let image = key.1.clone();
-            match self.make_prestarted(key).await {
+            let making = self.prestart.making.lock().await;
+            if self.prestart.is_closed() {
+                return;
+            }
+            let made = self.make_prestarted(key).await;
+            drop(making);
+            match made {
                 Ok(()) => backoff = Duration::from_secs(1),
                 Err(e) => {
                     tracing::warn!(image, error = %crate::error::chain(&e), ?backoff, "could not pre-start a sandbox");
