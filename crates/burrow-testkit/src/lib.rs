@@ -388,6 +388,32 @@ impl Daemon {
         self.spawn();
     }
 
+    /// Restarts the daemon so that the operation reaching pause point `point`
+    /// (`burrow_core::fault::pause`) waits there; returns the file whose existence says it
+    /// is waiting and whose removal lets it go on (see [`Daemon::wait_paused`]).
+    pub fn pause_at(&self, point: &str) -> PathBuf {
+        let pause = self.data_dir.parent().unwrap().join("pause");
+        self.set_env(&[
+            ("BURROW_PAUSE", point),
+            ("BURROW_PAUSE_FILE", pause.to_str().unwrap()),
+        ]);
+        self.kill9();
+        self.restart();
+        pause
+    }
+
+    /// Waits (bounded, 30 s) until an operation waits at the pause point of `pause`.
+    pub async fn wait_paused(&self, pause: &Path, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !pause.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} never reached its pause point"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Host pid of the daemon.
     pub fn pid(&self) -> u32 {
         self.child.lock().unwrap().as_ref().expect("running").id()

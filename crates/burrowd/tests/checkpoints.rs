@@ -664,13 +664,7 @@ async fn kill9_mid_restore_of_a_stopped_sandbox_keeps_it_stopped() {
 #[tokio::test(flavor = "multi_thread")]
 async fn second_restore_while_one_runs_is_409() {
     let d = Daemon::start();
-    let pause = d.data_dir.parent().unwrap().join("pause");
-    d.set_env(&[
-        ("BURROW_PAUSE", "restore.after_stop"),
-        ("BURROW_PAUSE_FILE", pause.to_str().unwrap()),
-    ]);
-    d.kill9();
-    d.restart();
+    let pause = d.pause_at("restore.after_stop");
     let c = d.client();
     let name = unique_name("twice");
     c.create_sandbox(&req(&name)).await.unwrap();
@@ -680,14 +674,7 @@ async fn second_restore_while_one_runs_is_409() {
         tokio::spawn(async move { restore(&c, &name, &cp).await })
     };
     // Wait (bounded) until the first restore is provably in progress.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !pause.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "first restore never reached its pause point"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    d.wait_paused(&pause, "the first restore").await;
     let e = restore(&c, &name, &cp).await.unwrap_err();
     assert_eq!(e.status(), Some(409), "{e}");
     std::fs::remove_file(&pause).unwrap();

@@ -287,24 +287,11 @@ async fn restoring_a_sleeping_burrow_counts_as_activity() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemons_own_work_never_wakes_a_sleeping_sandbox() {
     let d = Daemon::start();
-    let pause = d.data_dir.parent().unwrap().join("pause");
-    d.set_env(&[
-        ("BURROW_PAUSE", "net_files.before_write"),
-        ("BURROW_PAUSE_FILE", pause.to_str().unwrap()),
-    ]);
-    d.kill9();
-    d.restart();
+    let pause = d.pause_at("net_files.before_write");
     let c = d.client();
     let name = unique_name("nowake");
     c.create_sandbox(&req(&name, 0, 0)).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !pause.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the CA install never reached its pause point"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    d.wait_paused(&pause, "the CA install").await;
     c.sandbox_action(&name, "sleep").await.unwrap();
     std::fs::remove_file(&pause).unwrap();
     // The install ends (bounded) and says why it stopped.
