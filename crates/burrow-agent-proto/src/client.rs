@@ -197,6 +197,15 @@ mod tests {
         async fn sync_fs(&self, _: Request<v1::SyncFsRequest>) -> Result<Response<v1::SyncFsReply>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        async fn quiesce(
+            &self,
+            _: Request<v1::QuiesceRequest>,
+        ) -> Result<Response<v1::QuiesceReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn reexec(&self, _: Request<v1::ReexecRequest>) -> Result<Response<v1::ReexecReply>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
         async fn grow_fs(&self, _: Request<v1::GrowFsRequest>) -> Result<Response<v1::GrowFsReply>, Status> {
             Err(Status::unimplemented("fake"))
         }

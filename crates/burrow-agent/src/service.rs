@@ -17,6 +17,7 @@ use burrow_agent_proto::v1::{
     ListDirRequest, ReadArchiveRequest, ReadFileRequest, RemoveReply, RemoveRequest, RenameReply,
     RenameRequest, WriteArchiveInput, WriteArchiveReply, WriteFileInput, WriteFileReply,
 };
+use burrow_agent_proto::v1::{QuiesceReply, QuiesceRequest, ReexecReply, ReexecRequest};
 use burrow_agent_proto::{Agent, PROTOCOL_VERSION};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -311,6 +312,27 @@ impl Agent for AgentService {
             e => Status::internal(format!("setting the clock: {e}")),
         })?;
         Ok(Response::new(SetClockReply { skew_nanos: skew }))
+    }
+
+    async fn quiesce(&self, _: Request<QuiesceRequest>) -> Result<Response<QuiesceReply>, Status> {
+        let all_gone = self.shutdown.quiesce().await;
+        Ok(Response::new(QuiesceReply { all_gone }))
+    }
+
+    async fn reexec(&self, request: Request<ReexecRequest>) -> Result<Response<ReexecReply>, Status> {
+        if !self.shutdown.is_quiesced() {
+            return Err(Status::failed_precondition(
+                "the agent re-executes only after a quiesce (every process ended)",
+            ));
+        }
+        if std::process::id() != 1 || !crate::sys::serves_inherited_socket() {
+            return Err(Status::failed_precondition(
+                "only a container's agent (PID 1 of its sandbox) re-executes itself",
+            ));
+        }
+        let hostname = request.into_inner().hostname;
+        let err = crate::sys::reexec(&hostname);
+        Err(Status::internal(format!("re-executing the agent: {err}")))
     }
 
     async fn shutdown(&self, request: Request<ShutdownRequest>) -> Result<Response<ShutdownReply>, Status> {

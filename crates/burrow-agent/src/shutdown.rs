@@ -1,5 +1,6 @@
 //! Graceful shutdown of the whole sandbox (SIGTERM to the agent or the `Shutdown` RPC):
-//! TERM every process, wait up to a grace period, KILL what is left, `sync()`.
+//! TERM every process, wait up to a grace period, KILL what is left, `sync()`. And its
+//! sibling for a root swap (`Quiesce`): KILL every process, refuse new work, stay up.
 //!
 //! As PID 1 of its own pid namespace (or a VM's init) the agent signals everything with
 //! `kill(-1)`. Anywhere else (tests on the host) it must only touch the process groups of
@@ -26,6 +27,8 @@ const KILL_WAIT: Duration = Duration::from_secs(1);
 pub struct Shutdown {
     reaper: Arc<Reaper>,
     started: AtomicBool,
+    /// Set by [`Shutdown::quiesce`].
+    quiesced: AtomicBool,
     running: Mutex<bool>,
     done: watch::Sender<bool>,
 }
@@ -36,6 +39,7 @@ impl Shutdown {
         Arc::new(Self {
             reaper,
             started: AtomicBool::new(false),
+            quiesced: AtomicBool::new(false),
             running: Mutex::new(false),
             done,
         })
@@ -67,6 +71,28 @@ impl Shutdown {
         sys::sync();
         *finished = true;
         let _ = self.done.send(true);
+    }
+
+    /// Ends every process but the agent at once (KILL, no grace) and refuses new work from
+    /// then on, without exiting: the host replaces the sandbox's root next and then has the
+    /// agent re-exec itself. `true` if they all are gone (and reaped) within [`KILL_WAIT`].
+    pub async fn quiesce(&self) -> bool {
+        self.started.store(true, Ordering::SeqCst);
+        self.quiesced.store(true, Ordering::SeqCst);
+        let pid1 = std::process::id() == 1;
+        self.signal_all(pid1, libc::SIGKILL);
+        let gone = self.wait_all_gone(pid1, KILL_WAIT).await;
+        if !gone {
+            // One forked between the signal and the wait: once more.
+            self.signal_all(pid1, libc::SIGKILL);
+            return self.wait_all_gone(pid1, KILL_WAIT).await;
+        }
+        gone
+    }
+
+    /// Whether [`Self::quiesce`] ran: only then may the agent re-exec itself.
+    pub fn is_quiesced(&self) -> bool {
+        self.quiesced.load(Ordering::SeqCst)
     }
 
     fn signal_all(&self, pid1: bool, signal: i32) {

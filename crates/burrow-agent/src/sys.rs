@@ -171,6 +171,77 @@ pub fn set_child_subreaper() -> io::Result<()> {
     }
 }
 
+/// The fds the agent was handed and keeps for its whole life (its listening socket, the
+/// payload cgroup's `cgroup.procs`): a re-exec ([`reexec`]) hands them on, by number.
+static KEPT_FDS: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether the agent serves on a socket it was handed (a container's agent; a VM's serves
+/// on its virtio port and never re-executes).
+pub fn serves_inherited_socket() -> bool {
+    !KEPT_FDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .is_empty()
+}
+
+fn keep_fd(fd: RawFd) {
+    KEPT_FDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(fd);
+}
+
+/// Replaces the agent with a fresh copy of its binary, same arguments, same environment
+/// but HOSTNAME (when `hostname` is not empty), handing on only the fds it was started
+/// with (stdio, [`KEPT_FDS`]): every other fd is close-on-exec. Returns only on failure.
+pub fn reexec(hostname: &str) -> io::Error {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    for &fd in KEPT_FDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+    {
+        // SAFETY: F_SETFD on an fd this process owns for its whole life; flags only.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } != 0 {
+            return io::Error::last_os_error();
+        }
+    }
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let build = || -> io::Result<(Vec<CString>, Vec<CString>)> {
+        let argv = std::env::args_os()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut envp = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            if k == "HOSTNAME" && !hostname.is_empty() {
+                continue;
+            }
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            envp.push(cstr(&kv)?);
+        }
+        if !hostname.is_empty() {
+            envp.push(cstr(format!("HOSTNAME={hostname}").as_bytes())?);
+        }
+        Ok((argv, envp))
+    };
+    let (argv, envp) = match build() {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let exe = c"/proc/self/exe";
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+    // SAFETY: every pointer is to a NUL-terminated string that lives until the call, both
+    // arrays end with NULL; execve returns only on failure.
+    unsafe { libc::execve(exe.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
+    io::Error::last_os_error()
+}
+
 /// Takes ownership of an inherited, already listening unix socket (`--listen-fd`).
 ///
 /// Verifies it really is a listening socket and marks it close-on-exec so that no
@@ -196,6 +267,7 @@ pub fn adopt_listener(fd: RawFd) -> io::Result<std::os::unix::net::UnixListener>
     // SAFETY: the fd is open (checked above), was handed to us by our parent for our
     // exclusive use, and nothing else in this process owns it.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    keep_fd(fd);
     let listener = std::os::unix::net::UnixListener::from(owned);
     listener.set_nonblocking(true)?;
     Ok(listener)
@@ -222,6 +294,7 @@ pub fn adopt_file_fd(fd: RawFd) -> io::Result<OwnedFd> {
         ));
     }
     fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    keep_fd(fd);
     // SAFETY: the fd is open (checked above), was handed to us by our parent for our
     // exclusive use, and nothing else in this process owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

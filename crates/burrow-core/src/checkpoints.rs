@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use burrow_api::{Checkpoint, CheckpointId, RestoreResult, SandboxStatus};
 
 use crate::CoreError;
+use crate::error::chain;
 use crate::manager::{Manager, blocking};
 use crate::state::{Action, transition};
 use crate::store::{CheckpointRecord, Intent, SandboxRecord};
@@ -56,7 +57,7 @@ impl Manager {
             .join(CheckpointId(seq).to_string())
     }
 
-    fn checkpoint_record(&self, rec: &SandboxRecord, id: &str) -> Result<CheckpointRecord> {
+    pub(crate) fn checkpoint_record(&self, rec: &SandboxRecord, id: &str) -> Result<CheckpointRecord> {
         let cid = CheckpointId::parse(id).map_err(|e| CoreError::BadRequest(e.to_string()))?;
         self.store
             .checkpoints(Some(&rec.id))?
@@ -335,24 +336,46 @@ impl Manager {
             .await?;
         crate::fault::point("restore.after_backup");
         // 2. Stop every process at once: their disk is about to be replaced, so there is
-        //    nothing to shut down gracefully for. Sessions learn why.
+        //    nothing to shut down gracefully for. Sessions learn why. A running container
+        //    keeps running with only its agent (the root is swapped under it below);
+        //    anything else, or an agent that cannot, is stopped.
         self.set_end_reason(
             &rec.id,
             format!("sandbox '{}' is being restored to {id}", rec.name),
         );
-        self.kill(&rec).await?;
+        let mut in_place = self.can_reroot(&rec);
+        if in_place && let Err(e) = self.quiesce(&rec).await {
+            tracing::info!(sandbox = %rec.name, error = %chain(&e), "restore: stopping the sandbox instead");
+            in_place = false;
+        }
+        if !in_place {
+            self.kill(&rec).await?;
+        }
         crate::fault::pause("restore.after_stop").await;
         transition(&mut rec, Action::Stop)?;
-        // 3. Swap volumes: the new one is made aside, then two renames put it in place.
+        // 3. Swap volumes: the new one is made aside, then two renames put it in place (a
+        //    quiesced sandbox gets it as its root in between).
         let pool = self.pool.clone();
         let live = pool.sandbox_path(&rec.id);
+        let new = live.with_extension("new");
         let src = self.checkpoint_path(&rec.id, target.seq);
+        {
+            let (pool, new) = (pool.clone(), new.clone());
+            blocking(move || {
+                pool.delete_volume(&new)?;
+                pool.snapshot(&src, &new, false)?;
+                Ok(())
+            })
+            .await?;
+        }
+        crate::fault::point("restore.before_swap");
+        if in_place && let Err(e) = self.replace_root(&rec, new.clone()).await {
+            tracing::warn!(sandbox = %rec.name, error = %chain(&e), "restore: replacing the root in place failed; restarting the sandbox");
+            in_place = false;
+            self.kill(&rec).await?;
+        }
         blocking(move || {
-            let new = live.with_extension("new");
             let old = live.with_extension("old");
-            pool.delete_volume(&new)?;
-            pool.snapshot(&src, &new, false)?;
-            crate::fault::point("restore.before_swap");
             rename(&live, &old)?;
             crate::fault::point("restore.mid_swap");
             rename(&new, &live)?;
@@ -366,7 +389,19 @@ impl Manager {
         rec.notice = None;
         if was_running {
             transition(&mut rec, Action::Start)?;
-            self.boot_or_fail(&mut rec).await?;
+            let mut up = false;
+            if in_place {
+                match self.restart_agent(&rec).await {
+                    Ok(()) => up = true,
+                    Err(e) => {
+                        tracing::warn!(sandbox = %rec.name, error = %chain(&e), "restore: the agent did not come back; restarting the sandbox");
+                        self.kill(&rec).await?;
+                    }
+                }
+            }
+            if !up {
+                self.boot_or_fail(&mut rec).await?;
+            }
             // A restore is activity: a sandbox restored while asleep is awake now and gets
             // its whole idle timeout, like after any wake.
             self.runtime(&rec.id).set_sleep(None);
@@ -415,6 +450,11 @@ impl Manager {
             else {
                 continue;
             };
+            // A restore in place leaves the sandbox running (quiesced, maybe on the new
+            // volume already): it is stopped, and runs again on whichever state is kept.
+            if let Err(e) = self.kill(&rec).await {
+                tracing::debug!(sandbox = %rec.name, error = %chain(&e), "stopping a sandbox whose restore was interrupted");
+            }
             let pool = self.pool.clone();
             let live = pool.sandbox_path(&rec.id);
             let (new, old) = (live.with_extension("new"), live.with_extension("old"));

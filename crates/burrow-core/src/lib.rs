@@ -24,6 +24,7 @@ mod manager;
 pub mod network;
 pub mod oci;
 mod prestart;
+mod reroot;
 mod runtime;
 pub mod services;
 mod sessions;

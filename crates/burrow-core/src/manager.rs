@@ -580,10 +580,41 @@ impl Manager {
             let image = req.image.clone().unwrap_or_else(|| "base".to_owned());
             let mut env = self.images.config(&image).env;
             env.extend(req.env.clone());
-            if let Some(sb) = self
-                .claim_prestarted(&name, engine, &image, &config, env, req.labels.clone())
-                .await?
-            {
+            let asked = crate::prestart::Asked {
+                name: &name,
+                config: &config,
+                env,
+                labels: req.labels.clone(),
+                fork: None,
+            };
+            if let Some(sb) = self.claim_prestarted(engine, &image, &asked).await? {
+                return Ok(sb);
+            }
+        }
+        // A fork of a container's disk may too: the copy goes under a pre-started sandbox of
+        // its source's image as its root, in place (`reroot.rs`).
+        if let (Some((src, cp)), Some(from)) = (&fork_src, &req.from)
+            && !from.memory
+            && engine == EngineKind::Container
+            && layer.is_none()
+            && !req.labels.contains_key(INTERNAL_LABEL)
+            && self.prestart_fits(engine, &config)
+        {
+            if let Some(cp) = cp {
+                self.checkpoint_record(src, cp)?;
+            }
+            let asked = crate::prestart::Asked {
+                name: &name,
+                config: &config,
+                env: req.env.clone(),
+                labels: req.labels.clone(),
+                fork: Some(crate::prestart::PoolFork {
+                    src,
+                    checkpoint: cp.as_deref(),
+                    parent: from.clone(),
+                }),
+            };
+            if let Some(sb) = self.claim_prestarted(engine, &src.image, &asked).await? {
                 return Ok(sb);
             }
         }
@@ -862,6 +893,12 @@ impl Manager {
         }
     }
 
+    /// Connects to an agent that was just (re)started in the running sandbox `rec`, waiting
+    /// for it to come up like after a boot.
+    pub(crate) async fn connect_fresh_agent(&self, rec: &SandboxRecord) -> Result<()> {
+        self.connect_agent(rec, Connect::Boot).await.map(drop)
+    }
+
     /// Connects to the agent of `rec`, one connect at a time per sandbox; `why` says what
     /// the agent is doing (on its way up, resumed, or serving already).
     async fn connect_agent(&self, rec: &SandboxRecord, why: Connect) -> Result<AgentClient<Channel>> {
@@ -995,7 +1032,13 @@ impl Manager {
         blocking(move || Ok(stopped.stop(&sid, Duration::ZERO)?)).await?;
         self.net_detach(&id).await;
         blocking(move || {
-            pool.delete_volume(&pool.sandbox_path(&id))?;
+            let live = pool.sandbox_path(&id);
+            pool.delete_volume(&live)?;
+            // What a swap of volumes (a restore, a fork into a pre-started sandbox) that a
+            // crash interrupted left beside it.
+            for extension in ["new", "old"] {
+                pool.delete_volume(&live.with_extension(extension))?;
+            }
             match std::fs::remove_dir_all(&run_dir) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

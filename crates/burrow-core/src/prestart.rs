@@ -46,6 +46,24 @@ pub(crate) fn is_prestarted(rec: &SandboxRecord) -> bool {
     rec.labels.get(INTERNAL_LABEL).is_some_and(|v| v == PRESTART)
 }
 
+/// What a create asks a pre-started sandbox to become.
+pub(crate) struct Asked<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) config: &'a SandboxConfig,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
+    /// A fork: of what.
+    pub(crate) fork: Option<PoolFork<'a>>,
+}
+
+/// What a pre-started sandbox becomes when a create is a fork: its source (and the
+/// checkpoint of it, if any), and the record's `parent`.
+pub(crate) struct PoolFork<'a> {
+    pub(crate) src: &'a SandboxRecord,
+    pub(crate) checkpoint: Option<&'a str>,
+    pub(crate) parent: burrow_api::ForkSource,
+}
+
 /// What a pool is kept for: an engine and an image.
 type Key = (EngineKind, String);
 
@@ -301,12 +319,9 @@ impl Manager {
     /// ready (the caller creates one the usual way). The pool is told of the demand either way.
     pub(crate) async fn claim_prestarted(
         &self,
-        name: &str,
         engine: EngineKind,
         image: &str,
-        config: &SandboxConfig,
-        env: BTreeMap<String, String>,
-        labels: BTreeMap<String, String>,
+        asked: &Asked<'_>,
     ) -> Result<Option<Sandbox>> {
         // Only images that exist are wanted (a create of an unknown one fails as usual).
         if self.store.image(image)?.is_none() {
@@ -324,7 +339,7 @@ impl Manager {
                 self.prestart.missed(&key);
                 return Ok(None);
             };
-            if let Some(sb) = self.reassign(&id, name, config, &env, &labels).await? {
+            if let Some(sb) = self.reassign(&id, asked).await? {
                 return Ok(Some(sb));
             }
         }
@@ -332,14 +347,9 @@ impl Manager {
 
     /// Makes pre-started sandbox `id` the sandbox `name`; `Ok(None)` if it cannot serve (it
     /// is discarded).
-    async fn reassign(
-        &self,
-        id: &str,
-        name: &str,
-        config: &SandboxConfig,
-        env: &BTreeMap<String, String>,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<Option<Sandbox>> {
+    async fn reassign(&self, id: &str, asked: &Asked<'_>) -> Result<Option<Sandbox>> {
+        let (name, config, env, labels) = (asked.name, asked.config, &asked.env, &asked.labels);
+        let fork = asked.fork.as_ref();
         let lock = self.op_lock(id);
         let _guard = lock.lock().await;
         let Some(mut rec) = self.store.sandbox_by_id(id)? else {
@@ -354,6 +364,22 @@ impl Manager {
             self.discard_prestarted_in_background(id.to_owned());
             return Ok(None);
         }
+        let t = Instant::now();
+        // A fork: the source's disk goes under it first, its agent restarts on it.
+        if let Some(fork) = fork {
+            rec.name = name.to_owned();
+            if let Err(e) = self.put_fork_under(&rec, fork).await {
+                tracing::warn!(id, error = %crate::error::chain(&e), "a pre-started sandbox did not become a fork; discarded");
+                self.discard_prestarted_in_background(id.to_owned());
+                // The source's own faults (a checkpoint gone meanwhile) are the caller's.
+                return match e {
+                    CoreError::NotFound { .. } | CoreError::Conflict(_) => Err(e),
+                    _ => Ok(None),
+                };
+            }
+            rec.image = fork.src.image.clone();
+            rec.parent = Some(fork.parent.clone());
+        }
         let engine = self.engine(&rec)?;
         let resources = burrow_engine::Resources {
             cpus: config.cpus,
@@ -361,7 +387,6 @@ impl Manager {
             pids: rec.config.pids,
         };
         let (eid, run_dir, hostname) = (id.to_owned(), self.run_dir(id), name.to_owned());
-        let t = Instant::now();
         match blocking(move || Ok(engine.reassign(&eid, &run_dir, &hostname, &resources)?)).await {
             Ok(true) => {}
             Ok(false) => {
@@ -382,7 +407,7 @@ impl Manager {
             self.discard_prestarted_in_background(id.to_owned());
             return Ok(None);
         }
-        let disk_changed = rec.config.disk_gb != config.disk_gb;
+        let disk_changed = rec.config.disk_gb != config.disk_gb || fork.is_some();
         let now = now_rfc3339();
         rec.name = name.to_owned();
         rec.config = config.clone();
@@ -405,13 +430,51 @@ impl Manager {
             });
         }
         self.runtime(id).touch();
-        tracing::info!(sandbox = %rec.name, id, ms = t.elapsed().as_secs_f64() * 1e3, "created (pre-started)");
+        tracing::info!(sandbox = %rec.name, id, fork = fork.is_some(), ms = t.elapsed().as_secs_f64() * 1e3, "created (pre-started)");
+        if fork.is_some() {
+            // The fork's own CA into its trust store (the disk has its source's), off the
+            // create's path, as after any fork.
+            if let Some(me) = self.me() {
+                let rec = rec.clone();
+                tokio::spawn(
+                    crate::manager::NO_WAKE.scope((), async move { me.install_net_files(&rec).await }),
+                );
+            }
+        }
         self.events.emit(
             &rec.name,
             "created",
-            serde_json::json!({"id": rec.id, "parent": null}),
+            serde_json::json!({"id": rec.id, "parent": rec.parent}),
         );
         Ok(Some(self.view(&rec)))
+    }
+
+    /// Puts the disk of `fork` under pre-started sandbox `rec` (already given its new name)
+    /// as its root, in place, and restarts its agent on it: the fork's processes start
+    /// from the copy, as after a boot, without one.
+    async fn put_fork_under(&self, rec: &SandboxRecord, fork: &PoolFork<'_>) -> Result<()> {
+        let live = self.pool.sandbox_path(&rec.id);
+        let new = live.with_extension("new");
+        {
+            let (pool, new) = (self.pool.clone(), new.clone());
+            blocking(move || Ok(pool.delete_volume(&new)?)).await?;
+        }
+        self.snapshot_fork_source(fork.src, fork.checkpoint, new.clone(), false)
+            .await?;
+        crate::fault::point("prestart.fork_snapshot");
+        self.quiesce(rec).await?;
+        self.replace_root(rec, new.clone()).await?;
+        let pool = self.pool.clone();
+        blocking(move || {
+            let old = live.with_extension("old");
+            std::fs::rename(&live, &old)
+                .and_then(|()| std::fs::rename(&new, &live))
+                .map_err(|e| CoreError::Internal(format!("putting the fork's volume in place: {e}")))?;
+            pool.delete_volume(&old)?;
+            Ok(())
+        })
+        .await?;
+        self.restart_agent(rec).await
     }
 
     /// Tells the guest of VM `rec` its new hostname, with fresh randomness (bounded: 10 s).

@@ -319,7 +319,7 @@ impl Store {
         self.with(|c| {
             let res = c.execute(
                 "UPDATE sandboxes SET name=?2, created_at=?3, updated_at=?4, last_active_at=?5, config=?6, \
-                 env=?7, labels=?8 WHERE id=?1",
+                 env=?7, labels=?8, image=?9, parent=?10 WHERE id=?1",
                 params![
                     r.id,
                     r.name,
@@ -329,6 +329,8 @@ impl Store {
                     to_json(&r.config),
                     to_json(&r.env),
                     to_json(&r.labels),
+                    r.image,
+                    r.parent.as_ref().map(to_json),
                 ],
             );
             unique(res)

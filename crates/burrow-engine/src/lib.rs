@@ -277,6 +277,18 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
         let _ = (id, run_dir, hostname, resources);
         Ok(false)
     }
+    /// Puts the tree at `new_root` under the running sandbox `id` as its root filesystem,
+    /// in place: the mounts the engine made (`/proc`, `/dev`, the agent's, ...) move over,
+    /// the old root is detached. The caller has had the agent end every other process
+    /// first (`Quiesce`) and has it re-execute itself after (`Reexec`). `Unsupported` where
+    /// the engine cannot (the caller restarts the sandbox on the new root instead).
+    fn replace_root(&self, id: &str, new_root: &std::path::Path) -> Result<()> {
+        let _ = (id, new_root);
+        Err(EngineError::Unsupported {
+            engine: self.kind().as_str(),
+            op: "replace_root",
+        })
+    }
     /// How long the agent may take to answer after `start` (a VM boots a kernel first).
     fn ready_timeout(&self) -> Duration {
         Duration::from_secs(15)

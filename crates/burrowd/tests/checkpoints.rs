@@ -124,6 +124,97 @@ async fn restore_brings_back_the_checkpoint_and_keeps_the_replaced_state() {
     c.delete_sandbox(&name).await.unwrap();
 }
 
+/// The start time of the sandbox's PID 1 (its agent), which an exec keeps and a restart
+/// changes.
+async fn init_started(c: &Client, name: &str) -> String {
+    sh_ok(c, name, "cut -d' ' -f22 /proc/1/stat").await
+}
+
+/// A running container's restore puts the checkpoint under it in place: no new container
+/// (its init is the same process: the agent re-executed itself), every process of before
+/// gone, and the sandbox's mounts exactly as a boot makes them, none shared with the host,
+/// nothing of the swap left in sight. The control: a stop and start is seen as a restart by
+/// the same probe.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_swaps_the_root_under_the_running_sandbox() {
+    let c = shared().client();
+    let name = unique_name("inplace");
+    c.create_sandbox(&CreateSandbox {
+        memory_mb: Some(300),
+        ..req(&name)
+    })
+    .await
+    .unwrap();
+    // What a boot gives it: the mount points and what lxcfs says of its memory.
+    let mounts = "awk '{print $5}' /proc/self/mountinfo | sort";
+    let booted = sh_ok(&c, &name, mounts).await;
+    let meminfo = "awk '/MemTotal/ {print $2}' /proc/meminfo";
+    let mem = sh_ok(&c, &name, meminfo).await;
+    sh_ok(&c, &name, "echo before > /root/data").await;
+    let v0 = checkpoint(&c, &name, "").await;
+    sh_ok(&c, &name, "echo after > /root/data").await;
+    let pid = sh_ok(
+        &c,
+        &name,
+        "setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!",
+    )
+    .await;
+    let init = init_started(&c, &name).await;
+
+    restore(&c, &name, &v0).await.unwrap();
+    assert_eq!(sh_ok(&c, &name, "cat /root/data").await, "before\n");
+    assert_eq!(
+        init_started(&c, &name).await,
+        init,
+        "the sandbox was restarted, not restored in place"
+    );
+    assert_eq!(
+        sh_ok(
+            &c,
+            &name,
+            &format!("kill -0 {} 2>/dev/null || echo gone", pid.trim())
+        )
+        .await,
+        "gone\n",
+        "a process of the replaced state survived the restore"
+    );
+    assert_eq!(
+        sh_ok(&c, &name, mounts).await,
+        booted,
+        "the mounts differ from a boot's"
+    );
+    assert_eq!(sh_ok(&c, &name, meminfo).await, mem);
+    // No mount propagates to or from the host's (the control: the host's own tree has
+    // shared mounts, so the probe finds them where they are).
+    let shared_mounts = "grep -c ' shared:' /proc/self/mountinfo || true";
+    assert_eq!(sh_ok(&c, &name, shared_mounts).await, "0\n");
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        host.contains(" shared:"),
+        "the host has no shared mount: the probe proves nothing"
+    );
+    assert_eq!(
+        sh_ok(&c, &name, "ls -a / | grep -c newroot || true").await,
+        "0\n",
+        "the swap's mount point is in sight"
+    );
+    // Everything works as after a boot: a file written, a process started, the hostname.
+    assert_eq!(
+        sh_ok(&c, &name, "echo x > /root/y && cat /root/y && hostname").await,
+        format!("x\n{name}\n")
+    );
+
+    // The control: a stop and a start is a new init.
+    c.sandbox_action(&name, "stop").await.unwrap();
+    c.sandbox_action(&name, "start").await.unwrap();
+    assert_ne!(
+        init_started(&c, &name).await,
+        init,
+        "the probe does not see a restart"
+    );
+    c.delete_sandbox(&name).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn checkpoint_during_heavy_writes_restores_a_prefix_without_torn_lines() {
     let c = shared().client();

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use burrow_api::{CreateSandbox, EngineKind, ExecRequest, PrestartInfo, SandboxName};
+use burrow_api::{CreateSandbox, EngineKind, ExecRequest, ForkSource, PrestartInfo, SandboxName};
 use burrow_testkit::burrow_client::Client;
 use burrow_testkit::{Daemon, raw_unix, unique_name};
 
@@ -397,6 +397,160 @@ async fn a_crash_while_a_create_takes_one_loses_nothing() {
     c.create_sandbox(&req).await.unwrap();
     assert!(from_pool(&d, &name));
     assert_eq!(sh(&c, &name, "hostname").await, name);
+}
+
+fn fork_req(name: &str, src: &str, checkpoint: Option<&str>) -> CreateSandbox {
+    CreateSandbox {
+        name: SandboxName::parse(name).unwrap(),
+        from: Some(ForkSource {
+            sandbox: SandboxName::parse(src).unwrap(),
+            checkpoint: checkpoint.map(str::to_owned),
+            memory: false,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Volumes in the pool's sandbox directory whose names are not a sandbox id: what a swap of
+/// volumes left behind.
+fn stray_volumes(d: &Daemon) -> Vec<String> {
+    std::fs::read_dir(d.data_dir.join("pool/sandboxes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains('.'))
+        .collect()
+}
+
+/// A fork of a container takes a pre-started sandbox too: its source's disk (live state or
+/// checkpoint) goes under it as its root, and it is the fork in every way a booted one is.
+/// The control: a fork the pool cannot serve (a pids limit of its own) boots as usual and
+/// sees the same disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_takes_a_prestarted_sandbox_and_runs_on_its_sources_disk() {
+    let d = Daemon::start_with(&["--prestart", "1"]);
+    let c = d.client();
+    let src = unique_name("src");
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&src).unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    sh(&c, &src, "echo checkpointed > /root/state").await;
+    let cp: serde_json::Value = c
+        .request_json(
+            burrow_testkit::burrow_client::Method::POST,
+            &format!("/v1/sandboxes/{src}/checkpoints"),
+            Some(&serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    let v0 = cp["id"].as_str().unwrap().to_owned();
+    sh(&c, &src, "echo live > /root/state").await;
+
+    wait_pool(&c, "one ready", |p| p.ready == 1).await;
+    let fork = unique_name("fork");
+    let sb = c.create_sandbox(&fork_req(&fork, &src, None)).await.unwrap();
+    assert!(from_pool(&d, &fork), "the fork was served from the pool");
+    assert_eq!(sb.parent.as_ref().map(|p| p.sandbox.as_str()), Some(src.as_str()));
+    let seen = sh(
+        &c,
+        &fork,
+        "cat /root/state; hostname; cat /etc/hostname; echo $HOSTNAME; grep -c \"$(hostname)\" /etc/hosts",
+    )
+    .await;
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        ["live", &fork, &fork, &fork, "2"],
+        "{seen}"
+    );
+    // A copy: what one writes the other does not see.
+    sh(&c, &fork, "echo forked > /root/state").await;
+    assert_eq!(sh(&c, &src, "cat /root/state").await, "live");
+    assert_eq!(
+        c.get_sandbox(&fork).await.unwrap().image,
+        c.get_sandbox(&src).await.unwrap().image
+    );
+
+    // From a checkpoint, once the pool has refilled.
+    wait_pool(&c, "refilled", |p| p.ready >= 1).await;
+    let from_cp = unique_name("fork-cp");
+    c.create_sandbox(&fork_req(&from_cp, &src, Some(&v0)))
+        .await
+        .unwrap();
+    assert!(
+        from_pool(&d, &from_cp),
+        "the checkpoint fork was served from the pool"
+    );
+    assert_eq!(sh(&c, &from_cp, "cat /root/state").await, "checkpointed");
+
+    // The control.
+    let own = unique_name("fork-own");
+    c.create_sandbox(&CreateSandbox {
+        pids: Some(256),
+        ..fork_req(&own, &src, None)
+    })
+    .await
+    .unwrap();
+    assert!(
+        !from_pool(&d, &own),
+        "a pids limit of its own is not served from the pool"
+    );
+    assert_eq!(
+        sh(&c, &own, "cat /root/state; hostname").await,
+        format!("live\n{own}")
+    );
+    // A checkpoint that does not exist is refused as always, pool or not.
+    let e = c
+        .create_sandbox(&fork_req(&unique_name("nope"), &src, Some("v9")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e}");
+    assert!(stray_volumes(&d).is_empty(), "{:?}", stray_volumes(&d));
+}
+
+/// A daemon killed while a fork takes a pre-started sandbox leaves no fork, no stray volume,
+/// and the source as it was; the same fork then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_a_fork_takes_one_loses_nothing() {
+    let d = Daemon::start_with(&["--prestart", "1"]);
+    let c = d.client();
+    let src = unique_name("src");
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&src).unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    sh(&c, &src, "echo mine > /root/state").await;
+    d.set_env(&[("BURROW_FAULT", "prestart.fork_snapshot")]);
+    d.kill9();
+    d.restart();
+    wait_pool(&c, "one ready", |p| p.ready == 1).await;
+    let fork = unique_name("fork");
+    assert!(
+        c.create_sandbox(&fork_req(&fork, &src, None)).await.is_err(),
+        "the daemon died mid-fork"
+    );
+    assert!(
+        d.wait_exit().is_some_and(|s| !s.success()),
+        "it aborted at the fault point"
+    );
+    assert!(d.log_text().contains("aborting at prestart.fork_snapshot"));
+
+    d.set_env(&[]);
+    d.restart();
+    wait_pool(&c, "one ready after the restart", |p| p.ready == 1).await;
+    assert_eq!(c.get_sandbox(&fork).await.unwrap_err().status(), Some(404));
+    assert!(stray_volumes(&d).is_empty(), "{:?}", stray_volumes(&d));
+    assert_eq!(sh(&c, &src, "cat /root/state").await, "mine");
+    c.create_sandbox(&fork_req(&fork, &src, None)).await.unwrap();
+    assert!(from_pool(&d, &fork));
+    assert_eq!(
+        sh(&c, &fork, "cat /root/state; hostname").await,
+        format!("mine\n{fork}")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

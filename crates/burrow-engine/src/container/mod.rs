@@ -17,6 +17,7 @@
 pub mod agent_log;
 pub mod lxcfs;
 pub mod oci;
+mod root;
 pub mod runc;
 pub mod seccomp;
 mod sys;
@@ -810,6 +811,14 @@ impl Engine for ContainerEngine {
         };
         sys::set_hostname_of(pidfd, hostname).map_err(io_err("sethostname", Path::new("/proc")))?;
         Ok(true)
+    }
+
+    fn replace_root(&self, id: &str, new_root: &Path) -> Result<()> {
+        let pidfd = self.init_pidfd(id)?.ok_or_else(|| {
+            EngineError::Spec(format!("sandbox {id} has no known init to put a root under"))
+        })?;
+        root::replace_root(pidfd, new_root, self.cfg.uid_base)
+            .map_err(io_err("replace the root with", new_root))
     }
 
     fn adopt(&self, id: &str) -> Result<()> {
