@@ -794,30 +794,49 @@ async fn checkpoint_figures(
         rs.push(ms(t.elapsed()));
         anyhow::ensure!(r.exit_code == 0, "exec after restore {i} failed");
     }
+    // Forks, like creates, twice when the daemon keeps pre-started sandboxes: taking one
+    // (each sample waits until one is ready) and booting one (a pids limit of its own).
+    let pooled = c.version().await?.prestart.is_some_and(|p| {
+        p.pools
+            .iter()
+            .any(|x| x.engine == EngineKind::Container && x.target > 0)
+    });
+    let mut fk_boot = Vec::new();
     for i in 0..runs.min(5) {
-        let fork = format!("{name}-f{i}");
-        let t = Instant::now();
-        let from = burrow_api::ForkSource {
-            sandbox: SandboxName::parse(&name)?,
-            checkpoint: Some(last.clone()),
-            memory: false,
-        };
-        c.create_sandbox(&CreateSandbox {
-            name: SandboxName::parse(&fork)?,
-            from: Some(from),
-            ..Default::default()
-        })
-        .await?;
-        c.exec(
-            &fork,
-            &ExecRequest {
-                cmd: vec!["true".into()],
+        for boot in [false, true] {
+            if boot && !pooled {
+                continue;
+            }
+            if !boot && pooled {
+                wait_for_prestarted(c).await?;
+            }
+            let fork = format!("{name}-f{i}{}", if boot { "b" } else { "" });
+            let t = Instant::now();
+            let from = burrow_api::ForkSource {
+                sandbox: SandboxName::parse(&name)?,
+                checkpoint: Some(last.clone()),
+                memory: false,
+            };
+            c.create_sandbox(&CreateSandbox {
+                name: SandboxName::parse(&fork)?,
+                from: Some(from),
+                pids: boot.then_some(4095),
                 ..Default::default()
-            },
-        )
-        .await?;
-        fk.push(ms(t.elapsed()));
-        c.delete_sandbox(&fork).await?;
+            })
+            .await?;
+            let r = c
+                .exec(
+                    &fork,
+                    &ExecRequest {
+                        cmd: vec!["true".into()],
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            anyhow::ensure!(r.exit_code == 0, "exec true failed in {fork}");
+            if boot { &mut fk_boot } else { &mut fk }.push(ms(t.elapsed()));
+            c.delete_sandbox(&fork).await?;
+        }
     }
     let _ = c.delete_sandbox(&name).await;
     figures.push(Figure {
@@ -838,12 +857,26 @@ async fn checkpoint_figures(
     });
     figures.push(Figure {
         key: format!("fork_{mb}mb_ms"),
-        label: format!("fork → first exec, {mb} MB written"),
+        label: if pooled {
+            format!("fork → first exec, {mb} MB written (pre-started)")
+        } else {
+            format!("fork → first exec, {mb} MB written")
+        },
         unit: "ms",
-        target: Some(("<=", 50.0)),
+        target: Some(("<=", 25.0)),
         stat: Stat::Median,
         samples: fk,
     });
+    if pooled {
+        figures.push(Figure {
+            key: format!("fork_{mb}mb_boot_ms"),
+            label: format!("fork → first exec, {mb} MB written (booted: own pids limit)"),
+            unit: "ms",
+            target: Some(("<=", 50.0)),
+            stat: Stat::Median,
+            samples: fk_boot,
+        });
+    }
     Ok(())
 }
 
