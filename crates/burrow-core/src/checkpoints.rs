@@ -330,11 +330,25 @@ impl Manager {
         rec.updated_at = now_rfc3339();
         self.store.update_sandbox(&rec)?;
 
-        // 1. Save the state being replaced (live, like any checkpoint).
-        let comment = format!("state before restoring {id}");
-        self.snapshot_checkpoint(&rec, backup, comment, "restore-backup")
+        let t = std::time::Instant::now();
+        let mut steps: Vec<(&str, f64)> = Vec::new();
+        let mut step = |what: &'static str| steps.push((what, t.elapsed().as_secs_f64() * 1e3));
+        // 1. Make the new volume aside, from the target.
+        let pool = self.pool.clone();
+        let live = pool.sandbox_path(&rec.id);
+        let new = live.with_extension("new");
+        {
+            let (pool, new) = (pool.clone(), new.clone());
+            let src = self.checkpoint_path(&rec.id, target.seq);
+            blocking(move || {
+                pool.delete_volume(&new)?;
+                pool.snapshot(&src, &new, false)?;
+                Ok(())
+            })
             .await?;
+        }
         crate::fault::point("restore.after_backup");
+        step("snapshot");
         // 2. Stop every process at once: their disk is about to be replaced, so there is
         //    nothing to shut down gracefully for. Sessions learn why. A running container
         //    keeps running with only its agent (the root is swapped under it below);
@@ -351,39 +365,35 @@ impl Manager {
         if !in_place {
             self.kill(&rec).await?;
         }
+        step("stop");
         crate::fault::pause("restore.after_stop").await;
         transition(&mut rec, Action::Stop)?;
-        // 3. Swap volumes: the new one is made aside, then two renames put it in place (a
-        //    quiesced sandbox gets it as its root in between).
-        let pool = self.pool.clone();
-        let live = pool.sandbox_path(&rec.id);
-        let new = live.with_extension("new");
-        let src = self.checkpoint_path(&rec.id, target.seq);
-        {
-            let (pool, new) = (pool.clone(), new.clone());
-            blocking(move || {
-                pool.delete_volume(&new)?;
-                pool.snapshot(&src, &new, false)?;
-                Ok(())
-            })
-            .await?;
-        }
+        // 3. Swap volumes: two renames put the new one in place (a quiesced sandbox gets it
+        //    as its root first); the replaced one, untouched since its processes ended,
+        //    becomes the backup checkpoint (a rename, not a copy).
         crate::fault::point("restore.before_swap");
         if in_place && let Err(e) = self.replace_root(&rec, new.clone()).await {
             tracing::warn!(sandbox = %rec.name, error = %chain(&e), "restore: replacing the root in place failed; restarting the sandbox");
             in_place = false;
             self.kill(&rec).await?;
         }
-        blocking(move || {
-            let old = live.with_extension("old");
-            rename(&live, &old)?;
-            crate::fault::point("restore.mid_swap");
-            rename(&new, &live)?;
-            pool.delete_volume(&old)?;
-            Ok(())
-        })
-        .await?;
+        let old = live.with_extension("old");
+        {
+            let old = old.clone();
+            blocking(move || {
+                rename(&live, &old)?;
+                crate::fault::point("restore.mid_swap");
+                rename(&new, &live)?;
+                Ok(())
+            })
+            .await?;
+        }
+        step("swap");
+        let comment = format!("state before restoring {id}");
+        self.keep_as_backup(&rec, backup, comment, old).await?;
+        step("backup");
         self.apply_disk_limit(&rec).await?;
+        step("limit");
         // 4. Run again if it ran.
         rec.intent = None;
         rec.notice = None;
@@ -410,7 +420,8 @@ impl Manager {
         }
         rec.updated_at = now_rfc3339();
         self.store.update_sandbox(&rec)?;
-        tracing::info!(sandbox = %rec.name, restored = id, backup, "restored");
+        step("run");
+        tracing::info!(sandbox = %rec.name, restored = id, backup, in_place, steps = ?steps, "restored");
         self.events.emit(
             &rec.name,
             "restored",
@@ -420,6 +431,54 @@ impl Manager {
             restored: id.to_owned(),
             backup: CheckpointId(backup).to_string(),
         })
+    }
+
+    /// Makes the volume a restore replaced (`old`, beside the live one) checkpoint `seq` of
+    /// `rec`: the record first (ready: a crash before the rename is finished by
+    /// reconciliation from `old`), then a rename into the checkpoints and the read-only flag.
+    async fn keep_as_backup(
+        &self,
+        rec: &SandboxRecord,
+        seq: u64,
+        comment: String,
+        old: PathBuf,
+    ) -> Result<()> {
+        let known = self
+            .store
+            .checkpoints(Some(&rec.id))?
+            .into_iter()
+            .find(|c| c.seq == seq);
+        let cp = match known {
+            Some(cp) => cp,
+            None => {
+                let cp = CheckpointRecord {
+                    sandbox_id: rec.id.clone(),
+                    seq,
+                    comment,
+                    created_at: now_rfc3339(),
+                    size_bytes: 0,
+                    source: "restore-backup".to_owned(),
+                    ready: true,
+                };
+                self.store.insert_checkpoint(&cp)?;
+                cp
+            }
+        };
+        let pool = self.pool.clone();
+        let dst = self.checkpoint_path(&rec.id, seq);
+        blocking(move || {
+            if pool.is_volume(&old) {
+                if let Some(dir) = dst.parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| CoreError::Internal(format!("creating {}: {e}", dir.display())))?;
+                }
+                rename(&old, &dst)?;
+            }
+            Ok(pool.set_readonly(&dst, true)?)
+        })
+        .await?;
+        self.measure_checkpoint_in_background(cp);
+        Ok(())
     }
 
     /// Finishes or undoes checkpoint and restore work a crash interrupted. Runs before the
@@ -458,21 +517,21 @@ impl Manager {
             let pool = self.pool.clone();
             let live = pool.sandbox_path(&rec.id);
             let (new, old) = (live.with_extension("new"), live.with_extension("old"));
+            let old_path = old.clone();
             let (has_live, has_new, has_old) =
                 (pool.is_volume(&live), pool.is_volume(&new), pool.is_volume(&old));
+            let has_backup = pool.is_volume(&self.checkpoint_path(&rec.id, backup));
             let outcome = blocking(move || {
                 Ok(match (has_live, has_new, has_old) {
-                    // Swap done (maybe not cleaned up): the new state.
-                    (true, false, _) if has_old => {
-                        pool.delete_volume(&old)?;
-                        true
-                    }
+                    // Swap done, the replaced volume not yet the backup: it becomes it below.
+                    (true, false, true) => true,
                     // Crash between the two renames: finish the swap.
                     (false, true, true) => {
                         rename(&new, &live)?;
-                        pool.delete_volume(&old)?;
                         true
                     }
+                    // Swap done and the replaced volume is the backup already.
+                    (true, false, false) if has_backup => true,
                     // Swap not started: keep the old state.
                     (true, _, false) => {
                         pool.delete_volume(&new)?;
@@ -482,6 +541,11 @@ impl Manager {
                 })
             })
             .await?;
+            if outcome && has_old {
+                let comment = format!("state before restoring {}", CheckpointId(target));
+                self.keep_as_backup(&rec, backup, comment, old_path.clone())
+                    .await?;
+            }
             let (t, b) = (CheckpointId(target), CheckpointId(backup));
             let notice = if outcome {
                 format!(

@@ -470,8 +470,7 @@ impl Manager {
             std::fs::rename(&live, &old)
                 .and_then(|()| std::fs::rename(&new, &live))
                 .map_err(|e| CoreError::Internal(format!("putting the fork's volume in place: {e}")))?;
-            pool.delete_volume(&old)?;
-            Ok(())
+            crate::reroot::delete_volume_later(&pool, &old)
         })
         .await?;
         self.restart_agent(rec).await

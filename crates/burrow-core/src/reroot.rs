@@ -8,7 +8,10 @@
 //! itself, and the host connects to the new one and restarts its services
 //! ([`Manager::restart_agent`]).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use burrow_storage::Pool;
 
 use crate::CoreError;
 use crate::manager::{Manager, blocking};
@@ -81,4 +84,21 @@ impl Manager {
         self.start_services(rec).await;
         Ok(())
     }
+}
+
+/// Renames volume `path` aside (a name no sandbox has, so the start-up sweep removes it
+/// should the daemon die first) and deletes it in the background: a btrfs subvolume delete
+/// may wait for a commit, which no restore or fork needs to wait for. Blocking; call from
+/// the runtime's blocking pool.
+pub(crate) fn delete_volume_later(pool: &Arc<dyn Pool>, path: &std::path::Path) -> Result<()> {
+    let trash = path.with_extension(format!("trash-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff));
+    std::fs::rename(path, &trash)
+        .map_err(|e| CoreError::Internal(format!("renaming {} aside: {e}", path.display())))?;
+    let pool = pool.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = pool.delete_volume(&trash) {
+            tracing::warn!(path = %trash.display(), error = %e, "deleting a replaced volume");
+        }
+    });
+    Ok(())
 }

@@ -412,14 +412,22 @@ fn fork_req(name: &str, src: &str, checkpoint: Option<&str>) -> CreateSandbox {
 }
 
 /// Volumes in the pool's sandbox directory whose names are not a sandbox id: what a swap of
-/// volumes left behind.
-fn stray_volumes(d: &Daemon) -> Vec<String> {
-    std::fs::read_dir(d.data_dir.join("pool/sandboxes"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains('.'))
-        .collect()
+/// volumes left behind. A replaced volume renamed aside (`<id>.trash-<hex>`) is deleted in
+/// the background: it may take a moment (bounded) to go.
+async fn stray_volumes(d: &Daemon) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stray: Vec<String> = std::fs::read_dir(d.data_dir.join("pool/sandboxes"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains('.'))
+            .collect();
+        if stray.iter().all(|n| !n.contains(".trash-")) || Instant::now() > deadline {
+            return stray;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A fork of a container takes a pre-started sandbox too: its source's disk (live state or
@@ -507,7 +515,8 @@ async fn a_fork_takes_a_prestarted_sandbox_and_runs_on_its_sources_disk() {
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(404), "{e}");
-    assert!(stray_volumes(&d).is_empty(), "{:?}", stray_volumes(&d));
+    let stray = stray_volumes(&d).await;
+    assert!(stray.is_empty(), "{stray:?}");
 }
 
 /// A daemon killed while a fork takes a pre-started sandbox leaves no fork, no stray volume,
@@ -543,7 +552,8 @@ async fn a_crash_while_a_fork_takes_one_loses_nothing() {
     d.restart();
     wait_pool(&c, "one ready after the restart", |p| p.ready == 1).await;
     assert_eq!(c.get_sandbox(&fork).await.unwrap_err().status(), Some(404));
-    assert!(stray_volumes(&d).is_empty(), "{:?}", stray_volumes(&d));
+    let stray = stray_volumes(&d).await;
+    assert!(stray.is_empty(), "{stray:?}");
     assert_eq!(sh(&c, &src, "cat /root/state").await, "mine");
     c.create_sandbox(&fork_req(&fork, &src, None)).await.unwrap();
     assert!(from_pool(&d, &fork));
