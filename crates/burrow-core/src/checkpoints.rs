@@ -377,6 +377,7 @@ impl Manager {
             in_place = false;
             self.kill(&rec).await?;
         }
+        step("reroot");
         let old = live.with_extension("old");
         {
             let old = old.clone();
@@ -474,9 +475,18 @@ impl Manager {
                 }
                 rename(&old, &dst)?;
             }
-            Ok(pool.set_readonly(&dst, true)?)
+            Ok(())
         })
         .await?;
+        // The read-only flag costs a btrfs commit: off the restore's path. Nothing writes
+        // to a checkpoint meanwhile (the sandbox sees its checkpoints through a read-only
+        // bind mount).
+        let (pool, dst) = (self.pool.clone(), self.checkpoint_path(&rec.id, seq));
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = pool.set_readonly(&dst, true) {
+                tracing::warn!(path = %dst.display(), error = %e, "making a restore's backup read-only");
+            }
+        });
         self.measure_checkpoint_in_background(cp);
         Ok(())
     }
