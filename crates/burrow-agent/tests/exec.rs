@@ -515,14 +515,23 @@ async fn serves_an_inherited_listening_fd_and_leaves_it_alone() {
         let listener = std::os::unix::net::UnixListener::bind(sock).unwrap();
         let mut cmd = std::process::Command::new(AGENT);
         let setup = move || {
-            // SAFETY: dup2 is async-signal-safe; `fd` stays open in the parent until spawn
-            // returns (the listener is moved into this closure).
-            if unsafe { libc::dup2(listener.as_raw_fd(), 3) } < 0 {
+            let fd = listener.as_raw_fd();
+            // The listener may be fd 3 already: dup2 onto itself would leave it close-on-exec.
+            // SAFETY: fcntl and dup2 are async-signal-safe; `fd` stays open in the parent
+            // until spawn returns (the listener is moved into this closure).
+            let ret = unsafe {
+                if fd == 3 {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, 3)
+                }
+            };
+            if ret < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         };
-        // SAFETY: the closure only calls dup2 between fork and exec.
+        // SAFETY: the closure only calls fcntl or dup2 between fork and exec.
         unsafe { cmd.pre_exec(setup) };
         cmd // no flag: fd 3 is the default
     });
