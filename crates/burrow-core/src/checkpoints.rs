@@ -338,11 +338,16 @@ impl Manager {
         let live = pool.sandbox_path(&rec.id);
         let new = live.with_extension("new");
         {
+            // Limited as it is made: no commit of its own for the quota.
             let (pool, new) = (pool.clone(), new.clone());
             let src = self.checkpoint_path(&rec.id, target.seq);
+            let bytes = self.disk_limit_bytes(&rec, &rec.config)?;
+            let name = rec.name.clone();
             blocking(move || {
                 pool.delete_volume(&new)?;
-                pool.snapshot(&src, &new, false)?;
+                if !pool.snapshot_limited(&src, &new, bytes)? {
+                    tracing::warn!(sandbox = %name, "disk limit not enforced: the pool has no quotas (dir pool)");
+                }
                 Ok(())
             })
             .await?;
@@ -393,8 +398,6 @@ impl Manager {
         let comment = format!("state before restoring {id}");
         self.keep_as_backup(&rec, backup, comment, old).await?;
         step("backup");
-        self.apply_disk_limit(&rec).await?;
-        step("limit");
         // 4. Run again if it ran.
         rec.intent = None;
         rec.notice = None;
@@ -641,8 +644,17 @@ impl Manager {
         checkpoint: Option<&str>,
         dst: PathBuf,
         memory: bool,
+        limit: Option<u64>,
     ) -> Result<()> {
         let pool = self.pool.clone();
+        let snapshot = move |pool: &std::sync::Arc<dyn burrow_storage::Pool>,
+                             from: &std::path::Path,
+                             to: &std::path::Path| {
+            match limit {
+                Some(bytes) => pool.snapshot_limited(from, to, bytes).map(drop),
+                None => pool.snapshot(from, to, false),
+            }
+        };
         match checkpoint {
             Some(id) => {
                 let cp = self.checkpoint_record(src, id)?;
@@ -654,7 +666,7 @@ impl Manager {
                     )));
                 }
                 let from = self.checkpoint_path(&src.id, cp.seq);
-                blocking(move || Ok(pool.snapshot(&from, &dst, false)?)).await
+                blocking(move || Ok(snapshot(&pool, &from, &dst)?)).await
             }
             None => {
                 let lock = self.op_lock(&src.id);
@@ -673,7 +685,7 @@ impl Manager {
                 }
                 let from = pool.sandbox_path(&src.id);
                 let copy = dst.clone();
-                let res = blocking(move || Ok(pool.snapshot(&from, &copy, false)?)).await;
+                let res = blocking(move || Ok(snapshot(&pool, &from, &copy)?)).await;
                 if suspend {
                     // The source resumes whatever happened; the saved state is the copy's.
                     let resumed = self.boot_or_fail(&mut src).await;

@@ -302,7 +302,7 @@ impl crate::Manager {
             let tmp = tmp.clone();
             crate::manager::blocking(move || Ok(pool.delete_volume(&tmp)?)).await?;
         }
-        self.snapshot_fork_source(&src, req.from.checkpoint.as_deref(), tmp.clone(), false)
+        self.snapshot_fork_source(&src, req.from.checkpoint.as_deref(), tmp.clone(), false, None)
             .await?;
         let pool = self.pool.clone();
         crate::manager::blocking(move || {

@@ -713,7 +713,7 @@ impl Manager {
         match (image_path, fork_src) {
             (_, Some((src, cp))) => {
                 let memory = rec.parent.as_ref().is_some_and(|p| p.memory);
-                self.snapshot_fork_source(&src, cp.as_deref(), dst, memory)
+                self.snapshot_fork_source(&src, cp.as_deref(), dst, memory, None)
                     .await?
             }
             (Some(image_path), None) => {
@@ -794,16 +794,21 @@ impl Manager {
         blocking(move || Ok(burrow_engine::vm::disk::grow(&disk, bytes)?)).await
     }
 
+    /// What the volume of `rec` with `config` may reference: its disk, and for a VM its
+    /// memory too (a VM's volume holds its guest memory: the limit is on the disk's share).
+    pub(crate) fn disk_limit_bytes(&self, rec: &SandboxRecord, config: &SandboxConfig) -> Result<u64> {
+        let memory = match self.engine(rec)?.disk_kind() {
+            burrow_engine::DiskKind::Image => config.memory_mb << 20,
+            burrow_engine::DiskKind::Tree => 0,
+        };
+        Ok((config.disk_gb << 30) + memory)
+    }
+
     /// Enforces `disk_gb` on the sandbox's volume (btrfs qgroup on what it references).
     pub(crate) async fn apply_disk_limit(&self, rec: &SandboxRecord) -> Result<()> {
         let pool = self.pool.clone();
         let path = pool.sandbox_path(&rec.id);
-        // A VM's volume holds its guest memory too: the limit is on the disk's share.
-        let memory = match self.engine(rec)?.disk_kind() {
-            burrow_engine::DiskKind::Image => rec.config.memory_mb << 20,
-            burrow_engine::DiskKind::Tree => 0,
-        };
-        let bytes = (rec.config.disk_gb << 30) + memory;
+        let bytes = self.disk_limit_bytes(rec, &rec.config)?;
         let enforced = blocking(move || Ok(pool.set_quota(&path, bytes)?)).await?;
         if !enforced {
             tracing::warn!(sandbox = %rec.name, "disk limit not enforced: the pool has no quotas (dir pool)");

@@ -368,7 +368,7 @@ impl Manager {
         // A fork: the source's disk goes under it first, its agent restarts on it.
         if let Some(fork) = fork {
             rec.name = name.to_owned();
-            if let Err(e) = self.put_fork_under(&rec, fork).await {
+            if let Err(e) = self.put_fork_under(&rec, config, fork).await {
                 tracing::warn!(id, error = %crate::error::chain(&e), "a pre-started sandbox did not become a fork; discarded");
                 self.discard_prestarted_in_background(id.to_owned());
                 // The source's own faults (a checkpoint gone meanwhile) are the caller's.
@@ -407,7 +407,8 @@ impl Manager {
             self.discard_prestarted_in_background(id.to_owned());
             return Ok(None);
         }
-        let disk_changed = rec.config.disk_gb != config.disk_gb || fork.is_some();
+        // A fork's new volume got its limit as it was made.
+        let disk_changed = rec.config.disk_gb != config.disk_gb && fork.is_none();
         let now = now_rfc3339();
         rec.name = name.to_owned();
         rec.config = config.clone();
@@ -452,14 +453,21 @@ impl Manager {
     /// Puts the disk of `fork` under pre-started sandbox `rec` (already given its new name)
     /// as its root, in place, and restarts its agent on it: the fork's processes start
     /// from the copy, as after a boot, without one.
-    async fn put_fork_under(&self, rec: &SandboxRecord, fork: &PoolFork<'_>) -> Result<()> {
+    async fn put_fork_under(
+        &self,
+        rec: &SandboxRecord,
+        config: &SandboxConfig,
+        fork: &PoolFork<'_>,
+    ) -> Result<()> {
         let live = self.pool.sandbox_path(&rec.id);
         let new = live.with_extension("new");
         {
             let (pool, new) = (self.pool.clone(), new.clone());
             blocking(move || Ok(pool.delete_volume(&new)?)).await?;
         }
-        self.snapshot_fork_source(fork.src, fork.checkpoint, new.clone(), false)
+        // Limited as it is made (the fork's own disk limit): no commit of its own for it.
+        let bytes = self.disk_limit_bytes(rec, config)?;
+        self.snapshot_fork_source(fork.src, fork.checkpoint, new.clone(), false, Some(bytes))
             .await?;
         crate::fault::point("prestart.fork_snapshot");
         self.quiesce(rec).await?;

@@ -112,6 +112,22 @@ impl Pool for BtrfsPool {
         })
     }
 
+    fn snapshot_limited(&self, src: &Path, dst: &Path, bytes: u64) -> Result<bool> {
+        self.ensure_quota()?;
+        let src_fd = self.open_volume(src)?;
+        let (parent, name) = self.root.open_parent(dst, true)?;
+        match sys::snap_create_limited(parent.as_fd(), src_fd.as_fd(), &name, false, Some(bytes)) {
+            Ok(()) => Ok(true),
+            Err(Errno::EEXIST) => Err(StorageError::Exists(dst.to_owned())),
+            // A kernel that takes no limit with a snapshot: the two steps.
+            Err(Errno::EINVAL | Errno::EOPNOTSUPP) => {
+                self.snapshot(src, dst, false)?;
+                self.set_quota(dst, bytes)
+            }
+            Err(e) => Err(StorageError::errno("snapshot subvolume", dst, e)),
+        }
+    }
+
     fn delete_volume(&self, path: &Path) -> Result<()> {
         let (parent, name) = match self.root.open_parent(path, false) {
             Err(StorageError::NotFound(_)) => return Ok(()),

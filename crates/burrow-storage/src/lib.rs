@@ -79,6 +79,13 @@ pub trait Pool: Send + Sync + std::fmt::Debug {
     /// Limits what the volume may write itself (extents it creates; data shared with its
     /// source snapshot is not counted) to `bytes`; writes past it fail with EDQUOT inside. Drivers without quotas return
     /// `Ok(false)` (the limit is not enforced), btrfs returns `Ok(true)`.
+    /// [`Pool::snapshot`] (writable) and [`Pool::set_quota`] in one step: btrfs limits the
+    /// new volume in the very transaction that makes it, so no separate commit has to be
+    /// waited for.
+    fn snapshot_limited(&self, src: &Path, dst: &Path, bytes: u64) -> Result<bool> {
+        self.snapshot(src, dst, false)?;
+        self.set_quota(dst, bytes)
+    }
     fn set_quota(&self, path: &Path, bytes: u64) -> Result<bool> {
         let _ = (path, bytes);
         Ok(false)

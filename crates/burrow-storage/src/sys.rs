@@ -155,17 +155,65 @@ pub fn snap_create(
     name: &OsStr,
     readonly: bool,
 ) -> nix::Result<()> {
+    snap_create_limited(dst_parent, src, name, readonly, None)
+}
+
+/// `struct btrfs_qgroup_inherit` with no qgroups to inherit from: only limits for the new
+/// subvolume's own qgroup.
+#[repr(C)]
+struct QgroupInherit {
+    flags: u64,
+    num_qgroups: u64,
+    num_ref_copies: u64,
+    num_excl_copies: u64,
+    lim: QgroupLimit,
+}
+
+/// `BTRFS_SUBVOL_QGROUP_INHERIT`: `size` and `qgroup_inherit` of the args are set.
+const BTRFS_SUBVOL_QGROUP_INHERIT: u64 = 1 << 2;
+/// `BTRFS_QGROUP_INHERIT_SET_LIMITS`: the inherit's `lim` is the new qgroup's limit.
+const QGROUP_INHERIT_SET_LIMITS: u64 = 1 << 0;
+
+/// As [`snap_create`], with the new subvolume's qgroup limited to `limit` bytes referenced
+/// (as [`limit_referenced`]) in the same transaction as the snapshot, when given. Quotas
+/// must be on.
+pub fn snap_create_limited(
+    dst_parent: BorrowedFd<'_>,
+    src: BorrowedFd<'_>,
+    name: &OsStr,
+    readonly: bool,
+    limit: Option<u64>,
+) -> nix::Result<()> {
+    let inherit = limit.map(|bytes| QgroupInherit {
+        flags: QGROUP_INHERIT_SET_LIMITS,
+        num_qgroups: 0,
+        num_ref_copies: 0,
+        num_excl_copies: 0,
+        lim: QgroupLimit {
+            flags: QGROUP_LIMIT_MAX_RFER,
+            max_rfer: bytes,
+            ..Default::default()
+        },
+    });
+    let mut flags = if readonly { BTRFS_SUBVOL_RDONLY } else { 0 };
+    let mut unused = [0u64; 4];
+    if let Some(inherit) = &inherit {
+        flags |= BTRFS_SUBVOL_QGROUP_INHERIT;
+        unused[0] = std::mem::size_of::<QgroupInherit>() as u64;
+        unused[1] = inherit as *const QgroupInherit as u64;
+    }
     let mut args = Box::new(VolArgsV2 {
         fd: i64::from(src.as_raw_fd()),
         transid: 0,
-        flags: if readonly { BTRFS_SUBVOL_RDONLY } else { 0 },
-        unused: [0; 4],
+        flags,
+        unused,
         name: [0; BTRFS_SUBVOL_NAME_MAX + 1],
     });
     fill_name(&mut args.name, name)?;
     // SAFETY: both fds are valid for the duration of the call; `args` is a fully initialised
-    // `btrfs_ioctl_vol_args_v2` (zeroed qgroup_inherit pointer, NUL-terminated name) that the
-    // kernel only reads.
+    // `btrfs_ioctl_vol_args_v2` (NUL-terminated name; `size` and the `qgroup_inherit`
+    // pointer set only with the flag that says so, pointing at `inherit`, which outlives the
+    // call) that the kernel only reads.
     unsafe { btrfs_ioc_snap_create_v2(dst_parent.as_raw_fd(), &*args) }.map(drop)
 }
 

@@ -426,3 +426,48 @@ fn pool_files_are_closed_to_host_users_even_for_old_pools() {
     assert_eq!(mounts_at(&root).len(), 1, "remounted, not stacked");
     assert_eq!(stat(&root), (0o710, 0, 2_000_000));
 }
+
+/// Writes 1 MiB chunks (each synced) into a new file of `vol` until `max` MiB or an error.
+fn fill(vol: &std::path::Path, name: &str, max: u64) -> (u64, Option<std::io::Error>) {
+    let mut file = std::fs::File::create(vol.join(name)).unwrap();
+    let chunk = vec![0x5au8; MIB as usize];
+    for i in 0..max {
+        if let Err(e) = file.write_all(&chunk).and_then(|()| file.sync_data()) {
+            return (i, Some(e));
+        }
+    }
+    (max, None)
+}
+
+/// A snapshot made with a limit is limited from its first write: past the limit writes fail
+/// with EDQUOT. The control: the same writes into an unlimited snapshot of the same source
+/// succeed.
+#[test]
+fn a_limited_snapshot_refuses_writes_past_its_limit() {
+    if !is_root() {
+        return;
+    }
+    let t = TestPool::btrfs();
+    let pool = t.pool();
+    let vol = t.path("sandboxes/src");
+    pool.create_volume(&vol).unwrap();
+    std::fs::write(vol.join("kept"), b"shared with the snapshots").unwrap();
+    let limited = t.path("sandboxes/limited");
+    assert!(
+        pool.snapshot_limited(&vol, &limited, 8 * MIB).unwrap(),
+        "btrfs enforces the limit"
+    );
+    assert_eq!(
+        std::fs::read(limited.join("kept")).unwrap(),
+        b"shared with the snapshots"
+    );
+    let (written, err) = fill(&limited, "fill", 64);
+    let err = err.unwrap_or_else(|| panic!("64 MiB went into a snapshot limited to 8 MiB"));
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+    assert!((1..=8).contains(&written), "{written} MiB before the limit");
+
+    let free = t.path("sandboxes/free");
+    pool.snapshot(&vol, &free, false).unwrap();
+    let (written, err) = fill(&free, "fill", 16);
+    assert!(err.is_none() && written == 16, "{err:?} after {written} MiB");
+}

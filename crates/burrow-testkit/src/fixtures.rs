@@ -143,3 +143,19 @@ pub async fn vm_available(c: &Client) -> bool {
         ),
     )
 }
+
+/// The limit on what the btrfs volume at `path` may reference (its qgroup's
+/// `max_rfer`), as `btrfs qgroup show` reports it; `None` when it has none or btrfs says
+/// nothing (no quotas, not a volume).
+pub fn volume_limit(path: &std::path::Path) -> Option<u64> {
+    let out = std::process::Command::new("btrfs")
+        .args(["qgroup", "show", "-f", "-r", "--raw"])
+        .arg(path)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("0/"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+}

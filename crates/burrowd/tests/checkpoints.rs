@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burrow_api::{CreateImage, CreateSandbox, ExecRequest, ForkSource, SandboxName, SandboxStatus};
 use burrow_testkit::burrow_client::{Client, ClientError, ExecEvent, ExecStreamOptions, Method};
-use burrow_testkit::fixtures::sh_ok;
+use burrow_testkit::fixtures::{sh_ok, volume_limit};
 use burrow_testkit::{Daemon, raw_unix, shared, unique_name};
 
 fn req(name: &str) -> CreateSandbox {
@@ -139,12 +139,18 @@ async fn init_started(c: &Client, name: &str) -> String {
 async fn a_restore_swaps_the_root_under_the_running_sandbox() {
     let c = shared().client();
     let name = unique_name("inplace");
-    c.create_sandbox(&CreateSandbox {
-        memory_mb: Some(300),
-        ..req(&name)
-    })
-    .await
-    .unwrap();
+    let id = c
+        .create_sandbox(&CreateSandbox {
+            memory_mb: Some(300),
+            disk_gb: Some(2),
+            ..req(&name)
+        })
+        .await
+        .unwrap()
+        .id;
+    let volume = shared().data_dir.join("pool/sandboxes").join(&id);
+    // The probe of the disk limit reads it where a create set it (the control for after).
+    assert_eq!(volume_limit(&volume), Some(2 << 30));
     // What a boot gives it: the mount points and what lxcfs says of its memory.
     let mounts = "awk '{print $5}' /proc/self/mountinfo | sort";
     let booted = sh_ok(&c, &name, mounts).await;
@@ -184,6 +190,11 @@ async fn a_restore_swaps_the_root_under_the_running_sandbox() {
         "the mounts differ from a boot's"
     );
     assert_eq!(sh_ok(&c, &name, meminfo).await, mem);
+    assert_eq!(
+        volume_limit(&volume),
+        Some(2 << 30),
+        "the restored volume has no disk limit"
+    );
     // No mount propagates to or from the host's (the control: the host's own tree has
     // shared mounts, so the probe finds them where they are).
     let shared_mounts = "grep -c ' shared:' /proc/self/mountinfo || true";

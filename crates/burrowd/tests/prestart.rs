@@ -459,8 +459,23 @@ async fn a_fork_takes_a_prestarted_sandbox_and_runs_on_its_sources_disk() {
 
     wait_pool(&c, "one ready", |p| p.ready == 1).await;
     let fork = unique_name("fork");
-    let sb = c.create_sandbox(&fork_req(&fork, &src, None)).await.unwrap();
+    let sb = c
+        .create_sandbox(&CreateSandbox {
+            disk_gb: Some(3),
+            ..fork_req(&fork, &src, None)
+        })
+        .await
+        .unwrap();
     assert!(from_pool(&d, &fork), "the fork was served from the pool");
+    // Its own disk limit, on its new volume (the control: the source has the default).
+    let volume = |id: &str| d.data_dir.join("pool/sandboxes").join(id);
+    assert_eq!(
+        burrow_testkit::fixtures::volume_limit(&volume(&sb.id)),
+        Some(3 << 30)
+    );
+    let src_id = c.get_sandbox(&src).await.unwrap().id;
+    let default = burrow_testkit::fixtures::volume_limit(&volume(&src_id));
+    assert!(default.is_some_and(|b| b != 3 << 30), "{default:?}");
     assert_eq!(sb.parent.as_ref().map(|p| p.sandbox.as_str()), Some(src.as_str()));
     let seen = sh(
         &c,
