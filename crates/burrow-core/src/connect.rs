@@ -122,6 +122,13 @@ impl Manager {
             .unwrap_or(DEFAULT_HTTP_PORT))
     }
 
+    /// The id of sandbox `name` while it runs (`None` otherwise): what connections to it
+    /// are kept under, so that none ever serves another sandbox of the same name.
+    pub fn running_id(&self, name: &str) -> Result<Option<String>> {
+        let rec = self.record(name)?;
+        Ok((rec.status == SandboxStatus::Running).then_some(rec.id))
+    }
+
     /// Who may use the sandbox's URL (its `config.url_auth`).
     pub fn url_auth(&self, name: &str) -> Result<UrlAuth> {
         Ok(self.record(name)?.config.url_auth)

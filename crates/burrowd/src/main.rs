@@ -354,6 +354,7 @@ async fn main() -> anyhow::Result<()> {
             usize::try_from(args.exec_buffer_budget_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
         )),
         mcp: Arc::new(burrowd::api::mcp::McpEndpoint::new(args.socket.clone(), addr)),
+        apps: Arc::default(),
     };
 
     tracing::info!(socket = %args.socket.display(), tcp = %addr, data_dir = %data_dir.display(), "burrowd serving");

@@ -35,11 +35,15 @@ class H(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n else b""
         out = json.dumps({"method": self.command, "path": self.path, "body": body.decode("latin-1"),
+                          "peer": self.client_address[1],
                           "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(out)))
         self.send_header("X-App", "echo")
+        if self.path.startswith("/close"):
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(out)
     do_POST = do_PUT = do_PATCH = do_DELETE = answer
@@ -695,6 +699,55 @@ async fn proxy_relays_raw_tcp_both_ways_on(engine: Option<burrow_api::EngineKind
     let (status, body) = open_relay(d, &name, "7001").await.map(|_| ()).unwrap_err();
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("7001") && body.contains("not_listening"), "{body}");
+    c.delete_sandbox(&name).await.unwrap();
+}
+
+/// Ingress keeps the app's connection for the next request (HTTP/1.1 keep-alive, as a
+/// reverse proxy pools it): requests in a row reach the app over fewer TCP connections than
+/// requests (the app tells each request's client port). The control: when the app closes
+/// its connection after every answer, each request comes on a new one. Idle kept
+/// connections do not keep the sandbox awake: it still goes to sleep.
+#[tokio::test(flavor = "multi_thread")]
+async fn ingress_reuses_the_apps_connection_and_still_lets_it_sleep() {
+    let d = shared();
+    let c = d.client();
+    let name = web_sandbox(&c, "keep", UrlAuth::Public, 8080).await;
+    let host = host_of(&name, d);
+    let peers = |prefix: &'static str| {
+        let host = host.clone();
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for i in 0..6 {
+                let r = tcp_request(d, "GET", &format!("{prefix}{i}"), &[("host", &host)], "").await;
+                assert_eq!(r.status, 200, "{}", r.text());
+                seen.insert(r.json()["peer"].as_u64().expect("the app tells the client port"));
+            }
+            seen.len()
+        }
+    };
+    let kept = peers("/keep").await;
+    assert!(kept < 6, "six requests came on six connections: none was reused");
+    assert_eq!(
+        peers("/close").await,
+        6,
+        "the probe does not tell connections apart"
+    );
+    let kept = peers("/again").await;
+    assert!(kept < 6, "after closed ones, no connection was reused again");
+
+    // With one-second idle timeouts it falls asleep once the kept connections are closed.
+    c.patch_sandbox(
+        &name,
+        &PatchSandbox {
+            idle_timeout_s: Some(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let r = tcp_request(d, "GET", "/last", &[("host", &host)], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_status(&c, &name, SandboxStatus::Sleeping).await;
     c.delete_sandbox(&name).await.unwrap();
 }
 

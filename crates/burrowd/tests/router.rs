@@ -52,6 +52,7 @@ async fn app() -> App {
             dir.path().join("burrowd.sock"),
             "127.0.0.1:9".parse().unwrap(),
         )),
+        apps: Arc::default(),
     };
     App {
         router: burrowd::router(state, Transport::Unix),

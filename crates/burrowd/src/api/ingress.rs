@@ -254,27 +254,134 @@ fn token_redirect(state: &AppState, name: &str, req: &Request) -> Response {
 
 /// Forwards `req` to the sandbox's HTTP port as `target` (origin form) and streams the
 /// answer back; an upgrade (WebSocket) is spliced once both sides switched protocols.
+/// How long an app connection waits, idle, for the next request through ingress. Short: an
+/// idle connection keeps its tunnel, and the tunnel keeps the sandbox awake.
+const APP_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Most idle connections kept per app.
+const APP_IDLE_MAX: usize = 4;
+
+/// Idle HTTP/1.1 connections to apps in sandboxes, each over its tunnel, by sandbox id and
+/// port: a request through ingress takes one when it can instead of opening a tunnel and a
+/// connection of its own (the app's keep-alive, as any reverse proxy pools it). A connection
+/// comes back once its response was read to the end; one idle for [`APP_IDLE`] is closed.
+/// Upgrades never use or leave one.
+#[derive(Default)]
+pub struct AppConnections {
+    idle: std::sync::Mutex<std::collections::HashMap<(String, u16), Vec<IdleApp>>>,
+}
+
+impl std::fmt::Debug for AppConnections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppConnections")
+            .field("apps", &self.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct IdleApp {
+    sender: hyper::client::conn::http1::SendRequest<Body>,
+    since: std::time::Instant,
+}
+
+impl AppConnections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, u16), Vec<IdleApp>>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The most recently idle connection to `key` that can take a request now.
+    fn take(&self, key: &(String, u16)) -> Option<hyper::client::conn::http1::SendRequest<Body>> {
+        let mut idle = self.lock();
+        let list = idle.get_mut(key)?;
+        let found = std::iter::from_fn(|| list.pop())
+            .find(|i| i.since.elapsed() < APP_IDLE && i.sender.is_ready() && !i.sender.is_closed());
+        if list.is_empty() {
+            idle.remove(key);
+        }
+        found.map(|i| i.sender)
+    }
+
+    /// Keeps `sender` for the next request to `key` once it is ready again (its response
+    /// read to the end), and closes it after [`APP_IDLE`] unused.
+    fn give_back(
+        self: &std::sync::Arc<Self>,
+        key: (String, u16),
+        mut sender: hyper::client::conn::http1::SendRequest<Body>,
+    ) {
+        let me = std::sync::Arc::clone(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            {
+                let mut idle = me.lock();
+                let list = idle.entry(key.clone()).or_default();
+                if list.len() >= APP_IDLE_MAX {
+                    return;
+                }
+                list.push(IdleApp {
+                    sender,
+                    since: std::time::Instant::now(),
+                });
+            }
+            tokio::time::sleep(APP_IDLE).await;
+            let mut idle = me.lock();
+            if let Some(list) = idle.get_mut(&key) {
+                list.retain(|i| i.since.elapsed() < APP_IDLE);
+                if list.is_empty() {
+                    idle.remove(&key);
+                }
+            }
+        });
+    }
+}
+
+/// A new connection to the app at `port` of sandbox `name` over a tunnel (which wakes the
+/// sandbox and keeps it awake while open).
+async fn open_app(
+    state: &AppState,
+    name: &str,
+    port: u16,
+    html: bool,
+) -> Result<hyper::client::conn::http1::SendRequest<Body>, Response<Body>> {
+    let tunnel = state
+        .mgr
+        .connect(name, port)
+        .await
+        .map_err(|e| core_page(html, name, e))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tunnel))
+        .await
+        .map_err(|e| bad_gateway(html, name, port, &e))?;
+    // The connection (and with it the tunnel) lives until its sender is dropped and it is
+    // idle, or as long as an upgraded connection stays open.
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
 async fn proxy(state: &AppState, name: &str, mut req: Request, target: String, origin: Origin) -> Response {
     let html = wants_html(req.headers());
     let port = match state.mgr.http_port(name).await {
         Ok(p) => p,
         Err(e) => return core_page(html, name, e),
     };
-    let tunnel = match state.mgr.connect(name, port).await {
-        Ok(t) => t,
-        Err(e) => return core_page(html, name, e),
-    };
-    let (mut sender, conn) =
-        match hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(tunnel)).await {
-            Ok(pair) => pair,
-            Err(e) => return bad_gateway(html, name, port, &e),
-        };
-    // The connection (and with it the tunnel, which keeps the sandbox awake) lives until
-    // the response body was read, or as long as an upgraded connection stays open.
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
     let upgrade = upgrade_of(req.headers());
+    // A running sandbox's idle connection, if any (one asleep is woken by a new tunnel).
+    let key = match state.mgr.running_id(name) {
+        Ok(Some(id)) if upgrade.is_none() => Some((id, port)),
+        _ => None,
+    };
+    let pooled = key.as_ref().and_then(|k| state.apps.take(k));
+    let reused = pooled.is_some();
+    let mut sender = match pooled {
+        Some(s) => s,
+        None => match open_app(state, name, port, html).await {
+            Ok(s) => s,
+            Err(page) => return page,
+        },
+    };
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let peer = req
         .extensions()
@@ -301,9 +408,24 @@ async fn proxy(state: &AppState, name: &str, mut req: Request, target: String, o
     }
     set_forwarded(headers, peer, original_host);
 
-    let mut resp = match sender.send_request(out).await {
+    let mut resp = match sender.try_send_request(out).await {
         Ok(r) => r,
-        Err(e) => return bad_gateway(html, name, port, &e),
+        // An idle connection the app closed meanwhile, the request not sent: once more on
+        // a new one.
+        Err(mut e) if reused && e.message().is_some() => {
+            let Some(out) = e.take_message() else {
+                return bad_gateway(html, name, port, e.error());
+            };
+            sender = match open_app(state, name, port, html).await {
+                Ok(s) => s,
+                Err(page) => return page,
+            };
+            match sender.send_request(out).await {
+                Ok(r) => r,
+                Err(e) => return bad_gateway(html, name, port, &e),
+            }
+        }
+        Err(e) => return bad_gateway(html, name, port, e.error()),
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
@@ -319,6 +441,9 @@ async fn proxy(state: &AppState, name: &str, mut req: Request, target: String, o
         let (mut parts, _) = resp.into_parts();
         answer_headers(&mut parts.headers, origin);
         return Response::from_parts(parts, Body::empty());
+    }
+    if let Some(key) = key {
+        state.apps.give_back(key, sender);
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);

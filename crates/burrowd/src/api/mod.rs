@@ -38,10 +38,13 @@ pub struct AppState {
     pub exec_budget: Arc<ExecBudget>,
     /// `POST /mcp`: the MCP server over Streamable HTTP.
     pub mcp: Arc<mcp::McpEndpoint>,
+    /// Idle connections to apps in sandboxes, reused by ingress.
+    pub apps: Arc<AppConnections>,
 }
 
 pub use auth::{ACTIONS, Rule};
 pub use exec::{DEFAULT_EXEC_BUFFER_BUDGET_MB, ExecBudget};
+pub use ingress::AppConnections;
 pub use routes::{ROUTES, Route, Verb};
 
 /// Largest JSON request body accepted.
