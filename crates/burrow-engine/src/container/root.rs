@@ -321,11 +321,16 @@ pub(crate) fn replace_root(pidfd: OwnedFd, new_root: &Path, owner: u32) -> io::R
     std::thread::Builder::new()
         .name("replace-root".into())
         .spawn(move || -> io::Result<()> {
+            let t = std::time::Instant::now();
+            let mut at = Vec::new();
+            let mut mark = |what: &'static str| at.push((what, t.elapsed().as_secs_f64() * 1e3));
             // A private copy: nothing mounted in the sandbox may ever reach the host's tree.
             let tree = private_copy(&src)?;
+            mark("copy");
             // Only a thread with a filesystem context of its own may join a mount namespace.
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
             nix::sched::setns(&pidfd, nix::sched::CloneFlags::CLONE_NEWNS)?;
+            mark("setns");
             // From here on "/" is the sandbox's (old) root.
             let spot = CString::new(format!("/.burrow-newroot-{:016x}", rand_u64()))
                 .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -337,6 +342,7 @@ pub(crate) fn replace_root(pidfd: OwnedFd, new_root: &Path, owner: u32) -> io::R
                 &spot,
                 "attaching the new root",
             )?;
+            mark("attach");
             let root = nix::fcntl::open(
                 spot.as_c_str(),
                 nix::fcntl::OFlag::O_PATH
@@ -359,7 +365,11 @@ pub(crate) fn replace_root(pidfd: OwnedFd, new_root: &Path, owner: u32) -> io::R
                     &format!("moving {top}"),
                 )?;
             }
-            pivot_into(&root)
+            mark("moves");
+            pivot_into(&root)?;
+            mark("pivot");
+            tracing::debug!(steps = ?at, "root replaced");
+            Ok(())
         })?
         .join()
         .map_err(|_| io::Error::other("the replace-root thread panicked"))?
