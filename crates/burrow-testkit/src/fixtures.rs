@@ -29,6 +29,19 @@ pub fn create_req(name: &str) -> CreateSandbox {
     }
 }
 
+/// A create request for `name` as a fork of `src` (its checkpoint `checkpoint`, else its
+/// live state), disk only, every other field defaulted.
+pub fn fork_req(name: &str, src: &str, checkpoint: Option<&str>) -> CreateSandbox {
+    CreateSandbox {
+        from: Some(burrow_client::api::ForkSource {
+            sandbox: SandboxName::parse(src).unwrap_or_else(|e| panic!("sandbox name {src:?}: {e}")),
+            checkpoint: checkpoint.map(str::to_owned),
+            memory: false,
+        }),
+        ..create_req(name)
+    }
+}
+
 /// Creates sandbox `name` with the daemon's defaults.
 pub async fn create(c: &Client, name: &str) -> Sandbox {
     create_with(c, &create_req(name)).await

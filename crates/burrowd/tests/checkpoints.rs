@@ -5,24 +5,12 @@ use std::path::Path;
 
 use burrow_api::{CreateImage, CreateSandbox, ExecRequest, ForkSource, SandboxName, SandboxStatus};
 use burrow_testkit::burrow_client::{Client, ClientError, ExecEvent, ExecStreamOptions, Method};
-use burrow_testkit::fixtures::{sh_ok, volume_limit};
+use burrow_testkit::fixtures::{fork_req, sh_ok, volume_limit};
 use burrow_testkit::{Daemon, raw_unix, shared, unique_name};
 
 fn req(name: &str) -> CreateSandbox {
     CreateSandbox {
         name: SandboxName::parse(name).unwrap(),
-        ..Default::default()
-    }
-}
-
-fn fork_req(name: &str, src: &str, cp: Option<&str>) -> CreateSandbox {
-    CreateSandbox {
-        name: SandboxName::parse(name).unwrap(),
-        from: Some(ForkSource {
-            sandbox: SandboxName::parse(src).unwrap(),
-            checkpoint: cp.map(str::to_owned),
-            memory: false,
-        }),
         ..Default::default()
     }
 }

@@ -7,8 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use burrow_api::{CreateSandbox, EngineKind, ExecRequest, ForkSource, PrestartInfo, SandboxName};
+use burrow_api::{CreateSandbox, EngineKind, ExecRequest, PrestartInfo, SandboxName};
 use burrow_testkit::burrow_client::Client;
+use burrow_testkit::fixtures::{create_req, fork_req};
 use burrow_testkit::{Daemon, raw_unix, unique_name};
 
 async fn sh(c: &Client, name: &str, script: &str) -> String {
@@ -399,16 +400,15 @@ async fn a_crash_while_a_create_takes_one_loses_nothing() {
     assert_eq!(sh(&c, &name, "hostname").await, name);
 }
 
-fn fork_req(name: &str, src: &str, checkpoint: Option<&str>) -> CreateSandbox {
-    CreateSandbox {
-        name: SandboxName::parse(name).unwrap(),
-        from: Some(ForkSource {
-            sandbox: SandboxName::parse(src).unwrap(),
-            checkpoint: checkpoint.map(str::to_owned),
-            memory: false,
-        }),
-        ..Default::default()
-    }
+/// A daemon keeping one pre-started sandbox, and a fork source made there whose
+/// `/root/state` says `state`.
+async fn pool_and_source(state: &str) -> (Daemon, Client, String) {
+    let d = Daemon::start_with(&["--prestart", "1"]);
+    let c = d.client();
+    let src = unique_name("src");
+    c.create_sandbox(&create_req(&src)).await.unwrap();
+    sh(&c, &src, &format!("echo {state} > /root/state")).await;
+    (d, c, src)
 }
 
 /// Volumes in the pool's sandbox directory whose names are not a sandbox id: what a swap of
@@ -436,16 +436,7 @@ async fn stray_volumes(d: &Daemon) -> Vec<String> {
 /// sees the same disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_takes_a_prestarted_sandbox_and_runs_on_its_sources_disk() {
-    let d = Daemon::start_with(&["--prestart", "1"]);
-    let c = d.client();
-    let src = unique_name("src");
-    c.create_sandbox(&CreateSandbox {
-        name: SandboxName::parse(&src).unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    sh(&c, &src, "echo checkpointed > /root/state").await;
+    let (d, c, src) = pool_and_source("checkpointed").await;
     let cp: serde_json::Value = c
         .request_json(
             burrow_testkit::burrow_client::Method::POST,
@@ -538,16 +529,7 @@ async fn a_fork_takes_a_prestarted_sandbox_and_runs_on_its_sources_disk() {
 /// and the source as it was; the same fork then succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_while_a_fork_takes_one_loses_nothing() {
-    let d = Daemon::start_with(&["--prestart", "1"]);
-    let c = d.client();
-    let src = unique_name("src");
-    c.create_sandbox(&CreateSandbox {
-        name: SandboxName::parse(&src).unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    sh(&c, &src, "echo mine > /root/state").await;
+    let (d, c, src) = pool_and_source("mine").await;
     d.set_env(&[("BURROW_FAULT", "prestart.fork_snapshot")]);
     d.kill9();
     d.restart();
