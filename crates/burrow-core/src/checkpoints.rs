@@ -368,6 +368,15 @@ impl Manager {
             in_place = false;
         }
         if !in_place {
+            // The replaced disk becomes the backup: a VM's recent writes are in its own page
+            // cache, so they go out to its disk, and the guest stands still, before the kill
+            // (as for any live checkpoint).
+            let guest_runs = rec.status == SandboxStatus::Running
+                && !self.has_saved_memory(&rec)
+                && self.engine(&rec)?.capabilities().own_kernel;
+            if guest_runs && let Err(e) = self.freeze_consistent(&rec).await {
+                tracing::warn!(sandbox = %rec.name, error = %chain(&e), "restore: flushing the guest before its disk becomes the backup");
+            }
             self.kill(&rec).await?;
         }
         step("stop");

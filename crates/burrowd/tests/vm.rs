@@ -367,18 +367,40 @@ async fn memory_checkpoints_restore_and_fork_running_processes() {
     assert_ne!(randoms[0], randoms[1], "two forks share random output");
 
     // Restore: the processes are back as they were at the checkpoint (the counter goes on
-    // from there), and what was written later is gone.
-    c.request_json::<serde_json::Value, ()>(
-        Method::POST,
-        &format!("/v1/sandboxes/{name}/checkpoints/{}/restore", cp.id),
-        None,
-    )
-    .await
-    .unwrap();
+    // from there), and what was written later is gone. Written just before, not synced.
+    sh_ok(&c, &name, "echo last > /root/last").await;
+    let r: serde_json::Value = c
+        .request_json::<serde_json::Value, ()>(
+            Method::POST,
+            &format!("/v1/sandboxes/{name}/checkpoints/{}/restore", cp.id),
+            None,
+        )
+        .await
+        .unwrap();
     let restored = counter(&c, &name).await;
     assert!(restored >= before && restored < after + 1000, "{restored}");
     let restored = counts_past(&c, &name, restored).await;
     assert!(sh(&c, &name, "test -e /root/later").await.exit_code != 0);
+    // The replaced state is the backup, with what the guest wrote just before the restore
+    // (its page cache went out to its disk first): a fork of it has both files.
+    let backup = r["backup"].as_str().unwrap().to_owned();
+    let kept = unique_name("vmbk");
+    c.create_sandbox(&CreateSandbox {
+        name: SandboxName::parse(&kept).unwrap(),
+        from: Some(burrow_api::ForkSource {
+            sandbox: SandboxName::parse(&name).unwrap(),
+            checkpoint: Some(backup),
+            memory: false,
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        sh_ok(&c, &kept, "cat /root/later /root/last").await,
+        "later\nlast\n"
+    );
+    c.delete_sandbox(&kept).await.unwrap();
 
     // A fork of the live machine with its memory: the copy goes on from the source's
     // count, as its own machine, and the source goes on too. Without memory, the copy
