@@ -76,24 +76,6 @@ fn pid_of(pidfd: &OwnedFd) -> io::Result<u32> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the sandbox's init has exited"))
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
-fn unescape(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The mount points that sit directly on the root mount, in mount order, from a
 /// `/proc/<pid>/mountinfo`. Mounts below them move with them.
 pub(crate) fn top_mounts(mountinfo: &str) -> io::Result<Vec<String>> {
@@ -103,7 +85,7 @@ pub(crate) fn top_mounts(mountinfo: &str) -> io::Result<Vec<String>> {
             let mut f = l.split(' ');
             let id = f.next()?.parse().ok()?;
             let parent = f.next()?.parse().ok()?;
-            let point = unescape(f.nth(2)?);
+            let point = super::lxcfs::unescape(f.nth(2)?);
             Some((id, parent, point))
         })
         .collect();
