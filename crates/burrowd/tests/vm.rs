@@ -713,8 +713,9 @@ async fn a_hostile_guest_stays_in_its_vm() {
 }
 
 /// Run as root in a guest: makes PID 1 (the agent) write `total` bytes of its own memory to
-/// its fd `fd` (ptrace: a `write` syscall injected at its instruction pointer). Root in a VM
-/// owns its kernel, so this works there: what a guest that took over its agent can send.
+/// its fd `fd` (ptrace: `write` syscalls run through the `syscall` instruction it is stopped
+/// in). Root in a VM owns its kernel, so this works there: what a guest that took over its
+/// agent can send.
 const INJECT_WRITE_FD: &str = r#"
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -732,10 +733,23 @@ def pt(req, addr=0, data=0):
     if r == -1 and ctypes.get_errno():
         raise OSError(ctypes.get_errno(), "ptrace %d" % req)
     return r
-pt(16)
-os.waitpid(pid, WALL)
-saved = Regs()
-pt(12, 0, ctypes.addressof(saved))
+# The agent is multithreaded and ptrace stops only its main thread: patching code would
+# change it under the other threads too. So the injected write reuses the `syscall`
+# instruction the main thread is stopped in (the two bytes before its rip), and the script
+# waits for a stop inside a syscall if the first one is not.
+import time
+for attempt in range(200):
+    pt(16)
+    os.waitpid(pid, WALL)
+    saved = Regs()
+    pt(12, 0, ctypes.addressof(saved))
+    at = saved.rip - 2
+    if pt(1, at) & 0xffff == 0x050f:
+        break
+    pt(17)
+    time.sleep(0.01)
+else:
+    sys.exit("PID 1 never stopped in a syscall")
 start = end = 0
 for line in open("/proc/%d/maps" % pid):
     f = line.split()
@@ -743,12 +757,11 @@ for line in open("/proc/%d/maps" % pid):
     if f[1].startswith("r") and not line.rstrip().endswith(("[vvar]", "[vsyscall]", "[vvar_vclock]")) \
             and b - a > end - start:
         start, end = a, b
-word = pt(1, saved.rip) & 0xffffffffffffffff
-pt(4, saved.rip, (word & ~0xffff) | 0x050f)
 written = 0
 while written < total:
     r = Regs.from_buffer_copy(saved)
-    r.rax, r.orig_rax, r.rdi, r.rsi, r.rdx = 1, 2**64 - 1, fd, start, min(end - start, 1 << 16, total - written)
+    r.rip, r.rax, r.orig_rax = at, 1, 2**64 - 1
+    r.rdi, r.rsi, r.rdx = fd, start, min(end - start, 1 << 16, total - written)
     pt(13, 0, ctypes.addressof(r))
     pt(9)
     os.waitpid(pid, WALL)
@@ -757,7 +770,6 @@ while written < total:
     if n <= 0:
         break
     written += n
-pt(4, saved.rip, word)
 pt(13, 0, ctypes.addressof(saved))
 pt(17)
 print("wrote", written, flush=True)
