@@ -490,16 +490,25 @@ impl Manager {
             Ok(())
         })
         .await?;
-        // The read-only flag costs a btrfs commit: off the restore's path. Nothing writes
-        // to a checkpoint meanwhile (the sandbox sees its checkpoints through a read-only
-        // bind mount).
+        // The read-only flag costs a btrfs commit, and the size a walk of the tree: off the
+        // restore's path, after the sandbox's first command (see `first_use`). Nothing
+        // writes to a checkpoint meanwhile (the sandbox sees its checkpoints through a
+        // read-only bind mount).
         let (pool, dst) = (self.pool.clone(), self.checkpoint_path(&rec.id, seq));
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = pool.set_readonly(&dst, true) {
-                tracing::warn!(path = %dst.display(), error = %e, "making a restore's backup read-only");
+        let first_use = self.runtime(&rec.id).first_use();
+        let me = self.me();
+        tokio::spawn(async move {
+            crate::runtime::after_first_use(first_use).await;
+            let flagged = tokio::task::spawn_blocking(move || {
+                if let Err(e) = pool.set_readonly(&dst, true) {
+                    tracing::warn!(path = %dst.display(), error = %e, "making a restore's backup read-only");
+                }
+            });
+            let _ = flagged.await;
+            if let Some(me) = me {
+                me.measure_checkpoint_in_background(cp);
             }
         });
-        self.measure_checkpoint_in_background(cp);
         Ok(())
     }
 

@@ -34,3 +34,17 @@ pub async fn pause(name: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// For tests: `BURROW_TEST_FIRST_USE_WAIT_MS=<ms>` sets how long the background work of a
+/// restore or a fork waits for the sandbox's first command (see
+/// `runtime::after_first_use`), so a test can look before that work runs without racing a
+/// timer.
+pub fn first_use_wait() -> Option<std::time::Duration> {
+    static WAIT: OnceLock<Option<std::time::Duration>> = OnceLock::new();
+    *WAIT.get_or_init(|| {
+        std::env::var("BURROW_TEST_FIRST_USE_WAIT_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(std::time::Duration::from_millis)
+    })
+}

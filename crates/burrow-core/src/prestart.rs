@@ -40,6 +40,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A pool grown by demand goes back to its base size after this long without a create that
 /// found it empty.
 const DEMAND_DECAY: Duration = Duration::from_secs(5 * 60);
+/// A refill does not wait for a taken sandbox's first command this long after a create found
+/// the pool empty (see [`Prestart::refill_after`]).
+const URGENT_AFTER_MISS: Duration = Duration::from_secs(10);
 
 /// Whether `rec` is a pre-started sandbox (hidden from users until a create takes it).
 pub(crate) fn is_prestarted(rec: &SandboxRecord) -> bool {
@@ -77,6 +80,9 @@ pub(crate) struct Prestart {
     maxima: HashMap<EngineKind, usize>,
     inner: Mutex<Inner>,
     wake: tokio::sync::Notify,
+    /// Told by a create that found a pool empty: a refill waiting for a first command stops
+    /// waiting.
+    urgent: tokio::sync::Notify,
     /// Held by the loop while it makes a sandbox; `close` takes it to wait for that one.
     making: tokio::sync::Mutex<()>,
     /// Set once the daemon is going away: the loop makes no more.
@@ -92,6 +98,8 @@ struct Inner {
     /// Creates that found a pool empty: how many since it last was at its base size (what
     /// it grows by), and when the last one was.
     misses: HashMap<Key, (usize, Instant)>,
+    /// Set by a take: the next refill waits for it (see [`Prestart::refill_after`]).
+    refill_after: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Prestart {
@@ -103,6 +111,7 @@ impl Prestart {
             maxima,
             inner: Mutex::new(Inner::default()),
             wake: tokio::sync::Notify::new(),
+            urgent: tokio::sync::Notify::new(),
             making: tokio::sync::Mutex::new(()),
             closed: std::sync::atomic::AtomicBool::new(false),
         }
@@ -152,7 +161,9 @@ impl Prestart {
             entry.0 = 0;
         }
         *entry = (entry.0 + 1, now);
+        inner.refill_after = None;
         drop(inner);
+        self.urgent.notify_one();
         self.wake.notify_one();
     }
 
@@ -172,13 +183,35 @@ impl Prestart {
 
     /// Notes that a create asked for `image` on `engine`, and wakes the loop.
     pub(crate) fn want(&self, engine: EngineKind, image: &str) {
+        if self.note_wanted(engine, image) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Records that a create asked for `image` (without waking the loop); false if the
+    /// pool does not serve `engine`.
+    fn note_wanted(&self, engine: EngineKind, image: &str) -> bool {
         if !self.serves(engine) {
-            return;
+            return false;
         }
         self.lock()
             .wanted
             .insert((engine, image.to_owned()), Instant::now());
-        self.wake.notify_one();
+        true
+    }
+
+    /// The next refill waits until `first_use` (of the sandbox just taken from `key`'s pool)
+    /// tells its first use ended, or a moment: the command a user runs right after a create
+    /// or a fork comes before a boot in the background. Not while creates find the pool
+    /// empty (a miss in the last [`URGENT_AFTER_MISS`]): then the next create needs the
+    /// refill more.
+    fn refill_after(&self, key: &Key, first_use: tokio::sync::watch::Receiver<bool>) {
+        let mut inner = self.lock();
+        let urgent = inner
+            .misses
+            .get(key)
+            .is_some_and(|(_, last)| last.elapsed() < URGENT_AFTER_MISS);
+        inner.refill_after = (!urgent).then_some(first_use);
     }
 
     /// Takes a ready sandbox made from `version` of the image; also returns the ones made
@@ -327,7 +360,9 @@ impl Manager {
         if self.store.image(image)?.is_none() {
             return Ok(None);
         }
-        self.prestart.want(engine, image);
+        if !self.prestart.note_wanted(engine, image) {
+            return Ok(None);
+        }
         let version = self.image_version(image);
         let key = (engine, image.to_owned());
         loop {
@@ -336,9 +371,12 @@ impl Manager {
                 self.discard_prestarted_in_background(id);
             }
             let Some(id) = id else {
+                // `missed` wakes the loop.
                 self.prestart.missed(&key);
                 return Ok(None);
             };
+            self.prestart.refill_after(&key, self.runtime(&id).first_use());
+            self.prestart.wake.notify_one();
             if let Some(sb) = self.reassign(&id, asked).await? {
                 return Ok(Some(sb));
             }
@@ -473,12 +511,13 @@ impl Manager {
         self.quiesce(rec).await?;
         self.replace_root(rec, new.clone()).await?;
         let pool = self.pool.clone();
+        let first_use = self.runtime(&rec.id).first_use();
         blocking(move || {
             let old = live.with_extension("old");
             std::fs::rename(&live, &old)
                 .and_then(|()| std::fs::rename(&new, &live))
                 .map_err(|e| CoreError::Internal(format!("putting the fork's volume in place: {e}")))?;
-            crate::reroot::delete_volume_later(&pool, &old)
+            crate::reroot::delete_volume_later(&pool, &old, first_use)
         })
         .await?;
         self.restart_agent(rec).await
@@ -622,6 +661,13 @@ impl Manager {
                 continue;
             };
             let image = key.1.clone();
+            let after = self.prestart.lock().refill_after.take();
+            if let Some(first_use) = after {
+                tokio::select! {
+                    () = crate::runtime::after_first_use(first_use) => {}
+                    () = self.prestart.urgent.notified() => {}
+                }
+            }
             let making = self.prestart.making.lock().await;
             if self.prestart.is_closed() {
                 return;

@@ -87,18 +87,27 @@ impl Manager {
 }
 
 /// Renames volume `path` aside (a name no sandbox has, so the start-up sweep removes it
-/// should the daemon die first) and deletes it in the background: a btrfs subvolume delete
-/// may wait for a commit, which no restore or fork needs to wait for. Blocking; call from
-/// the runtime's blocking pool.
-pub(crate) fn delete_volume_later(pool: &Arc<dyn Pool>, path: &std::path::Path) -> Result<()> {
+/// should the daemon die first) and deletes it in the background once `first_use` tells the
+/// sandbox's first use after the operation ended (or a moment passed): a btrfs subvolume
+/// delete may wait for a commit, which neither the operation nor that first command needs
+/// to wait for. Blocking; call from the runtime's blocking pool.
+pub(crate) fn delete_volume_later(
+    pool: &Arc<dyn Pool>,
+    path: &std::path::Path,
+    first_use: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
     let trash = path.with_extension(format!("trash-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff));
     std::fs::rename(path, &trash)
         .map_err(|e| CoreError::Internal(format!("renaming {} aside: {e}", path.display())))?;
     let pool = pool.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = pool.delete_volume(&trash) {
-            tracing::warn!(path = %trash.display(), error = %e, "deleting a replaced volume");
-        }
+    tokio::spawn(async move {
+        crate::runtime::after_first_use(first_use).await;
+        let deleted = tokio::task::spawn_blocking(move || {
+            if let Err(e) = pool.delete_volume(&trash) {
+                tracing::warn!(path = %trash.display(), error = %e, "deleting a replaced volume");
+            }
+        });
+        let _ = deleted.await;
     });
     Ok(())
 }

@@ -80,6 +80,9 @@ struct State {
     end_reason: Option<(String, Instant)>,
     restoring: bool,
     restarts: RestartState,
+    /// Set while background work of the last restore or fork waits for the sandbox's next
+    /// use to end (see [`SandboxRuntime::first_use`]); told when it does.
+    first_use: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Default for SandboxRuntime {
@@ -96,6 +99,7 @@ impl Default for SandboxRuntime {
                 end_reason: None,
                 restoring: false,
                 restarts: RestartState::default(),
+                first_use: None,
             }),
             inside_api: Mutex::new(None),
         }
@@ -203,6 +207,21 @@ impl SandboxRuntime {
         }
     }
 
+    /// Told when the sandbox's next use (an exec session, a tunnel) ends. Work an operation
+    /// leaves for the background (a replaced volume to delete, a backup to mark read-only,
+    /// the pool to refill) waits on it with [`after_first_use`]: on two cores it would slow
+    /// the command the user runs right after a restore or a fork, which is what they wait for.
+    pub(crate) fn first_use(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.with(|s| match &s.first_use {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                s.first_use = Some(tx);
+                rx
+            }
+        })
+    }
+
     /// Marks the sandbox busy until the guard drops (an exec session is live).
     pub(crate) fn busy_guard(self: &Arc<Self>) -> BusyGuard {
         self.with(|s| {
@@ -241,8 +260,22 @@ impl Drop for BusyGuard {
         self.runtime.with(|s| {
             s.busy = s.busy.saturating_sub(1);
             s.last_active = Instant::now();
+            if let Some(tx) = s.first_use.take() {
+                tx.send_replace(true);
+            }
         });
     }
+}
+
+/// How long background work waits at most for a sandbox's first use after a restore or a
+/// fork: a moment, then it goes ahead.
+const FIRST_USE_WAIT: Duration = Duration::from_millis(500);
+
+/// Waits until the use `first_use` watches has ended, [`FIRST_USE_WAIT`] has passed, or the
+/// sandbox is gone (its runtime dropped), whichever comes first.
+pub(crate) async fn after_first_use(mut first_use: tokio::sync::watch::Receiver<bool>) {
+    let wait = crate::fault::first_use_wait().unwrap_or(FIRST_USE_WAIT);
+    let _ = tokio::time::timeout(wait, first_use.wait_for(|used| *used)).await;
 }
 
 impl Manager {

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use burrow_api::{CreateSandbox, EngineKind, ExecRequest, PrestartInfo, SandboxName};
-use burrow_testkit::burrow_client::Client;
+use burrow_testkit::burrow_client::{Client, Method};
 use burrow_testkit::fixtures::{create_req, fork_req};
 use burrow_testkit::{Daemon, raw_unix, unique_name};
 
@@ -557,6 +557,115 @@ async fn a_crash_while_a_fork_takes_one_loses_nothing() {
     assert_eq!(
         sh(&c, &fork, "cat /root/state; hostname").await,
         format!("mine\n{fork}")
+    );
+}
+
+/// Replaced volumes renamed aside and not deleted yet (`<id>.trash-<hex>`).
+fn trash_volumes(d: &Daemon) -> Vec<String> {
+    std::fs::read_dir(d.data_dir.join("pool/sandboxes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".trash-"))
+        .collect()
+}
+
+/// The `ro` property of btrfs subvolume `path`.
+fn read_only(path: &std::path::Path) -> bool {
+    let out = std::process::Command::new("btrfs")
+        .args(["property", "get", "-ts"])
+        .arg(path)
+        .arg("ro")
+        .output()
+        .expect("btrfs");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(out.status.success() && text.starts_with("ro="), "{text}");
+    text == "ro=true"
+}
+
+/// The background work a fork and a restore leave behind (the replaced volume's delete, the
+/// pool's refill, the backup's read-only flag and size) waits for the sandbox's first
+/// command, which is what the user waits for on two cores. With that wait made long
+/// (`BURROW_TEST_FIRST_USE_WAIT_MS`), none of it has happened when the fork or the restore
+/// answers; a command in the sandbox lets it go (the control: the same probes see it done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_work_of_a_fork_or_a_restore_waits_for_its_first_command() {
+    let (d, c, src) = pool_and_source("mine").await;
+    d.set_env(&[("BURROW_TEST_FIRST_USE_WAIT_MS", "600000")]);
+    d.kill9();
+    d.restart();
+    wait_pool(&c, "one ready", |p| p.ready == 1).await;
+
+    let fork = unique_name("fork");
+    c.create_sandbox(&fork_req(&fork, &src, None)).await.unwrap();
+    assert!(from_pool(&d, &fork));
+    assert_eq!(trash_volumes(&d).len(), 1, "the replaced volume waits");
+    assert_eq!(prestart(&c).await.ready, 0, "the pool waits");
+    let text = log(&d);
+    let taken = text
+        .find(&format!("created (pre-started) sandbox={fork} "))
+        .unwrap();
+    assert!(
+        !text[taken..].contains("sandbox=prestarted-"),
+        "no refill started before the fork's first command"
+    );
+    assert_eq!(sh(&c, &fork, "cat /root/state").await, "mine");
+    wait_pool(&c, "refilled after the first command", |p| p.ready == 1).await;
+    let stray = stray_volumes(&d).await;
+    assert!(stray.is_empty(), "the replaced volume went: {stray:?}");
+
+    let id = c.get_sandbox(&src).await.unwrap().id;
+    let v: serde_json::Value = c
+        .request_json(
+            Method::POST,
+            &format!("/v1/sandboxes/{src}/checkpoints"),
+            Some(&serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    let cp = v["id"].as_str().unwrap().to_owned();
+    sh(&c, &src, "echo changed > /root/state").await;
+    let r: serde_json::Value = c
+        .request_json::<serde_json::Value, ()>(
+            Method::POST,
+            &format!("/v1/sandboxes/{src}/checkpoints/{cp}/restore"),
+            None,
+        )
+        .await
+        .unwrap();
+    let backup = r["backup"].as_str().unwrap().to_owned();
+    let backup_path = d.data_dir.join(format!("pool/checkpoints/{id}/{backup}"));
+    let size = |list: &serde_json::Value| {
+        list["checkpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == backup.as_str())
+            .map(|c| c["size_bytes"].as_u64().unwrap())
+            .unwrap()
+    };
+    let list = c
+        .get_json(&format!("/v1/sandboxes/{src}/checkpoints"))
+        .await
+        .unwrap();
+    assert_eq!(size(&list), 0, "the backup is not measured yet: {list}");
+    assert!(!read_only(&backup_path), "the backup's flag waits");
+    assert_eq!(sh(&c, &src, "cat /root/state").await, "mine");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = c
+            .get_json(&format!("/v1/sandboxes/{src}/checkpoints"))
+            .await
+            .unwrap();
+        if size(&list) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the backup was never measured: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        read_only(&backup_path),
+        "the backup is read-only after the first command"
     );
 }
 
