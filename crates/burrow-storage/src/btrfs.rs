@@ -173,6 +173,32 @@ impl Pool for BtrfsPool {
         walk::apparent_size(path)
     }
 
+    fn snapshot_size(&self, path: &Path) -> Result<u64> {
+        let vol = self.open_volume(path)?;
+        // What the walk counts (st_size of everything but directories, an inode once,
+        // however many links it has), read from the subvolume's btree: a walk of a fresh
+        // snapshot costs 0.1–0.3 s of CPU for the base image (none of its inodes is in
+        // memory yet), this a few ms. Only for a read-only snapshot: making one writes its
+        // source's data back and puts its inode items into the tree, and nothing changes it
+        // after; a writable volume's tree lags its files (items are written back later). A
+        // volume with nested subvolumes (their inodes are in trees of their own), or one
+        // the search is refused on, is walked.
+        let readonly = sys::subvol_flags(vol.as_fd()).is_ok_and(|f| f & sys::BTRFS_SUBVOL_RDONLY != 0);
+        if !readonly {
+            return walk::apparent_size(path);
+        }
+        let mut total = 0u64;
+        let read = sys::for_each_inode(vol.as_fd(), |inode| {
+            if inode.mode & libc::S_IFMT != libc::S_IFDIR && inode.nlink > 0 {
+                total += inode.size;
+            }
+        });
+        match read {
+            Ok(false) => Ok(total),
+            _ => walk::apparent_size(path),
+        }
+    }
+
     fn set_quota(&self, path: &Path, bytes: u64) -> Result<bool> {
         let vol = self.open_volume(path)?;
         self.ensure_quota()?;

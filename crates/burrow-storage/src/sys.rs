@@ -240,6 +240,136 @@ pub fn set_subvol_flags(vol: BorrowedFd<'_>, flags: u64) -> nix::Result<()> {
     unsafe { btrfs_ioc_subvol_setflags(vol.as_raw_fd(), &flags) }.map(drop)
 }
 
+/// `struct btrfs_ioctl_search_key`.
+#[repr(C)]
+#[derive(Default)]
+struct SearchKey {
+    tree_id: u64,
+    min_objectid: u64,
+    max_objectid: u64,
+    min_offset: u64,
+    max_offset: u64,
+    min_transid: u64,
+    max_transid: u64,
+    min_type: u32,
+    max_type: u32,
+    nr_items: u32,
+    unused: u32,
+    unused1: u64,
+    unused2: u64,
+    unused3: u64,
+    unused4: u64,
+}
+
+/// `struct btrfs_ioctl_search_args_v2` with its result buffer after it.
+#[repr(C)]
+struct SearchArgsV2 {
+    key: SearchKey,
+    buf_size: u64,
+    buf: [u8; SEARCH_BUF],
+}
+
+const SEARCH_BUF: usize = 64 * 1024;
+/// The size the kernel encodes in the ioctl number: the struct without its buffer.
+const SEARCH_ARGS_V2_HEAD: usize = std::mem::size_of::<SearchKey>() + 8;
+const _: () = assert!(std::mem::size_of::<SearchKey>() == 104);
+nix::ioctl_readwrite_bad!(
+    btrfs_ioc_tree_search_v2,
+    nix::request_code_readwrite!(BTRFS_IOCTL_MAGIC, 17, SEARCH_ARGS_V2_HEAD),
+    SearchArgsV2
+);
+/// `BTRFS_INODE_ITEM_KEY`.
+const INODE_ITEM_KEY: u32 = 1;
+/// `BTRFS_DIR_INDEX_KEY`: one per directory entry.
+const DIR_INDEX_KEY: u32 = 96;
+/// `BTRFS_ROOT_ITEM_KEY`: a directory entry whose location has it names a subvolume.
+const ROOT_ITEM_KEY: u8 = 132;
+/// `struct btrfs_ioctl_search_header`: transid, objectid, offset (u64), type, len (u32).
+const SEARCH_HEADER: usize = 32;
+
+/// One inode of a subvolume, as its `btrfs_inode_item` records it.
+#[derive(Debug, Clone, Copy)]
+pub struct InodeItem {
+    pub size: u64,
+    pub nlink: u32,
+    pub mode: u32,
+}
+
+/// Calls `f` for every inode item of the subvolume whose root directory is open at `vol`,
+/// read from its btree (`BTRFS_IOC_TREE_SEARCH_V2`, needs CAP_SYS_ADMIN) instead of a walk
+/// of its directories: no inode is brought into memory, and a fresh snapshot's tree blocks
+/// are its source's, already cached. Returns whether a directory of it holds a nested
+/// subvolume (whose inodes are in a tree of their own, not seen here).
+pub fn for_each_inode(vol: BorrowedFd<'_>, mut f: impl FnMut(InodeItem)) -> nix::Result<bool> {
+    let mut args = Box::new(SearchArgsV2 {
+        key: SearchKey::default(),
+        buf_size: SEARCH_BUF as u64,
+        buf: [0; SEARCH_BUF],
+    });
+    // The whole tree of `vol`'s subvolume (tree 0: the fd's own), every key from the first
+    // inode on; items of other types come along and are skipped.
+    let (mut objectid, mut ty, mut offset) = (0u64, 0u32, 0u64);
+    let mut nested = false;
+    loop {
+        args.key = SearchKey {
+            min_objectid: objectid,
+            max_objectid: u64::MAX,
+            min_type: ty,
+            max_type: u32::MAX,
+            min_offset: offset,
+            max_offset: u64::MAX,
+            max_transid: u64::MAX,
+            nr_items: u32::MAX,
+            ..SearchKey::default()
+        };
+        args.buf_size = SEARCH_BUF as u64;
+        // SAFETY: `vol` is a valid open fd; `args` is a fully initialised search_args_v2
+        // whose `buf_size` is the size of the buffer that follows it in the same allocation,
+        // which is all the kernel writes.
+        unsafe { btrfs_ioc_tree_search_v2(vol.as_raw_fd(), &mut *args) }?;
+        let found = args.key.nr_items;
+        if found == 0 {
+            return Ok(nested);
+        }
+        let mut at = 0usize;
+        let mut last = (0u64, 0u32, 0u64);
+        for _ in 0..found {
+            let header = args.buf.get(at..at + SEARCH_HEADER).ok_or(Errno::EIO)?;
+            let u64_at = |b: &[u8], i: usize| u64::from_ne_bytes(b[i..i + 8].try_into().unwrap_or_default());
+            let u32_at = |b: &[u8], i: usize| u32::from_ne_bytes(b[i..i + 4].try_into().unwrap_or_default());
+            let (item_objectid, item_offset) = (u64_at(header, 8), u64_at(header, 16));
+            let (item_type, len) = (u32_at(header, 24), u32_at(header, 28) as usize);
+            let data = args
+                .buf
+                .get(at + SEARCH_HEADER..at + SEARCH_HEADER + len)
+                .ok_or(Errno::EIO)?;
+            // `struct btrfs_inode_item`: generation, transid, size, nbytes, block_group
+            // (u64), nlink, uid, gid, mode (u32), ... (little-endian on disk).
+            if item_type == INODE_ITEM_KEY && len >= 56 {
+                f(InodeItem {
+                    size: u64::from_le_bytes(data[16..24].try_into().unwrap_or_default()),
+                    nlink: u32::from_le_bytes(data[40..44].try_into().unwrap_or_default()),
+                    mode: u32::from_le_bytes(data[52..56].try_into().unwrap_or_default()),
+                });
+            }
+            // `struct btrfs_dir_item` starts with its location, a packed `btrfs_disk_key`:
+            // objectid (u64), type (u8), offset (u64).
+            if item_type == DIR_INDEX_KEY && data.get(8) == Some(&ROOT_ITEM_KEY) {
+                nested = true;
+            }
+            last = (item_objectid, item_type, item_offset);
+            at += SEARCH_HEADER + len;
+        }
+        // Next search starts just after the last key returned.
+        (objectid, ty, offset) = match last {
+            (o, t, off) if off < u64::MAX => (o, t, off + 1),
+            (o, t, _) if t < u32::from(u8::MAX) => (o, t + 1, 0),
+            (o, _, _) if o < u64::MAX => (o + 1, 0, 0),
+            _ => return Ok(nested),
+        };
+    }
+}
+
 /// Lists the extended attribute names of `path` (not following a final symlink), as
 /// NUL-separated names.
 pub fn llistxattr(path: &CStr) -> nix::Result<Vec<u8>> {

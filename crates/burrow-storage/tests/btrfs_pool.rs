@@ -471,3 +471,49 @@ fn a_limited_snapshot_refuses_writes_past_its_limit() {
     let (written, err) = fill(&free, "fill", 16);
     assert!(err.is_none() && written == 16, "{err:?} after {written} MiB");
 }
+
+/// A read-only snapshot's size read from its btree is what the walk finds: every file's and
+/// symlink's st_size (a sparse file's too), an inode with two links once, directories and
+/// empty files nothing. The control: the live volume, walked, says the same, and a file
+/// written after the snapshot counts in the volume, not in the snapshot. A snapshot of a
+/// volume with a nested subvolume (walked) comes out the same way.
+#[test]
+fn a_snapshots_size_is_what_a_walk_of_it_finds() {
+    if !is_root() {
+        return;
+    }
+    let t = TestPool::btrfs();
+    let pool = t.pool();
+    let vol = t.path("sandboxes/s");
+    pool.create_volume(&vol).unwrap();
+    std::fs::create_dir_all(vol.join("a/b")).unwrap();
+    std::fs::write(vol.join("a/b/ten"), [7u8; 10]).unwrap();
+    std::fs::write(vol.join("big"), vec![1u8; 3 * MIB as usize]).unwrap();
+    std::fs::hard_link(vol.join("big"), vol.join("a/big-again")).unwrap();
+    std::os::unix::fs::symlink("a/b/ten", vol.join("link")).unwrap();
+    std::fs::write(vol.join("empty"), b"").unwrap();
+    let sparse = std::fs::File::create(vol.join("sparse")).unwrap();
+    sparse.set_len(1 << 30).unwrap();
+    drop(sparse);
+    for i in 0..2000 {
+        std::fs::write(vol.join(format!("a/many-{i}")), b"xy").unwrap();
+    }
+    let expected = 10 + 3 * MIB + "a/b/ten".len() as u64 + (1 << 30) + 2 * 2000;
+    assert_eq!(pool.volume_size(&vol).unwrap(), expected, "the walk");
+
+    let snap = t.path("checkpoints/s/v1");
+    pool.snapshot(&vol, &snap, true).unwrap();
+    std::fs::write(vol.join("after"), [0u8; 100]).unwrap();
+    assert_eq!(pool.snapshot_size(&snap).unwrap(), expected);
+    assert_eq!(pool.volume_size(&vol).unwrap(), expected + 100);
+
+    pool.create_volume(&vol.join("inner")).unwrap();
+    std::fs::write(vol.join("inner/f"), [0u8; 5]).unwrap();
+    let snap2 = t.path("checkpoints/s/v2");
+    pool.snapshot(&vol, &snap2, true).unwrap();
+    assert_eq!(
+        pool.snapshot_size(&snap2).unwrap(),
+        expected + 100,
+        "a nested subvolume is an empty directory in a snapshot"
+    );
+}
