@@ -374,6 +374,9 @@ impl Manager {
             .await?;
         }
         crate::fault::point("restore.after_backup");
+        if rec.status == SandboxStatus::Running {
+            self.prefetch_root_in_background(&rec, &new);
+        }
         step("snapshot");
         // 2. Stop every process at once: their disk is about to be replaced, so there is
         //    nothing to shut down gracefully for. Sessions learn why. A running container

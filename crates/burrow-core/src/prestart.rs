@@ -508,6 +508,7 @@ impl Manager {
         self.snapshot_fork_source(fork.src, fork.checkpoint, new.clone(), false, Some(bytes))
             .await?;
         crate::fault::point("prestart.fork_snapshot");
+        self.prefetch_root_in_background(rec, &new);
         self.quiesce(rec).await?;
         self.replace_root(rec, new.clone()).await?;
         let pool = self.pool.clone();

@@ -23,6 +23,16 @@ type Result<T, E = CoreError> = std::result::Result<T, E>;
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Manager {
+    /// Has the engine start reading, in the background, what the first command in the tree
+    /// at `root` (a snapshot made moments ago, about to run `rec`) will read (see
+    /// `Engine::prefetch_root`).
+    pub(crate) fn prefetch_root_in_background(&self, rec: &SandboxRecord, root: &std::path::Path) {
+        if let Ok(engine) = self.engine(rec) {
+            let root = root.to_owned();
+            tokio::task::spawn_blocking(move || engine.prefetch_root(&root));
+        }
+    }
+
     /// Whether `rec`'s root can be replaced in place: a running sandbox of an engine that
     /// can.
     pub(crate) fn can_reroot(&self, rec: &SandboxRecord) -> bool {

@@ -289,6 +289,14 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
             op: "replace_root",
         })
     }
+    /// Starts reading, in the background, the files nearly every first command in a root
+    /// tree made moments ago (a fork's or a restore's snapshot) reads: its loader, C library
+    /// and shells. A fresh snapshot's files share their data with the source but not its
+    /// page cache, so the first command would otherwise wait for each page of them, one
+    /// fault at a time. Best effort; blocking (call it off the async workers).
+    fn prefetch_root(&self, root: &std::path::Path) {
+        let _ = root;
+    }
     /// How long the agent may take to answer after `start` (a VM boots a kernel first).
     fn ready_timeout(&self) -> Duration {
         Duration::from_secs(15)

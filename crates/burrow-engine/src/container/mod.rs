@@ -821,6 +821,10 @@ impl Engine for ContainerEngine {
             .map_err(io_err("replace the root with", new_root))
     }
 
+    fn prefetch_root(&self, root: &Path) {
+        root::prefetch(root);
+    }
+
     fn adopt(&self, id: &str) -> Result<()> {
         if self.has_drain(id) {
             return Ok(());

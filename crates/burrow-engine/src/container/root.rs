@@ -30,6 +30,24 @@ const MOUNT_ATTR_SIZE_VER0: usize = 32;
 const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 const RESOLVE_BENEATH: u64 = 0x08;
+const RESOLVE_NO_XDEV: u64 = 0x01;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// What nearly every first command reads (see [`prefetch`]): the loader's cache, the loader,
+/// the C library, the shells and what `bash` links. Paths as in the tree; symlinks among them
+/// (`/bin`, `/lib64`, ...) resolve inside it.
+const FIRST_COMMAND_FILES: &[&str] = &[
+    "etc/ld.so.cache",
+    "lib64/ld-linux-x86-64.so.2",
+    "lib/x86_64-linux-gnu/libc.so.6",
+    "lib/x86_64-linux-gnu/libtinfo.so.6",
+    "bin/sh",
+    "bin/bash",
+    "usr/bin/true",
+    "usr/bin/env",
+];
+/// A file bigger than this is not what the list means: left alone.
+const PREFETCH_MAX: i64 = 16 << 20;
 
 /// `struct mount_attr` of mount_setattr(2).
 #[repr(C)]
@@ -208,6 +226,52 @@ fn open_beneath(dir: &OwnedFd, name: &CString) -> io::Result<OwnedFd> {
     owned(ret, "opening a mount point")
 }
 
+/// Starts the kernel reading [`FIRST_COMMAND_FILES`] of the tree at `root` into the page
+/// cache (`POSIX_FADV_WILLNEED`: asynchronous). The tree is a sandbox's: every path is
+/// resolved inside it (`RESOLVE_IN_ROOT`, no magic links, no mount crossed), only regular
+/// files are read, and nothing is written. Best effort: a file that is missing or not what
+/// it should be is skipped.
+pub(crate) fn prefetch(root: &Path) {
+    let Ok(root) = cstr(root) else { return };
+    // SAFETY: open reads the NUL-terminated path; the fd returned is owned below.
+    let dir = unsafe { libc::open(root.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    let Ok(dir) = owned(dir.into(), "opening a root to prefetch") else {
+        return;
+    };
+    for name in FIRST_COMMAND_FILES {
+        let Ok(name) = CString::new(*name) else { continue };
+        let how = OpenHow {
+            flags: (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) as u64,
+            mode: 0,
+            resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
+        };
+        // SAFETY: openat2 reads `how` (its size passed) and the NUL-terminated name.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        let Ok(file) = owned(ret, "opening a file to prefetch") else {
+            continue;
+        };
+        // SAFETY: an all-zero `stat` is a valid value for the kernel to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes into `st`, which lives for the call; the fd is ours.
+        if unsafe { libc::fstat(file.as_raw_fd(), &mut st) } != 0
+            || st.st_mode & libc::S_IFMT != libc::S_IFREG
+            || st.st_size > PREFETCH_MAX
+        {
+            continue;
+        }
+        // SAFETY: posix_fadvise on our own fd; no memory is passed.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, st.st_size, libc::POSIX_FADV_WILLNEED) };
+    }
+}
+
 /// A detached, private copy of the mount at `path` (and what is mounted below it).
 fn private_copy(path: &CString) -> io::Result<OwnedFd> {
     // SAFETY: open_tree reads the NUL-terminated path; returns a new fd.
@@ -371,6 +435,71 @@ fn rand_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pages of `path` in the page cache.
+    fn resident_pages(path: &Path) -> usize {
+        let file = std::fs::File::open(path).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        // SAFETY: a private read-only mapping of our open file, unmapped below; mincore
+        // writes one byte per page into `vec`, sized for the mapping.
+        unsafe {
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(addr, libc::MAP_FAILED);
+            let mut vec = vec![0u8; len.div_ceil(4096)];
+            assert_eq!(libc::mincore(addr, len, vec.as_mut_ptr()), 0);
+            libc::munmap(addr, len);
+            vec.iter().filter(|b| **b & 1 == 1).count()
+        }
+    }
+
+    /// A file of 1 MiB on a disk-backed file system, out of the page cache.
+    fn cold_file(path: &Path) {
+        std::fs::write(path, vec![7u8; 1 << 20]).unwrap();
+        let file = std::fs::File::open(path).unwrap();
+        file.sync_all().unwrap();
+        // SAFETY: posix_fadvise on our own fd; no memory is passed.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+
+    /// The prefetch reads the files of the list into the page cache, and only from inside
+    /// the tree: a symlink in it pointing out (absolute, or up with `..`) resolves inside
+    /// the tree, and the file outside stays out of the cache. The control: the same probe
+    /// sees the file inside go into the cache.
+    #[test]
+    fn prefetch_reads_the_first_commands_files_and_nothing_outside_the_tree() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let outside = dir.path().join("secret");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(root.join("lib/x86_64-linux-gnu")).unwrap();
+        cold_file(&outside);
+        std::os::unix::fs::symlink(&outside, root.join("etc/ld.so.cache")).unwrap();
+        std::os::unix::fs::symlink("../../../secret", root.join("lib/x86_64-linux-gnu/libc.so.6")).unwrap();
+        std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+        cold_file(&root.join("usr/bin/bash"));
+        assert_eq!(resident_pages(&root.join("usr/bin/bash")), 0, "evicted first");
+        assert_eq!(resident_pages(&outside), 0, "evicted first");
+
+        prefetch(&root);
+        // WILLNEED only starts the reads: wait (bounded) for the file inside.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while resident_pages(&root.join("usr/bin/bash")) < 256 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "bin/bash never came into the cache"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(resident_pages(&outside), 0, "a file outside the tree was read");
+    }
 
     #[test]
     fn top_mounts_are_the_children_of_the_root_mount() {
