@@ -669,6 +669,76 @@ async fn background_work_of_a_fork_or_a_restore_waits_for_its_first_command() {
     );
 }
 
+/// Pages of `path` in the page cache.
+fn resident_pages(path: &std::path::Path) -> usize {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    // SAFETY: a private read-only mapping of our open file, unmapped below; mincore writes
+    // one byte per page into `vec`, sized for the mapping.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(addr, libc::MAP_FAILED);
+        let mut vec = vec![0u8; len.div_ceil(4096)];
+        assert_eq!(libc::mincore(addr, len, vec.as_mut_ptr()), 0);
+        libc::munmap(addr, len);
+        vec.iter().filter(|b| **b & 1 == 1).count()
+    }
+}
+
+/// A fork's new root has its first command's files read ahead by the daemon, from the host
+/// (see `Engine::prefetch_root`), and those files are the tenant's to plant. Root in the
+/// source points `/etc/ld.so.cache` at a host file by its absolute host path and makes
+/// `bash` a FIFO: the fork is served, its commands run, the host file stays out of the page
+/// cache (never read) and nothing hangs on the FIFO. The control: a file of the list
+/// the sandbox wrote itself (`/usr/bin/env`) is read into the cache in the fork's volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forks_read_ahead_stays_in_its_tree() {
+    use std::os::fd::AsRawFd;
+    let (d, c, src) = pool_and_source("mine").await;
+    let host_file = d.data_dir.join("host-secret");
+    std::fs::write(&host_file, vec![7u8; 1 << 20]).unwrap();
+    {
+        let f = std::fs::File::open(&host_file).unwrap();
+        f.sync_all().unwrap();
+        // SAFETY: posix_fadvise on our own fd; no memory is passed.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+    assert_eq!(resident_pages(&host_file), 0, "evicted first");
+    sh(
+        &c,
+        &src,
+        &format!(
+            "ln -sf {} /etc/ld.so.cache && rm /usr/bin/bash && mkfifo /usr/bin/bash \
+             && head -c 1048576 /dev/urandom > /usr/bin/env && sync",
+            host_file.display()
+        ),
+    )
+    .await;
+    wait_pool(&c, "one ready", |p| p.ready == 1).await;
+    let fork = unique_name("fork");
+    let id = c.create_sandbox(&fork_req(&fork, &src, None)).await.unwrap().id;
+    assert!(from_pool(&d, &fork));
+    assert_eq!(sh(&c, &fork, "cat /root/state").await, "mine");
+    let env = d.data_dir.join(format!("pool/sandboxes/{id}/usr/bin/env"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while resident_pages(&env) < 256 {
+        assert!(
+            Instant::now() < deadline,
+            "the fork's /usr/bin/env was never read ahead"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(resident_pages(&host_file), 0, "the host file was read");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_create_takes_a_prestarted_vm() {
     let d = Daemon::start_with(&["--prestart", "0", "--prestart-vm", "1"]);
