@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::cmd::{ip_batch, nft_apply, nft_output};
 use crate::config::validate_id;
+use crate::netlink::{self, Rtnl};
 use crate::rules::{self, Edits, Names};
 use crate::sys::{self, in_netns};
 use crate::{Mode, NetConfig, NetError, Result, names};
@@ -15,8 +16,10 @@ const SANDBOX_IF: &str = "eth0";
 /// nft stores element timeouts in milliseconds; cap admissions at a generous 30 days.
 const MAX_ADMIT: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// One daemon's host networking. Cheap to share: every method takes `&self` and all state is
-/// in the kernel, so a restarted daemon picks up where the last one left off.
+/// One daemon's host networking. Cheap to share: every method takes `&self` and the state
+/// is in the kernel, so a restarted daemon picks up where the last one left off (the one
+/// thing kept here, which sources were ever admitted somewhere, starts empty with the set
+/// it describes).
 #[derive(Debug)]
 pub struct HostNet {
     cfg: NetConfig,
@@ -24,6 +27,10 @@ pub struct HostNet {
     bridge: String,
     table: String,
     port_group: u32,
+    /// Sources that may have pairs in the `allowed` set: only [`HostNet::admit`] adds pairs,
+    /// and [`HostNet::setup`] starts the set empty. A detach or a mode change of any other
+    /// address has none to drop, and skips listing the set (an `nft` process).
+    admitted_srcs: std::sync::Mutex<std::collections::HashSet<Ipv4Addr>>,
 }
 
 impl HostNet {
@@ -40,6 +47,7 @@ impl HostNet {
             table: names::table(&cfg.tag),
             port_group: names::port_group(&cfg.tag),
             cfg,
+            admitted_srcs: Default::default(),
         };
         prepare_netns_dir(&net.cfg.tag)?;
         let own = format!("bw{}", net.cfg.tag);
@@ -148,7 +156,7 @@ impl HostNet {
     /// a daemon restart or a host reboot, with running processes inside): named netns, `lo`
     /// up, a veth whose host end is an isolated bridge port and whose other end is `eth0`
     /// with `addr`, default route via the gateway, IPv6 off inside. Returns the netns path.
-    /// Three process spawns: `ip` on the host, `nft`, `ip` inside.
+    /// Two process spawns: `ip` on the host and `nft` (inside, rtnetlink in-process).
     pub fn attach(&self, id: &str, addr: Ipv4Addr) -> Result<PathBuf> {
         self.attach_inner(id, addr, None)
     }
@@ -159,7 +167,8 @@ impl HostNet {
         validate_id(id)?;
         let path = self.netns_path(id);
         if !path.exists() {
-            ip_batch(None, &[format!("netns add {}", self.netns_name(id))])?;
+            let name = self.netns_name(id);
+            sys::netns_add(&name).map_err(NetError::io(format!("adding namespace {name}")))?;
         }
         Ok(path)
     }
@@ -187,22 +196,26 @@ impl HostNet {
             });
         }
 
-        let mut host = Vec::new();
-        if !ns_exists {
-            host.push(format!("netns add {name}"));
-        }
-        if !veth_exists {
-            host.push(format!(
-                "link add {veth} type veth peer name {SANDBOX_IF} netns {name}"
-            ));
-        }
-        host.push(format!(
-            "link set {veth} group {} master {}",
-            self.port_group, self.bridge
-        ));
-        host.push(format!("link set dev {veth} type bridge_slave isolated on"));
-        host.push(format!("link set {veth} up"));
-        ip_batch(None, &host)?;
+        // On the host, in-process (rtnetlink): the namespace, the veth pair with its peer in
+        // it as `eth0`, the host end an isolated port of the bridge in the tag's group, up.
+        let wired = (|| -> std::io::Result<()> {
+            if !ns_exists {
+                sys::netns_add(&name)?;
+            }
+            let mut rtnl = Rtnl::open()?;
+            if !veth_exists {
+                let ns = std::fs::File::open(&path)?;
+                rtnl.veth_pair(&veth, SANDBOX_IF, std::os::fd::AsFd::as_fd(&ns))?;
+            }
+            let port = netlink::ifindex(&veth)?;
+            rtnl.link_group_master(port, self.port_group, netlink::ifindex(&self.bridge)?)?;
+            std::fs::write(format!("/sys/class/net/{veth}/brport/isolated"), "1")?;
+            rtnl.link_up(port)
+        })();
+        wired.map_err(NetError::io(format!(
+            "wiring {veth} to {} and namespace {name}",
+            self.bridge
+        )))?;
         // A bridge port needs no address; without this it would get an IPv6 link-local one.
         sys::write_sysctl(&format!("net/ipv6/conf/{veth}/disable_ipv6"), "1")
             .map_err(NetError::io(format!("disabling IPv6 on {veth}")))?;
@@ -241,19 +254,24 @@ impl HostNet {
         }
         nft_apply(edits.script())?;
 
+        // Inside: `lo` and `eth0` up, the stale addresses off, this one on, the default
+        // route; in-process (rtnetlink), not an `ip` spawn.
         let prefix = self.cfg.subnet.prefix;
-        let mut inside = vec!["link set lo up".to_owned(), format!("link set {SANDBOX_IF} up")];
-        inside.extend(
-            stale
-                .iter()
-                .map(|(a, p)| format!("addr del {a}/{p} dev {SANDBOX_IF}")),
-        );
-        inside.push(format!("addr replace {addr}/{prefix} dev {SANDBOX_IF}"));
-        inside.push(format!(
-            "route replace default via {} dev {SANDBOX_IF}",
-            self.gateway
-        ));
-        ip_batch(Some(&name), &inside)?;
+        let gateway = self.gateway;
+        in_netns(&path, || {
+            let mut rtnl = Rtnl::open()?;
+            rtnl.link_up(netlink::ifindex("lo")?)?;
+            let eth0 = netlink::ifindex(SANDBOX_IF)?;
+            rtnl.link_up(eth0)?;
+            for (a, p) in &stale {
+                rtnl.addr(eth0, *a, *p, false)?;
+            }
+            rtnl.addr(eth0, addr, prefix, true)?;
+            rtnl.default_route(gateway, eth0)
+        })
+        .map_err(NetError::io(format!(
+            "configuring {SANDBOX_IF} in namespace {name}"
+        )))?;
         Ok(path)
     }
 
@@ -262,23 +280,22 @@ impl HostNet {
     /// namespace still held by a process would otherwise keep it alive.
     pub fn detach(&self, id: &str) -> Result<()> {
         validate_id(id)?;
-        let path = self.netns_path(id);
         let veth = self.veth_name(id);
         let addrs: Vec<Ipv4Addr> = self.sandbox_addrs(id);
 
-        let mut lines = Vec::new();
-        if sys::interface_exists(&veth) {
-            lines.push(format!("link del {veth}"));
-        }
-        if path.exists() {
-            lines.push(format!("netns del {}", self.netns_name(id)));
-        }
-        ip_batch(None, &lines)?;
+        let name = self.netns_name(id);
+        let unwired = (|| -> std::io::Result<()> {
+            if sys::interface_exists(&veth) {
+                Rtnl::open()?.link_del(netlink::ifindex(&veth)?)?;
+            }
+            sys::netns_del(&name)
+        })();
+        unwired.map_err(NetError::io(format!("removing {veth} and namespace {name}")))?;
 
         if !addrs.is_empty() {
-            let allowed = self.allowed_pairs()?;
+            let allowed = self.allowed_pairs_of(&addrs)?;
             let mut edits = Edits::default();
-            for addr in addrs {
+            for &addr in &addrs {
                 self.mode_edits(&mut edits, &allowed, addr, Mode::None, false);
                 edits.ensure(
                     "bridge",
@@ -289,6 +306,7 @@ impl HostNet {
                 );
             }
             nft_apply(edits.script())?;
+            self.forget_admitted(&addrs);
         }
         Ok(())
     }
@@ -304,17 +322,21 @@ impl HostNet {
     /// running sandbox: established connections from a sandbox switched to `None` stop too.
     /// Leaving `Policy` forgets the address's admitted destinations. `transparent` applies in
     /// every mode (the proxy it redirects to enforces the mode itself). One nft transaction (plus
-    /// one listing when the mode is not `Policy`).
+    /// one listing when an address that was admitted somewhere leaves `Policy`).
     pub fn set_mode(&self, addr: Ipv4Addr, mode: Mode, transparent: bool) -> Result<()> {
         self.check_sandbox_addr(addr)?;
         let allowed = if mode == Mode::Policy {
             Vec::new()
         } else {
-            self.allowed_pairs()?
+            self.allowed_pairs_of(&[addr])?
         };
         let mut edits = Edits::default();
         self.mode_edits(&mut edits, &allowed, addr, mode, transparent);
-        nft_apply(edits.script())
+        nft_apply(edits.script())?;
+        if mode != Mode::Policy {
+            self.forget_admitted(&[addr]);
+        }
+        Ok(())
     }
 
     /// Policy mode: allows new connections `src → dst` for `ttl` (at least 1 ms, at most 30
@@ -325,6 +347,7 @@ impl HostNet {
         let ms = ttl.min(MAX_ADMIT).as_millis().max(1) as u64;
         let mut edits = Edits::default();
         edits.refresh("inet", &self.table, "allowed", &format!("{src} . {dst}"), ms);
+        self.admitted_srcs().insert(src);
         nft_apply(edits.script())
     }
 
@@ -407,6 +430,35 @@ impl HostNet {
             .map(|(a, _)| a)
             .filter(|a| self.cfg.subnet.contains(*a))
             .collect()
+    }
+
+    fn admitted_srcs(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Ipv4Addr>> {
+        self.admitted_srcs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pairs in `allowed` whose source is one of `addrs`; nothing is listed when none of
+    /// them was ever admitted (see `admitted_srcs`).
+    fn allowed_pairs_of(&self, addrs: &[Ipv4Addr]) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>> {
+        let any = {
+            let srcs = self.admitted_srcs();
+            addrs.iter().any(|a| srcs.contains(a))
+        };
+        if !any {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .allowed_pairs()?
+            .into_iter()
+            .filter(|(src, _)| addrs.contains(src))
+            .collect())
+    }
+
+    /// `addrs` have no pairs in `allowed` any more (their pairs were just deleted).
+    fn forget_admitted(&self, addrs: &[Ipv4Addr]) {
+        let mut srcs = self.admitted_srcs();
+        for a in addrs {
+            srcs.remove(a);
+        }
     }
 
     fn allowed_pairs(&self) -> Result<Vec<(Ipv4Addr, Ipv4Addr)>> {

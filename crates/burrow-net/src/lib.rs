@@ -4,9 +4,10 @@
 //!
 //! Everything created on the host is named after the daemon's tag, so several daemons (and
 //! many test daemons) share a host without touching each other's interfaces, namespaces or
-//! tables. The crate drives `ip` and `nft` (a few spawns per operation) and keeps no state of
-//! its own: the kernel is the source of truth, so a restarted daemon simply calls
-//! [`HostNet::setup`] and re-applies each sandbox's mode.
+//! tables. The crate drives `ip` and `nft` (a few spawns per operation; what it does inside a
+//! sandbox's namespace goes over rtnetlink in-process) and keeps little state of its own: the
+//! kernel is the source of truth, so a restarted daemon simply calls [`HostNet::setup`] and
+//! re-applies each sandbox's mode.
 //!
 //! It must never touch anything outside its tag, and never let a sandbox reach the host's
 //! services (beyond the gateway's DNS and proxy ports), another sandbox, private, loopback,
@@ -18,6 +19,7 @@ mod config;
 mod error;
 mod host;
 mod names;
+mod netlink;
 mod original_dst;
 mod rules;
 mod sys;

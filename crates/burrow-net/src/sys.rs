@@ -108,6 +108,54 @@ pub(crate) fn netns_names(prefix: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// `ip netns add <name>`, in-process: a new network namespace kept alive by a bind mount at
+/// `/run/netns/<name>`, made by a short-lived thread that unshares into it (the calling
+/// thread never moves). Fails if the name exists.
+pub(crate) fn netns_add(name: &str) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = Path::new(NETNS_DIR).join(name);
+    fs::create_dir_all(NETNS_DIR)?;
+    drop(File::options().write(true).create_new(true).mode(0o0).open(&path)?);
+    let made = thread::scope(|s| {
+        s.spawn(|| -> io::Result<()> {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+            nix::mount::mount(
+                Some("/proc/thread-self/ns/net"),
+                &path,
+                None::<&str>,
+                nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )?;
+            Ok(())
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
+    if made.is_err() {
+        let _ = fs::remove_file(&path);
+    }
+    made.map_err(|e| io::Error::new(e.kind(), format!("adding namespace {name}: {e}")))
+}
+
+/// `ip netns del <name>`, in-process: the bind mount detached and its file removed (the
+/// namespace goes once nothing else holds it). Nothing to do if it does not exist.
+pub(crate) fn netns_del(name: &str) -> io::Result<()> {
+    let path = Path::new(NETNS_DIR).join(name);
+    match nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => {
+            return Err(io::Error::new(
+                io::Error::from(e).kind(),
+                format!("unmounting {}: {e}", path.display()),
+            ));
+        }
+    }
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Whether `/run/netns` is already a mount point. `ip netns add` makes it one the first time,
 /// racily: two first calls at once can stack two mounts and hide one namespace's bind mount.
 pub(crate) fn netns_dir_is_mounted() -> Result<bool> {

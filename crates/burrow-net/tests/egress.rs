@@ -92,6 +92,42 @@ fn policy_allows_only_admitted_destinations() {
     assert_blocked(&a.path, &[site]);
 }
 
+/// A sandbox's admissions go with it: after its detach, a sandbox given the same address
+/// in policy mode starts with none and reaches nothing (the control: before the detach the
+/// admission is listed and used). A detach of a sandbox never admitted anywhere leaves the
+/// other's admission alone.
+#[test]
+fn a_detach_drops_the_admissions_of_its_address() {
+    let env = Env::new();
+    let a = env.sandbox();
+    let b = env.sandbox();
+    let site = env.site(WEB_PORT);
+    env.net.set_mode(a.addr, Mode::Policy, false).unwrap();
+    env.net.set_mode(b.addr, Mode::Policy, false).unwrap();
+    env.net
+        .admit(a.addr, env.fake.ns_ip, Duration::from_secs(600))
+        .unwrap();
+    env.net
+        .admit(b.addr, env.fake.ns_ip, Duration::from_secs(600))
+        .unwrap();
+    assert_reaches(&a.path, site);
+    assert_eq!(env.net.admitted(a.addr).unwrap(), vec![env.fake.ns_ip]);
+
+    let c = env.sandbox();
+    env.net.detach(&c.id).unwrap();
+    assert_eq!(
+        env.net.admitted(b.addr).unwrap(),
+        vec![env.fake.ns_ip],
+        "a detach of another address kept b's"
+    );
+    env.net.detach(&a.id).unwrap();
+    assert!(env.net.admitted(a.addr).unwrap().is_empty());
+    let again = env.net.attach("again", a.addr).unwrap();
+    env.net.set_mode(a.addr, Mode::Policy, false).unwrap();
+    assert_blocked(&again, &[site]);
+    env.net.detach("again").unwrap();
+}
+
 #[test]
 fn blocked_ranges_and_host_services_are_unreachable_even_when_open() {
     // The private targets are on the uplink list, so only the blocked list can stop them.
