@@ -115,7 +115,13 @@ pub(crate) fn netns_add(name: &str) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = Path::new(NETNS_DIR).join(name);
     fs::create_dir_all(NETNS_DIR)?;
-    drop(File::options().write(true).create_new(true).mode(0o0).open(&path)?);
+    drop(
+        File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o0)
+            .open(&path)?,
+    );
     let made = thread::scope(|s| {
         s.spawn(|| -> io::Result<()> {
             nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
