@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::cmd::{ip_batch, nft_apply, nft_output};
 use crate::config::validate_id;
 use crate::netlink::{self, Rtnl};
-use crate::rules::{self, Edits, Names};
+use crate::rules::{self, Edits, Elem, Names};
 use crate::sys::{self, in_netns};
 use crate::{Mode, NetConfig, NetError, Result, names};
 
@@ -238,7 +238,7 @@ impl HostNet {
                 "bridge",
                 &self.table,
                 "ports",
-                &rules::port_elem(&veth, *a),
+                &Elem::Port(veth.clone(), *a),
                 false,
             );
         }
@@ -246,13 +246,13 @@ impl HostNet {
             "bridge",
             &self.table,
             "ports",
-            &rules::port_elem(&veth, addr),
+            &Elem::Port(veth.clone(), addr),
             true,
         );
         if let Some((mode, transparent)) = mode {
             self.mode_edits(&mut edits, &[], addr, mode, transparent);
         }
-        nft_apply(edits.script())?;
+        apply(&edits)?;
 
         // Inside: `lo` and `eth0` up, the stale addresses off, this one on, the default
         // route; in-process (rtnetlink), not an `ip` spawn.
@@ -301,11 +301,11 @@ impl HostNet {
                     "bridge",
                     &self.table,
                     "ports",
-                    &rules::port_elem(&veth, addr),
+                    &Elem::Port(veth.clone(), addr),
                     false,
                 );
             }
-            nft_apply(edits.script())?;
+            apply(&edits)?;
             self.forget_admitted(&addrs);
         }
         Ok(())
@@ -332,7 +332,7 @@ impl HostNet {
         };
         let mut edits = Edits::default();
         self.mode_edits(&mut edits, &allowed, addr, mode, transparent);
-        nft_apply(edits.script())?;
+        apply(&edits)?;
         if mode != Mode::Policy {
             self.forget_admitted(&[addr]);
         }
@@ -346,9 +346,9 @@ impl HostNet {
         self.check_sandbox_addr(src)?;
         let ms = ttl.min(MAX_ADMIT).as_millis().max(1) as u64;
         let mut edits = Edits::default();
-        edits.refresh("inet", &self.table, "allowed", &format!("{src} . {dst}"), ms);
+        edits.refresh("inet", &self.table, "allowed", &Elem::Pair(src, dst), ms);
         self.admitted_srcs().insert(src);
-        nft_apply(edits.script())
+        apply(&edits)
     }
 
     /// The destinations currently admitted for `src` (unexpired), sorted.
@@ -481,16 +481,24 @@ impl HostNet {
         mode: Mode,
         transparent: bool,
     ) {
-        let a = addr.to_string();
+        let a = Elem::Addr(addr);
         edits.ensure("inet", &self.table, "open", &a, mode == Mode::Open);
         edits.ensure("inet", &self.table, "policy_mode", &a, mode == Mode::Policy);
         edits.ensure("inet", &self.table, "transparent", &a, transparent);
         if mode != Mode::Policy {
             for (_, dst) in allowed.iter().filter(|(s, _)| *s == addr) {
-                edits.ensure("inet", &self.table, "allowed", &format!("{addr} . {dst}"), false);
+                edits.ensure("inet", &self.table, "allowed", &Elem::Pair(addr, *dst), false);
             }
         }
     }
+}
+
+/// Applies element edits as one nftables transaction, in-process (no `nft` spawn).
+fn apply(edits: &Edits) -> Result<()> {
+    netlink::apply_elems(edits.ops()).map_err(|source| NetError::Io {
+        what: format!("applying nft element edits:\n{}", edits.script()),
+        source,
+    })
 }
 
 /// Whether `name` has the shape of a host veth of the tag whose prefix is `own` (`bw<tag>`).

@@ -54,6 +54,7 @@ impl Rtnl {
             SockFlag::SOCK_CLOEXEC,
             SockProtocol::NetlinkRoute,
         )?;
+        bounded(&fd)?;
         Ok(Rtnl { fd, seq: 0 })
     }
 
@@ -218,4 +219,166 @@ fn attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
 pub(crate) fn ifindex(name: &str) -> io::Result<u32> {
     nix::net::if_::if_nametoindex(name)
         .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("interface {name}: {e}")))
+}
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFPROTO_INET: u8 = 1;
+const NFPROTO_BRIDGE: u8 = 7;
+
+/// Applies set element edits as one nftables transaction (a netlink batch: all or nothing,
+/// as `nft -f` would), in-process. Each edit is acknowledged; the first refusal is the error.
+pub(crate) fn apply_elems(ops: &[crate::rules::ElemOp]) -> io::Result<()> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkNetFilter,
+    )?;
+    bounded(&fd)?;
+    let mut batch = Vec::new();
+    let mut seq = 0u32;
+    let mut message = |batch: &mut Vec<u8>, ty: u16, flags: u16, family: u8, res_id: u16, attrs: &[u8]| {
+        seq += 1;
+        // nlmsghdr, then struct nfgenmsg: family, version (0), res_id (big-endian).
+        let len = 16 + 4 + attrs.len();
+        batch.extend_from_slice(&(len as u32).to_ne_bytes());
+        batch.extend_from_slice(&ty.to_ne_bytes());
+        batch.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+        batch.extend_from_slice(&seq.to_ne_bytes());
+        batch.extend_from_slice(&0u32.to_ne_bytes());
+        batch.extend_from_slice(&[family, 0]);
+        batch.extend_from_slice(&res_id.to_be_bytes());
+        batch.extend_from_slice(attrs);
+        seq
+    };
+    message(
+        &mut batch,
+        NFNL_MSG_BATCH_BEGIN,
+        0,
+        libc::AF_UNSPEC as u8,
+        NFNL_SUBSYS_NFTABLES,
+        &[],
+    );
+    let mut waiting = Vec::with_capacity(ops.len());
+    for op in ops {
+        let family = match op.family {
+            "bridge" => NFPROTO_BRIDGE,
+            _ => NFPROTO_INET,
+        };
+        let mut key = Vec::new();
+        attr(&mut key, NFTA_DATA_VALUE, &op.elem.key());
+        let mut elem = Vec::new();
+        attr(&mut elem, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &key);
+        if let Some(ms) = op.timeout_ms {
+            attr(&mut elem, NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+        }
+        let mut list = Vec::new();
+        attr(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &elem);
+        let mut attrs = Vec::new();
+        attr(&mut attrs, NFTA_SET_ELEM_LIST_TABLE, &c_name(&op.table));
+        attr(&mut attrs, NFTA_SET_ELEM_LIST_SET, &c_name(op.set));
+        attr(&mut attrs, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &list);
+        let (ty, flags) = if op.add {
+            (NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_ACK)
+        } else {
+            (NFT_MSG_DELSETELEM, NLM_F_ACK)
+        };
+        waiting.push(message(
+            &mut batch,
+            (NFNL_SUBSYS_NFTABLES << 8) | ty,
+            flags,
+            family,
+            0,
+            &attrs,
+        ));
+    }
+    message(
+        &mut batch,
+        NFNL_MSG_BATCH_END,
+        0,
+        libc::AF_UNSPEC as u8,
+        NFNL_SUBSYS_NFTABLES,
+        &[],
+    );
+    send(fd.as_raw_fd(), &batch, MsgFlags::empty())?;
+
+    // One acknowledgement per edit (0, or the edit's error: the whole batch is then undone).
+    let mut failed = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    // The kernel handles the batch within `send`: every answer is queued by now. Once one
+    // failed, what is left to read is read without waiting.
+    while !waiting.is_empty() {
+        let flags = if failed.is_some() {
+            MsgFlags::MSG_DONTWAIT
+        } else {
+            MsgFlags::empty()
+        };
+        let n = match recv(fd.as_raw_fd(), &mut buf, flags) {
+            Err(nix::errno::Errno::EAGAIN) if failed.is_some() => break,
+            r => r?,
+        };
+        let mut at = 0;
+        while at + 16 <= n {
+            let word = |i: usize| u32::from_ne_bytes(buf[i..i + 4].try_into().unwrap_or_default());
+            let msg_len = word(at) as usize;
+            let msg_type = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+            if msg_len < 16 || at + msg_len > n {
+                break;
+            }
+            if msg_type == NLMSG_ERROR && msg_len >= 36 {
+                // struct nlmsgerr: error (i32), then the header of the message it answers.
+                let errno = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap_or_default());
+                let answered = word(at + 20 + 8);
+                waiting.retain(|s| *s != answered);
+                if errno != 0 && failed.is_none() {
+                    // Edits are messages 2..: the batch's begin is 1.
+                    let op = answered.checked_sub(2).and_then(|i| ops.get(i as usize)).cloned();
+                    failed = Some((io::Error::from_raw_os_error(-errno), op));
+                }
+            }
+            at += msg_len.next_multiple_of(4);
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    match failed {
+        None => Ok(()),
+        Some((e, op)) => {
+            let what = op.map_or_else(String::new, |op| {
+                format!(
+                    "{} element {} {} {} {{ {} }}: ",
+                    if op.add { "add" } else { "delete" },
+                    op.family,
+                    op.table,
+                    op.set,
+                    op.elem.text()
+                )
+            });
+            Err(io::Error::new(e.kind(), format!("{what}{e}")))
+        }
+    }
+}
+
+/// Answers are waited for at most 10 s: a kernel that never acknowledges is an error, not a
+/// hang.
+fn bounded(fd: &OwnedFd) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
+    use nix::sys::time::{TimeVal, TimeValLike};
+    setsockopt(fd, ReceiveTimeout, &TimeVal::seconds(10))?;
+    Ok(())
 }

@@ -192,10 +192,62 @@ pub(crate) fn port_elem(veth: &str, addr: Ipv4Addr) -> String {
     format!("\"{veth}\" . {addr}")
 }
 
-/// An nft script of element edits, applied as one transaction.
+/// An element of one of the sets element edits touch.
+#[derive(Debug, Clone)]
+pub(crate) enum Elem {
+    /// `ipv4_addr` (the mode sets).
+    Addr(Ipv4Addr),
+    /// `ifname . ipv4_addr` (the bridge's `ports`).
+    Port(String, Ipv4Addr),
+    /// `ipv4_addr . ipv4_addr` (`allowed`).
+    Pair(Ipv4Addr, Ipv4Addr),
+}
+
+impl Elem {
+    /// The element as nft writes it.
+    pub fn text(&self) -> String {
+        match self {
+            Elem::Addr(a) => a.to_string(),
+            Elem::Port(veth, a) => port_elem(veth, *a),
+            Elem::Pair(a, b) => format!("{a} . {b}"),
+        }
+    }
+
+    /// The element's key as the kernel stores it: each field in network order, padded to
+    /// 4 bytes (an `ifname` is 16 bytes, NUL-padded).
+    pub fn key(&self) -> Vec<u8> {
+        match self {
+            Elem::Addr(a) => a.octets().to_vec(),
+            Elem::Port(veth, a) => {
+                let mut key = vec![0u8; 16];
+                let name = veth.as_bytes();
+                key[..name.len().min(15)].copy_from_slice(&name[..name.len().min(15)]);
+                key.extend_from_slice(&a.octets());
+                key
+            }
+            Elem::Pair(a, b) => [a.octets(), b.octets()].concat(),
+        }
+    }
+}
+
+/// One element edit: added (with a timeout, if any) or deleted.
+#[derive(Debug, Clone)]
+pub(crate) struct ElemOp {
+    /// `inet` or `bridge`.
+    pub family: &'static str,
+    pub table: String,
+    pub set: &'static str,
+    pub elem: Elem,
+    pub add: bool,
+    pub timeout_ms: Option<u64>,
+}
+
+/// Element edits, applied as one transaction (see `netlink::apply_elems`); `script` is the
+/// same edits as an nft script, for messages.
 #[derive(Default)]
 pub(crate) struct Edits {
     script: String,
+    ops: Vec<ElemOp>,
 }
 
 impl Edits {
@@ -203,21 +255,65 @@ impl Edits {
         &self.script
     }
 
-    /// Makes `elem` present in (or absent from) `family table set`, whatever its state was.
-    pub fn ensure(&mut self, family: &str, table: &str, set: &str, elem: &str, present: bool) {
-        let _ = writeln!(self.script, "add element {family} {table} {set} {{ {elem} }}");
+    pub fn ops(&self) -> &[ElemOp] {
+        &self.ops
+    }
+
+    fn push(
+        &mut self,
+        family: &'static str,
+        table: &str,
+        set: &'static str,
+        elem: &Elem,
+        add: bool,
+        timeout_ms: Option<u64>,
+    ) {
+        let verb = if add { "add" } else { "delete" };
+        let timeout = timeout_ms
+            .map(|ms| format!(" timeout {ms}ms"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            self.script,
+            "{verb} element {family} {table} {set} {{ {}{timeout} }}",
+            elem.text()
+        );
+        self.ops.push(ElemOp {
+            family,
+            table: table.to_owned(),
+            set,
+            elem: elem.clone(),
+            add,
+            timeout_ms,
+        });
+    }
+
+    /// Makes `elem` present in (or absent from) `family table set`, whatever its state was
+    /// (an add first: deleting an element that is not there would fail the transaction).
+    pub fn ensure(
+        &mut self,
+        family: &'static str,
+        table: &str,
+        set: &'static str,
+        elem: &Elem,
+        present: bool,
+    ) {
+        self.push(family, table, set, elem, true, None);
         if !present {
-            let _ = writeln!(self.script, "delete element {family} {table} {set} {{ {elem} }}");
+            self.push(family, table, set, elem, false, None);
         }
     }
 
     /// Adds `elem` with a fresh timeout, replacing any existing element and its timeout.
-    pub fn refresh(&mut self, family: &str, table: &str, set: &str, elem: &str, timeout_ms: u64) {
+    pub fn refresh(
+        &mut self,
+        family: &'static str,
+        table: &str,
+        set: &'static str,
+        elem: &Elem,
+        timeout_ms: u64,
+    ) {
         self.ensure(family, table, set, elem, false);
-        let _ = writeln!(
-            self.script,
-            "add element {family} {table} {set} {{ {elem} timeout {timeout_ms}ms }}"
-        );
+        self.push(family, table, set, elem, true, Some(timeout_ms));
     }
 }
 

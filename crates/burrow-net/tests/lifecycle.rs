@@ -200,3 +200,35 @@ fn teardown_removes_everything() {
     }
     assert!(env.net.attached().unwrap().is_empty());
 }
+
+/// Set element edits are one transaction: when one is refused (here the inet table is gone),
+/// none is applied (the bridge port of the same attach is not added either), and the error
+/// names the edit refused. The control: with the tables rebuilt by a setup, the same attach
+/// adds the port, seen by the same probe.
+#[test]
+fn element_edits_are_all_or_nothing_and_name_the_one_refused() {
+    let env = Env::new();
+    sh(&["nft", "delete", "table", "inet", env.net.table()]);
+    let id = "atomic";
+    let addr = env.cfg.subnet.host(77).unwrap();
+    let veth = env.net.veth_name(id);
+    let e = env
+        .net
+        .attach_in_mode(id, addr, Mode::Open, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("add element inet {} open", env.net.table())),
+        "{e}"
+    );
+    assert!(
+        !nft_set(&env, "bridge", "ports").contains(&veth),
+        "a refused transaction added the port"
+    );
+
+    let net = HostNet::setup(env.cfg.clone()).unwrap();
+    net.attach_in_mode(id, addr, Mode::Open, false).unwrap();
+    assert!(nft_set(&env, "bridge", "ports").contains(&veth));
+    assert!(nft_set(&env, "inet", "open").contains(&addr.to_string()));
+    net.detach(id).unwrap();
+}
