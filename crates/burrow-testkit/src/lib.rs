@@ -20,6 +20,7 @@ pub use burrow_client;
 pub mod cli;
 pub mod fakes;
 pub mod fixtures;
+pub mod page_cache;
 mod template;
 
 /// Directory holding the built `burrowd` and `burrow` binaries.

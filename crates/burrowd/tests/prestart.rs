@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use burrow_api::{CreateSandbox, EngineKind, ExecRequest, PrestartInfo, SandboxName};
 use burrow_testkit::burrow_client::{Client, Method};
 use burrow_testkit::fixtures::{create_req, fork_req};
+use burrow_testkit::page_cache::{cold_file, resident_pages};
 use burrow_testkit::{Daemon, raw_unix, unique_name};
 
 async fn sh(c: &Client, name: &str, script: &str) -> String {
@@ -669,30 +670,6 @@ async fn background_work_of_a_fork_or_a_restore_waits_for_its_first_command() {
     );
 }
 
-/// Pages of `path` in the page cache.
-fn resident_pages(path: &std::path::Path) -> usize {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(path).unwrap();
-    let len = file.metadata().unwrap().len() as usize;
-    // SAFETY: a private read-only mapping of our open file, unmapped below; mincore writes
-    // one byte per page into `vec`, sized for the mapping.
-    unsafe {
-        let addr = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE,
-            file.as_raw_fd(),
-            0,
-        );
-        assert_ne!(addr, libc::MAP_FAILED);
-        let mut vec = vec![0u8; len.div_ceil(4096)];
-        assert_eq!(libc::mincore(addr, len, vec.as_mut_ptr()), 0);
-        libc::munmap(addr, len);
-        vec.iter().filter(|b| **b & 1 == 1).count()
-    }
-}
-
 /// A fork's new root has its first command's files read ahead by the daemon, from the host
 /// (see `Engine::prefetch_root`), and those files are the tenant's to plant. Root in the
 /// source points `/etc/ld.so.cache` at a host file by its absolute host path and makes
@@ -701,17 +678,9 @@ fn resident_pages(path: &std::path::Path) -> usize {
 /// the sandbox wrote itself (`/usr/bin/env`) is read into the cache in the fork's volume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forks_read_ahead_stays_in_its_tree() {
-    use std::os::fd::AsRawFd;
     let (d, c, src) = pool_and_source("mine").await;
     let host_file = d.data_dir.join("host-secret");
-    std::fs::write(&host_file, vec![7u8; 1 << 20]).unwrap();
-    {
-        let f = std::fs::File::open(&host_file).unwrap();
-        f.sync_all().unwrap();
-        // SAFETY: posix_fadvise on our own fd; no memory is passed.
-        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    }
-    assert_eq!(resident_pages(&host_file), 0, "evicted first");
+    cold_file(&host_file);
     sh(
         &c,
         &src,

