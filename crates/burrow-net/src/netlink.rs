@@ -152,39 +152,57 @@ impl Rtnl {
     /// with `what` said.
     fn request(&mut self, ty: u16, flags: u16, body: &[u8], what: &str) -> io::Result<()> {
         self.seq = self.seq.wrapping_add(1);
-        let len = 16 + body.len();
-        let mut msg = Vec::with_capacity(len);
-        msg.extend_from_slice(&(len as u32).to_ne_bytes());
-        msg.extend_from_slice(&ty.to_ne_bytes());
-        msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK | flags).to_ne_bytes());
-        msg.extend_from_slice(&self.seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
+        let mut msg = Vec::with_capacity(16 + body.len());
+        put_header(&mut msg, ty, NLM_F_ACK | flags, self.seq, body.len());
         msg.extend_from_slice(body);
         send(self.fd.as_raw_fd(), &msg, MsgFlags::empty())?;
         let mut buf = [0u8; 8192];
         loop {
             let n = recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
-            let mut at = 0;
-            while at + 16 <= n {
-                let word = |i: usize| u32::from_ne_bytes(buf[i..i + 4].try_into().unwrap_or_default());
-                let msg_len = word(at) as usize;
-                let msg_type = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-                let seq = word(at + 8);
-                if msg_len < 16 || at + msg_len > n {
-                    break;
+            let mut answer = None;
+            for_each_answer(&buf[..n], |seq, errno| {
+                if seq == self.seq {
+                    answer = Some(errno);
                 }
-                // struct nlmsgerr: error (i32), then the request's header.
-                if msg_type == NLMSG_ERROR && seq == self.seq && msg_len >= 20 {
-                    let errno = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap_or_default());
-                    if errno == 0 {
-                        return Ok(());
-                    }
+            });
+            match answer {
+                Some(0) => return Ok(()),
+                Some(errno) => {
                     let e = io::Error::from_raw_os_error(-errno);
                     return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
                 }
-                at += msg_len.next_multiple_of(4);
+                None => {}
             }
         }
+    }
+}
+
+/// Appends a `struct nlmsghdr` (length, type, flags with `NLM_F_REQUEST`, sequence number,
+/// port 0) for a message whose body is `body_len` bytes.
+fn put_header(buf: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, body_len: usize) {
+    buf.extend_from_slice(&((16 + body_len) as u32).to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+}
+
+/// Calls `f(seq, errno)` for every acknowledgement in `buf` (what one `recv` read): the
+/// sequence number of the message it answers and 0 or the negated errno of its refusal.
+fn for_each_answer(buf: &[u8], mut f: impl FnMut(u32, i32)) {
+    let u32_at = |i: usize| u32::from_ne_bytes(buf[i..i + 4].try_into().unwrap_or_default());
+    let mut at = 0;
+    while at + 16 <= buf.len() {
+        let len = u32_at(at) as usize;
+        let ty = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+        if len < 16 || at + len > buf.len() {
+            break;
+        }
+        // struct nlmsgerr: error (i32), then the header of the message it answers.
+        if ty == NLMSG_ERROR && len >= 36 {
+            f(u32_at(at + 20 + 8), u32_at(at + 16) as i32);
+        }
+        at += len.next_multiple_of(4);
     }
 }
 
@@ -253,13 +271,8 @@ pub(crate) fn apply_elems(ops: &[crate::rules::ElemOp]) -> io::Result<()> {
     let mut seq = 0u32;
     let mut message = |batch: &mut Vec<u8>, ty: u16, flags: u16, family: u8, res_id: u16, attrs: &[u8]| {
         seq += 1;
-        // nlmsghdr, then struct nfgenmsg: family, version (0), res_id (big-endian).
-        let len = 16 + 4 + attrs.len();
-        batch.extend_from_slice(&(len as u32).to_ne_bytes());
-        batch.extend_from_slice(&ty.to_ne_bytes());
-        batch.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-        batch.extend_from_slice(&seq.to_ne_bytes());
-        batch.extend_from_slice(&0u32.to_ne_bytes());
+        // Then struct nfgenmsg: family, version (0), res_id (big-endian).
+        put_header(batch, ty, flags, seq, 4 + attrs.len());
         batch.extend_from_slice(&[family, 0]);
         batch.extend_from_slice(&res_id.to_be_bytes());
         batch.extend_from_slice(attrs);
@@ -331,27 +344,14 @@ pub(crate) fn apply_elems(ops: &[crate::rules::ElemOp]) -> io::Result<()> {
             Err(nix::errno::Errno::EAGAIN) if failed.is_some() => break,
             r => r?,
         };
-        let mut at = 0;
-        while at + 16 <= n {
-            let word = |i: usize| u32::from_ne_bytes(buf[i..i + 4].try_into().unwrap_or_default());
-            let msg_len = word(at) as usize;
-            let msg_type = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-            if msg_len < 16 || at + msg_len > n {
-                break;
+        for_each_answer(&buf[..n], |answered, errno| {
+            waiting.retain(|s| *s != answered);
+            if errno != 0 && failed.is_none() {
+                // Edits are messages 2..: the batch's begin is 1.
+                let op = answered.checked_sub(2).and_then(|i| ops.get(i as usize)).cloned();
+                failed = Some((io::Error::from_raw_os_error(-errno), op));
             }
-            if msg_type == NLMSG_ERROR && msg_len >= 36 {
-                // struct nlmsgerr: error (i32), then the header of the message it answers.
-                let errno = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap_or_default());
-                let answered = word(at + 20 + 8);
-                waiting.retain(|s| *s != answered);
-                if errno != 0 && failed.is_none() {
-                    // Edits are messages 2..: the batch's begin is 1.
-                    let op = answered.checked_sub(2).and_then(|i| ops.get(i as usize)).cloned();
-                    failed = Some((io::Error::from_raw_os_error(-errno), op));
-                }
-            }
-            at += msg_len.next_multiple_of(4);
-        }
+        });
         if n == 0 {
             break;
         }
