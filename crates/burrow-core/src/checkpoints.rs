@@ -171,12 +171,7 @@ impl Manager {
         let store = self.store.clone();
         let path = self.checkpoint_path(&cp.sandbox_id, cp.seq);
         let spawned = std::thread::Builder::new().name("measure".into()).spawn(move || {
-            // SAFETY: setpriority on this thread (a TID is a PRIO_PROCESS target on
-            // Linux); no memory is passed. Best effort: raising the nice value needs no
-            // privilege.
-            unsafe {
-                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
-            }
+            burrow_storage::lowest_priority_for_this_thread();
             let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
             let size = if snapshot {
                 pool.snapshot_size(&path)

@@ -21,6 +21,7 @@ mod walk;
 
 pub use error::{Result, StorageError};
 pub use setup::{open_pool, release_pool};
+pub use sys::lowest_priority_for_this_thread;
 
 /// The `dir` driver on the existing directory `root`, as it is: none of [`open_pool`]'s setup
 /// (no lock, no change of owner or mode), so it needs no privileges. For in-process tests;

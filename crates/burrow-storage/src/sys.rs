@@ -370,6 +370,16 @@ pub fn for_each_inode(vol: BorrowedFd<'_>, mut f: impl FnMut(InodeItem)) -> nix:
     }
 }
 
+/// Lowers the calling thread's CPU priority to nice 19 (a TID is a `PRIO_PROCESS` target on
+/// Linux), for a thread doing background work such as a walk. Best effort: raising one's
+/// nice value needs no privilege.
+pub fn lowest_priority_for_this_thread() {
+    // SAFETY: gettid and setpriority take no memory; the thread is the caller's own.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+    }
+}
+
 /// Lists the extended attribute names of `path` (not following a final symlink), as
 /// NUL-separated names.
 pub fn llistxattr(path: &CStr) -> nix::Result<Vec<u8>> {
