@@ -860,3 +860,77 @@ async fn every_route_needs_the_action_of_its_rule() {
         assert_eq!(r.status, 401, "{method} {path} without a token");
     }
 }
+
+/// Reads one HTTP/1.1 answer's head (status line and headers, lower-cased) from `s`;
+/// empty once the server has closed the connection.
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut byte))
+            .await
+            .expect("an answer or a close in time")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).to_lowercase()
+}
+
+/// A request refused before its body arrived (here: its body is sent after the answer) is
+/// answered with `Connection: close`, and the connection is closed: a client then opens a
+/// new one instead of losing its next request on this one (an SDK test failed that way
+/// under load). The control: a refused request without a body keeps its connection, and the
+/// next request on it is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refusal_before_the_body_says_the_connection_closes() {
+    use tokio::io::AsyncWriteExt;
+    let d = burrow_testkit::Daemon::start();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
+    let post = format!(
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(d.addr()).await.unwrap();
+    s.write_all(post.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    let _ = s.write_all(body.as_bytes()).await;
+    let _ = s.write_all(format!("{post}{body}").as_bytes()).await;
+    let content_length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let mut rest = vec![0u8; content_length];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut rest)
+        .await
+        .unwrap();
+    assert_eq!(
+        read_head(&mut s).await,
+        "",
+        "no second answer: the connection closed"
+    );
+
+    let get = "GET /v1/sandboxes HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(d.addr()).await.unwrap();
+    for i in 0..2 {
+        s.write_all(get.as_bytes()).await.unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("http/1.1 401"), "request {i}: {head}");
+        assert!(!head.contains("connection: close"), "{head}");
+        let content_length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap();
+        let mut rest = vec![0u8; content_length];
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut rest)
+            .await
+            .unwrap();
+    }
+}

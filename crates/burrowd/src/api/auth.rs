@@ -318,7 +318,7 @@ pub async fn require_token(State(state): State<AppState>, mut req: Request, next
                 .iter()
                 .find(|(k, _)| *k == "name")
                 .map(|(_, v)| v.to_owned()),
-            Err(e) => return e.into_response(),
+            Err(e) => return refused(&req, e.into_response()),
         },
         _ => None,
     };
@@ -327,8 +327,28 @@ pub async fn require_token(State(state): State<AppState>, mut req: Request, next
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
-        Err(e) => e.into_response(),
+        Err(e) => refused(&req, e.into_response()),
     }
+}
+
+/// A refusal answered before the request's body was read. The unread body is still on the
+/// connection, so hyper closes it after the answer (when the body had not all arrived yet);
+/// the answer says so (`Connection: close`), or a client would send its next request down a
+/// connection being closed and lose it.
+fn refused(req: &Request, mut response: Response) -> Response {
+    let headers = req.headers();
+    let has_body = headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    if has_body {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// The rule of the row for `method` on the route the router matched (`pattern`, `None` when
