@@ -229,7 +229,7 @@ impl Manager {
             // Memory and devices go to the volume (the VM stops for that long), the
             // snapshot takes them with the disk, and the VM resumes where it was.
             let engine = self.engine(&rec)?;
-            let id = rec.id.clone();
+            let id = rec.eid().to_owned();
             let rt = self.runtime(&rec.id);
             blocking(move || Ok(engine.suspend(&id, &move || rt.set_agent(None))?)).await?;
         }
@@ -713,7 +713,7 @@ impl Manager {
                 let freeze = !memory && src.status == SandboxStatus::Running;
                 if suspend {
                     let engine = self.engine(&src)?;
-                    let id = src.id.clone();
+                    let id = src.eid().to_owned();
                     let rt = self.runtime(&src.id);
                     blocking(move || Ok(engine.suspend(&id, &move || rt.set_agent(None))?)).await?;
                     crate::fault::point("fork.after_suspend");

@@ -93,7 +93,7 @@ impl Manager {
     /// Emits an `oom` event when the kernel's OOM killer killed something in the sandbox
     /// since the last look (the agent survives; the user learns what happened).
     fn watch_oom(&self, rec: &crate::store::SandboxRecord) {
-        let Some(stats) = self.engine(rec).ok().and_then(|e| e.stats(&rec.id)) else {
+        let Some(stats) = self.engine(rec).ok().and_then(|e| e.stats(rec.eid())) else {
             return;
         };
         let before = self.runtime(&rec.id).swap_oom_kills(stats.oom_kills);

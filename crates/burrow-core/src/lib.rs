@@ -31,6 +31,7 @@ mod sessions;
 pub mod state;
 pub mod store;
 mod time_util;
+mod wake;
 mod watch;
 
 pub use checkpoints::CheckpointSource;

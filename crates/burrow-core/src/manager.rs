@@ -336,28 +336,62 @@ impl Manager {
 
     fn spec(&self, r: &SandboxRecord) -> SandboxSpec {
         SandboxSpec {
-            id: r.id.clone(),
+            id: r.eid().to_owned(),
             hostname: r.name.clone(),
             rootfs: self.pool.sandbox_path(&r.id),
-            run_dir: self.run_dir(&r.id),
+            run_dir: self.engine_dir(r),
             resources: Resources {
                 cpus: r.config.cpus,
                 memory_mb: r.config.memory_mb,
                 pids: r.config.pids,
             },
-            shared_dirs: vec![
-                (
-                    "/.burrow/checkpoints".to_owned(),
-                    self.pool.checkpoints_dir().join(&r.id),
-                ),
-                ("/.burrow/host".to_owned(), self.host_api_dir(&r.id)),
-            ],
+            shared_dirs: self.shared_dirs(r, false),
             netns: None,
         }
     }
 
+    /// The host paths bound read-only into sandbox `r` (path inside, host path): its
+    /// checkpoints, its `/.burrow/host`, and with a network (`net`) burrowd's resolver's
+    /// resolv.conf over the image's.
+    pub(crate) fn shared_dirs(&self, r: &SandboxRecord, net: bool) -> Vec<(String, PathBuf)> {
+        let mut dirs = vec![
+            (
+                "/.burrow/checkpoints".to_owned(),
+                self.pool.checkpoints_dir().join(&r.id),
+            ),
+            ("/.burrow/host".to_owned(), self.host_api_dir(&r.id)),
+        ];
+        if net {
+            dirs.push((
+                "/etc/resolv.conf".to_owned(),
+                self.host_api_dir(&r.id).join("resolv.conf"),
+            ));
+        }
+        dirs
+    }
+
+    /// Sandbox `id`'s own files on the host: its egress CA and its `host` directory (seen
+    /// at `/.burrow/host`). They stay with the sandbox whatever runtime runs it.
+    /// The directory of `rec`'s checkpoints, seen read-only inside at
+    /// `/.burrow/checkpoints`: made if missing.
+    pub(crate) fn make_checkpoints_view(&self, rec: &SandboxRecord) -> Result<()> {
+        let cp_dir = self.pool.checkpoints_dir().join(&rec.id);
+        std::fs::create_dir_all(&cp_dir)
+            .and_then(|()| {
+                std::fs::set_permissions(&cp_dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            })
+            .map_err(|e| CoreError::Internal(format!("creating {}: {e}", cp_dir.display())))
+    }
+
     pub(crate) fn run_dir(&self, id: &str) -> PathBuf {
         self.cfg.run_dir().join(id)
+    }
+
+    /// The run dir of the runtime that runs `rec` (the engine's bundle, agent socket and
+    /// logs): `run_dir(rec.eid())`, which is its own run dir unless it was woken into a
+    /// pre-started sandbox.
+    pub(crate) fn engine_dir(&self, rec: &SandboxRecord) -> PathBuf {
+        self.run_dir(rec.eid())
     }
 
     /// Host directory whose `api.sock` is the sandbox's `/.burrow/api.sock`. A directory is
@@ -434,7 +468,7 @@ impl Manager {
             view.usage =
                 self.engine(&rec)
                     .ok()
-                    .and_then(|e| e.stats(&rec.id))
+                    .and_then(|e| e.stats(rec.eid()))
                     .map(|s| burrow_api::SandboxUsage {
                         memory_bytes: s.memory_bytes,
                         pids: s.pids,
@@ -658,6 +692,7 @@ impl Manager {
             failure_reason: None,
             next_checkpoint: 0,
             notice: None,
+            instance: None,
         };
         // Intent first: a crash from here on leaves a row that reconciliation cleans up.
         self.store.insert_sandbox(&rec).map_err(|e| match e {
@@ -822,18 +857,9 @@ impl Manager {
         spec.netns = self.net_namespace(rec).await?;
         if spec.netns.is_some() {
             // burrowd's resolver, bound read-only over the image's resolv.conf.
-            spec.shared_dirs.push((
-                "/etc/resolv.conf".to_owned(),
-                self.host_api_dir(&rec.id).join("resolv.conf"),
-            ));
+            spec.shared_dirs = self.shared_dirs(rec, true);
         }
-        // Checkpoints are visible read-only inside at /.burrow/checkpoints.
-        let cp_dir = self.pool.checkpoints_dir().join(&rec.id);
-        std::fs::create_dir_all(&cp_dir)
-            .and_then(|()| {
-                std::fs::set_permissions(&cp_dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            })
-            .map_err(|e| CoreError::Internal(format!("creating {}: {e}", cp_dir.display())))?;
+        self.make_checkpoints_view(rec)?;
         std::fs::create_dir_all(&spec.run_dir)
             .map_err(|e| CoreError::Internal(format!("creating {}: {e}", spec.run_dir.display())))?;
         self.ensure_inside_api(rec)?;
@@ -931,7 +957,7 @@ impl Manager {
             }
         }
         let engine = self.engine(rec)?;
-        let dialer = engine.agent_dialer(&self.run_dir(&rec.id));
+        let dialer = engine.agent_dialer(&self.engine_dir(rec));
         let connect = |timeout| {
             let d = dialer.clone();
             burrow_agent_proto::client::connect(
@@ -948,7 +974,7 @@ impl Manager {
         // that failed on its way up, a guest that ran out of memory).
         let agent_err = |e: burrow_agent_proto::client::ConnectError| {
             let mut detail = chain(&e);
-            let tail = engine.output_tail(&self.run_dir(&rec.id), 1024);
+            let tail = engine.output_tail(&self.engine_dir(rec), 1024);
             if !tail.is_empty() {
                 detail.push_str(&format!("; its output ends with: {tail}"));
             }
@@ -1031,11 +1057,11 @@ impl Manager {
         let engine = self.engine(rec)?;
         let pool = self.pool.clone();
         let id = rec.id.clone();
-        let run_dir = self.run_dir(&rec.id);
+        let run_dirs = [self.run_dir(&rec.id), self.engine_dir(rec)];
         let stopped = engine.clone();
-        let sid = id.clone();
-        blocking(move || Ok(stopped.stop(&sid, Duration::ZERO)?)).await?;
-        self.net_detach(&id).await;
+        let eid = rec.eid().to_owned();
+        blocking(move || Ok(stopped.stop(&eid, Duration::ZERO)?)).await?;
+        self.net_detach(rec).await;
         blocking(move || {
             let live = pool.sandbox_path(&id);
             pool.delete_volume(&live)?;
@@ -1044,14 +1070,19 @@ impl Manager {
             for extension in ["new", "old"] {
                 pool.delete_volume(&live.with_extension(extension))?;
             }
-            match std::fs::remove_dir_all(&run_dir) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(CoreError::Internal(format!(
-                    "removing {}: {e}",
-                    run_dir.display()
-                ))),
+            for run_dir in run_dirs {
+                match std::fs::remove_dir_all(&run_dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(CoreError::Internal(format!(
+                            "removing {}: {e}",
+                            run_dir.display()
+                        )));
+                    }
+                }
             }
+            Ok(())
         })
         .await
     }
@@ -1115,9 +1146,13 @@ impl Manager {
                 match mode {
                     crate::state::SleepMode::Warm => self.freeze(&rec, false).await?,
                     // Memory: the engine resumes the saved VM, processes and all.
-                    // Cold: every process was stopped; boot again (services restart).
-                    crate::state::SleepMode::Memory | crate::state::SleepMode::Cold => {
-                        self.boot_or_fail(&mut rec).await?
+                    crate::state::SleepMode::Memory => self.boot_or_fail(&mut rec).await?,
+                    // Cold: every process was stopped; in a pre-started sandbox's runtime
+                    // where one can serve, else boot again (services restart either way).
+                    crate::state::SleepMode::Cold => {
+                        if !self.wake_into_prestarted(&mut rec).await? {
+                            self.boot_or_fail(&mut rec).await?
+                        }
                     }
                 }
                 self.runtime(&rec.id).set_sleep(None);
@@ -1174,7 +1209,7 @@ impl Manager {
 
     pub(crate) async fn freeze(&self, rec: &SandboxRecord, freeze: bool) -> Result<()> {
         let engine = self.engine(rec)?;
-        let id = rec.id.clone();
+        let id = rec.eid().to_owned();
         blocking(move || {
             if freeze {
                 engine.freeze(&id)?;
@@ -1190,7 +1225,7 @@ impl Manager {
     pub(crate) async fn kill(&self, rec: &SandboxRecord) -> Result<()> {
         self.forget_agent(&rec.id);
         let engine = self.engine(rec)?;
-        let id = rec.id.clone();
+        let id = rec.eid().to_owned();
         blocking(move || Ok(engine.stop(&id, Duration::ZERO)?)).await
     }
 
@@ -1200,7 +1235,7 @@ impl Manager {
             self.ask_agent_to_shut_down(rec).await;
         }
         self.forget_agent(&rec.id);
-        let id = rec.id.clone();
+        let id = rec.eid().to_owned();
         blocking(move || Ok(engine.stop(&id, STOP_GRACE)?)).await
     }
 
@@ -1227,7 +1262,7 @@ impl Manager {
             self.freeze(rec, true).await?;
             return Ok(crate::state::SleepMode::Warm);
         }
-        let id = rec.id.clone();
+        let id = rec.eid().to_owned();
         let rt = self.runtime(&rec.id);
         blocking(move || Ok(engine.suspend(&id, &move || rt.set_agent(None))?)).await?;
         crate::fault::point("sleep.after_suspend");
@@ -1332,7 +1367,7 @@ impl Manager {
         let engine = self.engine(rec)?;
         let volume = self.pool.sandbox_path(&rec.id);
         let bytes = rec.config.disk_gb << 30;
-        let id = rec.id.clone();
+        let id = rec.eid().to_owned();
         if !blocking(move || Ok(engine.grow_disk(&id, &volume, bytes)?)).await? {
             return Ok(());
         }
@@ -1516,7 +1551,7 @@ impl Manager {
                 Some(Intent::Restore { .. }) | None => {}
             }
             let engine = self.engine(&rec)?;
-            let id = rec.id.clone();
+            let id = rec.eid().to_owned();
             let status = blocking(move || Ok(engine.status(&id)?)).await?;
             let want_running = matches!(rec.status, SandboxStatus::Running | SandboxStatus::Sleeping);
             match (want_running, status) {
@@ -1584,8 +1619,13 @@ impl Manager {
                 }
             }
         }
-        let known: std::collections::HashSet<String> =
-            self.store.all_sandboxes()?.into_iter().map(|r| r.id).collect();
+        // Every sandbox's id, and the runtime it runs in where that is another's.
+        let known: std::collections::HashSet<String> = self
+            .store
+            .all_sandboxes()?
+            .into_iter()
+            .flat_map(|r| [r.eid().to_owned(), r.id])
+            .collect();
         // Runtime containers nobody owns.
         for engine in self.engines.ready().cloned().collect::<Vec<_>>() {
             let e = engine.clone();
@@ -1625,7 +1665,7 @@ impl Manager {
         let Ok(engine) = self.engine(rec) else {
             return;
         };
-        let id = rec.id.clone();
+        let id = rec.eid().to_owned();
         if let Err(e) = blocking(move || Ok(engine.adopt(&id)?)).await {
             tracing::warn!(error = %chain(&e), "re-attaching to a running sandbox");
         }

@@ -229,13 +229,13 @@ impl Manager {
         if self.net.is_none() {
             return Ok(None);
         }
-        let id = rec.id.clone();
+        let (id, eid) = (rec.id.clone(), rec.eid().to_owned());
         self.off_runtime(move |m| {
             let net = m.net.as_ref().expect("networking is on");
             // resolv.conf and the CA bundle are bound into the sandbox at start: they must
             // exist.
             m.ensure_ca_files(&id)?;
-            Ok(Some(net.host.ensure_netns(&id).map_err(net_err)?))
+            Ok(Some(net.host.ensure_netns(&eid).map_err(net_err)?))
         })
         .await
     }
@@ -258,7 +258,7 @@ impl Manager {
             }
         };
         let (id, mode, transparent) = (
-            rec.id.clone(),
+            rec.eid().to_owned(),
             mode_of(policy.mode),
             policy.mode != NetworkMode::None,
         );
@@ -271,6 +271,45 @@ impl Manager {
             })
             .await?;
         Ok(Some(path))
+    }
+
+    /// Moves sandbox `rec` (cold, about to run in `donor`'s runtime) onto `donor`'s
+    /// namespace: `rec`'s old namespace goes (with its address's set elements), `donor`'s
+    /// address leaves every set, and `donor`'s namespace gets `rec`'s address and policy
+    /// (`attach_in_mode` replaces the address it had). `rec`'s host files (CA bundle,
+    /// resolv.conf) are made if missing. A no-op with networking off.
+    pub(crate) async fn net_take_over(&self, donor: &SandboxRecord, rec: &SandboxRecord) -> Result<()> {
+        let Some(net) = &self.net else {
+            return Ok(());
+        };
+        let (addr, policy) = match self.policy_of(&rec.id)? {
+            Some(x) => x,
+            None => {
+                let policy = NetworkPolicy {
+                    mode: net.settings.default_mode,
+                    rules: Vec::new(),
+                };
+                (self.allocate_addr(&rec.id, &policy)?, policy)
+            }
+        };
+        let donor_addr = self.policy_of(&donor.id)?.map(|(a, _)| a);
+        if rec.eid() != donor.eid() {
+            self.net_unwire(rec.eid()).await;
+        }
+        let (id, eid) = (rec.id.clone(), donor.eid().to_owned());
+        let (mode, transparent) = (mode_of(policy.mode), policy.mode != NetworkMode::None);
+        self.off_runtime(move |m| {
+            let net = m.net.as_ref().expect("networking is on");
+            m.ensure_ca_files(&id)?;
+            if let Some(old) = donor_addr {
+                net.host.set_mode(old, Mode::None, false).map_err(net_err)?;
+            }
+            net.host
+                .attach_in_mode(&eid, addr, mode, transparent)
+                .map_err(net_err)?;
+            Ok(())
+        })
+        .await
     }
 
     fn allocate_addr(&self, id: &str, policy: &NetworkPolicy) -> Result<Ipv4Addr> {
@@ -311,11 +350,27 @@ impl Manager {
     }
 
     /// Removes the sandbox's namespace and veth (its row goes with the sandbox's).
-    pub(crate) async fn net_detach(&self, id: &str) {
+    pub(crate) async fn net_detach(&self, rec: &SandboxRecord) {
+        self.net_unwire(rec.eid()).await;
+        if let Some(net) = &self.net {
+            net.cas.lock().unwrap_or_else(|p| p.into_inner()).remove(&rec.id);
+        }
+    }
+
+    /// Drops sandbox `id`'s CA from the cache (its runtime went to another sandbox).
+    pub(crate) fn forget_ca(&self, id: &str) {
+        if let Some(net) = &self.net {
+            net.cas.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        }
+    }
+
+    /// Removes runtime `eid`'s namespace and veth, and every set element of the addresses it
+    /// had; logged, never fatal.
+    pub(crate) async fn net_unwire(&self, eid: &str) {
         if self.net.is_none() {
             return;
         }
-        let owned = id.to_owned();
+        let owned = eid.to_owned();
         let detached = self
             .off_runtime(move |m| {
                 let net = m.net.as_ref().expect("networking is on");
@@ -323,10 +378,7 @@ impl Manager {
             })
             .await;
         if let Err(e) = detached {
-            tracing::warn!(id, error = %e, "removing a sandbox's network");
-        }
-        if let Some(net) = &self.net {
-            net.cas.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+            tracing::warn!(eid, error = %e, "removing a sandbox's network");
         }
     }
 
@@ -337,8 +389,9 @@ impl Manager {
             return Ok(());
         };
         let ids: std::collections::HashSet<&str> = known.iter().map(|r| r.id.as_str()).collect();
+        let eids: std::collections::HashSet<&str> = known.iter().map(|r| r.eid()).collect();
         for id in net.host.attached().map_err(net_err)? {
-            if !ids.contains(id.as_str()) {
+            if !eids.contains(id.as_str()) {
                 tracing::info!(id, "removing the network of a sandbox that no longer exists");
                 let _ = net.host.detach(&id);
             }

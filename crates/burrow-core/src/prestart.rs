@@ -383,6 +383,31 @@ impl Manager {
         }
     }
 
+    /// Takes a ready pre-started sandbox of `image` off its pool for another use than a
+    /// create (a cold wake); `None` when there is none (the pool learns of the demand either
+    /// way). Its refill waits for `first_use` like a create's.
+    pub(crate) fn take_prestarted(
+        &self,
+        engine: EngineKind,
+        image: &str,
+        first_use: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<String> {
+        if !self.prestart.note_wanted(engine, image) {
+            return None;
+        }
+        let key = (engine, image.to_owned());
+        let (id, stale) = self.prestart.take(&key, &self.image_version(image));
+        for id in stale {
+            self.discard_prestarted_in_background(id);
+        }
+        match &id {
+            Some(_) => self.prestart.refill_after(&key, first_use),
+            None => self.prestart.missed(&key),
+        }
+        self.prestart.wake.notify_one();
+        id
+    }
+
     /// Makes pre-started sandbox `id` the sandbox `name`; `Ok(None)` if it cannot serve (it
     /// is discarded).
     async fn reassign(&self, id: &str, asked: &Asked<'_>) -> Result<Option<Sandbox>> {
@@ -424,7 +449,7 @@ impl Manager {
             memory_mb: config.memory_mb,
             pids: rec.config.pids,
         };
-        let (eid, run_dir, hostname) = (id.to_owned(), self.run_dir(id), name.to_owned());
+        let (eid, run_dir, hostname) = (rec.eid().to_owned(), self.engine_dir(&rec), name.to_owned());
         match blocking(move || Ok(engine.reassign(&eid, &run_dir, &hostname, &resources)?)).await {
             Ok(true) => {}
             Ok(false) => {
@@ -603,7 +628,7 @@ impl Manager {
     }
 
     /// Removes pre-started sandbox `id`: its runtime, volume and record.
-    async fn discard_prestarted(&self, id: &str) {
+    pub(crate) async fn discard_prestarted(&self, id: &str) {
         let lock = self.op_lock(id);
         let _guard = lock.lock().await;
         let Ok(Some(mut rec)) = self.store.sandbox_by_id(id) else {

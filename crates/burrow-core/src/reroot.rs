@@ -60,9 +60,20 @@ impl Manager {
 
     /// Puts the volume at `new_root` under the quiesced sandbox `rec` as its root.
     pub(crate) async fn replace_root(&self, rec: &SandboxRecord, new_root: std::path::PathBuf) -> Result<()> {
+        self.replace_root_with(rec, new_root, Vec::new()).await
+    }
+
+    /// [`Self::replace_root`], with `rebinds` (path inside, host path) bound read-only in
+    /// place of the binds at those paths.
+    pub(crate) async fn replace_root_with(
+        &self,
+        rec: &SandboxRecord,
+        new_root: std::path::PathBuf,
+        rebinds: Vec<(String, std::path::PathBuf)>,
+    ) -> Result<()> {
         let engine = self.engine(rec)?;
-        let id = rec.id.clone();
-        blocking(move || Ok(engine.replace_root(&id, &new_root)?)).await
+        let id = rec.eid().to_owned();
+        blocking(move || Ok(engine.replace_root(&id, &new_root, &rebinds)?)).await
     }
 
     /// After [`Self::replace_root`]: the agent re-executes itself (as the sandbox's

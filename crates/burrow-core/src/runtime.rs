@@ -357,6 +357,7 @@ mod tests {
             failure_reason: None,
             next_checkpoint: 0,
             notice: None,
+            instance: None,
         };
         mgr.store.insert_sandbox(&rec).unwrap();
         rec.id

@@ -104,6 +104,18 @@ pub struct SandboxRecord {
     pub next_checkpoint: u64,
     /// Something the owner should know (e.g. how an interrupted restore ended).
     pub notice: Option<String>,
+    /// The engine's name for the runtime that runs it (its runc container, cgroups, network
+    /// namespace and run dir), when not its own id: a cold sandbox woken into a pre-started
+    /// one runs in that one's runtime from then on (see [`SandboxRecord::eid`]).
+    pub instance: Option<String>,
+}
+
+impl SandboxRecord {
+    /// The id its engine, its network namespace and its run dir know it by: its own id, or
+    /// that of the pre-started runtime it was woken into.
+    pub fn eid(&self) -> &str {
+        self.instance.as_deref().unwrap_or(&self.id)
+    }
 }
 
 /// A checkpoint as stored. `ready == false` means its snapshot is being made.
@@ -207,6 +219,7 @@ fn migrations() -> Migrations<'static> {
                 UNIQUE (sandbox_id, env)
             );",
         ),
+        M::up("ALTER TABLE sandboxes ADD COLUMN instance TEXT;"),
     ])
 }
 
@@ -227,7 +240,7 @@ pub struct Store {
 }
 
 const SANDBOX_COLS: &str = "id, name, status, intent, engine, image, created_at, updated_at, last_active_at, \
-                            config, env, labels, parent, failure_reason, next_checkpoint, notice";
+                            config, env, labels, parent, failure_reason, next_checkpoint, notice, instance";
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self> {
@@ -264,7 +277,7 @@ impl Store {
     pub fn insert_sandbox(&self, r: &SandboxRecord) -> Result<()> {
         self.with(|c| {
             let res = c.execute(
-                &format!("INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16)"),
+                &format!("INSERT INTO sandboxes ({SANDBOX_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)"),
                 params![
                     r.id,
                     r.name,
@@ -282,6 +295,7 @@ impl Store {
                     r.failure_reason,
                     r.next_checkpoint as i64,
                     r.notice,
+                    r.instance,
                 ],
             );
             unique(res)
@@ -293,7 +307,7 @@ impl Store {
         self.with(|c| {
             c.execute(
                 "UPDATE sandboxes SET status=?2, intent=?3, updated_at=?4, last_active_at=?5, config=?6, env=?7, \
-                 labels=?8, failure_reason=?9, next_checkpoint=?10, notice=?11 WHERE id=?1",
+                 labels=?8, failure_reason=?9, next_checkpoint=?10, notice=?11, instance=?12 WHERE id=?1",
                 params![
                     r.id,
                     r.status.as_str(),
@@ -306,6 +320,7 @@ impl Store {
                     r.failure_reason,
                     r.next_checkpoint as i64,
                     r.notice,
+                    r.instance,
                 ],
             )?;
             Ok(())
@@ -347,6 +362,38 @@ impl Store {
                 "UPDATE sandboxes SET last_active_at=?2 WHERE id=?1",
                 params![id, last_active_at],
             )?;
+            Ok(())
+        })
+    }
+
+    /// Sandbox `r` (woken) now runs in the runtime of pre-started sandbox `donor`: writes
+    /// `r` (its `instance` names the donor's runtime) and removes the donor's rows, in one
+    /// transaction. Before it commits the donor is still a sandbox of its own; after, only
+    /// `r` owns that runtime.
+    pub fn take_over_runtime(&self, r: &SandboxRecord, donor: &str) -> Result<()> {
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            for table in ["sandbox_secrets", "net", "services"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE sandbox_id=?1"),
+                    params![donor],
+                )?;
+            }
+            tx.execute("DELETE FROM sandboxes WHERE id=?1", params![donor])?;
+            tx.execute(
+                "UPDATE sandboxes SET status=?2, intent=?3, updated_at=?4, last_active_at=?5, \
+                 failure_reason=?6, instance=?7 WHERE id=?1",
+                params![
+                    r.id,
+                    r.status.as_str(),
+                    r.intent.map(Intent::encode),
+                    r.updated_at,
+                    r.last_active_at,
+                    r.failure_reason,
+                    r.instance,
+                ],
+            )?;
+            tx.commit()?;
             Ok(())
         })
     }
@@ -682,6 +729,7 @@ struct RawSandbox {
     cols: [Option<String>; 14],
     next_checkpoint: i64,
     notice: Option<String>,
+    instance: Option<String>,
 }
 
 fn row_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawSandbox> {
@@ -693,6 +741,7 @@ fn row_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawSandbox> {
         cols,
         next_checkpoint: r.get(14)?,
         notice: r.get(15)?,
+        instance: r.get(16)?,
     })
 }
 
@@ -714,7 +763,8 @@ impl RawSandbox {
             parent,
             reason,
         ] = self.cols;
-        let (next_checkpoint, notice) = (self.next_checkpoint.max(0) as u64, self.notice);
+        let (next_checkpoint, notice, instance) =
+            (self.next_checkpoint.max(0) as u64, self.notice, self.instance);
         let id = id.unwrap_or_default();
         let bad = |detail: String| StoreError::Corrupt {
             what: format!("sandbox {id}"),
@@ -750,6 +800,7 @@ impl RawSandbox {
             failure_reason: reason,
             next_checkpoint,
             notice,
+            instance,
             id,
         })
     }
@@ -904,6 +955,7 @@ mod tests {
             failure_reason: None,
             next_checkpoint: 0,
             notice: None,
+            instance: None,
         }
     }
 

@@ -116,7 +116,7 @@ impl Manager {
 
     async fn liveness(&self, rec: &SandboxRecord) -> Result<Liveness> {
         let engine = self.engine(rec)?;
-        let id = rec.id.clone();
+        let id = rec.eid().to_owned();
         blocking(move || Ok(engine.liveness(&id)?)).await
     }
 
@@ -314,7 +314,7 @@ impl Manager {
         let Ok(engine) = self.engine(&rec) else {
             return err;
         };
-        let dialer = engine.agent_dialer(&self.run_dir(&rec.id));
+        let dialer = engine.agent_dialer(&self.engine_dir(&rec));
         let sock = dialer.endpoint();
         if rec.status == SandboxStatus::Running && !sock.exists() {
             return CoreError::Unavailable(format!(
@@ -332,7 +332,7 @@ impl Manager {
     /// (its processes end; the reason is kept in `notice` and an event). Returns whether it
     /// was rebooted.
     pub(crate) async fn repair_runtime_files(&self, rec: &mut SandboxRecord) -> Result<bool> {
-        let run_dir = self.run_dir(&rec.id);
+        let run_dir = self.engine_dir(rec);
         let dialer = self.engine(rec)?.agent_dialer(&run_dir);
         let sock = dialer.endpoint();
         let missing = if !run_dir.is_dir() {

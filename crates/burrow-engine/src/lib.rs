@@ -280,10 +280,17 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     /// Puts the tree at `new_root` under the running sandbox `id` as its root filesystem,
     /// in place: the mounts the engine made (`/proc`, `/dev`, the agent's, ...) move over,
     /// the old root is detached. The caller has had the agent end every other process
-    /// first (`Quiesce`) and has it re-execute itself after (`Reexec`). `Unsupported` where
-    /// the engine cannot (the caller restarts the sandbox on the new root instead).
-    fn replace_root(&self, id: &str, new_root: &std::path::Path) -> Result<()> {
-        let _ = (id, new_root);
+    /// first (`Quiesce`) and has it re-execute itself after (`Reexec`). `rebinds` (path
+    /// inside, host path): binds made read-only in place of the ones at those paths, which
+    /// do not move over. `Unsupported` where the engine cannot (the caller restarts the
+    /// sandbox on the new root instead).
+    fn replace_root(
+        &self,
+        id: &str,
+        new_root: &std::path::Path,
+        rebinds: &[(String, std::path::PathBuf)],
+    ) -> Result<()> {
+        let _ = (id, new_root, rebinds);
         Err(EngineError::Unsupported {
             engine: self.kind().as_str(),
             op: "replace_root",

@@ -778,3 +778,218 @@ async fn a_vm_create_takes_a_prestarted_vm() {
     .unwrap();
     assert!(!from_pool(&d, &ct));
 }
+
+/// `POST …/sleep?mode=cold`: its processes end, its disk stays.
+async fn sleep_cold(c: &Client, name: &str) {
+    let _: serde_json::Value = c
+        .request_json(
+            Method::POST,
+            &format!("/v1/sandboxes/{name}/sleep?mode=cold"),
+            None::<&()>,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("sleep {name} cold: {e}"));
+}
+
+async fn set_mode(c: &Client, name: &str, mode: &str) {
+    let _: serde_json::Value = c
+        .request_json(
+            Method::PUT,
+            &format!("/v1/sandboxes/{name}/policy/network"),
+            Some(&serde_json::json!({ "mode": mode })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("policy of {name}: {e}"));
+}
+
+/// Whether the daemon's log says `name` was woken in a pre-started sandbox's runtime.
+fn woken_into_pool(d: &Daemon, name: &str) -> bool {
+    log(d)
+        .lines()
+        .any(|l| l.contains("woken into a pre-started sandbox") && l.contains(&format!("sandbox={name} ")))
+}
+
+/// What a sandbox's identity looks like from inside: hostname, address, its CA's digest.
+const IDENTITY: &str = "hostname; ip -4 -o addr show eth0 | awk '{print $4}'; md5sum < /.burrow/host/ca.crt";
+
+/// A shell line that prints CONNECTED when a TCP connection to port 80 of an outside
+/// address (a benchmarking range, never routed here) is taken. Only a sandbox with egress
+/// gets one: its port-80 connections are redirected to burrowd's transparent proxy on the
+/// host, which accepts it (nothing is sent; no packet leaves the machine). In mode `none`
+/// the rules drop it.
+const EGRESS_PROBE: &str =
+    "timeout 5 bash -c 'exec 3<>/dev/tcp/198.18.0.1/80 && echo CONNECTED' 2>/dev/null; true";
+
+/// Whether the service that writes its pid to `/root/svc.pid` runs (waits up to 10 s).
+const SERVICE_UP: &str = "for i in $(seq 100); do kill -0 $(cat /root/svc.pid 2>/dev/null) 2>/dev/null && echo up && exit 0; sleep 0.1; done; echo down";
+
+/// A cold sandbox is woken in a pre-started sandbox's runtime: its disk, name, address, CA,
+/// checkpoints, services and policy are its own there; `/.burrow/host` is its own and read-only; its
+/// in-sandbox API answers for it. The runtime stays its own across a daemon restart, and a
+/// delete leaves nothing of either. Controls: the first wake is told apart from a boot by
+/// the log line, the policy probe connects once the policy allows it, and a path outside
+/// `/.burrow/host` is writable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_wake_runs_in_a_prestarted_runtime_as_itself() {
+    let d = Daemon::start_with(&["--prestart", "1"]);
+    let c = d.client();
+    wait_pool(&c, "one ready", |p| p.ready == 1).await;
+    let name = unique_name("cold");
+    c.create_sandbox(&create_req(&name)).await.unwrap();
+    assert!(
+        sh(&c, &name, EGRESS_PROBE).await.contains("CONNECTED"),
+        "control: open mode has egress"
+    );
+    sh(&c, &name, "echo mine > /root/state").await;
+    let before = sh(&c, &name, IDENTITY).await;
+    let cp: serde_json::Value = c
+        .request_json(
+            Method::POST,
+            &format!("/v1/sandboxes/{name}/checkpoints"),
+            Some(&serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    let cp_id = cp["id"].as_str().unwrap().to_owned();
+    // A service, up (the control of the check after the wake).
+    let _: serde_json::Value = c
+        .request_json(
+            Method::PUT,
+            &format!("/v1/sandboxes/{name}/services/beat"),
+            Some(&serde_json::json!({"cmd": ["sh", "-c", "echo $$ > /root/svc.pid; exec sleep 1000"]})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sh(&c, &name, SERVICE_UP).await, "up");
+    // Only a service started after the wake can write it again.
+    sh(&c, &name, "rm /root/svc.pid").await;
+    set_mode(&c, &name, "none").await;
+    sleep_cold(&c, &name).await;
+    wait_pool(&c, "one ready again", |p| p.ready == 1).await;
+    assert!(!woken_into_pool(&d, &name));
+
+    // The exec wakes it, in the pool's runtime.
+    assert_eq!(sh(&c, &name, "cat /root/state").await, "mine");
+    assert!(
+        woken_into_pool(&d, &name),
+        "the wake did not take the pool's runtime"
+    );
+    assert_eq!(
+        sh(&c, &name, IDENTITY).await,
+        before,
+        "hostname, address or CA changed"
+    );
+    assert_eq!(sh(&c, &name, "ls /.burrow/checkpoints").await, cp_id);
+    assert_eq!(
+        sh(&c, &name, SERVICE_UP).await,
+        "up",
+        "its service was not started again"
+    );
+    let inside = sh(
+        &c,
+        &name,
+        "curl -sf --unix-socket /.burrow/api.sock http://burrow/checkpoints",
+    )
+    .await;
+    assert!(inside.contains(&cp_id), "the in-sandbox API: {inside}");
+    assert_eq!(
+        sh(
+            &c,
+            &name,
+            "touch /.burrow/host/x 2>/dev/null && echo wrote; touch /root/y && echo control"
+        )
+        .await,
+        "control",
+        "/.burrow/host must be read-only"
+    );
+    // Its policy (none) holds in the new runtime; open lets the same probe through.
+    assert!(
+        !sh(&c, &name, EGRESS_PROBE).await.contains("CONNECTED"),
+        "mode none got out"
+    );
+    set_mode(&c, &name, "open").await;
+    assert!(
+        sh(&c, &name, EGRESS_PROBE).await.contains("CONNECTED"),
+        "open mode has no egress"
+    );
+
+    // A daemon restart adopts it where it runs: a process started after the wake lives on.
+    sh(
+        &c,
+        &name,
+        "nohup sleep 1000 >/dev/null 2>&1 & echo $! > /root/pid",
+    )
+    .await;
+    d.kill9();
+    d.restart();
+    assert_eq!(
+        sh(&c, &name, "kill -0 $(cat /root/pid) && echo alive").await,
+        "alive",
+        "the sandbox was booted again"
+    );
+    assert_eq!(sh(&c, &name, IDENTITY).await, before);
+
+    // A delete takes its runtime and its own files: only the pool's are left.
+    c.delete_sandbox(&name).await.unwrap();
+    let p = wait_pool(&c, "one ready after the delete", |p| p.ready == 1).await;
+    assert_eq!(runc_containers(&d), p.ready as usize, "containers left: {p:?}");
+    let run_dirs = std::fs::read_dir(d.data_dir.join("run")).unwrap().count();
+    assert_eq!(run_dirs, p.ready as usize, "run dirs left");
+}
+
+/// A daemon killed while a cold wake takes a pre-started runtime (after the volume went
+/// under it and its namespace took the sandbox's address, before the record says so) loses
+/// nothing: at the next start the half-used runtime is gone and the sandbox is asleep with
+/// its disk and address; it wakes, with egress as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_a_cold_wake_takes_one_loses_nothing() {
+    let d = Daemon::start_with(&["--prestart", "1"]);
+    let c = d.client();
+    wait_pool(&c, "one ready", |p| p.ready == 1).await;
+    let name = unique_name("coldcrash");
+    c.create_sandbox(&create_req(&name)).await.unwrap();
+    sh(&c, &name, "echo mine > /root/state").await;
+    let before = sh(&c, &name, IDENTITY).await;
+    sleep_cold(&c, &name).await;
+    d.set_env(&[("BURROW_FAULT", "wake.before_take_over")]);
+    d.kill9();
+    d.restart();
+    wait_pool(&c, "one ready", |p| p.ready == 1).await;
+    assert!(
+        c.exec(
+            &name,
+            &ExecRequest {
+                cmd: vec!["true".into()],
+                ..Default::default()
+            }
+        )
+        .await
+        .is_err(),
+        "the daemon died mid-wake"
+    );
+    assert!(
+        d.wait_exit().is_some_and(|s| !s.success()),
+        "it aborted at the fault point"
+    );
+    assert!(d.log_text().contains("aborting at wake.before_take_over"));
+
+    d.set_env(&[]);
+    d.restart();
+    wait_pool(&c, "one ready after the restart", |p| p.ready == 1).await;
+    let sb = c.get_sandbox(&name).await.unwrap();
+    assert_eq!(sb.status.as_str(), "sleeping", "{sb:?}");
+    assert_eq!(sh(&c, &name, "cat /root/state").await, "mine");
+    assert_eq!(sh(&c, &name, IDENTITY).await, before);
+    assert!(
+        sh(&c, &name, EGRESS_PROBE).await.contains("CONNECTED"),
+        "the woken sandbox is cut off"
+    );
+    let stray = stray_volumes(&d).await;
+    assert!(stray.is_empty(), "{stray:?}");
+    let p = wait_pool(&c, "one ready", |p| p.ready == 1).await;
+    assert_eq!(
+        runc_containers(&d),
+        1 + p.ready as usize,
+        "containers: the sandbox and the pool's"
+    );
+}

@@ -156,6 +156,7 @@ impl App {
             failure_reason: None,
             next_checkpoint: 0,
             notice: None,
+            instance: None,
         };
         self.store.insert_sandbox(&rec).expect("insert record");
         rec

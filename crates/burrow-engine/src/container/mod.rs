@@ -813,11 +813,11 @@ impl Engine for ContainerEngine {
         Ok(true)
     }
 
-    fn replace_root(&self, id: &str, new_root: &Path) -> Result<()> {
+    fn replace_root(&self, id: &str, new_root: &Path, rebinds: &[(String, PathBuf)]) -> Result<()> {
         let pidfd = self.init_pidfd(id)?.ok_or_else(|| {
             EngineError::Spec(format!("sandbox {id} has no known init to put a root under"))
         })?;
-        root::replace_root(pidfd, new_root, self.cfg.uid_base)
+        root::replace_root(pidfd, new_root, self.cfg.uid_base, rebinds)
             .map_err(io_err("replace the root with", new_root))
     }
 

@@ -27,6 +27,9 @@ const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 const MOUNT_ATTR_SIZE_VER0: usize = 32;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 const RESOLVE_BENEATH: u64 = 0x08;
@@ -272,6 +275,11 @@ pub(crate) fn prefetch(root: &Path) {
 
 /// A detached, private copy of the mount at `path` (and what is mounted below it).
 fn private_copy(path: &CString) -> io::Result<OwnedFd> {
+    private_copy_with(path, 0)
+}
+
+/// [`private_copy`] with `attr_set` (`MOUNT_ATTR_*`) set on every mount of the copy.
+fn private_copy_with(path: &CString, attr_set: u64) -> io::Result<OwnedFd> {
     // SAFETY: open_tree reads the NUL-terminated path; returns a new fd.
     let tree = owned(
         unsafe {
@@ -285,7 +293,7 @@ fn private_copy(path: &CString) -> io::Result<OwnedFd> {
         "open_tree",
     )?;
     let attr = MountAttr {
-        attr_set: 0,
+        attr_set,
         attr_clr: 0,
         propagation: libc::MS_PRIVATE,
         userns_fd: 0,
@@ -356,12 +364,34 @@ fn pivot_into(root: &OwnedFd) -> io::Result<()> {
 
 /// Puts the host directory `new_root` under the mount namespace of the process behind
 /// `pidfd` as its root (see the module's text). `owner`: the host uid of the sandbox's
-/// root, which owns mount points made in the new root.
-pub(crate) fn replace_root(pidfd: OwnedFd, new_root: &Path, owner: u32) -> io::Result<()> {
+/// root, which owns mount points made in the new root. `rebinds` (path inside, host path):
+/// read-only binds that replace the ones at those paths instead of moving over (a sandbox
+/// woken into another's runtime gets its own `/.burrow/host` and checkpoints).
+pub(crate) fn replace_root(
+    pidfd: OwnedFd,
+    new_root: &Path,
+    owner: u32,
+    rebinds: &[(String, std::path::PathBuf)],
+) -> io::Result<()> {
     let pid = pid_of(&pidfd)?;
     let tops = top_mounts(&std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?)?;
     let src = cstr(new_root)?;
     let empty = CString::default();
+    // The copies are made here, in the host's mount namespace, where their paths mean
+    // what the caller meant; read-only, as runc binds them (`ro,nosuid,nodev`).
+    let mut copies = Vec::new();
+    for (inside, source) in rebinds {
+        let rel = Path::new(inside)
+            .strip_prefix("/")
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{inside}: not absolute")))?
+            .to_owned();
+        let dir = std::fs::metadata(source)?.is_dir();
+        let copy = private_copy_with(
+            &cstr(source)?,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        )?;
+        copies.push((inside.clone(), rel, dir, copy));
+    }
     std::thread::Builder::new()
         .name("replace-root".into())
         .spawn(move || -> io::Result<()> {
@@ -395,7 +425,7 @@ pub(crate) fn replace_root(pidfd: OwnedFd, new_root: &Path, owner: u32) -> io::R
                     | nix::fcntl::OFlag::O_CLOEXEC,
                 nix::sys::stat::Mode::empty(),
             )?;
-            for top in &tops {
+            for top in tops.iter().filter(|t| !copies.iter().any(|c| &c.0 == *t)) {
                 let path = Path::new(top);
                 let from = cstr(path)?;
                 let rel = path.strip_prefix("/").unwrap_or(path);
@@ -410,6 +440,27 @@ pub(crate) fn replace_root(pidfd: OwnedFd, new_root: &Path, owner: u32) -> io::R
                 )?;
             }
             mark("moves");
+            for (inside, rel, dir, copy) in &copies {
+                // One below a mount that moved over (`/.burrow/host` in `/.burrow`) came
+                // with it: detached first. (Its path is in the engine's own tmpfs.)
+                if !tops.contains(inside) {
+                    let moved = CString::new(format!("{}/{}", spot.to_string_lossy(), rel.display()))
+                        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                    // SAFETY: umount2 reads the NUL-terminated path.
+                    let ret = unsafe { libc::umount2(moved.as_ptr(), libc::MNT_DETACH) };
+                    check(ret.into(), &format!("detaching {inside}"))?;
+                }
+                let to = mount_point(&root, rel, *dir, owner)
+                    .map_err(|e| io::Error::new(e.kind(), format!("{inside}: {e}")))?;
+                move_mount(
+                    copy.as_raw_fd(),
+                    &empty,
+                    to.as_raw_fd(),
+                    &empty,
+                    &format!("binding {inside}"),
+                )?;
+            }
+            mark("rebinds");
             pivot_into(&root)?;
             mark("pivot");
             tracing::debug!(steps = ?at, "root replaced");
