@@ -122,6 +122,10 @@ impl Manager {
         self.halt(&rec).await?;
         // Cold means no process kept: a saved VM memory goes too.
         self.discard_memory(&rec).await?;
+        // And no network namespace: whatever wakes it wires one (a boot its own, a wake
+        // into a pre-started runtime that runtime's), and removing a veth takes tens of
+        // milliseconds that a wake would otherwise wait for.
+        self.net_unwire(rec.eid()).await;
         rt.set_sleep(Some(SleepMode::Cold));
         self.events
             .emit(&rec.name, "sleeping", serde_json::json!({"mode": "cold"}));

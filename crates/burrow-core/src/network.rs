@@ -274,9 +274,9 @@ impl Manager {
     }
 
     /// Moves sandbox `rec` (cold, about to run in `donor`'s runtime) onto `donor`'s
-    /// namespace: `rec`'s old namespace goes (with its address's set elements), `donor`'s
-    /// address leaves every set, and `donor`'s namespace gets `rec`'s address and policy
-    /// (`attach_in_mode` replaces the address it had). `rec`'s host files (CA bundle,
+    /// namespace: `rec`'s old namespace goes if it is still there (with its address's set
+    /// elements), and `donor`'s namespace gets `rec`'s address and policy (`attach_in_mode`
+    /// replaces the address it had, which leaves every set in the same transaction). `rec`'s host files (CA bundle,
     /// resolv.conf) are made if missing. A no-op with networking off.
     pub(crate) async fn net_take_over(&self, donor: &SandboxRecord, rec: &SandboxRecord) -> Result<()> {
         let Some(net) = &self.net else {
@@ -292,7 +292,7 @@ impl Manager {
                 (self.allocate_addr(&rec.id, &policy)?, policy)
             }
         };
-        let donor_addr = self.policy_of(&donor.id)?.map(|(a, _)| a);
+        // Gone already when it went cold; left by a daemon restart, it goes now.
         if rec.eid() != donor.eid() {
             self.net_unwire(rec.eid()).await;
         }
@@ -301,9 +301,7 @@ impl Manager {
         self.off_runtime(move |m| {
             let net = m.net.as_ref().expect("networking is on");
             m.ensure_ca_files(&id)?;
-            if let Some(old) = donor_addr {
-                net.host.set_mode(old, Mode::None, false).map_err(net_err)?;
-            }
+            // The donor's address leaves its port and every set in the same transaction.
             net.host
                 .attach_in_mode(&eid, addr, mode, transparent)
                 .map_err(net_err)?;

@@ -122,14 +122,20 @@ impl Manager {
     /// Puts `rec`'s volume, network and host files under pre-started `donor` (quiesced),
     /// gives the runtime `rec`'s hostname and limits, and restarts its agent there.
     async fn move_into(&self, donor: &SandboxRecord, rec: &SandboxRecord) -> Result<()> {
+        let t = std::time::Instant::now();
+        let mut at = Vec::new();
+        let mut mark = |what: &'static str| at.push((what, t.elapsed().as_secs_f64() * 1e3));
         self.make_checkpoints_view(rec)?;
         self.net_take_over(donor, rec).await?;
+        mark("network");
         self.ensure_inside_api(rec)?;
         crate::fault::point("wake.before_replace_root");
         self.quiesce(donor).await?;
+        mark("quiesce");
         let rebinds = self.shared_dirs(rec, self.net().is_some());
         self.replace_root_with(donor, self.pool.sandbox_path(&rec.id), rebinds)
             .await?;
+        mark("root");
         let engine = self.engine(donor)?;
         let resources = burrow_engine::Resources {
             cpus: rec.config.cpus,
@@ -140,10 +146,14 @@ impl Manager {
         if !blocking(move || Ok(engine.reassign(&eid, &run_dir, &hostname, &resources)?)).await? {
             return Err(CoreError::Internal("the engine cannot reassign a runtime".into()));
         }
+        mark("reassign");
         // The agent re-executes on the new root as `rec`'s hostname; it is still reached
         // through the donor's runtime until the take-over commits.
         let mut as_rec = donor.clone();
         as_rec.name = rec.name.clone();
-        self.restart_agent(&as_rec).await
+        self.restart_agent(&as_rec).await?;
+        mark("agent");
+        tracing::debug!(sandbox = %rec.name, steps = ?at, "moved into a pre-started runtime");
+        Ok(())
     }
 }

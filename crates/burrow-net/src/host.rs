@@ -230,8 +230,13 @@ impl HostNet {
         })
         .map_err(NetError::io(format!("configuring namespace {name}")))?;
         let stale: Vec<_> = old.into_iter().filter(|(a, _)| *a != addr).collect();
+        let stale_addrs: Vec<Ipv4Addr> = stale.iter().map(|(a, _)| *a).collect();
+        let stale_allowed = self.allowed_pairs_of(&stale_addrs)?;
 
-        // The port's address before the link is up, so the first frames are not dropped.
+        // The port's address before the link is up, so the first frames are not dropped. An
+        // address the namespace no longer has leaves the port and every mode set (a
+        // namespace handed to another sandbox, with that sandbox's address), in the same
+        // transaction.
         let mut edits = Edits::default();
         for (a, _) in &stale {
             edits.ensure(
@@ -241,6 +246,7 @@ impl HostNet {
                 &Elem::Port(veth.clone(), *a),
                 false,
             );
+            self.mode_edits(&mut edits, &stale_allowed, *a, Mode::None, false);
         }
         edits.ensure(
             "bridge",
@@ -253,6 +259,7 @@ impl HostNet {
             self.mode_edits(&mut edits, &[], addr, mode, transparent);
         }
         apply(&edits)?;
+        self.forget_admitted(&stale_addrs);
 
         // Inside: `lo` and `eth0` up, the stale addresses off, this one on, the default
         // route; in-process (rtnetlink), not an `ip` spawn.

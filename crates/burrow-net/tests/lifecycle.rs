@@ -29,6 +29,14 @@ fn nft_set(env: &Env, family: &str, set: &str) -> String {
     sh(&["nft", "list", "set", family, env.net.table(), set])
 }
 
+/// Whether `addr` is one of the addresses in an `nft list set` output (whole words: .2 is
+/// not .200).
+fn lists(elems: &str, addr: Ipv4Addr) -> bool {
+    elems
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .any(|w| w == addr.to_string())
+}
+
 #[test]
 fn attach_is_idempotent_and_detach_leaves_nothing() {
     let env = Env::new();
@@ -61,15 +69,35 @@ fn attach_is_idempotent_and_detach_leaves_nothing() {
     assert!(link.contains("state UP"), "{link}");
     assert!(nft_set(&env, "bridge", "ports").contains(&format!("\"{veth}\" . {}", a.addr)));
 
-    // Re-attaching with another address replaces the old one everywhere.
+    // Re-attaching with another address replaces the old one everywhere: on eth0, in the
+    // bridge port's element and in every mode set (the namespace now serves another
+    // address, as when a cold sandbox is woken in a pre-started one's namespace). The
+    // control: before, the old address is in its sets, as the probe sees.
+    env.net.set_mode(a.addr, Mode::Policy, true).unwrap();
+    env.net
+        .admit(a.addr, env.fake.ns_ip, Duration::from_secs(60))
+        .unwrap();
+    for set in ["policy_mode", "transparent", "allowed"] {
+        assert!(
+            nft_set(&env, "inet", set).contains(&a.addr.to_string()),
+            "control: {set}"
+        );
+    }
     let moved = env.cfg.subnet.host(200).unwrap();
-    env.net.attach(&a.id, moved).unwrap();
+    env.net.attach_in_mode(&a.id, moved, Mode::Open, true).unwrap();
     assert_eq!(eth0_addrs(&a.path), vec![(moved, 24)]);
     let ports = nft_set(&env, "bridge", "ports");
     assert!(
         ports.contains(&moved.to_string()) && !ports.contains(&format!("{} ", a.addr)),
         "{ports}"
     );
+    for set in ["open", "policy_mode", "transparent", "allowed"] {
+        let elems = nft_set(&env, "inet", set);
+        assert!(!lists(&elems, a.addr), "{set} still has {}: {elems}", a.addr);
+    }
+    for set in ["open", "transparent"] {
+        assert!(lists(&nft_set(&env, "inet", set), moved), "{set} lacks {moved}");
+    }
 
     env.net.set_mode(moved, Mode::Open, true).unwrap();
     env.net
