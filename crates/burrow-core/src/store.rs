@@ -367,10 +367,10 @@ impl Store {
     }
 
     /// Sandbox `r` (woken) now runs in the runtime of pre-started sandbox `donor`: writes
-    /// `r` (its `instance` names the donor's runtime) and removes the donor's rows, in one
-    /// transaction. Before it commits the donor is still a sandbox of its own; after, only
+    /// `r` (its `instance` names the donor's runtime), removes the donor's rows and gives `r`
+    /// the donor's address `addr` (with networking on), in one transaction. Before it commits the donor is still a sandbox of its own; after, only
     /// `r` owns that runtime.
-    pub fn take_over_runtime(&self, r: &SandboxRecord, donor: &str) -> Result<()> {
+    pub fn take_over_runtime(&self, r: &SandboxRecord, donor: &str, addr: Option<&str>) -> Result<()> {
         self.with(|c| {
             let tx = c.unchecked_transaction()?;
             for table in ["sandbox_secrets", "net", "services"] {
@@ -378,6 +378,9 @@ impl Store {
                     &format!("DELETE FROM {table} WHERE sandbox_id=?1"),
                     params![donor],
                 )?;
+            }
+            if let Some(addr) = addr {
+                tx.execute("UPDATE net SET addr=?2 WHERE sandbox_id=?1", params![r.id, addr])?;
             }
             tx.execute("DELETE FROM sandboxes WHERE id=?1", params![donor])?;
             tx.execute(

@@ -4,8 +4,11 @@
 //! sandbox's volume goes under it as its root, as a fork's does (`replace_root`), with the
 //! cold sandbox's own `/.burrow/host`, checkpoints and resolv.conf bound in place of the
 //! pre-started one's. From then on the sandbox's record names that runtime
-//! (`SandboxRecord::instance`); its id, volume, address, policy, CA, secrets, services and
-//! checkpoints stay its own.
+//! (`SandboxRecord::instance`); its id, volume, policy, CA, secrets, services and
+//! checkpoints stay its own. It takes the runtime's address (as a boot may give a new one):
+//! moving its own onto the namespace would cost an nftables commit that removes elements,
+//! 7–20 ms here; the address only changes set membership when its policy's mode is not the
+//! default.
 //!
 //! Crash safety: the pre-started sandbox is marked `Destroy` before anything of it changes,
 //! so a daemon that dies midway tears it down at its next start (the cold sandbox's volume
@@ -65,18 +68,18 @@ impl Manager {
         donor.intent = Some(Intent::Destroy);
         donor.updated_at = now_rfc3339();
         self.store.update_sandbox(&donor)?;
-        match self.move_into(&donor, rec).await {
-            Ok(()) => {}
+        let addr = match self.move_into(&donor, rec).await {
+            Ok(addr) => addr,
             Err(e) => {
                 tracing::warn!(sandbox = %rec.name, donor = %donor_id, error = %crate::error::chain(&e),
                     "waking into a pre-started sandbox failed; booting instead");
                 drop(guard);
                 // Before the caller boots: the donor's teardown drops the set elements of
-                // the address it may have taken over.
+                // its address, which may be in the woken sandbox's mode by now.
                 self.discard_prestarted(&donor_id).await;
                 return Ok(false);
             }
-        }
+        };
         let old_eid = rec.eid().to_owned();
         let mut woken = rec.clone();
         woken.instance = Some(donor.eid().to_owned()).filter(|eid| *eid != rec.id);
@@ -84,7 +87,7 @@ impl Manager {
         woken.failure_reason = None;
         woken.updated_at = now_rfc3339();
         crate::fault::point("wake.before_take_over");
-        if let Err(e) = self.store.take_over_runtime(&woken, &donor_id) {
+        if let Err(e) = self.store.take_over_runtime(&woken, &donor_id, addr.as_deref()) {
             drop(guard);
             self.discard_prestarted(&donor_id).await;
             return Err(e.into());
@@ -119,14 +122,15 @@ impl Manager {
         Ok(true)
     }
 
-    /// Puts `rec`'s volume, network and host files under pre-started `donor` (quiesced),
-    /// gives the runtime `rec`'s hostname and limits, and restarts its agent there.
-    async fn move_into(&self, donor: &SandboxRecord, rec: &SandboxRecord) -> Result<()> {
+    /// Puts `rec`'s volume, network policy and host files under pre-started `donor`
+    /// (quiesced), gives the runtime `rec`'s hostname and limits, and restarts its agent
+    /// there. Returns the address `rec` gets (the donor's; `None` with networking off).
+    async fn move_into(&self, donor: &SandboxRecord, rec: &SandboxRecord) -> Result<Option<String>> {
         let t = std::time::Instant::now();
         let mut at = Vec::new();
         let mut mark = |what: &'static str| at.push((what, t.elapsed().as_secs_f64() * 1e3));
         self.make_checkpoints_view(rec)?;
-        self.net_take_over(donor, rec).await?;
+        let addr = self.net_take_over(donor, rec).await?;
         mark("network");
         self.ensure_inside_api(rec)?;
         crate::fault::point("wake.before_replace_root");
@@ -154,6 +158,6 @@ impl Manager {
         self.restart_agent(&as_rec).await?;
         mark("agent");
         tracing::debug!(sandbox = %rec.name, steps = ?at, "moved into a pre-started runtime");
-        Ok(())
+        Ok(addr)
     }
 }

@@ -17,7 +17,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 fn operation_timings() {
     let env = Env::new();
     let runs = 20u32;
-    let mut t: [Vec<Duration>; 7] = Default::default();
+    let mut t: [Vec<Duration>; 8] = Default::default();
     let site = env.fake.ns_ip;
     for i in 0..runs {
         let id = format!("bench{i}");
@@ -38,6 +38,10 @@ fn operation_timings() {
         time(&mut t[4], &mut || {
             env.net.set_mode(addr, Mode::Open, false).unwrap()
         });
+        let other = env.cfg.subnet.host(100 + i).unwrap();
+        time(&mut t[7], &mut || {
+            drop(env.net.attach_in_mode(&id, other, Mode::Open, true).unwrap())
+        });
         time(&mut t[5], &mut || env.net.detach(&id).unwrap());
     }
     time_setup(&env, &mut t[6]);
@@ -49,6 +53,7 @@ fn operation_timings() {
         "set_mode(open)",
         "detach",
         "setup",
+        "re-address",
     ];
     for (name, samples) in names.iter().zip(t) {
         println!("{name:>18}: median {:?} (n={})", median(samples), runs);
