@@ -304,27 +304,7 @@ impl Store {
 
     /// Writes every mutable field of `r` (matched by id).
     pub fn update_sandbox(&self, r: &SandboxRecord) -> Result<()> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE sandboxes SET status=?2, intent=?3, updated_at=?4, last_active_at=?5, config=?6, env=?7, \
-                 labels=?8, failure_reason=?9, next_checkpoint=?10, notice=?11, instance=?12 WHERE id=?1",
-                params![
-                    r.id,
-                    r.status.as_str(),
-                    r.intent.map(Intent::encode),
-                    r.updated_at,
-                    r.last_active_at,
-                    to_json(&r.config),
-                    to_json(&r.env),
-                    to_json(&r.labels),
-                    r.failure_reason,
-                    r.next_checkpoint as i64,
-                    r.notice,
-                    r.instance,
-                ],
-            )?;
-            Ok(())
-        })
+        self.with(|c| Ok(write_sandbox(c, r).map(drop)?))
     }
 
     /// Gives the pre-started sandbox `r.id` its new name and identity (every field a create
@@ -368,8 +348,8 @@ impl Store {
 
     /// Sandbox `r` (woken) now runs in the runtime of pre-started sandbox `donor`: writes
     /// `r` (its `instance` names the donor's runtime), removes the donor's rows and gives `r`
-    /// the donor's address `addr` (with networking on), in one transaction. Before it commits the donor is still a sandbox of its own; after, only
-    /// `r` owns that runtime.
+    /// the donor's address `addr` (with networking on), in one transaction. Before it
+    /// commits the donor is still a sandbox of its own; after, only `r` owns that runtime.
     pub fn take_over_runtime(&self, r: &SandboxRecord, donor: &str, addr: Option<&str>) -> Result<()> {
         self.with(|c| {
             let tx = c.unchecked_transaction()?;
@@ -383,19 +363,7 @@ impl Store {
                 tx.execute("UPDATE net SET addr=?2 WHERE sandbox_id=?1", params![r.id, addr])?;
             }
             tx.execute("DELETE FROM sandboxes WHERE id=?1", params![donor])?;
-            tx.execute(
-                "UPDATE sandboxes SET status=?2, intent=?3, updated_at=?4, last_active_at=?5, \
-                 failure_reason=?6, instance=?7 WHERE id=?1",
-                params![
-                    r.id,
-                    r.status.as_str(),
-                    r.intent.map(Intent::encode),
-                    r.updated_at,
-                    r.last_active_at,
-                    r.failure_reason,
-                    r.instance,
-                ],
-            )?;
+            write_sandbox(&tx, r)?;
             tx.commit()?;
             Ok(())
         })
@@ -701,6 +669,28 @@ impl Store {
 }
 
 /// The result of a write, with a uniqueness violation as [`StoreError::Unique`].
+/// `UPDATE` of every mutable field of `r` (matched by id).
+fn write_sandbox(c: &Connection, r: &SandboxRecord) -> rusqlite::Result<usize> {
+    c.execute(
+        "UPDATE sandboxes SET status=?2, intent=?3, updated_at=?4, last_active_at=?5, config=?6, env=?7, \
+         labels=?8, failure_reason=?9, next_checkpoint=?10, notice=?11, instance=?12 WHERE id=?1",
+        params![
+            r.id,
+            r.status.as_str(),
+            r.intent.map(Intent::encode),
+            r.updated_at,
+            r.last_active_at,
+            to_json(&r.config),
+            to_json(&r.env),
+            to_json(&r.labels),
+            r.failure_reason,
+            r.next_checkpoint as i64,
+            r.notice,
+            r.instance,
+        ],
+    )
+}
+
 fn unique(res: rusqlite::Result<usize>) -> Result<()> {
     match res {
         Ok(_) => Ok(()),
@@ -960,6 +950,42 @@ mod tests {
             notice: None,
             instance: None,
         }
+    }
+
+    /// The take-over is one transaction: the woken sandbox gets the runtime and the donor's
+    /// address, the donor's rows go; a failure (the address taken by a third sandbox)
+    /// changes nothing.
+    #[test]
+    fn a_take_over_moves_the_runtime_and_the_address_in_one_transaction() {
+        let s = Store::open_in_memory().unwrap();
+        let mut woken = rec("sb-woken", "woken");
+        let donor = rec("sb-donor", "prestarted-x");
+        let other = rec("sb-other", "other");
+        for r in [&woken, &donor, &other] {
+            s.insert_sandbox(r).unwrap();
+        }
+        s.put_net(&woken.id, "10.0.0.2", "{}").unwrap();
+        s.put_net(&donor.id, "10.0.0.3", "{}").unwrap();
+        s.put_net(&other.id, "10.0.0.4", "{}").unwrap();
+        woken.status = SandboxStatus::Running;
+        woken.intent = None;
+        woken.instance = Some(donor.id.clone());
+
+        // A third sandbox's address: refused, and nothing of it happened.
+        assert!(s.take_over_runtime(&woken, &donor.id, Some("10.0.0.4")).is_err());
+        assert!(s.sandbox_by_id(&donor.id).unwrap().is_some(), "the donor stays");
+        assert_eq!(s.net_of(&donor.id).unwrap().unwrap().0, "10.0.0.3");
+        let kept = s.sandbox_by_id(&woken.id).unwrap().unwrap();
+        assert_eq!((kept.status, kept.instance), (SandboxStatus::Creating, None));
+
+        s.take_over_runtime(&woken, &donor.id, Some("10.0.0.3")).unwrap();
+        let now = s.sandbox_by_id(&woken.id).unwrap().unwrap();
+        assert_eq!(now.status, SandboxStatus::Running);
+        assert_eq!(now.eid(), "sb-donor");
+        assert_eq!(s.net_of(&woken.id).unwrap().unwrap().0, "10.0.0.3");
+        assert!(s.sandbox_by_id(&donor.id).unwrap().is_none());
+        assert!(s.net_of(&donor.id).unwrap().is_none());
+        assert_eq!(s.all_net().unwrap().len(), 2);
     }
 
     #[test]
