@@ -1143,18 +1143,28 @@ impl Manager {
                     .runtime(&rec.id)
                     .sleep_mode()
                     .unwrap_or(crate::state::SleepMode::Warm);
-                match mode {
-                    crate::state::SleepMode::Warm => self.freeze(&rec, false).await?,
+                // How it woke (the `woke` event's `via`).
+                let via = match mode {
+                    crate::state::SleepMode::Warm => {
+                        self.freeze(&rec, false).await?;
+                        "thaw"
+                    }
                     // Memory: the engine resumes the saved VM, processes and all.
-                    crate::state::SleepMode::Memory => self.boot_or_fail(&mut rec).await?,
+                    crate::state::SleepMode::Memory => {
+                        self.boot_or_fail(&mut rec).await?;
+                        "resume"
+                    }
                     // Cold: every process was stopped; in a pre-started sandbox's runtime
                     // where one can serve, else boot again (services restart either way).
                     crate::state::SleepMode::Cold => {
-                        if !self.wake_into_prestarted(&mut rec).await? {
-                            self.boot_or_fail(&mut rec).await?
+                        if self.wake_into_prestarted(&mut rec).await? {
+                            "pre-started"
+                        } else {
+                            self.boot_or_fail(&mut rec).await?;
+                            "boot"
                         }
                     }
-                }
+                };
                 self.runtime(&rec.id).set_sleep(None);
                 self.runtime(&rec.id).touch();
                 let lost = match mode {
@@ -1166,7 +1176,7 @@ impl Manager {
                 self.events.emit(
                     &rec.name,
                     "woke",
-                    serde_json::json!({"from": mode.as_str(), "ms": t.elapsed().as_secs_f64() * 1e3, "lost": lost}),
+                    serde_json::json!({"from": mode.as_str(), "via": via, "ms": t.elapsed().as_secs_f64() * 1e3, "lost": lost}),
                 );
             }
             (_, Action::Stop) => {

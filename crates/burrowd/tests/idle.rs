@@ -125,6 +125,8 @@ async fn idle_burrow_sleeps_warm_then_cold_and_wakes_on_request() {
     assert!(pos("created", "") < pos("sleeping", "warm"));
     assert!(pos("sleeping", "warm") < pos("sleeping", "cold"));
     assert!(pos("sleeping", "cold") < pos("woke", "cold"));
+    // This daemon keeps no pre-started sandboxes: the cold wake booted it.
+    assert_eq!(evs[pos("woke", "cold")]["data"]["via"], "boot", "{evs:?}");
     c.delete_sandbox(&name).await.unwrap();
 }
 

@@ -876,6 +876,8 @@ async fn a_cold_wake_runs_in_a_prestarted_runtime_as_itself() {
         woken_into_pool(&d, &name),
         "the wake did not take the pool's runtime"
     );
+    // The user is told how it woke.
+    d.events_until(&name, r#""via":"pre-started""#).await;
     assert_eq!(sh(&c, &name, IDENTITY).await, before, "hostname or CA changed");
     assert_eq!(sh(&c, &name, "ls /.burrow/checkpoints").await, cp_id);
     assert_eq!(
