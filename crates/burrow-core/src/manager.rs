@@ -1183,7 +1183,16 @@ impl Manager {
                 self.set_end_reason(&rec.id, format!("sandbox '{}' was stopped", rec.name));
                 self.halt(&rec).await?;
                 self.discard_memory(&rec).await?;
+                // Nothing runs in its network namespace any more (see `sleep_cold`).
+                self.net_unwire(rec.eid()).await;
                 self.runtime(&rec.id).set_sleep(None);
+            }
+            // A stopped container starts in a pre-started sandbox's runtime where one can
+            // serve, like a cold wake.
+            (SandboxStatus::Stopped, Action::Start) => {
+                if !self.wake_into_prestarted(&mut rec).await? {
+                    self.boot_or_fail(&mut rec).await?
+                }
             }
             (_, Action::Start) => self.boot_or_fail(&mut rec).await?,
             (_, Action::Restart) => {

@@ -1,5 +1,5 @@
-//! A cold wake served by a pre-started sandbox: instead of starting a container for a
-//! sandbox whose processes are gone, a pre-started one of the same image gives up its
+//! A cold wake (or the start of a stopped sandbox) served by a pre-started sandbox:
+//! instead of starting a container for a sandbox whose processes are gone, a pre-started one of the same image gives up its
 //! runtime (its runc container, cgroups, network namespace and run dir) and the cold
 //! sandbox's volume goes under it as its root, as a fork's does (`replace_root`), with the
 //! cold sandbox's own `/.burrow/host`, checkpoints and resolv.conf bound in place of the
@@ -28,17 +28,18 @@ use crate::time_util::now_rfc3339;
 type Result<T, E = CoreError> = std::result::Result<T, E>;
 
 impl Manager {
-    /// Whether cold-sleeping `rec` can be woken into a pre-started sandbox: a container
-    /// that a create with its config could take one for.
+    /// Whether `rec` (cold-sleeping or stopped: no process of it runs) can be started in a
+    /// pre-started sandbox's runtime: a container that a create with its config could take
+    /// one for.
     fn can_wake_into_prestarted(&self, rec: &SandboxRecord) -> bool {
         rec.engine == EngineKind::Container
-            && rec.status == SandboxStatus::Sleeping
+            && matches!(rec.status, SandboxStatus::Sleeping | SandboxStatus::Stopped)
             && self.prestart_fits(rec.engine, &rec.config)
             && self.engine(rec).is_ok_and(|e| e.capabilities().shared_dirs)
     }
 
-    /// Wakes cold-sleeping `rec` (its operation lock held) in the runtime of a pre-started
-    /// sandbox of its image. `Ok(false)`: none could serve, and nothing changed (the caller
+    /// Wakes cold-sleeping `rec`, or starts stopped `rec` (its operation lock held), in the
+    /// runtime of a pre-started sandbox of its image. `Ok(false)`: none could serve, and nothing changed (the caller
     /// boots it). On `Ok(true)` the store has it running there; `rec.instance` says where
     /// (its status is the caller's to change, as after a boot).
     pub(crate) async fn wake_into_prestarted(&self, rec: &mut SandboxRecord) -> Result<bool> {
@@ -72,7 +73,7 @@ impl Manager {
             Ok(addr) => addr,
             Err(e) => {
                 tracing::warn!(sandbox = %rec.name, donor = %donor_id, error = %crate::error::chain(&e),
-                    "waking into a pre-started sandbox failed; booting instead");
+                    "moving into a pre-started runtime failed; booting instead");
                 drop(guard);
                 // Before the caller boots: the donor's teardown drops the set elements of
                 // its address, which may be in the woken sandbox's mode by now.
@@ -83,7 +84,12 @@ impl Manager {
         let old_eid = rec.eid().to_owned();
         let mut woken = rec.clone();
         woken.instance = Some(donor.eid().to_owned()).filter(|eid| *eid != rec.id);
-        transition(&mut woken, Action::Wake)?;
+        let action = if rec.status == SandboxStatus::Stopped {
+            Action::Start
+        } else {
+            Action::Wake
+        };
+        transition(&mut woken, action)?;
         woken.failure_reason = None;
         woken.updated_at = now_rfc3339();
         crate::fault::point("wake.before_take_over");
@@ -118,7 +124,7 @@ impl Manager {
             tracing::warn!(sandbox = %rec.name, error = %crate::error::chain(&e), "removing a pre-started sandbox's volume");
         }
         self.start_services(rec).await;
-        tracing::info!(sandbox = %rec.name, donor = %donor_id, ms = t.elapsed().as_secs_f64() * 1e3, "woken into a pre-started sandbox");
+        tracing::info!(sandbox = %rec.name, donor = %donor_id, ms = t.elapsed().as_secs_f64() * 1e3, by = action.as_str(), "runs in a pre-started runtime");
         Ok(true)
     }
 

@@ -802,11 +802,17 @@ async fn set_mode(c: &Client, name: &str, mode: &str) {
         .unwrap_or_else(|e| panic!("policy of {name}: {e}"));
 }
 
-/// Whether the daemon's log says `name` was woken in a pre-started sandbox's runtime.
-fn woken_into_pool(d: &Daemon, name: &str) -> bool {
+/// How many times the daemon's log says `name` was woken or started in a pre-started
+/// sandbox's runtime.
+fn moves_into_pool(d: &Daemon, name: &str) -> usize {
     log(d)
         .lines()
-        .any(|l| l.contains("woken into a pre-started sandbox") && l.contains(&format!("sandbox={name} ")))
+        .filter(|l| l.contains("runs in a pre-started runtime") && l.contains(&format!("sandbox={name} ")))
+        .count()
+}
+
+fn woken_into_pool(d: &Daemon, name: &str) -> bool {
+    moves_into_pool(d, name) > 0
 }
 
 /// What a sandbox's identity looks like from inside: its hostname and its CA's digest (its
@@ -825,7 +831,8 @@ const EGRESS_PROBE: &str =
 /// Whether the service that writes its pid to `/root/svc.pid` runs (waits up to 10 s).
 const SERVICE_UP: &str = "for i in $(seq 100); do kill -0 $(cat /root/svc.pid 2>/dev/null) 2>/dev/null && echo up && exit 0; sleep 0.1; done; echo down";
 
-/// A cold sandbox is woken in a pre-started sandbox's runtime: its disk, name, CA,
+/// A cold sandbox is woken in a pre-started sandbox's runtime (and, stopped, started in
+/// one): its disk, name, CA,
 /// checkpoints, services and policy are its own there; `/.burrow/host` is its own and read-only; its
 /// in-sandbox API answers for it. The runtime stays its own across a daemon restart, and a
 /// delete leaves nothing of either. Controls: the first wake is told apart from a boot by
@@ -928,6 +935,23 @@ async fn a_cold_wake_runs_in_a_prestarted_runtime_as_itself() {
         "the sandbox was booted again"
     );
     assert_eq!(sh(&c, &name, IDENTITY).await, before);
+
+    // A stop and a start: it starts in a pre-started runtime too, itself, with egress.
+    wait_pool(&c, "one ready after the restart", |p| p.ready == 1).await;
+    let moves = moves_into_pool(&d, &name);
+    c.sandbox_action(&name, "stop").await.unwrap();
+    c.sandbox_action(&name, "start").await.unwrap();
+    assert_eq!(
+        moves_into_pool(&d, &name),
+        moves + 1,
+        "the start did not take the pool's runtime"
+    );
+    assert_eq!(sh(&c, &name, "cat /root/state").await, "mine");
+    assert_eq!(sh(&c, &name, IDENTITY).await, before);
+    assert!(
+        sh(&c, &name, EGRESS_PROBE).await.contains("CONNECTED"),
+        "no egress after the start"
+    );
 
     // A delete takes its runtime and its own files: only the pool's are left.
     c.delete_sandbox(&name).await.unwrap();
