@@ -938,6 +938,28 @@ async fn always_there_figures(
         samples: cold,
     });
 
+    // Start of a stopped burrow: like a cold wake, served by a pre-started container when
+    // the daemon keeps a pool.
+    let mut start = Vec::new();
+    for _ in 0..runs {
+        if c.version().await?.prestart.is_some() {
+            wait_for_prestarted(c).await?;
+        }
+        c.sandbox_action(&name, "stop").await?;
+        let t = Instant::now();
+        c.sandbox_action(&name, "start").await?;
+        c.exec(&name, &t_req).await?;
+        start.push(ms(t.elapsed()));
+    }
+    figures.push(Figure {
+        key: "start_stopped_ms".into(),
+        label: "start of a stopped burrow → first exec".into(),
+        unit: "ms",
+        target: None,
+        stat: Stat::Median,
+        samples: start,
+    });
+
     // Files: upload and download 256 MiB through the API.
     let size: usize = 256 << 20;
     let data = vec![0x5au8; size];
