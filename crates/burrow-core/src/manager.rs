@@ -1070,6 +1070,9 @@ impl Manager {
             for extension in ["new", "old"] {
                 pool.delete_volume(&live.with_extension(extension))?;
             }
+            // Its checkpoints directory when it has none (a pre-started sandbox's): the
+            // checkpoints themselves are the caller's (`delete_all_checkpoints`).
+            let _ = std::fs::remove_dir(pool.checkpoints_dir().join(&id));
             for run_dir in run_dirs {
                 match std::fs::remove_dir_all(&run_dir) {
                     Ok(()) => {}

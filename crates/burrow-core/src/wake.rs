@@ -111,12 +111,15 @@ impl Manager {
         // CA and host files).
         let pool = self.pool.clone();
         let donor_volume = self.pool.sandbox_path(&donor_id);
+        // Its checkpoints directory, empty (it never had one).
+        let donor_checkpoints = self.pool.checkpoints_dir().join(&donor_id);
         let old_run_dir = (old_eid != rec.id && old_eid != donor.eid()).then(|| self.run_dir(&old_eid));
         let first_use = self.runtime(&rec.id).first_use();
         let cleaned = blocking(move || {
             if let Some(dir) = old_run_dir {
                 let _ = std::fs::remove_dir_all(dir);
             }
+            let _ = std::fs::remove_dir(donor_checkpoints);
             crate::reroot::delete_volume_later(&pool, &donor_volume, first_use)
         })
         .await;

@@ -959,6 +959,16 @@ async fn a_cold_wake_runs_in_a_prestarted_runtime_as_itself() {
     assert_eq!(runc_containers(&d), p.ready as usize, "containers left: {p:?}");
     let run_dirs = std::fs::read_dir(d.data_dir.join("run")).unwrap().count();
     assert_eq!(run_dirs, p.ready as usize, "run dirs left");
+    let checkpoint_dirs: Vec<String> = std::fs::read_dir(d.data_dir.join("pool/checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        checkpoint_dirs.len(),
+        p.ready as usize,
+        "checkpoint directories left (the donors' and discarded pool sandboxes'): {checkpoint_dirs:?}"
+    );
 }
 
 /// A daemon killed while a cold wake takes a pre-started runtime (after the volume went
