@@ -35,17 +35,24 @@ impl Manager {
         rec.engine == EngineKind::Container
             && matches!(rec.status, SandboxStatus::Sleeping | SandboxStatus::Stopped)
             && self.prestart_fits(rec.engine, &rec.config)
-            && self.engine(rec).is_ok_and(|e| e.capabilities().shared_dirs)
     }
 
     /// Wakes cold-sleeping `rec`, or starts stopped `rec` (its operation lock held), in the
-    /// runtime of a pre-started sandbox of its image. `Ok(false)`: none could serve, and nothing changed (the caller
-    /// boots it). On `Ok(true)` the store has it running there; `rec.instance` says where
-    /// (its status is the caller's to change, as after a boot).
+    /// runtime of a pre-started sandbox of its image. `Ok(false)`: none could serve, and
+    /// nothing changed (the caller boots it). On `Ok(true)` the store has it running there;
+    /// `rec.instance` says where (its status is the caller's to change, as after a boot).
     pub(crate) async fn wake_into_prestarted(&self, rec: &mut SandboxRecord) -> Result<bool> {
         if !self.can_wake_into_prestarted(rec) {
             return Ok(false);
         }
+        // The record as it will be, checked before anything changes.
+        let action = if rec.status == SandboxStatus::Stopped {
+            Action::Start
+        } else {
+            Action::Wake
+        };
+        let mut woken = rec.clone();
+        transition(&mut woken, action)?;
         let first_use = self.runtime(&rec.id).first_use();
         let Some(donor_id) = self.take_prestarted(rec.engine, &rec.image, first_use) else {
             return Ok(false);
@@ -82,14 +89,7 @@ impl Manager {
             }
         };
         let old_eid = rec.eid().to_owned();
-        let mut woken = rec.clone();
         woken.instance = Some(donor.eid().to_owned()).filter(|eid| *eid != rec.id);
-        let action = if rec.status == SandboxStatus::Stopped {
-            Action::Start
-        } else {
-            Action::Wake
-        };
-        transition(&mut woken, action)?;
         woken.failure_reason = None;
         woken.updated_at = now_rfc3339();
         crate::fault::point("wake.before_take_over");

@@ -880,6 +880,17 @@ async fn read_head(s: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&head).to_lowercase()
 }
 
+/// Reads the body of the answer whose head is `head` (by its content-length) from `s`.
+async fn skip_body(s: &mut tokio::net::TcpStream, head: &str) {
+    let content_length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let mut rest = vec![0u8; content_length];
+    tokio::io::AsyncReadExt::read_exact(s, &mut rest).await.unwrap();
+}
+
 /// A request refused before its body arrived (here: its body is sent after the answer) is
 /// answered with `Connection: close`, and the connection is closed: a client then opens a
 /// new one instead of losing its next request on this one (an SDK test failed that way
@@ -901,15 +912,7 @@ async fn a_refusal_before_the_body_says_the_connection_closes() {
     assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
     let _ = s.write_all(body.as_bytes()).await;
     let _ = s.write_all(format!("{post}{body}").as_bytes()).await;
-    let content_length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
-    let mut rest = vec![0u8; content_length];
-    tokio::io::AsyncReadExt::read_exact(&mut s, &mut rest)
-        .await
-        .unwrap();
+    skip_body(&mut s, &head).await;
     assert_eq!(
         read_head(&mut s).await,
         "",
@@ -923,14 +926,6 @@ async fn a_refusal_before_the_body_says_the_connection_closes() {
         let head = read_head(&mut s).await;
         assert!(head.starts_with("http/1.1 401"), "request {i}: {head}");
         assert!(!head.contains("connection: close"), "{head}");
-        let content_length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap();
-        let mut rest = vec![0u8; content_length];
-        tokio::io::AsyncReadExt::read_exact(&mut s, &mut rest)
-            .await
-            .unwrap();
+        skip_body(&mut s, &head).await;
     }
 }

@@ -138,6 +138,14 @@ async fn wait_for_prestarted(c: &burrow_client::Client) -> anyhow::Result<()> {
     }
 }
 
+/// [`wait_for_prestarted`] when the daemon keeps pre-started sandboxes; at once when not.
+async fn wait_for_prestarted_if_pooled(c: &burrow_client::Client) -> anyhow::Result<()> {
+    if c.version().await?.prestart.is_some() {
+        wait_for_prestarted(c).await?;
+    }
+    Ok(())
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -912,9 +920,7 @@ async fn always_there_figures(
         warm.push(ms(t.elapsed()));
         // A daemon that keeps pre-started sandboxes wakes a cold one in one's runtime:
         // measured with one ready, as a cold sandbox woken on a host at rest finds it.
-        if c.version().await?.prestart.is_some() {
-            wait_for_prestarted(c).await?;
-        }
+        wait_for_prestarted_if_pooled(c).await?;
         c.request_json::<serde_json::Value, ()>(Method::POST, &format!("{sleep}?mode=cold"), None)
             .await?;
         let t = Instant::now();
@@ -942,9 +948,7 @@ async fn always_there_figures(
     // the daemon keeps a pool.
     let mut start = Vec::new();
     for _ in 0..runs {
-        if c.version().await?.prestart.is_some() {
-            wait_for_prestarted(c).await?;
-        }
+        wait_for_prestarted_if_pooled(c).await?;
         c.sandbox_action(&name, "stop").await?;
         let t = Instant::now();
         c.sandbox_action(&name, "start").await?;
