@@ -135,7 +135,7 @@ impl Agent for AgentService {
         if !crate::sys::valid_signal(signal) {
             return Err(Status::invalid_argument(format!("invalid signal {}", r.signal)));
         }
-        self.sessions.kill(&r.session_id, signal)?;
+        self.sessions.kill(&r.session_id, signal).await?;
         Ok(Response::new(KillSessionReply {}))
     }
 

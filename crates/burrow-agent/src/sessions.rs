@@ -56,6 +56,10 @@ pub struct Sessions {
     ids: AtomicU64,
 }
 
+/// How long a SIGKILL's answer waits for the session's exit to be recorded (its output
+/// pumps end when every process holding its terminal or pipes is gone).
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Default)]
 struct Registry {
     by_id: HashMap<String, Arc<Session>>,
@@ -239,15 +243,22 @@ impl Sessions {
     }
 
     /// Sends `signal` to a running session's process group.
-    pub fn kill(&self, id: &str, signal: i32) -> Result<(), Status> {
+    /// Sends `signal` to session `id`'s process. SIGKILL cannot be caught: the answer then
+    /// waits (up to [`KILL_WAIT`]) until the session has exited and its exit is recorded, so
+    /// a listing right after a kill never shows it running.
+    pub async fn kill(&self, id: &str, signal: i32) -> Result<(), Status> {
         let session = self.get(id)?;
         if session.lock().exit.is_some() {
             return Err(Status::failed_precondition(format!(
                 "session {id} has already exited"
             )));
         }
+        let mut done = session.done.subscribe();
         // Through the driver, which never signals a process it has seen exit.
         let _ = session.control.send(Control::Signal(signal));
+        if signal == libc::SIGKILL {
+            let _ = tokio::time::timeout(KILL_WAIT, done.wait_for(|d| *d)).await;
+        }
         Ok(())
     }
 

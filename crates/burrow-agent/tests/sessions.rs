@@ -296,3 +296,38 @@ async fn sessions_outlive_the_connection() {
     tx.send(input(exec_input::Kind::Signal(9))).await.unwrap();
     assert_eq!(exit_of(&mut out).await.signal, 9);
 }
+
+/// A SIGKILL is answered once the session's exit is recorded: a listing right after it
+/// shows the session finished. Here a process that left the group keeps the output open for
+/// half a second after the kill, so the exit is recorded that much later (an answer at the
+/// signal would come before it). The control: the process really outlives the signal (the
+/// listing before the kill shows the session running).
+#[tokio::test]
+async fn a_kill_answers_once_the_exit_is_recorded() {
+    let mut agent = Agent::start();
+    let mut conn = agent.connect().await;
+    let (tx, out, id) = open_session(
+        &mut conn,
+        ExecStart {
+            detach_timeout_ms: 600_000,
+            ..start(&["sh", "-c", "setsid sleep 0.5 & echo up; exec sleep 600"])
+        },
+    )
+    .await;
+    drop((tx, out));
+    let s = wait_info(&mut conn, &id, "detached", |s| s.attached == 0).await;
+    assert!(s.exit.is_none(), "control: it runs before the kill");
+    conn.client
+        .kill_session(KillSessionRequest {
+            session_id: id.clone(),
+            signal: 0,
+        })
+        .await
+        .unwrap();
+    let s = info(&mut conn, &id).await.expect("the session is listed");
+    assert_eq!(
+        s.exit.map(|e| e.signal),
+        Some(9),
+        "listed as running after the kill: {s:?}"
+    );
+}
